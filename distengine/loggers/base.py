@@ -1,0 +1,43 @@
+"""The logger interface. Loggers write on global rank zero only.
+
+A logger receives already-reduced Python floats; it never sees tensors and never runs a
+collective, so calling it cannot hang a distributed job.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+class Logger:
+    """Base class. Subclasses override ``log_metrics``, ``log_hyperparams`` and ``finalize``.
+
+    The Trainer calls these methods only on global rank zero.
+    """
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def version(self) -> int | str | None:
+        return None
+
+    @property
+    def log_dir(self) -> str | None:
+        """The folder this logger writes to (checkpoints default to ``log_dir/checkpoints``)."""
+        return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        pass
+
+    def save(self) -> None:
+        pass
+
+    def finalize(self, status: str) -> None:
+        pass

@@ -1,0 +1,27 @@
+import os
+
+import pytest
+
+_DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+              "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "SLURM_PROCID", "SLURM_NTASKS",
+              "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_NODEID", "SLURM_JOB_NODELIST")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch):
+    """Each test starts outside any job, and leaves no process group behind."""
+    for name in _DIST_VARS:
+        monkeypatch.delenv(name, raising=False)
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def repo_root():
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

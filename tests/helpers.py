@@ -1,0 +1,90 @@
+"""Test helpers: free ports, and running a function on N real gloo ranks.
+
+``run_ranks(fn, 2, *args)`` starts 2 fresh processes (spawn), sets the environment a
+launcher would set (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free MASTER_PORT,
+a short DISTENGINE_TIMEOUT), limits each to one thread, calls ``fn(rank, *args)`` and
+returns the per-rank return values. A rank that raises fails the test with its traceback;
+a job that runs past ``timeout`` is killed and fails the test.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import traceback
+from typing import Any, Callable
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(fn, rank, world, port, env, args, queue):  # runs in the child
+    os.environ.update(env)
+    os.environ.update({
+        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    })
+    os.environ.setdefault("DISTENGINE_TIMEOUT", "30")
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    try:
+        queue.put((rank, "ok", fn(rank, *args)))
+    except BaseException as exc:  # noqa: BLE001 - report everything to the parent
+        queue.put((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(fn: Callable[..., Any], world: int = 2, *args: Any, timeout: float = 120,
+              env: dict[str, str] | None = None) -> list[Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_rank_main, args=(fn, r, world, port, env or {}, args, queue))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    errors: list[str] = []
+    import queue as queue_mod
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while len(results) + len(errors) < world:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"ranks did not finish within {timeout}s")
+            try:
+                rank, status, value = queue.get(timeout=min(remaining, 1.0))
+            except queue_mod.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead and len(results) + len(errors) < world:
+                    # give the queue a moment to deliver an error report before failing
+                    try:
+                        rank, status, value = queue.get(timeout=5)
+                    except queue_mod.Empty:
+                        raise AssertionError(
+                            f"rank process died with exit code {dead[0].exitcode}") from None
+                else:
+                    continue
+            if status == "ok":
+                results[rank] = value
+            else:
+                errors.append(f"rank {rank}: {value}")
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    if errors:
+        raise AssertionError("\n".join(errors))
+    return [results[r] for r in range(world)]
