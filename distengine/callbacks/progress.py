@@ -1,0 +1,406 @@
+"""Progress bars: a tqdm bar in a terminal, plain lines in log files.
+
+Only global rank zero draws. The per-batch hooks are built to cost about a microsecond
+when nothing is due: one integer comparison per batch, and a ``monotonic()`` call
+every ``refresh_rate`` batches; metrics are read (and a loss tensor turned into a float)
+only when something is actually drawn, at most a few times per second.
+
+When the output is not a terminal (a log file, SLURM's ``slurm-<id>.out``, a pipe), a
+carriage-return bar would fill the file with partial lines, so the bar prints plain lines
+instead: one at every epoch end, one at the end of validation/test/predict, and during a
+long epoch at most one every ``plain_interval`` seconds::
+
+    Epoch 0: 120/500 (24%) [3.0s, 40.1 it/s] loss=0.4321, val_acc=0.8
+    Epoch 0 done: 500/500 [12.4s, 40.3 it/s] loss=0.1234, val_acc=0.9
+"""
+from __future__ import annotations
+
+import math
+import sys
+from time import monotonic
+from typing import Any, TextIO
+
+from distengine.callbacks.base import Callback
+
+_NEVER = sys.maxsize  # a batch index no run reaches: the hooks of an inactive bar return at once
+
+
+def _count(value: Any) -> int | None:
+    """A batch count as an int, ``None`` when unknown or infinite (iterable datasets)."""
+    if isinstance(value, (list, tuple)):
+        parts = [_count(v) for v in value]
+        return None if not parts or any(p is None for p in parts) else sum(parts)  # type: ignore[misc]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if math.isnan(value) or math.isinf(value):
+        return None
+    return int(value)
+
+
+def _loss_of(outputs: Any) -> float | None:
+    """The loss in what ``training_step`` returned (a tensor or ``{"loss": tensor}``)."""
+    if isinstance(outputs, dict):
+        outputs = outputs.get("loss")
+    if isinstance(outputs, (int, float)) and not isinstance(outputs, bool):
+        return float(outputs)
+    if hasattr(outputs, "numel") and outputs.numel() == 1:
+        return float(outputs.detach().item())  # one device sync, only when drawing
+    return None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+
+
+class ProgressBar(Callback):
+    """Base class for progress bars. The Trainer adds a :class:`TQDMProgressBar` when
+    ``enable_progress_bar=True`` and no instance of this class is among the callbacks.
+
+    Override :meth:`get_metrics` to change what is shown.
+    """
+
+    def __init__(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self._enabled
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def get_metrics(self, trainer: Any, module: Any, loss: float | None = None) -> dict[str, Any]:
+        """What the bar shows after the counters: ``loss`` then the ``prog_bar`` metrics.
+
+        Called only when the bar is redrawn. ``trainer.progress_bar_metrics`` already
+        holds floats, so nothing is converted here; a ``loss`` the Trainer put there
+        takes precedence over the one read from the step's output.
+        """
+        shown: dict[str, Any] = {} if loss is None else {"loss": loss}
+        shown.update(getattr(trainer, "progress_bar_metrics", None) or {})
+        return shown
+
+
+class TQDMProgressBar(ProgressBar):
+    """A tqdm progress bar on rank zero, or plain lines when the output is not a terminal.
+
+    Args:
+        refresh_rate: look at the clock every this many batches (0 disables the bar).
+        leave: keep each finished epoch's bar on screen (otherwise one bar is reused).
+        refresh_interval: in a terminal, redraw at most once per this many seconds.
+        plain: ``True`` forces plain lines, ``False`` forces the tqdm bar, ``None`` (the
+            default) decides from ``file.isatty()``.
+        plain_interval: in plain mode, at most one progress line per this many seconds
+            during an epoch (epoch-end lines are always printed).
+        file: where to write; default ``sys.stdout`` at the time the run starts.
+
+    Example::
+
+        trainer = de.Trainer(callbacks=[TQDMProgressBar(refresh_rate=10)])
+    """
+
+    def __init__(self, refresh_rate: int = 1, leave: bool = False, *,
+                 refresh_interval: float = 0.25, plain: bool | None = None,
+                 plain_interval: float = 30.0, file: TextIO | None = None) -> None:
+        super().__init__()
+        if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
+            raise ValueError(f"refresh_rate must be an int >= 0 (0 disables the bar), got {refresh_rate!r}")
+        if not refresh_interval >= 0:
+            raise ValueError(f"refresh_interval must be >= 0 seconds, got {refresh_interval!r}")
+        if not plain_interval > 0:
+            raise ValueError(f"plain_interval must be > 0 seconds, got {plain_interval!r}")
+        self.refresh_rate = refresh_rate
+        self.leave = bool(leave)
+        self.refresh_interval = float(refresh_interval)
+        self.plain_interval = float(plain_interval)
+        self._plain_arg = plain
+        self._file_arg = file
+        if refresh_rate == 0:
+            self._enabled = False
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._file: TextIO | None = None
+        self._plain = False
+        self._interval = 0.0
+        self.train_progress_bar: Any = None
+        self.eval_progress_bar: Any = None
+        # training epoch
+        self._next_idx = _NEVER
+        self._deadline = 0.0
+        self._last_idx = -1
+        self._total: int | None = None
+        self._final_idx = _NEVER  # index of the epoch's last batch, when known
+        self._t0 = 0.0
+        self._loss: float | None = None
+        # validation / test / predict
+        self._eval_next_idx = _NEVER
+        self._eval_deadline = 0.0
+        self._eval_last_idx = -1
+        self._eval_dl = 0
+        self._eval_total: int | None = None
+        self._eval_t0 = 0.0
+        self._eval_desc = ""
+
+    # ----------------------------------------------------------------- activation
+    def _active(self, trainer: Any) -> bool:
+        """Resolve the output once per run; true on global rank zero when enabled."""
+        if not self._enabled or not getattr(trainer, "is_global_zero", True):
+            return False
+        if self._file is None:
+            self._file = self._file_arg if self._file_arg is not None else sys.stdout
+            if self._plain_arg is None:
+                isatty = getattr(self._file, "isatty", None)
+                self._plain = not (callable(isatty) and isatty())
+            else:
+                self._plain = bool(self._plain_arg)
+            self._interval = self.plain_interval if self._plain else self.refresh_interval
+        return True
+
+    def _line(self, text: str) -> None:
+        print(text, file=self._file, flush=True)
+
+    def _new_bar(self, desc: str, total: int | None, leave: bool, position: int) -> Any:
+        from tqdm.auto import tqdm  # here: tqdm is needed only by a drawing rank
+
+        # mininterval=0: this class decides when to draw; tqdm must not second-guess it.
+        # smoothing=0: the rate shown is the average since the bar (re)started.
+        return tqdm(desc=desc, total=total, leave=leave, position=position, file=self._file,
+                    dynamic_ncols=True, mininterval=0, smoothing=0)
+
+    @staticmethod
+    def _rate(n: int, t0: float) -> str:
+        elapsed = max(monotonic() - t0, 1e-9)
+        return f"{elapsed:.1f}s, {n / elapsed:.2f} it/s"
+
+    @staticmethod
+    def _progress(n: int, total: int | None) -> str:
+        if total:
+            return f"{n}/{total} ({100 * n // total}%)"
+        return f"{n}/?"
+
+    # ----------------------------------------------------------------- training
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self._active(trainer)
+
+    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+        if not self._active(trainer):
+            self._next_idx = _NEVER
+            return
+        self._total = _count(getattr(trainer, "num_training_batches", None))
+        self._final_idx = self._total - 1 if self._total else _NEVER
+        self._last_idx = -1
+        self._loss = None
+        self._t0 = monotonic()
+        self._next_idx = 0
+        # a terminal bar appears at once; a plain line only after plain_interval
+        self._deadline = self._t0 + self._interval if self._plain else 0.0
+        if self._plain:
+            return
+        desc = f"Epoch {trainer.current_epoch}"
+        bar = self.train_progress_bar
+        if bar is not None and not self.leave:
+            bar.set_description(desc, refresh=False)
+            bar.reset(total=self._total)
+            bar.total = self._total  # reset() keeps the old total when given None
+        else:
+            if bar is not None:
+                bar.close()
+            self.train_progress_bar = self._new_bar(desc, self._total, True, 0)
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # The hot path: a store and a comparison unless a check is due; then one clock read.
+        self._last_idx = batch_idx
+        if batch_idx < self._next_idx:
+            return
+        nxt = batch_idx + self.refresh_rate
+        final = self._final_idx
+        # Always look at the epoch's last batch: the epoch-end line needs its loss.
+        self._next_idx = final if batch_idx < final < nxt else nxt
+        if monotonic() < self._deadline and batch_idx != final:
+            return
+        self._train_due(trainer, module, outputs, batch_idx)
+
+    def _train_due(self, trainer: Any, module: Any, outputs: Any, batch_idx: int) -> None:
+        self._deadline = monotonic() + self._interval
+        self._loss = _loss_of(outputs)
+        if self._plain and batch_idx == self._final_idx:
+            return  # on_train_epoch_end prints this epoch's line
+        self._draw_train(trainer, module, batch_idx + 1, done=False)
+
+    def _draw_train(self, trainer: Any, module: Any, n: int, done: bool) -> None:
+        metrics = self.get_metrics(trainer, module, self._loss)
+        if self._plain:
+            head = f"Epoch {trainer.current_epoch}{' done' if done else ''}: "
+            counts = f"{n}/{self._total}" if done and self._total else self._progress(n, self._total)
+            tail = f" {_fmt_metrics(metrics)}" if metrics else ""
+            self._line(f"{head}{counts} [{self._rate(n, self._t0)}]{tail}")
+            return
+        bar = self.train_progress_bar
+        if bar is not None:
+            bar.n = n
+            bar.set_postfix({k: _fmt(v) for k, v in metrics.items()}, refresh=False)
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        if self._next_idx == _NEVER or not self._active(trainer):
+            return
+        self._next_idx = _NEVER
+        self._draw_train(trainer, module, self._last_idx + 1, done=True)
+
+    def on_train_end(self, trainer: Any, module: Any) -> None:
+        self._next_idx = _NEVER
+        self._close_bars()
+
+    # ----------------------------------------------------------------- evaluation
+    def _eval_start(self, trainer: Any, desc: str, total_attr: str) -> None:
+        if not self._active(trainer):
+            self._eval_next_idx = _NEVER
+            return
+        self._eval_desc = desc
+        self._eval_total = _count(getattr(trainer, total_attr, None))
+        totals = getattr(trainer, total_attr, None)
+        if isinstance(totals, (list, tuple)) and totals:  # one bar per dataloader, in turn
+            self._eval_total = _count(totals[0])
+        self._eval_dl = 0
+        self._eval_last_idx = -1
+        self._eval_t0 = monotonic()
+        self._eval_next_idx = 0
+        self._eval_deadline = self._eval_t0 + self._interval if self._plain else 0.0
+        if not self._plain:
+            if self.eval_progress_bar is not None:
+                self.eval_progress_bar.close()
+            self.eval_progress_bar = self._new_bar(
+                desc, self._eval_total, False, 1 if self.train_progress_bar is not None else 0)
+
+    def _eval_batch_end(self, trainer: Any, module: Any, batch_idx: int, dataloader_idx: int,
+                        total_attr: str) -> None:
+        self._eval_last_idx = batch_idx
+        if batch_idx < self._eval_next_idx and dataloader_idx == self._eval_dl:
+            return
+        if dataloader_idx != self._eval_dl:
+            if self._eval_next_idx == _NEVER:
+                return
+            self._eval_dl = dataloader_idx
+            totals = getattr(trainer, total_attr, None)
+            self._eval_total = (_count(totals[dataloader_idx])
+                                if isinstance(totals, (list, tuple)) and dataloader_idx < len(totals)
+                                else None)
+            if self.eval_progress_bar is not None:
+                self.eval_progress_bar.reset(total=self._eval_total)
+                self.eval_progress_bar.total = self._eval_total
+        self._eval_next_idx = batch_idx + self.refresh_rate
+        now = monotonic()
+        if now < self._eval_deadline:
+            return
+        self._eval_deadline = now + self._interval
+        if self._plain and self._eval_total is not None and batch_idx + 1 >= self._eval_total:
+            return  # the end-of-loop line follows at once
+        self._draw_eval(trainer, module, batch_idx + 1, done=False)
+
+    def _draw_eval(self, trainer: Any, module: Any, n: int, done: bool) -> None:
+        if self._plain:
+            counts = f"{n}/{self._eval_total}" if done and self._eval_total else self._progress(
+                n, self._eval_total)
+            metrics = self.get_metrics(trainer, module) if done else {}
+            tail = f" {_fmt_metrics(metrics)}" if metrics else ""
+            word = " done" if done else ""
+            self._line(f"{self._eval_desc}{word}: {counts} [{self._rate(n, self._eval_t0)}]{tail}")
+            return
+        bar = self.eval_progress_bar
+        if bar is not None:
+            bar.n = n
+            bar.refresh()
+
+    def _eval_end(self, trainer: Any, module: Any, print_line: bool = True) -> None:
+        if self._eval_next_idx == _NEVER:
+            return
+        self._eval_next_idx = _NEVER
+        if self._plain:
+            if print_line:
+                self._draw_eval(trainer, module, self._eval_last_idx + 1, done=True)
+            return
+        if self.eval_progress_bar is not None:
+            self.eval_progress_bar.close()
+            self.eval_progress_bar = None
+        if self.train_progress_bar is not None:  # show the new validation metrics at once
+            metrics = self.get_metrics(trainer, module, self._loss)
+            self.train_progress_bar.set_postfix({k: _fmt(v) for k, v in metrics.items()})
+
+    def on_sanity_check_start(self, trainer: Any, module: Any) -> None:
+        self._eval_start(trainer, "Sanity Checking", "num_sanity_val_batches")
+
+    def on_sanity_check_end(self, trainer: Any, module: Any) -> None:
+        self._eval_end(trainer, module, print_line=False)
+
+    def on_validation_start(self, trainer: Any, module: Any) -> None:
+        if getattr(trainer, "sanity_checking", False):
+            if self._eval_next_idx == _NEVER:  # a Trainer that calls only this hook
+                self._eval_start(trainer, "Sanity Checking", "num_sanity_val_batches")
+            return
+        self._eval_start(trainer, "Validation", "num_val_batches")
+
+    def on_validation_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_end(trainer, module, batch_idx, dataloader_idx, "num_val_batches")
+
+    def on_validation_end(self, trainer: Any, module: Any) -> None:
+        self._eval_end(trainer, module, print_line=not getattr(trainer, "sanity_checking", False))
+
+    def on_test_start(self, trainer: Any, module: Any) -> None:
+        self._eval_start(trainer, "Testing", "num_test_batches")
+
+    def on_test_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_end(trainer, module, batch_idx, dataloader_idx, "num_test_batches")
+
+    def on_test_end(self, trainer: Any, module: Any) -> None:
+        self._eval_end(trainer, module)
+
+    def on_predict_start(self, trainer: Any, module: Any) -> None:
+        self._eval_start(trainer, "Predicting", "num_predict_batches")
+
+    def on_predict_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_end(trainer, module, batch_idx, dataloader_idx, "num_predict_batches")
+
+    def on_predict_end(self, trainer: Any, module: Any) -> None:
+        self._eval_end(trainer, module)
+
+    # ----------------------------------------------------------------- cleanup
+    def _close_bars(self) -> None:
+        for attr in ("eval_progress_bar", "train_progress_bar"):
+            bar = getattr(self, attr)
+            if bar is not None:
+                bar.close()
+                setattr(self, attr, None)
+
+    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+        self._next_idx = self._eval_next_idx = _NEVER
+        self._close_bars()
+
+    def teardown(self, trainer: Any, module: Any, stage: str) -> None:
+        self._close_bars()
+        self._reset_state()  # the next run decides again where and how to print
+
+    def __getstate__(self) -> dict[str, Any]:
+        # tqdm bars and open streams do not pickle (deepcopy of callbacks, spawn).
+        state = self.__dict__.copy()
+        state.update(train_progress_bar=None, eval_progress_bar=None, _file=None,
+                     _file_arg=None if self._file_arg in (sys.stdout, sys.stderr) else self._file_arg,
+                     _next_idx=_NEVER, _eval_next_idx=_NEVER)
+        return state

@@ -1,0 +1,41 @@
+"""Loggers: where metrics and hyperparameters go. They write on global rank zero only.
+
+``Logger`` is the base class; ``TensorBoardLogger`` (the default) and ``CSVLogger`` are
+loaded on first access, so ``import distengine.loggers`` imports neither tensorboard nor
+the logger modules.
+
+Example::
+
+    from distengine.loggers import CSVLogger, TensorBoardLogger
+    trainer = de.Trainer(logger=[TensorBoardLogger("runs"), CSVLogger("runs")])
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from distengine.loggers.base import Logger
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
+    from distengine.loggers.csv_logger import CSVLogger
+    from distengine.loggers.tensorboard import TensorBoardLogger
+
+__all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]
+
+_LAZY = {
+    "TensorBoardLogger": "distengine.loggers.tensorboard",
+    "CSVLogger": "distengine.loggers.csv_logger",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'distengine.loggers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
