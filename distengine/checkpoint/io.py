@@ -1,0 +1,344 @@
+"""Checkpoint files on disk: atomic writes, safe loads, and the ``last.json`` pointer.
+
+A checkpoint is written to a temporary file in the destination folder, flushed and fsynced,
+then renamed over the final name and the folder entry is fsynced too. A crash at any byte
+therefore leaves either the previous file or the complete new one under the final name, never a
+partial file. Temporary files are named ``.<final name>.<host>.<pid>.<random>.tmp``: readers skip
+them, and :func:`clean_stale_temp_files` removes those whose writing process is gone.
+
+Loading always uses ``torch.load(weights_only=True)``, so a checkpoint that carries a pickled
+object whose unpickling would run code is refused before that code can run.
+
+Example::
+
+    from distengine.checkpoint.io import atomic_save, safe_load, resolve_checkpoint
+    atomic_save({"model": model.state_dict()}, "ckpts/epoch=0-step=100.ckpt")
+    write_last_pointer("ckpts", "ckpts/epoch=0-step=100.ckpt")
+    path = resolve_checkpoint("last", "ckpts")     # -> ".../epoch=0-step=100.ckpt"
+    state = safe_load(path)
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import socket
+import tempfile
+import warnings
+import zipfile
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CKPT_SUFFIX",
+    "LAST_POINTER",
+    "CheckpointError",
+    "atomic_save",
+    "clean_stale_temp_files",
+    "is_temp_file",
+    "is_valid_checkpoint",
+    "list_checkpoints",
+    "read_last_pointer",
+    "resolve_checkpoint",
+    "safe_load",
+    "write_last_pointer",
+]
+
+#: Name of the pointer file written next to the checkpoints.
+LAST_POINTER = "last.json"
+#: Suffix of the checkpoint files that ``resolve_checkpoint("last", ...)`` considers.
+CKPT_SUFFIX = ".ckpt"
+_TMP_SUFFIX = ".tmp"
+_POINTER_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt, or not plain data."""
+
+
+# ----------------------------------------------------------------------------- writing
+def _host_tag() -> str:
+    # only characters that are safe in a file name; used to tell our own stale files apart
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+
+
+def is_temp_file(name: str) -> bool:
+    """True for the temporary names :func:`atomic_save` writes (readers must ignore them)."""
+    base = os.path.basename(name)
+    return base.startswith(".") and base.endswith(_TMP_SUFFIX)
+
+
+def _fsync_dir(dirpath: str) -> None:
+    # The rename is only durable once the directory entry is on disk. Some file systems refuse
+    # to open or fsync a directory; the data itself is already synced, so that is not fatal.
+    try:
+        fd = os.open(dirpath, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync the result, rename it to ``path``, fsync the folder."""
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=folder, prefix=f".{os.path.basename(path)}.{_host_tag()}.{os.getpid()}.",
+        suffix=_TMP_SUFFIX)
+    os.close(fd)
+    try:
+        write(tmp)
+        # fsync through a fresh descriptor: the writer may be C++ code that owns its own handle.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` so that a crash never leaves a partial file there.
+
+    Example::
+
+        atomic_save({"model": model.state_dict(), "step": 10}, "ckpts/step=10.ckpt")
+    """
+    # torch.save with a file *name* uses the C++ writer directly (faster than a Python file).
+    _atomic_write(os.fspath(path), lambda tmp: torch.save(obj, tmp))
+
+
+def _write_text(tmp: str, text: str) -> None:
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+
+
+# ----------------------------------------------------------------------------- loading
+_WEIGHTS_ONLY_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)")
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, truncated or corrupt,
+    or when it holds objects that are not plain data (their unpickling could run code; it never
+    does, the loader refuses them first).
+
+    Example::
+
+        state = safe_load("ckpts/epoch=0-step=100.ckpt")
+        model.load_state_dict(state["state_dict"])
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file {path!r} does not exist; check the path")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "Weights only load failed" in msg:
+            found = _WEIGHTS_ONLY_DETAIL.search(msg)
+            detail = f" ({found.group(1).strip()})" if found else ""
+            raise CheckpointError(
+                f"checkpoint file {path!r} contains objects that are not plain data{detail}; "
+                "refusing to load it because unpickling them could run code. Save only tensors, "
+                "numbers, strings, lists, tuples and dicts (or load it yourself if you trust it)."
+            ) from None
+        raise CheckpointError(f"checkpoint file {path!r} is corrupt: {msg.splitlines()[0]}") from exc
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"checkpoint file {path!r} is truncated or corrupt and cannot be loaded "
+            f"({type(exc).__name__}: {first})") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"checkpoint file {path!r} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def is_valid_checkpoint(path: str | os.PathLike, deep: bool = False) -> bool:
+    """Cheaply check that ``path`` is a complete checkpoint that :func:`safe_load` accepts.
+
+    The default check reads the zip directory and unpickles the structure with tensors memory-
+    mapped (their bytes are not read), which catches truncation and bad pickles. ``deep=True``
+    also verifies the CRC of every stored byte (reads the whole file once).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return False
+    try:
+        if zipfile.is_zipfile(path):
+            if deep:
+                with zipfile.ZipFile(path) as zf:
+                    if zf.testzip() is not None:
+                        return False
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        else:  # the legacy (non-zip) format cannot be memory-mapped: load it fully
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any failure means "not loadable"
+        return False
+    return isinstance(obj, dict)
+
+
+# ----------------------------------------------------------------------------- last pointer
+def write_last_pointer(dirpath: str | os.PathLike, ckpt_path: str | os.PathLike) -> None:
+    """Atomically point ``<dirpath>/last.json`` at ``ckpt_path``.
+
+    The path is stored relative to ``dirpath`` when the checkpoint lives inside it, so the folder
+    can be moved or mounted elsewhere. Example: ``write_last_pointer("ckpts", "ckpts/a.ckpt")``.
+    """
+    dirpath = os.path.abspath(os.fspath(dirpath))
+    target = os.path.abspath(os.fspath(ckpt_path))
+    rel = os.path.relpath(target, dirpath)
+    stored = target if rel.startswith(os.pardir) else rel
+    text = json.dumps({"version": _POINTER_VERSION, "path": stored}) + "\n"
+    _atomic_write(os.path.join(dirpath, LAST_POINTER), lambda tmp: _write_text(tmp, text))
+
+
+def read_last_pointer(dirpath: str | os.PathLike) -> str | None:
+    """The absolute path ``<dirpath>/last.json`` points at, or None when there is no pointer.
+
+    Raises :class:`CheckpointError` when the pointer file exists but is not valid.
+    """
+    dirpath = os.path.abspath(os.fspath(dirpath))
+    pointer = os.path.join(dirpath, LAST_POINTER)
+    try:
+        with open(pointer, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint pointer {pointer!r} is unreadable: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+        raise CheckpointError(f"checkpoint pointer {pointer!r} has no 'path' entry")
+    return os.path.normpath(os.path.join(dirpath, data["path"]))
+
+
+def list_checkpoints(dirpath: str | os.PathLike) -> list[str]:
+    """The ``*.ckpt`` files in ``dirpath`` (temporary files skipped), newest first."""
+    dirpath = os.fspath(dirpath)
+    try:
+        names = os.listdir(dirpath)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        full = os.path.join(dirpath, name)
+        if name.endswith(CKPT_SUFFIX) and not is_temp_file(name) and os.path.isfile(full):
+            try:
+                found.append((os.stat(full).st_mtime_ns, name, os.path.abspath(full)))
+            except FileNotFoundError:  # deleted between listdir and stat
+                continue
+    found.sort(reverse=True)
+    return [full for _, _, full in found]
+
+
+def clean_stale_temp_files(dirpath: str | os.PathLike) -> list[str]:
+    """Remove temporary files in ``dirpath`` left by writers on this host that no longer run.
+
+    Files from other hosts, or from live processes, are left alone: they may still be written.
+    """
+    dirpath = os.fspath(dirpath)
+    removed = []
+    try:
+        names = os.listdir(dirpath)
+    except FileNotFoundError:
+        return removed
+    host = _host_tag()
+    for name in names:
+        if not is_temp_file(name):
+            continue
+        parts = name[:-len(_TMP_SUFFIX)].rsplit(".", 3)
+        # parts: [".<final>", host, pid, random]
+        if len(parts) != 4 or parts[1] != host or not parts[2].isdigit():
+            continue
+        if _pid_alive(int(parts[2])):
+            continue
+        try:
+            os.unlink(os.path.join(dirpath, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------- resolving
+def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
+                       dirpath: str | os.PathLike | None) -> str | None:
+    """Turn ``Trainer.fit(ckpt_path=...)`` into a file to load, or None to start fresh.
+
+    * ``None`` -> None.
+    * ``"last"`` -> the file ``<dirpath>/last.json`` points at; None when nothing was saved yet.
+      When that file is missing or corrupt, the newest valid ``*.ckpt`` in ``dirpath`` is used
+      instead, with a warning that says so; when no valid one exists, :class:`CheckpointError`.
+    * any other path -> that path; :class:`CheckpointError` when it does not exist.
+
+    Example::
+
+        path = resolve_checkpoint("last", "runs/checkpoints")
+        state = safe_load(path) if path else None
+    """
+    if ckpt_path is None:
+        return None
+    ckpt_path = os.fspath(ckpt_path)
+    if ckpt_path != "last":
+        if not os.path.isfile(ckpt_path):
+            raise CheckpointError(
+                f"checkpoint file {ckpt_path!r} does not exist; pass an existing file, "
+                "'last', or None")
+        return os.path.abspath(ckpt_path)
+    if dirpath is None:
+        raise CheckpointError("ckpt_path='last' needs a checkpoint folder, but none is configured")
+    dirpath = os.path.abspath(os.fspath(dirpath))
+    clean_stale_temp_files(dirpath)
+    problem: str | None = None
+    try:
+        pointed = read_last_pointer(dirpath)
+    except CheckpointError as exc:
+        pointed, problem = None, str(exc)
+    if pointed is not None:
+        if is_valid_checkpoint(pointed):
+            return pointed
+        problem = (f"the last checkpoint {pointed!r} is missing" if not os.path.exists(pointed)
+                   else f"the last checkpoint {pointed!r} is truncated or corrupt")
+    candidates = list_checkpoints(dirpath)
+    if problem is None and not candidates:
+        return None  # nothing saved yet: start fresh
+    if problem is None:
+        problem = f"no {LAST_POINTER} in {dirpath!r}"
+    for cand in candidates:
+        if pointed is not None and os.path.abspath(cand) == pointed:
+            continue
+        if is_valid_checkpoint(cand):
+            warnings.warn(f"{problem}; resuming from the newest valid checkpoint {cand!r} instead",
+                          UserWarning, stacklevel=2)
+            return cand
+    raise CheckpointError(f"{problem}, and no other valid checkpoint exists in {dirpath!r}")

@@ -1,0 +1,270 @@
+"""Atomic writes survive crashes, loads refuse code, "last" falls back to a valid checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distengine.checkpoint.io import (
+    CheckpointError,
+    atomic_save,
+    clean_stale_temp_files,
+    is_temp_file,
+    is_valid_checkpoint,
+    list_checkpoints,
+    read_last_pointer,
+    resolve_checkpoint,
+    safe_load,
+    write_last_pointer,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "crash_write.py")
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _assert_survivor(folder: str, path: str, version: int | tuple[int, ...]) -> None:
+    """After a crash: the final name holds a complete old checkpoint, nothing else is final."""
+    state = safe_load(path)
+    assert state["version"] in ((version,) if isinstance(version, int) else version)
+    assert torch.equal(state["w"], torch.arange(1000))
+    finals = [n for n in os.listdir(folder) if not is_temp_file(n)]
+    assert sorted(finals) == sorted([os.path.basename(path), "last.json"]), finals
+    assert list_checkpoints(folder) == [path]
+    assert resolve_checkpoint("last", folder) == path
+    # resolving also cleans up what a dead writer on this host left behind
+    assert not [n for n in os.listdir(folder) if is_temp_file(n)]
+
+
+@pytest.mark.parametrize("limit", [0, 300, 600_000])
+def test_crash_at_a_byte_keeps_previous_checkpoint(tmp_path, limit):
+    path = str(tmp_path / "model.ckpt")
+    proc = subprocess.run([sys.executable, SCRIPT, path, "xfsz", str(limit)], env=_child_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == -signal.SIGXFSZ, (proc.returncode, proc.stderr)
+    temps = [n for n in os.listdir(tmp_path) if is_temp_file(n)]
+    assert len(temps) == 1  # the torn write stays under a temporary name
+    assert os.path.getsize(tmp_path / temps[0]) <= limit
+    assert clean_stale_temp_files(tmp_path / "elsewhere") == []
+    _assert_survivor(str(tmp_path), path, 1)
+
+
+def test_crash_after_write_before_rename(tmp_path):
+    path = str(tmp_path / "model.ckpt")
+    proc = subprocess.run([sys.executable, SCRIPT, path, "fsync"], env=_child_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
+    _assert_survivor(str(tmp_path), path, 1)
+
+
+def test_sigkill_during_repeated_writes(tmp_path):
+    path = str(tmp_path / "model.ckpt")
+    proc = subprocess.Popen([sys.executable, SCRIPT, path, "loop"], env=_child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 40
+        killed_mid_write = False
+        while time.monotonic() < deadline and not killed_mid_write:
+            for name in os.listdir(tmp_path):
+                if is_temp_file(name):
+                    try:
+                        size = os.path.getsize(tmp_path / name)
+                    except FileNotFoundError:
+                        continue
+                    if 0 < size < (64 << 20):  # part of the 64 MiB tensor is on disk
+                        proc.send_signal(signal.SIGKILL)
+                        killed_mid_write = True
+                        break
+        assert killed_mid_write, "never saw a write in progress"
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _assert_survivor(str(tmp_path), path, (1, 2))
+
+
+def test_failed_write_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "a.ckpt"
+    atomic_save({"x": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        atomic_save({"x": Unpicklable()}, path)
+    assert os.listdir(tmp_path) == ["a.ckpt"]
+    assert safe_load(path) == {"x": 1}
+
+
+class _CreatesFile:
+    """Unpickling this calls open(target, "w"): arbitrary code a checkpoint must never run."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy_pickle"])
+def test_malicious_checkpoint_is_refused_without_running_code(tmp_path, fmt):
+    target = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    payload = {"state_dict": {"w": torch.zeros(2)}, "hook": _CreatesFile(str(target))}
+    if fmt == "zip":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+    with pytest.raises(CheckpointError, match="not plain data") as info:
+        safe_load(path)
+    assert str(path) in str(info.value)
+    assert not target.exists()
+    assert not is_valid_checkpoint(path)
+    assert not target.exists()
+    # the payload is real: an unsafe load would have created the file
+    if fmt == "zip":
+        torch.load(path, weights_only=False)
+    else:
+        with open(path, "rb") as f:
+            pickle.load(f)
+    assert target.exists()
+
+
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -10])
+def test_truncated_file_error_names_it(tmp_path, keep):
+    path = tmp_path / "epoch=0-step=3.ckpt"
+    atomic_save({"w": torch.randn(4096), "step": 3}, path)
+    data = path.read_bytes()
+    cut = int(len(data) * keep) if isinstance(keep, float) else (keep if keep >= 0 else len(data) + keep)
+    path.write_bytes(data[:cut])
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as info:
+        safe_load(path)
+    assert str(path) in str(info.value)
+    assert not is_valid_checkpoint(path)
+
+
+def test_deep_check_finds_flipped_tensor_bytes(tmp_path):
+    path = tmp_path / "a.ckpt"
+    atomic_save({"w": torch.zeros(4096)}, path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the tensor bytes: torch.load alone does not notice
+    path.write_bytes(bytes(data))
+    assert is_valid_checkpoint(path)
+    assert not is_valid_checkpoint(path, deep=True)
+
+
+def test_missing_and_non_dict(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        safe_load(tmp_path / "nope.ckpt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_checkpoint(str(tmp_path / "nope.ckpt"), tmp_path)
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    with pytest.raises(CheckpointError, match="expected a dict"):
+        safe_load(tmp_path / "list.ckpt")
+
+
+def test_last_pointer_round_trip_is_relative(tmp_path):
+    folder = tmp_path / "ckpts"
+    atomic_save({"a": 1}, folder / "x.ckpt")
+    assert read_last_pointer(folder) is None
+    write_last_pointer(folder, folder / "x.ckpt")
+    assert json.loads((folder / "last.json").read_text())["path"] == "x.ckpt"
+    assert not os.path.islink(folder / "last.json")
+    moved = tmp_path / "moved"
+    os.rename(folder, moved)
+    assert read_last_pointer(moved) == str(moved / "x.ckpt")
+    assert resolve_checkpoint("last", moved) == str(moved / "x.ckpt")
+
+
+def _save_series(folder, n):
+    paths = []
+    for i in range(n):
+        p = folder / f"step={i}.ckpt"
+        atomic_save({"step": i, "w": torch.full((8,), float(i))}, p)
+        os.utime(p, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))  # strictly increasing mtimes
+        paths.append(str(p))
+    write_last_pointer(folder, paths[-1])
+    return paths
+
+
+def test_last_resolves_to_pointer_and_none_when_empty(tmp_path):
+    assert resolve_checkpoint("last", tmp_path / "never-created") is None
+    assert resolve_checkpoint("last", tmp_path) is None
+    assert resolve_checkpoint(None, tmp_path) is None
+    paths = _save_series(tmp_path, 3)
+    # the pointer wins over modification times
+    write_last_pointer(tmp_path, paths[1])
+    assert resolve_checkpoint("last", tmp_path) == paths[1]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "garbage"])
+def test_last_falls_back_to_newest_valid(tmp_path, damage):
+    paths = _save_series(tmp_path, 3)
+    newest = paths[-1]
+    if damage == "truncate":
+        data = Path(newest).read_bytes()
+        Path(newest).write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        os.remove(newest)
+    else:
+        Path(newest).write_bytes(b"\0" * 100)
+    # a stray temp file and a non-checkpoint file must be ignored
+    (tmp_path / ".step=9.ckpt.otherhost.1.abc.tmp").write_bytes(b"partial")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match="resuming from the newest valid checkpoint") as rec:
+        got = resolve_checkpoint("last", tmp_path)
+    assert got == paths[1]
+    assert newest in str(rec[0].message) and paths[1] in str(rec[0].message)
+    assert safe_load(got)["step"] == 1
+
+
+def test_last_with_corrupt_pointer_or_no_pointer(tmp_path):
+    paths = _save_series(tmp_path, 2)
+    (tmp_path / "last.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert resolve_checkpoint("last", tmp_path) == paths[-1]
+    os.remove(tmp_path / "last.json")
+    with pytest.warns(UserWarning, match="no last.json"):
+        assert resolve_checkpoint("last", tmp_path) == paths[-1]
+
+
+def test_last_with_nothing_valid_raises(tmp_path):
+    paths = _save_series(tmp_path, 2)
+    for p in paths:
+        Path(p).write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="no other valid checkpoint"):
+        resolve_checkpoint("last", tmp_path)
+
+
+def test_stale_temp_files_of_live_or_foreign_writers_are_kept(tmp_path):
+    mine_alive = tmp_path / f".a.ckpt.{_host()}.{os.getpid()}.x1.tmp"
+    foreign = tmp_path / ".a.ckpt.some-other-host.1.x2.tmp"
+    for p in (mine_alive, foreign):
+        p.write_bytes(b"x")
+    dead = tmp_path / f".a.ckpt.{_host()}.999999999.x3.tmp"
+    dead.write_bytes(b"x")
+    assert clean_stale_temp_files(tmp_path) == [dead.name]
+    assert mine_alive.exists() and foreign.exists()
+
+
+def _host():
+    from distengine.checkpoint.io import _host_tag
+    return _host_tag()
