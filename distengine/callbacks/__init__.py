@@ -1,0 +1,28 @@
+"""Callbacks: ``Callback`` (the base) and the built-in ones, imported on first use."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from distengine.callbacks.base import Callback
+
+_LAZY = {
+    "ModelCheckpoint": "distengine.callbacks.model_checkpoint",
+    "EarlyStopping": "distengine.callbacks.early_stopping",
+    "LearningRateMonitor": "distengine.callbacks.lr_monitor",
+    "DeviceStatsMonitor": "distengine.callbacks.device_stats",
+    "ModelSummary": "distengine.callbacks.model_summary",
+    "Timer": "distengine.callbacks.timer",
+    "TQDMProgressBar": "distengine.callbacks.progress",
+    "ProgressBar": "distengine.callbacks.progress",
+}
+
+__all__ = ["Callback", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'distengine.callbacks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,180 @@
+"""Data: sampler injection, the resumable (distributed) training sampler, exact eval sharding.
+
+Training
+    Every standard sampler (sequential or random) is replaced by :class:`ResumableSampler`.
+    It draws one permutation per epoch from ``seed + epoch`` (the seed of
+    :func:`distengine.seed_everything`, else 0), and rank ``r`` of ``R`` takes positions
+    ``r, r+R, r+2R, ...`` of it. After every rank has consumed ``n`` samples, exactly the
+    first ``n*R`` positions are used, so a checkpoint stores one number (samples consumed,
+    over all ranks) and a resumed run, at any world size, continues with the rest of the
+    same permutation: every sample of the epoch is visited exactly once. The tail is padded
+    with repeated samples so every rank runs the same number of steps (as DDP needs).
+
+Evaluation
+    Validation, test and predict shard WITHOUT padding: rank ``r`` gets a contiguous slice
+    of the dataset. Ranks may run different numbers of batches (evaluation runs on the
+    unwrapped module, so there is no collective to hang in), epoch metrics are reduced with
+    per-rank sample counts, and gathering slices in rank order restores dataset order.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
+
+
+def global_seed() -> int:
+    return int(os.environ.get("DISTENGINE_SEED", os.environ.get("PL_GLOBAL_SEED", "0")) or 0)
+
+
+class ResumableSampler(Sampler[int]):
+    """Sharded, seeded, resumable sampler for training. See the module docstring."""
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0, drop_last: bool = False) -> None:
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start = 0  # global position (over all ranks) where the next iteration begins
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start(self, global_position: int) -> None:
+        """Begin the next iteration at this position of the epoch's permutation."""
+        self.start = max(0, min(int(global_position), self.num_samples))
+
+    def _order(self) -> torch.Tensor:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            return torch.randperm(self.num_samples, generator=g)
+        return torch.arange(self.num_samples)
+
+    def _per_rank(self, remaining: int) -> int:
+        if self.drop_last:
+            return remaining // self.num_replicas
+        return -(-remaining // self.num_replicas)
+
+    def __len__(self) -> int:
+        return self._per_rank(self.num_samples - self.start)
+
+    def __iter__(self) -> Iterator[int]:
+        rest = self._order()[self.start:]
+        per_rank = self._per_rank(len(rest))
+        total = per_rank * self.num_replicas
+        if total > len(rest) and len(rest) > 0:  # pad by wrapping around (repeats a few samples)
+            reps = -(-total // len(rest))
+            rest = rest.repeat(reps)
+        rest = rest[:total]
+        return iter(rest[self.rank::self.num_replicas].tolist())
+
+
+class EvalShardSampler(Sampler[int]):
+    """Contiguous, unpadded shard of ``range(num_samples)`` for evaluation."""
+
+    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.begin = num_samples * rank // num_replicas
+        self.end = num_samples * (rank + 1) // num_replicas
+
+    def __len__(self) -> int:
+        return self.end - self.begin
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.begin, self.end))
+
+
+_LOADER_ARGS = ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn",
+                "multiprocessing_context", "generator", "persistent_workers", "pin_memory_device",
+                "in_order")
+
+
+def _rebuild(loader: DataLoader, sampler: Sampler, drop_last: bool) -> DataLoader:
+    kwargs: dict[str, Any] = {}
+    for name in _LOADER_ARGS:
+        if hasattr(loader, name):
+            kwargs[name] = getattr(loader, name)
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+        if kwargs.get("worker_init_fn") is None and os.environ.get("DISTENGINE_SEED_WORKERS") == "1":
+            from distengine.seed import seed_worker
+
+            kwargs["worker_init_fn"] = seed_worker
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                      drop_last=drop_last, **kwargs)
+
+
+def _is_standard(loader: DataLoader) -> bool:
+    return (type(loader) is DataLoader and not isinstance(loader.dataset, IterableDataset)
+            and loader.batch_size is not None
+            and isinstance(loader.sampler, (SequentialSampler, RandomSampler)))
+
+
+def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
+                         shuffle_override: bool | None = None) -> tuple[Any, ResumableSampler | None]:
+    """Return ``(loader, sampler)``: the loader rebuilt on a :class:`ResumableSampler` when it
+    uses a standard sampler, else unchanged with ``None``."""
+    if not enabled or not isinstance(loader, DataLoader):
+        return loader, None
+    if not _is_standard(loader):
+        if world_size > 1 and not isinstance(getattr(loader, "sampler", None),
+                                             torch.utils.data.DistributedSampler):
+            raise ValueError(
+                f"the training DataLoader uses a custom sampler/batch sampler or a DataLoader "
+                f"subclass ({type(loader).__name__} with {type(loader.sampler).__name__}) that "
+                "distengine cannot shard; shard it yourself and pass "
+                "Trainer(use_distributed_sampler=False)")
+        return loader, None
+    shuffle = isinstance(loader.sampler, RandomSampler) if shuffle_override is None else shuffle_override
+    sampler = ResumableSampler(len(loader.dataset), shuffle=shuffle, seed=global_seed(),
+                               num_replicas=world_size, rank=rank, drop_last=loader.drop_last)
+    return _rebuild(loader, sampler, loader.drop_last), sampler
+
+
+def prepare_eval_loader(loader: Any, world_size: int, rank: int, enabled: bool) -> Any:
+    """Shard an evaluation loader without padding when distributed (see module docstring)."""
+    if world_size == 1 or not enabled or not isinstance(loader, DataLoader):
+        return loader
+    if not _is_standard(loader):
+        raise ValueError(
+            f"the evaluation DataLoader uses a custom sampler or a DataLoader subclass "
+            f"({type(loader).__name__}) that distengine cannot shard exactly; shard it yourself "
+            "and pass Trainer(use_distributed_sampler=False)")
+    return _rebuild(loader, EvalShardSampler(len(loader.dataset), world_size, rank), drop_last=False)
+
+
+def batch_size_of(batch: Any) -> int:
+    """The number of samples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.ndim else 1
+    if isinstance(batch, dict):
+        for v in batch.values():
+            n = batch_size_of(v)
+            if n:
+                return n
+    elif isinstance(batch, (list, tuple)):
+        for v in batch:
+            n = batch_size_of(v)
+            if n:
+                return n
+    return 1
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    return batch

@@ -1,0 +1,385 @@
+"""The fit and evaluation loops, as plain functions over the Trainer's explicit state.
+
+``fit_loop(t)``::
+
+    sanity validation (fresh runs only)
+    while epochs remain and nobody asked to stop:
+        train_epoch: for each batch from the resumed position:
+            on_train_batch_start -> forward (autocast; DDP no_sync on all but the last
+            micro-batch) -> loss / accumulate_grad_batches -> backward
+            on the last micro-batch: unscale -> clip -> optimizer step -> zero_grad ->
+            step-interval schedulers -> write step metrics every log_every_n_steps
+            on_train_batch_end; vote on stopping (all ranks act on the same step)
+            validation every val_check_interval batches
+        epoch end: epoch schedulers -> validation -> plateau schedulers ->
+            training_epoch_end / on_train_epoch_end -> epoch metrics -> stop vote
+
+Evaluation runs on the unwrapped module under ``inference_mode``, so ranks with different
+numbers of batches never meet in a collective until the epoch-end reduce.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+
+from distengine.data import move_to_device
+from distengine.dist import collectives
+
+
+def _detach(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, dict):
+        return {k: _detach(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_detach(v) for v in obj)
+    return obj
+
+
+def _log_returned(t, out: Any, epoch_level: bool) -> None:
+    """Route the 1.x-style ``'log'``/``'progress_bar'`` dicts of a returned dict to the results."""
+    if not isinstance(out, dict):
+        return
+    res = t._results
+    on_step, on_epoch = (False, True) if epoch_level else (True, False)
+    for key, prog, lg in (("log", False, True), ("progress_bar", True, False)):
+        for name, value in (out.get(key) or {}).items():
+            res.log(name, value, prog, lg, on_step, on_epoch, "mean", False, 1 if epoch_level else None)
+    if epoch_level:  # 1.x: other top-level scalars (e.g. 'val_loss') feed callback_metrics
+        for name, value in out.items():
+            if name not in ("log", "progress_bar") and isinstance(value, (torch.Tensor, float, int)) \
+                    and (not isinstance(value, torch.Tensor) or value.numel() == 1):
+                res.log(name, value, False, False, False, True, "mean", False, 1)
+
+
+def _extract_loss(t, out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        loss = out
+    elif isinstance(out, dict):
+        if "loss" not in out:
+            raise ValueError(f"training_step returned a dict without a 'loss' key (keys: {sorted(out)})")
+        loss = out["loss"]
+        if "log" in out or "progress_bar" in out:
+            _log_returned(t, out, epoch_level=False)
+    elif out is None:
+        return None
+    else:
+        raise ValueError(f"training_step must return a scalar loss tensor, a dict with 'loss', or None; "
+                         f"got {type(out).__name__}")
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"the loss returned by training_step must be a scalar tensor, got {shape}; "
+                         "reduce it, for example with .mean()")
+    return loss
+
+
+def _step_schedulers(t, interval: str, plateau: bool) -> None:
+    for cfg in t.lr_scheduler_configs:
+        if cfg.interval != interval or cfg.reduce_on_plateau != plateau:
+            continue
+        count = t.progress.global_step if interval == "step" else t.progress.epoch + 1
+        if count % cfg.frequency:
+            continue
+        if cfg.reduce_on_plateau:
+            metrics = t.callback_metrics
+            if cfg.monitor not in metrics:
+                if cfg.strict:
+                    raise RuntimeError(f"ReduceLROnPlateau monitors {cfg.monitor!r}, which was not logged; "
+                                       f"logged: {sorted(metrics)}")
+                continue
+            cfg.scheduler.step(float(metrics[cfg.monitor]))
+        else:
+            cfg.scheduler.step()
+
+
+def _check_nonfinite(t, loss: torch.Tensor) -> None:
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(
+            f"the training loss is {loss.item()} at global step {t.progress.global_step} "
+            f"(epoch {t.progress.epoch}) on rank {t.global_rank}; lower the learning rate, check the "
+            "data, or pass Trainer(on_nonfinite_loss='skip') to skip such steps")
+
+
+def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def _optimizer_step(t, optimizer: torch.optim.Optimizer) -> None:
+    prec = t._precision
+    hooks = t._hooks
+    clip = t.gradient_clip_val
+    if clip:
+        prec.unscale(optimizer)
+    for fn in hooks["on_before_optimizer_step"]:
+        fn(optimizer)
+    if clip:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if t.gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+    if t.on_nonfinite_loss == "skip" and prec.scaler is None and not _grads_finite(optimizer):
+        t._skipped_nonfinite += 1  # DDP made the gradients equal, so every rank skips together
+    else:
+        prec.step(optimizer)
+    for fn in hooks["on_before_zero_grad"]:
+        fn(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_epoch(t) -> None:
+    """Run the training batches of ``t.progress.epoch`` from the resumed position."""
+    p = t.progress
+    hooks = t._hooks
+    module, model, prec, res = t._module, t._model, t._precision, t._results
+    ddp = model is not module
+    h_start, h_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
+    h_before_bw, h_after_bw = hooks["on_before_backward"], hooks["on_after_backward"]
+    accum = t.accumulate_grad_batches
+    optimizer = t.optimizers[0]
+    num_batches = t.num_training_batches
+    device = t._device
+    on_cpu = device.type == "cpu"
+    collect = t._collect_train_outputs
+    outputs: list[Any] = [] if collect else None
+    check_finite = t.on_nonfinite_loss == "error" and prec.scaler is None
+    log_every = t.log_every_n_steps
+    val_every = t._val_every_batches
+    step_fn = model if ddp else module.training_step
+    autocast = prec.autocast if prec.is_mixed else None
+    manual = not module.automatic_optimization
+    convert = prec.convert_input if prec._true_dtype is not None else None
+
+    batch_idx = p.batches_done
+    t._epoch_start_batch = batch_idx
+    iterator = iter(t._train_loader)
+    if t._train_sampler is None and batch_idx:  # not resumable by position: skip what was done
+        for _ in range(batch_idx):
+            next(iterator)
+    if t._pending_rng is not None:  # after iter(): worker seeds are drawn when it is created
+        from distengine.checkpoint.rng import restore_rng_state
+
+        restore_rng_state(t._pending_rng)
+        t._pending_rng = None
+    res.stage, res.in_step = "train", True
+
+    for batch in iterator if batch_idx < num_batches else ():
+        if not on_cpu:
+            batch = move_to_device(batch, device)
+        if convert is not None:
+            batch = convert(batch)
+        res.set_batch(batch)
+        skip_rest = False
+        for fn in h_start:
+            if fn(batch, batch_idx) == -1:
+                skip_rest = True
+        if skip_rest:
+            break
+        last_micro = (batch_idx + 1) % accum == 0 or batch_idx + 1 == num_batches
+        sync_ctx = model.no_sync() if ddp and not last_micro else contextlib.nullcontext()
+        with sync_ctx:
+            if autocast is not None:
+                with autocast():
+                    out = step_fn(batch, batch_idx)
+            else:
+                out = step_fn(batch, batch_idx)
+            if manual:
+                loss = None
+            else:
+                loss = _extract_loss(t, out)
+                if t._step_hook is not None:
+                    out = t._step_hook(out)
+                    loss = _extract_loss(t, out)
+            if loss is not None:
+                if not t._loss_checked:
+                    t._check_first_loss(loss)
+                if check_finite:
+                    _check_nonfinite(t, loss)
+                t._last_loss = loss
+                if accum > 1:
+                    loss = loss / accum
+                for fn in h_before_bw:
+                    fn(loss)
+                prec.backward(loss)
+                for fn in h_after_bw:
+                    fn()
+        p.total_batches += 1
+        if last_micro and (loss is not None or manual):
+            if not manual:
+                _optimizer_step(t, optimizer)
+            p.global_step += 1
+            if t._has_step_schedulers:
+                _step_schedulers(t, "step", plateau=False)
+            if p.global_step % log_every == 0:
+                t._write_step_metrics()
+        batch_idx += 1
+        p.batches_done = batch_idx
+        if collect:
+            outputs.append(_detach(out))
+        for fn in h_end:
+            fn(out, batch, batch_idx - 1)
+        if t._vote_step():
+            return
+        if val_every and batch_idx % val_every == 0 and batch_idx < num_batches and t._should_validate():
+            run_eval(t, "validate", t._val_loaders, t._limit("val"))
+            res.stage, res.in_step = "train", True
+            if t._vote_step():
+                return
+        if 0 <= t.max_steps <= p.global_step or batch_idx >= num_batches:
+            break
+    p.epoch_done = batch_idx >= num_batches
+    if collect:
+        t._train_outputs = outputs
+
+
+def fit_loop(t) -> None:
+    p = t.progress
+    hooks = t._hooks
+    if t._run_sanity_check:
+        t._status.sanity_checking = True
+        try:
+            run_eval(t, "validate", t._val_loaders, t._sanity_steps, sanity=True)
+        finally:
+            t._status.sanity_checking = False
+    for fn in hooks["on_train_start"]:
+        fn()
+    while not t._fit_done():
+        if t._train_sampler is not None:
+            t._train_sampler.set_epoch(p.epoch)
+        t._module.train()
+        for fn in hooks["on_train_epoch_start"]:
+            fn()
+        train_epoch(t)
+        if t._stop_now or not p.epoch_done:  # a stop request, or max_steps mid-epoch
+            break
+        _end_of_epoch(t)
+        if t._stop_now:
+            break
+        p.epoch += 1
+        p.batches_done = 0
+        p.samples_done = 0
+        p.epoch_done = False
+        if t._train_sampler is not None:
+            t._train_sampler.set_start(0)
+    for fn in hooks["on_train_end"]:
+        fn()
+
+
+def _end_of_epoch(t) -> None:
+    p = t.progress
+    res = t._results
+    _step_schedulers(t, "epoch", plateau=False)
+    if t._should_validate() and (p.epoch + 1) % t.check_val_every_n_epoch == 0:
+        run_eval(t, "validate", t._val_loaders, t._limit("val"))
+    _step_schedulers(t, "epoch", plateau=True)
+    res.stage, res.in_step = "train", False
+    module = t._module
+    if t._collect_train_outputs:
+        ret = module.training_epoch_end(t._train_outputs)
+        t._train_outputs = None
+        _log_returned(t, ret, epoch_level=True)
+    for fn in t._module_hooks["on_train_epoch_end"]:
+        fn()
+    log, _ = res.collect_epoch("train")
+    if log:
+        t._log_to_loggers(log)
+    for fn in t._callback_hooks["on_train_epoch_end"]:
+        fn()
+    res.in_step = True
+    t._vote_epoch()
+
+
+@torch.no_grad()
+def run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool = False) -> list[dict]:
+    """Run validation/test/predict over ``loaders``; return per-loader metrics (or predictions)."""
+    module, hooks, res, prec = t._module, t._hooks, t._results, t._precision
+    name = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
+    step = getattr(module, f"{name}_step")
+    was_training = module.training
+    module.eval()
+    prev_stage, prev_in_step = res.stage, res.in_step
+    res.stage, res.in_step = stage, True
+    res.reset_stage(stage)
+    collect = t._collect_eval_outputs(stage)
+    device, convert = t._device, (prec.convert_input if prec._true_dtype is not None else None)
+    many = len(loaders) > 1
+    for fn in hooks[f"on_{name}_start"]:
+        fn()
+    for fn in hooks[f"on_{name}_epoch_start"]:
+        fn()
+    all_outputs: list[list[Any]] = []
+    ctx = torch.inference_mode() if t.inference_mode else contextlib.nullcontext()
+    with ctx:
+        for dl_idx, loader in enumerate(loaders):
+            res.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if many else ""
+            outputs: list[Any] = []
+            extra = (dl_idx,) if many else ()
+            for batch_idx, batch in enumerate(loader):
+                if batch_idx >= limit[dl_idx]:
+                    break
+                batch = move_to_device(batch, device)
+                if convert is not None:
+                    batch = convert(batch)
+                res.set_batch(batch)
+                for fn in hooks[f"on_{name}_batch_start"]:
+                    fn(batch, batch_idx, *extra)
+                with prec.autocast():
+                    out = step(batch, batch_idx, *extra)
+                for fn in hooks[f"on_{name}_batch_end"]:
+                    fn(out, batch, batch_idx, *extra)
+                if collect:
+                    outputs.append(_detach(out) if stage != "predict" else out)
+            all_outputs.append(outputs)
+    res.dataloader_suffix = ""
+    result: list[Any]
+    if stage == "predict":
+        result = [_gather_in_order(o) for o in all_outputs]
+        for fn in hooks["on_predict_epoch_end"]:
+            fn()
+    else:
+        res.in_step = False
+        end_hook = getattr(module, f"{name}_epoch_end", None)
+        if collect and end_hook is not None and t._module_overrides(f"{name}_epoch_end"):
+            ret = end_hook(all_outputs[0] if not many else all_outputs)
+            _log_returned(t, ret, epoch_level=True)
+        elif collect and t._module_overrides("validation_end") and stage == "validate":
+            _log_returned(t, module.validation_end(all_outputs[0]), epoch_level=True)
+        for fn in t._module_hooks[f"on_{name}_epoch_end"]:
+            fn()
+        log, values = res.collect_epoch(stage)
+        if log and not sanity:
+            t._log_to_loggers(log)
+        for fn in t._callback_hooks[f"on_{name}_epoch_end"]:
+            fn()
+        result = _split_by_loader(values, len(loaders))
+    for fn in hooks[f"on_{name}_end"]:
+        fn()
+    res.stage, res.in_step = prev_stage, prev_in_step
+    if was_training:
+        module.train()
+    return result
+
+
+def _gather_in_order(outputs: list[Any]) -> list[Any]:
+    """Concatenate every rank's predictions in rank order: shards are contiguous, so this is
+    dataset order."""
+    per_rank = collectives.all_gather_object(outputs)
+    return [item for rank_out in per_rank for item in rank_out]
+
+
+def _split_by_loader(values: dict[str, float], n: int) -> list[dict[str, float]]:
+    if n <= 1:
+        return [values]
+    out: list[dict[str, float]] = [{} for _ in range(n)]
+    for k, v in values.items():
+        base, sep, idx = k.rpartition("/dataloader_idx_")
+        if sep and idx.isdigit() and int(idx) < n:
+            out[int(idx)][k] = v
+        else:
+            for d in out:
+                d[k] = v
+    return out

@@ -1,0 +1,233 @@
+"""What ``self.log`` records, and how it is reduced across ranks.
+
+Per step, ``log`` only stores a detached reference (no GPU->CPU copy, no collective). Values
+become Python floats when they are written: every ``log_every_n_steps`` for step values,
+and at each epoch end for epoch values. At such a sync point, ALL values that need a reduce
+go in one fused ``all_reduce`` (float64, sums and sample counts side by side), preceded by a
+fixed-size check that every rank logged the same names: a mismatch raises an error naming
+the keys instead of hanging.
+
+Epoch values are means weighted by batch size (or sum/max/min via ``reduce_fx``), and they
+are ALWAYS reduced across ranks with per-rank sample counts, so a validation metric on N
+ranks equals the single-process value. ``sync_dist=True`` additionally averages step values.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+
+from distengine.dist import collectives
+
+_REDUCE = ("mean", "sum", "max", "min")
+
+
+class _Entry:
+    __slots__ = ("name", "prog_bar", "logger", "on_step", "on_epoch", "reduce_fx", "sync_dist",
+                 "step_value", "fresh", "total", "count")
+
+    def __init__(self, name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist):
+        self.name, self.prog_bar, self.logger = name, prog_bar, logger
+        self.on_step, self.on_epoch, self.reduce_fx, self.sync_dist = on_step, on_epoch, reduce_fx, sync_dist
+        self.step_value: Any = None
+        self.fresh = False
+        self.total: Any = None
+        self.count = 0
+
+
+def _as_float_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float64).reshape(())
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def _names_differ(names: list[str]) -> bool:
+    """True on every rank when ranks logged different metric names (2 numbers, one collective)."""
+    if not collectives.is_distributed():
+        return False
+    h = float(zlib.crc32("\0".join(names).encode()) & 0xFFFFF)  # 20 bits: float64 sums stay exact
+    summed = collectives.reduce_tensors([torch.tensor([h, h * h], dtype=torch.float64)], "sum")[0]
+    w = collectives.world_size()
+    # all hashes are equal exactly when their variance is zero
+    return float(summed[1]) * w != float(summed[0]) ** 2
+
+
+def _mismatch_error(stage: str, names: list[str]) -> RuntimeError:
+    per_rank = collectives.all_gather_object(sorted(names))
+    detail = "; ".join(f"rank {r}: {k}" for r, k in enumerate(per_rank))
+    return RuntimeError(f"ranks logged different metric names in {stage}, which cannot be reduced "
+                        f"together: {detail}. Log the same names on every rank.")
+
+
+class Results:
+    """Store of logged values for the current stage ("train", "validate", "test", "predict")."""
+
+    def __init__(self) -> None:
+        self.stage = "train"
+        self.in_step = True  # False inside *_epoch_* hooks: defaults switch to on_epoch
+        self.batch: Any = None
+        self._batch_size: int | None = None
+        self.entries: dict[str, dict[str, _Entry]] = {"train": {}, "validate": {}, "test": {}, "predict": {}}
+        self.epoch_values: dict[str, torch.Tensor] = {}  # reduced epoch values -> callback_metrics
+        self.prog_bar_epoch: dict[str, float] = {}
+        self.dataloader_suffix = ""
+
+    # ---------------------------------------------------------------- hot path
+    def set_batch(self, batch: Any) -> None:
+        self.batch = batch
+        self._batch_size = None
+
+    def log(self, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, batch_size) -> None:
+        table = self.entries[self.stage]
+        key = name + self.dataloader_suffix
+        entry = table.get(key)
+        if entry is None:
+            entry = table[key] = self._new_entry(key, value, prog_bar, logger, on_step, on_epoch,
+                                                 reduce_fx, sync_dist)
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        if entry.on_step:
+            entry.step_value = value
+            entry.fresh = True
+        if entry.on_epoch:
+            if batch_size is None:
+                batch_size = self._batch_size
+                if batch_size is None:
+                    from distengine.data import batch_size_of
+
+                    batch_size = self._batch_size = batch_size_of(self.batch) if self.in_step else 1
+            v = _as_float_tensor(value)
+            fx = entry.reduce_fx
+            if entry.total is None:
+                entry.total = v * batch_size if fx == "mean" else v
+            elif fx == "mean":
+                entry.total = entry.total + v * batch_size
+            elif fx == "sum":
+                entry.total = entry.total + v
+            elif fx == "max":
+                entry.total = torch.maximum(entry.total, v)
+            else:
+                entry.total = torch.minimum(entry.total, v)
+            entry.count += batch_size
+
+    def _new_entry(self, key, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist) -> _Entry:
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            raise ValueError(f"self.log({key!r}, ...) needs a scalar, got a tensor of shape "
+                             f"{tuple(value.shape)}; log a reduced value such as tensor.mean()")
+        if not isinstance(value, (torch.Tensor, int, float)):
+            raise ValueError(f"self.log({key!r}, ...) needs a number or a one-element tensor, "
+                             f"got {type(value).__name__}")
+        fx = reduce_fx if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
+        fx = {"avg": "mean", "amax": "max", "amin": "min"}.get(fx, fx)
+        if fx not in _REDUCE:
+            raise ValueError(f"self.log({key!r}, reduce_fx={reduce_fx!r}) is not supported; "
+                             f"use one of {_REDUCE}")
+        per_step_default = self.stage == "train" and self.in_step
+        on_step = per_step_default if on_step is None else bool(on_step)
+        on_epoch = (not per_step_default) if on_epoch is None else bool(on_epoch)
+        if self.stage != "train" and on_step and self.in_step is False:
+            on_step = False
+        if not on_step and not on_epoch:
+            raise ValueError(f"self.log({key!r}, on_step=False, on_epoch=False) records nothing; "
+                             "set one of them to True")
+        return _Entry(key, prog_bar, logger, on_step, on_epoch, fx, sync_dist)
+
+    # ---------------------------------------------------------------- sync points
+    def collect_step(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Return (logger metrics, progress-bar metrics) from the fresh step values of training."""
+        fresh = [e for e in self.entries["train"].values() if e.fresh]
+        synced = sorted((e for e in fresh if e.sync_dist), key=lambda e: e.name)
+        values: dict[str, float] = {}
+        if collectives.is_distributed():
+            # every rank reaches this point at the same step; a rank with nothing to sync
+            # still takes part so that a name mismatch is reported instead of hanging
+            if _names_differ([e.name for e in synced]):
+                raise _mismatch_error("training steps (sync_dist=True)", [e.name for e in synced])
+            red = collectives.reduce_tensors([_as_float_tensor(e.step_value) for e in synced], "sum")
+            w = collectives.world_size()
+            for e, t in zip(synced, red):
+                values[e.name] = float(t) / w if e.reduce_fx == "mean" else float(t)
+        log: dict[str, float] = {}
+        bar: dict[str, float] = {}
+        for e in fresh:
+            v = values[e.name] if e.name in values else float(e.step_value)
+            name = e.name + "_step" if e.on_epoch else e.name
+            if e.logger:
+                log[name] = v
+            if e.prog_bar:
+                bar[name] = v
+            e.fresh = False
+        return log, bar
+
+    def step_metrics_now(self) -> dict[str, torch.Tensor]:
+        """Latest local step values (for callback_metrics), converted without a reduce."""
+        out = {}
+        for e in self.entries["train"].values():
+            if e.on_step and e.step_value is not None:
+                out[e.name + "_step" if e.on_epoch else e.name] = _as_float_tensor(e.step_value).float()
+                if not e.on_epoch:
+                    out[e.name] = out[e.name]
+        return out
+
+    def prog_bar_now(self) -> dict[str, float]:
+        out = dict(self.prog_bar_epoch)
+        for e in self.entries["train"].values():
+            if e.prog_bar and e.on_step and e.step_value is not None:
+                out[e.name + "_step" if e.on_epoch else e.name] = float(e.step_value)
+        return out
+
+    def collect_epoch(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
+        """Reduce the epoch values of ``stage`` across ranks; reset them; return
+        (logger metrics, all metrics). Every rank must call this at the same point."""
+        table = self.entries[stage]
+        entries = sorted((e for e in table.values() if e.on_epoch), key=lambda e: e.name)
+        names = [e.name for e in entries]
+        if collectives.is_distributed() and _names_differ(names):
+            # A rank that ran no batch at all logged nothing, which is fine: it contributes
+            # zero samples. Any other difference is a bug in the user's code.
+            all_names = collectives.all_gather_object(names)
+            ran = collectives.all_gather_object(any(e.count for e in entries))
+            union = sorted(set().union(*map(set, all_names)))
+            bad = [r for r, (n, did) in enumerate(zip(all_names, ran)) if did and n != union]
+            if bad:
+                detail = "; ".join(f"rank {r}: {n}" for r, n in enumerate(all_names))
+                raise RuntimeError(f"ranks logged different metric names in {stage}: {detail}. "
+                                   "Log the same names on every rank.")
+            src = ran.index(True) if True in ran else 0
+            meta = collectives.broadcast_object(
+                [(e.name, e.reduce_fx, e.on_step, e.logger, e.prog_bar) for e in entries], src=src)
+            entries = [table.get(n) or _Entry(n, bar, lg, st, True, fx, False)
+                       for n, fx, st, lg, bar in meta]
+        out: dict[str, float] = {}
+        log: dict[str, float] = {}
+        if entries:
+            sums = [(e.total if e.total is not None else torch.zeros((), dtype=torch.float64)) for e in entries]
+            counts = [torch.tensor(float(e.count), dtype=torch.float64) for e in entries]
+            by_op: dict[str, list[int]] = {}
+            for i, e in enumerate(entries):
+                by_op.setdefault("sum" if e.reduce_fx in ("mean", "sum") else e.reduce_fx, []).append(i)
+            reduced_sum = list(sums)
+            for op, idx in by_op.items():
+                tensors = [sums[i] for i in idx] + ([counts[i] for i in idx] if op == "sum" else [])
+                red = collectives.reduce_tensors(tensors, op)
+                for j, i in enumerate(idx):
+                    reduced_sum[i] = red[j]
+                    if op == "sum":
+                        counts[i] = red[len(idx) + j]
+            for e, s, c in zip(entries, reduced_sum, counts):
+                value = float(s / c) if e.reduce_fx == "mean" and float(c) > 0 else float(s)
+                name = e.name + "_epoch" if e.on_step else e.name
+                out[e.name] = value
+                self.epoch_values[e.name] = torch.tensor(value)
+                if e.on_step:
+                    self.epoch_values[name] = torch.tensor(value)
+                if e.logger:
+                    log[name] = value
+                if e.prog_bar:
+                    self.prog_bar_epoch[name] = value
+                e.total, e.count = None, 0
+        return log, out
+
+    def reset_stage(self, stage: str) -> None:
+        self.entries[stage] = {}

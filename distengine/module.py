@@ -1,0 +1,272 @@
+"""`Module`: the hooks a user overrides to describe the science of a training run.
+
+Example::
+
+    import torch, distengine as de
+
+    class Classifier(de.Module):
+        def __init__(self, lr=0.1):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Linear(8, 2)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+The older (1.x) style also works: ``training_step`` may return ``{"loss": loss, "log": {...},
+"progress_bar": {...}}`` and ``training_epoch_end(outputs)``, ``validation_epoch_end(outputs)``
+and ``test_epoch_end(outputs)`` receive the detached step outputs of the epoch on this rank.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+#: Hooks of the module that take no ``trainer, module`` arguments; the Trainer only calls the
+#: ones a subclass overrides.
+MODULE_HOOKS = (
+    "setup", "teardown",
+    "on_fit_start", "on_fit_end",
+    "on_train_start", "on_train_end",
+    "on_train_epoch_start", "on_train_epoch_end",
+    "on_validation_start", "on_validation_end",
+    "on_validation_epoch_start", "on_validation_epoch_end",
+    "on_test_start", "on_test_end",
+    "on_test_epoch_start", "on_test_epoch_end",
+    "on_predict_start", "on_predict_end",
+    "on_predict_epoch_start", "on_predict_epoch_end",
+    "on_train_batch_start", "on_train_batch_end",
+    "on_validation_batch_start", "on_validation_batch_end",
+    "on_test_batch_start", "on_test_batch_end",
+    "on_predict_batch_start", "on_predict_batch_end",
+    "on_before_backward", "on_after_backward",
+    "on_before_optimizer_step", "on_before_zero_grad",
+    "on_save_checkpoint", "on_load_checkpoint",
+    # 1.x names still taught by tutorials
+    "on_epoch_start", "on_epoch_end", "on_batch_start", "on_batch_end",
+)
+
+
+class AttributeDict(dict):
+    """A dict whose keys are also attributes: ``hparams.lr`` and ``hparams["lr"]``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"no hyperparameter named {key!r}; saved: {sorted(self)}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+class Module(nn.Module):
+    """A ``torch.nn.Module`` with training hooks. See the module docstring for an example."""
+
+    #: Set to False in ``__init__`` to call ``self.optimizers()``, ``self.manual_backward(loss)``
+    #: and ``optimizer.step()`` yourself in ``training_step``.
+    automatic_optimization: bool = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainer = None
+        self._hparams = AttributeDict()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def trainer(self):
+        """The Trainer running this module (``None`` outside ``fit``/``validate``/...)."""
+        return self._trainer
+
+    @property
+    def device(self) -> torch.device:
+        if self._trainer is not None:
+            return self._trainer.strategy.root_device
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def global_rank(self) -> int:
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def hparams(self) -> AttributeDict:
+        return self._hparams
+
+    @property
+    def logger(self):
+        return self._trainer.logger if self._trainer is not None else None
+
+    # ------------------------------------------------------------------ logging
+    def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True,
+            on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str = "mean",
+            sync_dist: bool = False, batch_size: int | None = None, **_ignored: Any) -> None:
+        """Record a scalar metric.
+
+        Defaults follow Lightning: inside ``training_step`` and the train batch hooks the
+        value is logged per step (``on_step=True, on_epoch=False``); in validation/test, and
+        in any ``*_epoch_*`` hook, it is accumulated over the epoch (``on_epoch=True``),
+        weighted by ``batch_size`` (inferred from the batch when omitted). Epoch values are
+        always reduced across ranks with per-rank sample counts, so a validation metric equals
+        its single-process value. ``sync_dist=True`` also reduces per-step values when they
+        are written (every ``log_every_n_steps``), in one fused collective for all metrics.
+        Outside a Trainer the call does nothing.
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return
+        trainer._results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
+                             sync_dist, batch_size)
+
+    def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
+        """Call :meth:`log` for each item of ``dictionary`` with the same options."""
+        for name, value in dictionary.items():
+            self.log(name, value, **kwargs)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank zero only."""
+        if self.global_rank == 0:
+            print(*args, **kwargs)
+
+    # ------------------------------------------------------------------ hyperparameters
+    def save_hyperparameters(self, *args: Any, ignore: list[str] | str | None = None,
+                             logger: bool = True) -> None:
+        """Store the arguments of the calling ``__init__`` in ``self.hparams``.
+
+        With no arguments every ``__init__`` argument is saved; with names, only those; with a
+        dict (or Namespace), its items. They are written to checkpoints and to the loggers.
+        """
+        ignore = [ignore] if isinstance(ignore, str) else list(ignore or [])
+        if len(args) == 1 and not isinstance(args[0], str):
+            params = dict(vars(args[0]) if not isinstance(args[0], Mapping) else args[0])
+        else:
+            frame = inspect.currentframe().f_back
+            init_args: dict[str, Any] = {}
+            # Walk up through super().__init__ calls to collect every subclass's arguments.
+            while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is self:
+                info = inspect.getargvalues(frame)
+                for name in info.args[1:]:
+                    init_args.setdefault(name, info.locals[name])
+                if info.varargs:
+                    init_args.setdefault(info.varargs, info.locals[info.varargs])
+                if info.keywords:
+                    for k, v in info.locals[info.keywords].items():
+                        init_args.setdefault(k, v)
+                frame = frame.f_back
+            params = {k: v for k, v in init_args.items() if not args or k in args}
+            missing = [a for a in args if a not in init_args]
+            if missing:
+                raise ValueError(f"save_hyperparameters: {missing} are not arguments of __init__")
+        for k in ignore:
+            params.pop(k, None)
+        params = {k: v for k, v in params.items() if not isinstance(v, nn.Module)}
+        self._hparams.update(copy.deepcopy(params))
+        self._log_hyperparams = logger
+
+    # ------------------------------------------------------------------ the science (override)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> Any:
+        raise NotImplementedError
+
+    def val_dataloader(self) -> Any:
+        raise NotImplementedError
+
+    def test_dataloader(self) -> Any:
+        raise NotImplementedError
+
+    def predict_dataloader(self) -> Any:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ manual optimization
+    def optimizers(self):
+        """The optimizer(s) from ``configure_optimizers`` (one, or a list when several)."""
+        opts = self._trainer.optimizers
+        return opts[0] if len(opts) == 1 else opts
+
+    def lr_schedulers(self):
+        cfgs = self._trainer.lr_scheduler_configs
+        if not cfgs:
+            return None
+        return cfgs[0].scheduler if len(cfgs) == 1 else [c.scheduler for c in cfgs]
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()`` through the Trainer's precision (use with manual optimization)."""
+        self._trainer._precision.backward(loss, *args, **kwargs)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str, map_location: Any = "cpu", strict: bool = True,
+                             **overrides: Any) -> Module:
+        """Build the module from a checkpoint's hyperparameters (updated by ``overrides``) and
+        load its weights. No training state is restored. Loading is always ``weights_only``.
+
+        Example: ``model = Classifier.load_from_checkpoint("checkpoints/last.ckpt", lr=0.01)``
+        """
+        from distengine.checkpoint.apply import load_weights
+        from distengine.checkpoint.io import safe_load
+
+        ckpt = safe_load(checkpoint_path, map_location=map_location)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.update(overrides)
+        model = cls(**hparams)
+        load_weights(model, ckpt["state_dict"], strict=strict, source=checkpoint_path)
+        if type(model).on_load_checkpoint is not Module.on_load_checkpoint:
+            model.on_load_checkpoint(ckpt)
+        return model
+
+
+def _noop(self, *args, **kwargs):
+    return None
+
+
+for _name in MODULE_HOOKS:
+    setattr(Module, _name, _noop)
+del _name
+
+
+def module_overrides(module: Module, name: str) -> bool:
+    impl = getattr(type(module), name, None)
+    return impl is not None and impl is not getattr(Module, name, None)
+
+
+LightningModule = Module

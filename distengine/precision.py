@@ -1,0 +1,123 @@
+"""Precision: autocast and gradient scaling behind one object with its own ``state_dict``.
+
+Supported values (Lightning's names; the 1.x integers too):
+
+=================  ===========================================================
+``"32-true"``/32   float32 everywhere (the default)
+``"16-mixed"``/16  float16 autocast + ``torch.amp.GradScaler``: the loss is scaled,
+                   gradients are unscaled before clipping, and a step whose gradients
+                   hold inf/nan is skipped and counted (``skipped_steps``)
+``"bf16-mixed"``   bfloat16 autocast (no scaler needed)
+``"bf16-true"``    the module's parameters and floating inputs cast to bfloat16
+``"64-true"``      float64 parameters and floating inputs
+=================  ===========================================================
+
+Autocast works on CPU and CUDA, so mixed precision is testable without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+_ALIASES = {
+    "32": "32-true", "32-true": "32-true", 32: "32-true",
+    "16": "16-mixed", "16-mixed": "16-mixed", 16: "16-mixed",
+    "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
+    "bf16-true": "bf16-true",
+    "64": "64-true", "64-true": "64-true", 64: "64-true",
+}
+
+
+def normalize_precision(value: Any) -> str:
+    key = value if isinstance(value, int) else str(value)
+    if key not in _ALIASES:
+        raise ValueError(
+            f"precision={value!r} is not supported; use one of "
+            "'32-true', '16-mixed', 'bf16-mixed', 'bf16-true', '64-true' (or 32, 16, 64)")
+    return _ALIASES[key]
+
+
+def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast_floats(o, dtype) for o in obj) if not hasattr(obj, "_fields") \
+            else type(obj)(*(_cast_floats(o, dtype) for o in obj))
+    if isinstance(obj, dict):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+class Precision:
+    """Owns autocast, the GradScaler and the counters of skipped steps."""
+
+    def __init__(self, precision: Any, device: torch.device) -> None:
+        self.precision = normalize_precision(precision)
+        self.device = device
+        self.scaler: torch.amp.GradScaler | None = None
+        self._skipped = 0
+        self._true_dtype = {"bf16-true": torch.bfloat16, "64-true": torch.float64}.get(self.precision)
+        if self.precision == "16-mixed":
+            self.scaler = torch.amp.GradScaler(device.type)
+            self._autocast_dtype = torch.float16
+        elif self.precision == "bf16-mixed":
+            self._autocast_dtype = torch.bfloat16
+        else:
+            self._autocast_dtype = None
+
+    @property
+    def is_mixed(self) -> bool:
+        return self._autocast_dtype is not None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self._true_dtype is not None:
+            module.to(self._true_dtype)
+        return module
+
+    def convert_input(self, batch: Any) -> Any:
+        return _cast_floats(batch, self._true_dtype) if self._true_dtype is not None else batch
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward(*args, **kwargs)
+        else:
+            loss.backward(*args, **kwargs)
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients by the loss scale (needed before clipping)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+            return
+        scale_before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        # GradScaler lowers the scale exactly when it skipped the step for inf/nan gradients.
+        if self.scaler.get_scale() < scale_before:
+            self._skipped += 1
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped because the scaled gradients held inf or nan."""
+        return self._skipped
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"precision": self.precision, "skipped_steps": self._skipped}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._skipped = int(state.get("skipped_steps", 0))
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,41 @@
+"""Progress counters owned by the Trainer: users read them, the loop writes them.
+
+``Progress`` is saved in every checkpoint; together with the sampler position it tells a
+resumed run exactly where to continue.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Progress:
+    epoch: int = 0               # the current (or next, once epoch_done) epoch
+    global_step: int = 0         # optimizer steps taken
+    batches_done: int = 0        # training batches finished in the current epoch on this rank
+    samples_done: int = 0        # samples of the current epoch consumed over all ranks
+    epoch_done: bool = False     # the current epoch's training batches are all done
+    total_batches: int = 0       # training batches run since fit began (for accumulation)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            if hasattr(self, k):
+                setattr(self, k, type(getattr(self, k))(v))
+
+
+@dataclass
+class TrainerStatus:
+    stage: str | None = None     # "fit", "validate", "test", "predict" or None
+    sanity_checking: bool = False
+    stop_signal: int | None = None

@@ -1,0 +1,389 @@
+"""The Trainer's setup and checkpoint plumbing, kept apart from its flags and entry points.
+
+``CheckpointMixin`` is mixed into :class:`distengine.Trainer`; it reads the Trainer's
+attributes and is not used on its own.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+import torch
+
+from distengine.dist import collectives
+from distengine.dist.env import ClusterEnv
+
+
+def _gpu_count() -> int:
+    # device_count() asks NVML when it can and does not create a CUDA context
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) -> tuple[str, int, list[int]]:
+    """Return ``(accelerator, devices per node, gpu ids)`` or raise a one-line error."""
+    if gpus is not None:  # 1.x: gpus=2, gpus=[0, 1], gpus="0,1", gpus=0 (CPU)
+        if gpus in (0, "0", [], "") :
+            accelerator, devices = "cpu", devices
+        else:
+            accelerator, devices = "gpu", gpus
+    accelerator = {"cuda": "gpu"}.get(str(accelerator).lower(), str(accelerator).lower())
+    if accelerator not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"accelerator={accelerator!r} is not supported; use 'auto', 'cpu' or 'gpu'")
+    forced = os.environ.get("DISTENGINE_ACCELERATOR")
+    if accelerator == "auto":
+        accelerator = forced if forced in ("cpu", "gpu") else ("gpu" if _gpu_count() > 0 else "cpu")
+    ids: list[int] = []
+    if isinstance(devices, str) and devices != "auto":
+        devices = [int(x) for x in devices.split(",") if x.strip()] if "," in devices else int(devices)
+    if isinstance(devices, (list, tuple)):
+        ids = [int(i) for i in devices]
+        count = len(ids)
+    elif devices == "auto":
+        count = env.local_world_size if env.distributed else 1
+    else:
+        count = int(devices)
+        if count == -1:
+            count = _gpu_count() if accelerator == "gpu" else (os.cpu_count() or 1)
+    if count < 1:
+        raise ValueError(f"devices={devices!r} asks for no device; use devices=1 or more")
+    if accelerator == "gpu":
+        available = _gpu_count()
+        wanted = max(ids) + 1 if ids else count
+        if env.distributed:
+            wanted = 1  # each rank sees the device(s) the launcher gave it
+        if available < wanted:
+            what = f"GPU indices {ids}" if ids else f"{count} GPU(s)"
+            raise ValueError(f"asked for {what} but {available} GPU(s) are available "
+                             f"(torch.cuda.device_count()={available}); use accelerator='cpu' or fewer devices")
+        ids = ids or list(range(count))
+    if env.distributed and devices != "auto" and count != env.local_world_size:
+        raise ValueError(f"Trainer(devices={count}) contradicts the launched job, which runs "
+                         f"{env.local_world_size} process(es) per node; use devices='auto' or launch {count}")
+    return accelerator, count, ids
+
+
+class StopVote:
+    """Agree across ranks on stopping without waiting for the answer every step.
+
+    ``step`` starts a small non-blocking all-reduce (MAX of [stop flag, signal number]) and
+    returns the result of the one started at the PREVIOUS step: every rank sees the same
+    answer at the same step, one step after the request, and the reduce overlaps the next
+    step's work. ``sync`` is the blocking version used at epoch ends.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.pending: tuple[Any, torch.Tensor] | None = None
+        self.distributed = collectives.is_distributed()
+
+    def _start(self, flag: bool, signum: int):
+        import torch.distributed as dist
+
+        buf = torch.tensor([float(flag), float(signum)], device=self.device)
+        return dist.all_reduce(buf, op=dist.ReduceOp.MAX, async_op=True), buf
+
+    def _drain(self) -> tuple[bool, int]:
+        if self.pending is None:
+            return False, 0
+        work, buf = self.pending
+        self.pending = None
+        work.wait()
+        flag, signum = buf.tolist()
+        return flag > 0, int(signum)
+
+    def step(self, flag: bool, signum: int) -> tuple[bool, int]:
+        if not self.distributed:
+            return flag, signum
+        result = self._drain()
+        self.pending = self._start(flag, signum)
+        return result
+
+    def sync(self, flag: bool, signum: int) -> tuple[bool, int]:
+        if not self.distributed:
+            return flag, signum
+        prev_flag, prev_sig = self._drain()
+        work, buf = self._start(flag or prev_flag, max(signum, prev_sig))
+        work.wait()
+        f, s = buf.tolist()
+        return f > 0, int(s)
+
+
+class CheckpointMixin:
+    """Setup of the environment, data and optimizers; saving and restoring checkpoints."""
+
+    # ------------------------------------------------------------------ environment
+    def _setup_env(self) -> None:
+        if self._setup_done:
+            return
+        from distengine.dist import setup
+
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
+        if self.benchmark is not None:
+            torch.backends.cudnn.benchmark = bool(self.benchmark)
+        if self.detect_anomaly:
+            torch.autograd.set_detect_anomaly(True)
+        self._device = setup.select_device(self.accelerator, self.env, self._gpu_ids)
+        setup.init_process_group(self.env, self._device, setup.timeout_seconds(self.dist_timeout))
+        if self.env.distributed and collectives.world_size() != self.env.world_size:
+            raise RuntimeError(f"the process group has {collectives.world_size()} ranks but the environment "
+                               f"says WORLD_SIZE={self.env.world_size}")
+        self._stop_vote = StopVote(self._comm_device())
+        self._setup_done = True
+
+    # ------------------------------------------------------------------ data
+    def _resolve_loader(self, given: Any, datamodule: Any, kind: str, required: bool = True) -> list[Any]:
+        hook = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
+                "predict": "predict_dataloader"}[kind]
+        source = given
+        if source is None and datamodule is not None:
+            if not getattr(datamodule, "_distengine_prepared", False):
+                for name, args in (("prepare_data", ()), ("setup", ("fit" if kind in ("train", "val") else kind,))):
+                    if hasattr(datamodule, name):
+                        getattr(datamodule, name)(*args)
+                datamodule._distengine_prepared = True
+            if hasattr(datamodule, hook):
+                source = getattr(datamodule, hook)()
+        if source is None and self._module_overrides(hook):
+            source = getattr(self._module, hook)()
+        if source is None:
+            if required:
+                what = {"train": "training", "val": "validation", "test": "test", "predict": "predict"}[kind]
+                raise ValueError(f"no {what} data: pass it to the Trainer call or define {hook}() in the module")
+            return []
+        loaders = list(source) if isinstance(source, (list, tuple)) else [source]
+        for i, loader in enumerate(loaders):
+            n = _safe_len(loader)
+            if n == 0:
+                raise ValueError(f"the {kind} dataloader #{i} is empty (len 0): check the dataset and batch_size")
+        return loaders
+
+    def _limit(self, kind: str, loaders: list[Any] | None = None) -> list[int]:
+        loaders = self._val_loaders if loaders is None else loaders
+        return [_apply_limit(self.limits[kind], _safe_len(dl), kind) for dl in loaders]
+
+    def _should_validate(self) -> bool:
+        return bool(self._val_loaders) and self._module_overrides("validation_step") and \
+            any(n > 0 for n in self._limit("val"))
+
+    def _setup_fit(self, train: list[Any], val: list[Any]) -> None:
+        from distengine.data import prepare_eval_loader, prepare_train_loader
+        from distengine.dist import setup
+        from distengine.optim import parse_optimizers
+        from distengine.precision import Precision
+
+        if len(train) != 1:
+            raise ValueError(f"fit takes one training dataloader, got {len(train)}")
+        env, module = self.env, self._module
+        shuffle = False if self.overfit_batches else None
+        self._train_loader, self._train_sampler = prepare_train_loader(
+            train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle)
+        self._val_loaders = [prepare_eval_loader(v, env.world_size, env.rank, self.use_distributed_sampler)
+                             for v in val]
+        n = _safe_len(self._train_loader)
+        self._num_train_batches = _apply_limit(self.limits["train"], n, "train")
+        if self._num_train_batches == 0:
+            raise ValueError("limit_train_batches leaves no training batch; raise it")
+        self._num_val_batches = self._limit("val")
+        vci = self.val_check_interval
+        if vci is None or vci == 1.0:
+            self._val_every_batches = 0
+        elif isinstance(vci, float):
+            if not 0 < vci <= 1:
+                raise ValueError(f"val_check_interval={vci} must be in (0, 1] as a fraction of the epoch")
+            self._val_every_batches = max(1, int(self._num_train_batches * vci))
+        else:
+            self._val_every_batches = int(vci)
+        self._run_sanity_check = self._should_validate() and self.num_sanity_val_steps != 0
+        self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
+                              for n in self._num_val_batches]
+        self._precision = Precision(self.precision, self._device)
+        module.to(self._device)
+        self._precision.convert_module(module)
+        if self.sync_batchnorm and env.distributed:
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        self.optimizers, self.lr_scheduler_configs = parse_optimizers(module.configure_optimizers())
+        if len(self.optimizers) > 1 and module.automatic_optimization:
+            raise ValueError(f"configure_optimizers returned {len(self.optimizers)} optimizers; several "
+                             "optimizers need manual optimization (set self.automatic_optimization = False)")
+        if not module.automatic_optimization and self.precision == "16-mixed":
+            raise ValueError("manual optimization with precision='16-mixed' is not supported; use 'bf16-mixed'")
+        self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
+        if self.compile:
+            module.compile()
+        self._model = setup.wrap_ddp(module, self._device, find_unused_parameters=self.find_unused_parameters) \
+            if env.distributed else module
+        self.progress.__init__()
+
+    def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
+        from distengine import loop
+        from distengine.data import prepare_eval_loader
+
+        model = model if model is not None else self._module
+        if model is None:
+            raise ValueError(f"Trainer.{stage} needs a model: pass one, or call fit() first")
+        self._check_module(model, stage)
+        self._launch_if_needed()
+        with self._run(stage, model):
+            kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+            loaders = self._resolve_loader(dataloaders, datamodule, kind)
+            env = self.env
+            loaders = [prepare_eval_loader(dl, env.world_size, env.rank, self.use_distributed_sampler)
+                       for dl in loaders]
+            if not hasattr(self, "_precision") or self._precision.device != self._device:
+                from distengine.precision import Precision
+
+                self._precision = Precision(self.precision, self._device)
+            model.to(self._device)
+            self._precision.convert_module(model)
+            if ckpt_path is not None:
+                self._load_weights_only(ckpt_path)
+            limit = [_apply_limit(self.limits[kind], _safe_len(dl), kind) for dl in loaders]
+            result = loop.run_eval(self, stage, loaders, limit)
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_dir(self) -> str:
+        cb = self.checkpoint_callback
+        if cb is not None and getattr(cb, "dirpath", None):
+            return cb.dirpath
+        return os.path.join(self.weights_save_path or self.default_root_dir, "checkpoints")
+
+    def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any] | None:
+        """The full checkpoint on global rank zero (None elsewhere). A collective: every rank
+        must call it, since the RNG states of all ranks are gathered."""
+        import distengine
+        from distengine.checkpoint.apply import FORMAT_VERSION
+        from distengine.checkpoint.rng import capture_rng_state
+        from distengine.data import global_seed
+
+        rng = collectives.all_gather_object(capture_rng_state()) if not weights_only else None
+        if not self.is_global_zero:
+            return None
+        module, p = self._module, self.progress
+        ckpt: dict[str, Any] = {
+            "format_version": FORMAT_VERSION, "distengine_version": distengine.__version__,
+            "torch_version": torch.__version__, "world_size": self.world_size,
+            "epoch": p.epoch, "global_step": p.global_step,
+            "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+        }
+        if not weights_only:
+            bs = getattr(self._train_loader, "batch_size", None) or 1
+            samples = self._epoch_start_sample + (p.batches_done - self._epoch_start_batch) * bs * self.world_size
+            p.samples_done = samples if not p.epoch_done else 0
+            ckpt.update({
+                "progress": p.state_dict(),
+                "optimizer_states": [o.state_dict() for o in self.optimizers],
+                "lr_schedulers": [c.scheduler.state_dict() for c in self.lr_scheduler_configs],
+                "precision": self._precision.state_dict(),
+                "data": {"seed": global_seed(), "epoch": p.epoch, "samples_done": p.samples_done},
+                "rng": rng,
+                "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            })
+        for fn in self._module_hooks.get("on_save_checkpoint", ()):
+            fn(ckpt)
+        for fn in self._callback_hooks.get("on_save_checkpoint", ()):
+            fn(ckpt)
+        return ckpt
+
+    def save_checkpoint(self, filepath: str, weights_only: bool = False, storage_options: Any = None) -> None:
+        """Save a checkpoint. A collective: call it on every rank; global rank zero writes the
+        file atomically (a temporary file, fsync, rename) and every rank waits for it."""
+        from distengine.checkpoint.io import atomic_save
+
+        ckpt = self._checkpoint_dict(weights_only)
+        if ckpt is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(filepath)), exist_ok=True)
+            atomic_save(ckpt, filepath)
+        collectives.barrier()
+
+    def _save_on_signal(self, signum: int) -> str | None:
+        cb = self.checkpoint_callback
+        if cb is None:
+            return None
+        return cb.save_now(self, reason=f"signal {signum}")
+
+    def _restore(self, ckpt_path: str | None) -> None:
+        """Restore the full training state from ``ckpt_path`` (a file or ``"last"``)."""
+        from distengine.checkpoint.apply import load_weights
+        from distengine.checkpoint.io import resolve_checkpoint, safe_load
+
+        self._epoch_start_sample, self._epoch_start_batch = 0, 0
+        if ckpt_path is None:
+            return
+        path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
+        if path is None:
+            if self.is_global_zero:
+                print(f"distengine: no checkpoint in {self._checkpoint_dir()} yet; starting fresh",
+                      file=sys.stderr, flush=True)
+            return
+        ckpt = safe_load(path, map_location=self._device)
+        module = self._module
+        for fn in self._module_hooks.get("on_load_checkpoint", ()):
+            fn(ckpt)
+        load_weights(module, ckpt["state_dict"], source=path)
+        if "optimizer_states" not in ckpt:
+            return  # a weights-only checkpoint: start training from these weights
+        if len(ckpt["optimizer_states"]) != len(self.optimizers):
+            raise RuntimeError(f"{path} holds {len(ckpt['optimizer_states'])} optimizer state(s) but "
+                               f"configure_optimizers returned {len(self.optimizers)}")
+        for opt, state in zip(self.optimizers, ckpt["optimizer_states"]):
+            opt.load_state_dict(state)
+        for cfg, state in zip(self.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
+            cfg.scheduler.load_state_dict(state)
+        self._precision.load_state_dict(ckpt.get("precision", {}))
+        for cb in self.callbacks:
+            state = ckpt.get("callbacks", {}).get(cb.state_key)
+            if state is not None:
+                cb.load_state_dict(state)
+        for fn in self._callback_hooks.get("on_load_checkpoint", ()):
+            fn(ckpt)
+        p = self.progress
+        p.load_state_dict(ckpt["progress"])
+        if p.epoch_done:
+            p.epoch, p.batches_done, p.samples_done, p.epoch_done = p.epoch + 1, 0, 0, False
+        samples = int(ckpt.get("data", {}).get("samples_done", p.samples_done))
+        if self._train_sampler is not None and samples:
+            self._train_sampler.set_start(samples)
+            bs = getattr(self._train_loader, "batch_size", None) or 1
+            p.batches_done = samples // (bs * self.world_size)
+        self._epoch_start_sample, self._epoch_start_batch = samples, p.batches_done
+        rng = ckpt.get("rng") or []
+        if rng:
+            # exact when the world size is unchanged; otherwise rank r continues rank r's stream
+            self._pending_rng = rng[self.global_rank] if self.global_rank < len(rng) else rng[0]
+        self._run_sanity_check = False
+        if self.is_global_zero:
+            print(f"distengine: resumed from {path} (epoch {p.epoch}, step {p.global_step})",
+                  file=sys.stderr, flush=True)
+
+    def _load_weights_only(self, ckpt_path: str) -> None:
+        from distengine.checkpoint.apply import load_weights
+        from distengine.checkpoint.io import resolve_checkpoint, safe_load
+
+        path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
+        if path is None:
+            raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
+        load_weights(self._module, safe_load(path, map_location=self._device)["state_dict"], source=path)
+
+
+def _safe_len(loader: Any) -> int | float:
+    try:
+        return len(loader)
+    except TypeError:
+        return math.inf
+
+
+def _apply_limit(limit: Any, n: int | float, kind: str) -> int | float:
+    if limit is None:
+        return n
+    if isinstance(limit, float) and not limit.is_integer() or isinstance(limit, float) and limit <= 1.0:
+        if not 0.0 <= limit <= 1.0:
+            raise ValueError(f"limit_{kind}_batches={limit} must be a fraction in [0, 1] or a batch count")
+        if math.isinf(n):
+            raise ValueError(f"limit_{kind}_batches={limit} is a fraction but the dataloader has no length")
+        return int(n * limit)
+    return min(int(limit), n)
