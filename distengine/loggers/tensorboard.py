@@ -183,7 +183,11 @@ class TensorBoardLogger(Logger):
             warnings.warn("TensorBoardLogger.log_graph: no input_array given and the model has no "
                           "`example_input_array`; the graph is not logged.", stacklevel=2)
             return
-        self.experiment.add_graph(model, input_array)
+        with warnings.catch_warnings():
+            # add_graph traces with torch.jit, which warns that it is deprecated; the user
+            # cannot act on that, so it is not passed on.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+            self.experiment.add_graph(model, input_array)
 
     @rank_zero_only
     def save(self) -> None:
