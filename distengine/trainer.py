@@ -263,7 +263,7 @@ class Trainer(CheckpointMixin):
     def progress_bar_metrics(self) -> dict[str, float]:
         out = self._results.prog_bar_now()
         if self._last_loss is not None:
-            out["loss"] = float(self._last_loss)
+            out["loss"] = float(self._last_loss.detach())
         return out
 
     @property

@@ -266,7 +266,7 @@ class CheckpointMixin:
         module, p = self._module, self.progress
         ckpt: dict[str, Any] = {
             "format_version": FORMAT_VERSION, "distengine_version": distengine.__version__,
-            "torch_version": torch.__version__, "world_size": self.world_size,
+            "torch_version": str(torch.__version__), "world_size": self.world_size,
             "epoch": p.epoch, "global_step": p.global_step,
             "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
         }

@@ -1,0 +1,115 @@
+"""Every bad input gets a clear one-line error before any epoch starts."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import distengine as de
+from tests.core.models import Regressor, loader, quiet_trainer, regression_data
+
+
+class NoStep(de.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit_error(tmp_path, module, data="default", **kw):
+    trainer = quiet_trainer(tmp_path, max_epochs=1, **kw)
+    with pytest.raises((ValueError, TypeError, RuntimeError)) as info:
+        trainer.fit(module, loader(regression_data()) if data == "default" else data)
+    message = str(info.value)
+    assert "\n" not in message.strip(), message
+    return message
+
+
+def test_module_without_training_step(tmp_path):
+    assert "does not define training_step()" in _fit_error(tmp_path, NoStep())
+
+
+def test_fit_without_training_data(tmp_path):
+    assert "no training data" in _fit_error(tmp_path, Regressor(), data=None)
+
+
+def test_empty_dataloader(tmp_path):
+    empty = DataLoader(TensorDataset(torch.zeros(0, 6), torch.zeros(0, 1)), batch_size=4)
+    assert "is empty (len 0)" in _fit_error(tmp_path, Regressor(), data=empty)
+
+
+@pytest.mark.parametrize("returned,expected", [
+    (None, "returned None"),
+    ("sgd", "returned str"),
+    ({"lr_scheduler": None}, "without 'optimizer'"),
+    ([torch.nn.Linear(1, 1)], "not a torch.optim.Optimizer"),
+])
+def test_configure_optimizers_unusable(tmp_path, returned, expected):
+    class Bad(Regressor):
+        def configure_optimizers(self):
+            return returned
+
+    assert expected in _fit_error(tmp_path, Bad())
+
+
+def test_gpus_that_are_not_there():
+    with pytest.raises(ValueError, match=r"asked for 2 GPU\(s\) but 0 GPU\(s\) are available"):
+        de.Trainer(accelerator="gpu", devices=2)
+    with pytest.raises(ValueError, match=r"GPU indices \[0, 3\] but 0 GPU\(s\) are available"):
+        de.Trainer(gpus=[0, 3])
+
+
+def test_unknown_precision():
+    with pytest.raises(ValueError, match="precision='fp8' is not supported; use one of"):
+        de.Trainer(precision="fp8")
+
+
+def test_max_epochs_below_min_epochs():
+    with pytest.raises(ValueError, match="min_epochs=5 is larger than max_epochs=2"):
+        de.Trainer(max_epochs=2, min_epochs=5)
+
+
+def test_loss_not_a_scalar(tmp_path):
+    class VectorLoss(Regressor):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return (self.net(x) - y) ** 2
+
+    assert "must be a scalar tensor, got (16, 1)" in _fit_error(tmp_path, VectorLoss())
+
+
+def test_unknown_trainer_flag():
+    with pytest.raises(TypeError, match=r"unknown flag\(s\) \['max_epoch'\]"):
+        de.Trainer(max_epoch=3)
+
+
+def test_devices_contradicting_launched_world(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"devices=4\) contradicts the launched job, which runs 2"):
+        de.Trainer(accelerator="cpu", devices=4)
+
+
+def test_nonfinite_loss_names_step_and_rank(tmp_path):
+    class Diverging(Regressor):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if batch_idx == 2 else loss
+
+    with pytest.raises(FloatingPointError, match="global step 2 .*on rank 0"):
+        quiet_trainer(tmp_path, max_epochs=1).fit(Diverging(), loader(regression_data()))
+    module = Diverging()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, on_nonfinite_loss="skip")
+    trainer.fit(module, loader(regression_data()))
+    assert trainer._skipped_nonfinite == 1
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_devices_two_in_plain_python_without_script_says_how_to_launch(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["-c"])
+    trainer = de.Trainer(accelerator="cpu", devices=2, logger=False, enable_progress_bar=False)
+    with pytest.raises(RuntimeError, match="distengine launch --cpus 2"):
+        trainer.fit(Regressor(), loader(regression_data()))
