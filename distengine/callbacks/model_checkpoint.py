@@ -1,0 +1,453 @@
+"""ModelCheckpoint: save checkpoints during ``fit``, keep the best k, point ``last.json`` at the newest.
+
+Saving is a collective: every rank calls ``trainer.save_checkpoint`` at the same point and rank
+zero writes. Which file to write and which older files to delete is decided once, on rank zero,
+and broadcast, so the ranks never disagree (their metrics may differ in the last bits, or a
+time-based trigger may fire on one rank a step earlier than on another).
+
+Example::
+
+    ckpt = ModelCheckpoint(monitor="val_loss", mode="min", save_top_k=2, save_last=True,
+                           filename="{epoch}-{step}-{val_loss:.3f}")
+    trainer = Trainer(max_epochs=10, callbacks=[ckpt], default_root_dir="runs/a")
+    trainer.fit(model, train_dl, val_dl)           # runs/a/checkpoints/epoch=3-step=80-...
+    trainer.fit(model, train_dl, val_dl, ckpt_path="last")   # after a crash: resume
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import re
+import time
+import warnings
+from typing import Any
+
+import torch
+
+from distengine.callbacks.base import Callback
+from distengine.checkpoint.async_writer import AsyncCheckpointWriter
+from distengine.checkpoint.io import CKPT_SUFFIX, clean_stale_temp_files, write_last_pointer
+
+__all__ = ["ModelCheckpoint", "format_checkpoint_name"]
+
+_FIELD = re.compile(r"\{([^{}:!]+)(![rsa])?(:[^{}]*)?\}")
+
+
+def format_checkpoint_name(template: str, metrics: dict[str, Any]) -> str:
+    """Fill a filename template; every field becomes ``name=value`` (Lightning's naming).
+
+    A field missing from ``metrics`` is written as ``nan``. ``/`` in a metric name becomes ``_``
+    so that the name stays one file.
+
+    Example::
+
+        format_checkpoint_name("{epoch}-{val_loss:.3f}", {"epoch": 1, "val_loss": 0.12345})
+        # -> "epoch=1-val_loss=0.123"
+    """
+    def fill(match: re.Match) -> str:
+        name = match.group(1).strip()
+        spec = (match.group(3) or ":")[1:]
+        value = metrics.get(name, float("nan"))
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.numel() == 1 else float("nan")
+        if match.group(2) == "!r":
+            value = repr(value)
+        try:
+            text = format(value, spec)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint filename field {match.group(0)!r} cannot format "
+                             f"{value!r}: {exc}") from None
+        return f"{name.replace('/', '_').replace(os.sep, '_')}={text}"
+
+    return _FIELD.sub(fill, template)
+
+
+def _to_float(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class ModelCheckpoint(Callback):
+    """Save checkpoints when a trigger fires; keep the ``save_top_k`` best by ``monitor``.
+
+    Args:
+        dirpath: folder for the files; default ``<trainer.default_root_dir>/checkpoints`` (stable
+            across restarts, so ``fit(ckpt_path="last")`` finds it).
+        filename: template such as ``"{epoch}-{step}-{val_loss:.3f}"``; default ``"{epoch}-{step}"``.
+        monitor: metric in ``trainer.callback_metrics`` to rank checkpoints by; None keeps the
+            ``save_top_k`` most recent.
+        mode: ``"min"`` or ``"max"``: which values of ``monitor`` are better.
+        save_top_k: how many to keep; -1 keeps all, 0 keeps none (see ``save_last``).
+        save_last: also write a checkpoint at every trigger that does not make the top k, and keep
+            the newest such one (the older one is deleted once the new one is on disk).
+        every_n_train_steps / every_n_epochs / train_time_interval: the trigger (one of them;
+            default every epoch). ``train_time_interval`` is a ``timedelta`` or seconds.
+        save_on_train_epoch_end: epoch triggers fire at the end of the training epoch (True) or
+            after validation (False); default: after validation when there is validation.
+        async_save: copy the state off the training tensors and write it in the background.
+        save_weights_only: write only the weights and hyperparameters (no training state).
+
+    After every save, ``<dirpath>/last.json`` points at the newest checkpoint.
+    """
+
+    FILE_EXTENSION = CKPT_SUFFIX
+
+    def __init__(self, dirpath: str | os.PathLike | None = None, filename: str | None = None,
+                 monitor: str | None = None, mode: str = "min", save_top_k: int = 1,
+                 save_last: bool | None = None, every_n_train_steps: int | None = None,
+                 every_n_epochs: int | None = None,
+                 train_time_interval: datetime.timedelta | float | None = None,
+                 save_on_train_epoch_end: bool | None = None, async_save: bool = False,
+                 save_weights_only: bool = False) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"ModelCheckpoint(mode={mode!r}) is not valid; use 'min' or 'max'")
+        if not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ValueError(f"ModelCheckpoint(save_top_k={save_top_k!r}) must be an int >= -1 "
+                             "(-1 keeps every checkpoint)")
+        for name, val in (("every_n_train_steps", every_n_train_steps),
+                          ("every_n_epochs", every_n_epochs)):
+            if val is not None and (not isinstance(val, int) or val < 0):
+                raise ValueError(f"ModelCheckpoint({name}={val!r}) must be a non-negative int")
+        if isinstance(train_time_interval, (int, float)) and not isinstance(train_time_interval, bool):
+            train_time_interval = datetime.timedelta(seconds=float(train_time_interval))
+        if train_time_interval is not None and (
+                not isinstance(train_time_interval, datetime.timedelta)
+                or train_time_interval.total_seconds() <= 0):
+            raise ValueError(f"ModelCheckpoint(train_time_interval={train_time_interval!r}) must "
+                             "be a positive timedelta or number of seconds")
+        chosen = [n for n, v in (("every_n_train_steps", every_n_train_steps),
+                                 ("every_n_epochs", every_n_epochs),
+                                 ("train_time_interval", train_time_interval)) if v]
+        if len(chosen) > 1:
+            raise ValueError(f"ModelCheckpoint: {' and '.join(chosen)} are both set; choose one "
+                             "trigger")
+        if filename is not None and not isinstance(filename, str):
+            raise ValueError(f"ModelCheckpoint(filename={filename!r}) must be a string template")
+
+        self.dirpath: str | None = os.path.abspath(os.fspath(dirpath)) if dirpath else None
+        self.filename = filename[:-len(CKPT_SUFFIX)] if filename and filename.endswith(
+            CKPT_SUFFIX) else filename
+        self.monitor = monitor
+        self.mode = mode
+        self.save_top_k = save_top_k
+        self.save_last = save_last
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.every_n_epochs = every_n_epochs if every_n_epochs is not None else (
+            0 if chosen else 1)
+        self.train_time_interval = train_time_interval
+        self.save_on_train_epoch_end = save_on_train_epoch_end
+        self.async_save = async_save
+        self.save_weights_only = save_weights_only
+
+        self.best_k_models: dict[str, float] = {}
+        self.kth_best_model_path = ""
+        self.kth_value = self._worst_value()
+        self.best_model_path = ""
+        self.best_model_score: float | None = None
+        self.current_score: float | None = None
+        self.last_model_path = ""
+        self._last_global_step_saved = -1
+        self._last_time = time.monotonic()
+        self._fitting = False
+        self._val_has_run = False
+        self._missing_warned = False
+        self._writer = AsyncCheckpointWriter() if async_save else None
+
+    # ------------------------------------------------------------------ identity and state
+    @property
+    def state_key(self) -> str:
+        # two instances with different settings must not overwrite each other's state
+        return (f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, "
+                f"every_n_train_steps={self.every_n_train_steps}, every_n_epochs="
+                f"{self.every_n_epochs}, train_time_interval={self.train_time_interval}}}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor, "mode": self.mode, "dirpath": self.dirpath,
+            "best_model_score": self.best_model_score, "best_model_path": self.best_model_path,
+            "current_score": self.current_score, "best_k_models": dict(self.best_k_models),
+            "kth_best_model_path": self.kth_best_model_path, "kth_value": self.kth_value,
+            "last_model_path": self.last_model_path,
+            "last_global_step_saved": self._last_global_step_saved,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_dir = state_dict.get("dirpath")
+        self.best_model_path = state_dict.get("best_model_path", "")
+        if self.dirpath is not None and saved_dir is not None and \
+                os.path.abspath(saved_dir) != self.dirpath:
+            warnings.warn(f"ModelCheckpoint: the checkpoint folder changed from {saved_dir!r} to "
+                          f"{self.dirpath!r}; best-k tracking starts afresh in the new folder",
+                          UserWarning, stacklevel=2)
+            return
+        if self.dirpath is None and saved_dir is not None:
+            self.dirpath = os.path.abspath(saved_dir)
+        self.best_model_score = state_dict.get("best_model_score")
+        self.current_score = state_dict.get("current_score")
+        self.best_k_models = {str(k): float(v) for k, v in
+                              state_dict.get("best_k_models", {}).items()}
+        self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+        self.kth_value = float(state_dict.get("kth_value", self._worst_value()))
+        self.last_model_path = state_dict.get("last_model_path", "")
+        self._last_global_step_saved = int(state_dict.get("last_global_step_saved", -1))
+
+    # ------------------------------------------------------------------ hooks
+    def resolve_dirpath(self, trainer: Any) -> str:
+        """The checkpoint folder, fixing the default from ``trainer.default_root_dir`` once.
+
+        The Trainer may call this before ``setup`` to resolve ``fit(ckpt_path="last")``.
+        """
+        if self.dirpath is None:
+            root = getattr(trainer, "weights_save_path", None) or trainer.default_root_dir
+            self.dirpath = os.path.abspath(os.path.join(root, "checkpoints"))
+        return self.dirpath
+
+    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+        self._fitting = stage == "fit"
+        if not self._fitting:
+            return
+        self.resolve_dirpath(trainer)
+        if trainer.is_global_zero:
+            os.makedirs(self.dirpath, exist_ok=True)
+            clean_stale_temp_files(self.dirpath)
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self._last_time = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._skip(trainer):
+            return
+        fire = bool(self.every_n_train_steps) and trainer.global_step % self.every_n_train_steps == 0
+        if self.train_time_interval is not None:
+            # clocks differ between ranks: rank zero decides, everyone follows (one broadcast
+            # per step, paid only when a time trigger is configured)
+            due = time.monotonic() - self._last_time >= self.train_time_interval.total_seconds()
+            fire = bool(trainer.strategy.broadcast(due if trainer.is_global_zero else None, src=0))
+        if fire:
+            self._save_topk_and_last(trainer)
+            self._last_time = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        if self._epoch_trigger(trainer) and self._on_train_epoch_end(trainer):
+            self._save_topk_and_last(trainer)
+
+    def on_validation_end(self, trainer: Any, module: Any) -> None:
+        if getattr(trainer, "sanity_checking", False):
+            return
+        self._val_has_run = True
+        if self._epoch_trigger(trainer) and not self._on_train_epoch_end(trainer):
+            self._save_topk_and_last(trainer, from_validation=True)
+
+    def on_fit_end(self, trainer: Any, module: Any) -> None:
+        self.wait()
+
+    def teardown(self, trainer: Any, module: Any, stage: str) -> None:
+        self._fitting = False
+        self.wait()
+
+    def wait(self) -> None:
+        """Block until a background write (``async_save=True``) is on disk."""
+        if self._writer is not None:
+            self._writer.wait()
+
+    # ------------------------------------------------------------------ graceful stop
+    def save_now(self, trainer: Any, reason: str) -> str:
+        """Write a full checkpoint now (every rank calls this), outside the top-k accounting.
+
+        Used by the Trainer for a graceful stop on a signal. ``last.json`` then points at it, and
+        the previous checkpoint kept only as "last" is deleted. Returns the path written.
+        Example: ``path = ckpt_cb.save_now(trainer, "sigterm")``.
+        """
+        self.resolve_dirpath(trainer)
+        self.wait()
+        tag = re.sub(r"[^A-Za-z0-9_]+", "_", str(reason)).strip("_") or "stop"
+
+        def decide() -> dict[str, Any]:
+            name = format_checkpoint_name(self.filename or "{epoch}-{step}",
+                                          self._candidates(trainer))
+            path = self._unique_path(f"{name}-{tag}")
+            return {"path": path, "delete": self._superseded_last(path, self.best_k_models)}
+
+        decision = self._agree(trainer, decide)
+        self.last_model_path = decision["path"]
+        # a full state regardless of save_weights_only: this file exists to resume from
+        trainer.save_checkpoint(decision["path"])
+        if trainer.is_global_zero:
+            self._after_durable(decision["path"], decision["delete"])
+        return decision["path"]
+
+    # ------------------------------------------------------------------ decisions
+    @staticmethod
+    def _agree(trainer: Any, decide: Any) -> dict[str, Any]:
+        """Run ``decide()`` on rank zero and hand its result (or its failure) to every rank."""
+        error: BaseException | None = None
+        decision: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            try:
+                decision = decide()
+            except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
+                error, decision = exc, {"error": f"{type(exc).__name__}: {exc}"}
+        decision = trainer.strategy.broadcast(decision, src=0)
+        if "error" in decision:
+            if error is not None:
+                raise error
+            raise RuntimeError(f"ModelCheckpoint failed on rank 0: {decision['error']}")
+        return decision
+
+    def _skip(self, trainer: Any) -> bool:
+        return (not self._fitting or getattr(trainer, "sanity_checking", False)
+                or self._last_global_step_saved == trainer.global_step
+                or (self.save_top_k == 0 and not self.save_last))
+
+    def _epoch_trigger(self, trainer: Any) -> bool:
+        return (not self._skip(trainer) and self.every_n_epochs >= 1
+                and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
+
+    def _on_train_epoch_end(self, trainer: Any) -> bool:
+        if self.save_on_train_epoch_end is not None:
+            return self.save_on_train_epoch_end
+        nval = getattr(trainer, "num_val_batches", 0) or 0
+        total = sum(nval) if isinstance(nval, (list, tuple)) else nval
+        # no validation -> save at the end of the training epoch; else after validation, so a
+        # monitored validation metric is fresh
+        return not total
+
+    def _save_topk_and_last(self, trainer: Any, from_validation: bool = False) -> None:
+        self.resolve_dirpath(trainer)
+        decision = self._agree(trainer, lambda: self._decide(trainer, from_validation))
+        self.current_score = decision["score"]
+        if not decision["save"]:
+            return
+        path = decision["path"]
+        if decision["topk"]:
+            self.best_k_models[path] = decision["score"]
+        for old in decision["delete"]:
+            self.best_k_models.pop(old, None)
+        self._update_best()
+        self.last_model_path = path
+        self._last_global_step_saved = trainer.global_step
+        self._write(trainer, path, decision["delete"])
+
+    def _decide(self, trainer: Any, from_validation: bool) -> dict[str, Any]:
+        """Rank zero only: which file to write, whether it is top-k, what to delete."""
+        metrics = self._candidates(trainer)
+        score: float | None
+        if self.monitor is None:
+            score = float(trainer.global_step)  # keep the most recent: larger step is better
+        elif self.monitor in metrics and _to_float(metrics[self.monitor]) is not None:
+            score = _to_float(metrics[self.monitor])
+            if math.isnan(score):
+                score = self._worst_value()  # a NaN never beats a real value
+        else:
+            msg = (f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged: "
+                   f"{sorted(k for k in metrics if k not in ('epoch', 'step'))}. Log it with "
+                   f"self.log({self.monitor!r}, value) in the module")
+            if from_validation or self._val_has_run:
+                raise ValueError(msg)
+            if not self._missing_warned:
+                warnings.warn(msg + "; skipping the top-k check until it is logged",
+                              UserWarning, stacklevel=2)
+                self._missing_warned = True
+            score = None
+        topk = self._is_topk(score)
+        if not topk and not self.save_last:
+            return {"save": False, "score": score}
+        path = self._unique_path(format_checkpoint_name(self.filename or "{epoch}-{step}", metrics))
+        kept = dict(self.best_k_models)
+        delete: list[str] = []
+        if topk:
+            kept[path] = score
+            if self.save_top_k != -1 and len(kept) > self.save_top_k:
+                worst = self._worst_path(kept)
+                kept.pop(worst)
+                delete.append(worst)
+        delete += [p for p in self._superseded_last(path, kept) if p not in delete]
+        return {"save": True, "score": score, "topk": topk, "path": path, "delete": delete}
+
+    def _is_topk(self, score: float | None) -> bool:
+        if self.save_top_k == 0 or score is None:
+            return False
+        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
+            return True
+        return self._better(score, self.kth_value)
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self._mode() == "min" else a > b
+
+    def _mode(self) -> str:
+        return "max" if self.monitor is None else self.mode
+
+    def _worst_value(self) -> float:
+        return math.inf if self._mode() == "min" else -math.inf
+
+    def _worst_path(self, scores: dict[str, float]) -> str:
+        pick = max if self._mode() == "min" else min
+        return pick(scores, key=scores.__getitem__)
+
+    def _update_best(self) -> None:
+        if not self.best_k_models:
+            self.best_model_path, self.best_model_score = "", None
+            self.kth_best_model_path, self.kth_value = "", self._worst_value()
+            return
+        best = (min if self._mode() == "min" else max)(self.best_k_models,
+                                                        key=self.best_k_models.__getitem__)
+        self.best_model_path, self.best_model_score = best, self.best_k_models[best]
+        if self.save_top_k == -1 or len(self.best_k_models) >= self.save_top_k:
+            self.kth_best_model_path = self._worst_path(self.best_k_models)
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
+        else:
+            self.kth_best_model_path, self.kth_value = "", self._worst_value()
+
+    def _superseded_last(self, new_path: str, kept: dict[str, float]) -> list[str]:
+        # the previous checkpoint that was kept only because it was the newest
+        old = self.last_model_path
+        return [old] if old and old != new_path and old not in kept else []
+
+    def _candidates(self, trainer: Any) -> dict[str, Any]:
+        metrics = {k: v for k, v in dict(getattr(trainer, "callback_metrics", {}) or {}).items()}
+        metrics.setdefault("epoch", trainer.current_epoch)
+        metrics.setdefault("step", trainer.global_step)
+        return metrics
+
+    def _unique_path(self, name: str) -> str:
+        """``<dirpath>/<name>.ckpt``, versioned ``-v1``... if that name is still in use by us."""
+        assert self.dirpath is not None
+        used = set(self.best_k_models) | {self.last_model_path}
+        path = os.path.join(self.dirpath, name + CKPT_SUFFIX)
+        version = 1
+        while path in used:
+            path = os.path.join(self.dirpath, f"{name}-v{version}{CKPT_SUFFIX}")
+            version += 1
+        return path
+
+    # ------------------------------------------------------------------ writing
+    def _write(self, trainer: Any, path: str, delete: list[str]) -> None:
+        if self._writer is None:
+            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            if trainer.is_global_zero:
+                self._after_durable(path, delete)
+            return
+        # every rank takes part in gathering (it is a collective); rank zero gets the dict
+        state = trainer._checkpoint_dict(weights_only=self.save_weights_only)
+        if trainer.is_global_zero:
+            self._writer.submit(state, path, on_done=lambda p: self._after_durable(p, delete))
+
+    def _after_durable(self, path: str, delete: list[str]) -> None:
+        """Rank zero, once ``path`` is on disk: repoint last.json, then delete superseded files."""
+        write_last_pointer(self.dirpath, path)
+        for old in delete:
+            # never delete what is tracked again (a name reused after the decision was taken)
+            if old == path or old in self.best_k_models or old == self.last_model_path:
+                continue
+            try:
+                os.remove(old)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,270 @@
+"""ModelCheckpoint: naming, top-k, save_last, triggers, last.json, state, ranks that agree."""
+from __future__ import annotations
+
+import datetime
+import os
+
+import pytest
+import torch
+
+from distengine.callbacks.model_checkpoint import ModelCheckpoint, format_checkpoint_name
+from distengine.checkpoint.io import atomic_save, read_last_pointer, resolve_checkpoint, safe_load
+from tests.checkpoint.fakes import FakeTrainer, ckpt_files
+from tests.helpers import run_ranks
+
+
+def test_filename_template():
+    metrics = {"epoch": 1, "step": 20, "val_loss": torch.tensor(0.12345), "val/acc": 0.5}
+    assert format_checkpoint_name("{epoch}-{step}-{val_loss:.3f}", metrics) == \
+        "epoch=1-step=20-val_loss=0.123"
+    assert format_checkpoint_name("best_{val/acc:.2f}", metrics) == "best_val_acc=0.50"
+    assert format_checkpoint_name("{missing:.2f}", metrics) == "missing=nan"
+    with pytest.raises(ValueError, match="cannot format"):
+        format_checkpoint_name("{epoch:.x}", metrics)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "mean"}, "mode"),
+    ({"save_top_k": -2}, "save_top_k"),
+    ({"every_n_train_steps": -1}, "every_n_train_steps"),
+    ({"every_n_train_steps": 5, "every_n_epochs": 1}, "choose one"),
+    ({"train_time_interval": 0}, "train_time_interval"),
+    ({"filename": 3}, "filename"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelCheckpoint(**kwargs)
+
+
+def test_default_dirpath_and_name(tmp_path):
+    cb = ModelCheckpoint()
+    t = FakeTrainer(str(tmp_path), [cb])
+    t.fit_setup()
+    assert cb.dirpath == str(tmp_path / "checkpoints")
+    for _ in range(3):
+        t.train_step()
+    t.end_epoch()
+    for _ in range(3):
+        t.train_step()
+    t.end_epoch()
+    # monitor=None, save_top_k=1: only the newest is kept, and last.json points at it
+    assert ckpt_files(cb.dirpath) == ["epoch=1-step=6.ckpt"]
+    assert read_last_pointer(cb.dirpath) == os.path.join(cb.dirpath, "epoch=1-step=6.ckpt")
+    assert resolve_checkpoint("last", cb.dirpath) == cb.last_model_path
+
+
+@pytest.mark.parametrize("mode, losses, kept, best", [
+    ("min", [5, 3, 4, 1, 2], [1, 2], 1),
+    ("max", [5, 3, 4, 1, 2], [4, 5], 5),
+])
+def test_top_k_keeps_the_right_files(tmp_path, mode, losses, kept, best):
+    cb = ModelCheckpoint(dirpath=tmp_path / "c", monitor="val_loss", mode=mode, save_top_k=2,
+                         filename="{epoch}-{val_loss:.1f}")
+    t = FakeTrainer(str(tmp_path), [cb], num_val_batches=1)
+    t.fit_setup()
+    for loss in losses:
+        t.train_step()
+        t.end_epoch({"val_loss": loss})
+    names = {f"epoch={losses.index(v)}-val_loss={v:.1f}.ckpt" for v in kept}
+    assert set(ckpt_files(cb.dirpath)) == names
+    assert set(map(os.path.basename, cb.best_k_models)) == names
+    assert cb.best_model_score == best
+    assert os.path.basename(cb.best_model_path) == f"epoch={losses.index(best)}-val_loss={best:.1f}.ckpt"
+    # the files hold what was trained at their step
+    for path, score in cb.best_k_models.items():
+        assert safe_load(path)["global_step"] == losses.index(score) + 1
+    # last.json: the newest file (the loss 2 epoch made the top 2 in min mode, not in max mode)
+    newest = cb.last_model_path
+    assert read_last_pointer(cb.dirpath) == newest
+    assert os.path.exists(newest)
+
+
+def test_save_last_keeps_newest_non_top_k(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1, save_last=True,
+                         filename="{epoch}-{val_loss:.0f}")
+    t = FakeTrainer(str(tmp_path), [cb], num_val_batches=1)
+    t.fit_setup()
+    for loss in [3, 5, 6, 1, 7]:
+        t.train_step()
+        t.end_epoch({"val_loss": loss})
+    # best (1) and the newest (7); the non-top-k 'last' files 5 and 6 were removed in turn
+    assert ckpt_files(tmp_path) == ["epoch=3-val_loss=1.ckpt", "epoch=4-val_loss=7.ckpt"]
+    assert read_last_pointer(tmp_path) == str(tmp_path / "epoch=4-val_loss=7.ckpt")
+    assert len(t.saves) == 5  # a save at every trigger
+
+
+def test_save_top_k_zero_with_save_last(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True, every_n_train_steps=2)
+    t = FakeTrainer(str(tmp_path), [cb])
+    t.fit_setup()
+    for _ in range(6):
+        t.train_step()
+    assert ckpt_files(tmp_path) == ["epoch=0-step=6.ckpt"]
+    assert cb.best_k_models == {}
+
+
+def test_every_n_train_steps_and_no_duplicate_at_epoch_end(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1,
+                         save_on_train_epoch_end=True)
+    t = FakeTrainer(str(tmp_path), [cb])
+    t.fit_setup()
+    for _ in range(4):
+        t.train_step()
+    t.end_epoch()
+    assert ckpt_files(tmp_path) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
+    assert len(t.saves) == 2
+
+
+def test_epoch_trigger_waits_for_validation_and_skips_sanity_check(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", every_n_epochs=2)
+    t = FakeTrainer(str(tmp_path), [cb], num_val_batches=2)
+    t.fit_setup()
+    t.sanity_checking = True
+    t.callback_metrics["val_loss"] = torch.tensor(9.0)
+    cb.on_validation_end(t, None)
+    t.sanity_checking = False
+    assert t.saves == []
+    for epoch in range(4):
+        t.train_step()
+        t.end_epoch({"val_loss": 4.0 - epoch})
+    assert [os.path.basename(p) for p in t.saves] == ["epoch=1-step=2.ckpt", "epoch=3-step=4.ckpt"]
+
+
+def test_time_interval_trigger(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, train_time_interval=datetime.timedelta(hours=1))
+    t = FakeTrainer(str(tmp_path), [cb])
+    t.fit_setup()
+    t.train_step()
+    assert t.saves == []
+    cb._last_time -= 3601  # an hour went by
+    t.train_step()
+    assert [os.path.basename(p) for p in t.saves] == ["epoch=0-step=2.ckpt"]
+
+
+def test_missing_monitor_warns_then_errors_after_validation(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc", every_n_train_steps=1)
+    t = FakeTrainer(str(tmp_path), [cb], num_val_batches=1)
+    t.fit_setup()
+    with pytest.warns(UserWarning, match="val_acc"):
+        t.train_step()
+    assert t.saves == []
+    cb2 = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc")
+    t2 = FakeTrainer(str(tmp_path), [cb2], num_val_batches=1)
+    t2.fit_setup()
+    t2.train_step()
+    with pytest.raises(ValueError, match=r"self\.log\('val_acc'"):
+        t2.end_epoch({"val_loss": 1.0})
+
+
+def test_save_now_is_outside_top_k_and_superseded_later(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1)
+    t = FakeTrainer(str(tmp_path), [cb], num_val_batches=1)
+    t.fit_setup()
+    t.train_step()
+    t.end_epoch({"val_loss": 1.0})
+    t.train_step()
+    path = cb.save_now(t, "signal 15")
+    assert os.path.basename(path) == "epoch=1-step=2-signal_15.ckpt"
+    assert read_last_pointer(tmp_path) == path
+    assert path not in cb.best_k_models
+    # the file resumes with its own path as the last one
+    restored = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1)
+    restored.load_state_dict(safe_load(path)["callbacks"][cb.state_key])
+    assert restored.last_model_path == path and restored.best_k_models == cb.best_k_models
+    t.end_epoch({"val_loss": 2.0})  # not top-1: nothing written, the stop file stays
+    assert os.path.exists(path)
+    t.train_step()
+    t.end_epoch({"val_loss": 0.5})  # a new best supersedes both
+    assert ckpt_files(tmp_path) == ["epoch=2-step=3.ckpt"]
+
+
+def test_state_dict_round_trip_and_resume_tracking(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2)
+    t = FakeTrainer(str(tmp_path), [cb], num_val_batches=1)
+    t.fit_setup()
+    for loss in [3.0, 2.0, 1.0]:
+        t.train_step()
+        t.end_epoch({"val_loss": loss})
+    atomic_save({"cb": cb.state_dict()}, tmp_path / "state.pt")  # only plain data in it
+    new = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2)
+    new.load_state_dict(safe_load(tmp_path / "state.pt")["cb"])
+    assert new.state_dict() == cb.state_dict()
+    # a resumed run keeps evicting from the restored set
+    t2 = FakeTrainer(str(tmp_path), [new], num_val_batches=1)
+    t2.global_step, t2.current_epoch = 3, 3
+    t2.fit_setup()
+    t2.train_step()
+    t2.end_epoch({"val_loss": 0.5})
+    assert sorted(new.best_k_models.values()) == [0.5, 1.0]
+    assert ckpt_files(tmp_path) == ["epoch=2-step=3.ckpt", "epoch=3-step=4.ckpt"]
+    other = ModelCheckpoint(dirpath=tmp_path / "elsewhere", monitor="val_loss")
+    with pytest.warns(UserWarning, match="folder changed"):
+        other.load_state_dict(cb.state_dict())
+    assert other.best_k_models == {}
+
+
+def test_state_keys_differ_between_configurations():
+    assert ModelCheckpoint(monitor="a").state_key != ModelCheckpoint(monitor="b").state_key
+    assert ModelCheckpoint().state_key != ModelCheckpoint(every_n_train_steps=5).state_key
+
+
+def test_async_save_writes_in_background_and_waits_at_fit_end(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, async_save=True, save_top_k=2)
+    t = FakeTrainer(str(tmp_path), [cb])
+    t.fit_setup()
+    for _ in range(4):
+        t.train_step()
+    t.fit_end()
+    assert not cb._writer.in_flight
+    assert ckpt_files(tmp_path) == ["epoch=0-step=3.ckpt", "epoch=0-step=4.ckpt"]
+    state = safe_load(tmp_path / "epoch=0-step=4.ckpt")
+    assert torch.equal(state["state_dict"]["w"], torch.full((4,), 4.0))
+    assert read_last_pointer(tmp_path) == str(tmp_path / "epoch=0-step=4.ckpt")
+    assert t.saves == []  # the async path gathers with _checkpoint_dict instead
+
+
+def test_not_fitting_does_not_save(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path)
+    t = FakeTrainer(str(tmp_path), [cb], num_val_batches=1)
+    cb.setup(t, None, "validate")
+    t.callback_metrics["x"] = torch.tensor(1.0)
+    cb.on_validation_end(t, None)
+    assert t.saves == []
+
+
+def _two_rank_topk(rank: int, root: str) -> dict:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    cb = ModelCheckpoint(dirpath=os.path.join(root, "c"), monitor="val_loss", save_top_k=2,
+                         save_last=True)
+    t = FakeTrainer(root, [cb], num_val_batches=1)
+    t.fit_setup()
+    # the ranks see different metric values; only rank zero's count
+    losses = [5, 3, 4, 1, 2] if rank == 0 else [1, 2, 3, 4, 5]
+    for loss in losses:
+        t.train_step()
+        t.end_epoch({"val_loss": float(loss)})
+    files = ckpt_files(cb.dirpath)
+    dist.barrier()
+    result = {"best_k": sorted(map(os.path.basename, cb.best_k_models)), "files": files,
+              "last": os.path.basename(cb.last_model_path), "saves": len(t.saves)}
+    # a decision that fails on rank zero fails on every rank (never a hang)
+    bad = ModelCheckpoint(dirpath=os.path.join(root, "d"), monitor="nope")
+    t2 = FakeTrainer(root, [bad], num_val_batches=1)
+    t2.fit_setup()
+    t2.train_step()
+    try:
+        t2.end_epoch({"val_loss": 1.0})
+    except (ValueError, RuntimeError) as exc:
+        result["error"] = type(exc).__name__
+    return result
+
+
+def test_two_ranks_agree_on_top_k(tmp_path):
+    r0, r1 = run_ranks(_two_rank_topk, 2, str(tmp_path), timeout=90)
+    assert r0["best_k"] == r1["best_k"] == ["epoch=3-step=4.ckpt", "epoch=4-step=5.ckpt"]
+    assert r0["last"] == r1["last"] == "epoch=4-step=5.ckpt"
+    assert r0["saves"] == r1["saves"] == 5
+    assert r0["files"] == ["epoch=3-step=4.ckpt", "epoch=4-step=5.ckpt"]
+    assert r0["error"] == "ValueError" and r1["error"] == "RuntimeError"
