@@ -1,0 +1,125 @@
+"""Stopping ranks and everything they started (dataloader workers included).
+
+The elastic agent starts each rank as the leader of a new session, so every process a rank
+starts (and does not move to a session of its own) carries the rank's pid as its session
+id, even after the rank itself has died and its children were re-parented to init. That is
+how leftovers are found here: by session id, not by walking a tree that breaks as soon as a
+parent dies.
+
+Ranks are waited for through their ``Popen`` objects only: reaping them any other way would
+make ``Popen`` report exit status 0 for a rank that failed.
+
+Example::
+
+    stop_ranks(procs, signal.SIGTERM, grace=30)   # ask nicely, wait, then SIGKILL all that is left
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+
+import psutil
+
+
+def session_leftovers(session_ids: Iterable[int]) -> list[psutil.Process]:
+    """Live processes (other than the session leaders) in the given sessions."""
+    sids = set(session_ids)
+    if not sids:
+        return []
+    found = []
+    for proc in psutil.process_iter():
+        pid = proc.pid
+        if pid in sids:
+            continue  # a rank itself (or a new session leader that reused a dead rank's pid)
+        try:
+            if os.getsid(pid) in sids:
+                found.append(proc)
+        except OSError:
+            continue
+    return found
+
+
+def _descendants(pids: Iterable[int]) -> list[psutil.Process]:
+    out = []
+    for pid in pids:
+        try:
+            out.extend(psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            continue
+    return out
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def abort_for_stacks(proc: subprocess.Popen) -> None:
+    """SIGABRT one rank so its fault handler writes every thread's stack to its log.
+
+    The core-file limit of that one process is set to 0 first: a core dump of a large
+    training process could take minutes, and the stack text is all that is wanted.
+    """
+    if proc.poll() is not None:
+        return
+    try:
+        psutil.Process(proc.pid).rlimit(psutil.RLIMIT_CORE, (0, 0))
+    except (psutil.Error, OSError, AttributeError):
+        pass
+    _signal(proc.pid, signal.SIGABRT)
+
+
+def _wait_all(procs: Sequence[subprocess.Popen], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            proc.wait(remaining)
+        except subprocess.TimeoutExpired:
+            return
+
+
+def kill_everything(procs: Sequence[subprocess.Popen], extra: Iterable[psutil.Process] = ()) -> None:
+    """SIGKILL the ranks, every process in their sessions and ``extra``; wait for all of them."""
+    for proc in procs:
+        if proc.poll() is None:
+            _signal(proc.pid, signal.SIGKILL)
+    leftovers = {p.pid: p for p in extra}
+    leftovers.update({p.pid: p for p in session_leftovers(p.pid for p in procs)})
+    for p in leftovers.values():
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    _wait_all(procs, 10.0)
+    # Non-children cannot be reaped here; wait_procs just watches them disappear.
+    psutil.wait_procs(list(leftovers.values()), timeout=5)
+
+
+def stop_ranks(procs: Sequence[subprocess.Popen], first_signal: int | None, grace: float) -> None:
+    """Stop all ranks: ``first_signal`` (to the rank processes only), wait ``grace`` s, then kill all.
+
+    ``first_signal`` goes to the ranks and not to their process groups: a dataloader worker
+    killed by SIGTERM would make the rank's DataLoader raise before the rank could stop
+    cleanly at a step boundary. ``signal.SIGABRT`` dumps each rank's stacks first.
+    ``None`` skips straight to SIGKILL.
+    """
+    live = [p for p in procs if p.poll() is None]
+    # Snapshot the trees while the ranks are alive: processes that left the rank's session
+    # (setsid) are only reachable this way.
+    tree = _descendants(p.pid for p in live)
+    if live and first_signal is not None:
+        for proc in live:
+            if first_signal == signal.SIGABRT:
+                abort_for_stacks(proc)
+            else:
+                _signal(proc.pid, first_signal)
+        _wait_all(live, grace)
+    kill_everything(procs, tree)

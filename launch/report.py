@@ -1,0 +1,131 @@
+"""What the launcher tells the user when a job fails: which rank, how, and the first lines of why.
+
+Pure functions over exit codes and log text (no torch, no processes), so they are unit-tested
+directly.
+
+Example::
+
+    >>> describe_exit(-9)
+    'killed by signal SIGKILL (9)'
+    >>> extract_error("Traceback (most recent call last):\\n  File \\"t.py\\", line 1\\nValueError: x\\n")[0]
+    'ValueError: x'
+"""
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import dataclass, field
+
+_TB_HEADER = "Traceback (most recent call last):"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def describe_exit(exitcode: int) -> str:
+    """``-9`` -> "killed by signal SIGKILL (9)", ``143`` -> "exit code 143 (after SIGTERM)"."""
+    if exitcode < 0:
+        return f"killed by signal {signal_name(-exitcode)} ({-exitcode})"
+    if exitcode > 128 and exitcode - 128 in (s.value for s in signal.Signals):
+        return f"exit code {exitcode} (after {signal_name(exitcode - 128)})"
+    return f"exit code {exitcode}"
+
+
+def extract_error(text: str) -> tuple[str | None, list[str]]:
+    """The last Python traceback in ``text``: (exception line, traceback lines incl. header).
+
+    Lines may carry a prefix (torch.distributed prints ``[rank1]: `` before each line of an
+    uncaught exception); the prefix of the header line is stripped from the lines after it.
+    """
+    lines = text.splitlines()
+    start = None
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].rstrip().endswith(_TB_HEADER):
+            start = i
+            break
+    if start is None:
+        return None, []
+    prefix = lines[start][:lines[start].index(_TB_HEADER)]
+    tb = [_TB_HEADER]
+    for line in lines[start + 1:]:
+        body = line[len(prefix):] if line.startswith(prefix) else line
+        if body.startswith((" ", "\t")):
+            tb.append(body.rstrip())
+            continue
+        # The first line back at the header's indentation names the exception.
+        return body.strip() or None, tb
+    return None, tb
+
+
+def error_from_file(data: dict | None) -> tuple[str | None, list[str]]:
+    """Exception line and traceback from an elastic error file (a rank that used ``@record``)."""
+    message = (data or {}).get("message")
+    if not message or message == "<NONE>":  # elastic's marker for "the rank wrote no error file"
+        return None, []
+    if isinstance(message, str):
+        try:
+            message = json.loads(message)
+        except ValueError:
+            return message.splitlines()[0] if message else None, []
+    if not isinstance(message, dict):
+        return None, []
+    text = str(message.get("message", ""))
+    stack = str((message.get("extraInfo") or {}).get("py_callstack", ""))
+    exc_line, tb = extract_error(stack)
+    return exc_line or (text.splitlines()[0] if text else None), tb
+
+
+@dataclass
+class RankOutcome:
+    """How one rank of the failed attempt ended."""
+
+    rank: int
+    exitcode: int
+    pid: int | None = None
+    local_rank: int | None = None
+    root_cause: bool = False        # failed on its own (not stopped by the launcher)
+    log_path: str | None = None
+    error_file_data: dict | None = field(default=None, repr=False)
+
+
+def _traceback_excerpt(tb: list[str], head: int = 8, tail: int = 4) -> list[str]:
+    if len(tb) <= head + tail + 1:
+        return tb
+    return tb[:head] + [f"  ... ({len(tb) - head - tail} more lines)"] + tb[-tail:]
+
+
+def format_summary(outcomes: list[RankOutcome], *, attempts: int, log_dir: str | None,
+                   logs_kept: bool = True) -> str:
+    """The multi-line failure report printed by the launcher (root causes first)."""
+    ordered = sorted(outcomes, key=lambda o: (not o.root_cause, o.rank))
+    roots = [o for o in ordered if o.root_cause] or ordered[:1]
+    first = roots[0]
+    lines = [f"distengine: the job failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
+             f"rank {first.rank} {describe_exit(first.exitcode)}"]
+    for o in ordered:
+        role = "failed" if o.root_cause or o is first else "stopped by the launcher"
+        pid = f", pid {o.pid}" if o.pid else ""
+        lines.append(f"  rank {o.rank} ({role}{pid}): {describe_exit(o.exitcode)}")
+        if o not in roots:
+            continue
+        exc_line, tb = error_from_file(o.error_file_data)
+        if exc_line is None and o.log_path:
+            try:
+                with open(o.log_path, errors="replace") as f:
+                    exc_line, tb = extract_error(f.read())
+            except OSError:
+                pass
+        if exc_line:
+            lines.append(f"    {exc_line}")
+        for tb_line in _traceback_excerpt(tb):
+            lines.append(f"    | {tb_line}")
+        if not exc_line and o.exitcode < 0:
+            lines.append(f"    (no Python traceback: the process was killed by {signal_name(-o.exitcode)})")
+    if log_dir:
+        lines.append(f"  per-rank logs{' (kept)' if logs_kept else ''}: {log_dir}/rank_<K>.log "
+                     "(stopped ranks have their stacks dumped there)")
+    return "\n".join(lines)
