@@ -143,7 +143,7 @@ class EarlyStopping(Callback):
             return
         if self.check_on_train_epoch_end is False:
             return
-        if self.check_on_train_epoch_end is None and _has_validation(trainer, self._validation_ran):
+        if self.check_on_train_epoch_end is None and _has_validation(trainer, module, self._validation_ran):
             return
         self._run_check(trainer)
 
@@ -225,10 +225,16 @@ class EarlyStopping(Callback):
         print(prefix + message, file=sys.stderr, flush=True)
 
 
-def _has_validation(trainer: Any, validation_ran: bool) -> bool:
+def _has_validation(trainer: Any, module: Any, validation_ran: bool) -> bool:
     """Whether this fit validates, so the default check belongs after validation."""
     if validation_ran:
         return True
+    step = getattr(type(module), "validation_step", None) if module is not None else None
+    if step is not None:
+        from distengine.module import Module
+
+        if isinstance(module, Module) and step is Module.validation_step:
+            return False  # validation data but nothing to run on it
     n = getattr(trainer, "num_val_batches", None)
     if isinstance(n, (list, tuple)):
         n = sum(int(x) for x in n if x is not None and math.isfinite(x))

@@ -58,14 +58,12 @@ class LearningRateMonitor(Callback):
             return
         step = int(trainer.global_step)
         every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
-        # the learning rate seen here is the one this batch's optimizer step will use;
-        # log it when the step about to run is a logging step (as the Trainer counts them)
-        if (step + 1) % every != 0 and not getattr(trainer, "should_stop", False):
-            return
-        if self._last_step_logged == step:  # accumulation: several batches share one step
-            return
+        # the learning rate seen here is the one the optimizer step about to run will use; log it
+        # under that step's number (step + 1), where the Trainer logs the loss of the same step
+        if (step + 1) % every != 0 or self._last_step_logged == step:
+            return  # not a logging step, or a later micro-batch of an accumulated step
         self._last_step_logged = step
-        self._log(trainer, "step" if self.logging_interval is None else "any", step)
+        self._log(trainer, "step" if self.logging_interval is None else "any", step + 1)
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         if self.logging_interval == "step":

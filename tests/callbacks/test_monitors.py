@@ -36,7 +36,7 @@ def test_lr_monitor_step_interval_honours_log_every_n_steps():
     opt = _sgd(0.1)
     trainer = FakeTrainer(loggers=[lg], log_every_n_steps=2, optimizers=[opt])
     _run_steps(LearningRateMonitor(logging_interval="step"), trainer, 6)
-    assert lg.calls == [(1, {"lr-SGD": 0.1}), (3, {"lr-SGD": 0.1}), (5, {"lr-SGD": 0.1})]
+    assert lg.calls == [(2, {"lr-SGD": 0.1}), (4, {"lr-SGD": 0.1}), (6, {"lr-SGD": 0.1})]
     assert float(trainer.callback_metrics["lr-SGD"]) == pytest.approx(0.1)
 
 
