@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import socket
 import traceback
 from typing import Any, Callable
@@ -34,7 +35,9 @@ def _rank_main(fn, rank, world, port, env, args, queue):  # runs in the child
 
     torch.set_num_threads(1)
     try:
-        queue.put((rank, "ok", fn(rank, *args)))
+        # plain pickle copies tensors by value; the queue's own pickler would share them
+        # through memory that vanishes when this process exits
+        queue.put((rank, "ok", pickle.dumps(fn(rank, *args))))
     except BaseException as exc:  # noqa: BLE001 - report everything to the parent
         queue.put((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     finally:
@@ -76,7 +79,7 @@ def run_ranks(fn: Callable[..., Any], world: int = 2, *args: Any, timeout: float
                 else:
                     continue
             if status == "ok":
-                results[rank] = value
+                results[rank] = pickle.loads(value)
             else:
                 errors.append(f"rank {rank}: {value}")
     finally:

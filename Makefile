@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh Linux machine with Python 3.11:
+#   make demo   a real 2-process distributed training run of examples/digits.py (CPU when no GPU)
+#   make test   the whole test suite (as root it also installs and starts a local Slurm cluster)
+# Both create ./.venv and install what they need into it. torch is pinned so that a CPU
+# build is used for the tests (an unpinned torch pulls a multi-GB CUDA build).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[test,examples,tuner]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/distengine launch --cpus 2 examples/digits.py --max-epochs 10
+
+test: $(VENV)/.installed
+	bash .ci/slurm-setup.sh
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check distengine launch slurm tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info
