@@ -245,8 +245,10 @@ class TQDMProgressBar(ProgressBar):
     def _draw_train(self, trainer: Any, module: Any, n: int, done: bool) -> None:
         metrics = self.get_metrics(trainer, module, self._loss)
         if self._plain:
-            head = f"Epoch {trainer.current_epoch}{' done' if done else ''}: "
-            counts = f"{n}/{self._total}" if done and self._total else self._progress(n, self._total)
+            finished = done and self._total is not None and n >= self._total
+            word = (" done" if finished else " stopped") if done else ""
+            head = f"Epoch {trainer.current_epoch}{word}: "
+            counts = f"{n}/{self._total}" if finished else self._progress(n, self._total)
             tail = f" {_fmt_metrics(metrics)}" if metrics else ""
             self._line(f"{head}{counts} [{self._rate(n, self._t0)}]{tail}")
             return
@@ -263,6 +265,10 @@ class TQDMProgressBar(ProgressBar):
         self._draw_train(trainer, module, self._last_idx + 1, done=True)
 
     def on_train_end(self, trainer: Any, module: Any) -> None:
+        if self._next_idx != _NEVER and self._last_idx >= 0:
+            # the run stopped inside an epoch (max_steps, a stop request): no epoch-end hook
+            # came, so this is the last chance to show where it stopped
+            self.on_train_epoch_end(trainer, module)
         self._next_idx = _NEVER
         self._close_bars()
 
