@@ -189,7 +189,8 @@ class CSVLogger(Logger):
     key in the order keys first appeared (so epoch metrics, which the Trainer logs in their
     own call, get their own rows). A key seen for the first time rewrites the file with the
     wider header; otherwise the row is appended, so the file on disk is always complete.
-    Nothing is created until the first write, and only on global rank zero.
+    Nothing is created until the first write, and only on global rank zero. ``prefix``
+    renames every metric to ``"{prefix}-{name}"``.
 
     Example::
 
@@ -198,9 +199,10 @@ class CSVLogger(Logger):
     """
 
     def __init__(self, save_dir: str | os.PathLike, name: str | None = "lightning_logs",
-                 version: int | str | None = None) -> None:
+                 version: int | str | None = None, prefix: str = "") -> None:
         self._save_dir, self._root_dir, self._version = resolve_layout(save_dir, name, version)
         self._name = name or ""
+        self._prefix = str(prefix)
         self._columns: list[str] | None = None  # None until the existing file was read
         self._hparams: dict[str, Any] = {}
 
@@ -245,7 +247,8 @@ class CSVLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Write one row. ``step`` fills the ``step`` column (a ``"step"`` metric is ignored)."""
-        row = {k: to_float(k, v) for k, v in metrics.items() if k != "step"}
+        row = {(f"{self._prefix}-{k}" if self._prefix else k): to_float(k, v)
+               for k, v in metrics.items() if k != "step"}
         if not row:
             return
         if self._columns is None:

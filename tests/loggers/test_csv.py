@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,6 +52,13 @@ def test_resume_into_existing_version_appends(tmp_path):
     again.log_metrics({"b": 3.0}, step=2)
     assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines() == [
         "step,a,b", "0,1.0,", "1,2.0,", "2,,3.0"]
+
+
+def test_prefix(tmp_path):
+    logger = CSVLogger(tmp_path, prefix="fold2")
+    logger.log_metrics({"loss": 0.5, "step": 3}, step=1)
+    assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines() == [
+        "step,fold2-loss", "1,0.5"]
 
 
 def test_version_numbering_and_str_version(tmp_path):
@@ -146,3 +157,32 @@ def test_yaml_emitter_quotes_what_would_change_type():
         "scalar_tensor: 0.5\n"
     )
     assert to_yaml({}) == "{}\n"
+
+
+def _python_with_yaml() -> str | None:
+    """This venv has no PyYAML (not a dependency); a system Python often does."""
+    for exe in (sys.executable, shutil.which("python3"), "/usr/bin/python3"):
+        if exe and os.path.exists(exe) and subprocess.run(
+                [exe, "-c", "import yaml"], capture_output=True, timeout=30).returncode == 0:
+            return exe
+    return None
+
+
+def test_yaml_round_trips_through_pyyaml(tmp_path):
+    exe = _python_with_yaml()
+    if exe is None:
+        pytest.skip("no Python with PyYAML on this machine")
+    params = {
+        "plain": "resnet-50/v1.2", "yes": "yes", "No": "off", "num_str": "1e3", "date": "2024-01-01",
+        "octal": "0o17", "tilde": "~", "dash": "-", "quote": "it's", "anchor": "&a", "tag": "!x",
+        "flow": "{a}", "hash": "a #b", "newline": "a\nb", "unicode": "é", "empty": "", "null_word": "NULL",
+        "tiny": 1e-05, "sci": 1.5e-07, "big": 1e20, "whole": 3.0, "neg": -2.5, "inf": float("-inf"),
+        "flag": False, "none": None, "int": -3,
+        "nested": {"inner": {"k": 1}, "empty_list": [], "empty_map": {}},
+        "lists": [{"a": 1, "b": [1, 2]}, 2, [3, [4]]],
+    }
+    path = tmp_path / "h.yaml"
+    path.write_text(to_yaml(params))
+    code = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"
+    out = subprocess.run([exe, "-c", code, str(path)], capture_output=True, text=True, timeout=30, check=True)
+    assert json.loads(out.stdout) == params
