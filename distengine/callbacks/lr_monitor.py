@@ -5,8 +5,7 @@ Keys are ``lr-<OptimizerClass>`` for an optimizer with one parameter group and
 uses that name instead of ``pg<i>``, and a scheduler config with a ``name`` replaces
 ``lr-<OptimizerClass>``. Two optimizers of the same class get ``-1``, ``-2``... suffixes.
 Values go straight to the loggers on global rank zero (no collective: every rank holds the
-same learning rates), and are also put in ``trainer.callback_metrics`` on every rank so a
-checkpoint callback may monitor them.
+same learning rates); every rank keeps the history in :attr:`LearningRateMonitor.lrs`.
 
 Example::
 
@@ -112,9 +111,6 @@ class LearningRateMonitor(Callback):
             return
         for key, value in stats.items():
             self.lrs.setdefault(key, []).append(value)
-        metrics = getattr(trainer, "callback_metrics", None)
-        if isinstance(metrics, dict):
-            metrics.update({k: torch.tensor(v) for k, v in stats.items()})
         if getattr(trainer, "is_global_zero", True):
             for lg in getattr(trainer, "loggers", None) or []:
                 lg.log_metrics(dict(stats), step=step)
