@@ -136,7 +136,7 @@ class Trainer(CheckpointMixin):
         self.callbacks = self._build_callbacks(
             callbacks, max_time, enable_checkpointing is not False,
             enable_progress_bar is not False and progress_bar_refresh_rate != 0,
-            bool(enable_model_summary))
+            enable_model_summary is not False and not self.fast_dev_run)
         self.progress = Progress()
         self._status = TrainerStatus()
         self._results = Results()
@@ -481,19 +481,19 @@ class Trainer(CheckpointMixin):
         """Called after each training batch. Returns True when all ranks agreed to stop now."""
         local = self.should_stop or self._status.stop_signal is not None
         stop, signum = self._stop_vote.step(local, self._status.stop_signal or 0)
-        return self._apply_vote(stop, signum)
+        return self._apply_vote(stop, signum, epochs_done=self.progress.epoch)
 
     def _vote_epoch(self) -> bool:
         local = self.should_stop or self._status.stop_signal is not None
         stop, signum = self._stop_vote.sync(local, self._status.stop_signal or 0)
-        return self._apply_vote(stop, signum)
+        return self._apply_vote(stop, signum, epochs_done=self.progress.epoch + 1)
 
-    def _apply_vote(self, stop: bool, signum: int) -> bool:
+    def _apply_vote(self, stop: bool, signum: int, epochs_done: int) -> bool:
         if not stop:
             return False
         if signum:
             self._status.stop_signal = signum
-        elif self.progress.epoch + 1 < self.min_epochs or self.progress.global_step < self.min_steps:
+        elif epochs_done < self.min_epochs or self.progress.global_step < self.min_steps:
             return False  # min_epochs / min_steps delay a requested stop
         self.should_stop = True
         self._stop_now = True

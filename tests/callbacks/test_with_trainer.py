@@ -1,5 +1,4 @@
 """The callbacks inside real fits: one process, then 2 gloo ranks where only rank 1 asks to stop."""
-import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -84,9 +83,6 @@ def test_min_epochs_delays_the_stop():
     assert model.epochs_started == 6  # the stop requested after epoch 3 waited for epoch 5
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer._apply_vote counts the running epoch as done for "
-                   "step-level votes, so a pending stop ends the last min_epochs epoch after one batch; "
-                   "the fix is in the callbacks/tuner report. Remove this marker once it lands.")
 def test_min_epochs_runs_the_last_required_epoch_to_its_end():
     model, stop = Model(), EarlyStopping("val_loss", patience=2)
     trainer = make_trainer(max_epochs=10, min_epochs=6, callbacks=[stop])
