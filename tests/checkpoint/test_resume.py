@@ -1,0 +1,178 @@
+"""Exact resume after a SIGKILL, at 1 and 2 ranks, and resume at a different world size.
+
+Each case trains the same job three ways: uninterrupted (the baseline), killed by SIGKILL right
+after the checkpoint of step k (or at an epoch boundary), and resumed with ``ckpt_path="last"``.
+The resumed job must end with bit-identical weights (``torch.equal``) and log exactly the same
+metric values as the baseline. Across world sizes (2 -> 1, 1 -> 2) the weights legitimately
+differ, but the rest of the interrupted epoch must visit every sample exactly once.
+
+The jobs are real processes (tests/checkpoint/scripts/resume_train.py): shuffled data,
+``num_workers=2``, dropout, Adam and an LR schedule; 2 ranks run on gloo.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distengine.checkpoint.io import read_last_pointer, safe_load
+from tests.helpers import free_port
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "resume_train.py")
+N_TRAIN = 40
+LAUNCH_TIMEOUT = 240  # the whole job; generous because the CI machine's cores are shared
+
+
+def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool = False) -> None:
+    """Run the script on ``world`` ranks; every rank must exit 0 (or die by SIGKILL if killed)."""
+    port = str(free_port())
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ)
+        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                     "MASTER_PORT", "GROUP_RANK"):
+            env.pop(name, None)
+        env.update({"PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""),
+                    "OMP_NUM_THREADS": "1", "DISTENGINE_TIMEOUT": "60"})
+        if world > 1:
+            env.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                        "LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+        cmd = [sys.executable, SCRIPT, "--root", root, "--out", out, "--run", run, *extra]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs, codes = [], []
+    try:
+        for p in procs:
+            text, _ = p.communicate(timeout=LAUNCH_TIMEOUT)
+            outputs.append(text)
+            codes.append(p.returncode)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    want = -signal.SIGKILL if killed else 0
+    if any(c != want for c in codes):
+        tails = "\n".join(f"--- rank {r} exit {c}:\n{o[-3000:]}" for r, (c, o) in
+                          enumerate(zip(codes, outputs, strict=True)))
+        raise AssertionError(f"run {run!r}: expected every rank to exit {want}\n{tails}")
+
+
+def _records(out: str, run: str) -> list[dict]:
+    with open(os.path.join(out, f"{run}-log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _indices(out: str, run: str, world: int) -> list[dict]:
+    recs = []
+    for rank in range(world):
+        path = os.path.join(out, f"{run}-idx-rank{rank}.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                recs += [dict(json.loads(line), rank=rank) for line in f]
+    return recs
+
+
+def _keyed(records: list[dict]) -> dict:
+    # one entry per (step, metric names): a resumed run may log a step the killed run logged
+    return {(r["step"], tuple(sorted(r["metrics"]))): r["metrics"] for r in records}
+
+
+# The killed runs are shared by the exact-resume and the world-size tests, so each runs once.
+_KILLS = {
+    (1, "mid"): ["--kill-step", "3"],                                # 10 steps per epoch
+    (1, "boundary_step"): ["--kill-step", "10"],                     # ckpt before epoch-end work
+    (1, "boundary_epoch"): ["--kill-epoch", "1", "--ckpt-every", "epochs"],
+    (2, "mid"): ["--kill-step", "2"],                                # 5 steps per epoch
+    (2, "boundary_step"): ["--kill-step", "5"],
+}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    base = tmp_path_factory.mktemp("resume")
+    cache: dict = {}
+
+    def baseline(world: int) -> str:
+        key = ("base", world)
+        if key not in cache:
+            out = str(base / "out")
+            _launch(world, str(base / f"base{world}"), out, f"base{world}")
+            cache[key] = out
+        return cache[key]
+
+    def killed(world: int, variant: str) -> tuple[str, str, int]:
+        """A pristine copy of the checkpoint folder left by the killed run, and its step."""
+        key = ("kill", world, variant)
+        if key not in cache:
+            root, out = base / f"kill{world}-{variant}", str(base / "out")
+            run = f"kill{world}-{variant}"
+            _launch(world, str(root), out, run, *_KILLS[(world, variant)], killed=True)
+            pristine = base / f"pristine{world}-{variant}"
+            shutil.copytree(root, pristine)
+            step = safe_load(read_last_pointer(pristine / "checkpoints"))["global_step"]
+            cache[key] = (str(pristine), run, step)
+        return cache[key]
+
+    def resume(world: int, variant: str, new_world: int) -> tuple[str, str, str, int]:
+        pristine, killed_run, step = killed(world, variant)
+        root = base / f"resume{world}to{new_world}-{variant}"
+        shutil.copytree(pristine, root)
+        run = f"resume{world}to{new_world}-{variant}"
+        out = str(base / "out")
+        _launch(new_world, str(root), out, run, "--resume",
+                *(["--ckpt-every", "epochs"] if "epoch" in variant else []))
+        return out, killed_run, run, step
+
+    return baseline, killed, resume
+
+
+@pytest.mark.parametrize("world, variant", list(_KILLS))
+def test_exact_resume_after_sigkill(work, world, variant):
+    baseline, _, resume = work
+    base_out = baseline(world)
+    out, killed_run, run, step = resume(world, variant, world)
+    assert step > 0
+    base_w = torch.load(os.path.join(base_out, f"base{world}-final.pt"))
+    got_w = torch.load(os.path.join(out, f"{run}-final.pt"))
+    differ = [k for k in base_w if not torch.equal(base_w[k], got_w[k])]
+    assert not differ, f"final weights differ from the uninterrupted run in {differ}"
+
+    base_log = _keyed(_records(base_out, f"base{world}"))
+    killed_log = _records(out, killed_run)
+    resumed_log = _records(out, run)
+    assert resumed_log and min(r["step"] for r in resumed_log) <= step + 1
+    merged = _keyed(killed_log)
+    merged.update(_keyed(resumed_log))
+    mismatched = {k: (base_log.get(k), merged.get(k)) for k in set(base_log) | set(merged)
+                  if base_log.get(k) != merged.get(k)}
+    assert not mismatched, f"logged metrics differ (step, names): (baseline, resumed) {mismatched}"
+
+
+def _epoch_coverage(killed: list[dict], resumed: list[dict], step: int, epoch: int) -> list[int]:
+    seen = [i for r in killed if r["epoch"] == epoch and r["step"] <= step for i in r["idx"]]
+    seen += [i for r in resumed if r["epoch"] == epoch for i in r["idx"]]
+    return sorted(seen)
+
+
+@pytest.mark.parametrize("world, new_world", [(2, 1), (1, 2)])
+def test_resume_at_another_world_size_visits_each_sample_once(work, world, new_world):
+    _, _, resume = work
+    out, killed_run, run, step = resume(world, "mid", new_world)
+    killed = _indices(out, killed_run, world)
+    resumed = _indices(out, run, new_world)
+    assert any(r["step"] > step for r in resumed)
+    # the interrupted epoch: what the killed run trained on up to its checkpoint, then the rest
+    assert _epoch_coverage(killed, resumed, step, 0) == list(range(N_TRAIN))
+    # the next epoch runs whole at the new world size
+    assert sorted(i for r in resumed if r["epoch"] == 1 for i in r["idx"]) == list(range(N_TRAIN))
+    # and training carried on from the checkpoint, not from scratch
+    assert min(r["step"] for r in resumed) == step + 1
