@@ -30,7 +30,7 @@ from distengine.dist import collectives
 from distengine.dist.env import ClusterEnv, detect
 from distengine.metrics import Results
 from distengine.module import MODULE_HOOKS, Module, module_overrides
-from distengine.precision import normalize_precision
+from distengine.precision import Precision, normalize_precision
 from distengine.state import Progress, TrainerStatus
 from distengine.trainer_parts import CheckpointMixin, StopVote, resolve_devices
 
@@ -147,6 +147,11 @@ class Trainer(CheckpointMixin):
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[Any] = []
         self._pending_rng = None
+        self._train_loader: Any = None
+        self._train_sampler = None
+        self._val_loaders: list[Any] = []
+        self._precision: Precision | None = None
+        self._epoch_start_sample = self._epoch_start_batch = 0
         self._train_outputs = None
         self._last_loss = None
         self._skipped_nonfinite = 0

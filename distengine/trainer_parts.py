@@ -233,7 +233,7 @@ class CheckpointMixin:
             env = self.env
             loaders = [prepare_eval_loader(dl, env.world_size, env.rank, self.use_distributed_sampler)
                        for dl in loaders]
-            if not hasattr(self, "_precision") or self._precision.device != self._device:
+            if self._precision is None or self._precision.device != self._device:
                 from distengine.precision import Precision
 
                 self._precision = Precision(self.precision, self._device)
