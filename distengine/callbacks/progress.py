@@ -16,6 +16,7 @@ long epoch at most one every ``plain_interval`` seconds::
 from __future__ import annotations
 
 import math
+import os
 import sys
 from time import monotonic
 from typing import Any, TextIO
@@ -35,6 +36,17 @@ def _count(value: Any) -> int | None:
     if math.isnan(value) or math.isinf(value):
         return None
     return int(value)
+
+
+def _is_terminal(file: Any) -> bool:
+    """A terminal tqdm can draw in: a tty with a width (a pty of size 0x0, as some container
+    runtimes give, would make tqdm print nothing at all)."""
+    try:
+        if not file.isatty():
+            return False
+        return os.get_terminal_size(file.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _loss_of(outputs: Any) -> float | None:
@@ -163,8 +175,7 @@ class TQDMProgressBar(ProgressBar):
         if self._file is None:
             self._file = self._file_arg if self._file_arg is not None else sys.stdout
             if self._plain_arg is None:
-                isatty = getattr(self._file, "isatty", None)
-                self._plain = not (callable(isatty) and isatty())
+                self._plain = not _is_terminal(self._file)
             else:
                 self._plain = bool(self._plain_arg)
             self._interval = self.plain_interval if self._plain else self.refresh_interval
@@ -185,6 +196,10 @@ class TQDMProgressBar(ProgressBar):
     def _rate(n: int, t0: float) -> str:
         elapsed = max(monotonic() - t0, 1e-9)
         return f"{elapsed:.1f}s, {n / elapsed:.2f} it/s"
+
+    @staticmethod
+    def _done_counts(n: int, total: int | None) -> str:
+        return f"{n}/{total}" if total else f"{n} batches"
 
     @staticmethod
     def _progress(n: int, total: int | None) -> str:
@@ -245,10 +260,10 @@ class TQDMProgressBar(ProgressBar):
     def _draw_train(self, trainer: Any, module: Any, n: int, done: bool) -> None:
         metrics = self.get_metrics(trainer, module, self._loss)
         if self._plain:
-            finished = done and self._total is not None and n >= self._total
+            finished = done and (self._total is None or n >= self._total)
             word = (" done" if finished else " stopped") if done else ""
             head = f"Epoch {trainer.current_epoch}{word}: "
-            counts = f"{n}/{self._total}" if finished else self._progress(n, self._total)
+            counts = self._done_counts(n, self._total) if finished else self._progress(n, self._total)
             tail = f" {_fmt_metrics(metrics)}" if metrics else ""
             self._line(f"{head}{counts} [{self._rate(n, self._t0)}]{tail}")
             return
@@ -320,9 +335,9 @@ class TQDMProgressBar(ProgressBar):
 
     def _draw_eval(self, trainer: Any, module: Any, n: int, done: bool) -> None:
         if self._plain:
-            counts = f"{n}/{self._eval_total}" if done and self._eval_total else self._progress(
-                n, self._eval_total)
-            metrics = self.get_metrics(trainer, module) if done else {}
+            counts = self._done_counts(n, self._eval_total) if done else self._progress(n, self._eval_total)
+            # predictions have no metrics; what progress_bar_metrics holds is from earlier stages
+            metrics = self.get_metrics(trainer, module) if done and self._eval_desc != "Predicting" else {}
             tail = f" {_fmt_metrics(metrics)}" if metrics else ""
             word = " done" if done else ""
             self._line(f"{self._eval_desc}{word}: {counts} [{self._rate(n, self._eval_t0)}]{tail}")
@@ -343,9 +358,12 @@ class TQDMProgressBar(ProgressBar):
         if self.eval_progress_bar is not None:
             self.eval_progress_bar.close()
             self.eval_progress_bar = None
-        if self.train_progress_bar is not None:  # show the new validation metrics at once
+        bar = self.train_progress_bar
+        if bar is not None:  # show the new validation metrics at once
+            if self._next_idx != _NEVER:  # validation inside an epoch: also catch up the count
+                bar.n = self._last_idx + 1
             metrics = self.get_metrics(trainer, module, self._loss)
-            self.train_progress_bar.set_postfix({k: _fmt(v) for k, v in metrics.items()})
+            bar.set_postfix({k: _fmt(v) for k, v in metrics.items()})
 
     def on_sanity_check_start(self, trainer: Any, module: Any) -> None:
         self._eval_start(trainer, "Sanity Checking", "num_sanity_val_batches")

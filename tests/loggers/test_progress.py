@@ -180,8 +180,27 @@ def test_test_and_predict_lines(capsys):
     bar.on_predict_end(trainer, None)
     lines = capsys.readouterr().out.splitlines()
     assert re.fullmatch(rf"Testing done: 4/4 {RATE} test_acc=0\.875", lines[0])
-    assert re.fullmatch(rf"Predicting done: 2/2 {RATE} test_acc=0\.875", lines[1])
+    assert re.fullmatch(rf"Predicting done: 2/2 {RATE}", lines[1])  # no (stale) metrics
     assert len(lines) == 2
+
+
+def test_unknown_totals(capsys):
+    """Iterable datasets have no length: counts without a total, and the end still says done."""
+    trainer = _trainer(num_training_batches=float("inf"), num_test_batches=None)
+    bar = TQDMProgressBar()
+    bar.on_train_start(trainer, None)
+    bar.on_train_epoch_start(trainer, None)
+    for i in range(3):
+        bar.on_train_batch_end(trainer, None, 0.25, None, i)
+    bar.on_train_epoch_end(trainer, None)
+    bar.on_test_start(trainer, None)
+    bar.on_test_batch_end(trainer, None, None, None, 0, 0)
+    bar.on_test_end(trainer, None)
+    lines = capsys.readouterr().out.splitlines()
+    # (no loss: without a total the last batch is not known in advance, so only a Trainer
+    # that puts "loss" in progress_bar_metrics, as distengine's does, shows it here)
+    assert re.fullmatch(rf"Epoch 0 done: 3 batches {RATE}", lines[0]), lines
+    assert re.fullmatch(rf"Testing done: 1 batches {RATE}", lines[1]), lines
 
 
 def test_non_zero_rank_and_disabled_bar_print_nothing(capsys, monkeypatch):
@@ -259,3 +278,39 @@ def test_hot_path_cost_is_about_a_microsecond():
     bar.on_train_end(trainer, None)
     # ~0.2-0.5 us here; a redraw or a tensor->float conversion per step would cost 10x more
     assert per_call < 5e-6, f"{per_call * 1e6:.2f} us per call"
+
+
+@pytest.mark.parametrize("rows_cols", [(40, 100), (0, 0)])
+def test_auto_mode_on_a_real_pty(rows_cols):
+    """A sized terminal gets the tqdm bar; a 0x0 pty (some containers) gets plain lines,
+    because tqdm would print nothing at all there."""
+    fcntl, pty, termios = (pytest.importorskip(m) for m in ("fcntl", "pty", "termios"))
+    import struct
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *rows_cols, 0, 0))
+    with os.fdopen(slave, "w") as tty:
+        bar = TQDMProgressBar(file=tty)
+        trainer = _trainer()
+        bar.on_train_start(trainer, None)
+        bar.on_train_epoch_start(trainer, None)
+        for i in range(5):
+            bar.on_train_batch_end(trainer, None, 0.5, None, i)
+        bar.on_train_epoch_end(trainer, None)
+        bar.on_train_end(trainer, None)
+    text = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        text += chunk
+    os.close(master)
+    out = text.decode()
+    if rows_cols[1]:
+        assert bar._plain is False and "\r" in out.replace("\r\n", "\n") and "5/5" in out
+    else:
+        assert bar._plain is True
+        assert re.fullmatch(rf"Epoch 0 done: 5/5 {RATE} loss=0\.5\r?\n", out), repr(out)
