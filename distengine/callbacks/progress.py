@@ -153,7 +153,7 @@ class TQDMProgressBar(ProgressBar):
         # training epoch
         self._next_idx = _NEVER
         self._deadline = 0.0
-        self._last_idx = -1
+        self._last_idx = self._first_idx = -1
         self._total: int | None = None
         self._final_idx = _NEVER  # index of the epoch's last batch, when known
         self._t0 = 0.0
@@ -217,7 +217,7 @@ class TQDMProgressBar(ProgressBar):
             return
         self._total = _count(getattr(trainer, "num_training_batches", None))
         self._final_idx = self._total - 1 if self._total else _NEVER
-        self._last_idx = -1
+        self._last_idx = self._first_idx = -1
         self._loss = None
         self._t0 = monotonic()
         self._next_idx = 0
@@ -229,6 +229,7 @@ class TQDMProgressBar(ProgressBar):
         bar = self.train_progress_bar
         if bar is not None and not self.leave:
             bar.set_description(desc, refresh=False)
+            bar.initial = 0
             bar.reset(total=self._total)
             bar.total = self._total  # reset() keeps the old total when given None
         else:
@@ -242,6 +243,8 @@ class TQDMProgressBar(ProgressBar):
         self._last_idx = batch_idx
         if batch_idx < self._next_idx:
             return
+        if self._first_idx < 0:  # a resumed epoch starts mid-way: rates count from here
+            self._start_at(batch_idx)
         nxt = batch_idx + self.refresh_rate
         final = self._final_idx
         # Always look at the epoch's last batch: the epoch-end line needs its loss.
@@ -249,6 +252,11 @@ class TQDMProgressBar(ProgressBar):
         if monotonic() < self._deadline and batch_idx != final:
             return
         self._train_due(trainer, module, outputs, batch_idx)
+
+    def _start_at(self, batch_idx: int) -> None:
+        self._first_idx = batch_idx
+        if self.train_progress_bar is not None:
+            self.train_progress_bar.initial = batch_idx  # tqdm's rate is (n - initial) / elapsed
 
     def _train_due(self, trainer: Any, module: Any, outputs: Any, batch_idx: int) -> None:
         self._deadline = monotonic() + self._interval
@@ -265,7 +273,7 @@ class TQDMProgressBar(ProgressBar):
             head = f"Epoch {trainer.current_epoch}{word}: "
             counts = self._done_counts(n, self._total) if finished else self._progress(n, self._total)
             tail = f" {_fmt_metrics(metrics)}" if metrics else ""
-            self._line(f"{head}{counts} [{self._rate(n, self._t0)}]{tail}")
+            self._line(f"{head}{counts} [{self._rate(n - max(self._first_idx, 0), self._t0)}]{tail}")
             return
         bar = self.train_progress_bar
         if bar is not None:

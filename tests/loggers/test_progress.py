@@ -101,6 +101,21 @@ def test_plain_lines_at_most_every_plain_interval(monkeypatch):
     ]
 
 
+def test_resumed_epoch_rate_counts_only_the_batches_run(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(progress, "monotonic", clock)
+    out = io.StringIO()
+    bar = TQDMProgressBar(plain=True, file=out)
+    trainer = _trainer(num_training_batches=5)
+    bar.on_train_start(trainer, None)
+    bar.on_train_epoch_start(trainer, None)
+    for i in (3, 4):  # resumed from a checkpoint taken after 3 batches
+        clock.t += 2.0
+        bar.on_train_batch_end(trainer, None, 0.5, None, i)
+    bar.on_train_epoch_end(trainer, None)
+    assert out.getvalue() == "Epoch 0 done: 5/5 [4.0s, 0.50 it/s] loss=0.5\n"
+
+
 def test_clock_is_read_only_every_refresh_rate_batches(monkeypatch):
     clock = _Clock()
     monkeypatch.setattr(progress, "monotonic", clock)
