@@ -1,0 +1,126 @@
+"""The benchmark harness and the GPU check's code paths, on CPU and small.
+
+Timings are never asserted (the machine is shared); what is asserted is that the
+statistics are right, that the contenders do the very same work, and that the GPU check
+runs end to end in its CPU dry-run mode.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmarks._harness import Row, interleave, markdown_table, ratio_row, rows_from_foreign
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_interleave_rotates_order_and_drops_warmup():
+    calls: list[str] = []
+    counter = {"a": 0, "b": 0}
+
+    def make(name):
+        def go():
+            calls.append(name)
+            counter[name] += 1
+            return float(counter[name])
+        return go
+
+    out = interleave({"a": make("a"), "b": make("b")}, rounds=3, warmup=1)
+    assert calls == ["b", "a", "a", "b", "b", "a", "a", "b"]  # warm-up round -1 starts rotated
+    assert out == {"a": [2.0, 3.0, 4.0], "b": [2.0, 3.0, 4.0]}
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        interleave({"a": make("a")}, rounds=0)
+
+
+def test_ratio_row_uses_per_round_ratios():
+    row = ratio_row("x", "b / a", [2.0, 3.0, 10.0], [1.0, 2.0, 4.0], target=2.0)
+    assert row.value == 2.0 and row.lo == 1.5 and row.hi == 2.5
+    assert row.ok is True
+    assert ratio_row("x", "b / a", [3.0], [1.0], target=2.0).ok is False
+    assert ratio_row("x", "b / a", [3.0], [1.0], target=2.0, higher_is_better=True).ok is True
+    table = markdown_table([row, Row("x", "no target", 1.5, unit="s")])
+    assert "| x | b / a | 2.000x | 1.500-2.500 | <= 2.000x | PASS |" in table
+    assert "| x | no target | 1.500 s | - | - | - |" in table
+
+
+def test_foreign_results_become_rows():
+    rows = rows_from_foreign("launch", {"rows": [{"name": "wall", "ratio": 0.9, "min": 0.8, "max": 1.0,
+                                                  "target": 1.0}]})
+    assert (rows[0].comparison, rows[0].value, rows[0].ok) == ("wall", 0.9, True)
+    flat = rows_from_foreign("checkpoint", {"save_ratio": 1.05, "note": "text", "ok": True})
+    assert [(r.comparison, r.unit) for r in flat] == [("save_ratio", "x")]
+
+
+def test_plain_workload_matches_the_example():
+    """benchmarks/_work.py duplicates examples/synthetic.py so that hand-written contenders need
+    not import distengine; the duplicate must stay identical."""
+    from benchmarks import _work
+    from examples import synthetic
+
+    a, b = _work.make_dataset(256, 16, seed=3), synthetic.make_dataset(256, 16, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.tensors, b.tensors))
+    torch.manual_seed(5)
+    m1 = _work.build_mlp(16, 32)
+    torch.manual_seed(5)
+    m2 = synthetic.build_mlp(16, 32)
+    assert all(torch.equal(p, q) for p, q in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_overhead_contenders_do_identical_work():
+    """Same init, same data order, same steps: the loop and the Trainer end with equal weights,
+    so the overhead ratio compares equal work."""
+    from benchmarks._work import make_dataset
+    from benchmarks.overhead import Work, run_loop, run_trainer
+
+    work = Work(num_samples=640, epochs=2)
+    data = make_dataset(work.num_samples, work.dim)
+    _, loop_model = run_loop(work, data)
+    for defaults in (False, True):
+        _, trainer_model = run_trainer(work, data, defaults=defaults)
+        for (name, p), q in zip(loop_model.state_dict().items(), trainer_model.state_dict().values()):
+            assert torch.equal(p, q), f"{name} differs (defaults={defaults})"
+
+
+def test_gpu_check_dry_run_in_process(tmp_path):
+    from benchmarks import gpu_check
+
+    only = "precision-32,precision-16-mixed,precision-bf16-mixed,device-stats,checkpoint-resume"
+    rc = gpu_check.main(["--dry-run-cpu", "--only", only, "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    failed = [(c["check"], c["message"], c["data"].get("traceback", "")) for c in result["checks"] if not c["ok"]]
+    assert rc == 0 and not failed, failed
+    assert result["dry_run"] is True and len(result["checks"]) == 5
+
+
+def test_gpu_check_script_dry_run_launch(tmp_path):
+    """The shell wrapper: finds the interpreter, makes distengine importable from the tree
+    without installing it, and the launch check runs a real launched child."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHON=sys.executable, OUT=str(tmp_path), OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_check.sh"), "--dry-run-cpu",
+                           "--only", "launch-nccl"], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PASS launch-nccl" in proc.stdout
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["checks"][0]["data"]["backend"] == "gloo"
+
+
+def test_gpu_check_without_cuda_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--only", "compile"]) == 1
+
+
+@pytest.mark.skipif(os.environ.get("DISTENGINE_TEST_COMPILE") != "1",
+                    reason="torch.compile on CPU takes minutes here; set DISTENGINE_TEST_COMPILE=1")
+def test_gpu_check_dry_run_compile(tmp_path):
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--dry-run-cpu", "--only", "compile", "--out", str(tmp_path)]) == 0
