@@ -56,6 +56,7 @@ def _loaders(n_train: int = 8, n_val: int = 4, batch_size: int = 2):
 def _fit(tmp, logger, **kw):
     kw.setdefault("max_epochs", 2)
     kw.setdefault("enable_progress_bar", False)
+    kw.setdefault("enable_model_summary", False)  # its table would mix with the bar's lines
     trainer = de.Trainer(accelerator="cpu", devices=1, default_root_dir=str(tmp), logger=logger,
                          log_every_n_steps=2, enable_checkpointing=False, **kw)
     module = LinReg()
