@@ -564,6 +564,9 @@ class _RunContext:
         self.model.setup(key)
         for fn in t._callback_hooks["setup"]:
             fn(key)
+        # anomaly mode is scoped to the run, as in Lightning: it slows every later backward
+        self._anomaly = torch.is_anomaly_enabled()
+        torch.autograd.set_detect_anomaly(bool(t.detect_anomaly) or self._anomaly)
         return t
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -588,6 +591,7 @@ class _RunContext:
                 for lg in t._loggers:
                     lg.finalize(status)
             t._status.stage = None
+            torch.autograd.set_detect_anomaly(self._anomaly)
         return False
 
 

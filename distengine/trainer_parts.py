@@ -124,8 +124,6 @@ class CheckpointMixin:
             torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
         if self.benchmark is not None:
             torch.backends.cudnn.benchmark = bool(self.benchmark)
-        if self.detect_anomaly:
-            torch.autograd.set_detect_anomaly(True)
         self._device = setup.select_device(self.accelerator, self.env, self._gpu_ids)
         setup.init_process_group(self.env, self._device, setup.timeout_seconds(self.dist_timeout))
         if self.env.distributed and collectives.world_size() != self.env.world_size:
