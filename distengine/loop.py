@@ -76,9 +76,14 @@ def _extract_loss(t, out: Any) -> torch.Tensor | None:
     return loss
 
 
-def _step_schedulers(t, interval: str, plateau: bool) -> None:
+def _step_schedulers(t, interval: str, plateau: bool | None) -> None:
+    """Step the schedulers of ``interval`` (``plateau=None``: plain and plateau ones alike).
+    Under manual optimization the user steps them, as in Lightning: stepping here too would
+    step them twice."""
+    if not t._module.automatic_optimization:
+        return
     for cfg in t.lr_scheduler_configs:
-        if cfg.interval != interval or cfg.reduce_on_plateau != plateau:
+        if cfg.interval != interval or (plateau is not None and cfg.reduce_on_plateau != plateau):
             continue
         count = t.progress.global_step if interval == "step" else t.progress.epoch + 1
         if count % cfg.frequency:
@@ -212,8 +217,8 @@ def train_epoch(t) -> None:
             if not manual:
                 _optimizer_step(t, optimizer)
             p.global_step += 1
-            if t._has_step_schedulers:
-                _step_schedulers(t, "step", plateau=False)
+            if t._has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
+                _step_schedulers(t, "step", plateau=None)
             if p.global_step % log_every == 0:
                 t._write_step_metrics()
         batch_idx += 1
