@@ -246,10 +246,14 @@ def fit_loop(t) -> None:
     hooks = t._hooks
     if t._run_sanity_check:
         t._status.sanity_checking = True
+        for fn in hooks["on_sanity_check_start"]:
+            fn()
         try:
             run_eval(t, "validate", t._val_loaders, t._sanity_steps, sanity=True)
         finally:
             t._status.sanity_checking = False
+        for fn in hooks["on_sanity_check_end"]:
+            fn()
     for fn in hooks["on_train_start"]:
         fn()
     while not t._fit_done():

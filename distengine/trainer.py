@@ -297,6 +297,18 @@ class Trainer(CheckpointMixin):
         return list(getattr(self, "_num_val_batches", []))
 
     @property
+    def num_sanity_val_batches(self) -> list[int]:
+        return list(getattr(self, "_sanity_steps", []))
+
+    @property
+    def num_test_batches(self) -> list[int]:
+        return list(self._eval_batches.get("test", [])) if hasattr(self, "_eval_batches") else []
+
+    @property
+    def num_predict_batches(self) -> list[int]:
+        return list(self._eval_batches.get("predict", [])) if hasattr(self, "_eval_batches") else []
+
+    @property
     def estimated_stepping_batches(self) -> int | float:
         per_epoch = -(-self.num_training_batches // self.accumulate_grad_batches)
         total = per_epoch * self.max_epochs if self.max_epochs > 0 else float("inf")
@@ -337,9 +349,9 @@ class Trainer(CheckpointMixin):
             if not any(isinstance(c, ModelSummary) for c in cbs):
                 cbs.append(ModelSummary())
         if progress and os.environ.get("DISTENGINE_NO_PROGRESS") != "1":
-            from distengine.callbacks.progress import TQDMProgressBar
+            from distengine.callbacks.progress import ProgressBar, TQDMProgressBar
 
-            if not any(isinstance(c, TQDMProgressBar) for c in cbs):
+            if not any(isinstance(c, ProgressBar) for c in cbs):
                 cbs.append(TQDMProgressBar())
         from distengine.callbacks.model_checkpoint import ModelCheckpoint
 
@@ -590,6 +602,9 @@ class _RunContext:
                 status = "failed" if failed else ("interrupted" if t._status.stop_signal else "success")
                 for lg in t._loggers:
                     lg.finalize(status)
+            elif t.is_global_zero:
+                for lg in t._loggers:
+                    lg.save()  # flush what validate/test wrote
             t._status.stage = None
             torch.autograd.set_detect_anomaly(self._anomaly)
         return False

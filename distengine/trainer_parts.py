@@ -240,6 +240,9 @@ class CheckpointMixin:
             if ckpt_path is not None:
                 self._load_weights_only(ckpt_path)
             limit = [_apply_limit(self.limits[kind], _safe_len(dl), kind) for dl in loaders]
+            self._eval_batches = {stage: limit}
+            if stage == "validate":
+                self._num_val_batches = limit
             result = loop.run_eval(self, stage, loaders, limit)
         return result
 

@@ -30,7 +30,7 @@ class Logger:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         raise NotImplementedError
 
-    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+    def log_hyperparams(self, params: Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
         pass
 
     def log_graph(self, model: Any, input_array: Any = None) -> None:
