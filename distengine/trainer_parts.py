@@ -202,6 +202,11 @@ class CheckpointMixin:
         module.to(self._device)
         self._precision.convert_module(module)
         if self.sync_batchnorm and env.distributed:
+            if self._device.type == "cpu" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                                  for m in module.modules()):
+                # torch's SyncBatchNorm has no CPU kernels: fail here, not in the first batch
+                raise ValueError("sync_batchnorm=True needs GPUs (torch's SyncBatchNorm has no CPU kernels); "
+                                 "run on GPUs or drop the flag so each CPU rank keeps its own BatchNorm statistics")
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         self.optimizers, self.lr_scheduler_configs = parse_optimizers(module.configure_optimizers())
         if len(self.optimizers) > 1 and module.automatic_optimization:
