@@ -23,6 +23,8 @@ DEFAULT_SIGNAL_DELAY_S = 90
 DEFAULT_MAX_REQUEUES = 3
 #: Set by the batch script to the job's start (epoch seconds); read by the task wrapper.
 START_ENV = "DISTENGINE_SLURM_JOB_START"
+#: Set by the batch script to the job's end (StartTime + TimeLimit, from squeue; epoch seconds).
+END_ENV = "DISTENGINE_SLURM_JOB_END"
 
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _MEM_RE = re.compile(r"^\d+(?:\.\d+)?[KMGT]?B?$", re.IGNORECASE)
@@ -159,8 +161,11 @@ class SubmitConfig:
         params: dict = {"nodes": self.nodes, "ntasks_per_node": self.tasks_per_node,
                         "time": self.time_limit_min, "job_name": self.name,
                         "signal_delay_s": backstop_signal_delay(self.signal_delay),
-                        # the task wrapper times its checkpoint signal from the job's real start
-                        "setup": [f"export {START_ENV}=$(date +%s)"],
+                        # the task wrapper times its checkpoint signal from the job's real end
+                        # (asked once per run here, not by every rank)
+                        "setup": [f"export {START_ENV}=$(date +%s)",
+                                  f'export {END_ENV}=$(date -d "$(squeue -h -j "$SLURM_JOB_ID" -o %e '
+                                  f'2>/dev/null)" +%s 2>/dev/null)'],
                         "additional_parameters": {"requeue": True}}
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node

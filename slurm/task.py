@@ -41,11 +41,15 @@ import time
 from dataclasses import dataclass, field
 
 from distengine.slurm import jobs
-from distengine.slurm.config import START_ENV, WARNING_SIGNAL
+from distengine.slurm.config import END_ENV, START_ENV, WARNING_SIGNAL
 
 from distengine.dist.env import expand_nodelist
 
 _STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+_LAUNCHER_VARS = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                            "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"})
+#: Export this before submitting to choose the rendezvous port yourself.
+PORT_ENV = "DISTENGINE_MASTER_PORT"
 _RESEND_EVERY_S = 3.0
 #: A stop signal with at most this much more than ``--signal-delay`` left counts as a timeout
 #: (SLURM's backstop warning is up to 30 s early, plus slack for a slow step).
@@ -66,6 +70,16 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def job_end_time(time_limit_s: int) -> float:
+    """When SLURM ends this run: its EndTime (exported by the batch script), else the batch
+    script's start plus the limit, else now plus the limit."""
+    end = os.environ.get(END_ENV, "")
+    if end.isdigit():
+        return float(end)
+    start = os.environ.get(START_ENV, "")
+    return (float(start) if start.isdigit() else time.time()) + time_limit_s
 
 
 def exit_signal(returncode: int) -> int | None:
@@ -105,15 +119,14 @@ class ScriptTask:
             # Record only: the child does the stopping; this process must live to read its status.
             signal.signal(s, lambda signum, frame: received.append(signum))
 
-        start = float(os.environ.get(START_ENV) or time.time())
-        deadline = start + self.time_limit_s - self.signal_delay
+        deadline = job_end_time(self.time_limit_s) - self.signal_delay
         env = self._child_env(job_id, restart)
         if rank == 0:
             port = int(env["MASTER_PORT"])
             if env["MASTER_ADDR"] in (socket.gethostname(), socket.gethostname().split(".")[0]) \
                     and not port_is_free(port):
                 raise TaskFailed(f"rendezvous port {port} (from job id {job_id}) is in use on "
-                                 f"{env['MASTER_ADDR']}; submit with MASTER_PORT=<free port> exported")
+                                 f"{env['MASTER_ADDR']}; submit with {PORT_ENV}=<free port> exported")
             jobs.record_event(folder, "started", restart=restart, master=f"{env['MASTER_ADDR']}:{port}",
                               tasks=int(os.environ.get("SLURM_NTASKS", "1")))
             _say(f"job {job_id} (restart {restart}): {os.environ.get('SLURM_NTASKS', '1')} tasks, "
@@ -154,12 +167,14 @@ class ScriptTask:
 
     # ------------------------------------------------------------------ helpers
     def _child_env(self, job_id: int, restart: int) -> dict[str, str]:
-        env = dict(os.environ)
+        # sbatch exports the submitting shell's environment: launcher variables from there
+        # (a local torchrun, a MASTER_ADDR of 127.0.0.1) would be wrong here, so they go.
+        env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
         nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or socket.gethostname()
         # The Trainer's environment detection honours MASTER_ADDR/MASTER_PORT; setting them here
-        # gives every rank the same restart-aware port (a user's exported value wins).
-        env.setdefault("MASTER_ADDR", expand_nodelist(nodelist)[0])
-        env.setdefault("MASTER_PORT", str(master_port(job_id, restart)))
+        # gives every rank the same restart-aware port.
+        env["MASTER_ADDR"] = expand_nodelist(nodelist)[0]
+        env["MASTER_PORT"] = env.get(PORT_ENV) or str(master_port(job_id, restart))
         env["PYTHONUNBUFFERED"] = "1"
         if self.accelerator == "cpu":
             env["DISTENGINE_ACCELERATOR"] = "cpu"
@@ -181,9 +196,11 @@ class ScriptTask:
         if sig not in (*_STOP_SIGNALS, signal.SIGTERM):
             if rank == 0:
                 jobs.record_event(folder, "failed", restart=restart, exit_code=rc)
-            raise TaskFailed(f"{name} exited with status {rc} on rank {rank}; not requeued "
-                             f"(its traceback is in this rank's log: `distengine slurm logs {job_id} "
-                             f"--rank {rank}`)")
+            # A one-line note and the script's own status: the script's traceback above stays the
+            # last one in the log (an exception here would print the wrapper's traceback after it).
+            _say(f"{name} exited with status {rc} on rank {rank}; not requeued "
+                 f"(`distengine slurm logs {job_id} --rank {rank}` shows this rank's log)")
+            raise SystemExit(rc if rc > 0 else 128 - rc)
         if rank != 0:  # rank 0 alone decides and requeues; the others just end
             raise SystemExit(128 + sig)
         kind = self._classify(timer_fired, job_id)
@@ -196,8 +213,9 @@ class ScriptTask:
         used = int(jobs.read_state(folder)["timeouts"])
         if kind == "timeout" and used >= self.max_requeues:
             jobs.record_event(folder, "timeout", restart=restart, exit_code=rc, requeued=False)
-            raise TaskFailed(f"{name} reached the time limit and --max-requeues {self.max_requeues} is used "
-                             "up; not requeued (the last checkpoint is kept: resubmit to continue)")
+            _say(f"{name} reached the time limit and --max-requeues {self.max_requeues} is used up; "
+                 "not requeued (the last checkpoint is kept: resubmit to continue)")
+            raise SystemExit(128 + sig)
         jobs.record_event(folder, kind, restart=restart, exit_code=rc, requeued=True)
         counted = f", {used + 1}/{self.max_requeues} time-limit requeues" if kind == "timeout" else \
             " (not counted against --max-requeues)"
