@@ -17,7 +17,8 @@ import types
 
 from distengine.launch.config import LaunchOptions
 
-_LAUNCHER_FILES = (os.path.dirname(os.path.abspath(__file__)), runpy.__file__.rstrip("c"))
+# runpy's frames show up as "<frozen runpy>" (frozen stdlib) or as its source file.
+_LAUNCHER_FILES = (os.path.dirname(os.path.abspath(__file__)), runpy.__file__.rstrip("c"), "<frozen runpy>")
 
 
 def debug_environment(opts: LaunchOptions) -> dict[str, str]:
@@ -66,6 +67,8 @@ def run_in_process(opts: LaunchOptions) -> int:
         print(code, file=sys.stderr)
         return 1
     except BaseException as exc:  # noqa: BLE001 - report like the interpreter would, then fail
-        sys.excepthook(type(exc), exc, _user_frames(exc.__traceback__))
+        trimmed = _user_frames(exc.__traceback__)
+        # The interpreter prints exc.__traceback__, whatever tb is passed: trim it on the exception.
+        sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
     return 0

@@ -22,7 +22,7 @@ import datetime
 import socket
 
 import torch.distributed as dist
-from distengine.launch.config import DEFAULT_MASTER_PORT, LaunchOptions, split_endpoint
+from distengine.launch.config import DEFAULT_MASTER_PORT, LaunchOptions, bind_store_socket, split_endpoint
 from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousInfo, RendezvousStoreInfo
 from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler, RendezvousTimeout
@@ -51,6 +51,8 @@ class StaticRendezvous(RendezvousHandler):
         self._run_id, self._timeout = run_id, timeout
         self._listen_socket = listen_socket
         self._store: dist.TCPStore | None = None
+        self._worker_store: dist.TCPStore | None = None
+        self._round = 0
 
     def get_backend(self) -> str:
         return "static"
@@ -67,8 +69,32 @@ class StaticRendezvous(RendezvousHandler):
             self._store = _store(self._host, self._port, world_size=self._nnodes,
                                  listen_socket=self._listen_socket, timeout=self._timeout)
             self._listen_socket = None
+        host, port = self._worker_store_address()
+        self._round += 1
         return RendezvousInfo(dist.PrefixStore(self._run_id, self._store), self._node_rank, self._nnodes,
-                              RendezvousStoreInfo(self._host, self._port))
+                              RendezvousStoreInfo(host, port))
+
+    def _worker_store_address(self) -> tuple[str, int]:
+        """Where this round's ranks find their store.
+
+        The first round uses the agent's own store (the one port the user opened). Every
+        restart gets a brand-new store: the ranks write keys without any per-attempt prefix,
+        so a restarted rank reading the old store could find a dead peer's gloo address and
+        wait on it until the collective timeout.
+        """
+        if self._round == 0:
+            return self._host, self._port
+        key = f"distengine/worker_store/{self._round}"
+        assert self._store is not None
+        if self._node_rank == 0:
+            sock = bind_store_socket(self._host, 0)
+            port = sock.getsockname()[1]
+            # Replacing the old one shuts its server down.
+            self._worker_store = _store(self._host, port, world_size=None, listen_socket=sock,
+                                        timeout=self._timeout, wait_for_workers=False)
+            self._store.set(key, str(port))
+            return self._host, port
+        return self._host, int(self._store.get(key).decode())
 
     def is_closed(self) -> bool:
         return False
@@ -86,6 +112,7 @@ class StaticRendezvous(RendezvousHandler):
         if self._listen_socket is not None:  # never got to serve: free the port
             self._listen_socket.close()
             self._listen_socket = None
+        self._worker_store = None
         return True
 
 

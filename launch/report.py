@@ -61,6 +61,28 @@ def extract_error(text: str) -> tuple[str | None, list[str]]:
     return None, tb
 
 
+def stack_top(text: str) -> str | None:
+    """Innermost frame of the last fault-handler stack dump in ``text`` (where a stopped rank was)."""
+    marker = "(most recent call first):"
+    at = text.rfind(marker)
+    if at < 0:
+        return None
+    for line in text[at + len(marker):].splitlines():
+        if line.strip():
+            return line.strip()
+    return None
+
+
+# Errors a rank raises because a PEER died or stalled: a consequence, rarely the cause.
+_CONSEQUENCE_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                        "Timed out waiting", "DistNetworkError", "DistBackendError", "NCCL communicator",
+                        "ProcessGroupNCCL", "Socket Timeout", "remote worker crashing")
+
+
+def looks_like_consequence(exception_line: str | None) -> bool:
+    return bool(exception_line) and any(m in exception_line for m in _CONSEQUENCE_MARKERS)
+
+
 def error_from_file(data: dict | None) -> tuple[str | None, list[str]]:
     """Exception line and traceback from an elastic error file (a rank that used ``@record``)."""
     message = (data or {}).get("message")
@@ -98,30 +120,49 @@ def _traceback_excerpt(tb: list[str], head: int = 8, tail: int = 4) -> list[str]
     return tb[:head] + [f"  ... ({len(tb) - head - tail} more lines)"] + tb[-tail:]
 
 
+def _error_of(o: RankOutcome) -> tuple[str | None, list[str], str]:
+    """(exception line, traceback lines, log text) for one rank."""
+    text = ""
+    if o.log_path:
+        try:
+            with open(o.log_path, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            pass
+    exc_line, tb = error_from_file(o.error_file_data)
+    if exc_line is None:
+        exc_line, tb = extract_error(text)
+    return exc_line, tb, text
+
+
 def format_summary(outcomes: list[RankOutcome], *, attempts: int, log_dir: str | None,
                    logs_kept: bool = True) -> str:
-    """The multi-line failure report printed by the launcher (root causes first)."""
-    ordered = sorted(outcomes, key=lambda o: (not o.root_cause, o.rank))
-    roots = [o for o in ordered if o.root_cause] or ordered[:1]
-    first = roots[0]
+    """The multi-line failure report printed by the launcher (the root cause first)."""
+    errors = {o.rank: _error_of(o) for o in outcomes}
+
+    def blame(o: RankOutcome) -> tuple:
+        # Root causes first; among them a signal death or an ordinary exception before a
+        # "peer went away" error that the first failure provoked in another rank.
+        return (not o.root_cause, o.exitcode >= 0 and looks_like_consequence(errors[o.rank][0]), o.rank)
+
+    ordered = sorted(outcomes, key=blame)
+    first = ordered[0]
     lines = [f"distengine: the job failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
              f"rank {first.rank} {describe_exit(first.exitcode)}"]
     for o in ordered:
-        role = "failed" if o.root_cause or o is first else "stopped by the launcher"
+        exc_line, tb, text = errors[o.rank]
+        failed = o.root_cause or o is first
+        role = "failed" if failed else "stopped by the launcher"
         pid = f", pid {o.pid}" if o.pid else ""
         lines.append(f"  rank {o.rank} ({role}{pid}): {describe_exit(o.exitcode)}")
-        if o not in roots:
+        if not failed:
+            where = stack_top(text)
+            if where:
+                lines.append(f"    was at: {where}")
             continue
-        exc_line, tb = error_from_file(o.error_file_data)
-        if exc_line is None and o.log_path:
-            try:
-                with open(o.log_path, errors="replace") as f:
-                    exc_line, tb = extract_error(f.read())
-            except OSError:
-                pass
         if exc_line:
             lines.append(f"    {exc_line}")
-        for tb_line in _traceback_excerpt(tb):
+        for tb_line in _traceback_excerpt(tb) if o is first else tb[-2:]:
             lines.append(f"    | {tb_line}")
         if not exc_line and o.exitcode < 0:
             lines.append(f"    (no Python traceback: the process was killed by {signal_name(-o.exitcode)})")

@@ -1,0 +1,61 @@
+"""Failure scenarios for the launcher tests, chosen by the MODE environment variable.
+
+raise: rank 1 raises ValueError after joining the group; rank 0 waits in an all-reduce.
+hang:  rank 1 sleeps far longer than the collective timeout; rank 0 waits in an all-reduce.
+kill:  each rank starts a DataLoader worker, then all-reduces batches until it is killed.
+Every rank writes OUT_DIR/pids<K>.json (its pid and its dataloader workers' pids).
+"""
+import json
+import os
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+torch.set_num_threads(1)
+MODE = os.environ["MODE"]
+OUT = os.environ.get("OUT_DIR", ".")
+dist.init_process_group("gloo", timeout=timedelta(seconds=float(os.environ.get("DISTENGINE_TIMEOUT", "60"))))
+rank = dist.get_rank()
+
+
+def report_pids(workers=()):
+    tmp = os.path.join(OUT, f"pids{rank}.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"rank": os.getpid(), "workers": list(workers)}, f)
+    os.replace(tmp, os.path.join(OUT, f"pids{rank}.json"))
+
+
+def fail_here():
+    raise ValueError(f"boom from rank {rank}")
+
+
+def sleeper():
+    time.sleep(600)
+
+
+if MODE != "kill":
+    report_pids()
+if MODE == "raise":
+    if rank == 1:
+        fail_here()
+    dist.all_reduce(torch.ones(1))
+elif MODE == "hang":
+    if rank == 1:
+        sleeper()
+    dist.all_reduce(torch.ones(1))
+elif MODE == "kill":
+    class Endless(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            while True:
+                yield torch.ones(4)
+
+    loader = iter(torch.utils.data.DataLoader(Endless(), batch_size=2, num_workers=1))
+    next(loader)  # the worker process is running now
+    import psutil
+
+    report_pids(c.pid for c in psutil.Process().children(recursive=True))
+    while True:
+        batch = next(loader)
+        dist.all_reduce(batch)

@@ -1,0 +1,239 @@
+"""The launcher's front: argument parsing, input checks, reports, debug mode. No torch ranks."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from distengine.launch import cli
+from distengine.launch.config import (
+    UsageError,
+    parse_launch_args,
+    rank_environment,
+    validate,
+    visible_gpus,
+)
+from distengine.launch.report import (
+    RankOutcome,
+    describe_exit,
+    extract_error,
+    format_summary,
+    stack_top,
+)
+
+from tests.launcher.util import CONSOLE, LAUNCH, clean_env
+
+
+def test_help_answers_without_importing_torch():
+    code = ("import sys\nfrom distengine.launch.cli import main\n"
+            "try:\n    main(['launch', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "--max-restarts" in out.stdout and "--all-ranks-console" in out.stdout
+    assert out.stdout.strip().endswith("NO-TORCH")
+    assert time.monotonic() - t0 < 10  # importing torch alone takes several seconds here
+    top = subprocess.run(CONSOLE + ["--help"], capture_output=True, text=True, env=clean_env(), timeout=30)
+    assert top.returncode == 0 and "launch" in top.stdout and "slurm" in top.stdout
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cpus", "2", "no_such_script.py"], "script 'no_such_script.py' does not exist"),
+    (["--cpus", "0", "{marker}"], "--cpus 0: need at least 1 process"),
+    (["--gpus", "4", "{marker}"], "--gpus 4 asks for 4 GPUs but this machine has 0"),
+    (["--gpus", "0,2", "{marker}"], "GPU index 0 does not exist"),
+    (["--cpus", "2", "--master-port", "{port}", "{marker}"], "is already in use"),
+    (["--cpus", "1", "--nnodes", "2", "{marker}"], "needs --master-addr"),
+    (["--cpus", "1", "--nnodes", "2", "--node-rank", "2", "--master-addr", "127.0.0.1", "{marker}"],
+     "--node-rank 2 must be in 0..1"),
+    (["--cpus", "2", "--max-restarts", "-1", "{marker}"], "--max-restarts -1"),
+    (["--cpus", "2", "--bogus-flag", "{marker}"], "unrecognized arguments: --bogus-flag"),
+    (["--cpus", "2", "-m", "no_such_module_xyz"], "module 'no_such_module_xyz' not found"),
+])
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(tmp_path, busy_port, args, message):
+    marker = tmp_path / "ran"
+    script = tmp_path / "marker.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    argv = [a.format(marker=script, port=busy_port) for a in args]
+    t0 = time.monotonic()
+    out = subprocess.run(LAUNCH + argv, capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=30)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert message in lines[0] and lines[0].startswith("python -m distengine.launch: error: ")
+    assert not marker.exists()
+    assert time.monotonic() - t0 < 10  # answered before importing torch
+
+
+def test_every_flag_reads_its_environment_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("DISTENGINE_CPUS", "3")
+    monkeypatch.setenv("DISTENGINE_MAX_RESTARTS", "2")
+    monkeypatch.setenv("DISTENGINE_LOG_DIR", str(tmp_path))
+    monkeypatch.setenv("DISTENGINE_TIMEOUT", "7.5")
+    monkeypatch.setenv("DISTENGINE_ALL_RANKS_CONSOLE", "1")
+    monkeypatch.setenv("DISTENGINE_NNODES", "2")
+    monkeypatch.setenv("DISTENGINE_NODE_RANK", "1")
+    monkeypatch.setenv("DISTENGINE_MASTER_ADDR", "10.1.2.3")
+    monkeypatch.setenv("DISTENGINE_MASTER_PORT", "29999")
+    opts = parse_launch_args(["train.py", "--lr", "1"])
+    assert (opts.cpus, opts.max_restarts, opts.log_dir, opts.timeout) == (3, 2, str(tmp_path), 7.5)
+    assert opts.all_ranks_console and opts.nnodes == "2" and opts.node_rank == 1
+    assert (opts.master_addr, opts.master_port) == ("10.1.2.3", 29999)
+    assert opts.script_args == ["--lr", "1"]
+    # The command line wins, and a device flag on it silences the other one's variable.
+    opts = parse_launch_args(["--gpus", "2", "--max-restarts", "0", "train.py"])
+    assert (opts.gpus, opts.cpus, opts.max_restarts) == ("2", None, 0)
+    monkeypatch.setenv("DISTENGINE_DEBUG", "maybe")
+    with pytest.raises(UsageError, match="DISTENGINE_DEBUG"):
+        parse_launch_args(["train.py"])
+
+
+def test_script_arguments_pass_through_untouched():
+    opts = parse_launch_args(["--cpus", "2", "train.py", "--cpus", "5", "-m", "x", "--", "--help"])
+    assert opts.script == "train.py" and opts.cpus == 2
+    assert opts.script_args == ["--cpus", "5", "-m", "x", "--", "--help"]
+    opts = parse_launch_args(["-m", "pkg.train", "--epochs", "1"])
+    assert opts.module and opts.script == "pkg.train" and opts.script_args == ["--epochs", "1"]
+
+
+def test_gpu_selection_maps_through_cuda_visible_devices(monkeypatch, tmp_path):
+    assert visible_gpus({}, physical=4) == ["0", "1", "2", "3"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "3,1"}, physical=4) == ["3", "1"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,2"}, physical=4) == ["1"]  # CUDA stops at -1
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, physical=4) == []
+    script = tmp_path / "t.py"
+    script.write_text("")
+    monkeypatch.setattr("distengine.launch.config.physical_gpu_count", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    monkeypatch.setattr("distengine.launch.config.physical_gpu_count", lambda: 8)
+    opts = parse_launch_args(["--gpus", "0,2", str(script)])
+    validate(opts)
+    assert (opts.nproc, opts.accelerator, opts.cuda_visible_devices) == (2, "gpu", "4,6")
+    assert rank_environment(opts, {})["CUDA_VISIBLE_DEVICES"] == "4,6"
+    opts = parse_launch_args(["--gpus", "3", str(script)])
+    validate(opts)
+    assert (opts.nproc, opts.cuda_visible_devices) == (3, "4,5,6")
+    with pytest.raises(UsageError, match="GPU index 4 does not exist"):
+        validate(parse_launch_args(["--gpus", "1,4", str(script)]))
+
+
+def test_rank_environment_single_node_is_loopback_and_user_settings_win(tmp_path):
+    script = tmp_path / "t.py"
+    script.write_text("")
+    opts = parse_launch_args(["--cpus", "2", "--timeout", "12", str(script)])
+    sock = validate(opts)
+    try:
+        assert sock.getsockname()[0] == "127.0.0.1" and opts.master_addr == "127.0.0.1"
+        env = rank_environment(opts, {})
+        assert env["DISTENGINE_ACCELERATOR"] == "cpu" and env["DISTENGINE_TIMEOUT"] == "12"
+        assert env["PYTHONFAULTHANDLER"] == "1" and env["GLOO_SOCKET_IFNAME"] == "lo"
+        env = rank_environment(opts, {"GLOO_SOCKET_IFNAME": "eth7", "OMP_NUM_THREADS": "4"})
+        assert "GLOO_SOCKET_IFNAME" not in env and "OMP_NUM_THREADS" not in env
+    finally:
+        sock.close()
+    opts = parse_launch_args(["--cpus", "1", "--nnodes", "2", "--node-rank", "1",
+                              "--master-addr", "10.0.0.1", str(script)])
+    assert validate(opts) is None  # node 1 hosts nothing
+    assert "GLOO_SOCKET_IFNAME" not in rank_environment(opts, {})
+
+
+def test_traceback_extraction_and_summary():
+    log = ("some output\n[rank1]: Traceback (most recent call last):\n"
+           "[rank1]:   File \"train.py\", line 3, in <module>\n[rank1]:     main()\n"
+           "[rank1]: ValueError: bad batch\nmore output\n")
+    exc, tb = extract_error(log)
+    assert exc == "ValueError: bad batch"
+    assert tb == ["Traceback (most recent call last):", '  File "train.py", line 3, in <module>', "    main()"]
+    chained = ("Traceback (most recent call last):\n  File \"a.py\", line 1\nKeyError: 'x'\n\n"
+               "During handling of the above exception, another exception occurred:\n\n"
+               "Traceback (most recent call last):\n  File \"a.py\", line 2\nRuntimeError: wrapped\n")
+    assert extract_error(chained)[0] == "RuntimeError: wrapped"
+    assert extract_error("no error here\n") == (None, [])
+    assert describe_exit(-9) == "killed by signal SIGKILL (9)"
+    assert describe_exit(143) == "exit code 143 (after SIGTERM)"
+    dump = ("Fatal Python error: Aborted\n\nCurrent thread 0x1 (most recent call first):\n"
+            "  File \"t.py\", line 9 in wait\n")
+    assert stack_top(dump) == 'File "t.py", line 9 in wait'
+
+
+def test_summary_blames_the_real_failure_not_the_peer_that_noticed(tmp_path):
+    peer = tmp_path / "rank_0.log"
+    peer.write_text("Traceback (most recent call last):\n  File \"t.py\", line 5\n"
+                    "RuntimeError: [gloo] Connection closed by peer [127.0.0.1]:1\n")
+    real = tmp_path / "rank_1.log"
+    real.write_text("Traceback (most recent call last):\n  File \"t.py\", line 7, in step\nValueError: nan loss\n")
+    text = format_summary([RankOutcome(0, 1, 10, root_cause=True, log_path=str(peer)),
+                           RankOutcome(1, 1, 11, root_cause=True, log_path=str(real))],
+                          attempts=1, log_dir=str(tmp_path))
+    first_line = text.splitlines()[0]
+    assert "rank 1 exit code 1" in first_line
+    assert text.index("ValueError: nan loss") < text.index("Connection closed by peer")
+    killed = format_summary([RankOutcome(1, -9, 11, root_cause=True)], attempts=2, log_dir=None)
+    assert "after 2 attempts: rank 1 killed by signal SIGKILL (9)" in killed
+
+
+def test_slurm_subcommand_is_dispatched_lazily(monkeypatch, capsys):
+    import types
+
+    seen = []
+    fake = types.ModuleType("distengine.slurm.cli")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "distengine.slurm.cli", fake)
+    assert cli.main(["slurm", "submit", "--x"]) == 0
+    assert seen == [["submit", "--x"]]
+    monkeypatch.setitem(sys.modules, "distengine.slurm.cli", None)  # as if it were not installed
+    assert cli.main(["slurm", "submit"]) == 2
+    assert "distengine.slurm.cli" in capsys.readouterr().err
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main([]) == 2
+
+
+DEBUG_SCRIPT = """
+import json, os, sys
+with open(sys.argv[1], "w") as f:
+    json.dump({"pid": os.getpid(), "argv": sys.argv, "name": __name__,
+               "env": {k: os.environ.get(k) for k in ("DISTENGINE_DEBUG", "CUDA_LAUNCH_BLOCKING",
+                                                      "DISTENGINE_ACCELERATOR", "RANK", "WORLD_SIZE")}}, f)
+if sys.argv[2] == "raise":
+    def inner():
+        raise KeyError("from the script")
+    inner()
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def test_debug_mode_runs_the_script_in_the_launcher_process(tmp_path):
+    script = tmp_path / "dbg.py"
+    script.write_text(DEBUG_SCRIPT)
+    report = tmp_path / "report.json"
+    env = clean_env(RANK="3", WORLD_SIZE="8")  # a leftover job environment must not leak in
+    proc = subprocess.Popen(CONSOLE + ["launch", "--debug", "--cpus", "2", str(script), str(report), "3"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    import json
+
+    data = json.loads(report.read_text())
+    assert data["pid"] == proc.pid  # no child process: the launcher itself ran the script
+    assert data["name"] == "__main__" and data["argv"] == [str(script), str(report), "3"]
+    assert data["env"] == {"DISTENGINE_DEBUG": "1", "CUDA_LAUNCH_BLOCKING": "1", "DISTENGINE_ACCELERATOR": "cpu",
+                           "RANK": None, "WORLD_SIZE": None}
+    out = subprocess.run(LAUNCH + ["--debug", str(script), str(report), "raise"], env=clean_env(),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    tb = out.stderr[out.stderr.index("Traceback"):]
+    assert "KeyError: 'from the script'" in tb and "in inner" in tb
+    assert "launch/" not in tb and "runpy" not in tb  # the trace starts in the user's script
+    assert os.path.basename(str(script)) in tb.splitlines()[1]
