@@ -171,6 +171,7 @@ def train_epoch(t) -> None:
         restore_rng_state(t._pending_rng)
         t._pending_rng = None
     res.stage, res.in_step = "train", True
+    skip_rest = False
 
     for batch in iterator if batch_idx < num_batches else ():
         if not on_cpu:
@@ -182,7 +183,7 @@ def train_epoch(t) -> None:
         for fn in h_start:
             if fn(batch, batch_idx) == -1:
                 skip_rest = True
-        if skip_rest:
+        if skip_rest:  # Lightning: -1 skips the rest of THIS epoch; the next one runs as usual
             break
         last_micro = (batch_idx + 1) % accum == 0 or batch_idx + 1 == num_batches
         sync_ctx = model.no_sync() if ddp and not last_micro else contextlib.nullcontext()
@@ -223,6 +224,8 @@ def train_epoch(t) -> None:
                 t._write_step_metrics()
         batch_idx += 1
         p.batches_done = batch_idx
+        if isinstance(out, torch.Tensor):  # hooks and *_epoch_end get {"loss": ...}, as in Lightning
+            out = {"loss": out.detach()}
         if collect:
             outputs.append(_detach(out))
         for fn in h_end:
@@ -236,7 +239,7 @@ def train_epoch(t) -> None:
                 return
         if 0 <= t.max_steps <= p.global_step or batch_idx >= num_batches:
             break
-    p.epoch_done = batch_idx >= num_batches
+    p.epoch_done = batch_idx >= num_batches or skip_rest
     if collect:
         t._train_outputs = outputs
 
