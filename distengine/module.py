@@ -233,6 +233,31 @@ class Module(nn.Module):
         """``loss.backward()`` through the Trainer's precision (use with manual optimization)."""
         self._trainer._precision.backward(loss, *args, **kwargs)
 
+    def toggle_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Freeze (``requires_grad=False``) the parameters of every OTHER optimizer, so that a
+        backward for this one leaves no gradients on them (the GAN pattern); undo it with
+        :meth:`untoggle_optimizer`. Parameters this optimizer owns keep their own setting.
+
+        Example: ``self.toggle_optimizer(opt_g); self.manual_backward(g_loss); opt_g.step();
+        self.untoggle_optimizer(opt_g)``
+        """
+        saved: dict[torch.nn.Parameter, bool] = {}
+        for opt in self._trainer.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    saved.setdefault(p, p.requires_grad)
+                    p.requires_grad_(False)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.requires_grad_(saved[p])
+        self._toggled_requires_grad = saved
+
+    def untoggle_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Restore the ``requires_grad`` flags that :meth:`toggle_optimizer` changed."""
+        for p, flag in getattr(self, "_toggled_requires_grad", {}).items():
+            p.requires_grad_(flag)
+        self._toggled_requires_grad = {}
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str, map_location: Any = "cpu", strict: bool = True,
