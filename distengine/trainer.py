@@ -401,6 +401,8 @@ class Trainer(CheckpointMixin):
         if ckpt_path is None and self.env.restart_count > 0:
             ckpt_path = "last"
         with self._run("fit", model):
+            if datamodule is None and hasattr(train_dataloaders, "train_dataloader"):
+                datamodule, train_dataloaders = train_dataloaders, None  # fit(model, dm), as Lightning allows
             train = self._resolve_loader(train_dataloaders, datamodule, "train")
             val = self._resolve_loader(val_dataloaders, datamodule, "val", required=False)
             self._setup_fit(train, val)

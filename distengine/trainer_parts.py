@@ -138,11 +138,17 @@ class CheckpointMixin:
                 "predict": "predict_dataloader"}[kind]
         source = given
         if source is None and datamodule is not None:
-            if not getattr(datamodule, "_distengine_prepared", False):
-                for name, args in (("prepare_data", ()), ("setup", ("fit" if kind in ("train", "val") else kind,))):
-                    if hasattr(datamodule, name):
-                        getattr(datamodule, name)(*args)
-                datamodule._distengine_prepared = True
+            done = getattr(datamodule, "_distengine_stages", None)
+            if done is None:
+                done = datamodule._distengine_stages = set()
+                if hasattr(datamodule, "prepare_data"):  # downloads: once per node, the others wait
+                    if self.local_rank == 0:
+                        datamodule.prepare_data()
+                    collectives.barrier()
+            stage = self._status.stage or "fit"
+            if stage not in done and hasattr(datamodule, "setup"):  # Lightning: setup(stage) per stage
+                datamodule.setup(stage)
+            done.add(stage)
             if hasattr(datamodule, hook):
                 source = getattr(datamodule, hook)()
         if source is None and self._module_overrides(hook):
@@ -232,6 +238,8 @@ class CheckpointMixin:
         self._launch_if_needed()
         with self._run(stage, model):
             kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+            if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):
+                datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
             loaders = self._resolve_loader(dataloaders, datamodule, kind)
             env = self.env
             loaders = [prepare_eval_loader(dl, env.world_size, env.rank, self.use_distributed_sampler)
