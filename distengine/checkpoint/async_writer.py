@@ -1,11 +1,16 @@
 """Write checkpoints in a background thread while training goes on.
 
-:meth:`AsyncCheckpointWriter.submit` copies every tensor in the state to fresh CPU memory
-*before* it returns, so the optimizer may update the weights right away without the change
-leaking into the file being written. The write itself (:func:`atomic_save`) runs in a thread.
-At most one write is in flight: a second ``submit`` first waits for the previous one, which
-bounds the extra memory to one copy of the state. A failed write is re-raised by the next
-``submit`` or ``wait``.
+:meth:`AsyncCheckpointWriter.submit` copies every tensor in the state to CPU memory *before*
+it returns, so the optimizer may update the weights right away without the change leaking into
+the file being written. The write itself (:func:`atomic_save`) runs in a thread. At most one
+write is in flight: a second ``submit`` first waits for the previous one, which bounds the extra
+memory to one copy of the state. A failed write is re-raised by the next ``submit`` or ``wait``.
+
+The copy is the only part that blocks training, so it is made cheap: the host buffers of one
+snapshot are kept and refilled by the next (no allocation and no page faults after the first
+save; ``release()`` frees them), and GPU tensors are copied into pinned buffers asynchronously
+on the current stream: kernels queued later (the next optimizer step) run after the copy, and
+the writer thread waits for the copy to finish before it reads the buffers.
 
 Example::
 
@@ -31,68 +36,111 @@ from distengine.checkpoint.io import atomic_save
 __all__ = ["AsyncCheckpointWriter", "copy_state_to_cpu"]
 
 
-def copy_state_to_cpu(state: Any) -> Any:
-    """A deep copy of ``state`` whose tensors live in new CPU memory.
+class _Stager:
+    """Copies tensors into host storages, optionally refilling the storages of a past snapshot.
 
-    Tensors that share storage in ``state`` (tied weights, views) share it in the copy too, so
-    the file is the same as ``torch.save(state)`` would have written from the live tensors.
+    Tensors sharing a storage (tied weights, views) share it in the copy too, so the file is
+    what ``torch.save`` would have written from the live tensors.
     """
-    storages: dict[tuple[str, int, int], torch.UntypedStorage] = {}
-    return _copy(state, storages, {})
 
+    def __init__(self, pool: list[torch.UntypedStorage] | None = None) -> None:
+        self.pool = pool or []
+        self.used: list[torch.UntypedStorage] = []
+        self.by_source: dict[tuple[str, int, int], torch.UntypedStorage] = {}
+        self.memo: dict[int, Any] = {}
+        self.cuda_devices: set[int] = set()
 
-def _copy(obj: Any, storages: dict, memo: dict[int, Any]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        key = id(obj)
-        if key not in memo:
-            memo[key] = _copy_tensor(obj, storages)
-        return memo[key]
-    if isinstance(obj, (str, bytes, int, float, bool, type(None))):
-        return obj
-    if isinstance(obj, dict):
-        try:
-            out = type(obj)()  # keeps OrderedDict (state_dicts) and plain dicts as they are
-        except TypeError:
-            out = {}
-        for k, v in obj.items():
-            out[k] = _copy(v, storages, memo)
-        # a state_dict carries its version info in an attribute that torch.save keeps
-        if hasattr(obj, "_metadata"):
+    def copy(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            key = id(obj)
+            if key not in self.memo:
+                self.memo[key] = self._tensor(obj)
+            return self.memo[key]
+        if isinstance(obj, (str, bytes, int, float, bool, type(None))):
+            return obj
+        if isinstance(obj, dict):
             try:
-                out._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
-            except AttributeError:  # a plain dict cannot carry attributes
-                pass
+                out = type(obj)()  # keeps OrderedDict (state_dicts) and plain dicts as they are
+            except TypeError:
+                out = {}
+            for k, v in obj.items():
+                out[k] = self.copy(v)
+            if hasattr(obj, "_metadata"):  # a state_dict's version info; torch.save keeps it
+                try:
+                    out._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
+                except AttributeError:  # a plain dict cannot carry attributes
+                    pass
+            return out
+        if isinstance(obj, list):
+            return [self.copy(v) for v in obj]
+        if isinstance(obj, tuple):
+            items = [self.copy(v) for v in obj]
+            return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+        return copy.deepcopy(obj)
+
+    def _tensor(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if t.layout != torch.strided or t.is_quantized or t.is_nested:
+            return t.to("cpu", copy=True)  # rare layouts: a plain copy, storage sharing not kept
+        src = t.untyped_storage()
+        skey = (src.device.type, src.device.index or 0, src.data_ptr())
+        dst = self.by_source.get(skey)
+        if dst is None:
+            dst = self._stage(src)
+            self.by_source[skey] = dst
+        out = torch.empty(0, dtype=t.dtype, device="cpu")
+        out.set_(dst, t.storage_offset(), t.size(), t.stride())
         return out
-    if isinstance(obj, list):
-        return [_copy(v, storages, memo) for v in obj]
-    if isinstance(obj, tuple):
-        items = [_copy(v, storages, memo) for v in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
-    return copy.deepcopy(obj)
 
-
-def _copy_tensor(t: torch.Tensor, storages: dict) -> torch.Tensor:
-    t = t.detach()
-    if t.layout != torch.strided or t.is_quantized or t.is_nested:
-        return t.to("cpu", copy=True)  # rare layouts: a plain copy, storage sharing not kept
-    src = t.untyped_storage()
-    skey = (src.device.type, src.device.index or 0, src.data_ptr())
-    dst = storages.get(skey)
-    if dst is None:
-        if src.device.type == "cpu":
-            dst = src.clone()
+    def _stage(self, src: torch.UntypedStorage) -> torch.UntypedStorage:
+        on_gpu = src.device.type == "cuda"
+        # storages come in the same order at every save of the same state: reuse slot i
+        slot = len(self.used)
+        dst = self.pool[slot] if slot < len(self.pool) else None
+        if dst is None or dst.nbytes() != src.nbytes() or (on_gpu and not dst.is_pinned()):
+            dst = torch.empty(src.nbytes(), dtype=torch.uint8, pin_memory=on_gpu).untyped_storage()
+        if on_gpu:
+            with torch.cuda.device(src.device):
+                dst.copy_(src, non_blocking=True)
+            self.cuda_devices.add(src.device.index or 0)
         else:
-            dst = src.cpu()  # a device-to-host copy; returns new host memory
-        storages[skey] = dst
-    out = torch.empty(0, dtype=t.dtype, device="cpu")
-    out.set_(dst, t.storage_offset(), t.size(), t.stride())
+            dst.copy_(src)
+        self.used.append(dst)
+        return dst
+
+    def copies_done(self) -> list[Any]:
+        """One CUDA event per device, recorded after the queued copies (empty on CPU)."""
+        events = []
+        for index in sorted(self.cuda_devices):
+            with torch.cuda.device(index):
+                ev = torch.cuda.Event()
+                ev.record()
+                events.append(ev)
+        return events
+
+
+def copy_state_to_cpu(state: Any) -> Any:
+    """A deep copy of ``state`` whose tensors live in new CPU memory (complete on return).
+
+    Example: ``snap = copy_state_to_cpu({"model": model.state_dict()})``.
+    """
+    stager = _Stager()
+    out = stager.copy(state)
+    for ev in stager.copies_done():
+        ev.synchronize()
     return out
 
 
 class AsyncCheckpointWriter:
-    """Writes one checkpoint at a time in a background thread; see the module docstring."""
+    """Writes one checkpoint at a time in a background thread; see the module docstring.
 
-    def __init__(self) -> None:
+    ``reuse_buffers=False`` allocates fresh host memory for every snapshot instead of keeping
+    one snapshot's worth between saves.
+    """
+
+    def __init__(self, reuse_buffers: bool = True) -> None:
+        self.reuse_buffers = reuse_buffers
+        self._pool: list[torch.UntypedStorage] = []
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
@@ -112,10 +160,14 @@ class AsyncCheckpointWriter:
         """
         if not isinstance(state, dict):
             raise TypeError(f"submit expects a dict state, got {type(state).__name__}")
-        self.wait()  # one write in flight at most; also re-raises the previous failure
-        snapshot = copy_state_to_cpu(state)
-        target = os.fspath(path)
-        thread = threading.Thread(target=self._run, args=(snapshot, target, on_done),
+        # one write in flight at most (and its buffers are free again); re-raises its failure
+        self.wait()
+        stager = _Stager(self._pool if self.reuse_buffers else None)
+        snapshot = stager.copy(state)
+        events = stager.copies_done()
+        if self.reuse_buffers:
+            self._pool = stager.used
+        thread = threading.Thread(target=self._run, args=(snapshot, os.fspath(path), events, on_done),
                                   name="distengine-ckpt-writer", daemon=False)
         # non-daemon: if the program ends without wait(), the interpreter still finishes the
         # write before exiting instead of cutting it off
@@ -133,8 +185,16 @@ class AsyncCheckpointWriter:
         if err is not None:
             raise RuntimeError(f"the background checkpoint write failed: {err}") from err
 
-    def _run(self, snapshot: dict, path: str, on_done: Callable[[str], None] | None) -> None:
+    def release(self) -> None:
+        """Wait for the write in flight, then free the kept host buffers."""
+        self.wait()
+        self._pool = []
+
+    def _run(self, snapshot: dict, path: str, events: list[Any],
+             on_done: Callable[[str], None] | None) -> None:
         try:
+            for ev in events:  # the device-to-host copies must land before we read them
+                ev.synchronize()
             atomic_save(snapshot, path)
             if on_done is not None:
                 on_done(path)

@@ -161,3 +161,30 @@ def test_copy_keeps_shared_storage_and_metadata():
     assert snap["meta"] == [1, "x", (2, 3.0)]
     assert type(snap["sd"]) is type(sd) and snap["sd"]._metadata == sd._metadata
     model.load_state_dict(snap["sd"])  # still a valid state_dict
+
+
+def test_buffers_are_reused_between_saves_without_mixing_them(tmp_path):
+    model = torch.nn.Linear(32, 32)
+    writer = AsyncCheckpointWriter()
+    writer.submit({"model": model.state_dict()}, tmp_path / "1.ckpt")
+    writer.wait()
+    first_ptrs = [s.data_ptr() for s in writer._pool]
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.mul_(-1)
+    writer.submit({"model": model.state_dict()}, tmp_path / "2.ckpt")
+    writer.wait()
+    assert [s.data_ptr() for s in writer._pool] == first_ptrs  # refilled, not reallocated
+    one, two = safe_load(tmp_path / "1.ckpt")["model"], safe_load(tmp_path / "2.ckpt")["model"]
+    assert torch.equal(one["weight"], first["weight"])
+    assert torch.equal(two["weight"], -first["weight"])
+    # a different state shape gets fresh buffers of the right size
+    writer.submit({"w": torch.ones(3)}, tmp_path / "3.ckpt")
+    writer.wait()
+    assert torch.equal(safe_load(tmp_path / "3.ckpt")["w"], torch.ones(3))
+    writer.release()
+    assert writer._pool == []
+    no_reuse = AsyncCheckpointWriter(reuse_buffers=False)
+    no_reuse.submit({"w": torch.ones(3)}, tmp_path / "4.ckpt")
+    no_reuse.wait()
+    assert no_reuse._pool == []
