@@ -378,6 +378,12 @@ class CheckpointMixin:
         from distengine.checkpoint.apply import load_weights
         from distengine.checkpoint.io import resolve_checkpoint, safe_load
 
+        if ckpt_path == "best":  # Lightning: the best checkpoint the ModelCheckpoint callback kept
+            best = getattr(self.checkpoint_callback, "best_model_path", "")
+            if not best:
+                raise ValueError('ckpt_path="best" needs a ModelCheckpoint that has saved a checkpoint in '
+                                 "this Trainer; pass a file path or 'last' instead")
+            ckpt_path = best
         path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
         if path is None:
             raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
