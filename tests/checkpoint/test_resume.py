@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -30,8 +31,10 @@ N_TRAIN = 40
 LAUNCH_TIMEOUT = 240  # the whole job; generous because the CI machine's cores are shared
 
 
-def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool = False) -> None:
-    """Run the script on ``world`` ranks; every rank must exit 0 (or die by SIGKILL if killed)."""
+def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool = False,
+            expect: int | None = None) -> list[float]:
+    """Run the script on ``world`` ranks; every rank must exit 0 (or die by SIGKILL if killed,
+    or exit ``expect``). Returns each rank's exit time."""
     port = str(free_port())
     procs = []
     for rank in range(world):
@@ -48,10 +51,11 @@ def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool
         cmd = [sys.executable, SCRIPT, "--root", root, "--out", out, "--run", run, *extra]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
-    outputs, codes = [], []
+    outputs, codes, ended = [], [], []
     try:
         for p in procs:
             text, _ = p.communicate(timeout=LAUNCH_TIMEOUT)
+            ended.append(time.time())
             outputs.append(text)
             codes.append(p.returncode)
     finally:
@@ -59,11 +63,12 @@ def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    want = -signal.SIGKILL if killed else 0
+    want = expect if expect is not None else -signal.SIGKILL if killed else 0
     if any(c != want for c in codes):
         tails = "\n".join(f"--- rank {r} exit {c}:\n{o[-3000:]}" for r, (c, o) in
                           enumerate(zip(codes, outputs, strict=True)))
         raise AssertionError(f"run {run!r}: expected every rank to exit {want}\n{tails}")
+    return ended
 
 
 def _records(out: str, run: str) -> list[dict]:
@@ -176,3 +181,32 @@ def test_resume_at_another_world_size_visits_each_sample_once(work, world, new_w
     assert sorted(i for r in resumed if r["epoch"] == 1 for i in r["idx"]) == list(range(N_TRAIN))
     # and training carried on from the checkpoint, not from scratch
     assert min(r["step"] for r in resumed) == step + 1
+
+
+def test_sigterm_one_step_apart_stops_once_and_resumes_exactly(work, tmp_path):
+    """SIGTERM reaches rank 1 after step 2 and rank 0 after step 3: the ranks agree to stop at
+    one step boundary (the stop vote may land a step after the request), write ONE checkpoint,
+    both exit 143 within 30 s of the first signal; resuming from it is exact."""
+    baseline, _, _ = work
+    base_out = baseline(2)
+    root, out = str(tmp_path / "root"), str(tmp_path / "out")
+    ended = _launch(2, root, out, "term", "--term-steps", "3,2", "--ckpt-every", "epochs",
+                    expect=128 + signal.SIGTERM)
+    with open(os.path.join(out, "term-term-rank1")) as f:
+        signalled = float(f.read())
+    assert max(ended) - signalled < 30
+    folder = os.path.join(root, "checkpoints")
+    ckpts = sorted(n for n in os.listdir(folder) if n.endswith(".ckpt"))
+    step = safe_load(os.path.join(folder, ckpts[0]))["global_step"]
+    assert ckpts == [f"epoch=0-step={step}-signal_15.ckpt"] and step in (2, 3), ckpts
+    assert read_last_pointer(folder) == os.path.join(folder, ckpts[0])
+    # both ranks stopped at that step: neither trained past it
+    for rank in (0, 1):
+        assert max(r["step"] for r in _indices(out, "term", 2) if r["rank"] == rank) == step
+    _launch(2, root, out, "after-term", "--resume", "--ckpt-every", "epochs")
+    base_w = torch.load(os.path.join(base_out, "base2-final.pt"))
+    got_w = torch.load(os.path.join(out, "after-term-final.pt"))
+    assert [k for k in base_w if not torch.equal(base_w[k], got_w[k])] == []
+    merged = _keyed(_records(out, "term"))
+    merged.update(_keyed(_records(out, "after-term")))
+    assert merged == _keyed(_records(base_out, "base2"))

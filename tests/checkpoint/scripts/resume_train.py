@@ -8,12 +8,14 @@ trained on a shuffled 40-sample dataset with num_workers=2 and a small validatio
 rank logs the sample indices it trained on; rank zero's logger records every logged metric.
 ``--kill-step K`` SIGKILLs every rank at the start of the batch after optimizer step K (the
 checkpoint of step K is on disk, the next batch already fetched); ``--kill-epoch E`` does so
-at the start of epoch E. ``--resume`` passes ``ckpt_path="last"``.
+at the start of epoch E. ``--term-steps 2,3`` sends SIGTERM to rank r right after step ``steps[r]`` (a graceful stop:
+the ranks agree, save one checkpoint and exit 143). ``--resume`` passes ``ckpt_path="last"``.
 """
 import argparse
 import json
 import os
 import signal
+import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -94,6 +96,19 @@ class Killer(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class Terminator(Callback):
+    """Deliver a real SIGTERM to this rank after optimizer step ``step`` (noting the time)."""
+
+    def __init__(self, step: int, note: str) -> None:
+        self.step, self.note = step, note
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with open(self.note, "w") as f:
+                f.write(str(time.time()))
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
@@ -103,6 +118,7 @@ def main() -> None:
     ap.add_argument("--kill-step", type=int)
     ap.add_argument("--kill-epoch", type=int)
     ap.add_argument("--ckpt-every", choices=["steps", "epochs"], default="steps")
+    ap.add_argument("--term-steps")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -118,6 +134,9 @@ def main() -> None:
     callbacks = [Recorder(os.path.join(args.out, f"{args.run}-idx-rank{rank}.jsonl")), ckpt]
     if args.kill_step is not None or args.kill_epoch is not None:
         callbacks.append(Killer(args.kill_step, args.kill_epoch))
+    if args.term_steps:
+        step = int(args.term_steps.split(",")[rank])
+        callbacks.append(Terminator(step, os.path.join(args.out, f"{args.run}-term-rank{rank}")))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     trainer = de.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=world,
                          default_root_dir=args.root, callbacks=callbacks, log_every_n_steps=1,
