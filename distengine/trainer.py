@@ -430,10 +430,13 @@ class Trainer(CheckpointMixin):
         return self._evaluate("test", model, dataloaders, datamodule, ckpt_path)
 
     def predict(self, model: Module | None = None, dataloaders: Any = None, datamodule: Any = None,
-                ckpt_path: str | None = None) -> list[Any]:
+                ckpt_path: str | None = None, return_predictions: bool | None = None) -> list[Any] | None:
         """Return ``predict_step`` outputs in dataset order, gathered from every rank (a list
-        per dataloader when there are several)."""
+        per dataloader when there are several); ``None`` with ``return_predictions=False``
+        (Lightning's flag, for runs whose callbacks write the predictions themselves)."""
         out = self._evaluate("predict", model, dataloaders, datamodule, ckpt_path)
+        if return_predictions is False:
+            return None
         return out[0] if len(out) == 1 else out
 
     def tune(self, model: Module, train_dataloaders: Any = None, val_dataloaders: Any = None,
