@@ -19,6 +19,7 @@ import datetime
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from typing import Any
@@ -34,8 +35,9 @@ __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
 _FIELD = re.compile(r"\{([^{}:!]+)(![rsa])?(:[^{}]*)?\}")
 
 
-def format_checkpoint_name(template: str, metrics: dict[str, Any]) -> str:
-    """Fill a filename template; every field becomes ``name=value`` (Lightning's naming).
+def format_checkpoint_name(template: str, metrics: dict[str, Any], auto_insert_metric_name: bool = True) -> str:
+    """Fill a filename template; every field becomes ``name=value`` (Lightning's naming), or
+    just ``value`` with ``auto_insert_metric_name=False``.
 
     A field missing from ``metrics`` is written as ``nan``. ``/`` in a metric name becomes ``_``
     so that the name stays one file.
@@ -58,6 +60,8 @@ def format_checkpoint_name(template: str, metrics: dict[str, Any]) -> str:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"checkpoint filename field {match.group(0)!r} cannot format "
                              f"{value!r}: {exc}") from None
+        if not auto_insert_metric_name:
+            return text
         return f"{name.replace('/', '_').replace(os.sep, '_')}={text}"
 
     return _FIELD.sub(fill, template)
@@ -93,6 +97,8 @@ class ModelCheckpoint(Callback):
             after validation (False); default: after validation when there is validation.
         async_save: copy the state off the training tensors and write it in the background.
         save_weights_only: write only the weights and hyperparameters (no training state).
+        verbose: print a line on rank zero for every checkpoint written.
+        auto_insert_metric_name: ``False`` writes ``{epoch}`` as ``3`` instead of ``epoch=3``.
 
     After every save, ``<dirpath>/last.json`` points at the newest checkpoint.
     """
@@ -105,7 +111,8 @@ class ModelCheckpoint(Callback):
                  every_n_epochs: int | None = None,
                  train_time_interval: datetime.timedelta | float | None = None,
                  save_on_train_epoch_end: bool | None = None, async_save: bool = False,
-                 save_weights_only: bool = False) -> None:
+                 save_weights_only: bool = False, verbose: bool = False,
+                 auto_insert_metric_name: bool = True) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"ModelCheckpoint(mode={mode!r}) is not valid; use 'min' or 'max'")
         if not isinstance(save_top_k, int) or save_top_k < -1:
@@ -145,6 +152,8 @@ class ModelCheckpoint(Callback):
         self.save_on_train_epoch_end = save_on_train_epoch_end
         self.async_save = async_save
         self.save_weights_only = save_weights_only
+        self.verbose = verbose
+        self.auto_insert_metric_name = auto_insert_metric_name
 
         self.best_k_models: dict[str, float] = {}
         self.kth_best_model_path = ""
@@ -272,7 +281,7 @@ class ModelCheckpoint(Callback):
 
         def decide() -> dict[str, Any]:
             name = format_checkpoint_name(self.filename or "{epoch}-{step}",
-                                          self._candidates(trainer))
+                                          self._candidates(trainer), self.auto_insert_metric_name)
             path = self._unique_path(f"{name}-{tag}")
             return {"path": path, "delete": self._superseded_last(path, self.best_k_models)}
 
@@ -360,7 +369,8 @@ class ModelCheckpoint(Callback):
         topk = self._is_topk(score)
         if not topk and not self.save_last:
             return {"save": False, "score": score}
-        path = self._unique_path(format_checkpoint_name(self.filename or "{epoch}-{step}", metrics))
+        path = self._unique_path(format_checkpoint_name(self.filename or "{epoch}-{step}", metrics,
+                                                        self.auto_insert_metric_name))
         kept = dict(self.best_k_models)
         delete: list[str] = []
         if topk:
@@ -443,6 +453,8 @@ class ModelCheckpoint(Callback):
     def _after_durable(self, path: str, delete: list[str]) -> None:
         """Rank zero, once ``path`` is on disk: repoint last.json, then delete superseded files."""
         write_last_pointer(self.dirpath, path)
+        if self.verbose:
+            print(f"distengine: saved checkpoint {path}", file=sys.stderr, flush=True)
         for old in delete:
             # never delete what is tracked again (a name reused after the decision was taken)
             if old == path or old in self.best_k_models or old == self.last_model_path:

@@ -19,6 +19,7 @@ def test_filename_template():
         "epoch=1-step=20-val_loss=0.123"
     assert format_checkpoint_name("best_{val/acc:.2f}", metrics) == "best_val_acc=0.50"
     assert format_checkpoint_name("{missing:.2f}", metrics) == "missing=nan"
+    assert format_checkpoint_name("e{epoch:02d}-{val_loss:.2f}", metrics, False) == "e01-0.12"
     with pytest.raises(ValueError, match="cannot format"):
         format_checkpoint_name("{epoch:.x}", metrics)
 
