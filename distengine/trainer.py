@@ -578,6 +578,10 @@ class _RunContext:
         self._previous = t._install_signal_handlers() if stage == "fit" else {}
         self.t0 = time.monotonic()
         key = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
+        if module_overrides(self.model, "prepare_data"):  # Lightning: downloads once per node, first
+            if t.local_rank == 0:
+                self.model.prepare_data()
+            collectives.barrier()
         self.model.setup(key)
         for fn in t._callback_hooks["setup"]:
             fn(key)
