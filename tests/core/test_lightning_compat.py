@@ -374,3 +374,38 @@ def test_steps_without_batch_idx(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(NoBatchIdx(), loader(regression_data()), loader(regression_data()))
     assert trainer.global_step == 6 and "val_loss" in trainer.callback_metrics
+
+
+def test_module_prepare_data_setup_and_dataloaders_the_litmnist_way(tmp_path):
+    class LitData(de.LightningModule):
+        """Lightning's classic tutorial: the module prepares, sets up and serves its own data."""
+
+        def __init__(self, root):
+            super().__init__()
+            self.root = root
+            self.layer = torch.nn.Linear(6, 1)
+            self.calls = []
+
+        def prepare_data(self):  # "download"
+            self.calls.append("prepare_data")
+            torch.save(regression_data().tensors, os.path.join(self.root, "data.pt"))
+
+        def setup(self, stage=None):
+            self.calls.append(f"setup:{stage}")
+            if stage in ("fit", None):
+                x, y = torch.load(os.path.join(self.root, "data.pt"))
+                self.train_set = torch.utils.data.TensorDataset(x, y)
+
+        def train_dataloader(self):
+            return loader(self.train_set)
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    module = LitData(str(tmp_path))
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(module)
+    assert module.calls == ["prepare_data", "setup:fit"] and trainer.global_step == 6
