@@ -224,7 +224,7 @@ def train_epoch(t) -> None:
                 t._write_step_metrics()
         batch_idx += 1
         p.batches_done = batch_idx
-        if isinstance(out, torch.Tensor):  # hooks and *_epoch_end get {"loss": ...}, as in Lightning
+        if (h_end or collect) and isinstance(out, torch.Tensor):  # they get {"loss": ...}, as in Lightning
             out = {"loss": out.detach()}
         if collect:
             outputs.append(_detach(out))
