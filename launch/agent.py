@@ -38,6 +38,7 @@ from distengine.launch.config import LaunchOptions, rank_environment
 from distengine.launch.logs import RankLogs
 from distengine.launch.rendezvous import make_rendezvous
 from distengine.launch.report import RankOutcome, describe_exit, format_summary
+from torch.distributed import DistError
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerSpec, WorkerState
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing import SignalException
@@ -217,8 +218,10 @@ def run_job(opts: LaunchOptions, store_socket) -> int:
         print(format_summary(outcomes, attempts=agent.attempts, log_dir=log_dir), file=sys.stderr,
               flush=True)
         return status
-    except RendezvousError as exc:
-        _say(f"rendezvous failed: {exc}")
+    except (RendezvousError, DistError) as exc:
+        # e.g. node 0 went away, or nobody joined within --rdzv-timeout: one line, not a C++ trace.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _say(f"lost the rendezvous ({type(exc).__name__}): {first}")
         return 1
     finally:
         if rdzv is not None:

@@ -18,7 +18,6 @@ import argparse
 import ipaddress
 import os
 import socket
-import uuid
 from dataclasses import dataclass, field
 
 ENV_PREFIX = "DISTENGINE_"
@@ -83,9 +82,9 @@ class LaunchOptions:
         return self.master_addr
 
     def run_id(self) -> str:
-        # A fixed id is what lets several c10d agents find each other; a single-node job
-        # gets a fresh one so two jobs on one machine never share store keys.
-        return self.rdzv_id or ("none" if self.backend() == "c10d" else uuid.uuid4().hex[:12])
+        # Every agent of a job must use the same id: it prefixes the rendezvous keys. Each
+        # single-node job has a store of its own, so the torchrun default "none" is safe there.
+        return self.rdzv_id or "none"
 
 
 # ---------------------------------------------------------------------------- parsing
