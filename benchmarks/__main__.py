@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import shlex
 import sys
@@ -22,7 +23,7 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks._harness import REPO_ROOT, Row, markdown_table, rows_from_foreign, write_results
+from benchmarks._harness import REPO_ROOT, Row, machine_info, markdown_table, rows_from_foreign, write_results
 
 #: name -> (module, whether its run() takes ``quick``); launch and checkpoint belong to the
 #: launcher and checkpoint work and are called through their ``run(rounds=...)``.
@@ -48,7 +49,11 @@ def run_one(name: str, rounds: int | None, quick: bool) -> tuple[list[Row], dict
     if has_quick:
         result = module.run(rounds=rounds, quick=quick)
         return list(result["rows"]), result.get("details", {})
-    result = module.run(rounds=rounds or _FOREIGN_ROUNDS[quick])
+    kwargs: dict[str, Any] = {"rounds": rounds or _FOREIGN_ROUNDS[quick]}
+    # pass quick=True on to a run() that understands it, and nothing it does not
+    if quick and "quick" in inspect.signature(module.run).parameters:
+        kwargs["quick"] = True
+    result = module.run(**kwargs)
     return rows_from_foreign(name, result), {"result": result}
 
 
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
 
+    start_info = machine_info()
     rows: list[Row] = []
     details: dict[str, Any] = {}
     failed = False
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown_table(r), flush=True)
 
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    json_path, md_path = write_results(rows, {"details": details}, args.out, command.strip())
+    json_path, md_path = write_results(rows, {"details": details}, args.out, command.strip(), start_info)
     print("\n" + markdown_table(rows))
     print(f"\nwrote {os.path.relpath(json_path)} and {os.path.relpath(md_path)}")
     return 1 if failed else 0

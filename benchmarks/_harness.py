@@ -266,11 +266,16 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def write_results(rows: Sequence[Row], extra: Mapping[str, Any], out_dir: str, command: str) -> tuple[str, str]:
-    """Write ``<host>-<date>.json`` and ``.md`` into ``out_dir``; return both paths."""
+def write_results(rows: Sequence[Row], extra: Mapping[str, Any], out_dir: str, command: str,
+                  info: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Write ``<host>-<date>.json`` and ``.md`` into ``out_dir``; return both paths.
+
+    ``info`` is :func:`machine_info` taken when the run started (its load average is the
+    one that matters); the load average at the end is added here.
+    """
     os.makedirs(out_dir, exist_ok=True)
     stem = f"{socket.gethostname()}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    info = machine_info()
+    info = dict(info or machine_info())
     try:
         info["loadavg_end"] = os.getloadavg()
     except OSError:
@@ -282,6 +287,9 @@ def write_results(rows: Sequence[Row], extra: Mapping[str, Any], out_dir: str, c
         json.dump(payload, f, indent=1, default=str)
     os.replace(json_path + ".tmp", json_path)
     with open(md_path, "w") as f:
+        load = info.get("loadavg_start")
+        load_text = f", load average at start {load[0]:.1f}" if load else ""
         f.write(f"Command: `{command}`  \nMachine: {info['host']}, {info['cpus']} CPUs, "
-                f"torch {info.get('torch')}, {info['date']}\n\n{markdown_table(rows)}\n")
+                f"torch {info.get('torch')}, pytorch-lightning {info.get('pytorch_lightning')}, "
+                f"{info['date']}{load_text}\n\n{markdown_table(rows)}\n")
     return json_path, md_path

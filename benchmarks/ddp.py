@@ -84,8 +84,9 @@ def run(rounds: int | None = None, quick: bool = False) -> dict[str, Any]:
     fits: dict[str, list[float]] = {}
     thr: dict[str, list[float]] = {}
     jobs = {n: _job(c, reports[n], walls, fits, thr, n) for n, c in cmds.items()}
-    # warm-up round: the first start of each interpreter fills the page cache
-    interleave(jobs, rounds, warmup=1)
+    # warm-up round: the first start of each interpreter fills the page cache (skipped in
+    # quick mode, which is a smoke run, not a measurement)
+    interleave(jobs, rounds, warmup=0 if quick else 1)
     # the warm-up round appended too; drop it so every list holds exactly `rounds` values
     for d in (walls, fits, thr):
         for n in d:

@@ -11,9 +11,11 @@ DataLoader/optimizer or the Trainer, and fit.
 Contenders, interleaved in this one process:
 
 - ``loop``: the hand-written loop, the zero-overhead limit.
-- ``trainer_off``: ``Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)``.
-- ``trainer_defaults``: the Trainer's defaults (logger, checkpoint, progress bar into
-  /dev/null, as in a log file) and a module that calls ``self.log("train_loss", loss)``.
+- ``trainer_off``: ``Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+  enable_model_summary=False)``.
+- ``trainer_defaults``: the Trainer's defaults (TensorBoard logger, a checkpoint every epoch,
+  model summary, progress bar into /dev/null as in a log file) and a module that calls
+  ``self.log("train_loss", loss)``.
 - ``lightning_off`` / ``lightning_defaults``: the same two with pytorch-lightning, when installed.
 
 Also measured, each in fresh subprocesses: the extra cost of ``import distengine`` over
@@ -109,7 +111,8 @@ def run_trainer(work: Work, data, defaults: bool) -> tuple[Clock, nn.Module]:
     root = tempfile.mkdtemp(prefix="bench-de-")
     flags: dict[str, Any] = {"max_epochs": work.epochs, "accelerator": "cpu", "devices": 1, "default_root_dir": root}
     if not defaults:
-        flags.update(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        flags.update(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False)
     try:
         with _quiet(), Clock() as clock:
             trainer = de.Trainer(**flags)
@@ -186,55 +189,61 @@ def contenders(work: Work, with_lightning: bool) -> dict[str, Callable[[Any], tu
 # --------------------------------------------------------------------------- fresh-process parts
 _IMPORT_CHILD = """
 import json, sys, time
-t = time.perf_counter()
-{statement}
-dt = time.perf_counter() - t
-print(json.dumps({{"s": dt, "modules": sorted({{m.split('.')[0] for m in sys.modules}})}}))
+w0, c0 = time.perf_counter(), time.process_time()
+import torch
+w1, c1 = time.perf_counter(), time.process_time()
+with_torch = set(sys.modules)
+import distengine
+distengine.Trainer, distengine.Module
+w2, c2 = time.perf_counter(), time.process_time()
+extra = sorted({m.split('.')[0] for m in set(sys.modules) - with_torch})
+print(json.dumps({"torch_s": w1 - w0, "torch_cpu": c1 - c0, "extra_s": w2 - w1, "extra_cpu": c2 - c1,
+                  "extra_modules": extra}))
 """
 
+_BARE_IMPORT_CHILD = """
+import json, time
+w0 = time.perf_counter()
+import distengine
+print(json.dumps({"s": time.perf_counter() - w0}))
+"""
+
+# Peak RSS from /proc (VmHWM, the high-water mark of this process image), not getrusage:
+# ru_maxrss survives exec on Linux, so a child started by a big parent would report the
+# parent's size.
 _RSS_CHILD = """
-import json, resource, torch
+import json, torch
 torch.set_num_threads(1)
 from benchmarks.overhead import Work, contenders, make_dataset
 work = Work(**{work})
 data = make_dataset(work.num_samples, work.dim, seed=work.seed)
 contenders(work, with_lightning=True)[{name!r}](data)
-print(json.dumps({{"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(json.dumps({{"peak_rss_kb": int(hwm.split()[1])}}))
 """
 
 
-#: What a training script runs before its first line of real work. ``import distengine``
-#: alone is lazy (torch loads on first attribute access), so the judged figure touches
-#: what every script uses.
-IMPORTS = {
-    "torch": "import torch",
-    "distengine": "import distengine",
-    "distengine_used": "import distengine; distengine.Trainer; distengine.Module",
-}
-
-
 def measure_import(rounds: int) -> tuple[list[Row], dict[str, Any]]:
-    """``import distengine`` (+ Trainer, Module) vs ``import torch``, each in a fresh
-    interpreter, interleaved."""
-    seen: dict[str, set[str]] = {}
+    """What ``import distengine`` (+ ``Trainer``, ``Module``) adds to ``import torch``.
 
-    def child(name: str) -> Callable[[], float]:
-        def go() -> float:
-            res = fresh_python(_IMPORT_CHILD.format(statement=IMPORTS[name]))
-            seen[name] = set(res["modules"])
-            return res["s"]
-        return go
-
-    times = interleave({name: child(name) for name in IMPORTS}, rounds)
-    row = diff_row(BENCH, "import distengine + Trainer, Module - import torch", times["distengine_used"],
-                   times["torch"], unit="s", target=0.15)
-    # which top-level packages distengine pulls in beyond torch: the first place to look
-    # when the import gets slower
-    extra = sorted(seen.get("distengine_used", set()) - seen.get("torch", set()))
-    row.context += f"; extra top-level modules: {', '.join(extra) or 'none'}"
-    bare = diff_row(BENCH, "bare import distengine - import torch", times["distengine"], times["torch"],
-                    unit="s", target=0.15)
-    return [row, bare], {"import_s": times, "import_extra_modules": extra}
+    Measured inside one fresh interpreter per round: import torch, then time distengine on
+    top. The difference of two separate fresh imports would be the same quantity, but on a
+    busy machine it drowns in the noise of torch's own multi-second import.
+    """
+    recs = [fresh_python(_IMPORT_CHILD) for _ in range(rounds)]
+    bare = [fresh_python(_BARE_IMPORT_CHILD)["s"] for _ in range(rounds)]
+    extra_s = [r["extra_s"] for r in recs]
+    extra_cpu = [r["extra_cpu"] for r in recs]
+    torch_s = [r["torch_s"] for r in recs]
+    modules = sorted({m for r in recs for m in r["extra_modules"]})
+    row = Row(BENCH, "import distengine + Trainer, Module on top of torch", statistics.median(extra_s),
+              min(extra_s), max(extra_s), "s", 0.15, context=(
+                  f"CPU median {statistics.median(extra_cpu):.3f} s; import torch itself median "
+                  f"{statistics.median(torch_s):.2f} s; new top-level modules: {', '.join(modules) or 'none'}"),
+              rounds=rounds)
+    bare_row = Row(BENCH, "bare import distengine (lazy; no torch)", statistics.median(bare), min(bare),
+                   max(bare), "s", 0.15, rounds=rounds)
+    return [row, bare_row], {"import": recs, "bare_import_s": bare}
 
 
 def measure_rss(work: Work, rounds: int, with_lightning: bool) -> tuple[list[Row], dict[str, Any]]:
@@ -243,7 +252,7 @@ def measure_rss(work: Work, rounds: int, with_lightning: bool) -> tuple[list[Row
     work_kwargs = {k: getattr(work, k) for k in Work.__dataclass_fields__}
 
     def child(name: str) -> Callable[[], float]:
-        return lambda: fresh_python(_RSS_CHILD.format(work=work_kwargs, name=name))["maxrss_kb"] / 1024
+        return lambda: fresh_python(_RSS_CHILD.format(work=work_kwargs, name=name))["peak_rss_kb"] / 1024
 
     mb = interleave({n: child(n) for n in names}, rounds, warmup=0)
     rows = [diff_row(BENCH, f"peak RSS {n} - loop", mb[n], mb["loop"], unit="MB",
@@ -264,7 +273,7 @@ def run(rounds: int | None = None, quick: bool = False, with_lightning: bool | N
     """
     torch.set_num_threads(1)
     work = QUICK if quick else Work()
-    rounds = rounds or (3 if quick else 7)
+    rounds = rounds or (3 if quick else 5)
     if with_lightning is None:
         with_lightning = lightning_available()
     rows: list[Row] = []

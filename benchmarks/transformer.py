@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from benchmarks._harness import Clock, Row, interleave, markdown_table, ratio_row
 from benchmarks._work import TinyGPT, lm_loss, make_tokens
+from benchmarks.overhead import _quiet, lightning_available
 
 BENCH = "transformer"
 
@@ -92,7 +93,7 @@ def _de_module(work: LMWork):
     return LM()
 
 
-def run_trainer(work: LMWork, data) -> float:
+def run_trainer(work: LMWork, data) -> Clock:
     import distengine as de
 
     model = _de_module(work)
@@ -100,14 +101,15 @@ def run_trainer(work: LMWork, data) -> float:
     try:
         with Clock() as clock:
             trainer = de.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
-                                 enable_checkpointing=False, enable_progress_bar=False, default_root_dir=root)
+                                 enable_checkpointing=False, enable_progress_bar=False,
+                                 enable_model_summary=False, default_root_dir=root)
             trainer.fit(model, DataLoader(data, batch_size=work.batch_size, shuffle=True))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return clock
 
 
-def run_lightning(work: LMWork, data) -> float:
+def run_lightning(work: LMWork, data) -> Clock:
     import pytorch_lightning as pl
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
@@ -127,16 +129,12 @@ def run_lightning(work: LMWork, data) -> float:
 
     model = LM()
     root = tempfile.mkdtemp(prefix="bench-lm-pl-")
-    import warnings
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Clock() as clock:
-                trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
-                                     enable_checkpointing=False, enable_progress_bar=False,
-                                     enable_model_summary=False, default_root_dir=root)
-                trainer.fit(model, DataLoader(data, batch_size=work.batch_size, shuffle=True))
+        with _quiet(), Clock() as clock:
+            trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
+                                 enable_checkpointing=False, enable_progress_bar=False,
+                                 enable_model_summary=False, default_root_dir=root)
+            trainer.fit(model, DataLoader(data, batch_size=work.batch_size, shuffle=True))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return clock
@@ -144,8 +142,6 @@ def run_lightning(work: LMWork, data) -> float:
 
 def run(rounds: int | None = None, quick: bool = False, with_lightning: bool | None = None) -> dict[str, Any]:
     """Run the transformer benchmark; return ``{"rows": [Row, ...], "details": {...}}``."""
-    from benchmarks.overhead import lightning_available
-
     torch.set_num_threads(1)
     work = QUICK if quick else LMWork()
     rounds = rounds or (2 if quick else 5)
