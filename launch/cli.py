@@ -29,15 +29,16 @@ def _error(prog: str, message: str) -> int:
 def launch_main(argv: list[str], prog: str = "distengine launch") -> int:
     """Run ``distengine launch`` with ``argv`` (the words after ``launch``); return the exit status."""
     from distengine.launch.config import UsageError, parse_launch_args, validate
+    from distengine.launch.debug import check_not_nested, run_in_process
 
     try:
         opts = parse_launch_args(argv, prog=prog)
+        if opts.debug:
+            check_not_nested()
         store_sock = validate(opts)
     except UsageError as exc:
         return _error(prog, str(exc))
     if opts.debug:
-        from distengine.launch.debug import run_in_process
-
         return run_in_process(opts)
     from distengine.launch.agent import run_job  # the first place torch is imported
 

@@ -15,7 +15,7 @@ import runpy
 import sys
 import types
 
-from distengine.launch.config import LaunchOptions
+from distengine.launch.config import LaunchOptions, UsageError
 
 # runpy's frames show up as "<frozen runpy>" (frozen stdlib) or as its source file.
 _LAUNCHER_FILES = (os.path.dirname(os.path.abspath(__file__)), runpy.__file__.rstrip("c"), "<frozen runpy>")
@@ -39,12 +39,25 @@ def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     return tb
 
 
+# Set while a debug run is in progress: a launch from inside it (a script that re-launches
+# itself, e.g. Trainer(devices=2)) would otherwise start a debug run within a debug run, forever.
+ACTIVE_MARKER = "DISTENGINE_DEBUG_ACTIVE"
+
+
+def check_not_nested() -> None:
+    """Raise :class:`UsageError` when called from inside a ``--debug`` run."""
+    if os.environ.get(ACTIVE_MARKER) == "1":
+        raise UsageError("the script tried to launch itself again from inside a --debug run (for example "
+                         "Trainer(devices=N)); in --debug use devices=1 or 'auto'")
+
+
 def run_in_process(opts: LaunchOptions) -> int:
     """Run ``opts.script`` as ``__main__`` in this process; return its exit status."""
     if opts.nproc > 1:
         print(f"distengine launch --debug: running 1 process in place of {opts.nproc} "
               "(rank 0 of 1, in this process)", file=sys.stderr, flush=True)
     os.environ.update(debug_environment(opts))
+    os.environ[ACTIVE_MARKER] = "1"
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
         os.environ.pop(name, None)  # a leftover job environment would make the Trainer wait for peers
     if opts.module:

@@ -237,3 +237,15 @@ def test_debug_mode_runs_the_script_in_the_launcher_process(tmp_path):
     assert "KeyError: 'from the script'" in tb and "in inner" in tb
     assert "launch/" not in tb and "runpy" not in tb  # the trace starts in the user's script
     assert os.path.basename(str(script)) in tb.splitlines()[1]
+
+
+def test_a_debug_run_that_relaunches_itself_stops_with_one_error(tmp_path):
+    # What Trainer(devices=2) does in a plain run; inside --debug it must not recurse.
+    script = tmp_path / "relaunch.py"
+    script.write_text("import subprocess, sys\n"
+                      "cmd = [sys.executable, '-m', 'distengine.launch', '--cpus', '2', __file__]\n"
+                      "sys.exit(subprocess.call(cmd))\n")
+    out = subprocess.run(LAUNCH + ["--debug", "--cpus", "2", str(script)], env=clean_env(), capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.count("tried to launch itself again from inside a --debug run") == 1
