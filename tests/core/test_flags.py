@@ -384,6 +384,7 @@ def test_true_precision_param_and_input_dtypes(tmp_path, precision, dtype):
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # inside torch.compile
 def test_compile_trains_through_the_compiled_forward(tmp_path):
     pytest.importorskip("torch._dynamo")
 
