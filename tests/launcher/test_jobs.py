@@ -91,7 +91,8 @@ def test_rank_that_raises_is_named_with_its_traceback(tmp_path, launched):
 
 
 def test_sigkilled_rank_takes_down_everything_within_10s(tmp_path, launched):
-    proc = launched(["--cpus", "2", FAIL], env=clean_env(MODE="kill", OUT_DIR=str(tmp_path)))
+    proc = launched(["--cpus", "2", "--log-dir", str(tmp_path / "logs"), FAIL],
+                    env=clean_env(MODE="kill", OUT_DIR=str(tmp_path)))
     wait_for(lambda: all((tmp_path / f"pids{r}.json").exists() for r in (0, 1)), 50, "ranks", proc)
     info = [read_json(tmp_path / f"pids{r}.json") for r in (0, 1)]
     everything = [i["rank"] for i in info] + [w for i in info for w in i["workers"]]
