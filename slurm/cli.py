@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -126,7 +127,7 @@ def submit(cfg: SubmitConfig) -> tuple[str, str]:
     import submitit  # imported here: --help and argument errors should not pay for it
     from distengine.slurm.task import ScriptTask
 
-    if subprocess.run(["which", "sbatch"], capture_output=True).returncode != 0:
+    if shutil.which("sbatch") is None:
         raise ConfigError("sbatch not found: run this on a SLURM login node (or start a local test "
                           "cluster with slurm/testing/start-local-cluster.sh)")
     os.makedirs(cfg.log_dir, exist_ok=True)

@@ -9,6 +9,7 @@ saves the final weights to ``--out`` so runs can be compared exactly.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -53,8 +54,10 @@ class Progress(Callback):
         # every rank takes part; rank 0's log then shows who joined the process group
         joined = collectives.all_gather_object((trainer.global_rank, trainer.world_size))
         if trainer.is_global_zero:
+            began = os.environ.get("DISTENGINE_SLURM_JOB_START", "")
+            since = f" ({time.time() - float(began):.1f}s after the job started)" if began.isdigit() else ""
             print(f"ranks joined: {sorted(r for r, _ in joined)} world_size={trainer.world_size} "
-                  f"start step={trainer.global_step}", flush=True)
+                  f"start step={trainer.global_step}{since}", flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.is_global_zero:
