@@ -2,7 +2,8 @@
 # Start a single-node Slurm cluster on this machine, for distengine's SLURM tests.
 #
 # Needs root and Debian's `slurm-wlm` and `munge` packages (see .ci/slurm-setup.sh).
-# Idempotent: when the node already answers `sinfo` as usable, it changes nothing.
+# Idempotent: when its slurm.conf is current, the daemons run and `sinfo` shows the node usable,
+# it changes nothing; otherwise it (re)starts only what is missing.
 #
 #   sudo slurm/testing/start-local-cluster.sh          # start (or confirm) the cluster
 #   sudo slurm/testing/stop-local-cluster.sh           # stop it again
@@ -47,13 +48,7 @@ usable() {
     case "$1" in idle | mixed | allocated | completing) return 0 ;; *) return 1 ;; esac
 }
 
-# ---- 1. nothing to do when the cluster is already up -------------------------------------
-if [ -f "$CONF" ] && usable "$(node_state)"; then
-    say "cluster already running (node $HOST is $(node_state)); nothing to do"
-    exit 0
-fi
-
-# ---- 2. slurm.conf for this host ----------------------------------------------------------
+# ---- 1. slurm.conf for this host ----------------------------------------------------------
 NPROC="$(nproc)"
 # The tests run 2-task jobs; on a 1-CPU machine declare 2 CPUs and let config_overrides
 # stop slurmd from draining the node for having fewer than configured.
@@ -101,6 +96,16 @@ PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscr
 EOF
 )"
 
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# ---- 2. nothing to do when this cluster is already up -------------------------------------
+# (sinfo alone is not enough: slurmctld reports a dead slurmd as idle until SlurmdTimeout)
+if [ -f "$CONF" ] && [ "$(cat "$CONF")" = "$NEW_CONF" ] && alive "$RUN_DIR/slurmctld.pid" \
+        && alive "$RUN_DIR/slurmd.pid" && usable "$(node_state)"; then
+    say "cluster already running (node $HOST is $(node_state)); nothing to do"
+    exit 0
+fi
+
 restart=0
 if [ -f "$CONF" ] && ! grep -qxF "$MARKER" "$CONF" && [ "${DISTENGINE_SLURM_FORCE_CONF:-0}" != 1 ]; then
     die "$CONF exists and was not written by this script (set DISTENGINE_SLURM_FORCE_CONF=1 to replace it)"
@@ -113,8 +118,6 @@ if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$NEW_CONF" ]; then
 fi
 export SLURM_CONF="$CONF"
 mkdir -p "$RUN_DIR" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd" "$LOG_DIR"
-
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 stop_pidfile() {
     local pidfile=$1 pid i
