@@ -167,6 +167,7 @@ class ModelCheckpoint(Callback):
         self._fitting = False
         self._val_has_run = False
         self._missing_warned = False
+        self._run_failed = False
         self._writer = AsyncCheckpointWriter() if async_save else None
 
     # ------------------------------------------------------------------ identity and state
@@ -258,9 +259,19 @@ class ModelCheckpoint(Callback):
     def on_fit_end(self, trainer: Any, module: Any) -> None:
         self.wait()
 
+    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+        self._run_failed = True
+
     def teardown(self, trainer: Any, module: Any, stage: str) -> None:
         self._fitting = False
-        self.wait()
+        try:
+            self.wait()  # the job must not end while the last checkpoint is half written
+        except RuntimeError as exc:
+            if not self._run_failed:
+                raise
+            # the run already failed: report the write error without hiding the original one
+            warnings.warn(f"ModelCheckpoint: {exc}", UserWarning, stacklevel=2)
+        self._run_failed = False
 
     def wait(self) -> None:
         """Block until a background write (``async_save=True``) is on disk."""

@@ -224,6 +224,28 @@ def test_async_save_writes_in_background_and_waits_at_fit_end(tmp_path):
     assert t.saves == []  # the async path gathers with _checkpoint_dict instead
 
 
+def test_failed_background_write_is_raised_at_teardown(tmp_path, monkeypatch):
+    from distengine.checkpoint import async_writer
+
+    def broken(obj, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(async_writer, "atomic_save", broken)
+    cb = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, async_save=True)
+    t = FakeTrainer(str(tmp_path), [cb])
+    t.fit_setup()
+    t.train_step()
+    with pytest.raises(RuntimeError, match="disk full"):
+        cb.teardown(t, None, "fit")
+    # when the run itself failed, the write error is a warning: the original error wins
+    t.fit_setup()
+    t.train_step()
+    assert cb._writer.in_flight or cb._writer._error is not None
+    cb.on_exception(t, None, ValueError("training blew up"))
+    with pytest.warns(UserWarning, match="disk full"):
+        cb.teardown(t, None, "fit")
+
+
 def test_not_fitting_does_not_save(tmp_path):
     cb = ModelCheckpoint(dirpath=tmp_path)
     t = FakeTrainer(str(tmp_path), [cb], num_val_batches=1)
