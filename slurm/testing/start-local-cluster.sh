@@ -9,7 +9,8 @@
 #   sudo slurm/testing/stop-local-cluster.sh           # stop it again
 #
 # Environment:
-#   DISTENGINE_SLURM_CONF         where slurm.conf goes      (default /etc/slurm/slurm.conf)
+#   DISTENGINE_SLURM_CONF         where slurm.conf goes      (default /etc/slurm/slurm.conf;
+#                                 elsewhere, clients need SLURM_CONF set to it)
 #   DISTENGINE_SLURM_WAIT         seconds to wait for idle   (default 60)
 #   DISTENGINE_SLURM_FORCE_CONF=1 overwrite a slurm.conf this script did not write
 set -euo pipefail
