@@ -162,6 +162,8 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             ) from None
         raise CheckpointError(f"checkpoint file {path!r} is corrupt: {msg.splitlines()[0]}") from exc
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        if _loads_on_cpu(path):
+            raise  # the file is fine; the problem is elsewhere (say, a map_location device)
         first = (str(exc).splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"checkpoint file {path!r} is truncated or corrupt and cannot be loaded "
@@ -182,17 +184,28 @@ def is_valid_checkpoint(path: str | os.PathLike, deep: bool = False) -> bool:
     path = os.fspath(path)
     if not os.path.isfile(path):
         return False
-    try:
-        if zipfile.is_zipfile(path):
-            if deep:
+    if deep:
+        try:
+            if zipfile.is_zipfile(path):
                 with zipfile.ZipFile(path) as zf:
                     if zf.testzip() is not None:
                         return False
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        else:  # the legacy (non-zip) format cannot be memory-mapped: load it fully
+        except (OSError, zipfile.BadZipFile, RuntimeError):
+            return False
+    return _loads_on_cpu(path)
+
+
+def _loads_on_cpu(path: str) -> bool:
+    """True when ``path`` unpickles under weights_only into a dict (tensor bytes mapped, not read)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        return False  # not plain data, or a broken pickle: no retry would change that
+    except Exception:  # noqa: BLE001 - mmap may be unsupported here (legacy format, some FS)
+        try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any failure means "not loadable"
-        return False
+        except Exception:  # noqa: BLE001 - any failure means "not loadable"
+            return False
     return isinstance(obj, dict)
 
 

@@ -161,6 +161,22 @@ def test_truncated_file_error_names_it(tmp_path, keep):
     assert not is_valid_checkpoint(path)
 
 
+def test_device_errors_are_not_called_corruption(tmp_path):
+    path = tmp_path / "a.ckpt"
+    atomic_save({"w": torch.zeros(3)}, path)
+    with pytest.raises(RuntimeError) as info:
+        safe_load(path, map_location="no_such_device:0")
+    assert not isinstance(info.value, CheckpointError)
+    assert "corrupt" not in str(info.value)
+
+
+def test_legacy_format_is_checked_by_a_full_load(tmp_path):
+    path = tmp_path / "legacy.ckpt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    assert is_valid_checkpoint(path)
+    assert torch.equal(safe_load(path)["w"], torch.ones(2))
+
+
 def test_deep_check_finds_flipped_tensor_bytes(tmp_path):
     path = tmp_path / "a.ckpt"
     atomic_save({"w": torch.zeros(4096)}, path)
