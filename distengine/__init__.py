@@ -21,14 +21,16 @@ _LAZY = {
     "Module": "distengine.module",
     "LightningModule": "distengine.module",
     "Trainer": "distengine.trainer",
+    "DataModule": "distengine.datamodule",
+    "LightningDataModule": "distengine.datamodule",
     "seed_everything": "distengine.seed",
     "Tuner": "distengine.tuner",
     "callbacks": None,
     "loggers": None,
 }
 
-__all__ = ["Module", "LightningModule", "Trainer", "seed_everything", "Tuner", "callbacks", "loggers",
-           "__version__"]
+__all__ = ["DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner", "__version__",
+           "callbacks", "loggers", "seed_everything"]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ numbers of batches never meet in a collective until the epoch-end reduce.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Any
 
@@ -27,6 +28,17 @@ import torch
 
 from distengine.data import move_to_device
 from distengine.dist import collectives
+
+
+def takes_batch_idx(step: Any) -> bool:
+    """Lightning 2.x lets ``*_step`` omit ``batch_idx``; decided once per loop, not per batch."""
+    try:
+        params = list(inspect.signature(step).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return True
+    return len(params) >= 2
 
 
 def _detach(obj: Any) -> Any:
@@ -155,6 +167,7 @@ def train_epoch(t) -> None:
     log_every = t.log_every_n_steps
     val_every = t._val_every_batches
     step_fn = model if ddp else module.training_step
+    args_of = (lambda b, i: (b, i)) if takes_batch_idx(module.training_step) else (lambda b, i: (b,))
     autocast = prec.autocast if prec.is_mixed else None
     manual = not module.automatic_optimization
     convert = prec.convert_input if prec._true_dtype is not None else None
@@ -190,9 +203,9 @@ def train_epoch(t) -> None:
         with sync_ctx:
             if autocast is not None:
                 with autocast():
-                    out = step_fn(batch, batch_idx)
+                    out = step_fn(*args_of(batch, batch_idx))
             else:
-                out = step_fn(batch, batch_idx)
+                out = step_fn(*args_of(batch, batch_idx))
             if manual:
                 loss = None
             else:
@@ -311,6 +324,7 @@ def run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool =
     module, hooks, res, prec = t._module, t._hooks, t._results, t._precision
     name = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
     step = getattr(module, f"{name}_step")
+    takes_idx = takes_batch_idx(step)
     was_training = module.training
     module.eval()
     prev_stage, prev_in_step = res.stage, res.in_step
@@ -340,7 +354,7 @@ def run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool =
                 for fn in hooks[f"on_{name}_batch_start"]:
                     fn(batch, batch_idx, *extra)
                 with prec.autocast():
-                    out = step(batch, batch_idx, *extra)
+                    out = step(batch, batch_idx, *extra) if takes_idx else step(batch, *extra)
                 for fn in hooks[f"on_{name}_batch_end"]:
                     fn(out, batch, batch_idx, *extra)
                 if collect:

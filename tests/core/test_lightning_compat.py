@@ -174,8 +174,6 @@ def test_lightning_names_exist():
     assert de.seed_everything(7) == 7 and os.environ["PL_GLOBAL_SEED"] == "7"
 
 
-@pytest.mark.xfail(strict=True, reason="distengine has no LightningDataModule base class yet; datamodules "
-                                       "are duck-typed. See the report for the needed change.")
 def test_lightning_datamodule_base_class(tmp_path):
     class DM(de.LightningDataModule):
         def train_dataloader(self):
@@ -370,9 +368,6 @@ class NoBatchIdx(de.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="the loop always calls training_step(batch, batch_idx) and validation_step(batch, "
-                          "batch_idx); Lightning 2.x omits batch_idx when the signature lacks it")
 def test_steps_without_batch_idx(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(NoBatchIdx(), loader(regression_data()), loader(regression_data()))
