@@ -99,8 +99,25 @@ def kill_everything(procs: Sequence[subprocess.Popen], extra: Iterable[psutil.Pr
         except psutil.Error:
             pass
     _wait_all(procs, 10.0)
-    # Non-children cannot be reaped here; wait_procs just watches them disappear.
-    psutil.wait_procs(list(leftovers.values()), timeout=5)
+    _wait_gone(leftovers.values(), 5.0)
+
+
+def _wait_gone(processes: Iterable[psutil.Process], timeout: float) -> None:
+    """Wait until none of ``processes`` runs. Not our children, so we cannot reap them: a
+    zombie waiting for its (possibly non-reaping) new parent counts as gone."""
+    pending = list(processes)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        still = []
+        for p in pending:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    still.append(p)
+            except psutil.Error:
+                pass
+        pending = still
+        if pending:
+            time.sleep(0.02)
 
 
 def stop_ranks(procs: Sequence[subprocess.Popen], first_signal: int | None, grace: float) -> None:

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from tests.helpers import free_port
@@ -15,8 +14,9 @@ from tests.launcher.util import ROOT, SCRIPTS, alive, clean_env, finish, read_js
 TRAIN = str(SCRIPTS / "train.py")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_to_launcher_stops_ranks_at_a_step_with_a_checkpoint(tmp_path, launched, sig):  # noqa: F811
+def test_sigterm_to_launcher_stops_ranks_at_a_step_with_a_checkpoint(tmp_path, launched):  # noqa: F811
+    # (SIGINT takes the same path; test_jobs covers its forwarding and the 130 exit status.)
+    sig = signal.SIGTERM
     logs = tmp_path / "logs"
     proc = launched(["--cpus", "2", "--log-dir", str(logs), TRAIN],
                     env=clean_env(OUT_DIR=str(tmp_path), EPOCHS="100000", READY_AT_STEP="3"))
