@@ -117,7 +117,15 @@ class StaticRendezvous(RendezvousHandler):
 
 
 class _BoundDynamicRendezvous(DynamicRendezvousHandler):
-    """torch's c10d rendezvous; the ranks' shared store binds to this node's address only."""
+    """torch's c10d rendezvous; the ranks' store binds to this node's address only, and is new
+    on every round (as in :class:`StaticRendezvous`, a restarted rank must not see old keys)."""
+
+    def next_rendezvous(self) -> RendezvousInfo:
+        # Forget the previous round's store: node rank 0 then serves a new one and publishes
+        # its address under this round's key prefix.
+        self._bootstrap_store_info = None
+        self._shared_tcp_store_server = None
+        return super().next_rendezvous()
 
     def _create_tcp_store_server(self, master_addr, master_port) -> dist.TCPStore:
         try:

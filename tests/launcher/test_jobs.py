@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.helpers import free_port
 from tests.launcher.util import (
     CONSOLE,
     SCRIPTS,
@@ -121,15 +122,17 @@ def test_hang_fails_after_the_timeout_with_every_stack_in_the_logs(tmp_path, lau
     assert 'was at: File "' in err and "in sleeper" in err
 
 
-def test_two_jobs_at_once_module_mode_env_flags_and_prefixed_console(tmp_path, launched):
+def test_two_jobs_at_once_module_mode_c10d_env_flags_and_prefixed_console(tmp_path, launched):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
     # Job A: the console script, the device count from DISTENGINE_CPUS, every rank on the console.
     job_a = launched(["launch", "--all-ranks-console", ALLREDUCE],
                      env=clean_env(OUT_DIR=str(a), DISTENGINE_CPUS="2"), cmd=CONSOLE)
-    # Job B: -m module, like python -m.
-    job_b = launched(["--cpus", "2", "-m", "tests.launcher.scripts.allreduce", "x"], env=clean_env(OUT_DIR=str(b)))
+    # Job B: -m module, like python -m, on torch's elastic (c10d) rendezvous.
+    endpoint = f"127.0.0.1:{free_port()}"
+    job_b = launched(["--cpus", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "job-b",
+                      "-m", "tests.launcher.scripts.allreduce", "x"], env=clean_env(OUT_DIR=str(b)))
     code_a, out_a, err_a = finish(job_a, 55)
     code_b, out_b, err_b = finish(job_b, 55)
     assert code_a == 0, err_a
@@ -139,6 +142,7 @@ def test_two_jobs_at_once_module_mode_env_flags_and_prefixed_console(tmp_path, l
     assert "[rank 0] stdout line from rank 0" in out_a and "[rank 1] stdout line from rank 1" in out_a
     assert "[rank 1] stderr line from rank 1" in err_a
     assert read_json(b / "rank1.json")["argv"][1:] == ["x"]
+    assert read_json(b / "rank1.json")["env"]["MASTER_ADDR"] == "127.0.0.1"  # c10d: ranks' store on loopback too
     assert "rank 1" not in out_b
 
 
