@@ -132,21 +132,22 @@ def build_parser(prog: str = "distengine launch") -> argparse.ArgumentParser:
     nodes = p.add_argument_group("multi-node (same names as torchrun)")
     nodes.add_argument("--nnodes", default=_env("NNODES") or "1", metavar="N|MIN:MAX",
                        help="number of machines (default 1); MIN:MAX needs --rdzv-backend c10d")
-    nodes.add_argument("--node-rank", type=int, default=_env("NODE_RANK") or 0, help="this machine's index")
-    nodes.add_argument("--master-addr", default=_env("MASTER_ADDR"),
+    nodes.add_argument("--node-rank", type=int, default=_env("NODE_RANK") or 0, metavar="R",
+                       help="this machine's index")
+    nodes.add_argument("--master-addr", default=_env("MASTER_ADDR"), metavar="HOST",
                        help="address of node 0; a single-node job without it binds only to 127.0.0.1")
-    nodes.add_argument("--master-port", type=int, default=_env("MASTER_PORT"),
+    nodes.add_argument("--master-port", type=int, default=_env("MASTER_PORT"), metavar="PORT",
                        help="port of the rendezvous store on node 0 (default: a free port, or 29500 multi-node)")
     nodes.add_argument("--rdzv-backend", choices=("static", "c10d"), default=_env("RDZV_BACKEND"),
                        help="'static' (fixed node ranks, default) or 'c10d' (elastic, needs --rdzv-endpoint)")
     nodes.add_argument("--rdzv-endpoint", default=_env("RDZV_ENDPOINT"), metavar="HOST[:PORT]",
                        help="c10d rendezvous store; the agent on HOST hosts it")
-    nodes.add_argument("--rdzv-id", default=_env("RDZV_ID"), help="job id shared by all nodes (c10d)")
+    nodes.add_argument("--rdzv-id", default=_env("RDZV_ID"), metavar="ID", help="job id shared by all nodes (c10d)")
     nodes.add_argument("--rdzv-timeout", type=float, default=_env("RDZV_TIMEOUT") or 900.0, metavar="SECONDS",
                        help="how long nodes wait for each other at start (default 900)")
-    nodes.add_argument("--local-addr", default=_env("LOCAL_ADDR"), help="this node's address (c10d)")
+    nodes.add_argument("--local-addr", default=_env("LOCAL_ADDR"), metavar="ADDR", help="this node's address (c10d)")
     run = p.add_argument_group("supervision")
-    run.add_argument("--max-restarts", type=int, default=_env("MAX_RESTARTS") or 0,
+    run.add_argument("--max-restarts", type=int, default=_env("MAX_RESTARTS") or 0, metavar="K",
                      help="restart all ranks up to K times after a failure (default 0)")
     run.add_argument("--timeout", type=float, default=_env("TIMEOUT"), metavar="SECONDS",
                      help="collective timeout in the ranks (sets DISTENGINE_TIMEOUT): a hang fails after this")
