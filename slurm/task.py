@@ -92,7 +92,8 @@ def exit_signal(returncode: int) -> int | None:
 
 
 class TaskFailed(RuntimeError):
-    """The script failed, or may not be requeued; submitit records it and the job ends FAILED."""
+    """The job cannot go on (busy rendezvous port, ``scontrol requeue`` refused); submitit
+    records the message and the job ends FAILED."""
 
 
 @dataclass
@@ -125,6 +126,7 @@ class ScriptTask:
             port = int(env["MASTER_PORT"])
             if env["MASTER_ADDR"] in (socket.gethostname(), socket.gethostname().split(".")[0]) \
                     and not port_is_free(port):
+                jobs.record_event(folder, "failed", restart=restart, detail=f"port {port} in use")
                 raise TaskFailed(f"rendezvous port {port} (from job id {job_id}) is in use on "
                                  f"{env['MASTER_ADDR']}; submit with {PORT_ENV}=<free port> exported")
             jobs.record_event(folder, "started", restart=restart, master=f"{env['MASTER_ADDR']}:{port}",
