@@ -56,17 +56,18 @@ def remember_folder(job_id: str, folder: str) -> None:
 
 
 def find_folder(job_id: str, log_dir: str | None = None) -> str | None:
-    """The log folder of ``job_id``: under ``log_dir``, in the index, or from ``scontrol``."""
+    """The log folder of ``job_id``: from ``scontrol`` while SLURM knows the job (authoritative:
+    a reset test cluster reuses job ids), else under ``log_dir``, else from the index."""
     candidates = []
+    info = query_job(job_id)
+    if info and info.get("StdOut"):
+        candidates.append(os.path.dirname(info["StdOut"].replace("%j", str(job_id))))
     if log_dir:
         candidates.append(os.path.join(log_dir, str(job_id)))
     try:
         candidates.append((_index_dir() / str(job_id)).read_text().strip())
     except OSError:
         pass
-    info = query_job(job_id)
-    if info and info.get("StdOut"):
-        candidates.append(os.path.dirname(info["StdOut"].replace("%j", str(job_id))))
     for c in candidates:
         if c and os.path.isdir(c):
             return c
