@@ -5,8 +5,6 @@ import os
 import signal
 import time
 
-import pytest
-
 from tests.helpers import free_port
 from tests.launcher.util import (
     CONSOLE,
@@ -14,10 +12,8 @@ from tests.launcher.util import (
     alive,
     clean_env,
     finish,
-    kill_session,
     listening_sockets,
     read_json,
-    start,
     wait_for,
 )
 
@@ -25,28 +21,11 @@ ALLREDUCE = str(SCRIPTS / "allreduce.py")
 FAIL = str(SCRIPTS / "fail.py")
 
 
-@pytest.fixture
-def launched():
-    """Start launchers through this; whatever a failing test leaves behind is killed."""
-    procs = []
-
-    def _start(*args, **kwargs):
-        proc = start(*args, **kwargs)
-        procs.append(proc)
-        return proc
-
-    yield _start
-    for proc in procs:
-        if proc.poll() is None:
-            kill_session(proc)
-        proc.communicate()
-
-
 def test_two_ranks_env_logs_loopback_then_sigint_stops_everything(tmp_path, launched):
     logs = tmp_path / "logs"
     proc = launched(["--cpus", "2", "--timeout", "40", "--log-dir", str(logs), ALLREDUCE,
                      "--lr", "0.1", "--cpus", "9"], env=clean_env(OUT_DIR=str(tmp_path), HOLD="1"))
-    wait_for(lambda: (tmp_path / "ready0").exists() and (tmp_path / "ready1").exists(), 50, "both ranks", proc)
+    wait_for(lambda: (tmp_path / "ready0").exists() and (tmp_path / "ready1").exists(), 90, "both ranks", proc)
 
     # While the job runs: every listening socket of the launcher and its ranks is on loopback.
     sockets = listening_sockets(proc.pid)
@@ -81,7 +60,7 @@ def test_two_ranks_env_logs_loopback_then_sigint_stops_everything(tmp_path, laun
 def test_rank_that_raises_is_named_with_its_traceback(tmp_path, launched):
     proc = launched(["--cpus", "2", "--log-dir", str(tmp_path / "logs"), FAIL],
                     env=clean_env(MODE="raise", OUT_DIR=str(tmp_path)))
-    code, out, err = finish(proc, 55)
+    code, out, err = finish(proc, 100)
     assert code == 1, err
     summary = err[err.index("distengine: the job failed"):]
     assert summary.splitlines()[0] == "distengine: the job failed after 1 attempt: rank 1 exit code 1"
@@ -94,7 +73,7 @@ def test_rank_that_raises_is_named_with_its_traceback(tmp_path, launched):
 def test_sigkilled_rank_takes_down_everything_within_10s(tmp_path, launched):
     proc = launched(["--cpus", "2", "--log-dir", str(tmp_path / "logs"), FAIL],
                     env=clean_env(MODE="kill", OUT_DIR=str(tmp_path)))
-    wait_for(lambda: all((tmp_path / f"pids{r}.json").exists() for r in (0, 1)), 50, "ranks", proc)
+    wait_for(lambda: all((tmp_path / f"pids{r}.json").exists() for r in (0, 1)), 90, "ranks", proc)
     info = [read_json(tmp_path / f"pids{r}.json") for r in (0, 1)]
     everything = [i["rank"] for i in info] + [w for i in info for w in i["workers"]]
     assert all(i["workers"] for i in info) and len(alive(everything)) == 4  # ranks + dataloader workers
@@ -111,9 +90,9 @@ def test_hang_fails_after_the_timeout_with_every_stack_in_the_logs(tmp_path, lau
     logs = tmp_path / "logs"
     proc = launched(["--cpus", "2", "--timeout", "4", "--log-dir", str(logs), FAIL],
                     env=clean_env(MODE="hang", OUT_DIR=str(tmp_path)))
-    wait_for(lambda: all((tmp_path / f"pids{r}.json").exists() for r in (0, 1)), 50, "ranks", proc)
+    wait_for(lambda: all((tmp_path / f"pids{r}.json").exists() for r in (0, 1)), 90, "ranks", proc)
     t0 = time.monotonic()
-    code, _, err = finish(proc, 30)
+    code, _, err = finish(proc, 40)
     assert time.monotonic() - t0 < 4 + 20  # the 4 s collective timeout plus start/teardown margin
     assert code == 1, err
     assert "Timed out" in (logs / "rank_0.log").read_text()  # the waiting rank failed on its own
@@ -133,8 +112,8 @@ def test_two_jobs_at_once_module_mode_c10d_env_flags_and_prefixed_console(tmp_pa
     endpoint = f"127.0.0.1:{free_port()}"
     job_b = launched(["--cpus", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "job-b",
                       "-m", "tests.launcher.scripts.allreduce", "x"], env=clean_env(OUT_DIR=str(b)))
-    code_a, out_a, err_a = finish(job_a, 55)
-    code_b, out_b, err_b = finish(job_b, 55)
+    code_a, out_a, err_a = finish(job_a, 100)
+    code_b, out_b, err_b = finish(job_b, 100)
     assert code_a == 0, err_a
     assert code_b == 0, err_b
     ports = {read_json(d / "rank0.json")["env"]["MASTER_PORT"] for d in (a, b)}
