@@ -174,15 +174,18 @@ def train_epoch(t) -> None:
 
     batch_idx = p.batches_done
     t._epoch_start_batch = batch_idx
+    # Creating the iterator draws worker seeds from the global RNG. A checkpoint taken after
+    # that draw (mid-epoch) is restored after iter(); one taken before it (at an epoch end or
+    # epoch start) before iter(), so the resumed run draws exactly what the original did.
+    if t._pending_rng is not None and not t._rng_after_iter:
+        _restore_pending_rng(t)
     iterator = iter(t._train_loader)
+    p.iter_started = True
     if t._train_sampler is None and batch_idx:  # not resumable by position: skip what was done
         for _ in range(batch_idx):
             next(iterator)
-    if t._pending_rng is not None:  # after iter(): worker seeds are drawn when it is created
-        from distengine.checkpoint.rng import restore_rng_state
-
-        restore_rng_state(t._pending_rng)
-        t._pending_rng = None
+    if t._pending_rng is not None:
+        _restore_pending_rng(t)
     res.stage, res.in_step = "train", True
     skip_rest = False
 
@@ -257,6 +260,13 @@ def train_epoch(t) -> None:
         t._train_outputs = outputs
 
 
+def _restore_pending_rng(t) -> None:
+    from distengine.checkpoint.rng import restore_rng_state
+
+    restore_rng_state(t._pending_rng)
+    t._pending_rng = None
+
+
 def fit_loop(t) -> None:
     p = t.progress
     hooks = t._hooks
@@ -287,7 +297,7 @@ def fit_loop(t) -> None:
         p.epoch += 1
         p.batches_done = 0
         p.samples_done = 0
-        p.epoch_done = False
+        p.epoch_done = p.iter_started = False
         if t._train_sampler is not None:
             t._train_sampler.set_start(0)
     for fn in hooks["on_train_end"]:

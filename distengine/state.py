@@ -24,6 +24,7 @@ class Progress:
     samples_done: int = 0        # samples of the current epoch consumed over all ranks
     epoch_done: bool = False     # the current epoch's training batches are all done
     total_batches: int = 0       # training batches run since fit began (for accumulation)
+    iter_started: bool = False   # the current epoch's data iterator exists (it draws from the RNG)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

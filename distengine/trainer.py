@@ -147,6 +147,7 @@ class Trainer(CheckpointMixin):
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[Any] = []
         self._pending_rng = None
+        self._rng_after_iter = True
         self._train_loader: Any = None
         self._train_sampler = None
         self._val_loaders: list[Any] = []
@@ -461,6 +462,8 @@ class Trainer(CheckpointMixin):
     def _launch_if_needed(self) -> None:
         if self.env.distributed or (self._devices <= 1 and self.num_nodes <= 1):
             return
+        if os.environ.get("DISTENGINE_DEBUG") == "1":
+            return  # `distengine launch --debug`: one process, in place, whatever devices says
         if self.num_nodes > 1:
             raise RuntimeError(f"Trainer(num_nodes={self.num_nodes}) must be started on every node by "
                                "`distengine launch --nnodes N ...` or SLURM")

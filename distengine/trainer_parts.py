@@ -357,8 +357,10 @@ class CheckpointMixin:
             fn(ckpt)
         p = self.progress
         p.load_state_dict(ckpt["progress"])
+        self._rng_after_iter = p.iter_started and not p.epoch_done
         if p.epoch_done:
             p.epoch, p.batches_done, p.samples_done, p.epoch_done = p.epoch + 1, 0, 0, False
+            p.iter_started = False
         samples = int(ckpt.get("data", {}).get("samples_done", p.samples_done))
         if self._train_sampler is not None and samples:
             self._train_sampler.set_start(samples)
