@@ -273,7 +273,7 @@ def run(rounds: int | None = None, quick: bool = False, with_lightning: bool | N
     """
     torch.set_num_threads(1)
     work = QUICK if quick else Work()
-    rounds = rounds or (3 if quick else 5)
+    rounds = rounds or (3 if quick else 9)
     if with_lightning is None:
         with_lightning = lightning_available()
     rows: list[Row] = []
@@ -312,7 +312,7 @@ def run(rounds: int | None = None, quick: bool = False, with_lightning: bool | N
             n: 1e3 * (statistics.median(cpu[n]) - statistics.median(cpu["loop"])) / work.steps
             for n in cpu if n != "loop"}
     if "import" in parts:
-        r, d = measure_import(rounds)
+        r, d = measure_import(min(rounds, 5))
         rows += r
         details.update(d)
     if "rss" in parts:

@@ -41,6 +41,7 @@ def test_ratio_row_uses_per_round_ratios():
     row = ratio_row("x", "b / a", [2.0, 3.0, 10.0], [1.0, 2.0, 4.0], target=2.0)
     assert row.value == 2.0 and row.lo == 1.5 and row.hi == 2.5
     assert row.ok is True
+    assert "best-of-3 ratio 2.000" in row.context  # min 2.0 / min 1.0
     assert ratio_row("x", "b / a", [3.0], [1.0], target=2.0).ok is False
     assert ratio_row("x", "b / a", [3.0], [1.0], target=2.0, higher_is_better=True).ok is True
     table = markdown_table([row, Row("x", "no target", 1.5, unit="s")])
