@@ -147,6 +147,7 @@ class Trainer(CheckpointMixin):
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[Any] = []
         self._pending_rng = None
+        self.datamodule: Any = None
         self._rng_after_iter = True
         self._train_loader: Any = None
         self._train_sampler = None

@@ -137,6 +137,10 @@ class CheckpointMixin:
         hook = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
                 "predict": "predict_dataloader"}[kind]
         source = given
+        if datamodule is not None:
+            self.datamodule = datamodule
+            if hasattr(datamodule, "trainer"):
+                datamodule.trainer = self
         if source is None and datamodule is not None:
             done = getattr(datamodule, "_distengine_stages", None)
             if done is None:
