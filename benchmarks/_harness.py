@@ -4,7 +4,8 @@ Why interleave: on a shared or thermally throttled machine the speed drifts over
 Running contender A then B then A then B ... and comparing each B with the A of the *same*
 round cancels most of that drift; the median of the per-round ratios ignores the odd round
 that a neighbour's burst spoiled, and min/max show how noisy the run was. The order inside
-a round rotates so that no contender always runs first (after a GC, with a cold cache).
+a round is a fresh (seeded) shuffle, so that no contender always runs first, or always right
+after the same other one (which may leave a fragmented heap or a cold cache behind).
 
 Example::
 
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -93,7 +95,7 @@ class Clock:
 
 def interleave(contenders: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1,
                on_round: Callable[[int], None] | None = None) -> dict[str, list[Any]]:
-    """Run every contender once per round, rotating the order; return what they measured.
+    """Run every contender once per round, in a shuffled order; return what they measured.
 
     Each callable runs one complete measurement and returns a number (seconds, bytes...)
     or any record (a :class:`Clock`). ``warmup`` extra rounds run first and are thrown
@@ -107,9 +109,11 @@ def interleave(contenders: Mapping[str, Callable[[], Any]], rounds: int, warmup:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     names = list(contenders)
     out: dict[str, list[Any]] = {n: [] for n in names}
+    order_rng = random.Random(len(names) * 1000 + rounds)  # seeded: a rerun uses the same orders
     for r in range(-warmup, rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        order = list(names)
+        order_rng.shuffle(order)
+        for name in order:
             gc.collect()
             value = contenders[name]()
             if r >= 0:

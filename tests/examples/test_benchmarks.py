@@ -19,9 +19,9 @@ from benchmarks._harness import Row, interleave, markdown_table, ratio_row, rows
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_interleave_rotates_order_and_drops_warmup():
+def test_interleave_shuffles_order_and_drops_warmup():
     calls: list[str] = []
-    counter = {"a": 0, "b": 0}
+    counter = {"a": 0, "b": 0, "c": 0}
 
     def make(name):
         def go():
@@ -30,9 +30,16 @@ def test_interleave_rotates_order_and_drops_warmup():
             return float(counter[name])
         return go
 
-    out = interleave({"a": make("a"), "b": make("b")}, rounds=3, warmup=1)
-    assert calls == ["b", "a", "a", "b", "b", "a", "a", "b"]  # warm-up round -1 starts rotated
-    assert out == {"a": [2.0, 3.0, 4.0], "b": [2.0, 3.0, 4.0]}
+    out = interleave({n: make(n) for n in "abc"}, rounds=6, warmup=1)
+    assert out == {n: [2.0, 3.0, 4.0, 5.0, 6.0, 7.0] for n in "abc"}  # the warm-up round is dropped
+    rounds = [tuple(calls[i:i + 3]) for i in range(0, len(calls), 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # each contender once per round
+    assert len({r[0] for r in rounds}) > 1  # not always the same one first
+    # seeded: the same call gives the same orders
+    calls_before = list(calls)
+    calls.clear()
+    interleave({n: make(n) for n in "abc"}, rounds=6, warmup=1)
+    assert calls == calls_before
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         interleave({"a": make("a")}, rounds=0)
 
