@@ -32,26 +32,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from distengine.callbacks.base import CALLBACK_HOOKS
+
 #: Hooks of the module that take no ``trainer, module`` arguments; the Trainer only calls the
 #: ones a subclass overrides.
-MODULE_HOOKS = (
-    "setup", "teardown",
-    "on_fit_start", "on_fit_end",
-    "on_train_start", "on_train_end",
-    "on_train_epoch_start", "on_train_epoch_end",
-    "on_validation_start", "on_validation_end",
-    "on_validation_epoch_start", "on_validation_epoch_end",
-    "on_test_start", "on_test_end",
-    "on_test_epoch_start", "on_test_epoch_end",
-    "on_predict_start", "on_predict_end",
-    "on_predict_epoch_start", "on_predict_epoch_end",
-    "on_train_batch_start", "on_train_batch_end",
-    "on_validation_batch_start", "on_validation_batch_end",
-    "on_test_batch_start", "on_test_batch_end",
-    "on_predict_batch_start", "on_predict_batch_end",
-    "on_before_backward", "on_after_backward",
-    "on_before_optimizer_step", "on_before_zero_grad",
-    "on_save_checkpoint", "on_load_checkpoint",
+MODULE_HOOKS = tuple(h for h in CALLBACK_HOOKS
+                     if h not in ("on_sanity_check_start", "on_sanity_check_end", "on_exception")) + (
     # 1.x names still taught by tutorials
     "on_epoch_start", "on_epoch_end", "on_batch_start", "on_batch_end",
 )

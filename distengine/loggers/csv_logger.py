@@ -181,7 +181,33 @@ def write_text_atomic(path: str, text: str) -> None:
 # --------------------------------------------------------------------------- CSV logger
 
 
-class CSVLogger(Logger):
+class VersionedLogger(Logger):
+    """Shared ``save_dir/name/version_N`` properties of the file-writing loggers."""
+
+    _name: str
+    _version: int | str
+    _save_dir: str
+    _root_dir: str
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """``save_dir/name``: the folder that holds the ``version_N`` folders (``--logdir``)."""
+        return self._root_dir
+
+
+class CSVLogger(VersionedLogger):
     """Log metrics to ``save_dir/name/version_N/metrics.csv`` and hyperparameters to
     ``hparams.yaml`` next to it.
 
@@ -207,23 +233,6 @@ class CSVLogger(Logger):
         self._hparams: dict[str, Any] = {}
 
     # properties ---------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        """``save_dir/name``: the folder that holds the ``version_N`` folders."""
-        return self._root_dir
-
     @property
     def log_dir(self) -> str:
         return os.path.join(self._root_dir, version_dir_name(self._version))

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from distengine.dist.rank_zero import global_rank, rank_zero_only
-from distengine.loggers.base import Logger
 from distengine.loggers.csv_logger import (
+    VersionedLogger,
     params_to_dict,
     resolve_layout,
     to_float,
@@ -51,7 +51,7 @@ class _NoOpExperiment:
         return lambda *args, **kwargs: None
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(VersionedLogger):
     """Write TensorBoard event files to ``save_dir/name/version_N[/sub_dir]``.
 
     ``tensorboard --logdir save_dir/name`` then shows one run per version. ``N`` is the
@@ -91,23 +91,6 @@ class TensorBoardLogger(Logger):
         self._writer: Any = None
 
     # properties ---------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        """``save_dir/name``: the folder to point ``tensorboard --logdir`` at."""
-        return self._root_dir
-
     @property
     def log_dir(self) -> str:
         """``save_dir/name/version_N[/sub_dir]``: where the event files go."""
