@@ -112,12 +112,36 @@ def _step_schedulers(t, interval: str, plateau: bool | None) -> None:
             cfg.scheduler.step()
 
 
+def _nonfinite_error(t, value: float, step: int) -> FloatingPointError:
+    return FloatingPointError(
+        f"the training loss is {value} at global step {step} (epoch {t.progress.epoch}) on rank "
+        f"{t.global_rank}; lower the learning rate, check the data, or pass "
+        "Trainer(on_nonfinite_loss='skip') to skip such steps")
+
+
 def _check_nonfinite(t, loss: torch.Tensor) -> None:
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(
-            f"the training loss is {loss.item()} at global step {t.progress.global_step} "
-            f"(epoch {t.progress.epoch}) on rank {t.global_rank}; lower the learning rate, check the "
-            "data, or pass Trainer(on_nonfinite_loss='skip') to skip such steps")
+    value = loss.item()  # on CPU this costs about a microsecond and syncs nothing
+    if not math.isfinite(value):
+        raise _nonfinite_error(t, value, t.progress.global_step)
+
+
+class NonFiniteWatch:
+    """On an accelerator, remember ON THE DEVICE the first step whose loss was not finite, so
+    the check adds no GPU->CPU sync per step. It is read (one sync) where the Trainer writes
+    metrics, at epoch ends and before every checkpoint, so a non-finite run stops within
+    ``log_every_n_steps`` steps and never reaches a checkpoint."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.first = torch.where(bad & (self.first < 0), step, self.first)
+
+    def check(self, t) -> None:
+        step = int(self.first)
+        if step >= 0:
+            raise _nonfinite_error(t, float("nan"), step)
 
 
 def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
@@ -164,6 +188,9 @@ def train_epoch(t) -> None:
     collect = t._collect_train_outputs
     outputs: list[Any] = [] if collect else None
     check_finite = t.on_nonfinite_loss == "error" and prec.scaler is None
+    if check_finite and not on_cpu and t._nonfinite_watch is None:
+        t._nonfinite_watch = NonFiniteWatch(device)
+    watch = t._nonfinite_watch
     log_every = t.log_every_n_steps
     val_every = t._val_every_batches
     step_fn = model if ddp else module.training_step
@@ -220,7 +247,10 @@ def train_epoch(t) -> None:
                 if not t._loss_checked:
                     t._check_first_loss(loss)
                 if check_finite:
-                    _check_nonfinite(t, loss)
+                    if on_cpu:
+                        _check_nonfinite(t, loss)
+                    else:
+                        watch.update(loss, p.global_step)
                 t._last_loss = loss
                 if accum > 1:
                     loss = loss / accum
@@ -307,6 +337,7 @@ def fit_loop(t) -> None:
 def _end_of_epoch(t) -> None:
     p = t.progress
     res = t._results
+    t._raise_if_nonfinite()
     _step_schedulers(t, "epoch", plateau=False)
     if t._should_validate() and (p.epoch + 1) % t.check_val_every_n_epoch == 0:
         run_eval(t, "validate", t._val_loaders, t._limit("val"))

@@ -58,6 +58,7 @@ class Precision:
         self.device = device
         self.scaler: torch.amp.GradScaler | None = None
         self._skipped = 0
+        self._skipped_t: torch.Tensor | None = None  # device-side count (no per-step sync)
         self._true_dtype = {"bf16-true": torch.bfloat16, "64-true": torch.float64}.get(self.precision)
         if self.precision == "16-mixed":
             self.scaler = torch.amp.GradScaler(device.type)
@@ -99,25 +100,34 @@ class Precision:
         if self.scaler is None:
             optimizer.step()
             return
+        # GradScaler lowers its scale exactly when it skipped the step for inf/nan gradients.
+        # Compare the scale tensors on the device: get_scale() would sync the GPU every step.
+        scale = getattr(self.scaler, "_scale", None)
+        if isinstance(scale, torch.Tensor):
+            before = scale.clone()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            lowered = (self.scaler._scale < before).to(torch.long)
+            self._skipped_t = lowered if self._skipped_t is None else self._skipped_t + lowered
+            return
         scale_before = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()
-        # GradScaler lowers the scale exactly when it skipped the step for inf/nan gradients.
         if self.scaler.get_scale() < scale_before:
             self._skipped += 1
 
     @property
     def skipped_steps(self) -> int:
         """Optimizer steps skipped because the scaled gradients held inf or nan."""
-        return self._skipped
+        return self._skipped + (int(self._skipped_t) if self._skipped_t is not None else 0)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"precision": self.precision, "skipped_steps": self._skipped}
+        state: dict[str, Any] = {"precision": self.precision, "skipped_steps": self.skipped_steps}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._skipped = int(state.get("skipped_steps", 0))
+        self._skipped, self._skipped_t = int(state.get("skipped_steps", 0)), None
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -157,6 +157,7 @@ class Trainer(CheckpointMixin):
         self._train_outputs = None
         self._last_loss = None
         self._skipped_nonfinite = 0
+        self._nonfinite_watch = None
         self.should_stop = False
         self.logged_metrics: dict[str, float] = {}
 
@@ -545,9 +546,16 @@ class Trainer(CheckpointMixin):
         raise SystemExit(128 + signum)
 
     def _write_step_metrics(self) -> None:
-        log, bar = self._results.collect_step()
+        self._raise_if_nonfinite()
+        log, _ = self._results.collect_step()
+        if self._precision.scaler is not None or self.on_nonfinite_loss == "skip":
+            log["skipped_steps"] = float(self._precision.skipped_steps + self._skipped_nonfinite)
         if log:
             self._log_to_loggers(log)
+
+    def _raise_if_nonfinite(self) -> None:
+        if self._nonfinite_watch is not None:
+            self._nonfinite_watch.check(self)
 
     def _log_to_loggers(self, metrics: dict[str, float]) -> None:
         metrics = dict(metrics)

@@ -209,6 +209,7 @@ class CheckpointMixin:
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
                               for n in self._num_val_batches]
         self._precision = Precision(self.precision, self._device)
+        self._nonfinite_watch = None
         module.to(self._device)
         self._precision.convert_module(module)
         if self.sync_batchnorm and env.distributed:
@@ -278,6 +279,7 @@ class CheckpointMixin:
         from distengine.checkpoint.rng import capture_rng_state
         from distengine.data import global_seed
 
+        self._raise_if_nonfinite()  # never write a checkpoint of weights a NaN step produced
         rng = collectives.all_gather_object(capture_rng_state()) if not weights_only else None
         if not self.is_global_zero:
             return None

@@ -113,3 +113,35 @@ def test_devices_two_in_plain_python_without_script_says_how_to_launch(tmp_path,
     trainer = de.Trainer(accelerator="cpu", devices=2, logger=False, enable_progress_bar=False)
     with pytest.raises(RuntimeError, match="distengine launch --cpus 2"):
         trainer.fit(Regressor(), loader(regression_data()))
+
+
+def test_device_side_nonfinite_watch_reports_the_first_bad_step():
+    """The accelerator path records the first non-finite step on the device (no per-step sync)
+    and raises when read; exercised here with CPU tensors."""
+    from types import SimpleNamespace
+
+    from distengine.loop import NonFiniteWatch
+
+    t = SimpleNamespace(progress=SimpleNamespace(epoch=0), global_rank=0)
+    watch = NonFiniteWatch(torch.device("cpu"))
+    watch.update(torch.tensor(1.0), 0)
+    watch.check(t)  # nothing yet
+    watch.update(torch.tensor(float("inf")), 5)
+    watch.update(torch.tensor(float("nan")), 6)
+    with pytest.raises(FloatingPointError, match="global step 5 .*on rank 0"):
+        watch.check(t)
+
+
+def test_skipped_fp16_steps_are_logged(tmp_path):
+    from tests.core.test_one_x_style import RecordingLogger
+
+    class Exploding(Regressor):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * (float("inf") if batch_idx == 3 else 1.0)
+
+    logger = RecordingLogger()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, precision="16-mixed", logger=logger, log_every_n_steps=1)
+    trainer.fit(Exploding(), loader(regression_data()))
+    skipped = [m["skipped_steps"] for _, m in logger.rows if "skipped_steps" in m]
+    assert skipped == sorted(skipped) and skipped[-1] == trainer._precision.skipped_steps >= 1
