@@ -110,7 +110,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="'off': no logger, checkpoints or progress bar; 'defaults': the Trainer's defaults")
     p.add_argument("--validate", action="store_true", help="also run a validation split")
     p.add_argument("--report-json", default=None, help="rank zero writes fit time and throughput here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_epochs < 1:
+        p.error(f"--max-epochs must be at least 1, got {args.max_epochs}")
+    if args.batch_size < 1 or args.num_samples < args.batch_size:
+        p.error(f"--num-samples ({args.num_samples}) must be at least --batch-size ({args.batch_size}) >= 1")
+    if not (str(args.devices) == "auto" or str(args.devices).isdigit()):
+        p.error(f"--devices must be 'auto' or a positive integer, got {args.devices!r}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
