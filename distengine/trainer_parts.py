@@ -73,16 +73,22 @@ class StopVote:
     step's work. ``sync`` is the blocking version used at epoch ends.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
         self.pending: tuple[Any, torch.Tensor] | None = None
         self.distributed = collectives.is_distributed()
+        self.group = None
+        if self.distributed and dist.get_backend() != "gloo":
+            # Vote over a CPU (gloo) side group: reading an NCCL result every step would make
+            # the host wait for the GPU. Every rank builds it here, at the same point.
+            self.group = dist.new_group(backend="gloo")
 
     def _start(self, flag: bool, signum: int):
         import torch.distributed as dist
 
-        buf = torch.tensor([float(flag), float(signum)], device=self.device)
-        return dist.all_reduce(buf, op=dist.ReduceOp.MAX, async_op=True), buf
+        buf = torch.tensor([float(flag), float(signum)])
+        return dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.group, async_op=True), buf
 
     def _drain(self) -> tuple[bool, int]:
         if self.pending is None:
@@ -129,7 +135,7 @@ class CheckpointMixin:
         if self.env.distributed and collectives.world_size() != self.env.world_size:
             raise RuntimeError(f"the process group has {collectives.world_size()} ranks but the environment "
                                f"says WORLD_SIZE={self.env.world_size}")
-        self._stop_vote = StopVote(self._comm_device())
+        self._stop_vote = StopVote()
         self._setup_done = True
 
     # ------------------------------------------------------------------ data
