@@ -12,12 +12,15 @@ _DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RAN
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch):
     """Each test starts outside any job, and leaves no process group behind."""
-    for name in _DIST_VARS:
+    saved = dict(os.environ)  # tests (and seed_everything) may set variables; undo all of it
+    for name in _DIST_VARS + ("DISTENGINE_SEED", "PL_GLOBAL_SEED", "DISTENGINE_SEED_WORKERS"):
         monkeypatch.delenv(name, raising=False)
     import torch
 
     torch.set_num_threads(1)
     yield
+    os.environ.clear()
+    os.environ.update(saved)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
