@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import distengine as de
-from tests.core.models import Regressor, make_net, regression_data
+from tests.core.models import Regressor, make_net
 from tests.helpers import run_ranks
 
 
