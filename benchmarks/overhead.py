@@ -102,23 +102,35 @@ def _quiet():
     return stack
 
 
+def fit_engine(trainer_cls: Any, model: Any, loader: DataLoader, max_epochs: int,
+               defaults: bool) -> tuple[Clock, Any]:
+    """Time ``trainer_cls(...).fit(model, loader)`` on one CPU device in a throw-away root dir.
+
+    distengine and Lightning share the Trainer API, so both contenders run through here;
+    ``defaults=False`` turns off the logger, checkpointing, progress bar and model summary.
+    """
+    root = tempfile.mkdtemp(prefix="bench-fit-")
+    flags: dict[str, Any] = {"max_epochs": max_epochs, "accelerator": "cpu", "devices": 1, "default_root_dir": root}
+    if not defaults:
+        flags.update(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False)
+    try:
+        with _quiet(), Clock() as clock:
+            trainer = trainer_cls(**flags)
+            trainer.fit(model, loader)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return clock, trainer
+
+
 def run_trainer(work: Work, data, defaults: bool) -> tuple[Clock, nn.Module]:
     import distengine as de
     from examples.synthetic import SyntheticMLP
 
     torch.manual_seed(work.seed)
     model = SyntheticMLP(work.dim, work.hidden, lr=work.lr, log_loss=defaults)
-    root = tempfile.mkdtemp(prefix="bench-de-")
-    flags: dict[str, Any] = {"max_epochs": work.epochs, "accelerator": "cpu", "devices": 1, "default_root_dir": root}
-    if not defaults:
-        flags.update(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False)
-    try:
-        with _quiet(), Clock() as clock:
-            trainer = de.Trainer(**flags)
-            trainer.fit(model, DataLoader(data, batch_size=work.batch_size, shuffle=True))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    clock, trainer = fit_engine(de.Trainer, model, DataLoader(data, batch_size=work.batch_size, shuffle=True),
+                                max_epochs=work.epochs, defaults=defaults)
     if trainer.global_step != work.steps:
         raise RuntimeError(f"distengine ran {trainer.global_step} steps, expected {work.steps}")
     return clock, model.net
@@ -160,17 +172,8 @@ def run_lightning(work: Work, data, defaults: bool) -> tuple[Clock, nn.Module]:
         logging.getLogger(name).setLevel(logging.ERROR)
     torch.manual_seed(work.seed)
     model = _lightning_module(work, log_loss=defaults)
-    root = tempfile.mkdtemp(prefix="bench-pl-")
-    flags: dict[str, Any] = {"max_epochs": work.epochs, "accelerator": "cpu", "devices": 1, "default_root_dir": root}
-    if not defaults:
-        flags.update(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False)
-    try:
-        with _quiet(), Clock() as clock:
-            trainer = pl.Trainer(**flags)
-            trainer.fit(model, DataLoader(data, batch_size=work.batch_size, shuffle=True))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    clock, _ = fit_engine(pl.Trainer, model, DataLoader(data, batch_size=work.batch_size, shuffle=True),
+                          max_epochs=work.epochs, defaults=defaults)
     return clock, model.net
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import statistics
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from benchmarks._harness import Clock, Row, interleave, markdown_table, ratio_row
 from benchmarks._work import TinyGPT, lm_loss, make_tokens
-from benchmarks.overhead import _quiet, lightning_available
+from benchmarks.overhead import fit_engine, lightning_available
 
 BENCH = "transformer"
 
@@ -75,10 +73,10 @@ def run_loop(work: LMWork, data) -> Clock:
     return clock
 
 
-def _de_module(work: LMWork):
-    import distengine as de
+def _lm_module(base: type, work: LMWork):
+    """The LM as a module of ``base`` (distengine.Module or pl.LightningModule): same API."""
 
-    class LM(de.Module):
+    class LM(base):
         def __init__(self) -> None:
             super().__init__()
             self.gpt = work.model()
@@ -96,17 +94,9 @@ def _de_module(work: LMWork):
 def run_trainer(work: LMWork, data) -> Clock:
     import distengine as de
 
-    model = _de_module(work)
-    root = tempfile.mkdtemp(prefix="bench-lm-")
-    try:
-        with Clock() as clock:
-            trainer = de.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
-                                 enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, default_root_dir=root)
-            trainer.fit(model, DataLoader(data, batch_size=work.batch_size, shuffle=True))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return clock
+    model = _lm_module(de.Module, work)
+    return fit_engine(de.Trainer, model, DataLoader(data, batch_size=work.batch_size, shuffle=True),
+                      max_epochs=1, defaults=False)[0]
 
 
 def run_lightning(work: LMWork, data) -> Clock:
@@ -115,29 +105,9 @@ def run_lightning(work: LMWork, data) -> Clock:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
-    class LM(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gpt = work.model()
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return lm_loss(self.gpt(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=work.lr)
-
-    model = LM()
-    root = tempfile.mkdtemp(prefix="bench-lm-pl-")
-    try:
-        with _quiet(), Clock() as clock:
-            trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
-                                 enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, default_root_dir=root)
-            trainer.fit(model, DataLoader(data, batch_size=work.batch_size, shuffle=True))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return clock
+    model = _lm_module(pl.LightningModule, work)
+    return fit_engine(pl.Trainer, model, DataLoader(data, batch_size=work.batch_size, shuffle=True),
+                      max_epochs=1, defaults=False)[0]
 
 
 def run(rounds: int | None = None, quick: bool = False, with_lightning: bool | None = None) -> dict[str, Any]:
