@@ -13,28 +13,16 @@ import distengine as de
 from distengine.callbacks.model_checkpoint import ModelCheckpoint
 from distengine.checkpoint.io import read_last_pointer, safe_load
 from distengine.loggers.base import Logger
+from tests.core.models import Regressor
 
 
-class Reg(de.Module):
+class Reg(Regressor):
     def __init__(self, hidden: int = 4) -> None:
-        super().__init__()
+        # SGD with momentum at a step size where val_loss goes up and down between epochs
+        # (so the best checkpoint is not the last)
+        super().__init__(torch.nn.Sequential(torch.nn.Linear(3, hidden), torch.nn.Tanh(),
+                                             torch.nn.Linear(hidden, 1)), lr=0.2, optimizer="sgd")
         self.save_hyperparameters()
-        self.net = torch.nn.Sequential(torch.nn.Linear(3, hidden), torch.nn.Tanh(),
-                                       torch.nn.Linear(hidden, 1))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = torch.nn.functional.mse_loss(self.net(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
-
-    def configure_optimizers(self):
-        # a step size at which val_loss goes up and down between epochs (the best is not the last)
-        return torch.optim.SGD(self.parameters(), lr=0.2, momentum=0.9)
 
 
 class Memory(Logger):
