@@ -144,9 +144,48 @@ class NonFiniteWatch:
             raise _nonfinite_error(t, float("nan"), step)
 
 
-def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
-    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+def nonfinite_grads(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """A one-element float tensor, 1.0 when any gradient of ``optimizer`` holds inf or nan,
+    computed on the gradients' device without reading it back (``None`` without gradients).
+    It uses the kernel GradScaler uses for ``found_inf`` (with a scale of one)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            if p.grad is not None:
+                groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+    found: torch.Tensor | None = None
+    for (device, _), grads in groups.items():
+        f = torch.zeros(1, dtype=torch.float32, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, f, torch.ones(1, device=device))
+        found = f if found is None else torch.maximum(found, f.to(found.device))
+    return found
+
+
+def step_unless_nonfinite(optimizer: torch.optim.Optimizer, step: Any) -> torch.Tensor | int:
+    """Run ``step()`` unless a gradient is inf/nan; return how many steps were skipped (0/1).
+
+    A fused optimizer (``fused=True``: Adam, AdamW, SGD, Adagrad) decides on the device: it
+    takes the flag as ``found_inf``, exactly as under GradScaler, and leaves weights and state
+    untouched when it is set, so the count stays a device tensor and nothing waits for the
+    GPU. Any other optimizer needs the answer on the host: one GPU sync per optimizer step.
+    Under DDP the gradients are equal on every rank, so every rank skips the same steps.
+    """
+    found = nonfinite_grads(optimizer)
+    if found is None:
+        step()
+        return 0
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = found.reshape(())  # type: ignore[attr-defined]  # shaped like the steps
+        optimizer.grad_scale = None  # type: ignore[attr-defined]
+        try:
+            step()
+        finally:
+            del optimizer.found_inf, optimizer.grad_scale  # type: ignore[attr-defined]
+        return found.to(torch.long)
+    if found.item():  # the host sync named above
+        return 1
+    step()
+    return 0
 
 
 def _optimizer_step(t, optimizer: torch.optim.Optimizer) -> None:
@@ -163,8 +202,9 @@ def _optimizer_step(t, optimizer: torch.optim.Optimizer) -> None:
             torch.nn.utils.clip_grad_value_(params, clip)
         else:
             torch.nn.utils.clip_grad_norm_(params, clip)
-    if t.on_nonfinite_loss == "skip" and prec.scaler is None and not _grads_finite(optimizer):
-        t._skipped_nonfinite += 1  # DDP made the gradients equal, so every rank skips together
+    if t.on_nonfinite_loss == "skip" and prec.scaler is None:
+        # an int, or a device tensor for fused optimizers: read only where metrics are written
+        t._skipped_nonfinite = t._skipped_nonfinite + step_unless_nonfinite(optimizer, lambda: prec.step(optimizer))
     else:
         prec.step(optimizer)
     for fn in hooks["on_before_zero_grad"]:

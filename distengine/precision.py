@@ -6,7 +6,10 @@ Supported values (Lightning's names; the 1.x integers too):
 ``"32-true"``/32   float32 everywhere (the default)
 ``"16-mixed"``/16  float16 autocast + ``torch.amp.GradScaler``: the loss is scaled,
                    gradients are unscaled before clipping, and a step whose gradients
-                   hold inf/nan is skipped and counted (``skipped_steps``)
+                   hold inf/nan is skipped and counted (``skipped_steps``). On a GPU,
+                   ``GradScaler.step`` reads its ``found_inf`` back to the host (one
+                   sync per optimizer step) unless the optimizer is fused: create it
+                   with ``fused=True`` (Adam, AdamW, SGD) to keep the decision on the GPU
 ``"bf16-mixed"``   bfloat16 autocast (no scaler needed)
 ``"bf16-true"``    the module's parameters and floating inputs cast to bfloat16
 ``"64-true"``      float64 parameters and floating inputs
@@ -101,7 +104,10 @@ class Precision:
             optimizer.step()
             return
         # GradScaler lowers its scale exactly when it skipped the step for inf/nan gradients.
-        # Compare the scale tensors on the device: get_scale() would sync the GPU every step.
+        # Compare the scale tensors on the device, so counting adds no sync of its own
+        # (get_scale() would add one). GradScaler.step itself still syncs once per step to
+        # decide whether to call optimizer.step(), except for a fused optimizer, whose kernel
+        # takes found_inf on the device: that is why fused=True is the fast choice here.
         scale = getattr(self.scaler, "_scale", None)
         if isinstance(scale, torch.Tensor):
             before = scale.clone()

@@ -346,7 +346,11 @@ class CheckpointMixin:
                 print(f"distengine: no checkpoint in {self._checkpoint_dir()} yet; starting fresh",
                       file=sys.stderr, flush=True)
             return
-        ckpt = safe_load(path, map_location=self._device)
+        # Load on the CPU and let each load_state_dict place its tensors: weights are copied
+        # into the parameters where they live, and the optimizers keep Adam's ``step`` counters
+        # on the CPU. Loaded onto a GPU, those counters would stay there, and the default
+        # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
+        ckpt = safe_load(path, map_location="cpu")
         module = self._module
         for fn in self._module_hooks.get("on_load_checkpoint", ()):
             fn(ckpt)
@@ -401,7 +405,7 @@ class CheckpointMixin:
         path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
         if path is None:
             raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
-        load_weights(self._module, safe_load(path, map_location=self._device)["state_dict"], source=path)
+        load_weights(self._module, safe_load(path, map_location="cpu")["state_dict"], source=path)
 
 
 def _safe_len(loader: Any) -> int | float:

@@ -20,12 +20,19 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
+
+# psutil is imported where it is used, not here: a job whose ranks all finish cleanly never
+# needs it, so `distengine launch` starts (and the CLI answers) on a Python that lacks it.
 
 
 def session_leftovers(session_ids: Iterable[int]) -> list[psutil.Process]:
     """Live processes (other than the session leaders) in the given sessions."""
+    import psutil
+
     sids = set(session_ids)
     if not sids:
         return []
@@ -43,6 +50,8 @@ def session_leftovers(session_ids: Iterable[int]) -> list[psutil.Process]:
 
 
 def _descendants(pids: Iterable[int]) -> list[psutil.Process]:
+    import psutil
+
     out = []
     for pid in pids:
         try:
@@ -67,6 +76,8 @@ def abort_for_stacks(proc: subprocess.Popen) -> None:
     """
     if proc.poll() is not None:
         return
+    import psutil
+
     try:
         psutil.Process(proc.pid).rlimit(psutil.RLIMIT_CORE, (0, 0))
     except (psutil.Error, OSError, AttributeError):
@@ -88,6 +99,8 @@ def _wait_all(procs: Sequence[subprocess.Popen], timeout: float) -> None:
 
 def kill_everything(procs: Sequence[subprocess.Popen], extra: Iterable[psutil.Process] = ()) -> None:
     """SIGKILL the ranks, every process in their sessions and ``extra``; wait for all of them."""
+    import psutil
+
     for proc in procs:
         if proc.poll() is None:
             _signal(proc.pid, signal.SIGKILL)
@@ -105,6 +118,8 @@ def kill_everything(procs: Sequence[subprocess.Popen], extra: Iterable[psutil.Pr
 def _wait_gone(processes: Iterable[psutil.Process], timeout: float) -> None:
     """Wait until none of ``processes`` runs. Not our children, so we cannot reap them: a
     zombie waiting for its (possibly non-reaping) new parent counts as gone."""
+    import psutil
+
     pending = list(processes)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:

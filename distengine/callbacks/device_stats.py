@@ -1,11 +1,13 @@
 """Log GPU, CPU and memory statistics every N training steps.
 
-GPU figures come from NVML (the ``pynvml`` module of the ``nvidia-ml-py`` package), never
-from ``torch.cuda``: querying NVML does not create a CUDA context, does not synchronise the
-device and works in a process that must not initialise CUDA. CPU and RAM come from
-``psutil``. Global rank zero reads the GPUs its node runs on (the first ``LOCAL_WORLD_SIZE``
-devices of ``CUDA_VISIBLE_DEVICES``, named by their CUDA index) and writes to the loggers;
-other ranks do nothing, so the callback adds no collective.
+GPU figures come from NVML (the ``pynvml`` module of the ``nvidia-ml-py`` package), not from
+``torch.cuda``: reading them never synchronises the device. ``torch.cuda`` is asked once, at the
+first reading and only in a job that trains on the GPU, which NVML device each training GPU
+is; a CPU job never initialises CUDA through this callback. CPU and RAM come from
+``psutil``. Global rank zero reads the GPUs its node trains on, named by their CUDA index
+(one process on ``devices=[k]``: GPU ``k``; several local ranks: ``cuda:0`` up to
+``LOCAL_WORLD_SIZE - 1``), each matched to its NVML handle by UUID or PCI address, never by
+position, and writes to the loggers; other ranks do nothing, so the callback adds no collective.
 
 Keys: ``device_stats/gpu<i>.utilization`` (%), ``.memory_utilization`` (%),
 ``.memory_used_gb``, ``.memory_total_gb``, ``.temperature_c``, ``.power_w``, and
@@ -131,20 +133,12 @@ class DeviceStatsMonitor(Callback):
                       file=sys.stderr, flush=True)
             return
         self._nvml = pynvml
-        count = pynvml.nvmlDeviceGetCount()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids: list[str] = ([v.strip() for v in visible.split(",") if v.strip()] if visible is not None
-                          else [str(i) for i in range(count)])
-        local = int(os.environ.get("LOCAL_WORLD_SIZE") or getattr(trainer, "num_devices", 1) or 1)
-        for cuda_index, ident in enumerate(ids[:max(1, local)]):
-            try:
-                if ident.isdigit():
-                    handle = pynvml.nvmlDeviceGetHandleByIndex(int(ident))
-                else:  # CUDA_VISIBLE_DEVICES may list UUIDs (GPU-..., MIG-...)
-                    handle = pynvml.nvmlDeviceGetHandleByUUID(ident)
-            except Exception:  # noqa: BLE001, S112 - a device NVML cannot see is skipped, not fatal
-                continue
-            self._handles.append((cuda_index, handle))
+        # which NVML device is which CUDA device is asked of torch.cuda, so only in a job that
+        # already trains on the GPU: a CPU job on a GPU machine must not initialise CUDA
+        for cuda_index in (_cuda_indices(trainer) if _uses_gpu(trainer) else []):
+            handle = nvml_handle(pynvml, cuda_index)
+            if handle is not None:  # a device NVML cannot see is skipped, not fatal
+                self._handles.append((cuda_index, handle))
 
     def _gpu_stats(self) -> dict[str, float]:
         if self._nvml is None:
@@ -167,6 +161,54 @@ class DeviceStatsMonitor(Callback):
                 except Exception:  # noqa: BLE001, S112 - NVMLError_NotSupported and friends
                     continue
         return out
+
+
+def _cuda_indices(trainer: Any) -> list[int]:
+    """CUDA indices of the GPUs this node trains on: the root device's alone when one process
+    trains or each rank sees only its own GPU, else the first ``LOCAL_WORLD_SIZE`` devices
+    (local rank r trains on ``cuda:r``)."""
+    import torch
+
+    device = getattr(getattr(trainer, "strategy", None), "root_device", None)
+    index = device.index if getattr(device, "type", None) == "cuda" and device.index is not None else 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or getattr(trainer, "num_devices", 1) or 1)
+    count = torch.cuda.device_count()
+    if local <= 1 or count <= 1:
+        return [index]
+    return list(range(min(local, count)))
+
+
+def nvml_handle(nvml: Any, cuda_index: int, props_of: Any = None) -> Any:
+    """The NVML handle of CUDA device ``cuda_index``, or None.
+
+    Matched by the device's UUID (or its PCI address), never by position: NVML numbers the
+    GPUs in PCI order, CUDA fastest first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, and CUDA's
+    numbering also passes through ``CUDA_VISIBLE_DEVICES``.
+    """
+    if props_of is None:
+        import torch
+
+        props_of = torch.cuda.get_device_properties
+    try:
+        props = props_of(cuda_index)
+    except Exception:  # noqa: BLE001 - no such device
+        return None
+    uuid = str(getattr(props, "uuid", "") or "")
+    keys = []
+    if uuid:
+        keys += [("uuid", uuid)] if uuid.startswith(("GPU-", "MIG-")) else [("uuid", "GPU-" + uuid),
+                                                                           ("uuid", "MIG-" + uuid)]
+    if getattr(props, "pci_bus_id", None) is not None:
+        keys.append(("pci", f"{int(getattr(props, 'pci_domain_id', 0)):08x}:{int(props.pci_bus_id):02x}:"
+                            f"{int(getattr(props, 'pci_device_id', 0)):02x}.0"))
+    for kind, key in keys:
+        try:
+            if kind == "uuid":
+                return nvml.nvmlDeviceGetHandleByUUID(key)
+            return nvml.nvmlDeviceGetHandleByPciBusId(key)
+        except Exception:  # noqa: BLE001, S112 - NVMLError_NotFound: try the next key
+            continue
+    return None
 
 
 def _uses_gpu(trainer: Any) -> bool:

@@ -108,15 +108,27 @@ class _Stager:
         self.used.append(dst)
         return dst
 
-    def copies_done(self) -> list[Any]:
-        """One CUDA event per device, recorded after the queued copies (empty on CPU)."""
+    def copies_done(self) -> list[tuple[int, Any]]:
+        """(device index, CUDA event) per device, recorded after the queued copies (empty on CPU)."""
         events = []
         for index in sorted(self.cuda_devices):
             with torch.cuda.device(index):
                 ev = torch.cuda.Event()
                 ev.record()
-                events.append(ev)
+                events.append((index, ev))
         return events
+
+
+def wait_for_copies(events: list[tuple[int, Any]]) -> None:
+    """Block until the copies behind ``events`` (from :meth:`_Stager.copies_done`) landed.
+
+    A new thread starts on CUDA device 0: without selecting the event's device first, the
+    first CUDA call of a writer thread on a rank that trains on GPU k would create a context
+    (hundreds of MB) on GPU 0.
+    """
+    for index, ev in events:
+        torch.cuda.set_device(index)
+        ev.synchronize()
 
 
 def copy_state_to_cpu(state: Any) -> Any:
@@ -126,7 +138,7 @@ def copy_state_to_cpu(state: Any) -> Any:
     """
     stager = _Stager()
     out = stager.copy(state)
-    for ev in stager.copies_done():
+    for _, ev in stager.copies_done():
         ev.synchronize()
     return out
 
@@ -190,11 +202,10 @@ class AsyncCheckpointWriter:
         self.wait()
         self._pool = []
 
-    def _run(self, snapshot: dict, path: str, events: list[Any],
+    def _run(self, snapshot: dict, path: str, events: list[tuple[int, Any]],
              on_done: Callable[[str], None] | None) -> None:
         try:
-            for ev in events:  # the device-to-host copies must land before we read them
-                ev.synchronize()
+            wait_for_copies(events)  # the device-to-host copies must land before we read them
             atomic_save(snapshot, path)
             if on_done is not None:
                 on_done(path)

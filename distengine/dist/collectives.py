@@ -61,20 +61,32 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def reduce_tensors(tensors: Sequence[torch.Tensor], op: str = "sum") -> list[torch.Tensor]:
-    """Reduce a list of same-device tensors with ONE fused collective ("sum", "max", "min")."""
+    """Reduce a list of tensors with ONE fused collective ("sum", "max", "min").
+
+    The tensors may live on different devices (a sum kept on the GPU next to a count built on
+    the CPU): each is packed as float64 on the communication device, and each result goes
+    back to its input's device and dtype.
+    """
     if not is_distributed() or not tensors:
         return list(tensors)
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+    flat = pack_float64(tensors, _comm_device())
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-    if flat.device.type == "cpu" and _comm_device().type == "cuda":
-        flat = flat.to(_comm_device())
     dist.all_reduce(flat, op=ops[op])
     out, offset = [], 0
     for t in tensors:
         n = t.numel()
-        out.append(flat[offset:offset + n].reshape(t.shape).to(t.dtype).to(t.device))
+        out.append(flat[offset:offset + n].reshape(t.shape).to(device=t.device, dtype=t.dtype))
         offset += n
     return out
+
+
+def pack_float64(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """One flat float64 vector on ``device`` holding every element of ``tensors`` in order.
+
+    Each tensor is moved before the concatenation: ``torch.cat`` refuses inputs on different
+    devices, and NCCL can only reduce a CUDA tensor.
+    """
+    return torch.cat([t.detach().reshape(-1).to(device=device, dtype=torch.float64) for t in tensors])
 
 
 def _comm_device() -> torch.device:

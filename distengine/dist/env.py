@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 
 
@@ -115,3 +116,25 @@ def detect(environ: dict | None = None) -> ClusterEnv:
             restart_count=_int(env, "SLURM_RESTART_COUNT", 0),
         )
     return ClusterEnv(restart_count=restart)
+
+
+def gloo_ifname_from_nccl(env: dict, interfaces: list[str] | None = None) -> str | None:
+    """The ``GLOO_SOCKET_IFNAME`` to use when only ``NCCL_SOCKET_IFNAME`` is set, else None.
+
+    gloo wants exact interface names (a comma list), while NCCL also takes prefixes
+    (``eth`` matches ``eth0``) and exclusions (``^docker``); only a list of names that exist on
+    this machine is copied. A value that cannot be copied is left to the user, as is any
+    ``GLOO_SOCKET_IFNAME`` already set.
+    """
+    nccl = (env.get("NCCL_SOCKET_IFNAME") or "").strip()
+    if not nccl or env.get("GLOO_SOCKET_IFNAME") or nccl.startswith(("^", "=")):
+        return None
+    names = [n.strip() for n in nccl.split(",") if n.strip()]
+    if interfaces is None:
+        try:
+            interfaces = [name for _, name in socket.if_nameindex()]
+        except OSError:
+            return None
+    if not names or any(n not in interfaces for n in names):
+        return None
+    return ",".join(names)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from distengine.dist.env import ClusterEnv
+from distengine.dist.env import ClusterEnv, gloo_ifname_from_nccl
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -33,6 +33,10 @@ def select_device(accelerator: str, env: ClusterEnv, gpu_ids: list[int] | None) 
     index = env.local_rank
     if gpu_ids and not env.distributed:
         index = gpu_ids[0]
+    if torch.cuda.device_count() == 1:
+        # Sites that bind one GPU per task (SLURM --gpus-per-task, --gpu-bind) show each rank
+        # only its own device, as cuda:0, whatever its local rank.
+        index = 0
     device = torch.device("cuda", index)
     torch.cuda.set_device(device)
     return device
@@ -44,6 +48,10 @@ def init_process_group(env: ClusterEnv, device: torch.device, timeout_s: float) 
     # env:// reads MASTER_ADDR/MASTER_PORT; a SLURM task may only have SLURM_* variables.
     os.environ.setdefault("MASTER_ADDR", env.master_addr)
     os.environ.setdefault("MASTER_PORT", str(env.master_port))
+    gloo_if = gloo_ifname_from_nccl(os.environ)
+    if gloo_if is not None:
+        # the stop vote runs on a gloo side group even under NCCL: same network as NCCL
+        os.environ["GLOO_SOCKET_IFNAME"] = gloo_if
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs: dict[str, Any] = {}
     if device.type == "cuda":

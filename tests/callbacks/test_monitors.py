@@ -157,13 +157,17 @@ def test_device_stats_with_fake_nvml(monkeypatch):
         NVML_TEMPERATURE_GPU=0, inits=[],
         nvmlInit=lambda: fake.inits.append("init"), nvmlShutdown=lambda: fake.inits.append("shutdown"),
         nvmlDeviceGetCount=lambda: 4,
-        nvmlDeviceGetHandleByIndex=lambda i: f"h{i}",
+        nvmlDeviceGetHandleByUUID=lambda key: {"GPU-uuid-a": "h2", "GPU-uuid-b": "h3"}[key],
         nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=87, memory=40),
         nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=2 * 1024 ** 3, total=80 * 1024 ** 3),
         nvmlDeviceGetTemperature=lambda h, kind: 61,
         nvmlDeviceGetPowerUsage=unsupported,
     )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
+    # CUDA devices 0 and 1 are matched to NVML's devices by UUID, not by position
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(uuid=["uuid-a", "uuid-b"][i]))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     lg = RecordingLogger()
