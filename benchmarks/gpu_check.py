@@ -1,17 +1,25 @@
-"""GPU check: the Trainer on a real NVIDIA device, one PASS/FAIL line per check.
+"""GPU check: the Trainer on a real NVIDIA device, one PASS/FAIL/SKIP line per check.
 
 Checks (all on ``cuda:0``; with ``--dry-run-cpu`` the same code runs on the CPU, tiny, and
 the speed/memory targets are reported but not judged):
 
 - ``precision-32``, ``precision-16-mixed``, ``precision-bf16-mixed``: a transformer LM
-  trained by a hand-written loop and by the Trainer, interleaved: loss parity step by step,
-  tokens/s ratio (target >= 0.98) and ``torch.cuda.max_memory_allocated`` ratio (<= 1.02).
+  trained by a hand-written loop, by the Trainer and by pytorch-lightning (when installed),
+  interleaved: loss parity step by step, steady-state tokens/s ratio (target >= 0.98) and
+  ``torch.cuda.max_memory_allocated`` ratio (<= 1.02) against the loop. 16-mixed also runs
+  the Trainer with a fused AdamW (no per-step sync in ``GradScaler.step``).
+- ``sync-free``: GPU->CPU syncs per training step counted with ``torch.cuda.set_sync_debug_mode``
+  (Trainer and loop, bf16/16-mixed, fused or not, ``on_nonfinite_loss="skip"``); a NaN loss
+  raises the documented error naming its step; fp16 skipped steps are counted.
 - ``launch-nccl``: ``distengine launch --gpus 1`` runs this file as a child that trains on
   CUDA and all-reduces over NCCL.
-- ``compile``: ``Trainer(compile=True)`` trains, dynamo captured graphs, the loss matches eager.
-- ``device-stats``: ``DeviceStatsMonitor`` logs GPU figures read through NVML.
+- ``compile``: ``Trainer(compile=True)`` trains, dynamo captured graphs, the weights match eager.
+- ``device-stats``: ``DeviceStatsMonitor`` logs GPU utilisation and memory read through NVML.
 - ``checkpoint-resume``: train, save, resume in a new Trainer; the result equals one
   uninterrupted run and the resumed parameters live on the GPU.
+- ``sigkill-resume``: the exact-resume-after-SIGKILL test matrix at 1 rank, on the GPU.
+- ``async-checkpoint``: a ~1B-parameter model on the GPU: time an async save blocks training
+  against a synchronous save (<= 10%), and the file loads back ``torch.equal``.
 
 Results go to ``$OUT/gpu_check.json`` when ``OUT`` is set, else ``benchmarks/results/``.
 Usually started through ``benchmarks/gpu_check.sh``, which finds a CUDA-enabled Python.
@@ -24,14 +32,16 @@ import argparse
 import datetime as _dt
 import gc
 import json
+import logging
 import math
 import os
 import socket
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -42,11 +52,12 @@ if REPO_ROOT not in sys.path:
 import torch  # noqa: E402  (after the sys.path line: runnable as a plain script)
 from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks._work import TinyGPT, lm_loss, make_dataset, make_tokens  # noqa: E402
+from benchmarks._work import TinyGPT, lm_loss, make_tokens  # noqa: E402
 
-CHECKS = ("precision-32", "precision-16-mixed", "precision-bf16-mixed", "launch-nccl", "compile",
-          "device-stats", "checkpoint-resume")
+CHECKS = ("precision-32", "precision-16-mixed", "precision-bf16-mixed", "sync-free", "launch-nccl", "compile",
+          "device-stats", "checkpoint-resume", "sigkill-resume", "async-checkpoint")
 PRECISION_TOL = {"32-true": 1e-3, "16-mixed": 2e-2, "bf16-mixed": 2e-2}  # mean relative loss diff
+Result = tuple[bool | None, str, dict]  # ok (None: skipped), message, data
 
 
 class Setup:
@@ -58,10 +69,10 @@ class Setup:
         self.accelerator = "cpu" if dry_run else "gpu"
         if dry_run:
             self.lm = {"vocab": 128, "seq_len": 32, "d_model": 64, "layers": 1, "heads": 2}
-            self.batch, self.steps, self.rounds = 8, 6, rounds or 1
+            self.batch, self.steps, self.warm, self.rounds = 8, 8, 2, rounds or 1
         else:
             self.lm = {"vocab": 8192, "seq_len": 256, "d_model": 512, "layers": 6, "heads": 8}
-            self.batch, self.steps, self.rounds = 32, 80, rounds or 5
+            self.batch, self.steps, self.warm, self.rounds = 32, 100, 20, rounds or 3
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -71,41 +82,115 @@ class Setup:
         torch.manual_seed(0)
         return TinyGPT(**self.lm)
 
-    def data(self):
-        return make_tokens(self.batch * self.steps, self.lm["seq_len"], self.lm["vocab"], seed=0)
+    def data(self, steps: int | None = None):
+        return make_tokens(self.batch * (steps or self.steps), self.lm["seq_len"], self.lm["vocab"], seed=0)
 
 
-class MemoryLogger:
-    """An in-memory logger for checks that read what the Trainer logged."""
+class StepClock:
+    """Steady-state wall time: from the start of batch ``warm`` to the end of training, with
+    the GPU synchronised at both ends, the same for every contender (set-up, the first
+    steps' kernel selection and autocast caches stay outside)."""
 
-    def __init__(self) -> None:
-        from distengine.loggers.base import Logger
+    def __init__(self, s: Setup) -> None:
+        self.s, self.start, self.end = s, math.nan, math.nan
 
-        class _L(Logger):
-            def __init__(self) -> None:
-                self.rows: list[tuple[int, dict[str, float]]] = []
+    def batch_start(self, batch_idx: int) -> None:
+        if batch_idx == self.s.warm:
+            self.s.sync()
+            self.start = time.perf_counter()
 
-            def log_metrics(self, metrics, step):
-                self.rows.append((step, dict(metrics)))
+    def done(self) -> None:
+        self.s.sync()
+        self.end = time.perf_counter()
 
-        self.logger = _L()
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
 
 
-# --------------------------------------------------------------------------- precision
+def clock_callback(base: type, clock: StepClock) -> Any:
+    """A callback of ``base`` (distengine's or Lightning's: same hook names) driving ``clock``."""
+
+    class Clocked(base):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            clock.batch_start(batch_idx)
+
+        def on_train_end(self, trainer, module):
+            clock.done()
+
+    return Clocked()
+
+
+def lm_module(base: type, s: Setup, losses: list, fused: bool = False, bad_at: int | None = None,
+              bad: float = math.nan) -> Any:
+    """The LM as a module of ``base`` (distengine.Module or pl.LightningModule)."""
+
+    class LM(base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gpt = s.model()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = lm_loss(self.gpt(x), y)
+            if batch_idx == bad_at:
+                loss = loss * bad
+            losses.append(loss.detach())
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3, fused=True if fused else None)
+
+    return LM()
+
+
+def framework(kind: str) -> tuple[type, type, type]:
+    """(module base, callback base, Trainer) of distengine or pytorch-lightning."""
+    if kind == "lightning":
+        import pytorch_lightning as pl
+
+        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        return pl.LightningModule, pl.Callback, pl.Trainer
+    import distengine as de
+    from distengine.callbacks import Callback
+
+    return de.Module, Callback, de.Trainer
+
+
+def engine_fit(kind: str, s: Setup, precision: str, data, losses: list, fused: bool = False,
+               bad_at: int | None = None, bad: float = math.nan, **flags: Any) -> tuple[float, Any]:
+    """Fit the LM with the distengine or Lightning Trainer; (steady-state seconds, trainer)."""
+    base, cb_base, trainer_cls = framework(kind)
+    clock = StepClock(s)
+    module = lm_module(base, s, losses, fused, bad_at, bad)
+    kw: dict[str, Any] = {"max_epochs": 1, "accelerator": s.accelerator, "devices": 1, "precision": precision,
+                          "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                          "enable_model_summary": False, "num_sanity_val_steps": 0,
+                          "default_root_dir": tempfile.mkdtemp(prefix="gpucheck-"),
+                          "callbacks": [clock_callback(cb_base, clock)]}
+    kw.update(flags)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice on workers and tensor cores ...
+        warnings.filterwarnings("always", message=".*synchroniz")  # ... but never count_syncs' reports
+        trainer = trainer_cls(**kw)
+        trainer.fit(module, DataLoader(data, batch_size=s.batch, shuffle=False))
+    return clock.seconds, trainer
+
+
 def _autocast(s: Setup, precision: str):
     dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
     return torch.autocast(s.device.type, dtype=dtype) if dtype else torch.autocast(s.device.type, enabled=False)
 
 
-def loop_run(s: Setup, precision: str, data, losses: list) -> float:
-    """The hand-written mixed-precision loop (GradScaler for float16)."""
-    model = s.model()
+def loop_run(s: Setup, precision: str, data, losses: list, fused: bool = False) -> float:
+    """The hand-written mixed-precision loop (GradScaler for float16); steady-state seconds."""
+    model = s.model().to(s.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if fused else None)
     scaler = torch.amp.GradScaler(s.device.type) if precision == "16-mixed" else None
-    s.sync()
-    start = time.perf_counter()
-    model.to(s.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for x, y in DataLoader(data, batch_size=s.batch, shuffle=False):
+    clock = StepClock(s)
+    for i, (x, y) in enumerate(DataLoader(data, batch_size=s.batch, shuffle=False)):
+        clock.batch_start(i)
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with _autocast(s, precision):
@@ -118,46 +203,35 @@ def loop_run(s: Setup, precision: str, data, losses: list) -> float:
             loss.backward()
             optimizer.step()
         losses.append(loss.detach())
-    s.sync()
-    return time.perf_counter() - start
+    clock.done()
+    return clock.seconds
 
 
-def trainer_run(s: Setup, precision: str, data, losses: list) -> float:
-    import distengine as de
-
-    class LM(de.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gpt = s.model()
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = lm_loss(self.gpt(x), y)
-            losses.append(loss.detach())
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=1e-3)
-
-    model = LM()
-    s.sync()
-    start = time.perf_counter()
-    trainer = de.Trainer(max_epochs=1, accelerator=s.accelerator, devices=1, precision=precision,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tempfile.mkdtemp(prefix="gpucheck-"))
-    trainer.fit(model, DataLoader(data, batch_size=s.batch, shuffle=False))
-    s.sync()
-    return time.perf_counter() - start
+def lightning_installed() -> bool:
+    try:
+        import pytorch_lightning  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def check_precision(s: Setup, precision: str) -> tuple[bool, str, dict]:
+# --------------------------------------------------------------------------- precision
+def check_precision(s: Setup, precision: str) -> Result:
     data = s.data()
-    times: dict[str, list[float]] = {"loop": [], "trainer": []}
-    mem: dict[str, list[float]] = {"loop": [], "trainer": []}
+    runners: dict[str, Callable[[list], float]] = {
+        "loop": lambda got: loop_run(s, precision, data, got),
+        "trainer": lambda got: engine_fit("distengine", s, precision, data, got)[0],
+    }
+    if precision == "16-mixed":
+        runners["trainer_fused"] = lambda got: engine_fit("distengine", s, precision, data, got, fused=True)[0]
+    if lightning_installed():
+        runners["lightning"] = lambda got: engine_fit("lightning", s, precision, data, got)[0]
+    times: dict[str, list[float]] = {n: [] for n in runners}
+    mem: dict[str, list[float]] = {n: [] for n in runners}
     losses: dict[str, list[float]] = {}
-    runners: dict[str, Callable] = {"loop": loop_run, "trainer": trainer_run}
+    names = list(runners)
     for r in range(-1, s.rounds):  # round -1 warms up kernels, cuBLAS handles and autocast caches
-        order = ["loop", "trainer"] if r % 2 == 0 else ["trainer", "loop"]
+        order = names[r % len(names):] + names[:r % len(names)]  # each contender leads a round
         for name in order:
             gc.collect()
             if s.device.type == "cuda":
@@ -165,153 +239,138 @@ def check_precision(s: Setup, precision: str) -> tuple[bool, str, dict]:
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
             got: list = []
-            seconds = runners[name](s, precision, data, got)
+            seconds = runners[name](got)
             if r < 0:
                 continue
             times[name].append(seconds)
             if s.device.type == "cuda":
                 mem[name].append(torch.cuda.max_memory_allocated() - base)
             losses.setdefault(name, [float(v) for v in got])
-    a, b = losses["loop"], losses["trainer"]
-    if len(a) != len(b):
-        return False, f"step counts differ: loop {len(a)}, trainer {len(b)}", {}
-    rel = [abs(x - y) / max(abs(x), 1e-8) for x, y in zip(a, b)]
-    mean_rel = sum(rel) / len(rel)
-    thr = [lt / tt for lt, tt in zip(times["loop"], times["trainer"])]  # tokens/s trainer / loop
-    thr_med = sorted(thr)[len(thr) // 2]
-    tokens = s.batch * s.steps * s.lm["seq_len"]
-    out = {"loss_mean_rel_diff": mean_rel, "loss_first": a[0], "loss_last": (a[-1], b[-1]),
-           "tokens_per_s_ratio": thr_med, "tokens_per_s_ratio_all": thr,
-           "tokens_per_s_loop": tokens / sorted(times["loop"])[len(thr) // 2],
-           "tokens_per_s_trainer": tokens / sorted(times["trainer"])[len(thr) // 2]}
-    parity_ok = mean_rel <= PRECISION_TOL[precision] and all(math.isfinite(v) for v in b)
-    msg = f"loss mean rel diff {mean_rel:.2e} (<= {PRECISION_TOL[precision]:g})"
-    ok = parity_ok
+    ref = losses["loop"]
+    tokens = s.batch * (s.steps - s.warm) * s.lm["seq_len"]
+    out: dict[str, Any] = {"loss_first": ref[0], "loss_last": {n: v[-1] for n, v in losses.items()},
+                           "tokens_per_s": {n: tokens / statistics.median(t) for n, t in times.items()},
+                           "seconds": times}
+    ok, parts = True, []
+    for name in names[1:]:
+        got = losses[name]
+        if len(got) != len(ref):
+            return False, f"step counts differ: loop {len(ref)}, {name} {len(got)}", out
+        rel = sum(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(ref, got)) / len(ref)
+        thr = statistics.median(lt / nt for lt, nt in zip(times["loop"], times[name]))
+        out[name] = {"loss_mean_rel_diff": rel, "tokens_per_s_ratio": thr,
+                     "tokens_per_s_ratio_all": [lt / nt for lt, nt in zip(times["loop"], times[name])]}
+        part = f"{name}: loss diff {rel:.1e}, tokens/s x{thr:.3f}"
+        if mem["loop"]:
+            mratio = max(t / max(lp, 1) for t, lp in zip(mem[name], mem["loop"]))
+            out[name]["memory_ratio"] = mratio
+            out[name]["peak_memory_mb"] = max(mem[name]) / 2**20
+            part += f", peak mem x{mratio:.3f}"
+        parts.append(part)
+        if name == "lightning":
+            continue  # reported, not judged
+        ok = ok and rel <= PRECISION_TOL[precision] and all(math.isfinite(v) for v in got)
+        if not s.dry_run and name == "trainer":
+            ok = ok and thr >= 0.98 and out[name].get("memory_ratio", 0) <= 1.02
     if mem["loop"]:
-        mratio = [t / max(lp, 1) for t, lp in zip(mem["trainer"], mem["loop"])]
-        out["memory_ratio"] = max(mratio)
-        out["peak_memory_mb"] = {k: max(v) / 2**20 for k, v in mem.items()}
-        msg += f", peak memory ratio {max(mratio):.3f} (<= 1.02)"
-        ok = ok and max(mratio) <= 1.02
-    msg += f", tokens/s ratio {thr_med:.3f} (>= 0.98; {out['tokens_per_s_trainer']:,.0f} tokens/s)"
+        out["peak_memory_mb_loop"] = max(mem["loop"]) / 2**20
+    msg = (f"vs loop ({out['tokens_per_s']['loop']:,.0f} tokens/s): " + "; ".join(parts)
+           + f" [targets for trainer: loss diff <= {PRECISION_TOL[precision]:g}, tokens/s >= 0.98, mem <= 1.02]")
+    if not lightning_installed():
+        msg += " [pytorch-lightning not installed: no Lightning figures]"
     if s.dry_run:
         msg += " [dry run: speed and memory not judged]"
-    else:
-        ok = ok and thr_med >= 0.98
     return ok, msg, out
 
 
-# --------------------------------------------------------------------------- other checks
-def _small_fit(s: Setup, max_epochs: int = 1, **flags: Any):
-    """An MLP fit on the check device; returns (trainer, module)."""
-    import distengine as de
-    from examples.synthetic import SyntheticMLP
-
-    fit_kwargs = flags.pop("_fit", {})
-    torch.manual_seed(0)
-    module = SyntheticMLP(32, 64, log_loss=True)
-    flags = dict({"max_epochs": max_epochs, "accelerator": s.accelerator, "devices": 1, "logger": False,
-                      "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
-                      "default_root_dir": tempfile.mkdtemp(prefix="gpucheck-")}, **flags)
-    trainer = de.Trainer(**flags)
-    # shuffle=False: a resumed run and an uninterrupted one must see the same batches
-    trainer.fit(module, DataLoader(make_dataset(2048, 32), batch_size=64, shuffle=False), **fit_kwargs)
-    return trainer, module
+# --------------------------------------------------------------------------- syncs
+def count_syncs(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """(GPU->CPU synchronisations torch reports while ``fn`` runs, fn's result or exception)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result: Any = fn()
+        except Exception as exc:  # noqa: BLE001 - the NaN case expects one
+            result = exc
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught), result
 
 
-def check_compile(s: Setup) -> tuple[bool, str, dict]:
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    start = time.perf_counter()
-    trainer, module = _small_fit(s, compile=True)
-    seconds = time.perf_counter() - start
-    graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-    _, eager = _small_fit(s)
-    diff = max((a - b).abs().max().item() for a, b in zip(module.parameters(), eager.parameters()))
-    ok = graphs > 0 and diff < 1e-3 and trainer.global_step == 32
-    return ok, (f"{graphs} graph(s) compiled, {trainer.global_step} steps in {seconds:.1f} s, "
-                f"max |w_compiled - w_eager| {diff:.1e} (< 1e-3)"), {"graphs": graphs, "weight_diff": diff}
+def syncs_per_step(s: Setup, run: Callable[[int], Any], short: int = 10, long: int = 30) -> float:
+    """Syncs per training step: the difference between a ``long`` and a ``short`` run, so the
+    one-off syncs of set-up and the epoch end cancel out."""
+    a, _ = count_syncs(lambda: run(short))
+    b, _ = count_syncs(lambda: run(long))
+    return (b - a) / (long - short)
 
 
-def check_device_stats(s: Setup) -> tuple[bool, str, dict]:
-    from distengine.callbacks import DeviceStatsMonitor
+def check_sync_free(s: Setup) -> Result:
+    if s.dry_run:
+        return None, "needs CUDA (torch.cuda.set_sync_debug_mode) [dry run]", {}
+    from benchmarks._gpu_extra import MemoryLogger
 
+    data = s.data(30)
+    quiet = {"log_every_n_steps": 1000}
+
+    def trainer(precision: str, fused: bool = False, **kw: Any) -> Callable[[int], Any]:
+        return lambda n: engine_fit("distengine", s, precision, data, [], fused=fused, limit_train_batches=n,
+                                    **quiet, **kw)
+
+    def loop(precision: str, fused: bool = False) -> Callable[[int], Any]:
+        return lambda n: loop_run(s, precision, make_tokens(s.batch * n, s.lm["seq_len"], s.lm["vocab"]), [],
+                                  fused=fused)
+
+    per_step = {
+        "loop bf16-mixed": syncs_per_step(s, loop("bf16-mixed")),
+        "trainer bf16-mixed": syncs_per_step(s, trainer("bf16-mixed")),
+        "loop 16-mixed": syncs_per_step(s, loop("16-mixed")),
+        "trainer 16-mixed": syncs_per_step(s, trainer("16-mixed")),
+        "trainer 16-mixed fused AdamW": syncs_per_step(s, trainer("16-mixed", fused=True)),
+        "trainer 32-true skip fused AdamW": syncs_per_step(s, trainer("32-true", True, on_nonfinite_loss="skip")),
+        "trainer 32-true skip AdamW": syncs_per_step(s, trainer("32-true", on_nonfinite_loss="skip")),
+    }
+    must_be_zero = ["trainer bf16-mixed", "trainer 16-mixed fused AdamW", "trainer 32-true skip fused AdamW"]
+    ok = all(per_step[k] == 0 for k in must_be_zero)
+    # a NaN at batch 3 with metrics written every 8 steps: the error names step 3, at step <= 8
     mem = MemoryLogger()
-    _small_fit(s, logger=mem.logger, callbacks=[DeviceStatsMonitor(every_n_steps=4)])
-    keys = sorted({k for _, m in mem.logger.rows for k in m if k.startswith("device_stats/")})
-    want = "device_stats/cpu_percent" if s.dry_run else "device_stats/gpu0.memory_used_gb"
-    gpu_keys = [k for k in keys if ".gpu" in k or "/gpu" in k]
-    ok = want in keys
-    return ok, f"logged {len(keys)} device_stats keys ({len(gpu_keys)} from NVML); wants {want}", {"keys": keys}
-
-
-def check_checkpoint(s: Setup) -> tuple[bool, str, dict]:
-    root = tempfile.mkdtemp(prefix="gpucheck-ckpt-")
-    path = os.path.join(root, "half.ckpt")
-    first, _ = _small_fit(s, max_epochs=1)
-    first.save_checkpoint(path)
-    resumed, module = _small_fit(s, max_epochs=2, _fit={"ckpt_path": path})
-    _, straight = _small_fit(s, max_epochs=2)
-    diff = max((a - b).abs().max().item() for a, b in zip(module.parameters(), straight.parameters()))
-    devices = {p.device.type for p in module.parameters()}
-    ok = resumed.global_step == 64 and diff <= 1e-6 and devices == {s.device.type}
-    return ok, (f"resumed to step {resumed.global_step} (want 64), max |resumed - uninterrupted| {diff:.1e}, "
-                f"parameters on {sorted(devices)}"), {"weight_diff": diff, "size_bytes": os.path.getsize(path)}
-
-
-def check_launch(s: Setup) -> tuple[bool, str, dict]:
-    from benchmarks.ddp import launcher_cmd
-
-    out = os.path.join(tempfile.mkdtemp(prefix="gpucheck-launch-"), "child.json")
-    flag = ["--cpus", "1"] if s.dry_run else ["--gpus", "1"]
-    cmd = launcher_cmd() + flag + [os.path.abspath(__file__), "--child-launch", out] + (
-        ["--dry-run-cpu"] if s.dry_run else [])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]))
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240, env=env, cwd=REPO_ROOT)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0 or not os.path.exists(out):
-        return False, f"launcher exit {proc.returncode}: {(proc.stdout + proc.stderr)[-800:]}", {}
-    with open(out) as f:
-        rep = json.load(f)
-    want = "gloo" if s.dry_run else "nccl"
-    ok = rep["backend"] == want and rep["all_reduce"] == 3.0 and rep["env_ok"] and rep["device"] == s.device.type
-    return ok, (f"backend {rep['backend']} (want {want}), all_reduce {rep['all_reduce']}, fit on {rep['device']}, "
-                f"job wall {wall:.1f} s"), {**rep, "wall_s": wall}
-
-
-def launch_child(out: str, dry_run: bool) -> None:
-    """Runs inside ``distengine launch``: fit, then an all-reduce on the job's process group."""
-    import torch.distributed as dist
-
-    s = Setup(dry_run, 1)
-    env_ok = all(os.environ.get(k) == v for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")))
-    trainer, module = _small_fit(s)
-    device = next(module.parameters()).device.type
-    # with one rank the Trainer may leave the process group out; then make one as a user would
-    if not dist.is_initialized():
-        dist.init_process_group("gloo" if dry_run else "nccl", timeout=_dt.timedelta(seconds=60))
-    t = torch.full((1,), 3.0, device=s.device)
-    dist.all_reduce(t)
-    rep = {"backend": dist.get_backend(), "all_reduce": float(t.item()), "env_ok": env_ok, "device": device,
-           "global_step": trainer.global_step}
-    dist.destroy_process_group()
-    with open(out, "w") as f:
-        json.dump(rep, f)
+    nan_syncs, err = count_syncs(lambda: engine_fit(
+        "distengine", s, "bf16-mixed", data, [], bad_at=3, limit_train_batches=20, log_every_n_steps=8,
+        logger=mem.logger))
+    nan_ok = isinstance(err, FloatingPointError) and "global step 3" in str(err)
+    # fp16: an infinite loss at batch 3 adds exactly one skipped step to GradScaler's own
+    counts = []
+    for bad_at in (None, 3):
+        mem16 = MemoryLogger()
+        engine_fit("distengine", s, "16-mixed", data, [], bad_at=bad_at, bad=math.inf, limit_train_batches=12,
+                   log_every_n_steps=4, logger=mem16.logger)
+        counts.append([m["skipped_steps"] for _, m in mem16.logger.rows if "skipped_steps" in m][-1])
+    skip_ok = counts[1] - counts[0] == 1
+    ok = ok and nan_ok and skip_ok
+    table = ", ".join(f"{k} {v:g}" for k, v in per_step.items())
+    msg = (f"syncs/step: {table} (must be 0: {', '.join(must_be_zero)}); NaN at step 3 -> "
+           f"{type(err).__name__}: {str(err)[:80]!r} ({nan_syncs} syncs in 8 steps); "
+           f"fp16 skipped steps {counts[0]:g} clean vs {counts[1]:g} with one inf loss")
+    return ok, msg, {"syncs_per_step": per_step, "nan_error": str(err), "nan_run_syncs": nan_syncs,
+                     "fp16_skipped": counts}
 
 
 # --------------------------------------------------------------------------- main
 def run_checks(s: Setup, names: list[str]) -> list[dict[str, Any]]:
-    table: dict[str, Callable[[], tuple[bool, str, dict]]] = {
+    from benchmarks import _gpu_extra as extra
+
+    table: dict[str, Callable[[], Result]] = {
         "precision-32": lambda: check_precision(s, "32-true"),
         "precision-16-mixed": lambda: check_precision(s, "16-mixed"),
         "precision-bf16-mixed": lambda: check_precision(s, "bf16-mixed"),
-        "launch-nccl": lambda: check_launch(s),
-        "compile": lambda: check_compile(s),
-        "device-stats": lambda: check_device_stats(s),
-        "checkpoint-resume": lambda: check_checkpoint(s),
+        "sync-free": lambda: check_sync_free(s),
+        "launch-nccl": lambda: extra.check_launch(s),
+        "compile": lambda: extra.check_compile(s),
+        "device-stats": lambda: extra.check_device_stats(s),
+        "checkpoint-resume": lambda: extra.check_checkpoint(s),
+        "sigkill-resume": lambda: extra.check_sigkill_resume(s),
+        "async-checkpoint": lambda: extra.check_async_checkpoint(s),
     }
     results = []
     for name in names:
@@ -321,7 +380,8 @@ def run_checks(s: Setup, names: list[str]) -> list[dict[str, Any]]:
         except Exception as exc:  # noqa: BLE001 - a crashing check is a FAIL line, the rest still run
             ok, msg, data = False, f"{type(exc).__name__}: {exc}", {"traceback": traceback.format_exc()}
         seconds = time.perf_counter() - start
-        print(f"{'PASS' if ok else 'FAIL'} {name}: {msg} [{seconds:.1f} s]", flush=True)
+        word = "SKIP" if ok is None else "PASS" if ok else "FAIL"
+        print(f"{word} {name}: {msg} [{seconds:.1f} s]", flush=True)
         results.append({"check": name, "ok": ok, "message": msg, "seconds": seconds, "data": data})
     return results
 
@@ -337,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1 if args.dry_run_cpu else min(4, os.cpu_count() or 1))
     if args.child_launch:
+        from benchmarks._gpu_extra import launch_child
+
         launch_child(args.child_launch, args.dry_run_cpu)
         return 0
     names = [n for n in args.only.split(",") if n and n not in args.skip.split(",")]
@@ -349,22 +411,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     s = Setup(args.dry_run_cpu, args.rounds)
     device_name = torch.cuda.get_device_name(0) if not s.dry_run else "cpu (dry run)"
-    print(f"gpu_check on {device_name}, torch {torch.__version__}, python {sys.executable}", flush=True)
+    print(f"gpu_check on {device_name}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+          f"python {sys.version.split()[0]} at {sys.executable}", flush=True)
     start = time.perf_counter()
     results = run_checks(s, names)
     total = time.perf_counter() - start
-    passed = sum(r["ok"] for r in results)
-    print(f"{'PASS' if passed == len(results) else 'FAIL'} all: {passed}/{len(results)} checks passed "
-          f"in {total:.0f} s", flush=True)
+    failed = [r["check"] for r in results if r["ok"] is False]
+    skipped = [r["check"] for r in results if r["ok"] is None]
+    print(f"{'FAIL' if failed else 'PASS'} all: {len(results) - len(failed) - len(skipped)} passed, "
+          f"{len(failed)} failed, {len(skipped)} skipped in {total:.0f} s", flush=True)
     out_dir = args.out or os.environ.get("OUT") or os.path.join(REPO_ROOT, "benchmarks", "results")
     os.makedirs(out_dir, exist_ok=True)
     name = "gpu_check.json" if (args.out or os.environ.get("OUT")) else \
         f"gpu_check-{socket.gethostname()}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     with open(os.path.join(out_dir, name), "w") as f:
         json.dump({"device": device_name, "torch": torch.__version__, "dry_run": s.dry_run,
-                   "cuda": torch.version.cuda, "seconds": total, "checks": results}, f, indent=1, default=str)
+                   "cuda": torch.version.cuda, "python": sys.version.split()[0], "seconds": total,
+                   "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                   "checks": results}, f, indent=1, default=str)
     print(f"wrote {os.path.join(out_dir, name)}", flush=True)
-    return 0 if passed == len(results) else 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

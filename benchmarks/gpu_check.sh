@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# GPU check for distengine: one PASS/FAIL line per check, results JSON in $OUT (or benchmarks/results).
+# GPU check for distengine: one PASS/FAIL/SKIP line per check, results JSON in $OUT (or benchmarks/results).
 #
-#   benchmarks/gpu_check.sh                  # on a machine with an NVIDIA GPU (< 5 minutes on one H100)
+#   benchmarks/gpu_check.sh                  # on a machine with an NVIDIA GPU (about 5 minutes on one H200)
 #   benchmarks/gpu_check.sh --dry-run-cpu    # the same code paths on the CPU, tiny, targets not judged
 #   benchmarks/gpu_check.sh --only precision-bf16-mixed,compile --rounds 3
 #
-# Needs NO network. It needs a Python with a CUDA build of torch >= 2.10; it tries, in order,
-# $PYTHON, python3, python, and .venv/bin/python, and takes the first whose torch sees a GPU
-# (the repo's own .venv usually holds a CPU-only torch, so the system Python comes first).
-# distengine itself is used straight from this working tree, not installed: when the chosen
-# Python cannot already import it, a throw-away folder of symlinks that mirrors the installed
-# package layout (distengine/, with launch/ as distengine.launch) goes on PYTHONPATH.
-# Optional modules: nvidia-ml-py (pynvml; the device-stats check fails without it), psutil
-# (CPU/RAM figures), tqdm and tensorboard (not used by the checks).
+# Needs NO network and installs nothing. It needs a Python with a CUDA build of torch >= 2.10;
+# it tries, in order, $PYTHON, python3, python, and .venv/bin/python, and takes the first whose
+# torch sees a GPU (the repo's own .venv usually holds a CPU-only torch, so the system Python
+# comes first). distengine itself is used straight from this working tree, not installed: when
+# the chosen Python cannot already import it, a throw-away folder of symlinks that mirrors the
+# installed package layout (distengine/, with launch/ as distengine.launch) goes on PYTHONPATH.
+# Modules the checks use from that Python: nvidia-ml-py (pynvml; device-stats fails without
+# it), psutil (CPU/RAM figures), pytest (sigkill-resume), pytorch-lightning 2.6.6 (optional:
+# the precision checks add Lightning's figures when it is there). torch.compile needs a C
+# compiler and the interpreter's Python.h; without them the compile check says SKIP and why.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -78,14 +80,15 @@ fi
 
 missing="$("$py" - <<'EOF'
 import importlib.util
-print(" ".join(m for m in ("pynvml", "psutil", "tqdm", "tensorboard") if importlib.util.find_spec(m) is None))
+print(" ".join(m for m in ("pynvml", "psutil", "pytest", "pytorch_lightning")
+               if importlib.util.find_spec(m) is None))
 EOF
 )"
 if [[ -n "$missing" ]]; then
     echo "note: not installed here: $missing (pynvml comes from the nvidia-ml-py package)"
 fi
 
-# The check finishes well inside 5 minutes on an H100; the timeout only stops a hang.
+# The check finishes in about 5 minutes on an H200; the timeout only stops a hang.
 status=0
 timeout --signal=TERM --kill-after=30 600 "$py" "$here/gpu_check.py" "$@" || status=$?
 exit "$status"

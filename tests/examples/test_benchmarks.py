@@ -97,12 +97,12 @@ def test_overhead_contenders_do_identical_work():
 def test_gpu_check_dry_run_in_process(tmp_path):
     from benchmarks import gpu_check
 
-    only = "precision-32,precision-16-mixed,precision-bf16-mixed,device-stats,checkpoint-resume"
+    only = "precision-32,precision-16-mixed,precision-bf16-mixed,device-stats,checkpoint-resume,async-checkpoint"
     rc = gpu_check.main(["--dry-run-cpu", "--only", only, "--out", str(tmp_path)])
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     failed = [(c["check"], c["message"], c["data"].get("traceback", "")) for c in result["checks"] if not c["ok"]]
     assert rc == 0 and not failed, failed
-    assert result["dry_run"] is True and len(result["checks"]) == 5
+    assert result["dry_run"] is True and len(result["checks"]) == 6
 
 
 def test_gpu_check_script_dry_run_launch(tmp_path):

@@ -138,7 +138,9 @@ def main() -> None:
         step = int(args.term_steps.split(",")[rank])
         callbacks.append(Terminator(step, os.path.join(args.out, f"{args.run}-term-rank{rank}")))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    trainer = de.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=world,
+    # the GPU check (benchmarks/gpu_check.py) runs this same matrix with accelerator "gpu"
+    accelerator = os.environ.get("DISTENGINE_TEST_ACCELERATOR", "cpu")
+    trainer = de.Trainer(max_epochs=args.epochs, accelerator=accelerator, devices=world,
                          default_root_dir=args.root, callbacks=callbacks, log_every_n_steps=1,
                          logger=JsonlLogger(os.path.join(args.out, f"{args.run}-log.jsonl")),
                          enable_progress_bar=False, enable_model_summary=False,
