@@ -54,8 +54,9 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from benchmarks._work import TinyGPT, lm_loss, make_tokens  # noqa: E402
 
-CHECKS = ("precision-32", "precision-16-mixed", "precision-bf16-mixed", "sync-free", "launch-nccl", "compile",
-          "device-stats", "checkpoint-resume", "sigkill-resume", "async-checkpoint")
+# quick checks first, so a run stopped by a time limit still has them; compile is the slowest
+CHECKS = ("launch-nccl", "device-stats", "checkpoint-resume", "sync-free", "precision-32", "precision-16-mixed",
+          "precision-bf16-mixed", "sigkill-resume", "async-checkpoint", "compile")
 PRECISION_TOL = {"32-true": 1e-3, "16-mixed": 2e-2, "bf16-mixed": 2e-2}  # mean relative loss diff
 Result = tuple[bool | None, str, dict]  # ok (None: skipped), message, data
 
@@ -357,7 +358,7 @@ def check_sync_free(s: Setup) -> Result:
 
 
 # --------------------------------------------------------------------------- main
-def run_checks(s: Setup, names: list[str]) -> list[dict[str, Any]]:
+def run_checks(s: Setup, names: list[str], save: Callable[[list], None] = lambda r: None) -> list[dict[str, Any]]:
     from benchmarks import _gpu_extra as extra
 
     table: dict[str, Callable[[], Result]] = {
@@ -383,6 +384,7 @@ def run_checks(s: Setup, names: list[str]) -> list[dict[str, Any]]:
         word = "SKIP" if ok is None else "PASS" if ok else "FAIL"
         print(f"{word} {name}: {msg} [{seconds:.1f} s]", flush=True)
         results.append({"check": name, "ok": ok, "message": msg, "seconds": seconds, "data": data})
+        save(results)  # after every check: a run stopped by a time limit keeps what it measured
     return results
 
 
@@ -413,22 +415,26 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(0) if not s.dry_run else "cpu (dry run)"
     print(f"gpu_check on {device_name}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"python {sys.version.split()[0]} at {sys.executable}", flush=True)
+    out_dir = args.out or os.environ.get("OUT") or os.path.join(REPO_ROOT, "benchmarks", "results")
+    os.makedirs(out_dir, exist_ok=True)
+    name = "gpu_check.json" if (args.out or os.environ.get("OUT")) else \
+        f"gpu_check-{socket.gethostname()}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     start = time.perf_counter()
-    results = run_checks(s, names)
+
+    def save(results: list) -> None:
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump({"device": device_name, "torch": torch.__version__, "dry_run": s.dry_run,
+                       "cuda": torch.version.cuda, "python": sys.version.split()[0],
+                       "seconds": time.perf_counter() - start,
+                       "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                       "checks": results}, f, indent=1, default=str)
+
+    results = run_checks(s, names, save)
     total = time.perf_counter() - start
     failed = [r["check"] for r in results if r["ok"] is False]
     skipped = [r["check"] for r in results if r["ok"] is None]
     print(f"{'FAIL' if failed else 'PASS'} all: {len(results) - len(failed) - len(skipped)} passed, "
           f"{len(failed)} failed, {len(skipped)} skipped in {total:.0f} s", flush=True)
-    out_dir = args.out or os.environ.get("OUT") or os.path.join(REPO_ROOT, "benchmarks", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    name = "gpu_check.json" if (args.out or os.environ.get("OUT")) else \
-        f"gpu_check-{socket.gethostname()}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    with open(os.path.join(out_dir, name), "w") as f:
-        json.dump({"device": device_name, "torch": torch.__version__, "dry_run": s.dry_run,
-                   "cuda": torch.version.cuda, "python": sys.version.split()[0], "seconds": total,
-                   "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                   "checks": results}, f, indent=1, default=str)
     print(f"wrote {os.path.join(out_dir, name)}", flush=True)
     return 1 if failed else 0
 
