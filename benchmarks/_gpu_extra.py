@@ -204,9 +204,13 @@ def check_launch(s: Any) -> Result:
     flag = ["--cpus", "1"] if s.dry_run else ["--gpus", "1"]
     script = os.path.join(REPO_ROOT, "benchmarks", "gpu_check.py")
     cmd = launcher_cmd() + flag + [script, "--child-launch", out] + (["--dry-run-cpu"] if s.dry_run else [])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]))
+    # the caller's PYTHONPATH first: gpu_check.sh may have put a shim there that maps launch/ to
+    # distengine.launch, which the bare tree (REPO_ROOT/distengine) does not have
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO_ROOT) if p))
     start = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240, env=env, cwd=REPO_ROOT)
+    # not cwd=REPO_ROOT: `python -m` puts the working folder first on sys.path, ahead of the shim
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240, env=env,
+                          cwd=os.path.dirname(out))
     wall = time.perf_counter() - start
     if proc.returncode != 0 or not os.path.exists(out):
         return False, f"launcher exit {proc.returncode}: {(proc.stdout + proc.stderr)[-800:]}", {}

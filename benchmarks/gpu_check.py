@@ -64,7 +64,7 @@ Result = tuple[bool | None, str, dict]  # ok (None: skipped), message, data
 class Setup:
     """Device and sizes: an H100-sized transformer on CUDA, a toy one on the CPU dry run."""
 
-    def __init__(self, dry_run: bool, rounds: int | None) -> None:
+    def __init__(self, dry_run: bool, rounds: int | None, batch: int | None = None) -> None:
         self.dry_run = dry_run
         self.device = torch.device("cpu") if dry_run else torch.device("cuda", 0)
         self.accelerator = "cpu" if dry_run else "gpu"
@@ -74,6 +74,7 @@ class Setup:
         else:
             self.lm = {"vocab": 8192, "seq_len": 256, "d_model": 512, "layers": 6, "heads": 8}
             self.batch, self.steps, self.warm, self.rounds = 32, 100, 20, rounds or 3
+        self.batch = batch or self.batch
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -94,19 +95,26 @@ class StepClock:
 
     def __init__(self, s: Setup) -> None:
         self.s, self.start, self.end = s, math.nan, math.nan
+        self.cpu_start = self.cpu_end = math.nan
 
     def batch_start(self, batch_idx: int) -> None:
         if batch_idx == self.s.warm:
             self.s.sync()
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
     def done(self) -> None:
         self.s.sync()
-        self.end = time.perf_counter()
+        self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
     @property
     def seconds(self) -> float:
         return self.end - self.start
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of the process (all its threads) over the same steps: the framework's own
+        per-step cost, free of the GPU's clock changes."""
+        return self.cpu_end - self.cpu_start
 
 
 def clock_callback(base: type, clock: StepClock) -> Any:
@@ -160,8 +168,8 @@ def framework(kind: str) -> tuple[type, type, type]:
 
 
 def engine_fit(kind: str, s: Setup, precision: str, data, losses: list, fused: bool = False,
-               bad_at: int | None = None, bad: float = math.nan, **flags: Any) -> tuple[float, Any]:
-    """Fit the LM with the distengine or Lightning Trainer; (steady-state seconds, trainer)."""
+               bad_at: int | None = None, bad: float = math.nan, **flags: Any) -> tuple[StepClock, Any]:
+    """Fit the LM with the distengine or Lightning Trainer; (its steady-state clock, trainer)."""
     base, cb_base, trainer_cls = framework(kind)
     clock = StepClock(s)
     module = lm_module(base, s, losses, fused, bad_at, bad)
@@ -176,7 +184,7 @@ def engine_fit(kind: str, s: Setup, precision: str, data, losses: list, fused: b
         warnings.filterwarnings("always", message=".*synchroniz")  # ... but never count_syncs' reports
         trainer = trainer_cls(**kw)
         trainer.fit(module, DataLoader(data, batch_size=s.batch, shuffle=False))
-    return clock.seconds, trainer
+    return clock, trainer
 
 
 def _autocast(s: Setup, precision: str):
@@ -184,8 +192,8 @@ def _autocast(s: Setup, precision: str):
     return torch.autocast(s.device.type, dtype=dtype) if dtype else torch.autocast(s.device.type, enabled=False)
 
 
-def loop_run(s: Setup, precision: str, data, losses: list, fused: bool = False) -> float:
-    """The hand-written mixed-precision loop (GradScaler for float16); steady-state seconds."""
+def loop_run(s: Setup, precision: str, data, losses: list, fused: bool = False) -> StepClock:
+    """The hand-written mixed-precision loop (GradScaler for float16); its steady-state clock."""
     model = s.model().to(s.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if fused else None)
     scaler = torch.amp.GradScaler(s.device.type) if precision == "16-mixed" else None
@@ -205,7 +213,7 @@ def loop_run(s: Setup, precision: str, data, losses: list, fused: bool = False) 
             optimizer.step()
         losses.append(loss.detach())
     clock.done()
-    return clock.seconds
+    return clock
 
 
 def lightning_installed() -> bool:
@@ -219,7 +227,7 @@ def lightning_installed() -> bool:
 # --------------------------------------------------------------------------- precision
 def check_precision(s: Setup, precision: str) -> Result:
     data = s.data()
-    runners: dict[str, Callable[[list], float]] = {
+    runners: dict[str, Callable[[list], StepClock]] = {
         "loop": lambda got: loop_run(s, precision, data, got),
         "trainer": lambda got: engine_fit("distengine", s, precision, data, got)[0],
     }
@@ -228,6 +236,7 @@ def check_precision(s: Setup, precision: str) -> Result:
     if lightning_installed():
         runners["lightning"] = lambda got: engine_fit("lightning", s, precision, data, got)[0]
     times: dict[str, list[float]] = {n: [] for n in runners}
+    cpu: dict[str, list[float]] = {n: [] for n in runners}
     mem: dict[str, list[float]] = {n: [] for n in runners}
     losses: dict[str, list[float]] = {}
     names = list(runners)
@@ -240,10 +249,11 @@ def check_precision(s: Setup, precision: str) -> Result:
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
             got: list = []
-            seconds = runners[name](got)
+            clock = runners[name](got)
             if r < 0:
                 continue
-            times[name].append(seconds)
+            times[name].append(clock.seconds)
+            cpu[name].append(clock.cpu_seconds)
             if s.device.type == "cuda":
                 mem[name].append(torch.cuda.max_memory_allocated() - base)
             losses.setdefault(name, [float(v) for v in got])
@@ -251,7 +261,7 @@ def check_precision(s: Setup, precision: str) -> Result:
     tokens = s.batch * (s.steps - s.warm) * s.lm["seq_len"]
     out: dict[str, Any] = {"loss_first": ref[0], "loss_last": {n: v[-1] for n, v in losses.items()},
                            "tokens_per_s": {n: tokens / statistics.median(t) for n, t in times.items()},
-                           "seconds": times}
+                           "seconds": times, "cpu_seconds": cpu}
     ok, parts = True, []
     for name in names[1:]:
         got = losses[name]
@@ -259,9 +269,10 @@ def check_precision(s: Setup, precision: str) -> Result:
             return False, f"step counts differ: loop {len(ref)}, {name} {len(got)}", out
         rel = sum(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(ref, got)) / len(ref)
         thr = statistics.median(lt / nt for lt, nt in zip(times["loop"], times[name]))
-        out[name] = {"loss_mean_rel_diff": rel, "tokens_per_s_ratio": thr,
+        cpu_ratio = statistics.median(nc / lc for lc, nc in zip(cpu["loop"], cpu[name]))
+        out[name] = {"loss_mean_rel_diff": rel, "tokens_per_s_ratio": thr, "cpu_time_ratio": cpu_ratio,
                      "tokens_per_s_ratio_all": [lt / nt for lt, nt in zip(times["loop"], times[name])]}
-        part = f"{name}: loss diff {rel:.1e}, tokens/s x{thr:.3f}"
+        part = f"{name}: loss diff {rel:.1e}, tokens/s x{thr:.3f}, CPU time x{cpu_ratio:.3f}"
         if mem["loop"]:
             mratio = max(t / max(lp, 1) for t, lp in zip(mem[name], mem["loop"]))
             out[name]["memory_ratio"] = mratio
@@ -394,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(CHECKS), help=f"comma list of {', '.join(CHECKS)}")
     p.add_argument("--skip", default="", help="comma list of checks to leave out")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per precision")
+    p.add_argument("--batch", type=int, default=None, help="LM batch size (default 32; 8 on the dry run)")
     p.add_argument("--out", default=None, help="results folder (default: $OUT, else benchmarks/results)")
     p.add_argument("--child-launch", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -411,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL setup: torch {torch.__version__} at {sys.executable} sees no CUDA device; "
               "run on a GPU machine or pass --dry-run-cpu", flush=True)
         return 1
-    s = Setup(args.dry_run_cpu, args.rounds)
+    s = Setup(args.dry_run_cpu, args.rounds, args.batch)
     device_name = torch.cuda.get_device_name(0) if not s.dry_run else "cpu (dry run)"
     print(f"gpu_check on {device_name}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"python {sys.version.split()[0]} at {sys.executable}", flush=True)
