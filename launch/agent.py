@@ -58,8 +58,9 @@ class JobAgent(LocalElasticAgent):
     """``LocalElasticAgent`` with first-failure tracking, stack-dumping teardown and signal forwarding."""
 
     def __init__(self, spec: WorkerSpec, logs: RankLogs, grace_period: float) -> None:
-        super().__init__(spec, logs_specs=logs, start_method="spawn", exit_barrier_timeout=300,
-                         shutdown_timeout=int(grace_period))
+        # No shutdown_timeout: _shutdown below waits self._grace itself, and torch 2.11's agent
+        # does not take that argument.
+        super().__init__(spec, logs_specs=logs, start_method="spawn", exit_barrier_timeout=300)
         self._logs = logs
         self._grace = grace_period
         self.root_causes: dict[int, int] = {}     # global rank -> exit code, this attempt
@@ -149,7 +150,7 @@ class JobAgent(LocalElasticAgent):
             self._logs.end_attempt()
             # torch's own cleanup (watchdog, health check, closing the process context); the
             # ranks are gone by now, so nothing is signalled again.
-            super()._shutdown(signal.SIGKILL, timeout=1)
+            super()._shutdown(signal.SIGKILL)  # no timeout argument: torch 2.11 has none
 
 
 def _quiet_torch_logs() -> None:
