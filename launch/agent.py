@@ -64,6 +64,8 @@ class JobAgent(LocalElasticAgent):
         self._logs = logs
         self._grace = grace_period
         self.root_causes: dict[int, int] = {}     # global rank -> exit code, this attempt
+        self.early_exits: dict[int, float] = {}   # global rank -> s into the attempt it exited 0 alone
+        self._attempt_start = time.monotonic()
         self.attempts = 0
         self.signal: signal.Signals | None = None
         self.signal_count = 0
@@ -91,7 +93,8 @@ class JobAgent(LocalElasticAgent):
             signal.signal(getattr(signal, name), self.on_signal)
 
     def _start_workers(self, worker_group: WorkerGroup):
-        self.root_causes = {}
+        self.root_causes, self.early_exits = {}, {}
+        self._attempt_start = time.monotonic()
         self.attempts += 1
         pids = super()._start_workers(worker_group)
         # Starting the processes installed torch's handlers; ours also record the signal.
@@ -102,6 +105,12 @@ class JobAgent(LocalElasticAgent):
         running = self._procs()
         codes = {lr: p.poll() for lr, p in running.items()}
         failed = {lr: code for lr, code in codes.items() if code not in (None, 0)}
+        if not self.root_causes and any(code is None for code in codes.values()):
+            # A rank that exits 0 while others still run leaves them without a peer: if the job
+            # then fails, it is named as the likely cause (a finished job never reports it).
+            for lr, code in codes.items():
+                if code == 0 and self._global_rank(lr) not in self.early_exits:
+                    self.early_exits[self._global_rank(lr)] = time.monotonic() - self._attempt_start
         if failed:
             if not self.root_causes:
                 # Every rank that has failed on its own by this poll is a root cause; the
@@ -170,11 +179,16 @@ def _outcomes(agent: JobAgent, result: RunResult, logs: RankLogs) -> list[RankOu
                                root_cause=rank in agent.root_causes,
                                log_path=logs.rank_logs.get(rank),
                                error_file_data=failure.error_file_data or None))
+    for rank, after in sorted(agent.early_exits.items()):
+        if rank not in result.failures:
+            out.append(RankOutcome(rank=rank, exitcode=0, root_cause=True, log_path=logs.rank_logs.get(rank),
+                                   left_early_s=after))
     return out
 
 
 def _exit_status(outcomes: list[RankOutcome]) -> int:
-    roots = [o for o in outcomes if o.root_cause] or outcomes
+    # the status is the first failed rank's; a rank that left early with 0 only explains it
+    roots = [o for o in outcomes if o.root_cause and o.exitcode != 0] or outcomes
     code = roots[0].exitcode if roots else 1
     if code < 0:
         return 128 - code  # killed by signal N -> 128 + N, as a shell reports it

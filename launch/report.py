@@ -112,6 +112,7 @@ class RankOutcome:
     root_cause: bool = False        # failed on its own (not stopped by the launcher)
     log_path: str | None = None
     error_file_data: dict | None = field(default=None, repr=False)
+    left_early_s: float | None = None  # exited 0 this many s into the attempt, while others ran
 
 
 def _traceback_excerpt(tb: list[str], head: int = 8, tail: int = 4) -> list[str]:
@@ -141,15 +142,24 @@ def format_summary(outcomes: list[RankOutcome], *, attempts: int, log_dir: str |
     errors = {o.rank: _error_of(o) for o in outcomes}
 
     def blame(o: RankOutcome) -> tuple:
-        # Root causes first; among them a signal death or an ordinary exception before a
-        # "peer went away" error that the first failure provoked in another rank.
-        return (not o.root_cause, o.exitcode >= 0 and looks_like_consequence(errors[o.rank][0]), o.rank)
+        # Root causes first: a rank that left early (its peers then failed), then a signal
+        # death or an ordinary exception before a "peer went away" error that the first
+        # failure provoked in another rank.
+        return (not o.root_cause, o.left_early_s is None,
+                o.exitcode >= 0 and looks_like_consequence(errors[o.rank][0]), o.rank)
 
     ordered = sorted(outcomes, key=blame)
     first = ordered[0]
+    what = (f"exited with code 0 {first.left_early_s:.1f}s into the run while other ranks were still running"
+            if first.left_early_s is not None else describe_exit(first.exitcode))
     lines = [f"distengine: the job failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
-             f"rank {first.rank} {describe_exit(first.exitcode)}"]
+             f"rank {first.rank} {what}"]
     for o in ordered:
+        if o.left_early_s is not None:
+            lines.append(f"  rank {o.rank} (left early): exit code 0 after {o.left_early_s:.1f}s, before the "
+                         "job finished; the ranks still running lost a peer (a script that returns or calls "
+                         "sys.exit/os._exit on one rank only?)")
+            continue
         exc_line, tb, text = errors[o.rank]
         failed = o.root_cause or o is first
         role = "failed" if failed else "stopped by the launcher"

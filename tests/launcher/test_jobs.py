@@ -70,6 +70,18 @@ def test_rank_that_raises_is_named_with_its_traceback(tmp_path, launched):
     assert not alive(pids)
 
 
+def test_rank_that_exits_0_early_is_named_as_the_cause(tmp_path, launched):
+    proc = launched(["--cpus", "2", "--timeout", "20", "--log-dir", str(tmp_path / "logs"), FAIL],
+                    env=clean_env(MODE="exit0", OUT_DIR=str(tmp_path)))
+    code, out, err = finish(proc, 100)
+    assert code == 1, err
+    summary = err[err.index("distengine: the job failed"):]
+    first = summary.splitlines()[0]
+    assert first.startswith("distengine: the job failed after 1 attempt: rank 1 exited with code 0 "), first
+    assert "while other ranks were still running" in first
+    assert "rank 1 (left early)" in summary and "rank 0 (failed" in summary
+
+
 def test_sigkilled_rank_takes_down_everything_within_10s(tmp_path, launched):
     proc = launched(["--cpus", "2", "--log-dir", str(tmp_path / "logs"), FAIL],
                     env=clean_env(MODE="kill", OUT_DIR=str(tmp_path)))

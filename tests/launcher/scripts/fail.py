@@ -2,6 +2,7 @@
 
 raise: rank 1 raises ValueError after joining the group; rank 0 waits in an all-reduce.
 hang:  rank 1 sleeps far longer than the collective timeout; rank 0 waits in an all-reduce.
+exit0: rank 1 leaves with os._exit(0); rank 0 goes on to an all-reduce and loses its peer.
 kill:  each rank starts a DataLoader worker, then all-reduces batches until it is killed.
 Every rank writes OUT_DIR/pids<K>.json (its pid and its dataloader workers' pids).
 """
@@ -40,6 +41,11 @@ if MODE != "kill":
 if MODE == "raise":
     if rank == 1:
         fail_here()
+    dist.all_reduce(torch.ones(1))
+elif MODE == "exit0":
+    if rank == 1:
+        os._exit(0)
+    time.sleep(0.5)  # rank 1 is gone by now: the all-reduce finds no peer
     dist.all_reduce(torch.ones(1))
 elif MODE == "hang":
     if rank == 1:
