@@ -370,6 +370,9 @@ def fit_loop(t) -> None:
         p.epoch_done = p.iter_started = False
         if t._train_sampler is not None:
             t._train_sampler.set_start(0)
+    # The loop has stopped on every rank at the same step: finish the stop vote still in
+    # flight (see StopVote.close). Not on an exception: a failed peer might never answer it.
+    t._stop_vote.close()
     for fn in hooks["on_train_end"]:
         fn()
 

@@ -586,6 +586,8 @@ class _RunContext:
         t._module = self.model
         self.model._trainer = t
         t._setup_env()
+        if stage == "fit":
+            t._stop_vote = StopVote()  # closed at the end of the fit loop
         t._build_hooks()
         self._previous = t._install_signal_handlers() if stage == "fit" else {}
         self.t0 = time.monotonic()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
+import weakref
 from typing import Any
 
 import torch
@@ -64,13 +66,18 @@ def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) 
     return accelerator, count, ids
 
 
+# How long StopVote.close waits for torch to free the last vote's tensor (normally microseconds).
+_RELEASE_WAIT_S = 10.0
+
+
 class StopVote:
     """Agree across ranks on stopping without waiting for the answer every step.
 
     ``step`` starts a small non-blocking all-reduce (MAX of [stop flag, signal number]) and
     returns the result of the one started at the PREVIOUS step: every rank sees the same
     answer at the same step, one step after the request, and the reduce overlaps the next
-    step's work. ``sync`` is the blocking version used at epoch ends.
+    step's work. ``sync`` is the blocking version used at epoch ends. ``close`` ends a fit:
+    one vote is made per fit, and closed when its loop has stopped.
     """
 
     def __init__(self) -> None:
@@ -79,10 +86,16 @@ class StopVote:
         self.pending: tuple[Any, torch.Tensor] | None = None
         self.distributed = collectives.is_distributed()
         self.group = None
-        if self.distributed and dist.get_backend() != "gloo":
+        if self.distributed and self._side_group_needed():
             # Vote over a CPU (gloo) side group: reading an NCCL result every step would make
             # the host wait for the GPU. Every rank builds it here, at the same point.
             self.group = dist.new_group(backend="gloo")
+
+    @staticmethod
+    def _side_group_needed() -> bool:
+        import torch.distributed as dist
+
+        return dist.get_backend() != "gloo"
 
     def _start(self, flag: bool, signum: int):
         import torch.distributed as dist
@@ -105,6 +118,33 @@ class StopVote:
         result = self._drain()
         self.pending = self._start(flag, signum)
         return result
+
+    def close(self) -> None:
+        """After the fit loop stopped (every rank): finish the vote still in flight, free the side group.
+
+        The vote started at the last step is never read. Left running, its gloo worker thread
+        would finish it in its own time, and freeing the vote's tensor needs the GIL: when that
+        happens during interpreter shutdown, Python ends the thread and the process aborts
+        (exit 134) after a successful run. So wait for the vote, and then until the worker has
+        let go of the tensor: the weak reference dies when the tensor is freed, in whichever
+        thread frees it. The bound only guards against a torch that never frees it. (Any
+        collective leaves such a release behind; for launched jobs launch/rank.py makes sure
+        none can abort a finished process.)
+        """
+        import torch.distributed as dist
+
+        if self.pending is not None:
+            work, buf = self.pending
+            self.pending = None
+            work.wait()
+            freed = threading.Event()
+            ref = weakref.ref(buf, lambda _: freed.set())
+            del work, buf
+            freed.wait(_RELEASE_WAIT_S)
+            del ref
+        if self.group is not None:  # created by this vote, used by nobody else
+            dist.destroy_process_group(self.group)
+            self.group = None
 
     def sync(self, flag: bool, signum: int) -> tuple[bool, int]:
         if not self.distributed:
@@ -135,7 +175,6 @@ class CheckpointMixin:
         if self.env.distributed and collectives.world_size() != self.env.world_size:
             raise RuntimeError(f"the process group has {collectives.world_size()} ranks but the environment "
                                f"says WORLD_SIZE={self.env.world_size}")
-        self._stop_vote = StopVote()
         self._setup_done = True
 
     # ------------------------------------------------------------------ data

@@ -210,7 +210,11 @@ def run_job(opts: LaunchOptions, store_socket) -> int:
     status = 1
     try:
         rdzv = make_rendezvous(opts, run_id, store_socket)
-        entry = ["-u", "-m", opts.script] if opts.module else ["-u", opts.script]
+        # Each rank runs the script through launch/rank.py, which ends a finished script with
+        # its exit status via os._exit: torch's gloo threads can otherwise abort the process
+        # during interpreter shutdown (exit 134 after a successful run; see that module).
+        target = ["-m", opts.script] if opts.module else [opts.script]
+        entry = ["-u", "-m", "distengine.launch.rank", *target]
         spec = WorkerSpec(role="rank", local_world_size=opts.nproc, entrypoint=sys.executable,
                           args=tuple(entry + opts.script_args), rdzv_handler=rdzv,
                           max_restarts=opts.max_restarts, monitor_interval=0.1,
