@@ -367,6 +367,7 @@ def fit_loop(t) -> None:
         p.epoch += 1
         p.batches_done = 0
         p.samples_done = 0
+        t._epoch_start_sample = 0  # a resumed epoch started mid-way; the next one starts at 0
         p.epoch_done = p.iter_started = False
         if t._train_sampler is not None:
             t._train_sampler.set_start(0)

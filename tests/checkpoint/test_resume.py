@@ -210,3 +210,22 @@ def test_sigterm_one_step_apart_stops_once_and_resumes_exactly(work, tmp_path):
     merged = _keyed(_records(out, "term"))
     merged.update(_keyed(_records(out, "after-term")))
     assert merged == _keyed(_records(base_out, "base2"))
+
+
+def test_resumed_twice_in_consecutive_epochs_is_exact(work, tmp_path):
+    """Killed mid-epoch 0, resumed, killed again mid-epoch 1, resumed: the epoch after a
+    resumed one must save its own data position, not add the resumed epoch's starting offset
+    (it did: the third run then skipped most of epoch 1, found by the chaos test)."""
+    baseline, _, _ = work
+    base_out = baseline(1)
+    root, out = str(tmp_path / "root"), str(tmp_path / "out")
+    _launch(1, root, out, "twice-a", "--kill-step", "3", killed=True)
+    _launch(1, root, out, "twice-b", "--resume", "--kill-step", "14", killed=True)
+    _launch(1, root, out, "twice-c", "--resume")
+    base_w = torch.load(os.path.join(base_out, "base1-final.pt"))
+    got_w = torch.load(os.path.join(out, "twice-c-final.pt"))
+    assert [k for k in base_w if not torch.equal(base_w[k], got_w[k])] == []
+    # twice-b trained epoch 1 up to step 14, twice-c from step 15 on
+    epoch1 = sorted(i for r in _indices(out, "twice-b", 1) + _indices(out, "twice-c", 1)
+                    if r["epoch"] == 1 for i in r["idx"])
+    assert epoch1 == list(range(N_TRAIN)), "epoch 1 must visit every sample exactly once"
