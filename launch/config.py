@@ -455,6 +455,8 @@ def rank_environment(opts: LaunchOptions, environ: dict | None = None) -> dict[s
     # The Trainer follows this over its own guess: with --cpus it uses gloo on CPU even on a
     # machine that has GPUs.
     out["DISTENGINE_ACCELERATOR"] = opts.accelerator
+    # The rank entry point (launch/rank.py) dies with this process: see _die_with_launcher there.
+    out["DISTENGINE_LAUNCHER_PID"] = str(os.getpid())
     if opts.cuda_visible_devices is not None:
         out["CUDA_VISIBLE_DEVICES"] = opts.cuda_visible_devices
     if opts.timeout is not None:

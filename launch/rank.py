@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         print(_USAGE, file=sys.stderr)
         raise SystemExit(2)
     target, script_args = args[0], args[1:]
+    _die_with_launcher()
     try:
         _run(target, script_args, as_module)
     except SystemExit as exc:
@@ -62,6 +63,38 @@ def main(argv: list[str] | None = None) -> None:
     else:
         status = 0
     finish(status)
+
+
+def _die_with_launcher() -> None:
+    """Ask Linux to SIGKILL this rank the moment the launcher that started it dies.
+
+    A launcher can die without cleaning up (SIGKILL, the OOM killer, a crashed node agent). Its
+    ranks would otherwise train on as orphans, write checkpoints that a restarted job may be
+    reading, and have no one to read their output. The parent-death signal fires when the
+    launcher's thread that started the rank ends; torch's agent starts every rank from the
+    launcher's main thread, which lives as long as the launcher does. SIGKILL, not SIGTERM:
+    a graceful stop needs every peer to agree and would write one more checkpoint, which is
+    what must not happen now; the last checkpoint on disk is complete (atomic writes).
+
+    The launcher may die between the rank's start and this call; then the signal never comes,
+    and the parent is no longer the launcher: the rank leaves at once with a line saying why.
+    """
+    launcher = os.environ.get("DISTENGINE_LAUNCHER_PID", "")
+    if not launcher.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+        print(f"distengine: warning: prctl(PR_SET_PDEATHSIG) failed (errno {ctypes.get_errno()}); "
+              "this rank will not stop by itself if its launcher is killed", file=sys.stderr, flush=True)
+        return
+    if os.getppid() != int(launcher):
+        print(f"distengine: the launcher (pid {launcher}) is gone before this rank started; exiting",
+              file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def _run(target: str, script_args: list[str], as_module: bool) -> None:
