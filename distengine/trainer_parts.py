@@ -303,6 +303,7 @@ class CheckpointMixin:
             ckpt.update({
                 "progress": p.state_dict(),
                 "optimizer_states": [o.state_dict() for o in self.optimizers],
+                "optimizer_classes": [type(o).__name__ for o in self.optimizers],
                 "lr_schedulers": [c.scheduler.state_dict() for c in self.lr_scheduler_configs],
                 "precision": self._precision.state_dict(),
                 "data": {"seed": global_seed(), "epoch": p.epoch, "samples_done": p.samples_done},
@@ -334,7 +335,7 @@ class CheckpointMixin:
 
     def _restore(self, ckpt_path: str | None) -> None:
         """Restore the full training state from ``ckpt_path`` (a file or ``"last"``)."""
-        from distengine.checkpoint.apply import load_weights
+        from distengine.checkpoint.apply import check_optimizer_states, load_weights
         from distengine.checkpoint.io import resolve_checkpoint, safe_load
 
         self._epoch_start_sample, self._epoch_start_batch = 0, 0
@@ -354,12 +355,11 @@ class CheckpointMixin:
         module = self._module
         for fn in self._module_hooks.get("on_load_checkpoint", ()):
             fn(ckpt)
+        # before anything is restored: a refused resume leaves the weights and optimizers as they are
+        check_optimizer_states(self.optimizers, ckpt, source=path)
         load_weights(module, ckpt["state_dict"], source=path)
         if "optimizer_states" not in ckpt:
             return  # a weights-only checkpoint: start training from these weights
-        if len(ckpt["optimizer_states"]) != len(self.optimizers):
-            raise RuntimeError(f"{path} holds {len(ckpt['optimizer_states'])} optimizer state(s) but "
-                               f"configure_optimizers returned {len(self.optimizers)}")
         for opt, state in zip(self.optimizers, ckpt["optimizer_states"]):
             opt.load_state_dict(state)
         for cfg, state in zip(self.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
