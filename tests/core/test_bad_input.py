@@ -1,6 +1,8 @@
 """Every bad input gets a clear one-line error before any epoch starts."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -145,3 +147,44 @@ def test_skipped_fp16_steps_are_logged(tmp_path):
     trainer.fit(Exploding(), loader(regression_data()))
     skipped = [m["skipped_steps"] for _, m in logger.rows if "skipped_steps" in m]
     assert skipped == sorted(skipped) and skipped[-1] == trainer._precision.skipped_steps >= 1
+
+
+class SkipsBatches(Regressor):
+    """training_step returns None (Lightning: skip this batch) for the batches in ``skip``."""
+
+    def __init__(self, skip):
+        super().__init__()
+        self.skip = skip
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return None if self.skip(batch_idx) else loss
+
+
+def _no_step_warnings(tmp_path, module, **kw):
+    before = [p.detach().clone() for p in module.parameters()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = quiet_trainer(tmp_path, max_epochs=2, **kw)
+        trainer.fit(module, loader(regression_data()))
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    return [str(w.message) for w in caught if "took no optimizer step" in str(w.message)], unchanged, trainer
+
+
+def test_training_step_returning_none_on_every_batch_warns_once_per_epoch(tmp_path):
+    messages, unchanged, trainer = _no_step_warnings(tmp_path, SkipsBatches(lambda i: True))
+    assert unchanged and trainer.global_step == 0
+    assert len(messages) == 2, messages  # one per epoch, not one per batch
+    assert messages[0].startswith("epoch 0 took no optimizer step (training_step returned None for all 6 "
+                                  "batches)") and messages[1].startswith("epoch 1 ")
+    assert "return the loss" in messages[0] and "\n" not in messages[0]
+
+
+def test_returning_none_for_some_batches_is_a_quiet_skip(tmp_path):
+    messages, unchanged, trainer = _no_step_warnings(tmp_path, SkipsBatches(lambda i: i % 2 == 0))
+    assert messages == [] and not unchanged and trainer.global_step == 6
+    # accumulation: an epoch whose every optimizer step falls on a skipped micro-batch is reported
+    messages, unchanged, _ = _no_step_warnings(tmp_path, SkipsBatches(lambda i: i % 2 == 1),
+                                               accumulate_grad_batches=2)
+    assert unchanged and len(messages) == 2
+    assert "training_step returned None for 3 of its 6 batches" in messages[0]
