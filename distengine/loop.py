@@ -309,7 +309,7 @@ def train_epoch(t) -> None:
             p.global_step += 1
             if t._has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
                 _step_schedulers(t, "step", plateau=None)
-            if p.global_step % log_every == 0:
+            if log_every and p.global_step % log_every == 0:  # 0: no step metrics (Lightning)
                 t._write_step_metrics()
         batch_idx += 1
         p.batches_done = batch_idx

@@ -202,15 +202,13 @@ class CheckpointMixin:
         if self._num_train_batches == 0:
             raise ValueError("limit_train_batches leaves no training batch; raise it")
         self._num_val_batches = self._limit("val")
-        vci = self.val_check_interval
-        if vci is None or vci == 1.0:
-            self._val_every_batches = 0
+        vci = self.val_check_interval  # checked by the Trainer: a fraction in [0, 1] or a batch count
+        if vci is None or (isinstance(vci, float) and vci == 1.0):
+            self._val_every_batches = 0  # at the end of the epoch only
         elif isinstance(vci, float):
-            if not 0 < vci <= 1:
-                raise ValueError(f"val_check_interval={vci} must be in (0, 1] as a fraction of the epoch")
             self._val_every_batches = max(1, int(self._num_train_batches * vci))
         else:
-            self._val_every_batches = int(vci)
+            self._val_every_batches = int(vci)  # an int 1 validates after every batch, as in Lightning
         self._run_sanity_check = self._should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
                               for n in self._num_val_batches]
