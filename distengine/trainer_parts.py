@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from distengine.dist import collectives
-from distengine.dist.env import ClusterEnv
+from distengine.dist.env import OVERSUBSCRIBE_VAR, ClusterEnv, oversubscribe_allowed, usable_cpu_count
 
 
 def _gpu_count() -> int:
@@ -45,9 +45,17 @@ def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) 
     else:
         count = int(devices)
         if count == -1:
-            count = _gpu_count() if accelerator == "gpu" else (os.cpu_count() or 1)
+            count = _gpu_count() if accelerator == "gpu" else usable_cpu_count()
     if count < 1:
         raise ValueError(f"devices={devices!r} asks for no device; use devices=1 or more")
+    if accelerator == "cpu" and count > 1 and not env.distributed:
+        # fit() would start one process per device: more than the cores is refused here, before
+        # anything runs, unless asked for (a devices=999 typo once took a machine down)
+        cores = usable_cpu_count()
+        if count > cores and not oversubscribe_allowed():
+            raise ValueError(f"Trainer(devices={count}) on CPU would start {count} processes but this machine "
+                             f"gives this process {cores} CPU core(s); use devices={cores} or fewer, or set "
+                             f"{OVERSUBSCRIBE_VAR}=1 to run more processes than cores")
     if accelerator == "gpu":
         available = _gpu_count()
         wanted = max(ids) + 1 if ids else count

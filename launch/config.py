@@ -20,6 +20,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from distengine.dist.env import usable_cpu_count
+
 ENV_PREFIX = "DISTENGINE_"
 DEFAULT_MASTER_PORT = 29500  # torchrun's default, for multi-node jobs that name no port
 
@@ -47,6 +49,7 @@ class LaunchOptions:
     rdzv_timeout: float = 900.0
     local_addr: str | None = None
     max_restarts: int = 0
+    oversubscribe: bool = False      # allow more --cpus processes than this machine's cores
     debug: bool = False
     log_dir: str | None = None
     all_ranks_console: bool = False
@@ -127,6 +130,8 @@ def build_parser(prog: str = "distengine launch") -> argparse.ArgumentParser:
                      help="N GPUs (the first N visible), 'all', or these GPU indices (e.g. 0,2; '2,' is GPU 2)")
     dev.add_argument("--cpus", type=int, default=None, metavar="N",
                      help="N CPU processes using gloo (no GPU is touched)")
+    dev.add_argument("--oversubscribe", action="store_true", default=None,
+                     help="allow --cpus N above this machine's CPU cores (also DISTENGINE_OVERSUBSCRIBE=1)")
     p.add_argument("-m", "--module", action="store_true", default=False,
                    help="run SCRIPT as a module, like 'python -m SCRIPT'")
     nodes = p.add_argument_group("multi-node (same names as torchrun)")
@@ -183,6 +188,7 @@ def parse_launch_args(argv: list[str], prog: str = "distengine launch") -> Launc
         master_addr=ns.master_addr, master_port=ns.master_port, rdzv_endpoint=ns.rdzv_endpoint,
         rdzv_id=ns.rdzv_id, rdzv_backend=ns.rdzv_backend, rdzv_timeout=float(ns.rdzv_timeout),
         local_addr=ns.local_addr, max_restarts=int(ns.max_restarts),
+        oversubscribe=ns.oversubscribe if ns.oversubscribe is not None else _env_flag("OVERSUBSCRIBE"),
         debug=ns.debug if ns.debug is not None else _env_flag("DEBUG"),
         log_dir=ns.log_dir, timeout=ns.timeout, grace_period=float(ns.grace_period),
         all_ranks_console=(ns.all_ranks_console if ns.all_ranks_console is not None
@@ -374,6 +380,11 @@ def validate(opts: LaunchOptions) -> socket.socket | None:
     if opts.cpus is not None:
         if opts.cpus < 1:
             raise UsageError(f"--cpus {opts.cpus}: need at least 1 process")
+        cores = usable_cpu_count()
+        if opts.cpus > cores and not opts.oversubscribe:
+            raise UsageError(f"--cpus {opts.cpus} asks for {opts.cpus} processes but this machine gives this job "
+                             f"{cores} CPU core(s); use --cpus {cores} or fewer, or pass --oversubscribe "
+                             "(or DISTENGINE_OVERSUBSCRIBE=1) to run more processes than cores")
         opts.nproc, opts.accelerator = opts.cpus, "cpu"
     else:
         visible = visible_gpus()
@@ -464,7 +475,7 @@ def rank_environment(opts: LaunchOptions, environ: dict | None = None) -> dict[s
         # thread's stack to the rank's log before dying, which is what a hang report needs.
         "PYTHONFAULTHANDLER": "1",
         # N processes each using every core is slower than one thread each (torchrun does the same).
-        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, opts.nproc))),
+        "OMP_NUM_THREADS": str(max(1, usable_cpu_count() // max(1, opts.nproc))),
     }
     if opts.loopback_only:
         # Keep gloo's and NCCL's own listening sockets on the loopback interface too.
