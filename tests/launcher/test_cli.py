@@ -320,3 +320,59 @@ def test_oversubscription_is_accepted_when_asked_for(monkeypatch, tmp_path):
     monkeypatch.delenv("DISTENGINE_OVERSUBSCRIBE")
     opts = parse_launch_args(["--cpus", str(usable_cpu_count()), str(script)])
     validate(opts).close()
+
+
+@pytest.mark.parametrize("environment, message", [
+    (dict(MASTER_ADDR="8.8.8.8", MASTER_PORT="abc"), "MASTER_PORT='abc' in the environment is not a port number"),
+    (dict(MASTER_PORT="70000"), "MASTER_PORT='70000' in the environment is not a port number (1-65535)"),
+    (dict(MASTER_PORT="0"), "MASTER_PORT='0' in the environment is not a port number"),
+    (dict(MASTER_ADDR="8.8.8.8"), "8.8.8.8 (from MASTER_ADDR) is not an address of this machine"),
+    (dict(MASTER_ADDR="no-such-host.invalid"), "cannot resolve address 'no-such-host.invalid' (from MASTER_ADDR)"),
+    (dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}"), "port {port} on 127.0.0.1 is already in use; choose "
+                                                          "another MASTER_PORT"),
+])
+def test_bad_master_addr_or_port_in_the_environment_is_one_line(tmp_path, busy_port, environment, message):
+    record = tmp_path / "started"
+    script = tmp_path / "marker.py"
+    script.write_text("")
+    env = clean_env(**{k: v.format(port=busy_port) for k, v in environment.items()})
+    out = subprocess.run(NO_SPAWN + [str(record), "launch", "--cpus", "2", str(script)], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message.format(port=busy_port) in lines[0], out.stderr
+    assert not record.exists()
+
+
+def test_master_port_and_addr_precedence(monkeypatch, tmp_path):
+    script = tmp_path / "t.py"
+    script.write_text("")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    opts = parse_launch_args(["--cpus", "1", str(script)])
+    assert (opts.master_addr, opts.master_port, opts.master_port_source) == ("localhost", 29999, "MASTER_PORT")
+    # the flags (and their DISTENGINE_* variables) win over the plain variables
+    monkeypatch.setenv("DISTENGINE_MASTER_PORT", "29998")
+    opts = parse_launch_args(["--master-addr", "127.0.0.1", "--cpus", "1", str(script)])
+    assert (opts.master_addr, opts.master_port, opts.master_port_source) == ("127.0.0.1", 29998, "--master-port")
+    opts = parse_launch_args(["--master-port", "0", "--cpus", "1", str(script)])
+    sock = validate(opts)  # --master-port 0 still means "any free port"
+    try:
+        assert opts.master_port == sock.getsockname()[1] != 0 and opts.loopback_only
+    finally:
+        sock.close()
+
+
+def test_single_node_c10d_endpoint_of_another_machine_is_refused(tmp_path, monkeypatch):
+    script = tmp_path / "t.py"
+    script.write_text("")
+    with pytest.raises(UsageError, match=r"8\.8\.8\.8 \(from --rdzv-endpoint\) is not an address of this machine"):
+        validate(parse_launch_args(["--rdzv-backend", "c10d", "--rdzv-endpoint", "8.8.8.8:29400", "--cpus", "1",
+                                    str(script)]))
+    monkeypatch.setenv("MASTER_ADDR", "8.8.8.8")  # the endpoint built from MASTER_ADDR says so
+    with pytest.raises(UsageError, match=r"8\.8\.8\.8 \(from MASTER_ADDR\) is not an address"):
+        validate(parse_launch_args(["--rdzv-backend", "c10d", "--cpus", "1", str(script)]))
+    # several nodes: the endpoint is another machine's, and this agent joins it there
+    opts = parse_launch_args(["--rdzv-backend", "c10d", "--rdzv-endpoint", "8.8.8.8:29400", "--nnodes", "1:2",
+                              "--rdzv-id", "j", "--cpus", "1", str(script)])
+    assert validate(opts) is None
