@@ -255,6 +255,7 @@ def train_epoch(t) -> None:
         _restore_pending_rng(t)
     res.stage, res.in_step = "train", True
     skip_rest = False
+    steps_before, first_batch, returned_none = p.global_step, batch_idx, 0
 
     for batch in iterator if batch_idx < num_batches else ():
         if not on_cpu:
@@ -283,6 +284,8 @@ def train_epoch(t) -> None:
                 if t._step_hook is not None:
                     out = t._step_hook(out)
                     loss = _extract_loss(t, out)
+                if loss is None:
+                    returned_none += 1
             if loss is not None:
                 if not t._loss_checked:
                     t._check_first_loss(loss)
@@ -306,7 +309,7 @@ def train_epoch(t) -> None:
             p.global_step += 1
             if t._has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
                 _step_schedulers(t, "step", plateau=None)
-            if p.global_step % log_every == 0:
+            if log_every and p.global_step % log_every == 0:  # 0: no step metrics (Lightning)
                 t._write_step_metrics()
         batch_idx += 1
         p.batches_done = batch_idx
@@ -326,8 +329,21 @@ def train_epoch(t) -> None:
         if 0 <= t.max_steps <= p.global_step or batch_idx >= num_batches:
             break
     p.epoch_done = batch_idx >= num_batches or skip_rest
+    if p.epoch_done and not manual and p.global_step == steps_before and batch_idx > first_batch:
+        _warn_no_step(p.epoch, batch_idx - first_batch, returned_none)
     if collect:
         t._train_outputs = outputs
+
+
+def _warn_no_step(epoch: int, batches: int, returned_none: int) -> None:
+    """Lightning lets ``training_step`` return None to skip a batch; an epoch in which every
+    batch was skipped trains nothing, which is almost always a forgotten ``return loss``."""
+    from distengine.dist.rank_zero import rank_zero_warn
+
+    why = (f"training_step returned None for all {batches} batches" if returned_none == batches else
+           f"training_step returned None for {returned_none} of its {batches} batches")
+    rank_zero_warn(f"epoch {epoch} took no optimizer step ({why}), so it trained nothing; return the loss "
+                   "from training_step (None skips a batch, which is meant for a few batches, not all)")
 
 
 def _restore_pending_rng(t) -> None:

@@ -5,7 +5,12 @@ become Python floats when they are written: every ``log_every_n_steps`` for step
 and at each epoch end for epoch values. At such a sync point, ALL values that need a reduce
 go in one fused ``all_reduce`` (float64, sums and sample counts side by side), preceded by a
 fixed-size check that every rank logged the same names: a mismatch raises an error naming
-the keys instead of hanging.
+the keys instead of hanging, or instead of each rank silently keeping values of its own. The
+check covers every name, synced or not: the step names written at a step log point, and at an
+epoch end the epoch names plus (in training) every step name, so a run too short to reach
+``log_every_n_steps`` is checked too. A rank that ran no batch of the stage (an uneven
+validation shard) may have logged nothing; a rank that ran batches may not. Values logged
+with ``rank_zero_only=True`` are left out of the check and of every reduce.
 
 Epoch values are means weighted by batch size (or sum/max/min via ``reduce_fx``), and they
 are ALWAYS reduced across ranks with per-rank sample counts, so a validation metric on N
@@ -25,11 +30,12 @@ _REDUCE = ("mean", "sum", "max", "min")
 
 class _Entry:
     __slots__ = ("name", "prog_bar", "logger", "on_step", "on_epoch", "reduce_fx", "sync_dist",
-                 "step_value", "fresh", "total", "count")
+                 "rank_zero_only", "step_value", "fresh", "total", "count")
 
-    def __init__(self, name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist):
+    def __init__(self, name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, rank_zero_only=False):
         self.name, self.prog_bar, self.logger = name, prog_bar, logger
         self.on_step, self.on_epoch, self.reduce_fx, self.sync_dist = on_step, on_epoch, reduce_fx, sync_dist
+        self.rank_zero_only = rank_zero_only
         self.step_value: Any = None
         self.fresh = False
         self.total: Any = None
@@ -53,11 +59,15 @@ def _names_differ(names: list[str]) -> bool:
     return float(summed[1]) * w != float(summed[0]) ** 2
 
 
-def _mismatch_error(stage: str, names: list[str]) -> RuntimeError:
-    per_rank = collectives.all_gather_object(sorted(names))
+def _mismatch_error(where: str, names: list[str]) -> RuntimeError:
+    """Gather every rank's names (a collective: all ranks call it) into a one-line error."""
+    return _mismatch_message(where, collectives.all_gather_object(sorted(names)))
+
+
+def _mismatch_message(where: str, per_rank: list[list[str]]) -> RuntimeError:
     detail = "; ".join(f"rank {r}: {k}" for r, k in enumerate(per_rank))
-    return RuntimeError(f"ranks logged different metric names in {stage}, which cannot be reduced "
-                        f"together: {detail}. Log the same names on every rank.")
+    return RuntimeError(f"ranks logged different metric names in {where}: {detail}. Log the same names on "
+                        "every rank (a value that only rank 0 logs needs self.log(..., rank_zero_only=True)).")
 
 
 class Results:
@@ -72,19 +82,24 @@ class Results:
         self.epoch_values: dict[str, torch.Tensor] = {}  # reduced epoch values -> callback_metrics
         self.prog_bar_epoch: dict[str, float] = {}
         self.dataloader_suffix = ""
+        # batches this rank ran per stage since its last epoch reduce: a rank that ran none may
+        # have logged nothing (uneven validation shards), a rank that ran some may not
+        self.batches_run = dict.fromkeys(self.entries, 0)
 
     # ---------------------------------------------------------------- hot path
     def set_batch(self, batch: Any) -> None:
         self.batch = batch
         self._batch_size = None
+        self.batches_run[self.stage] += 1
 
-    def log(self, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, batch_size) -> None:
+    def log(self, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, batch_size,
+            rank_zero_only=False) -> None:
         table = self.entries[self.stage]
         key = name + self.dataloader_suffix
         entry = table.get(key)
         if entry is None:
             entry = table[key] = self._new_entry(key, value, prog_bar, logger, on_step, on_epoch,
-                                                 reduce_fx, sync_dist)
+                                                 reduce_fx, sync_dist, rank_zero_only)
         if isinstance(value, torch.Tensor):
             value = value.detach()
         if entry.on_step:
@@ -111,7 +126,8 @@ class Results:
                 entry.total = torch.minimum(entry.total, v)
             entry.count += batch_size
 
-    def _new_entry(self, key, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist) -> _Entry:
+    def _new_entry(self, key, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
+                   rank_zero_only=False) -> _Entry:
         if isinstance(value, torch.Tensor) and value.numel() != 1:
             raise ValueError(f"self.log({key!r}, ...) needs a scalar, got a tensor of shape "
                              f"{tuple(value.shape)}; log a reduced value such as tensor.mean()")
@@ -131,7 +147,8 @@ class Results:
         if not on_step and not on_epoch:
             raise ValueError(f"self.log({key!r}, on_step=False, on_epoch=False) records nothing; "
                              "set one of them to True")
-        return _Entry(key, prog_bar, logger, on_step, on_epoch, fx, sync_dist)
+        return _Entry(key, prog_bar, logger, on_step, on_epoch, fx, sync_dist and not rank_zero_only,
+                      bool(rank_zero_only))
 
     # ---------------------------------------------------------------- sync points
     def collect_step(self) -> tuple[dict[str, float], dict[str, float]]:
@@ -140,10 +157,12 @@ class Results:
         synced = sorted((e for e in fresh if e.sync_dist), key=lambda e: e.name)
         values: dict[str, float] = {}
         if collectives.is_distributed():
-            # every rank reaches this point at the same step; a rank with nothing to sync
-            # still takes part so that a name mismatch is reported instead of hanging
-            if _names_differ([e.name for e in synced]):
-                raise _mismatch_error("training steps (sync_dist=True)", [e.name for e in synced])
+            # Every rank reaches this point at the same step. ALL fresh names are compared, not
+            # only the synced ones: a value each rank keeps for itself under a name the others
+            # never log is as much a bug, and would otherwise pass silently.
+            names = sorted(e.name for e in fresh if not e.rank_zero_only)
+            if _names_differ(names):
+                raise _mismatch_error("training steps", names)
             red = collectives.reduce_tensors([_as_float_tensor(e.step_value) for e in synced], "sum")
             w = collectives.world_size()
             for e, t in zip(synced, red):
@@ -181,20 +200,25 @@ class Results:
         """Reduce the epoch values of ``stage`` across ranks; reset them; return
         (logger metrics, all metrics). Every rank must call this at the same point."""
         table = self.entries[stage]
-        entries = sorted((e for e in table.values() if e.on_epoch), key=lambda e: e.name)
+        ran = self.batches_run[stage] > 0
+        self.batches_run[stage] = 0
+        local = [e for e in table.values() if e.on_epoch and e.rank_zero_only]
+        entries = sorted((e for e in table.values() if e.on_epoch and not e.rank_zero_only), key=lambda e: e.name)
         names = [e.name for e in entries]
+        if stage == "train":
+            # step names too: a run shorter than log_every_n_steps never reached a step check
+            names += sorted("step:" + e.name for e in table.values()
+                            if e.on_step and not e.on_epoch and not e.rank_zero_only)
         if collectives.is_distributed() and _names_differ(names):
-            # A rank that ran no batch at all logged nothing, which is fine: it contributes
-            # zero samples. Any other difference is a bug in the user's code.
+            # A rank that ran no batch at all (an uneven validation shard) may have logged
+            # nothing: it contributes zero samples. Any other difference is a bug in the user's code.
             all_names = collectives.all_gather_object(names)
-            ran = collectives.all_gather_object(any(e.count for e in entries))
+            all_ran = collectives.all_gather_object(ran)
             union = sorted(set().union(*map(set, all_names)))
-            bad = [r for r, (n, did) in enumerate(zip(all_names, ran)) if did and n != union]
-            if bad:
-                detail = "; ".join(f"rank {r}: {n}" for r, n in enumerate(all_names))
-                raise RuntimeError(f"ranks logged different metric names in {stage}: {detail}. "
-                                   "Log the same names on every rank.")
-            src = ran.index(True) if True in ran else 0
+            if any(did and sorted(n) != union for n, did in zip(all_names, all_ran)) or not any(all_ran):
+                where = {"train": "the training epoch", "validate": "validation"}.get(stage, stage)
+                raise _mismatch_message(where, all_names)
+            src = all_ran.index(True)
             meta = collectives.broadcast_object(
                 [(e.name, e.reduce_fx, e.on_step, e.logger, e.prog_bar) for e in entries], src=src)
             entries = [table.get(n) or _Entry(n, bar, lg, st, True, fx, False)
@@ -227,7 +251,20 @@ class Results:
                 if e.prog_bar:
                     self.prog_bar_epoch[name] = value
                 e.total, e.count = None, 0
+        for e in local:  # rank_zero_only: this rank's own value, never reduced
+            if e.total is None:
+                continue
+            value = float(e.total / e.count) if e.reduce_fx == "mean" and e.count > 0 else float(e.total)
+            name = e.name + "_epoch" if e.on_step else e.name
+            out[e.name] = value
+            self.epoch_values[e.name] = self.epoch_values[name] = torch.tensor(value)
+            if e.logger:
+                log[name] = value
+            if e.prog_bar:
+                self.prog_bar_epoch[name] = value
+            e.total, e.count = None, 0
         return log, out
 
     def reset_stage(self, stage: str) -> None:
         self.entries[stage] = {}
+        self.batches_run[stage] = 0

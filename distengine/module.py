@@ -109,7 +109,8 @@ class Module(nn.Module):
     # ------------------------------------------------------------------ logging
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True,
             on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str = "mean",
-            sync_dist: bool = False, batch_size: int | None = None, **_ignored: Any) -> None:
+            sync_dist: bool = False, batch_size: int | None = None, rank_zero_only: bool = False,
+            **_ignored: Any) -> None:
         """Record a scalar metric.
 
         Defaults follow Lightning: inside ``training_step`` and the train batch hooks the
@@ -119,13 +120,15 @@ class Module(nn.Module):
         always reduced across ranks with per-rank sample counts, so a validation metric equals
         its single-process value. ``sync_dist=True`` also reduces per-step values when they
         are written (every ``log_every_n_steps``), in one fused collective for all metrics.
-        Outside a Trainer the call does nothing.
+        Every rank must log the same names (checked where values are written); a value that
+        only rank 0 logs needs ``rank_zero_only=True``, which keeps it out of that check and of
+        every reduce (it is this rank's own value). Outside a Trainer the call does nothing.
         """
         trainer = self._trainer
         if trainer is None:
             return
         trainer._results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
-                             sync_dist, batch_size)
+                             sync_dist, batch_size, rank_zero_only)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         """Call :meth:`log` for each item of ``dictionary`` with the same options."""

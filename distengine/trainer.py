@@ -28,6 +28,7 @@ from distengine import loop
 from distengine.callbacks.base import CALLBACK_HOOKS, Callback, HookDispatcher
 from distengine.dist import collectives
 from distengine.dist.env import ClusterEnv, detect
+from distengine.flags import check_numeric_flags
 from distengine.metrics import Results
 from distengine.module import MODULE_HOOKS, Module, module_overrides
 from distengine.precision import Precision, normalize_precision
@@ -76,6 +77,23 @@ class Trainer(CheckpointMixin):
                  replace_sampler_ddp: bool | None = None, **unknown: Any) -> None:
         if unknown:
             raise TypeError(f"Trainer got unknown flag(s) {sorted(unknown)}; see help(distengine.Trainer)")
+        # every numeric flag is checked (and normalised) before anything else happens
+        flags = check_numeric_flags(
+            max_epochs=max_epochs, min_epochs=min_epochs, max_steps=max_steps, min_steps=min_steps,
+            max_time=max_time, limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches, limit_predict_batches=limit_predict_batches,
+            overfit_batches=overfit_batches, val_check_interval=val_check_interval,
+            check_val_every_n_epoch=check_val_every_n_epoch, log_every_n_steps=log_every_n_steps,
+            accumulate_grad_batches=accumulate_grad_batches, gradient_clip_val=gradient_clip_val,
+            num_sanity_val_steps=num_sanity_val_steps, fast_dev_run=fast_dev_run)
+        max_epochs, min_epochs, max_steps, min_steps = (flags[k] for k in ("max_epochs", "min_epochs",
+                                                                             "max_steps", "min_steps"))
+        limit_train_batches, limit_val_batches = flags["limit_train_batches"], flags["limit_val_batches"]
+        limit_test_batches, limit_predict_batches = flags["limit_test_batches"], flags["limit_predict_batches"]
+        overfit_batches, val_check_interval = flags["overfit_batches"], flags["val_check_interval"]
+        check_val_every_n_epoch, log_every_n_steps = flags["check_val_every_n_epoch"], flags["log_every_n_steps"]
+        accumulate_grad_batches, num_sanity_val_steps = flags["accumulate_grad_batches"], flags["num_sanity_val_steps"]
+        fast_dev_run = flags["fast_dev_run"]
         debug = os.environ.get("DISTENGINE_DEBUG") == "1"
         if debug and not fast_dev_run:
             fast_dev_run, detect_anomaly = 3, True
@@ -95,12 +113,11 @@ class Trainer(CheckpointMixin):
             raise ValueError(f"min_epochs={min_epochs} is larger than max_epochs={max_epochs}; "
                              "raise max_epochs or lower min_epochs")
         if min_steps is not None and max_steps >= 0 and min_steps > max_steps:
-            raise ValueError(f"min_steps={min_steps} is larger than max_steps={max_steps}")
-        self.max_epochs = -1 if max_epochs is None else int(max_epochs)
-        self.min_epochs, self.max_steps, self.min_steps = min_epochs or 0, int(max_steps), min_steps or 0
-        if accumulate_grad_batches < 1:
-            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
-        self.accumulate_grad_batches = int(accumulate_grad_batches)
+            raise ValueError(f"min_steps={min_steps} is larger than max_steps={max_steps}; "
+                             "raise max_steps or lower min_steps")
+        self.max_epochs = -1 if max_epochs is None else max_epochs
+        self.min_epochs, self.max_steps, self.min_steps = max(min_epochs or 0, 0), max_steps, max(min_steps or 0, 0)
+        self.accumulate_grad_batches = accumulate_grad_batches
         if gradient_clip_algorithm not in (None, "norm", "value"):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
         self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm or "norm"
@@ -119,9 +136,10 @@ class Trainer(CheckpointMixin):
         if overfit_batches:
             self.limits["train"] = self.limits["val"] = overfit_batches
         self.val_check_interval = val_check_interval
-        self.check_val_every_n_epoch = int(check_val_every_n_epoch or 1)
-        self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else int(num_sanity_val_steps)
-        self.log_every_n_steps = int(log_every_n_steps or 50)
+        self.check_val_every_n_epoch = check_val_every_n_epoch or 1
+        self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
+        # Lightning: 0 writes no step metrics at all (they still reach callback_metrics)
+        self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
         self.default_root_dir = os.fspath(default_root_dir or os.getcwd())
         self.weights_save_path = weights_save_path
         self.deterministic, self.benchmark, self.detect_anomaly = deterministic, benchmark, detect_anomaly

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from distengine.dist import collectives
-from distengine.dist.env import ClusterEnv
+from distengine.dist.env import OVERSUBSCRIBE_VAR, ClusterEnv, oversubscribe_allowed, usable_cpu_count
 
 
 def _gpu_count() -> int:
@@ -47,9 +47,17 @@ def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) 
     else:
         count = int(devices)
         if count == -1:
-            count = _gpu_count() if accelerator == "gpu" else (os.cpu_count() or 1)
+            count = _gpu_count() if accelerator == "gpu" else usable_cpu_count()
     if count < 1:
         raise ValueError(f"devices={devices!r} asks for no device; use devices=1 or more")
+    if accelerator == "cpu" and count > 1 and not env.distributed:
+        # fit() would start one process per device: more than the cores is refused here, before
+        # anything runs, unless asked for (a devices=999 typo once took a machine down)
+        cores = usable_cpu_count()
+        if count > cores and not oversubscribe_allowed():
+            raise ValueError(f"Trainer(devices={count}) on CPU would start {count} processes but this machine "
+                             f"gives this process {cores} CPU core(s); use devices={cores} or fewer, or set "
+                             f"{OVERSUBSCRIBE_VAR}=1 to run more processes than cores")
     if accelerator == "gpu":
         available = _gpu_count()
         wanted = max(ids) + 1 if ids else count
@@ -241,15 +249,13 @@ class CheckpointMixin:
         if self._num_train_batches == 0:
             raise ValueError("limit_train_batches leaves no training batch; raise it")
         self._num_val_batches = self._limit("val")
-        vci = self.val_check_interval
-        if vci is None or vci == 1.0:
-            self._val_every_batches = 0
+        vci = self.val_check_interval  # checked by the Trainer: a fraction in [0, 1] or a batch count
+        if vci is None or (isinstance(vci, float) and vci == 1.0):
+            self._val_every_batches = 0  # at the end of the epoch only
         elif isinstance(vci, float):
-            if not 0 < vci <= 1:
-                raise ValueError(f"val_check_interval={vci} must be in (0, 1] as a fraction of the epoch")
             self._val_every_batches = max(1, int(self._num_train_batches * vci))
         else:
-            self._val_every_batches = int(vci)
+            self._val_every_batches = int(vci)  # an int 1 validates after every batch, as in Lightning
         self._run_sanity_check = self._should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
                               for n in self._num_val_batches]
@@ -342,6 +348,7 @@ class CheckpointMixin:
             ckpt.update({
                 "progress": p.state_dict(),
                 "optimizer_states": [o.state_dict() for o in self.optimizers],
+                "optimizer_classes": [type(o).__name__ for o in self.optimizers],
                 "lr_schedulers": [c.scheduler.state_dict() for c in self.lr_scheduler_configs],
                 "precision": self._precision.state_dict(),
                 "data": {"seed": global_seed(), "epoch": p.epoch, "samples_done": p.samples_done},
@@ -373,7 +380,7 @@ class CheckpointMixin:
 
     def _restore(self, ckpt_path: str | None) -> None:
         """Restore the full training state from ``ckpt_path`` (a file or ``"last"``)."""
-        from distengine.checkpoint.apply import load_weights
+        from distengine.checkpoint.apply import check_optimizer_states, load_weights
         from distengine.checkpoint.io import resolve_checkpoint, safe_load
 
         self._epoch_start_sample, self._epoch_start_batch = 0, 0
@@ -393,12 +400,11 @@ class CheckpointMixin:
         module = self._module
         for fn in self._module_hooks.get("on_load_checkpoint", ()):
             fn(ckpt)
+        # before anything is restored: a refused resume leaves the weights and optimizers as they are
+        check_optimizer_states(self.optimizers, ckpt, source=path)
         load_weights(module, ckpt["state_dict"], source=path)
         if "optimizer_states" not in ckpt:
             return  # a weights-only checkpoint: start training from these weights
-        if len(ckpt["optimizer_states"]) != len(self.optimizers):
-            raise RuntimeError(f"{path} holds {len(ckpt['optimizer_states'])} optimizer state(s) but "
-                               f"configure_optimizers returned {len(self.optimizers)}")
         for opt, state in zip(self.optimizers, ckpt["optimizer_states"]):
             opt.load_state_dict(state)
         for cfg, state in zip(self.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):

@@ -20,6 +20,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from distengine.dist.env import usable_cpu_count
+
 ENV_PREFIX = "DISTENGINE_"
 DEFAULT_MASTER_PORT = 29500  # torchrun's default, for multi-node jobs that name no port
 
@@ -41,12 +43,17 @@ class LaunchOptions:
     node_rank: int = 0
     master_addr: str | None = None
     master_port: int | None = None
+    # where they came from, for error messages: "--master-addr"/"--master-port" (the flag or
+    # DISTENGINE_MASTER_*), or "MASTER_ADDR"/"MASTER_PORT" (the plain variables, as torch reads them)
+    master_addr_source: str = "--master-addr"
+    master_port_source: str = "--master-port"
     rdzv_endpoint: str | None = None
     rdzv_id: str | None = None
     rdzv_backend: str | None = None  # "static" or "c10d"; None: static unless --rdzv-endpoint
     rdzv_timeout: float = 900.0
     local_addr: str | None = None
     max_restarts: int = 0
+    oversubscribe: bool = False      # allow more --cpus processes than this machine's cores
     debug: bool = False
     log_dir: str | None = None
     all_ranks_console: bool = False
@@ -127,6 +134,8 @@ def build_parser(prog: str = "distengine launch") -> argparse.ArgumentParser:
                      help="N GPUs (the first N visible), 'all', or these GPU indices (e.g. 0,2; '2,' is GPU 2)")
     dev.add_argument("--cpus", type=int, default=None, metavar="N",
                      help="N CPU processes using gloo (no GPU is touched)")
+    dev.add_argument("--oversubscribe", action="store_true", default=None,
+                     help="allow --cpus N above this machine's CPU cores (also DISTENGINE_OVERSUBSCRIBE=1)")
     p.add_argument("-m", "--module", action="store_true", default=False,
                    help="run SCRIPT as a module, like 'python -m SCRIPT'")
     nodes = p.add_argument_group("multi-node (same names as torchrun)")
@@ -166,9 +175,28 @@ def build_parser(prog: str = "distengine launch") -> argparse.ArgumentParser:
     return p
 
 
+def _plain_master_env(addr: str | None, port: int | None) -> tuple[str | None, str, int | None, str]:
+    """``MASTER_ADDR``/``MASTER_PORT`` from the environment, below the flags and DISTENGINE_*.
+
+    A value someone exported (a cluster's job script, a notebook) is honoured, as torch's own
+    ``env://`` reads it, instead of being replaced in silence; a port that is not one is refused.
+    """
+    addr_source, port_source = "--master-addr", "--master-port"
+    if addr is None and os.environ.get("MASTER_ADDR", "").strip():
+        addr, addr_source = os.environ["MASTER_ADDR"].strip(), "MASTER_ADDR"
+    raw = os.environ.get("MASTER_PORT", "").strip()
+    if port is None and raw:
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise UsageError(f"MASTER_PORT={raw!r} in the environment is not a port number (1-65535); "
+                             "set it to a free port, or unset it to let the launcher pick one")
+        port, port_source = int(raw), "MASTER_PORT"
+    return addr, addr_source, port, port_source
+
+
 def parse_launch_args(argv: list[str], prog: str = "distengine launch") -> LaunchOptions:
     """Parse ``distengine launch`` arguments (without the ``launch`` word) into options."""
     ns = build_parser(prog).parse_args(argv)
+    master_addr, addr_source, master_port, port_source = _plain_master_env(ns.master_addr, ns.master_port)
     gpus, cpus = ns.gpus, ns.cpus
     if gpus is None and cpus is None:  # the environment only fills in when the command line is silent
         gpus, env_cpus = _env("GPUS"), _env("CPUS")
@@ -180,9 +208,11 @@ def parse_launch_args(argv: list[str], prog: str = "distengine launch") -> Launc
     return LaunchOptions(
         script=ns.script, script_args=list(ns.script_args), module=ns.module or _env_flag("MODULE"),
         gpus=gpus, cpus=cpus, nnodes=str(ns.nnodes), node_rank=int(ns.node_rank),
-        master_addr=ns.master_addr, master_port=ns.master_port, rdzv_endpoint=ns.rdzv_endpoint,
+        master_addr=master_addr, master_port=master_port, master_addr_source=addr_source,
+        master_port_source=port_source, rdzv_endpoint=ns.rdzv_endpoint,
         rdzv_id=ns.rdzv_id, rdzv_backend=ns.rdzv_backend, rdzv_timeout=float(ns.rdzv_timeout),
         local_addr=ns.local_addr, max_restarts=int(ns.max_restarts),
+        oversubscribe=ns.oversubscribe if ns.oversubscribe is not None else _env_flag("OVERSUBSCRIBE"),
         debug=ns.debug if ns.debug is not None else _env_flag("DEBUG"),
         log_dir=ns.log_dir, timeout=ns.timeout, grace_period=float(ns.grace_period),
         all_ranks_console=(ns.all_ranks_console if ns.all_ranks_console is not None
@@ -294,16 +324,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def bind_store_socket(host: str, port: int, flag: str = "--master-port") -> socket.socket:
+def bind_store_socket(host: str, port: int, flag: str = "--master-port",
+                      addr_flag: str = "--master-addr/--rdzv-endpoint") -> socket.socket:
     """Bind and listen on ``host:port`` now; the rendezvous TCPStore serves on this very socket.
 
     ``port=0`` picks a free port. Raises :class:`UsageError` when the port is taken or the
-    address does not belong to this machine.
+    address does not belong to this machine; ``flag``/``addr_flag`` name where the port and the
+    address came from in that message.
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UsageError(f"cannot resolve address {host!r}: {exc.strerror}") from None
+        raise UsageError(f"cannot resolve address {host!r} (from {addr_flag}): {exc.strerror}") from None
     # IPv4 first: the stores and gloo default to it.
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     family, _, _, _, addr = infos[0]
@@ -319,8 +351,9 @@ def bind_store_socket(host: str, port: int, flag: str = "--master-port") -> sock
             raise UsageError(f"port {port} on {host} is already in use; choose another {flag} "
                              "or leave it out to get a free one") from None
         if exc.errno in (99, 49):  # EADDRNOTAVAIL
-            raise UsageError(f"{host} is not an address of this machine; start node 0 on the machine "
-                             "that --master-addr/--rdzv-endpoint names") from None
+            raise UsageError(f"{host} (from {addr_flag}) is not an address of this machine; node 0 serves the "
+                             f"rendezvous there, so start it on the machine that {addr_flag} names (a single-node "
+                             "job: leave it unset, or use 127.0.0.1)") from None
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return sock
 
@@ -374,6 +407,11 @@ def validate(opts: LaunchOptions) -> socket.socket | None:
     if opts.cpus is not None:
         if opts.cpus < 1:
             raise UsageError(f"--cpus {opts.cpus}: need at least 1 process")
+        cores = usable_cpu_count()
+        if opts.cpus > cores and not opts.oversubscribe:
+            raise UsageError(f"--cpus {opts.cpus} asks for {opts.cpus} processes but this machine gives this job "
+                             f"{cores} CPU core(s); use --cpus {cores} or fewer, or pass --oversubscribe "
+                             "(or DISTENGINE_OVERSUBSCRIBE=1) to run more processes than cores")
         opts.nproc, opts.accelerator = opts.cpus, "cpu"
     else:
         visible = visible_gpus()
@@ -422,25 +460,28 @@ def _validate_static(opts: LaunchOptions) -> socket.socket | None:
     host = opts.master_addr or "127.0.0.1"
     port = opts.master_port if opts.master_port is not None else (
         DEFAULT_MASTER_PORT if opts.multi_node else 0)
-    sock = bind_store_socket(host, port)
+    sock = bind_store_socket(host, port, flag=opts.master_port_source, addr_flag=opts.master_addr_source)
     opts.master_addr, opts.master_port = host, sock.getsockname()[1]
     return sock
 
 
 def _validate_c10d(opts: LaunchOptions) -> socket.socket | None:
+    addr_flag = "--rdzv-endpoint"
     if not opts.rdzv_endpoint:
         if not opts.master_addr:
             raise UsageError("--rdzv-backend c10d needs --rdzv-endpoint HOST:PORT")
         opts.rdzv_endpoint = f"{opts.master_addr}:{opts.master_port or DEFAULT_MASTER_PORT}"
+        addr_flag = opts.master_addr_source
     host, port = split_endpoint(opts.rdzv_endpoint, DEFAULT_MASTER_PORT)
     if opts.max_nodes > 1 and not opts.rdzv_id:
         raise UsageError("a multi-node c10d job needs --rdzv-id (the same on every node)")
     # The first agent that can bind the endpoint hosts the store; the others (other machines,
-    # or other agents on this one) connect to it. Only a bad address is an error here.
+    # or other agents on this one) connect to it. Only a bad address is an error here, and an
+    # address of another machine when there is no other machine (a single-node job).
     try:
-        return bind_store_socket(host, port, flag="--rdzv-endpoint port")
+        return bind_store_socket(host, port, flag="--rdzv-endpoint port", addr_flag=addr_flag)
     except UsageError as exc:
-        if "already in use" in str(exc) or "not an address of this machine" in str(exc):
+        if "already in use" in str(exc) or ("not an address of this machine" in str(exc) and opts.multi_node):
             return None
         raise
 
@@ -466,7 +507,7 @@ def rank_environment(opts: LaunchOptions, environ: dict | None = None) -> dict[s
         # thread's stack to the rank's log before dying, which is what a hang report needs.
         "PYTHONFAULTHANDLER": "1",
         # N processes each using every core is slower than one thread each (torchrun does the same).
-        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, opts.nproc))),
+        "OMP_NUM_THREADS": str(max(1, usable_cpu_count() // max(1, opts.nproc))),
     }
     if opts.loopback_only:
         # Keep gloo's and NCCL's own listening sockets on the loopback interface too.

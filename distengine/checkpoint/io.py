@@ -130,15 +130,39 @@ def _write_text(tmp: str, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
+# What torch's refusal names: "GLOBAL mod.name" in current versions; older ones only put a
+# description after "WeightsUnpickler error:".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _WEIGHTS_ONLY_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)")
+
+
+def _is_weights_only_refusal(exc: BaseException) -> bool:
+    return isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc)
+
+
+_TRUST_HINT = ("only if you trust the file and where it came from, allow that class with "
+               "torch.serialization.add_safe_globals([...]) before loading, or load it yourself with "
+               "torch.load(path, weights_only=False) and save its tensors and plain values again")
+
+
+def _refused_object(exc: BaseException) -> str:
+    found = _REFUSED_GLOBAL.search(str(exc)) or _WEIGHTS_ONLY_DETAIL.search(str(exc))
+    return found.group(1).strip() if found else "an object"
+
+
+def _unsafe_message(path: str, exc: BaseException) -> str:
+    """One line: the file was refused as unsafe (not corrupt), and how to load it if trusted."""
+    return (f"checkpoint file {path!r} was refused as unsafe, not because it is damaged: it holds "
+            f"{_refused_object(exc)}, an object that is not plain data, and torch.load(weights_only=True) "
+            f"does not unpickle it because that could run code; {_TRUST_HINT}")
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint with ``torch.load(weights_only=True)``.
 
     Raises :class:`CheckpointError` naming the file when it is missing, truncated or corrupt,
-    or when it holds objects that are not plain data (their unpickling could run code; it never
-    does, the loader refuses them first).
+    or when it is refused as unsafe: it holds objects that are not plain data (their
+    unpickling could run code; it never does, the loader refuses them first).
 
     Example::
 
@@ -151,16 +175,9 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "Weights only load failed" in msg:
-            found = _WEIGHTS_ONLY_DETAIL.search(msg)
-            detail = f" ({found.group(1).strip()})" if found else ""
-            raise CheckpointError(
-                f"checkpoint file {path!r} contains objects that are not plain data{detail}; "
-                "refusing to load it because unpickling them could run code. Save only tensors, "
-                "numbers, strings, lists, tuples and dicts (or load it yourself if you trust it)."
-            ) from None
-        raise CheckpointError(f"checkpoint file {path!r} is corrupt: {msg.splitlines()[0]}") from exc
+        if _is_weights_only_refusal(exc):
+            raise CheckpointError(_unsafe_message(path, exc)) from None
+        raise CheckpointError(f"checkpoint file {path!r} is corrupt: {str(exc).splitlines()[0]}") from exc
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         if _loads_on_cpu(path):
             raise  # the file is fine; the problem is elsewhere (say, a map_location device)
@@ -181,29 +198,48 @@ def is_valid_checkpoint(path: str | os.PathLike, deep: bool = False) -> bool:
     mapped (their bytes are not read), which catches truncation and bad pickles. ``deep=True``
     also verifies the CRC of every stored byte (reads the whole file once).
     """
-    path = os.fspath(path)
+    return _checkpoint_problem(os.fspath(path), deep) is None
+
+
+def _checkpoint_problem(path: str, deep: bool = False) -> str | None:
+    """Why ``path`` cannot be loaded ("is missing", "is truncated or corrupt", "was refused as
+    unsafe ..."), or None when :func:`safe_load` would accept it."""
     if not os.path.isfile(path):
-        return False
+        return "is missing"
     if deep:
         try:
             if zipfile.is_zipfile(path):
                 with zipfile.ZipFile(path) as zf:
                     if zf.testzip() is not None:
-                        return False
+                        return "is truncated or corrupt"
         except (OSError, zipfile.BadZipFile, RuntimeError):
-            return False
-    return _loads_on_cpu(path)
+            return "is truncated or corrupt"
+    try:
+        ok = _loads_on_cpu(path, raise_refusal=True)
+    except pickle.UnpicklingError as exc:
+        return (f"was refused as unsafe (it holds {_refused_object(exc)}, an object that is not plain data "
+                f"and whose unpickling could run code; {_TRUST_HINT})")
+    return None if ok else "is truncated or corrupt"
 
 
-def _loads_on_cpu(path: str) -> bool:
-    """True when ``path`` unpickles under weights_only into a dict (tensor bytes mapped, not read)."""
+def _loads_on_cpu(path: str, raise_refusal: bool = False) -> bool:
+    """True when ``path`` unpickles under weights_only into a dict (tensor bytes mapped, not read).
+
+    With ``raise_refusal`` a file refused as unsafe raises the loader's UnpicklingError instead
+    of returning False, so callers can say why it was refused."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if raise_refusal and _is_weights_only_refusal(exc):
+            raise
         return False  # not plain data, or a broken pickle: no retry would change that
     except Exception:  # noqa: BLE001 - mmap may be unsupported here (legacy format, some FS)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if raise_refusal and _is_weights_only_refusal(exc):
+                raise
+            return False
         except Exception:  # noqa: BLE001 - any failure means "not loadable"
             return False
     return isinstance(obj, dict)
@@ -211,23 +247,34 @@ def _loads_on_cpu(path: str) -> bool:
 
 # ----------------------------------------------------------------------------- last pointer
 def write_last_pointer(dirpath: str | os.PathLike, ckpt_path: str | os.PathLike) -> None:
-    """Atomically point ``<dirpath>/last.json`` at ``ckpt_path``.
+    """Atomically point ``<dirpath>/last.json`` at ``ckpt_path``, a checkpoint inside ``dirpath``.
 
-    The path is stored relative to ``dirpath`` when the checkpoint lives inside it, so the folder
-    can be moved or mounted elsewhere. Example: ``write_last_pointer("ckpts", "ckpts/a.ckpt")``.
+    The path is stored relative to ``dirpath``, so the folder can be moved or mounted elsewhere.
+    A checkpoint outside the folder is refused: :func:`read_last_pointer` only follows a pointer
+    to a file inside its folder. Example: ``write_last_pointer("ckpts", "ckpts/a.ckpt")``.
     """
     dirpath = os.path.abspath(os.fspath(dirpath))
     target = os.path.abspath(os.fspath(ckpt_path))
     rel = os.path.relpath(target, dirpath)
-    stored = target if rel.startswith(os.pardir) else rel
-    text = json.dumps({"version": _POINTER_VERSION, "path": stored}) + "\n"
+    if rel == os.curdir or rel.split(os.sep)[0] == os.pardir:
+        raise ValueError(f"{LAST_POINTER} in {dirpath!r} can only point at a checkpoint inside that folder, "
+                         f"got {target!r}; save the checkpoint into the folder first")
+    text = json.dumps({"version": _POINTER_VERSION, "path": rel}) + "\n"
     _atomic_write(os.path.join(dirpath, LAST_POINTER), lambda tmp: _write_text(tmp, text))
+
+
+def _inside(folder: str, path: str) -> bool:
+    """True when ``path`` lies strictly inside ``folder``, symbolic links resolved."""
+    folder, path = os.path.realpath(folder), os.path.realpath(path)
+    return os.path.commonpath([folder, path]) == folder and path != folder
 
 
 def read_last_pointer(dirpath: str | os.PathLike) -> str | None:
     """The absolute path ``<dirpath>/last.json`` points at, or None when there is no pointer.
 
-    Raises :class:`CheckpointError` when the pointer file exists but is not valid.
+    Raises :class:`CheckpointError` when the pointer file exists but is not valid, including a
+    pointer to anything outside ``dirpath`` (``../../etc/passwd``, an absolute path elsewhere,
+    or a symbolic link leading out): such a pointer is never followed.
     """
     dirpath = os.path.abspath(os.fspath(dirpath))
     pointer = os.path.join(dirpath, LAST_POINTER)
@@ -240,11 +287,16 @@ def read_last_pointer(dirpath: str | os.PathLike) -> str | None:
         raise CheckpointError(f"checkpoint pointer {pointer!r} is unreadable: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("path"), str):
         raise CheckpointError(f"checkpoint pointer {pointer!r} has no 'path' entry")
-    return os.path.normpath(os.path.join(dirpath, data["path"]))
+    target = os.path.normpath(os.path.join(dirpath, data["path"]))
+    if not _inside(dirpath, target):
+        raise CheckpointError(f"checkpoint pointer {pointer!r} points outside its folder ({data['path']!r}); "
+                              "it is ignored: a pointer may only name a checkpoint in the same folder")
+    return target
 
 
 def list_checkpoints(dirpath: str | os.PathLike) -> list[str]:
-    """The ``*.ckpt`` files in ``dirpath`` (temporary files skipped), newest first."""
+    """The ``*.ckpt`` files in ``dirpath`` (temporary files and symbolic links that lead out of
+    the folder skipped), newest first."""
     dirpath = os.fspath(dirpath)
     try:
         names = os.listdir(dirpath)
@@ -253,7 +305,8 @@ def list_checkpoints(dirpath: str | os.PathLike) -> list[str]:
     found = []
     for name in names:
         full = os.path.join(dirpath, name)
-        if name.endswith(CKPT_SUFFIX) and not is_temp_file(name) and os.path.isfile(full):
+        if name.endswith(CKPT_SUFFIX) and not is_temp_file(name) and os.path.isfile(full) \
+                and _inside(dirpath, full):
             try:
                 found.append((os.stat(full).st_mtime_ns, name, os.path.abspath(full)))
             except FileNotFoundError:  # deleted between listdir and stat
@@ -338,10 +391,10 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
     except CheckpointError as exc:
         pointed, problem = None, str(exc)
     if pointed is not None:
-        if is_valid_checkpoint(pointed):
+        why = _checkpoint_problem(pointed)
+        if why is None:
             return pointed
-        problem = (f"the last checkpoint {pointed!r} is missing" if not os.path.exists(pointed)
-                   else f"the last checkpoint {pointed!r} is truncated or corrupt")
+        problem = f"the last checkpoint {pointed!r} {why}"
     candidates = list_checkpoints(dirpath)
     if problem is None and not candidates:
         return None  # nothing saved yet: start fresh

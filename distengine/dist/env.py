@@ -118,6 +118,31 @@ def detect(environ: dict | None = None) -> ClusterEnv:
     return ClusterEnv(restart_count=restart)
 
 
+def usable_cpu_count() -> int:
+    """CPU cores this process may run on (its affinity mask, as taskset, cgroups cpusets and
+    SLURM set it), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
+
+
+OVERSUBSCRIBE_VAR = "DISTENGINE_OVERSUBSCRIBE"
+
+
+def oversubscribe_allowed(environ: dict | None = None) -> bool:
+    """Whether ``DISTENGINE_OVERSUBSCRIBE`` allows more CPU processes than cores (as Open MPI's
+    ``--oversubscribe``). Raises ``ValueError`` when it is set to something that is not a boolean."""
+    env = os.environ if environ is None else environ
+    value = (env.get(OVERSUBSCRIBE_VAR) or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"environment variable {OVERSUBSCRIBE_VAR}={env.get(OVERSUBSCRIBE_VAR)!r} is not a boolean "
+                     "(use 1 or 0)")
+
+
 def gloo_ifname_from_nccl(env: dict, interfaces: list[str] | None = None) -> str | None:
     """The ``GLOO_SOCKET_IFNAME`` to use when only ``NCCL_SOCKET_IFNAME`` is set, else None.
 

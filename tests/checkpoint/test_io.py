@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -133,9 +134,10 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path, fmt):
     else:
         with open(path, "wb") as f:
             pickle.dump(payload, f, protocol=2)
-    with pytest.raises(CheckpointError, match="not plain data") as info:
+    with pytest.raises(CheckpointError, match="refused as unsafe.*not plain data") as info:
         safe_load(path)
     assert str(path) in str(info.value)
+    assert "corrupt" not in str(info.value)
     assert not target.exists()
     assert not is_valid_checkpoint(path)
     assert not target.exists()
@@ -284,3 +286,89 @@ def test_stale_temp_files_of_live_or_foreign_writers_are_kept(tmp_path):
 def _host():
     from distengine.checkpoint.io import _host_tag
     return _host_tag()
+
+
+class TrustedConfig:
+    """A harmless class a user may decide to trust: weights_only refuses it all the same."""
+
+    def __init__(self, depth: int = 3) -> None:
+        self.depth = depth
+
+
+def test_unsafe_file_is_reported_as_refused_not_corrupt_and_says_how_to_load_it(tmp_path):
+    target = tmp_path / "pwned"
+    evil = tmp_path / "epoch=1-step=8.ckpt"
+    torch.save({"state_dict": {}, "hook": _CreatesFile(str(target))}, evil)
+    with pytest.raises(CheckpointError) as info:
+        safe_load(evil)
+    message = str(info.value)
+    assert "\n" not in message and str(evil) in message
+    assert "refused as unsafe" in message and "corrupt" not in message
+    assert re.search(r"holds (io|builtins)\.open,", message), message  # names what was refused
+    assert "add_safe_globals" in message and "weights_only=False" in message
+    # resume through "last": the pointer names the refused file and nothing else is valid
+    write_last_pointer(tmp_path, evil)
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint("last", tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "refused as unsafe" in message and "corrupt" not in message, message
+    assert "add_safe_globals" in message
+    # with an older valid checkpoint next to it, the fallback warning says the same
+    older = tmp_path / "epoch=0-step=4.ckpt"
+    atomic_save({"state_dict": {}}, older)
+    os.utime(older, ns=(10**18, 10**18))
+    with pytest.warns(UserWarning, match="refused as unsafe") as rec:
+        assert resolve_checkpoint("last", tmp_path) == str(older)
+    assert "corrupt" not in str(rec[0].message)
+    assert not target.exists()
+
+
+def test_following_the_advice_loads_a_trusted_file(tmp_path):
+    path = tmp_path / "trusted.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "config": TrustedConfig(5)}, path)
+    with pytest.raises(CheckpointError, match=r"refused as unsafe.*TrustedConfig"):
+        safe_load(path)
+    assert not is_valid_checkpoint(path)
+    with torch.serialization.safe_globals([TrustedConfig]):  # add_safe_globals, scoped to the test
+        assert safe_load(path)["config"].depth == 5
+        assert is_valid_checkpoint(path)
+
+
+def _outside_checkpoint(tmp_path):
+    """A valid checkpoint outside the folder: exactly what a hostile pointer would load."""
+    outside = tmp_path / "elsewhere" / "stolen.ckpt"
+    atomic_save({"state_dict": {"w": torch.full((2,), 666.0)}}, outside)
+    return outside
+
+
+@pytest.mark.parametrize("how", ["dotdot", "passwd", "absolute", "symlink"])
+def test_last_pointer_outside_its_folder_is_never_followed(tmp_path, how):
+    folder = tmp_path / "runs" / "checkpoints"
+    folder.mkdir(parents=True)
+    outside = _outside_checkpoint(tmp_path)
+    stored = {"dotdot": "../../elsewhere/stolen.ckpt", "passwd": "../../../../../../../../etc/passwd",
+              "absolute": str(outside), "symlink": "link.ckpt"}[how]
+    if how == "symlink":
+        os.symlink(outside, folder / "link.ckpt")
+    (folder / "last.json").write_text(json.dumps({"version": 1, "path": stored}))
+    with pytest.raises(CheckpointError, match="points outside its folder") as info:
+        read_last_pointer(folder)
+    assert "\n" not in str(info.value)
+    # nothing else in the folder (a link leading out is no candidate either): an error, no load
+    with pytest.raises(CheckpointError, match="points outside its folder.*no other valid checkpoint"):
+        resolve_checkpoint("last", folder)
+    # with a real checkpoint in the folder, "last" falls back to it, with a warning
+    own = folder / "epoch=0-step=2.ckpt"
+    atomic_save({"state_dict": {"w": torch.zeros(2)}}, own)
+    with pytest.warns(UserWarning, match="points outside its folder"):
+        assert resolve_checkpoint("last", folder) == str(own)
+
+
+def test_last_pointer_to_a_subfolder_is_followed_and_writing_outside_is_refused(tmp_path):
+    folder = tmp_path / "ckpts"
+    atomic_save({"a": 1}, folder / "sub" / "x.ckpt")
+    write_last_pointer(folder, folder / "sub" / "x.ckpt")
+    assert read_last_pointer(folder) == str(folder / "sub" / "x.ckpt")
+    with pytest.raises(ValueError, match="can only point at a checkpoint inside that folder"):
+        write_last_pointer(folder, _outside_checkpoint(tmp_path))
+    assert read_last_pointer(folder) == str(folder / "sub" / "x.ckpt")

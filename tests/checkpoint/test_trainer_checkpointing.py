@@ -107,3 +107,51 @@ def test_last_with_nothing_saved_starts_fresh(tmp_path):
         trainer.fit(Reg(), _loaders()[0], ckpt_path="last")
     assert trainer.global_step == 4
     assert os.path.exists(Path(tmp_path) / "checkpoints" / "last.json")
+
+
+class AdamReg(Reg):
+    """The same model; configure_optimizers now returns Adam instead of SGD."""
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+class TwoGroupReg(Reg):
+    """The same model and optimizer class, but the parameters split into two groups."""
+
+    def configure_optimizers(self):
+        first, second = list(self.net[0].parameters()), list(self.net[2].parameters())
+        return torch.optim.SGD([{"params": first}, {"params": second, "lr": 0.01}], lr=0.2, momentum=0.9)
+
+
+def _sgd_checkpoint(tmp_path, strip_class_names=False) -> Path:
+    """Train 2 epochs with SGD; return the last checkpoint (as an older release wrote it, if asked)."""
+    _trainer(tmp_path, None, epochs=2).fit(Reg(), *_loaders())
+    path = Path(read_last_pointer(tmp_path / "checkpoints"))
+    if strip_class_names:
+        ckpt = safe_load(path)
+        ckpt.pop("optimizer_classes", None)
+        torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("module_cls, old_file, expected", [
+    (AdamReg, False, r"saved with the optimizer SGD but configure_optimizers now returns Adam"),
+    (AdamReg, True, r"lacks \['amsgrad', 'betas', 'eps'\], which Adam needs"),
+    (TwoGroupReg, False, r"parameter groups of \[4\] parameters, but configure_optimizers now builds "
+                         r"groups of \[2, 2\]"),
+])
+def test_resume_with_another_optimizer_is_refused_before_announcing_it(tmp_path, capfd, module_cls,
+                                                                       old_file, expected):
+    path = _sgd_checkpoint(tmp_path, strip_class_names=old_file)
+    capfd.readouterr()
+    module = module_cls()
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = _trainer(tmp_path, None, epochs=4)
+    with pytest.raises(RuntimeError, match=expected) as info:
+        trainer.fit(module, *_loaders(), ckpt_path="last")
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "load_from_checkpoint" in message
+    assert "resumed from" not in capfd.readouterr().err
+    assert trainer.global_step == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters())), "nothing was restored"

@@ -1,6 +1,9 @@
 """Every bad input gets a clear one-line error before any epoch starts."""
 from __future__ import annotations
 
+import datetime
+import warnings
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -145,3 +148,114 @@ def test_skipped_fp16_steps_are_logged(tmp_path):
     trainer.fit(Exploding(), loader(regression_data()))
     skipped = [m["skipped_steps"] for _, m in logger.rows if "skipped_steps" in m]
     assert skipped == sorted(skipped) and skipped[-1] == trainer._precision.skipped_steps >= 1
+
+
+class SkipsBatches(Regressor):
+    """training_step returns None (Lightning: skip this batch) for the batches in ``skip``."""
+
+    def __init__(self, skip):
+        super().__init__()
+        self.skip = skip
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return None if self.skip(batch_idx) else loss
+
+
+def _no_step_warnings(tmp_path, module, **kw):
+    before = [p.detach().clone() for p in module.parameters()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = quiet_trainer(tmp_path, max_epochs=2, **kw)
+        trainer.fit(module, loader(regression_data()))
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    return [str(w.message) for w in caught if "took no optimizer step" in str(w.message)], unchanged, trainer
+
+
+def test_training_step_returning_none_on_every_batch_warns_once_per_epoch(tmp_path):
+    messages, unchanged, trainer = _no_step_warnings(tmp_path, SkipsBatches(lambda i: True))
+    assert unchanged and trainer.global_step == 0
+    assert len(messages) == 2, messages  # one per epoch, not one per batch
+    assert messages[0].startswith("epoch 0 took no optimizer step (training_step returned None for all 6 "
+                                  "batches)") and messages[1].startswith("epoch 1 ")
+    assert "return the loss" in messages[0] and "\n" not in messages[0]
+
+
+def test_returning_none_for_some_batches_is_a_quiet_skip(tmp_path):
+    messages, unchanged, trainer = _no_step_warnings(tmp_path, SkipsBatches(lambda i: i % 2 == 0))
+    assert messages == [] and not unchanged and trainer.global_step == 6
+    # accumulation: an epoch whose every optimizer step falls on a skipped micro-batch is reported
+    messages, unchanged, _ = _no_step_warnings(tmp_path, SkipsBatches(lambda i: i % 2 == 1),
+                                               accumulate_grad_batches=2)
+    assert unchanged and len(messages) == 2
+    assert "training_step returned None for 3 of its 6 batches" in messages[0]
+
+
+
+# Every numeric flag: values Lightning 2.x refuses (or that would run forever, like
+# max_epochs=-5), each of which must stop Trainer(...) itself, before any work, with one line
+# that names the flag and the value.
+BAD_FLAG_VALUES = [
+    ("max_epochs", -5), ("max_epochs", -2), ("max_epochs", 2.5), ("max_epochs", "10"),
+    ("min_epochs", -3), ("min_epochs", 1.5),
+    ("max_steps", -5), ("max_steps", 10.5), ("max_steps", "1000"),
+    ("min_steps", -2), ("min_steps", float("nan")),
+    ("limit_train_batches", -1), ("limit_train_batches", 1.5), ("limit_train_batches", -0.5),
+    ("limit_val_batches", -3), ("limit_val_batches", 2.5), ("limit_val_batches", "all"),
+    ("limit_test_batches", -1), ("limit_test_batches", float("nan")),
+    ("limit_predict_batches", -2), ("limit_predict_batches", 1.01),
+    ("overfit_batches", -1), ("overfit_batches", 1.5),
+    ("val_check_interval", -0.5), ("val_check_interval", 1.5), ("val_check_interval", 0),
+    ("val_check_interval", -3), ("val_check_interval", "00:00:10:00"),
+    ("check_val_every_n_epoch", 0), ("check_val_every_n_epoch", -1), ("check_val_every_n_epoch", 1.5),
+    ("log_every_n_steps", -1), ("log_every_n_steps", 2.5),
+    ("accumulate_grad_batches", 0), ("accumulate_grad_batches", -2), ("accumulate_grad_batches", 1.5),
+    ("accumulate_grad_batches", {0: 4}), ("accumulate_grad_batches", None),
+    ("gradient_clip_val", -1.0), ("gradient_clip_val", float("inf")), ("gradient_clip_val", "1.0"),
+    ("num_sanity_val_steps", -2), ("num_sanity_val_steps", 0.5),
+    ("max_time", "-00:01:00:00"), ("max_time", "1 hour"), ("max_time", datetime.timedelta(seconds=-5)),
+    ("max_time", {"hours": -1}), ("max_time", {"hourz": 1}), ("max_time", [1, 2]), ("max_time", 0),
+    ("fast_dev_run", -1), ("fast_dev_run", 1.5),
+]
+
+
+@pytest.mark.parametrize("flag, value", BAD_FLAG_VALUES, ids=[f"{f}={v!r}" for f, v in BAD_FLAG_VALUES])
+def test_bad_numeric_flag_is_refused_by_the_constructor(tmp_path, monkeypatch, flag, value):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the Trainer started work before refusing the flag")
+
+    monkeypatch.setattr(de.Trainer, "_build_callbacks", no_work)  # the first part it would build
+    with pytest.raises((ValueError, TypeError)) as info:
+        de.Trainer(accelerator="cpu", default_root_dir=str(tmp_path), **{flag: value})
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"Trainer({flag}={value!r}): "), message
+    assert f"for example {flag}=" in message or "distengine" in message, message  # says what to pass
+
+
+GOOD_FLAG_VALUES = [
+    (dict(max_epochs=-1), dict(max_epochs=-1)), (dict(max_epochs=0), dict(max_epochs=0)),
+    (dict(max_epochs=3.0), dict(max_epochs=3)), (dict(max_steps=None), dict(max_steps=-1)),
+    (dict(max_steps=-1, max_epochs=None), dict(max_steps=-1, max_epochs=1000)),
+    (dict(min_epochs=-1), dict(min_epochs=0)), (dict(min_steps=None), dict(min_steps=0)),
+    (dict(limit_train_batches=1.0, limit_val_batches=0.0, limit_test_batches=5.0, limit_predict_batches=1),
+     dict(limits={"train": 1.0, "val": 0.0, "test": 5, "predict": 1})),
+    (dict(val_check_interval=1), dict(val_check_interval=1)),
+    (dict(val_check_interval=100.0), dict(val_check_interval=100)),
+    (dict(check_val_every_n_epoch=None), dict(check_val_every_n_epoch=1)),
+    (dict(log_every_n_steps=0), dict(log_every_n_steps=0)),
+    (dict(log_every_n_steps=None), dict(log_every_n_steps=50)),
+    (dict(accumulate_grad_batches=4.0), dict(accumulate_grad_batches=4)),
+    (dict(gradient_clip_val=0), dict(gradient_clip_val=0)), (dict(gradient_clip_val=1), dict(gradient_clip_val=1)),
+    (dict(num_sanity_val_steps=-1), dict(num_sanity_val_steps=-1)),
+    (dict(max_time="00:12:00:00"), {}), (dict(max_time={"days": 1, "hours": 2}), {}),
+    (dict(max_time=datetime.timedelta(minutes=5)), {}), (dict(max_time=90.5), {}),
+    (dict(fast_dev_run=2), dict(fast_dev_run=2)), (dict(fast_dev_run=True), dict(fast_dev_run=1)),
+]
+
+
+@pytest.mark.parametrize("flags, expected", GOOD_FLAG_VALUES, ids=[str(f) for f, _ in GOOD_FLAG_VALUES])
+def test_valid_lightning_values_are_accepted(tmp_path, flags, expected):
+    trainer = de.Trainer(accelerator="cpu", default_root_dir=str(tmp_path), logger=False, **flags)
+    for name, value in expected.items():
+        assert getattr(trainer, name) == value and type(getattr(trainer, name)) is type(value), name

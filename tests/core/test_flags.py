@@ -179,6 +179,9 @@ def test_fast_dev_run_runs_n_batches_and_writes_no_files(tmp_path, fast_dev_run,
     (0.25, 6, [1, 2, 3, 4, 5, 6]),   # int(6 * 0.25) = every batch
     (2, 3, [2, 4, 6]),               # an int: every 2 training batches
     (3, 2, [3, 6]),
+    (1, 6, [1, 2, 3, 4, 5, 6]),      # the int 1 (unlike the float 1.0): after every batch, as in Lightning
+    (1.0, 1, [6]),                   # the whole epoch
+    (0.0, 6, [1, 2, 3, 4, 5, 6]),    # Lightning: int(6 * 0.0) -> at least every batch
 ])
 def test_val_check_interval(tmp_path, interval, per_epoch, at_steps):
     trainer, module = _fit(tmp_path, max_epochs=2, val_check_interval=interval, num_sanity_val_steps=0,
@@ -215,7 +218,7 @@ def test_sanity_check_metrics_are_not_logged(tmp_path):
 
 # ------------------------------------------------------------------ logging cadence
 @pytest.mark.parametrize("every,expected", [(1, list(range(1, 13))), (4, [4, 8, 12]), (5, [5, 10]),
-                                            (50, [])])
+                                            (50, []), (0, [])])  # 0: no step metrics, as in Lightning
 def test_log_every_n_steps(tmp_path, every, expected):
     logger = RecordingLogger()
     _fit(tmp_path, max_epochs=2, logger=logger, log_every_n_steps=every, val=False)

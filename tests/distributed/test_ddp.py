@@ -1,6 +1,7 @@
 """Two real gloo ranks: sharding, DDP gradient sync, accumulation, exact evaluation."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -222,3 +223,78 @@ def test_devices_auto_follows_the_launched_world(tmp_path):
 def _devices_auto(rank):
     t = de.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     return t.num_devices, t.world_size, t.global_rank
+
+
+def _divergent_training_names(rank, tmp, kind, length):
+    from distengine.loggers.base import Logger
+
+    rows = []
+
+    class Rec(Logger):
+        def log_metrics(self, metrics, step):
+            rows.append((step, dict(metrics)))
+
+    own = f"only_on_rank_{rank}"
+
+    class Divergent(Recorder):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("shared", loss)  # logged by every rank: not part of the complaint
+            if kind == "step":
+                self.log(own, loss)  # per step (the training default), not synced
+            else:
+                self.log(own, loss, on_step=False, on_epoch=True)
+            return loss
+
+    # short: 2 steps, below the default log_every_n_steps=50, so no step log point comes;
+    # long: 3 epochs of 20 steps, step metrics written every 5 steps
+    samples, kw = (8, {}) if length == "short" else (80, dict(max_epochs=3, log_every_n_steps=5))
+    trainer = _trainer(tmp, logger=Rec(), **kw)
+    try:
+        trainer.fit(Divergent(), DataLoader(IndexDataset(samples, ), batch_size=2))
+    except RuntimeError as err:
+        return str(err), trainer.global_step, rows, sorted(trainer.callback_metrics)
+    return "no error", trainer.global_step, rows, sorted(trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("kind, length, first_log_point", [
+    ("step", "short", 2),    # the epoch end is the first point where the ranks meet
+    ("step", "long", 5),     # the first log_every_n_steps point
+    ("epoch", "short", 2),   # epoch values are written at the epoch end
+    ("epoch", "long", 20),
+])
+def test_ranks_logging_different_training_names_fail_at_the_first_log_point(tmp_path, kind, length,
+                                                                          first_log_point):
+    for rank, (message, step, rows, _) in enumerate(
+            run_ranks(_divergent_training_names, 2, str(tmp_path), kind, length, timeout=120)):
+        assert "ranks logged different metric names" in message, (rank, message)
+        assert "only_on_rank_0" in message and "only_on_rank_1" in message and "\n" not in message
+        assert step == first_log_point, (rank, step)
+        assert not any("only_on_rank_0" in m for _, m in rows), "nothing mismatched was written"
+
+
+def _validation_logged_on_rank_zero_only(rank, tmp, flag, samples=8):
+    class RankZeroLogs(Recorder):
+        def validation_step(self, batch, batch_idx):
+            if self.global_rank == 0 or samples < 2:  # rank 1 logs nothing, even if it runs batches
+                self.log("val_rank0", batch[2].mean(), rank_zero_only=flag)
+
+    try:
+        return _trainer(tmp).validate(RankZeroLogs(), DataLoader(IndexDataset(samples), batch_size=2))
+    except RuntimeError as err:
+        return str(err)
+
+
+def test_a_rank_that_ran_batches_but_logged_nothing_is_a_mismatch(tmp_path):
+    """Ranks that run no batch (uneven shards) may log nothing; a rank that ran batches may not:
+    it would silently leave the 'reduced' value to the other ranks' samples alone."""
+    for message in run_ranks(_validation_logged_on_rank_zero_only, 2, str(tmp_path), False):
+        assert "ranks logged different metric names in validation: rank 0: ['val_rank0']; rank 1: []" \
+            in message, message
+        assert "rank_zero_only=True" in message and "\n" not in message
+    # one sample: rank 1's shard is empty, it runs no batch and logs nothing, which is fine
+    assert run_ranks(_validation_logged_on_rank_zero_only, 2, str(tmp_path), False, 1) == \
+        [[{"val_rank0": 0.0}]] * 2
+    # rank_zero_only=True is the way to say so: no check, no reduce, rank 0 keeps its own mean
+    first, second = run_ranks(_validation_logged_on_rank_zero_only, 2, str(tmp_path), True)
+    assert first == [{"val_rank0": 1.5}] and second == [{}]  # rank 0's shard is samples 0..3

@@ -24,7 +24,7 @@ from distengine.launch.report import (
     stack_top,
 )
 
-from tests.launcher.util import CONSOLE, LAUNCH, clean_env
+from tests.launcher.util import CONSOLE, LAUNCH, ROOT, SCRIPTS, clean_env
 
 
 def test_help_answers_without_importing_torch():
@@ -249,3 +249,130 @@ def test_a_debug_run_that_relaunches_itself_stops_with_one_error(tmp_path):
                          text=True, timeout=30)
     assert out.returncode == 2
     assert out.stderr.count("tried to launch itself again from inside a --debug run") == 1
+
+
+NO_SPAWN = [sys.executable, str(SCRIPTS / "no_spawn.py")]
+_TRAIN_999 = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+import distengine as de
+from tests.core.models import Regressor
+data = DataLoader(TensorDataset(torch.randn(8, 6), torch.randn(8, 1)), batch_size=4)
+de.Trainer(accelerator="cpu", devices={devices}, logger=False, enable_progress_bar=False).fit(Regressor(), data)
+"""
+
+
+def test_cpus_beyond_the_cores_is_one_line_and_starts_nothing(tmp_path):
+    record = tmp_path / "started"
+    script = tmp_path / "marker.py"
+    script.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    # any process the launcher tried to start would be recorded (and refused) by no_spawn
+    out = subprocess.run(NO_SPAWN + [str(record), "launch", "--cpus", "999", str(script)], capture_output=True,
+                         text=True, env=clean_env(), cwd=tmp_path, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "--cpus 999 asks for 999 processes but this machine gives this job" in lines[0]
+    assert "--oversubscribe" in lines[0] and "DISTENGINE_OVERSUBSCRIBE=1" in lines[0]
+    assert not record.exists() and not (tmp_path / "ran").exists()
+
+
+def test_trainer_devices_beyond_the_cores_is_refused_before_any_process(tmp_path):
+    record = tmp_path / "started"
+    script = tmp_path / "train999.py"
+    script.write_text(_TRAIN_999.format(devices=999))
+    env = clean_env(PYTHONPATH=str(ROOT))
+    out = subprocess.run(NO_SPAWN + [str(record), str(script)], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: Trainer(devices=999) on CPU would start 999 processes"), out.stderr
+    assert "DISTENGINE_OVERSUBSCRIBE=1" in last
+    assert not record.exists(), record.read_text()  # no launcher, no rank: nothing was started
+
+
+def test_oversubscription_is_accepted_when_asked_for(monkeypatch, tmp_path):
+    import distengine as de
+    from distengine.dist.env import usable_cpu_count
+
+    script = tmp_path / "t.py"
+    script.write_text("")
+    more = usable_cpu_count() + 1  # one process more than the cores; nothing is started here
+    with pytest.raises(UsageError, match=f"--cpus {more} asks for {more} processes"):
+        validate(parse_launch_args(["--cpus", str(more), str(script)]))
+    with pytest.raises(ValueError, match=f"Trainer\\(devices={more}\\) on CPU would start"):
+        de.Trainer(accelerator="cpu", devices=more, logger=False)
+    for argv, env in ((["--oversubscribe"], None), ([], "1")):
+        if env is None:
+            monkeypatch.delenv("DISTENGINE_OVERSUBSCRIBE", raising=False)
+        else:
+            monkeypatch.setenv("DISTENGINE_OVERSUBSCRIBE", env)
+        opts = parse_launch_args([*argv, "--cpus", str(more), str(script)])
+        sock = validate(opts)
+        sock.close()
+        assert (opts.nproc, opts.accelerator, opts.oversubscribe) == (more, "cpu", True)
+    # the Trainer (which re-runs the script under the launcher, environment included) follows the variable
+    assert de.Trainer(accelerator="cpu", devices=more, logger=False).num_devices == more
+    monkeypatch.setenv("DISTENGINE_OVERSUBSCRIBE", "perhaps")
+    with pytest.raises(UsageError, match="DISTENGINE_OVERSUBSCRIBE='perhaps' is not a boolean"):
+        parse_launch_args(["--cpus", "1", str(script)])
+    # up to the cores needs nothing
+    monkeypatch.delenv("DISTENGINE_OVERSUBSCRIBE")
+    opts = parse_launch_args(["--cpus", str(usable_cpu_count()), str(script)])
+    validate(opts).close()
+
+
+@pytest.mark.parametrize("environment, message", [
+    (dict(MASTER_ADDR="8.8.8.8", MASTER_PORT="abc"), "MASTER_PORT='abc' in the environment is not a port number"),
+    (dict(MASTER_PORT="70000"), "MASTER_PORT='70000' in the environment is not a port number (1-65535)"),
+    (dict(MASTER_PORT="0"), "MASTER_PORT='0' in the environment is not a port number"),
+    (dict(MASTER_ADDR="8.8.8.8"), "8.8.8.8 (from MASTER_ADDR) is not an address of this machine"),
+    (dict(MASTER_ADDR="no-such-host.invalid"), "cannot resolve address 'no-such-host.invalid' (from MASTER_ADDR)"),
+    (dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}"), "port {port} on 127.0.0.1 is already in use; choose "
+                                                          "another MASTER_PORT"),
+])
+def test_bad_master_addr_or_port_in_the_environment_is_one_line(tmp_path, busy_port, environment, message):
+    record = tmp_path / "started"
+    script = tmp_path / "marker.py"
+    script.write_text("")
+    env = clean_env(**{k: v.format(port=busy_port) for k, v in environment.items()})
+    out = subprocess.run(NO_SPAWN + [str(record), "launch", "--cpus", "2", str(script)], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message.format(port=busy_port) in lines[0], out.stderr
+    assert not record.exists()
+
+
+def test_master_port_and_addr_precedence(monkeypatch, tmp_path):
+    script = tmp_path / "t.py"
+    script.write_text("")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    opts = parse_launch_args(["--cpus", "1", str(script)])
+    assert (opts.master_addr, opts.master_port, opts.master_port_source) == ("localhost", 29999, "MASTER_PORT")
+    # the flags (and their DISTENGINE_* variables) win over the plain variables
+    monkeypatch.setenv("DISTENGINE_MASTER_PORT", "29998")
+    opts = parse_launch_args(["--master-addr", "127.0.0.1", "--cpus", "1", str(script)])
+    assert (opts.master_addr, opts.master_port, opts.master_port_source) == ("127.0.0.1", 29998, "--master-port")
+    opts = parse_launch_args(["--master-port", "0", "--cpus", "1", str(script)])
+    sock = validate(opts)  # --master-port 0 still means "any free port"
+    try:
+        assert opts.master_port == sock.getsockname()[1] != 0 and opts.loopback_only
+    finally:
+        sock.close()
+
+
+def test_single_node_c10d_endpoint_of_another_machine_is_refused(tmp_path, monkeypatch):
+    script = tmp_path / "t.py"
+    script.write_text("")
+    with pytest.raises(UsageError, match=r"8\.8\.8\.8 \(from --rdzv-endpoint\) is not an address of this machine"):
+        validate(parse_launch_args(["--rdzv-backend", "c10d", "--rdzv-endpoint", "8.8.8.8:29400", "--cpus", "1",
+                                    str(script)]))
+    monkeypatch.setenv("MASTER_ADDR", "8.8.8.8")  # the endpoint built from MASTER_ADDR says so
+    with pytest.raises(UsageError, match=r"8\.8\.8\.8 \(from MASTER_ADDR\) is not an address"):
+        validate(parse_launch_args(["--rdzv-backend", "c10d", "--cpus", "1", str(script)]))
+    # several nodes: the endpoint is another machine's, and this agent joins it there
+    opts = parse_launch_args(["--rdzv-backend", "c10d", "--rdzv-endpoint", "8.8.8.8:29400", "--nnodes", "1:2",
+                              "--rdzv-id", "j", "--cpus", "1", str(script)])
+    assert validate(opts) is None

@@ -137,3 +137,15 @@ def test_two_jobs_at_once_module_mode_c10d_env_flags_and_prefixed_console(tmp_pa
     assert "rank 1" not in out_b
 
 
+
+
+def test_master_addr_and_port_from_the_environment_are_used(tmp_path, launched):
+    """MASTER_ADDR/MASTER_PORT exported by the user are honoured (not replaced in silence)."""
+    port = free_port()
+    proc = launched(["--cpus", "2", "--timeout", "40", ALLREDUCE],
+                    env=clean_env(OUT_DIR=str(tmp_path), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+    code, _, err = finish(proc, 120)
+    assert code == 0, err
+    for r in (0, 1):
+        env = read_json(tmp_path / f"rank{r}.json")["env"]
+        assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("127.0.0.1", str(port))
