@@ -57,6 +57,21 @@ def test_two_ranks_env_logs_loopback_then_sigint_stops_everything(tmp_path, laun
         assert "KeyboardInterrupt" in text
 
 
+def test_sigkilled_launcher_takes_its_ranks_along_and_keeps_their_logs(tmp_path, launched):
+    logs = tmp_path / "logs"
+    proc = launched(["--cpus", "2", "--timeout", "60", "--log-dir", str(logs), ALLREDUCE],
+                    env=clean_env(OUT_DIR=str(tmp_path), HOLD="1"))
+    wait_for(lambda: (tmp_path / "ready0").exists() and (tmp_path / "ready1").exists(), 90, "both ranks", proc)
+    ranks = [read_json(tmp_path / f"rank{r}.json")["pid"] for r in (0, 1)]
+    proc.kill()  # no chance to clean up: the kernel must stop the ranks
+    proc.communicate()
+    started = time.monotonic()
+    wait_for(lambda: not alive(ranks), 10, "the ranks to die with their launcher")
+    assert time.monotonic() - started < 10
+    for r in (0, 1):  # what the ranks wrote before is in their logs
+        assert f"stdout line from rank {r}" in (logs / f"rank_{r}.log").read_text()
+
+
 def test_rank_that_raises_is_named_with_its_traceback(tmp_path, launched):
     proc = launched(["--cpus", "2", "--log-dir", str(tmp_path / "logs"), FAIL],
                     env=clean_env(MODE="raise", OUT_DIR=str(tmp_path)))
