@@ -135,7 +135,11 @@ class ScriptTask:
                  f"master {env['MASTER_ADDR']}:{port}; checkpoint signal at "
                  f"{max(0, deadline - time.time()):.0f}s from now")
 
-        child = subprocess.Popen([self.python, self.script, *self.args], cwd=self.cwd, env=env,
+        # Through the rank entry point, as under `distengine launch`: a finished script exits with
+        # its own status instead of risking torch's abort at interpreter shutdown (exit 134), and
+        # the rank dies with this task process if that is killed.
+        child = subprocess.Popen([self.python, "-m", "distengine.launch.rank", self.script, *self.args],
+                                 cwd=self.cwd, env=env,
                                  stdin=subprocess.DEVNULL, preexec_fn=_ignore_stop_signals)
         timer_fired = False
         pending: int | None = None
@@ -178,6 +182,7 @@ class ScriptTask:
         env["MASTER_ADDR"] = expand_nodelist(nodelist)[0]
         env["MASTER_PORT"] = env.get(PORT_ENV) or str(master_port(job_id, restart))
         env["PYTHONUNBUFFERED"] = "1"
+        env["DISTENGINE_LAUNCHER_PID"] = str(os.getpid())  # see launch/rank.py: dies with this task
         if self.accelerator == "cpu":
             env["DISTENGINE_ACCELERATOR"] = "cpu"
         return env
