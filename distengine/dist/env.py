@@ -115,6 +115,10 @@ def detect(environ: dict | None = None) -> ClusterEnv:
             source="slurm",
             restart_count=_int(env, "SLURM_RESTART_COUNT", 0),
         )
+    if "SLURM_JOB_ID" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        # A one-task SLURM job is a single process, but a requeued one must still resume from
+        # its checkpoint, as a multi-task job does.
+        restart = max(restart, _int(env, "SLURM_RESTART_COUNT", 0))
     return ClusterEnv(restart_count=restart)
 
 

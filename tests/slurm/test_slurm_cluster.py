@@ -189,6 +189,28 @@ def test_preemption_checkpoints_requeues_and_matches_an_uninterrupted_run(refere
 
 
 @pytest.mark.timeout(420)
+def test_single_task_job_resumes_after_a_requeue(cluster, tmp_path):
+    """One task (SLURM_NTASKS=1): after a preemption requeue the Trainer must resume from the
+    checkpoint, as a multi-task job does (it used to start again from step 0), and end with the
+    weights of an uninterrupted 1-task run."""
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    out = cli(ref, "submit", "--cpus-per-node", "1", "--time", "5", "--wait", str(SCRIPT),
+              "--root", str(ref / "run"), "--out", str(ref / "final.pt"), *TRAIN, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = submit(tmp_path, "--cpus-per-node", "1", "--time", "5", str(SCRIPT), "--root", str(tmp_path / "run"),
+                 "--out", str(tmp_path / "final.pt"), *TRAIN, "--step-sleep", "0.3")
+    wait_for_line(tmp_path / "slurm_logs" / job / f"{job}_0_log.out", "step 3 epoch 0", timeout=150)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    state, restarts = finish(job, timeout=200)
+    text = logs(tmp_path, job)
+    assert (state, restarts) == ("COMPLETED", 1), text
+    stop = _stop_step(text)
+    assert re.search(rf"world_size=1 start step={stop}\b", text), text  # resumed, not from step 0
+    assert _equal(tmp_path / "final.pt", ref / "final.pt")
+
+
+@pytest.mark.timeout(420)
 def test_time_limit_checkpoints_before_the_limit_and_requeues(cluster, tmp_path):
     # --time 2 with --signal-delay 20: the wrapper signals 100 s into each run. The job needs
     # 100-112 s of steps (200 x 0.5 s plus overhead) plus start-up, so run 1 is always stopped,

@@ -79,3 +79,14 @@ def test_detect_launched_slurm_and_local():
 def test_expand_nodelist():
     assert expand_nodelist("a[1-3,07],b2") == ["a1", "a2", "a3", "a07", "b2"]
     assert expand_nodelist("node[001-002]") == ["node001", "node002"]
+
+
+def test_single_task_slurm_job_reads_its_restart_count():
+    from distengine.dist.env import detect
+
+    one_task = {"SLURM_JOB_ID": "41", "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_RESTART_COUNT": "2",
+                "SLURM_JOB_NAME": "train"}
+    env = detect(one_task)
+    assert (env.distributed, env.restart_count) == (False, 2)
+    assert detect(dict(one_task, SLURM_JOB_NAME="bash")).restart_count == 0  # an interactive shell
+    assert detect({"SLURM_RESTART_COUNT": "2"}).restart_count == 0  # not inside a job
