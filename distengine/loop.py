@@ -368,6 +368,7 @@ def fit_loop(t) -> None:
             fn()
     for fn in hooks["on_train_start"]:
         fn()
+    stopped_in_epoch = False
     while not t._fit_done():
         if t._train_sampler is not None:
             t._train_sampler.set_epoch(p.epoch)
@@ -376,9 +377,11 @@ def fit_loop(t) -> None:
             fn()
         train_epoch(t)
         if t._stop_now or not p.epoch_done:  # a stop request, or max_steps mid-epoch
+            stopped_in_epoch = True
             break
         _end_of_epoch(t)
         if t._stop_now:
+            stopped_in_epoch = True
             break
         p.epoch += 1
         p.batches_done = 0
@@ -387,6 +390,9 @@ def fit_loop(t) -> None:
         p.epoch_done = p.iter_started = False
         if t._train_sampler is not None:
             t._train_sampler.set_start(0)
+    # Stopped inside an epoch's training or at its end (not by a signal, whose checkpoint is
+    # named by the exact position): Trainer.current_epoch now counts that epoch as finished.
+    t._stopped_in_epoch = stopped_in_epoch and t._status.stop_signal is None
     # The loop has stopped on every rank at the same step: finish the stop vote still in
     # flight (see StopVote.close). Not on an exception: a failed peer might never answer it.
     t._stop_vote.close()

@@ -178,6 +178,7 @@ class Trainer(CheckpointMixin):
         self._nonfinite_watch = None
         self.should_stop = False
         self.logged_metrics: dict[str, float] = {}
+        self._stopped_in_epoch = False
 
     # ------------------------------------------------------------------ read-only state
     @property
@@ -186,7 +187,10 @@ class Trainer(CheckpointMixin):
 
     @property
     def current_epoch(self) -> int:
-        return self.progress.epoch
+        # A fit that stopped early (EarlyStopping, max_steps mid-epoch, a stop request) counts
+        # the epoch it stopped in as finished, as Lightning does; `progress.epoch` keeps the
+        # exact position, which is what a checkpoint stores and a resume continues from.
+        return self.progress.epoch + self._stopped_in_epoch
 
     @property
     def global_rank(self) -> int:
@@ -606,6 +610,7 @@ class _RunContext:
         t._setup_env()
         if stage == "fit":
             t._stop_vote = StopVote()  # closed at the end of the fit loop
+            t._stopped_in_epoch = False
         t._build_hooks()
         self._previous = t._install_signal_handlers() if stage == "fit" else {}
         self.t0 = time.monotonic()

@@ -188,11 +188,12 @@ def test_two_ranks_stop_together_when_only_rank_one_asks():
     # a plain callback sets should_stop on rank 1 in the middle of epoch 2
     assert cb0 == cb1, (cb0, cb1)
     epoch, step, started, should_stop = cb0
-    assert epoch == 2 and started == 3 and should_stop
+    assert epoch == 3 and started == 3 and should_stop  # the stopped epoch counts as finished (Lightning)
     assert 2 * 4 + 2 <= step <= 2 * 4 + 3  # stopped right after the request, mid-epoch
 
     # EarlyStopping's criterion fires on rank 1 only, at the end of epoch 2
-    assert es0[:2] == es1[:2] == (2, 3 * 4)  # same epoch and same global step on both ranks
+    # same epoch and same global step on both ranks; the epoch it stopped in counts as finished
+    assert es0[:2] == es1[:2] == (3, 3 * 4)
     assert es1[2:] == (2, "patience_exhausted", 2)
     assert es0[2:] == (0, None, 0)  # rank 0's own criterion never fired
 
