@@ -1,0 +1,41 @@
+"""A DataModule that provides a validation loader to a module without validation_step.
+
+style: 2.x
+"""
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import pytorch_lightning as pl
+from conformance_report import regression_data, report
+
+
+class Data(pl.LightningDataModule):
+    def train_dataloader(self):
+        return DataLoader(regression_data(32), batch_size=8)
+
+    def val_dataloader(self):
+        return DataLoader(regression_data(16, seed=1), batch_size=8)
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.layer(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+if __name__ == "__main__":
+    pl.seed_everything(21)
+    model = Regressor()
+    trainer = pl.Trainer(max_epochs=2, enable_progress_bar=False, log_every_n_steps=2)
+    trainer.fit(model, datamodule=Data())
+    report(trainer, model)

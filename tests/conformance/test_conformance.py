@@ -1,0 +1,53 @@
+"""The differential harness: every corpus script under distengine and under real Lightning.
+
+See harness.py for what is compared. 1 process, unshuffled data: weights must be torch.equal.
+Each script also runs on 2 ranks: under `distengine launch --cpus 2` and, for Lightning, under
+torchrun with `PL_TRAINER_ACCELERATOR=cpu PL_TRAINER_DEVICES=2`: no hang, exit 0, every distengine
+rank at the same step with the same weights, and the same (global_step, current_epoch) as
+Lightning on 2 ranks.
+"""
+import pytest
+import torch
+
+from tests.conformance import harness, table
+
+SCRIPTS = harness.corpus()
+IDS = [s.name for s in SCRIPTS]
+
+
+def _check(script, found):
+    undeclared = {k: v for k, v in found.items() if k not in script.known}
+    assert not undeclared, f"{script.name} differs from Lightning: {undeclared}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=IDS)
+def test_same_as_lightning(script, reference_python, tmp_path):
+    ours, theirs = harness.run_both(script, reference_python(script.style), tmp_path)
+    found = harness.compare(ours, theirs)
+    _check(script, found)
+    stale = sorted(set(script.known) - set(found) - {"ranks"})
+    assert not stale, f"{script.name} declares differences that no longer occur: {stale} (remove them)"
+
+
+RANKED = [s for s in SCRIPTS if s.ranks]
+
+
+@pytest.mark.parametrize("script", RANKED, ids=[s.name for s in RANKED])
+def test_two_ranks(script, reference_python, tmp_path):
+    ours, theirs = harness.run_both(script, reference_python(script.style), tmp_path, ranks=2)
+    problem = harness.compare_ranks(ours, theirs)
+    found = {"ranks": problem} if problem else {}
+    _check(script, found)
+    if "ranks" in script.known:
+        assert problem, f"{script.name} declares a 2-rank difference that no longer occurs (remove it)"
+
+
+def test_readme_table_is_generated_from_the_corpus():
+    assert table.current() == table.render(), "README table is stale: run python -m tests.conformance.table --write"
+
+
+def test_harness_detects_a_changed_weight():
+    a = {"w": torch.ones(3)}
+    b = {"w": torch.tensor([1.0, 1.0, 1.0 + 2**-20])}
+    assert harness.weights_diff(a, a) is None
+    assert "1 of 1 tensors differ" in harness.weights_diff(a, b)
