@@ -28,6 +28,9 @@ import torch
 
 from distengine.data import move_to_device
 from distengine.dist import collectives
+from distengine.nonfinite import NonFiniteWatch, _nonfinite_error, nonfinite_grads, step_unless_nonfinite
+
+__all__ = ["NonFiniteWatch", "nonfinite_grads", "step_unless_nonfinite", "fit_loop", "run_eval", "train_epoch"]
 
 
 def takes_batch_idx(step: Any) -> bool:
@@ -112,80 +115,10 @@ def _step_schedulers(t, interval: str, plateau: bool | None) -> None:
             cfg.scheduler.step()
 
 
-def _nonfinite_error(t, value: float, step: int) -> FloatingPointError:
-    return FloatingPointError(
-        f"the training loss is {value} at global step {step} (epoch {t.progress.epoch}) on rank "
-        f"{t.global_rank}; lower the learning rate, check the data, or pass "
-        "Trainer(on_nonfinite_loss='skip') to skip such steps")
-
-
 def _check_nonfinite(t, loss: torch.Tensor) -> None:
     value = loss.item()  # on CPU this costs about a microsecond and syncs nothing
     if not math.isfinite(value):
         raise _nonfinite_error(t, value, t.progress.global_step)
-
-
-class NonFiniteWatch:
-    """On an accelerator, remember ON THE DEVICE the first step whose loss was not finite, so
-    the check adds no GPU->CPU sync per step. It is read (one sync) where the Trainer writes
-    metrics, at epoch ends and before every checkpoint, so a non-finite run stops within
-    ``log_every_n_steps`` steps and never reaches a checkpoint."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.first = torch.full((), -1, dtype=torch.long, device=device)
-
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss.detach())
-        self.first = torch.where(bad & (self.first < 0), step, self.first)
-
-    def check(self, t) -> None:
-        step = int(self.first)
-        if step >= 0:
-            raise _nonfinite_error(t, float("nan"), step)
-
-
-def nonfinite_grads(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
-    """A one-element float tensor, 1.0 when any gradient of ``optimizer`` holds inf or nan,
-    computed on the gradients' device without reading it back (``None`` without gradients).
-    It uses the kernel GradScaler uses for ``found_inf`` (with a scale of one)."""
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for g in optimizer.param_groups:
-        for p in g["params"]:
-            if p.grad is not None:
-                groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
-    found: torch.Tensor | None = None
-    for (device, _), grads in groups.items():
-        f = torch.zeros(1, dtype=torch.float32, device=device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, f, torch.ones(1, device=device))
-        found = f if found is None else torch.maximum(found, f.to(found.device))
-    return found
-
-
-def step_unless_nonfinite(optimizer: torch.optim.Optimizer, step: Any) -> torch.Tensor | int:
-    """Run ``step()`` unless a gradient is inf/nan; return how many steps were skipped (0/1).
-
-    A fused optimizer (``fused=True``: Adam, AdamW, SGD, Adagrad) decides on the device: it
-    takes the flag as ``found_inf``, exactly as under GradScaler, and leaves weights and state
-    untouched when it is set, so the count stays a device tensor and nothing waits for the
-    GPU. Any other optimizer needs the answer on the host: one GPU sync per optimizer step.
-    Under DDP the gradients are equal on every rank, so every rank skips the same steps.
-    """
-    found = nonfinite_grads(optimizer)
-    if found is None:
-        step()
-        return 0
-    if getattr(optimizer, "_step_supports_amp_scaling", False):
-        optimizer.found_inf = found.reshape(())  # type: ignore[attr-defined]  # shaped like the steps
-        optimizer.grad_scale = None  # type: ignore[attr-defined]
-        try:
-            step()
-        finally:
-            del optimizer.found_inf, optimizer.grad_scale  # type: ignore[attr-defined]
-        return found.to(torch.long)
-    if found.item():  # the host sync named above
-        return 1
-    step()
-    return 0
 
 
 def _optimizer_step(t, optimizer: torch.optim.Optimizer) -> None:
@@ -233,7 +166,8 @@ def train_epoch(t) -> None:
     watch = t._nonfinite_watch
     log_every = t.log_every_n_steps
     val_every = t._val_every_batches
-    step_fn = model if ddp else module.training_step
+    step_fn = t._step_fn  # DDP's forward (routed to training_step) or training_step itself
+    one_x = t._one_x  # 1.x automatic optimization over several optimizers (compat.py), or None
     args_of = (lambda b, i: (b, i)) if takes_batch_idx(module.training_step) else (lambda b, i: (b,))
     autocast = prec.autocast if prec.is_mixed else None
     manual = not module.automatic_optimization
@@ -270,47 +204,49 @@ def train_epoch(t) -> None:
         if skip_rest:  # Lightning: -1 skips the rest of THIS epoch; the next one runs as usual
             break
         last_micro = (batch_idx + 1) % accum == 0 or batch_idx + 1 == num_batches
-        sync_ctx = model.no_sync() if ddp and not last_micro else contextlib.nullcontext()
-        with sync_ctx:
-            if autocast is not None:
-                with autocast():
+        steps_at_batch = p.global_step
+        loss = None
+        if one_x is not None:  # steps its optimizers (and counts them) itself
+            out = one_x.run_batch(t, args_of(batch, batch_idx), batch_idx, last_micro)
+        else:
+            sync_ctx = model.no_sync() if ddp and not last_micro else contextlib.nullcontext()
+            with sync_ctx:
+                if autocast is not None:
+                    with autocast():
+                        out = step_fn(*args_of(batch, batch_idx))
+                else:
                     out = step_fn(*args_of(batch, batch_idx))
-            else:
-                out = step_fn(*args_of(batch, batch_idx))
-            if manual:
-                loss = None
-            else:
-                loss = _extract_loss(t, out)
-                if t._step_hook is not None:
-                    out = t._step_hook(out)
+                if not manual:
                     loss = _extract_loss(t, out)
-                if loss is None:
-                    returned_none += 1
-            if loss is not None:
-                if not t._loss_checked:
-                    t._check_first_loss(loss)
-                if check_finite:
-                    if on_cpu:
-                        _check_nonfinite(t, loss)
-                    else:
-                        watch.update(loss, p.global_step)
-                t._last_loss = loss
-                if accum > 1:
-                    loss = loss / accum
-                for fn in h_before_bw:
-                    fn(loss)
-                prec.backward(loss)
-                for fn in h_after_bw:
-                    fn()
+                    if t._step_hook is not None:
+                        out = t._step_hook(out)
+                        loss = _extract_loss(t, out)
+                    returned_none += loss is None
+                if loss is not None:
+                    if not t._loss_checked:
+                        t._check_first_loss(loss)
+                    if check_finite:
+                        if on_cpu:
+                            _check_nonfinite(t, loss)
+                        else:
+                            watch.update(loss, p.global_step)
+                    t._last_loss = loss
+                    if accum > 1:
+                        loss = loss / accum
+                    for fn in h_before_bw:
+                        fn(loss)
+                    prec.backward(loss)
+                    for fn in h_after_bw:
+                        fn()
         p.total_batches += 1
-        if last_micro and (loss is not None or manual):
-            if not manual:
-                _optimizer_step(t, optimizer)
+        if last_micro and loss is not None:  # (manual optimization counts the user's steps)
+            _optimizer_step(t, optimizer)
             p.global_step += 1
             if t._has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
                 _step_schedulers(t, "step", plateau=None)
-            if log_every and p.global_step % log_every == 0:  # 0: no step metrics (Lightning)
-                t._write_step_metrics()
+        # every log_every_n_steps optimizer steps (0: none, as in Lightning); a batch may take several
+        if log_every and p.global_step // log_every != steps_at_batch // log_every:
+            t._write_step_metrics()
         batch_idx += 1
         p.batches_done = batch_idx
         if (h_end or collect) and isinstance(out, torch.Tensor):  # they get {"loss": ...}, as in Lightning
@@ -396,6 +332,8 @@ def fit_loop(t) -> None:
     # The loop has stopped on every rank at the same step: finish the stop vote still in
     # flight (see StopVote.close). Not on an exception: a failed peer might never answer it.
     t._stop_vote.close()
+    if t._training_end is not None:  # the 0.x argument-less training_end (compat.py)
+        t._training_end()
     for fn in hooks["on_train_end"]:
         fn()
 

@@ -219,8 +219,13 @@ class Module(nn.Module):
         return cfgs[0].scheduler if len(cfgs) == 1 else [c.scheduler for c in cfgs]
 
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """``loss.backward()`` through the Trainer's precision (use with manual optimization)."""
-        self._trainer._precision.backward(loss, *args, **kwargs)
+        """``loss.backward()`` through the Trainer's precision (use with manual optimization).
+        Under DDP it first prepares DDP's reducer for this loss, so each call's gradients are
+        averaged over the ranks before it returns."""
+        trainer = self._trainer
+        if trainer._manual_ddp is not None:
+            trainer._manual_ddp.prepare_for_backward(loss)
+        trainer._precision.backward(loss, *args, **kwargs)
 
     def toggle_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Freeze (``requires_grad=False``) the parameters of every OTHER optimizer, so that a

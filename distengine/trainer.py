@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import torch
 
-from distengine import loop
+from distengine import compat, loop
 from distengine.callbacks.base import CALLBACK_HOOKS, Callback, HookDispatcher
 from distengine.dist import collectives
 from distengine.dist.env import ClusterEnv, detect
@@ -176,6 +176,10 @@ class Trainer(CheckpointMixin):
         self._last_loss = None
         self._skipped_nonfinite = 0
         self._nonfinite_watch = None
+        self._step_fn: Any = None  # what the loop calls with (batch, batch_idx): see _setup_fit
+        self._manual_ddp = None  # dist.setup.ManualDDPStep under DDP with manual optimization
+        self._one_x = None  # compat.OneXOptimization for 1.x several-optimizer modules
+        self._step_counters: list[Any] = []  # optimizer hooks counting manual steps
         self.should_stop = False
         self.logged_metrics: dict[str, float] = {}
         self._stopped_in_epoch = False
@@ -402,8 +406,8 @@ class Trainer(CheckpointMixin):
                         if n and name in MODULE_HOOKS and module_overrides(module, n))
             self._callback_hooks[name], self._module_hooks[name] = cb, mod
             self._hooks[name] = cb + mod
-        step_end = next((n for n in ("training_step_end", "training_end") if hasattr(type(module), n)), None)
-        self._step_hook = getattr(module, step_end) if step_end else None
+        self._step_hook = compat.step_end_hook(module)
+        self._training_end = compat.training_end_hook(module)
         self._collect_train_outputs = module_overrides(module, "training_epoch_end") \
             if hasattr(type(module), "training_epoch_end") else False
 
@@ -639,6 +643,9 @@ class _RunContext:
                 except Exception:  # noqa: BLE001 - the original error matters more
                     pass
         key = self.stage
+        for handle in t._step_counters:  # manual optimization's step counters end with the run
+            handle.remove()
+        t._step_counters = []
         try:
             for fn in t._callback_hooks["teardown"]:
                 fn(key)

@@ -231,6 +231,7 @@ class CheckpointMixin:
             any(n > 0 for n in self._limit("val"))
 
     def _setup_fit(self, train: list[Any], val: list[Any]) -> None:
+        from distengine import compat
         from distengine.data import prepare_eval_loader, prepare_train_loader
         from distengine.dist import setup
         from distengine.optim import parse_optimizers
@@ -270,18 +271,30 @@ class CheckpointMixin:
                 raise ValueError("sync_batchnorm=True needs GPUs (torch's SyncBatchNorm has no CPU kernels); "
                                  "run on GPUs or drop the flag so each CPU rank keeps its own BatchNorm statistics")
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        self.optimizers, self.lr_scheduler_configs = parse_optimizers(module.configure_optimizers())
-        if len(self.optimizers) > 1 and module.automatic_optimization:
-            raise ValueError(f"configure_optimizers returned {len(self.optimizers)} optimizers; several "
-                             "optimizers need manual optimization (set self.automatic_optimization = False)")
-        if not module.automatic_optimization and self.precision == "16-mixed":
+        returned = module.configure_optimizers()
+        self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned)
+        self._one_x = compat.plan_optimization(self, module, returned)  # 1.x: several optimizers, optimizer_idx
+        manual = not module.automatic_optimization
+        if manual and self.precision == "16-mixed":
             raise ValueError("manual optimization with precision='16-mixed' is not supported; use 'bf16-mixed'")
+        if manual and self.accumulate_grad_batches > 1:  # Lightning 2.x refuses it as well
+            raise ValueError("accumulate_grad_batches is not supported with manual optimization; accumulate in "
+                             "training_step (step the optimizer every N batches) or use automatic optimization")
         self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
         if self.compile:
             module.compile()
-        self._model = setup.wrap_ddp(module, self._device, find_unused_parameters=self.find_unused_parameters) \
+        # the 1.x mode freezes the other optimizers' parameters in each call: 1.9.5's DDP default
+        find_unused = self.find_unused_parameters or self._one_x is not None
+        self._model = setup.wrap_ddp(module, self._device, find_unused_parameters=find_unused) \
             if env.distributed else module
+        self._manual_ddp = setup.ManualDDPStep(self._model) if env.distributed and manual else None
+        self._step_fn = self._manual_ddp or (self._model if env.distributed else module.training_step)
+        if manual:  # Lightning 2.x: global_step counts the optimizer.step() calls of training_step
+            self._step_counters = [o.register_step_post_hook(self._count_manual_step) for o in self.optimizers]
         self.progress.__init__()
+
+    def _count_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.progress.global_step += 1
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
         from distengine import loop

@@ -67,9 +67,67 @@ class StepModule(nn.Module):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
+        self.after_step: Any = None  # set by ManualDDPStep while it runs a step
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module.training_step(*args, **kwargs)
+        out = self.module.training_step(*args, **kwargs)
+        if self.after_step is not None:
+            self.after_step()
+        return out
+
+
+def _find_tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _find_tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _find_tensors(o)]
+    return []
+
+
+class ManualDDPStep:
+    """Runs ``training_step`` under manual optimization through DDP's forward, as Lightning does.
+
+    DDP prepares its reducer for one backward per forward, at the END of the forward
+    (``prepare_for_backward`` on the returned tensors). Under manual optimization the step
+    runs its backward(s) itself, inside that forward, before DDP gets there: the reducer then
+    meets gradients it was not prepared for (``initialize_buckets must NOT be called during
+    autograd execution``, or ``gradient which is undefined, but still allreduced``). So, like
+    Lightning's ``_DDPForwardRedirection`` and ``prepare_for_backward``: DDP's pre-forward
+    runs as usual, each ``manual_backward`` prepares the reducer for its own loss (and only
+    the parameters that loss reaches when ``find_unused_parameters=True``), and DDP's
+    post-forward preparation is switched off for that call, since every backward of the
+    step has already been reduced.
+    """
+
+    def __init__(self, ddp: Any) -> None:
+        self.ddp = ddp
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ddp, step = self.ddp, self.ddp.module
+        sync = ddp.require_backward_grad_sync  # False under no_sync()
+
+        def skip_post_forward() -> None:
+            ddp.require_backward_grad_sync = False
+
+        step.after_step = skip_post_forward
+        try:
+            return ddp(*args, **kwargs)
+        finally:
+            step.after_step = None
+            ddp.require_backward_grad_sync = sync
+
+    def prepare_for_backward(self, loss: Any) -> None:
+        """Called by ``Module.manual_backward`` before each backward of the step."""
+        ddp = self.ddp
+        if torch.is_grad_enabled() and ddp.require_backward_grad_sync:
+            ddp.require_forward_param_sync = True
+            tensors = _find_tensors(loss) if ddp.find_unused_parameters and not ddp.static_graph else []
+            ddp.reducer._rebuild_buckets()  # a no-op after the first iteration, as in DDP's own forward
+            ddp.reducer.prepare_for_backward(tensors)
+        else:
+            ddp.require_forward_param_sync = False
 
 
 def wrap_ddp(module: nn.Module, device: torch.device, **ddp_kwargs: Any) -> nn.Module:

@@ -1,0 +1,200 @@
+"""The Lightning 1.x optimization style and old hook names, adapted once before the fit loop.
+
+Decided in ``Trainer._setup_fit``/``_build_hooks``, never per batch:
+
+* **Several optimizers in automatic optimization** (the 1.x GAN pattern). When
+  ``training_step`` takes an ``optimizer_idx`` argument, :class:`OneXOptimization` runs
+  each batch as pytorch-lightning 1.9.5 does::
+
+      for each active optimizer i (all of them; or, with {"optimizer": o, "frequency": n}
+                                   dicts, the one whose turn it is at this batch_idx):
+          freeze the parameters of every other optimizer (toggle_optimizer)
+          out = training_step(batch, batch_idx, optimizer_idx=i)  (DDP no_sync unless stepping)
+          backward(loss / accumulate_grad_batches)
+          on the last micro-batch: clip -> optimizer i step -> zero_grad; global_step += 1
+          restore requires_grad (untoggle_optimizer)
+      on the last micro-batch: the step-interval schedulers (every `frequency` batches)
+
+  ``global_step`` counts optimizer steps, as in 1.9.5: +N per batch with N optimizers,
+  +1 per batch with frequencies, once per accumulation window and optimizer; a step whose
+  ``training_step`` returned None still counts (1.9.5 calls ``optimizer.step`` anyway, with
+  no gradients). ``on_train_batch_end`` and ``training_epoch_end`` get, per batch, the list
+  of the outputs of the optimizers that ran. Under DDP this mode needs
+  ``find_unused_parameters=True`` (1.9.5's default), which is then set: the frozen
+  parameters receive no gradient. Several optimizers without ``optimizer_idx`` are refused
+  with Lightning 2.x's advice (manual optimization).
+* **training_step_end / training_end(outputs)**: called on each step's output; returning
+  None keeps the step's output, as 1.9.5 does for ``training_step_end``.
+* **training_end(self)** with no argument (the tutorials' "code executed when training
+  ends"): called once, after the last training step, before ``on_train_end``.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Callable
+
+import torch
+
+from distengine.loop import _check_nonfinite, _extract_loss, _optimizer_step
+
+
+def _params(fn: Any) -> list[inspect.Parameter]:
+    try:
+        return list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+
+
+def takes_optimizer_idx(step: Any) -> bool:
+    return any(p.name == "optimizer_idx" for p in _params(step))
+
+
+def optimizer_frequencies(returned: Any, n: int) -> list[int]:
+    """The ``frequency`` of each optimizer in the raw ``configure_optimizers`` value (1.x)."""
+    items = [returned] if isinstance(returned, dict) else list(returned) if isinstance(returned, (list, tuple)) else []
+    freqs = [item["frequency"] for item in items if isinstance(item, dict) and item.get("frequency") is not None]
+    if freqs and len(freqs) != n:
+        raise ValueError("configure_optimizers gave a 'frequency' to some optimizers only; give one to each")
+    if any(not isinstance(f, int) or f < 1 for f in freqs):
+        raise ValueError(f"optimizer frequencies must be positive integers, got {freqs}")
+    return freqs
+
+
+def plan_optimization(t: Any, module: Any, returned: Any) -> OneXOptimization | None:
+    """Choose how ``t.optimizers`` are driven; None: the 2.x path (one optimizer, or manual)."""
+    n = len(t.optimizers)
+    idx = takes_optimizer_idx(module.training_step)
+    if not module.automatic_optimization:
+        if idx and n > 1:  # pytorch-lightning 1.9.5 refuses this too
+            raise ValueError("training_step takes optimizer_idx, but under manual optimization you step the "
+                             "optimizers yourself: remove optimizer_idx or set self.automatic_optimization = True")
+        return None
+    if n == 1 and not idx:
+        return None
+    if not idx:
+        raise ValueError(f"configure_optimizers returned {n} optimizers but training_step does not take "
+                         "optimizer_idx: set self.automatic_optimization = False and step them in training_step "
+                         "with opt1, opt2 = self.optimizers() (Lightning 2.x), or add the 1.x optimizer_idx argument")
+    return OneXOptimization(t, optimizer_frequencies(returned, n))
+
+
+class OneXOptimization:
+    """Automatic optimization over several optimizers, as pytorch-lightning 1.9.5 runs it."""
+
+    def __init__(self, t: Any, frequencies: list[int]) -> None:
+        n = len(t.optimizers)
+        self.toggle = n > 1  # 1.9.5 toggles only with several optimizers
+        self.every = range(n)
+        self.pass_idx = n > 1 or _required(t._module.training_step, "optimizer_idx")
+        self.cycle = [i for i, f in enumerate(frequencies) for _ in range(f)] if n > 1 else []
+        self._check(t, frequencies)
+        owner = {id(o): i for i, o in enumerate(t.optimizers)}
+        self.step_schedulers = [(owner.get(id(getattr(c.scheduler, "optimizer", None))), c)
+                                for c in t.lr_scheduler_configs if c.interval == "step"]
+
+    @staticmethod
+    def _check(t: Any, frequencies: list[int]) -> None:
+        """Refuse, in one line each, the combinations whose 1.9.5 behaviour is not reproduced."""
+        what = "training_step(batch, batch_idx, optimizer_idx) with several optimizers"
+        if t.precision == "16-mixed":
+            raise ValueError(f"{what} is not supported with precision='16-mixed'; use 'bf16-mixed' or 32")
+        if frequencies and t.accumulate_grad_batches > 1:
+            raise ValueError(f"optimizer frequencies with accumulate_grad_batches > 1 are not supported ({what})")
+        if frequencies and t.lr_scheduler_configs:
+            raise ValueError(f"learning-rate schedulers with optimizer frequencies are not supported ({what})")
+        if any(c.interval == "step" and c.reduce_on_plateau for c in t.lr_scheduler_configs):
+            raise ValueError(f"a step-interval ReduceLROnPlateau is not supported with {what}")
+
+    def active(self, batch_idx: int) -> range | list[int]:
+        """1.9.5's ``_get_active_optimizers``: the frequency cycle restarts with each epoch's batch_idx."""
+        return [self.cycle[batch_idx % len(self.cycle)]] if self.cycle else self.every
+
+    def run_batch(self, t: Any, args: tuple, batch_idx: int, last_micro: bool) -> list[Any]:
+        """Run ``training_step``, backward and (on the last micro-batch) the step of each active
+        optimizer; return the outputs of those whose step returned a loss."""
+        module, p = t._module, t.progress
+        outputs: list[Any] = []
+        for i in self.active(batch_idx):
+            opt = t.optimizers[i]
+            if self.toggle:
+                module.toggle_optimizer(opt)
+            try:
+                out = self._closure(t, args, i, last_micro)
+                if last_micro:  # 1.9.5 steps (and counts the step) even when the loss was None
+                    _optimizer_step(t, opt)
+                    p.global_step += 1
+            finally:
+                if self.toggle:
+                    module.untoggle_optimizer(opt)
+            if out is not None:
+                outputs.append(out)
+        if last_micro:
+            for owner, cfg in self.step_schedulers:  # 1.9.5: counted in batches of the epoch
+                if owner in self.active(batch_idx) and (batch_idx + 1) % cfg.frequency == 0:
+                    cfg.scheduler.step()
+        return outputs
+
+    def _closure(self, t: Any, args: tuple, i: int, last_micro: bool) -> Any:
+        """training_step (+ training_step_end) and backward for optimizer ``i``; the detached
+        output (``{"loss": ...}`` for a bare tensor), or None when no loss was returned."""
+        prec, model, hooks = t._precision, t._model, t._hooks
+        kwargs = {"optimizer_idx": i} if self.pass_idx else {}
+        ddp = model is not t._module
+        sync = model.no_sync() if ddp and not last_micro else contextlib.nullcontext()
+        with sync:
+            with prec.autocast() if prec.is_mixed else contextlib.nullcontext():
+                out = t._step_fn(*args, **kwargs)
+            loss = _extract_loss(t, out)
+            if t._step_hook is not None:
+                out = t._step_hook(out)
+                loss = _extract_loss(t, out)
+            if loss is None:
+                return None
+            if not t._loss_checked:
+                t._check_first_loss(loss)
+            if t.on_nonfinite_loss == "error":
+                _check_nonfinite(t, loss)  # one host read per optimizer call
+            t._last_loss = loss
+            if t.accumulate_grad_batches > 1:
+                loss = loss / t.accumulate_grad_batches
+            for fn in hooks["on_before_backward"]:
+                fn(loss)
+            prec.backward(loss)
+            for fn in hooks["on_after_backward"]:
+                fn()
+        if isinstance(out, torch.Tensor):
+            return {"loss": out.detach()}
+        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+
+
+def _required(fn: Any, name: str) -> bool:
+    return any(p.name == name and p.default is inspect.Parameter.empty for p in _params(fn))
+
+
+def step_end_hook(module: Any) -> Callable[[Any], Any] | None:
+    """``training_step_end(outputs)`` or the 0.x ``training_end(outputs)``, wrapped so that a
+    None return keeps the step's output (1.9.5's rule for ``training_step_end``): a hook
+    that only inspects the output must not turn every batch into a skipped one."""
+    for name in ("training_step_end", "training_end"):
+        if hasattr(type(module), name) and (name != "training_end" or not _no_argument_hook(module, name)):
+            hook = getattr(module, name)
+
+            def wrapped(out: Any, hook: Callable = hook) -> Any:
+                ret = hook(out)
+                return out if ret is None else ret
+
+            return wrapped
+    return None
+
+
+def training_end_hook(module: Any) -> Callable[[], Any] | None:
+    """The argument-less ``training_end(self)``: called once after the last training step."""
+    if hasattr(type(module), "training_end") and _no_argument_hook(module, "training_end"):
+        return module.training_end
+    return None
+
+
+def _no_argument_hook(module: Any, name: str) -> bool:
+    params = _params(getattr(module, name))
+    return not any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
