@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import torch
 
-from distengine import loop
+from distengine import loop, metric_writer
 from distengine.callbacks.base import CALLBACK_HOOKS, Callback, HookDispatcher
 from distengine.dist import collectives
 from distengine.dist.env import ClusterEnv, detect
@@ -564,24 +564,14 @@ class Trainer(CheckpointMixin):
         raise SystemExit(128 + signum)
 
     def _write_step_metrics(self) -> None:
-        self._raise_if_nonfinite()
-        log, _ = self._results.collect_step()
-        if self._precision.scaler is not None or self.on_nonfinite_loss == "skip":
-            log["skipped_steps"] = float(self._precision.skipped_steps + self._skipped_nonfinite)
-        if log:
-            self._log_to_loggers(log)
+        metric_writer.write_train_step(self)
 
     def _raise_if_nonfinite(self) -> None:
         if self._nonfinite_watch is not None:
             self._nonfinite_watch.check(self)
 
     def _log_to_loggers(self, metrics: dict[str, float]) -> None:
-        metrics = dict(metrics)
-        metrics["epoch"] = float(self.current_epoch)
-        self.logged_metrics.update(metrics)
-        if self.is_global_zero:
-            for lg in self._loggers:
-                lg.log_metrics(metrics, step=self.global_step)
+        metric_writer.log_to_loggers(self, metrics)
 
     def _check_first_loss(self, loss: torch.Tensor) -> None:
         if not loss.requires_grad and self._module.automatic_optimization:
@@ -601,6 +591,9 @@ class _RunContext:
         t._status.stage = stage = self.stage
         t._stop_now, t.should_stop = False, False
         t._loss_checked = False
+        t._results.reset_all()  # as in Lightning: callback_metrics hold this stage's values only
+        t.logged_metrics, t._eval_log_steps, t._step_writes = {}, {}, 0
+        t._last_step_written = t.progress.global_step
         t._module = self.model
         self.model._trainer = t
         t._setup_env()
