@@ -65,8 +65,11 @@ def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) 
             wanted = 1  # each rank sees the device(s) the launcher gave it
         if available < wanted:
             what = f"GPU indices {ids}" if ids else f"{count} GPU(s)"
+            # with gpus=..., accelerator='cpu' would not help: gpus overrides it (as in 1.x)
+            fix = f"remove gpus={gpus!r} (or set gpus=0 or None) to train on the CPU" if gpus is not None \
+                else "use accelerator='cpu' or fewer devices"
             raise ValueError(f"asked for {what} but {available} GPU(s) are available "
-                             f"(torch.cuda.device_count()={available}); use accelerator='cpu' or fewer devices")
+                             f"(torch.cuda.device_count()={available}); {fix}")
         ids = ids or list(range(count))
     if env.distributed and devices != "auto" and count != env.local_world_size:
         raise ValueError(f"Trainer(devices={count}) contradicts the launched job, which runs "
@@ -199,7 +202,8 @@ class CheckpointMixin:
             if done is None:
                 done = datamodule._distengine_stages = set()
                 if hasattr(datamodule, "prepare_data"):  # downloads: once per node, the others wait
-                    if self.local_rank == 0:
+                    per_node = getattr(datamodule, "prepare_data_per_node", self.prepare_data_per_node)
+                    if (self.local_rank if per_node else self.global_rank) == 0:
                         datamodule.prepare_data()
                     collectives.barrier()
             stage = self._status.stage or "fit"
