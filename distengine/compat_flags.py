@@ -115,6 +115,10 @@ def translate(kwargs: dict[str, Any], known: list[str]) -> tuple[dict[str, Any],
         from distengine.callbacks.grad_norm import GradNormTracker
 
         callbacks.append(GradNormTracker(tgn))
+    reload = attrs["reload_dataloaders_every_n_epochs"]
+    if isinstance(reload, bool) or not isinstance(reload, int) or reload < 0:
+        raise ValueError(f"Trainer(reload_dataloaders_every_n_epochs={reload!r}): use a whole number of epochs "
+                         ">= 0 (0: never)")
     esc = old.get("early_stop_callback")
     if esc is not None and esc is not False:
         from distengine.callbacks.early_stopping import EarlyStopping

@@ -300,6 +300,9 @@ def fit_loop(t) -> None:
     for fn in hooks["on_train_start"]:
         fn()
     while not t._fit_done():
+        every = t.reload_dataloaders_every_n_epochs  # Lightning: at epochs n, 2n, ... (not on resume mid-epoch)
+        if every and p.epoch and p.epoch % every == 0 and not p.batches_done:
+            t._reload_dataloaders()
         if t._train_sampler is not None:
             t._train_sampler.set_epoch(p.epoch)
         t._module.train()

@@ -193,6 +193,9 @@ class CheckpointMixin:
         hook = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
                 "predict": "predict_dataloader"}[kind]
         source = given
+        # the hook each loader came from: reload_dataloaders_every_n_epochs calls it again
+        hooks = vars(self).setdefault("_loader_hooks", {})
+        hooks.pop(kind, None)
         if datamodule is not None:
             self.datamodule = datamodule
             if hasattr(datamodule, "trainer"):
@@ -212,8 +215,10 @@ class CheckpointMixin:
             done.add(stage)
             if hasattr(datamodule, hook):
                 source = getattr(datamodule, hook)()
+                hooks[kind] = getattr(datamodule, hook)
         if source is None and self._module_overrides(hook):
             source = getattr(self._module, hook)()
+            hooks[kind] = getattr(self._module, hook)
         if source is None:
             if required:
                 what = {"train": "training", "val": "validation", "test": "test", "predict": "predict"}[kind]
@@ -235,7 +240,6 @@ class CheckpointMixin:
             any(n > 0 for n in self._limit("val"))
 
     def _setup_fit(self, train: list[Any], val: list[Any]) -> None:
-        from distengine.data import prepare_eval_loader, prepare_train_loader
         from distengine.dist import setup
         from distengine.optim import parse_optimizers
         from distengine.precision import Precision
@@ -243,23 +247,7 @@ class CheckpointMixin:
         if len(train) != 1:
             raise ValueError(f"fit takes one training dataloader, got {len(train)}")
         env, module = self.env, self._module
-        shuffle = False if self.overfit_batches else None
-        self._train_loader, self._train_sampler = prepare_train_loader(
-            train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle)
-        self._val_loaders = [prepare_eval_loader(v, env.world_size, env.rank, self.use_distributed_sampler)
-                             for v in val]
-        n = _safe_len(self._train_loader)
-        self._num_train_batches = _apply_limit(self.limits["train"], n, "train")
-        if self._num_train_batches == 0:
-            raise ValueError("limit_train_batches leaves no training batch; raise it")
-        self._num_val_batches = self._limit("val")
-        vci = self.val_check_interval  # checked by the Trainer: a fraction in [0, 1] or a batch count
-        if vci is None or (isinstance(vci, float) and vci == 1.0):
-            self._val_every_batches = 0  # at the end of the epoch only
-        elif isinstance(vci, float):
-            self._val_every_batches = max(1, int(self._num_train_batches * vci))
-        else:
-            self._val_every_batches = int(vci)  # an int 1 validates after every batch, as in Lightning
+        self._set_fit_loaders(train, val)
         self._run_sanity_check = self._should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
                               for n in self._num_val_batches]
@@ -286,6 +274,42 @@ class CheckpointMixin:
         self._model = setup.wrap_ddp(module, self._device, find_unused_parameters=self.find_unused_parameters) \
             if env.distributed else module
         self.progress.__init__()
+
+    def _set_fit_loaders(self, train: list[Any], val: list[Any]) -> None:
+        from distengine.data import prepare_eval_loader, prepare_train_loader
+
+        env = self.env
+        self._raw_loaders = (train, val)
+        shuffle = False if self.overfit_batches else None
+        self._train_loader, self._train_sampler = prepare_train_loader(
+            train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle)
+        self._val_loaders = [prepare_eval_loader(v, env.world_size, env.rank, self.use_distributed_sampler)
+                             for v in val]
+        n = _safe_len(self._train_loader)
+        self._num_train_batches = _apply_limit(self.limits["train"], n, "train")
+        if self._num_train_batches == 0:
+            raise ValueError("limit_train_batches leaves no training batch; raise it")
+        self._num_val_batches = self._limit("val")
+        vci = self.val_check_interval  # checked by the Trainer: a fraction in [0, 1] or a batch count
+        if vci is None or (isinstance(vci, float) and vci == 1.0):
+            self._val_every_batches = 0  # at the end of the epoch only
+        elif isinstance(vci, float):
+            self._val_every_batches = max(1, int(self._num_train_batches * vci))
+        else:
+            self._val_every_batches = int(vci)  # an int 1 validates after every batch, as in Lightning
+
+    def _reload_dataloaders(self) -> None:
+        """Call the ``*_dataloader`` hooks again (loaders passed to ``fit`` stay, as in Lightning)."""
+        hooks = getattr(self, "_loader_hooks", {})
+        if not {"train", "val"} & set(hooks):
+            return
+        train, val = self._raw_loaders
+        if "train" in hooks:
+            train = [hooks["train"]()]
+        if "val" in hooks:
+            source = hooks["val"]()
+            val = list(source) if isinstance(source, (list, tuple)) else [source]
+        self._set_fit_loaders(train, val)
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
         from distengine import loop
