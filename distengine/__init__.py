@@ -27,10 +27,11 @@ _LAZY = {
     "Tuner": "distengine.tuner",
     "callbacks": None,
     "loggers": None,
+    "utilities": None,
 }
 
 __all__ = ["DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner", "__version__",
-           "callbacks", "loggers", "seed_everything"]
+           "callbacks", "loggers", "seed_everything", "utilities"]
 
 
 def __getattr__(name: str) -> Any:

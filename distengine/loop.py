@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 from typing import Any
 
 import torch
 
+from distengine import metric_writer
 from distengine.data import move_to_device
 from distengine.dist import collectives
-from distengine.nonfinite import NonFiniteWatch, _nonfinite_error, nonfinite_grads, step_unless_nonfinite
-
-__all__ = ["NonFiniteWatch", "nonfinite_grads", "step_unless_nonfinite", "fit_loop", "run_eval", "train_epoch"]
+from distengine.nonfinite import (  # noqa: F401 - re-exported: tests and callers import them from here
+    NonFiniteWatch,
+    _check_nonfinite,
+    _nonfinite_error,
+    nonfinite_grads,
+    step_unless_nonfinite,
+)
 
 
 def takes_batch_idx(step: Any) -> bool:
@@ -113,12 +117,6 @@ def _step_schedulers(t, interval: str, plateau: bool | None) -> None:
             cfg.scheduler.step(float(metrics[cfg.monitor]))
         else:
             cfg.scheduler.step()
-
-
-def _check_nonfinite(t, loss: torch.Tensor) -> None:
-    value = loss.item()  # on CPU this costs about a microsecond and syncs nothing
-    if not math.isfinite(value):
-        raise _nonfinite_error(t, value, t.progress.global_step)
 
 
 def _optimizer_step(t, optimizer: torch.optim.Optimizer) -> None:
@@ -306,6 +304,9 @@ def fit_loop(t) -> None:
         fn()
     stopped_in_epoch = False
     while not t._fit_done():
+        every = t.reload_dataloaders_every_n_epochs  # Lightning: at epochs n, 2n, ... (not on resume mid-epoch)
+        if every and p.epoch and p.epoch % every == 0 and not p.batches_done:
+            t._reload_dataloaders()
         if t._train_sampler is not None:
             t._train_sampler.set_epoch(p.epoch)
         t._module.train()
@@ -329,6 +330,7 @@ def fit_loop(t) -> None:
     # Stopped inside an epoch's training or at its end (not by a signal, whose checkpoint is
     # named by the exact position): Trainer.current_epoch now counts that epoch as finished.
     t._stopped_in_epoch = stopped_in_epoch and t._status.stop_signal is None
+    metric_writer.flush_train_step(t)  # stopped mid-epoch (max_steps, a stop request)
     # The loop has stopped on every rank at the same step: finish the stop vote still in
     # flight (see StopVote.close). Not on an exception: a failed peer might never answer it.
     t._stop_vote.close()
@@ -342,6 +344,7 @@ def _end_of_epoch(t) -> None:
     p = t.progress
     res = t._results
     t._raise_if_nonfinite()
+    metric_writer.flush_train_step(t)  # the epoch's last step values, if not written yet
     _step_schedulers(t, "epoch", plateau=False)
     if t._should_validate() and (p.epoch + 1) % t.check_val_every_n_epoch == 0:
         run_eval(t, "validate", t._val_loaders, t._limit("val"))
@@ -378,6 +381,7 @@ def run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool =
     collect = t._collect_eval_outputs(stage)
     device, convert = t._device, (prec.convert_input if prec._true_dtype is not None else None)
     many = len(loaders) > 1
+    write_steps = not sanity and stage != "predict"  # on_step values, after every batch (Lightning)
     for fn in hooks[f"on_{name}_start"]:
         fn()
     for fn in hooks[f"on_{name}_epoch_start"]:
@@ -402,6 +406,8 @@ def run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool =
                     out = step(batch, batch_idx, *extra) if takes_idx else step(batch, *extra)
                 for fn in hooks[f"on_{name}_batch_end"]:
                     fn(out, batch, batch_idx, *extra)
+                if write_steps:
+                    metric_writer.write_eval_step(t, stage, dl_idx)
                 if collect:
                     outputs.append(_detach(out) if stage != "predict" else out)
             all_outputs.append(outputs)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from distengine.dist import collectives
+from distengine.metric_writer import forked_name
 
 _REDUCE = ("mean", "sum", "max", "min")
 
@@ -171,7 +172,7 @@ class Results:
         bar: dict[str, float] = {}
         for e in fresh:
             v = values[e.name] if e.name in values else float(e.step_value)
-            name = e.name + "_step" if e.on_epoch else e.name
+            name = forked_name(e.name, "_step") if e.on_epoch else e.name
             if e.logger:
                 log[name] = v
             if e.prog_bar:
@@ -179,12 +180,23 @@ class Results:
             e.fresh = False
         return log, bar
 
+    def collect_eval_step(self, stage: str) -> dict[str, float]:
+        """The logger values an evaluation batch just logged with ``on_step=True`` (this rank's
+        own values: Lightning writes them unreduced too)."""
+        log: dict[str, float] = {}
+        for e in self.entries[stage].values():
+            if e.fresh:
+                if e.logger:
+                    log[forked_name(e.name, "_step") if e.on_epoch else e.name] = float(e.step_value)
+                e.fresh = False
+        return log
+
     def step_metrics_now(self) -> dict[str, torch.Tensor]:
         """Latest local step values (for callback_metrics), converted without a reduce."""
         out = {}
         for e in self.entries["train"].values():
             if e.on_step and e.step_value is not None:
-                out[e.name + "_step" if e.on_epoch else e.name] = _as_float_tensor(e.step_value).float()
+                out[forked_name(e.name, "_step") if e.on_epoch else e.name] = _as_float_tensor(e.step_value).float()
                 if not e.on_epoch:
                     out[e.name] = out[e.name]
         return out
@@ -193,7 +205,7 @@ class Results:
         out = dict(self.prog_bar_epoch)
         for e in self.entries["train"].values():
             if e.prog_bar and e.on_step and e.step_value is not None:
-                out[e.name + "_step" if e.on_epoch else e.name] = float(e.step_value)
+                out[forked_name(e.name, "_step") if e.on_epoch else e.name] = float(e.step_value)
         return out
 
     def collect_epoch(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
@@ -241,7 +253,7 @@ class Results:
                         counts[i] = red[len(idx) + j]
             for e, s, c in zip(entries, reduced_sum, counts):
                 value = float(s / c) if e.reduce_fx == "mean" and float(c) > 0 else float(s)
-                name = e.name + "_epoch" if e.on_step else e.name
+                name = forked_name(e.name, "_epoch") if e.on_step else e.name
                 out[e.name] = value
                 self.epoch_values[e.name] = torch.tensor(value)
                 if e.on_step:
@@ -255,7 +267,7 @@ class Results:
             if e.total is None:
                 continue
             value = float(e.total / e.count) if e.reduce_fx == "mean" and e.count > 0 else float(e.total)
-            name = e.name + "_epoch" if e.on_step else e.name
+            name = forked_name(e.name, "_epoch") if e.on_step else e.name
             out[e.name] = value
             self.epoch_values[e.name] = self.epoch_values[name] = torch.tensor(value)
             if e.logger:
@@ -264,6 +276,14 @@ class Results:
                 self.prog_bar_epoch[name] = value
             e.total, e.count = None, 0
         return log, out
+
+    def reset_all(self) -> None:
+        """Forget every logged value: each fit/validate/test/predict call starts with empty
+        ``callback_metrics``, as in Lightning (after ``test()`` they hold the test metrics only)."""
+        for stage in self.entries:
+            self.reset_stage(stage)
+        self.epoch_values.clear()
+        self.prog_bar_epoch.clear()
 
     def reset_stage(self, stage: str) -> None:
         self.entries[stage] = {}

@@ -106,6 +106,62 @@ class Module(nn.Module):
     def logger(self):
         return self._trainer.logger if self._trainer is not None else None
 
+    @property
+    def loggers(self) -> list[Any]:
+        """All of the Trainer's loggers (``[]`` outside a Trainer)."""
+        return list(self._trainer.loggers) if self._trainer is not None else []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the parameters (float32 unless converted; ``torch.float32`` without any)."""
+        for p in self.parameters():
+            return p.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def on_gpu(self) -> bool:
+        """True when the module runs on a CUDA device."""
+        return self.device.type == "cuda"
+
+    # ------------------------------------------------------------------ freezing
+    def freeze(self) -> None:
+        """Stop training every parameter and switch to eval mode (for inference)."""
+        for p in self.parameters():
+            p.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Undo :meth:`freeze`: every parameter trainable again, train mode."""
+        for p in self.parameters():
+            p.requires_grad = True
+        self.train()
+
+    # ------------------------------------------------------------------ collectives
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Gather ``data`` (a tensor, number, or a dict/list/tuple of them) from every rank:
+        each tensor comes back stacked, shape ``(world_size, *shape)``, in rank order. Outside
+        a process group it is returned unchanged (numbers as tensors), as in Lightning.
+        ``sync_grads=True`` lets gradients flow back through the gather."""
+        import torch.distributed as dist
+
+        def gather(x: Any) -> Any:
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                x = torch.as_tensor(x, device=self.device)
+            if not isinstance(x, torch.Tensor):
+                return x
+            if not (dist.is_available() and dist.is_initialized()):
+                return x
+            x = x.contiguous()
+            if sync_grads:
+                from torch.distributed.nn.functional import all_gather as differentiable_gather
+
+                return torch.stack(differentiable_gather(x, group=group or dist.group.WORLD))
+            out = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+            dist.all_gather(out, x, group=group)
+            return torch.stack(out)
+
+        return _map_collection(data, gather)
+
     # ------------------------------------------------------------------ logging
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True,
             on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str = "mean",
@@ -227,6 +283,35 @@ class Module(nn.Module):
             trainer._manual_ddp.prepare_for_backward(loss)
         trainer._precision.backward(loss, *args, **kwargs)
 
+    def clip_gradients(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                       gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the gradients of ``optimizer``'s parameters (use with manual optimization, after
+        ``manual_backward`` and before ``optimizer.step()``). Mixed-precision gradients are
+        unscaled first. With no value, the Trainer's ``gradient_clip_val`` /
+        ``gradient_clip_algorithm`` are used; ``0``/``None`` clips nothing.
+
+        Example: ``self.clip_gradients(opt, gradient_clip_val=0.5, gradient_clip_algorithm="norm")``
+        """
+        trainer = self._trainer
+        if gradient_clip_val is None and trainer is not None:
+            gradient_clip_val = trainer.gradient_clip_val
+        algorithm = gradient_clip_algorithm or (trainer.gradient_clip_algorithm if trainer is not None else "norm")
+        if algorithm not in ("norm", "value"):
+            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {algorithm!r}")
+        if not gradient_clip_val:
+            return
+        if trainer is not None and getattr(trainer, "_precision", None) is not None:
+            trainer._precision.unscale_once(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+    def log_grad_norm(self, grad_norm_dict: dict[str, float]) -> None:
+        """1.x hook (``Trainer(track_grad_norm=p)``): log the gradient norms of a step."""
+        self.log_dict(grad_norm_dict, on_step=True, on_epoch=True, prog_bar=False, logger=True)
+
     def toggle_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Freeze (``requires_grad=False``) the parameters of every OTHER optimizer, so that a
         backward for this one leaves no gradients on them (the GAN pattern); undo it with
@@ -272,6 +357,14 @@ class Module(nn.Module):
         if type(model).on_load_checkpoint is not Module.on_load_checkpoint:
             model.on_load_checkpoint(ckpt)
         return model
+
+
+def _map_collection(data: Any, fn: Any) -> Any:
+    if isinstance(data, Mapping):
+        return type(data)({k: _map_collection(v, fn) for k, v in data.items()})
+    if isinstance(data, (list, tuple)) and not hasattr(data, "_fields"):
+        return type(data)(_map_collection(v, fn) for v in data)
+    return fn(data)
 
 
 def _noop(self, *args, **kwargs):

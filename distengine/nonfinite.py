@@ -1,10 +1,11 @@
-"""Non-finite losses and gradients: the error, the device-side watch, and skipping steps.
+"""Non-finite losses and gradients: the checks behind ``Trainer(on_nonfinite_loss=...)``.
 
-The loop checks each loss on the CPU (a microsecond); on an accelerator it remembers the
-first bad step on the device (:class:`NonFiniteWatch`) so no step waits for the GPU.
+``NonFiniteWatch`` remembers on the device the first step whose loss was not finite;
+``step_unless_nonfinite`` skips an optimizer step whose gradients hold inf/nan.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,6 +16,12 @@ def _nonfinite_error(t, value: float, step: int) -> FloatingPointError:
         f"the training loss is {value} at global step {step} (epoch {t.progress.epoch}) on rank "
         f"{t.global_rank}; lower the learning rate, check the data, or pass "
         "Trainer(on_nonfinite_loss='skip') to skip such steps")
+
+
+def _check_nonfinite(t, loss: torch.Tensor) -> None:
+    value = loss.item()  # on CPU this costs about a microsecond and syncs nothing
+    if not math.isfinite(value):
+        raise _nonfinite_error(t, value, t.progress.global_step)
 
 
 class NonFiniteWatch:

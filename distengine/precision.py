@@ -99,6 +99,17 @@ class Precision:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
+    def unscale_once(self, optimizer: torch.optim.Optimizer) -> None:
+        """:meth:`unscale` unless this step's gradients of ``optimizer`` already are (GradScaler
+        refuses a second unscale before ``update``)."""
+        if self.scaler is None:
+            return
+        from torch.amp.grad_scaler import OptState
+
+        state = self.scaler._per_optimizer_states[id(optimizer)]
+        if state["stage"] is OptState.READY:
+            self.scaler.unscale_(optimizer)
+
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:
             optimizer.step()

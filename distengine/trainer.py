@@ -24,8 +24,9 @@ from typing import Any, Iterable
 
 import torch
 
-from distengine import compat, loop
+from distengine import compat, loop, metric_writer
 from distengine.callbacks.base import CALLBACK_HOOKS, Callback, HookDispatcher
+from distengine.compat_flags import OneXTrainerMixin, accepts_1x_flags
 from distengine.dist import collectives
 from distengine.dist.env import ClusterEnv, detect
 from distengine.flags import check_numeric_flags
@@ -41,11 +42,10 @@ _STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal,
                                   getattr(signal, "SIGUSR2", None)) if s is not None)
 
 
-class Trainer(CheckpointMixin):
-    """Runs the loops for a :class:`distengine.Module`. Flags use Lightning 2.x names; the 1.x
-    names ``gpus``, ``weights_save_path``, ``resume_from_checkpoint``, ``checkpoint_callback``,
-    ``progress_bar_refresh_rate``, ``terminate_on_nan``, ``replace_sampler_ddp``,
-    ``auto_lr_find`` and ``auto_scale_batch_size`` are accepted too.
+class Trainer(CheckpointMixin, OneXTrainerMixin):
+    """Runs the loops for a :class:`distengine.Module`. Flags use Lightning 2.x names; ``gpus``
+    and the other 1.x flags are translated by :mod:`distengine.compat_flags` (which also adds
+    ``add_argparse_args``/``from_argparse_args``/``parse_argparser`` and ``trainer.tuner``).
 
     distengine-specific flags: ``on_nonfinite_loss`` ("error": stop with an error naming the
     step and rank; "skip": skip optimizer steps whose gradients are not finite; "ignore"),
@@ -53,6 +53,7 @@ class Trainer(CheckpointMixin):
     1800) and ``find_unused_parameters`` (passed to DDP).
     """
 
+    @accepts_1x_flags
     def __init__(self, *, accelerator: str = "auto", strategy: str = "auto", devices: Any = "auto",
                  num_nodes: int = 1, precision: Any = "32-true", logger: Any = True,
                  callbacks: Any = None, fast_dev_run: Any = False, max_epochs: int | None = None,
@@ -70,13 +71,7 @@ class Trainer(CheckpointMixin):
                  sync_batchnorm: bool = False, default_root_dir: str | None = None,
                  compile: bool = False, on_nonfinite_loss: str = "error",
                  dist_timeout: float | timedelta | None = None, find_unused_parameters: bool = False,
-                 gpus: Any = None, weights_save_path: str | None = None,
-                 resume_from_checkpoint: str | None = None, auto_lr_find: Any = False,
-                 auto_scale_batch_size: Any = False, checkpoint_callback: bool | None = None,
-                 progress_bar_refresh_rate: int | None = None, terminate_on_nan: bool | None = None,
-                 replace_sampler_ddp: bool | None = None, **unknown: Any) -> None:
-        if unknown:
-            raise TypeError(f"Trainer got unknown flag(s) {sorted(unknown)}; see help(distengine.Trainer)")
+                 gpus: Any = None) -> None:
         # every numeric flag is checked (and normalised) before anything else happens
         flags = check_numeric_flags(
             max_epochs=max_epochs, min_epochs=min_epochs, max_steps=max_steps, min_steps=min_steps,
@@ -121,8 +116,6 @@ class Trainer(CheckpointMixin):
         if gradient_clip_algorithm not in (None, "norm", "value"):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
         self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm or "norm"
-        if terminate_on_nan is not None:
-            on_nonfinite_loss = "error" if terminate_on_nan else "ignore"
         if on_nonfinite_loss not in ("error", "skip", "ignore"):
             raise ValueError(f"on_nonfinite_loss must be 'error', 'skip' or 'ignore', got {on_nonfinite_loss!r}")
         self.on_nonfinite_loss = on_nonfinite_loss
@@ -141,19 +134,14 @@ class Trainer(CheckpointMixin):
         # Lightning: 0 writes no step metrics at all (they still reach callback_metrics)
         self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
         self.default_root_dir = os.fspath(default_root_dir or os.getcwd())
-        self.weights_save_path = weights_save_path
         self.deterministic, self.benchmark, self.detect_anomaly = deterministic, benchmark, detect_anomaly
         self.inference_mode, self.sync_batchnorm, self.compile = inference_mode, sync_batchnorm, compile
-        self.use_distributed_sampler = use_distributed_sampler if replace_sampler_ddp is None else replace_sampler_ddp
+        self.use_distributed_sampler = use_distributed_sampler
         self.dist_timeout = dist_timeout
-        self.resume_from_checkpoint = resume_from_checkpoint
-        self.auto_lr_find, self.auto_scale_batch_size = auto_lr_find, auto_scale_batch_size
-        if checkpoint_callback is not None and enable_checkpointing is None:
-            enable_checkpointing = checkpoint_callback
         self._loggers = self._build_loggers(logger)
         self.callbacks = self._build_callbacks(
             callbacks, max_time, enable_checkpointing is not False,
-            enable_progress_bar is not False and progress_bar_refresh_rate != 0,
+            enable_progress_bar is not False,
             enable_model_summary is not False and not self.fast_dev_run)
         self.progress = Progress()
         self._status = TrainerStatus()
@@ -426,6 +414,7 @@ class Trainer(CheckpointMixin):
         resumes from ``"last"`` by itself."""
         self._check_module(model, "fit")
         self._launch_if_needed()
+        self._tune_in_fit(model, train_dataloaders, val_dataloaders, datamodule)
         ckpt_path = ckpt_path or self.resume_from_checkpoint
         if ckpt_path is None and self.env.restart_count > 0:
             ckpt_path = "last"
@@ -454,9 +443,11 @@ class Trainer(CheckpointMixin):
         return self._evaluate("validate", model, dataloaders, datamodule, ckpt_path)
 
     def test(self, model: Module | None = None, dataloaders: Any = None, datamodule: Any = None,
-             ckpt_path: str | None = None, verbose: bool = True) -> list[dict[str, float]]:
-        """Run one test epoch; returns one dict of rank-reduced metrics per dataloader."""
-        return self._evaluate("test", model, dataloaders, datamodule, ckpt_path)
+             ckpt_path: str | None = None, verbose: bool = True,
+             test_dataloaders: Any = None) -> list[dict[str, float]]:
+        """Run one test epoch; returns one dict of rank-reduced metrics per dataloader
+        (``test_dataloaders=`` is the 1.x name of ``dataloaders``)."""
+        return self._evaluate("test", model, dataloaders or test_dataloaders, datamodule, ckpt_path)
 
     def predict(self, model: Module | None = None, dataloaders: Any = None, datamodule: Any = None,
                 ckpt_path: str | None = None, return_predictions: bool | None = None) -> list[Any] | None:
@@ -572,24 +563,14 @@ class Trainer(CheckpointMixin):
         raise SystemExit(128 + signum)
 
     def _write_step_metrics(self) -> None:
-        self._raise_if_nonfinite()
-        log, _ = self._results.collect_step()
-        if self._precision.scaler is not None or self.on_nonfinite_loss == "skip":
-            log["skipped_steps"] = float(self._precision.skipped_steps + self._skipped_nonfinite)
-        if log:
-            self._log_to_loggers(log)
+        metric_writer.write_train_step(self)
 
     def _raise_if_nonfinite(self) -> None:
         if self._nonfinite_watch is not None:
             self._nonfinite_watch.check(self)
 
     def _log_to_loggers(self, metrics: dict[str, float]) -> None:
-        metrics = dict(metrics)
-        metrics["epoch"] = float(self.current_epoch)
-        self.logged_metrics.update(metrics)
-        if self.is_global_zero:
-            for lg in self._loggers:
-                lg.log_metrics(metrics, step=self.global_step)
+        metric_writer.log_to_loggers(self, metrics)
 
     def _check_first_loss(self, loss: torch.Tensor) -> None:
         if not loss.requires_grad and self._module.automatic_optimization:
@@ -609,6 +590,9 @@ class _RunContext:
         t._status.stage = stage = self.stage
         t._stop_now, t.should_stop = False, False
         t._loss_checked = False
+        t._results.reset_all()  # as in Lightning: callback_metrics hold this stage's values only
+        t.logged_metrics, t._eval_log_steps, t._step_writes = {}, {}, 0
+        t._last_step_written = t.progress.global_step
         t._module = self.model
         self.model._trainer = t
         t._setup_env()
@@ -620,7 +604,8 @@ class _RunContext:
         self.t0 = time.monotonic()
         key = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
         if module_overrides(self.model, "prepare_data"):  # Lightning: downloads once per node, first
-            if t.local_rank == 0:
+            if (t.local_rank if getattr(self.model, "prepare_data_per_node", t.prepare_data_per_node)
+                    else t.global_rank) == 0:
                 self.model.prepare_data()
             collectives.barrier()
         self.model.setup(key)

@@ -65,8 +65,11 @@ def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) 
             wanted = 1  # each rank sees the device(s) the launcher gave it
         if available < wanted:
             what = f"GPU indices {ids}" if ids else f"{count} GPU(s)"
+            # with gpus=..., accelerator='cpu' would not help: gpus overrides it (as in 1.x)
+            fix = f"remove gpus={gpus!r} (or set gpus=0 or None) to train on the CPU" if gpus is not None \
+                else "use accelerator='cpu' or fewer devices"
             raise ValueError(f"asked for {what} but {available} GPU(s) are available "
-                             f"(torch.cuda.device_count()={available}); use accelerator='cpu' or fewer devices")
+                             f"(torch.cuda.device_count()={available}); {fix}")
         ids = ids or list(range(count))
     if env.distributed and devices != "auto" and count != env.local_world_size:
         raise ValueError(f"Trainer(devices={count}) contradicts the launched job, which runs "
@@ -190,6 +193,9 @@ class CheckpointMixin:
         hook = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
                 "predict": "predict_dataloader"}[kind]
         source = given
+        # the hook each loader came from: reload_dataloaders_every_n_epochs calls it again
+        hooks = vars(self).setdefault("_loader_hooks", {})
+        hooks.pop(kind, None)
         if datamodule is not None:
             self.datamodule = datamodule
             if hasattr(datamodule, "trainer"):
@@ -199,7 +205,8 @@ class CheckpointMixin:
             if done is None:
                 done = datamodule._distengine_stages = set()
                 if hasattr(datamodule, "prepare_data"):  # downloads: once per node, the others wait
-                    if self.local_rank == 0:
+                    per_node = getattr(datamodule, "prepare_data_per_node", self.prepare_data_per_node)
+                    if (self.local_rank if per_node else self.global_rank) == 0:
                         datamodule.prepare_data()
                     collectives.barrier()
             stage = self._status.stage or "fit"
@@ -208,8 +215,10 @@ class CheckpointMixin:
             done.add(stage)
             if hasattr(datamodule, hook):
                 source = getattr(datamodule, hook)()
+                hooks[kind] = getattr(datamodule, hook)
         if source is None and self._module_overrides(hook):
             source = getattr(self._module, hook)()
+            hooks[kind] = getattr(self._module, hook)
         if source is None:
             if required:
                 what = {"train": "training", "val": "validation", "test": "test", "predict": "predict"}[kind]
@@ -232,7 +241,6 @@ class CheckpointMixin:
 
     def _setup_fit(self, train: list[Any], val: list[Any]) -> None:
         from distengine import compat
-        from distengine.data import prepare_eval_loader, prepare_train_loader
         from distengine.dist import setup
         from distengine.optim import parse_optimizers
         from distengine.precision import Precision
@@ -240,23 +248,7 @@ class CheckpointMixin:
         if len(train) != 1:
             raise ValueError(f"fit takes one training dataloader, got {len(train)}")
         env, module = self.env, self._module
-        shuffle = False if self.overfit_batches else None
-        self._train_loader, self._train_sampler = prepare_train_loader(
-            train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle)
-        self._val_loaders = [prepare_eval_loader(v, env.world_size, env.rank, self.use_distributed_sampler)
-                             for v in val]
-        n = _safe_len(self._train_loader)
-        self._num_train_batches = _apply_limit(self.limits["train"], n, "train")
-        if self._num_train_batches == 0:
-            raise ValueError("limit_train_batches leaves no training batch; raise it")
-        self._num_val_batches = self._limit("val")
-        vci = self.val_check_interval  # checked by the Trainer: a fraction in [0, 1] or a batch count
-        if vci is None or (isinstance(vci, float) and vci == 1.0):
-            self._val_every_batches = 0  # at the end of the epoch only
-        elif isinstance(vci, float):
-            self._val_every_batches = max(1, int(self._num_train_batches * vci))
-        else:
-            self._val_every_batches = int(vci)  # an int 1 validates after every batch, as in Lightning
+        self._set_fit_loaders(train, val)
         self._run_sanity_check = self._should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
                               for n in self._num_val_batches]
@@ -295,6 +287,42 @@ class CheckpointMixin:
 
     def _count_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.progress.global_step += 1
+
+    def _set_fit_loaders(self, train: list[Any], val: list[Any]) -> None:
+        from distengine.data import prepare_eval_loader, prepare_train_loader
+
+        env = self.env
+        self._raw_loaders = (train, val)
+        shuffle = False if self.overfit_batches else None
+        self._train_loader, self._train_sampler = prepare_train_loader(
+            train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle)
+        self._val_loaders = [prepare_eval_loader(v, env.world_size, env.rank, self.use_distributed_sampler)
+                             for v in val]
+        n = _safe_len(self._train_loader)
+        self._num_train_batches = _apply_limit(self.limits["train"], n, "train")
+        if self._num_train_batches == 0:
+            raise ValueError("limit_train_batches leaves no training batch; raise it")
+        self._num_val_batches = self._limit("val")
+        vci = self.val_check_interval  # checked by the Trainer: a fraction in [0, 1] or a batch count
+        if vci is None or (isinstance(vci, float) and vci == 1.0):
+            self._val_every_batches = 0  # at the end of the epoch only
+        elif isinstance(vci, float):
+            self._val_every_batches = max(1, int(self._num_train_batches * vci))
+        else:
+            self._val_every_batches = int(vci)  # an int 1 validates after every batch, as in Lightning
+
+    def _reload_dataloaders(self) -> None:
+        """Call the ``*_dataloader`` hooks again (loaders passed to ``fit`` stay, as in Lightning)."""
+        hooks = getattr(self, "_loader_hooks", {})
+        if not {"train", "val"} & set(hooks):
+            return
+        train, val = self._raw_loaders
+        if "train" in hooks:
+            train = [hooks["train"]()]
+        if "val" in hooks:
+            source = hooks["val"]()
+            val = list(source) if isinstance(source, (list, tuple)) else [source]
+        self._set_fit_loaders(train, val)
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
         from distengine import loop

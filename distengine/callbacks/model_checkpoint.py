@@ -112,7 +112,14 @@ class ModelCheckpoint(Callback):
                  train_time_interval: datetime.timedelta | float | None = None,
                  save_on_train_epoch_end: bool | None = None, async_save: bool = False,
                  save_weights_only: bool = False, verbose: bool = False,
-                 auto_insert_metric_name: bool = True) -> None:
+                 auto_insert_metric_name: bool = True, filepath: str | os.PathLike | None = None) -> None:
+        if filepath is not None:  # 0.x/1.x: one path, split into dirpath + filename as Lightning 1.1 did
+            if dirpath is not None or filename is not None:
+                raise ValueError("ModelCheckpoint: pass filepath= (the 1.x form) or dirpath=/filename=, not both")
+            filepath = os.fspath(filepath)
+            dirpath, filename = (filepath, None) if os.path.isdir(filepath) else \
+                os.path.split(os.path.realpath(filepath))
+            filename = filename or None
         if mode not in ("min", "max"):
             raise ValueError(f"ModelCheckpoint(mode={mode!r}) is not valid; use 'min' or 'max'")
         if not isinstance(save_top_k, int) or save_top_k < -1:

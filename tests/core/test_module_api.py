@@ -350,15 +350,16 @@ def test_log_options_reach_the_right_places(tmp_path):
     assert {"default_step", "both_step", "both_epoch", "epoch_only", "summed", "maxed", "d1", "d2",
             "val_default", "val_bar", "in_epoch_end"} <= keys
     assert not {"both", "bar", "default_step_step", "default_step_epoch"} & keys
-    assert logger.values("default_step") == [(s, float(s)) for s in range(1, 7)]
-    assert logger.values("both_step") == [(s, float(s)) for s in range(1, 7)]
-    assert logger.values("both_epoch") == [(6, 3.5)]
-    assert logger.values("epoch_only") == [(6, 3.5)]
-    assert logger.values("summed") == [(6, 21.0)]
-    assert logger.values("maxed") == [(6, 6.0)]
-    assert logger.values("d2") == [(6, 7.0)]
-    assert logger.values("val_default") == [(6, 2.5)]
-    assert logger.values("in_epoch_end") == [(6, 7.0)]
+    # at Lightning's indices: step s is written at s - 1, the epoch values at the last step's
+    assert logger.values("default_step") == [(s - 1, float(s)) for s in range(1, 7)]
+    assert logger.values("both_step") == [(s - 1, float(s)) for s in range(1, 7)]
+    assert logger.values("both_epoch") == [(5, 3.5)]
+    assert logger.values("epoch_only") == [(5, 3.5)]
+    assert logger.values("summed") == [(5, 21.0)]
+    assert logger.values("maxed") == [(5, 6.0)]
+    assert logger.values("d2") == [(5, 7.0)]
+    assert logger.values("val_default") == [(5, 2.5)]
+    assert logger.values("in_epoch_end") == [(5, 7.0)]
     # callback_metrics: the latest of everything (the epoch value under the bare name)
     cm = trainer.callback_metrics
     assert float(cm["both"]) == 3.5 and float(cm["both_epoch"]) == 3.5 and float(cm["both_step"]) == 6.0

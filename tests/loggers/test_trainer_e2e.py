@@ -73,15 +73,16 @@ def _val_means(module: LinReg, per_epoch: int) -> list[float]:
 def test_fit_with_tensorboard_and_csv_exact_values(tmp_path):
     tb, csv = TensorBoardLogger(tmp_path / "tb"), CSVLogger(tmp_path / "csv")
     trainer, module = _fit(tmp_path, [tb, csv])
-    losses = module.train_losses  # 4 batches x 2 epochs; logged after steps 2, 4, 6, 8
+    # 4 batches x 2 epochs; logged after steps 2, 4, 6, 8 at Lightning's indices 1, 3, 5, 7
+    losses = module.train_losses
     v0, v1 = _val_means(module, per_epoch=2)
     assert len(losses) == 8 and trainer.global_step == 8
 
     rows = (tmp_path / "csv" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,train_loss,epoch,val_loss"
-    assert rows[1:3] == [f"2,{losses[1]!r},0.0,", f"4,{losses[3]!r},0.0,"]
-    assert rows[4:6] == [f"6,{losses[5]!r},1.0,", f"8,{losses[7]!r},1.0,"]
-    for row, step, epoch, want in ((rows[3], 4, 0.0, v0), (rows[6], 8, 1.0, v1)):
+    assert rows[1:3] == [f"1,{losses[1]!r},0.0,", f"3,{losses[3]!r},0.0,"]
+    assert rows[4:6] == [f"5,{losses[5]!r},1.0,", f"7,{losses[7]!r},1.0,"]
+    for row, step, epoch, want in ((rows[3], 3, 0.0, v0), (rows[6], 7, 1.0, v1)):
         s, train, ep, val = row.split(",")  # epoch metrics: a row of their own
         assert (s, train, float(ep)) == (str(step), "", epoch)
         assert float(val) == pytest.approx(want, rel=1e-6)
@@ -91,11 +92,11 @@ def test_fit_with_tensorboard_and_csv_exact_values(tmp_path):
 
     scalars = _scalars(tb.log_dir)
     f32 = lambda v: float(np.float32(v))  # noqa: E731 - event files hold float32
-    assert scalars["train_loss"] == [(2, f32(losses[1])), (4, f32(losses[3])),
-                                     (6, f32(losses[5])), (8, f32(losses[7]))]
-    assert [s for s, _ in scalars["val_loss"]] == [4, 8]
+    assert scalars["train_loss"] == [(1, f32(losses[1])), (3, f32(losses[3])),
+                                     (5, f32(losses[5])), (7, f32(losses[7]))]
+    assert [s for s, _ in scalars["val_loss"]] == [3, 7]
     assert [v for _, v in scalars["val_loss"]] == pytest.approx([v0, v1], rel=1e-6)
-    assert scalars["epoch"] == [(2, 0.0), (4, 0.0), (4, 0.0), (6, 1.0), (8, 1.0), (8, 1.0)]
+    assert scalars["epoch"] == [(1, 0.0), (3, 0.0), (3, 0.0), (5, 1.0), (7, 1.0), (7, 1.0)]
     assert scalars["hp_metric"] == [(0, -1.0)]
     assert _session_hparams(tb.log_dir) == {"lr": 0.1, "width": 2.0}
     assert trainer.log_dir == tb.log_dir  # the first logger decides the log dir
@@ -118,7 +119,7 @@ def test_single_logger(tmp_path, logger_kind):
     files = sorted(os.listdir(logger.log_dir))
     if logger_kind == "tensorboard":
         assert files[0].startswith("events.out.tfevents.") and files[1:] == ["hparams.yaml"]
-        assert _scalars(logger.log_dir)["train_loss"][-1][0] == 4
+        assert _scalars(logger.log_dir)["train_loss"][-1][0] == 3  # step 4, at Lightning's index 3
     else:
         assert files == ["hparams.yaml", "metrics.csv"]
 
@@ -171,6 +172,6 @@ def test_two_ranks_rank_one_writes_no_files(tmp_path):
                                                            "hparams.yaml"), shared
     assert "events.out.tfevents" in shared[0]
     steps = [s for s, _ in _scalars(dir0)["train_loss"]]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [0, 1, 2, 3]  # Lightning's indices: global_step - 1
     rows = (tmp_path / "csv0" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,train_loss,epoch,val_loss" and len(rows) == 1 + 4 + 2
