@@ -2,12 +2,11 @@
 
 style: 2.x
 """
+import pytorch_lightning as pl
 import torch
+from conformance_report import report
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-import pytorch_lightning as pl
-from conformance_report import report
 
 
 class Regressor(pl.LightningModule):

@@ -4,13 +4,12 @@ style: 2.x
 """
 import os
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-
 import pytorch_lightning as pl
+import torch
 from conformance_report import regression_data, report
 from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader
 
 
 class Regressor(pl.LightningModule):

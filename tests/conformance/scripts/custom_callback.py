@@ -2,13 +2,12 @@
 
 style: 2.x
 """
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-
 import pytorch_lightning as pl
+import torch
 from conformance_report import regression_data, report
 from pytorch_lightning.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader
 
 
 class Recorder(Callback):

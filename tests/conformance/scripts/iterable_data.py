@@ -2,13 +2,12 @@
 
 style: 2.x
 """
+import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from conformance_report import regression_data, report
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
-
-import pytorch_lightning as pl
-from conformance_report import regression_data, report
 
 
 class Stream(IterableDataset):

@@ -4,12 +4,11 @@ style: 1.x
 """
 from argparse import ArgumentParser
 
+import pytorch_lightning as pl
 import torch
+from conformance_report import regression_data, report
 from torch import nn
 from torch.utils.data import DataLoader
-
-import pytorch_lightning as pl
-from conformance_report import regression_data, report
 
 
 class Regressor(pl.LightningModule):

@@ -2,12 +2,11 @@
 
 style: 2.x
 """
+import pytorch_lightning as pl
 import torch
+from conformance_report import regression_data, report
 from torch import nn
 from torch.utils.data import DataLoader
-
-import pytorch_lightning as pl
-from conformance_report import regression_data, report
 
 
 class Regressor(pl.LightningModule):
