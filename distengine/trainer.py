@@ -281,6 +281,10 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
         out.update(self._results.epoch_values)
         return out
 
+    def record_callback_metrics(self, values: dict[str, float]) -> None:
+        """Add values a callback computed (for example learning rates) to ``callback_metrics``."""
+        self._results.epoch_values.update({k: torch.tensor(v) for k, v in values.items()})
+
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
         out = self._results.prog_bar_now()

@@ -77,9 +77,9 @@ class DeviceStatsMonitor(Callback):
             return
         self._last_step = step
         stats = self.collect(trainer)
-        if stats:
+        if stats:  # under the index of the batch that made the step, as the Trainer and Lightning do
             for lg in getattr(trainer, "loggers", None) or []:
-                lg.log_metrics(stats, step=step)
+                lg.log_metrics(stats, step=step - 1)
 
     def teardown(self, trainer: Any, module: Any, stage: str | None = None) -> None:
         if self._nvml is not None:

@@ -58,11 +58,11 @@ class LearningRateMonitor(Callback):
         step = int(trainer.global_step)
         every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
         # the learning rate seen here is the one the optimizer step about to run will use; log it
-        # under that step's number (step + 1), where the Trainer logs the loss of the same step
+        # under that batch's index, where the Trainer logs the loss of the same step (Lightning)
         if (step + 1) % every != 0 or self._last_step_logged == step:
             return  # not a logging step, or a later micro-batch of an accumulated step
         self._last_step_logged = step
-        self._log(trainer, "step" if self.logging_interval is None else "any", step + 1)
+        self._log(trainer, "step" if self.logging_interval is None else "any", step)
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         if self.logging_interval == "step":
@@ -111,6 +111,9 @@ class LearningRateMonitor(Callback):
             return
         for key, value in stats.items():
             self.lrs.setdefault(key, []).append(value)
+        record = getattr(trainer, "record_callback_metrics", None)
+        if record is not None:  # as in Lightning, monitors and schedulers can read them
+            record(stats)
         if getattr(trainer, "is_global_zero", True):
             for lg in getattr(trainer, "loggers", None) or []:
                 lg.log_metrics(dict(stats), step=step)

@@ -36,7 +36,8 @@ def test_lr_monitor_step_interval_honours_log_every_n_steps():
     opt = _sgd(0.1)
     trainer = FakeTrainer(loggers=[lg], log_every_n_steps=2, optimizers=[opt])
     _run_steps(LearningRateMonitor(logging_interval="step"), trainer, 6)
-    assert lg.calls == [(2, {"lr-SGD": 0.1}), (4, {"lr-SGD": 0.1}), (6, {"lr-SGD": 0.1})]
+    # logged before steps 2, 4, 6, under those steps' batch indices (1, 3, 5) as Lightning does
+    assert lg.calls == [(1, {"lr-SGD": 0.1}), (3, {"lr-SGD": 0.1}), (5, {"lr-SGD": 0.1})]
 
 
 def test_lr_monitor_follows_scheduler_values_and_param_groups():
@@ -117,7 +118,7 @@ def test_device_stats_without_nvml_logs_cpu_and_says_so_once(no_nvml, capsys, de
     trainer = FakeTrainer(loggers=[lg], log_every_n_steps=2,
                           strategy=SimpleNamespace(root_device=torch.device(device)))
     _run_device_stats(DeviceStatsMonitor(), trainer, 6)
-    assert [step for step, _ in lg.calls] == [2, 4, 6]
+    assert [step for step, _ in lg.calls] == [1, 3, 5]  # after steps 2, 4, 6, under their batch indices
     for _, metrics in lg.calls:
         assert set(metrics) == {"device_stats/cpu_percent", "device_stats/ram_used_gb",
                                 "device_stats/ram_percent", "device_stats/process_rss_gb"}
@@ -132,7 +133,7 @@ def test_device_stats_every_n_steps_and_rank_zero_only(no_nvml, capsys):
     lg = RecordingLogger()
     trainer = FakeTrainer(loggers=[lg], log_every_n_steps=50)
     _run_device_stats(DeviceStatsMonitor(every_n_steps=3), trainer, 7)
-    assert [step for step, _ in lg.calls] == [3, 6]
+    assert [step for step, _ in lg.calls] == [2, 5]  # after steps 3 and 6
     lg1 = RecordingLogger()
     _run_device_stats(DeviceStatsMonitor(every_n_steps=1), FakeTrainer(loggers=[lg1], is_global_zero=False), 3)
     assert lg1.calls == []
@@ -174,7 +175,7 @@ def test_device_stats_with_fake_nvml(monkeypatch):
     trainer = FakeTrainer(loggers=[lg], strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
     _run_device_stats(DeviceStatsMonitor(every_n_steps=1), trainer, 1)
     (step, metrics), = lg.calls
-    assert step == 1
+    assert step == 0  # step 1, under its batch index
     assert metrics["device_stats/gpu0.utilization"] == 87
     assert metrics["device_stats/gpu1.memory_used_gb"] == 2.0
     assert metrics["device_stats/gpu1.temperature_c"] == 61

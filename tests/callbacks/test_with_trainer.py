@@ -108,10 +108,11 @@ def test_monitors_in_a_real_fit(capsys):
     trainer = make_trainer(max_epochs=2, logger=logger, log_every_n_steps=2, callbacks=callbacks)
     trainer.fit(Model(lr=1.0, with_scheduler=True), loader(), loader())
     lrs = {step: m["lr-SGD"] for step, m in logger.calls if "lr-SGD" in m}
-    # StepLR halves every 2 steps; the lr logged at step k is the one step k used
-    assert lrs == {2: 1.0, 4: 0.5, 6: 0.25, 8: 0.125}
+    # StepLR halves every 2 steps; the lr logged under batch index k is the one that batch's step
+    # used (Lightning's indices: the loss of step k+1 is logged at k as well)
+    assert lrs == {1: 1.0, 3: 0.5, 5: 0.25, 7: 0.125}
     stats = [step for step, m in logger.calls if "device_stats/ram_used_gb" in m]
-    assert stats == [2, 4, 6, 8]
+    assert stats == [1, 3, 5, 7]
     out, err = capsys.readouterr()
     assert "lin  | Linear | 3" in out and "3          Total params" in out
     assert err.count("NVML is not available") <= 1
