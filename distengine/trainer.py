@@ -26,6 +26,7 @@ import torch
 
 from distengine import loop
 from distengine.callbacks.base import CALLBACK_HOOKS, Callback, HookDispatcher
+from distengine.compat import legacy_checkpoint_callback as legacy_ckpt_cb
 from distengine.dist import collectives
 from distengine.dist.env import ClusterEnv, detect
 from distengine.flags import check_numeric_flags
@@ -72,7 +73,7 @@ class Trainer(CheckpointMixin):
                  dist_timeout: float | timedelta | None = None, find_unused_parameters: bool = False,
                  gpus: Any = None, weights_save_path: str | None = None,
                  resume_from_checkpoint: str | None = None, auto_lr_find: Any = False,
-                 auto_scale_batch_size: Any = False, checkpoint_callback: bool | None = None,
+                 auto_scale_batch_size: Any = False, checkpoint_callback: Any = None,
                  progress_bar_refresh_rate: int | None = None, terminate_on_nan: bool | None = None,
                  replace_sampler_ddp: bool | None = None, **unknown: Any) -> None:
         if unknown:
@@ -148,8 +149,7 @@ class Trainer(CheckpointMixin):
         self.dist_timeout = dist_timeout
         self.resume_from_checkpoint = resume_from_checkpoint
         self.auto_lr_find, self.auto_scale_batch_size = auto_lr_find, auto_scale_batch_size
-        if checkpoint_callback is not None and enable_checkpointing is None:
-            enable_checkpointing = checkpoint_callback
+        callbacks, enable_checkpointing = legacy_ckpt_cb(checkpoint_callback, callbacks, enable_checkpointing)
         self._loggers = self._build_loggers(logger)
         self.callbacks = self._build_callbacks(
             callbacks, max_time, enable_checkpointing is not False,
@@ -331,9 +331,9 @@ class Trainer(CheckpointMixin):
 
     @property
     def estimated_stepping_batches(self) -> int | float:
-        per_epoch = -(-self.num_training_batches // self.accumulate_grad_batches)
-        total = per_epoch * self.max_epochs if self.max_epochs > 0 else float("inf")
-        return min(total, self.max_steps) if self.max_steps >= 0 else total
+        from distengine.data import estimated_steps
+
+        return estimated_steps(self.num_training_batches, self.accumulate_grad_batches, self.max_epochs, self.max_steps)
 
     @property
     def state(self) -> TrainerStatus:
