@@ -125,12 +125,13 @@ def translate(kwargs: dict[str, Any], known: list[str]) -> tuple[dict[str, Any],
 
         # 1.x: True meant EarlyStopping on 'val_loss' (patience 3, mode 'min')
         callbacks.append(EarlyStopping(monitor="val_loss") if esc is True else esc)
-    ckpt = old.get("checkpoint_callback")
-    if ckpt is not None:
-        if isinstance(ckpt, bool):
-            setdefault("enable_checkpointing", ckpt)
-        else:  # 0.x/1.x: a ModelCheckpoint object
-            callbacks.append(ckpt)
+    if old.get("checkpoint_callback") is not None:  # a bool (1.3-1.6) or a ModelCheckpoint (1.0-1.2)
+        from distengine.compat import legacy_checkpoint_callback
+
+        callbacks, enabled = legacy_checkpoint_callback(old["checkpoint_callback"], callbacks,
+                                                        new.get("enable_checkpointing"))
+        if enabled is not None:
+            new["enable_checkpointing"] = enabled
     if old.get("progress_bar_refresh_rate") == 0:
         setdefault("enable_progress_bar", False)
     if old.get("terminate_on_nan") is not None:

@@ -10,6 +10,11 @@ Training
     same permutation: every sample of the epoch is visited exactly once. The tail is padded
     with repeated samples so every rank runs the same number of steps (as DDP needs).
 
+Iterable datasets
+    A loader over an ``IterableDataset`` is left as it is (as in Lightning): the dataset shards
+    itself by rank (``torch.distributed.get_rank()``) and by worker (``get_worker_info()``).
+    Its length may be unknown: an epoch then ends when the iterator is exhausted.
+
 Evaluation
     Validation, test and predict shard WITHOUT padding: rank ``r`` gets a contiguous slice
     of the dataset. Ranks may run different numbers of batches (evaluation runs on the
@@ -18,6 +23,7 @@ Evaluation
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterator
 
@@ -120,7 +126,10 @@ def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
                          shuffle_override: bool | None = None) -> tuple[Any, ResumableSampler | None]:
     """Return ``(loader, sampler)``: the loader rebuilt on a :class:`ResumableSampler` when it
     uses a standard sampler, else unchanged with ``None``."""
-    if not enabled or not isinstance(loader, DataLoader):
+    if not enabled or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        # Lightning injects no sampler into an IterableDataset loader either: the dataset shards
+        # itself (by torch.distributed rank and get_worker_info()) and yields the same number
+        # of batches on every rank
         return loader, None
     if not _is_standard(loader):
         if world_size > 1 and not isinstance(getattr(loader, "sampler", None),
@@ -139,7 +148,8 @@ def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
 
 def prepare_eval_loader(loader: Any, world_size: int, rank: int, enabled: bool) -> Any:
     """Shard an evaluation loader without padding when distributed (see module docstring)."""
-    if world_size == 1 or not enabled or not isinstance(loader, DataLoader):
+    if world_size == 1 or not enabled or not isinstance(loader, DataLoader) \
+            or isinstance(loader.dataset, IterableDataset):  # shards itself, as in Lightning
         return loader
     if not _is_standard(loader):
         raise ValueError(
@@ -147,6 +157,84 @@ def prepare_eval_loader(loader: Any, world_size: int, rank: int, enabled: bool) 
             f"({type(loader).__name__}) that distengine cannot shard exactly; shard it yourself "
             "and pass Trainer(use_distributed_sampler=False)")
     return _rebuild(loader, EvalShardSampler(len(loader.dataset), world_size, rank), drop_last=False)
+
+
+def loader_len(loader: Any) -> int | float:
+    """``len(loader)``, or ``math.inf`` for a loader without a length (an iterable dataset)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return math.inf
+
+
+def apply_limit(limit: Any, n: int | float, kind: str) -> int | float:
+    """The batch count a ``limit_<kind>_batches`` leaves of ``n``. As in Lightning, a loader
+    without a length takes only ``1.0`` (all) or a whole number of batches."""
+    if limit is None:
+        return n
+    if isinstance(limit, float) and (not limit.is_integer() or limit <= 1.0):
+        if not 0.0 <= limit <= 1.0:
+            raise ValueError(f"limit_{kind}_batches={limit} must be a fraction in [0, 1] or a batch count")
+        if math.isinf(n):
+            if limit == 1.0:
+                return n
+            raise ValueError(f"limit_{kind}_batches={limit} is a fraction but the {kind} dataloader has no "
+                             f"length (an IterableDataset); use 1.0 or a whole number of batches, "
+                             f"for example limit_{kind}_batches=100")
+        return int(n * limit)
+    return min(int(limit), n)
+
+
+def val_every_batches(val_check_interval: Any, num_batches: int | float) -> int:
+    """Validate after every this many training batches; 0: at the end of the epoch only."""
+    vci = val_check_interval  # checked by the Trainer: a fraction in [0, 1] or a batch count
+    if vci is None or (isinstance(vci, float) and vci == 1.0):
+        return 0
+    if isinstance(vci, float):
+        if math.isinf(num_batches):  # Lightning refuses it too: a fraction of an unknown length
+            raise ValueError(f"val_check_interval={vci} is a fraction of the epoch but the training "
+                             "dataloader has no length (an IterableDataset); use 1.0 or a whole number "
+                             "of batches, for example val_check_interval=100")
+        return max(1, int(num_batches * vci))
+    return int(vci)  # an int 1 validates after every batch, as in Lightning
+
+
+def estimated_steps(num_batches: int | float, accumulate: int, max_epochs: int, max_steps: int) -> int | float:
+    """``Trainer.estimated_stepping_batches``, computed as Lightning 2.6.6 does: a loader without
+    a length gives ``max_steps`` (``-1`` when that is not set either)."""
+    if max_epochs == -1:
+        return math.inf if max_steps == -1 else max_steps
+    if math.isinf(num_batches):
+        return max_steps
+    total = -(-int(num_batches) // accumulate) * max(max_epochs, 1)
+    return min(total, max_steps) if max_steps != -1 else total
+
+
+class LookAhead:
+    """Iterate one batch ahead, so that the last batch of a loader without a length is known
+    when it arrives (Lightning's data fetcher does the same): the optimizer steps on an
+    unfinished accumulation, and validation does not run twice at the epoch's end."""
+
+    _END = object()
+
+    def __init__(self, iterator: Any) -> None:
+        self._it = iterator
+        self._next = next(iterator, self._END)
+        self.last = False
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next is self._END
+
+    def __iter__(self) -> LookAhead:
+        return self
+
+    def __next__(self) -> Any:
+        if self._next is self._END:
+            raise StopIteration
+        item, self._next = self._next, next(self._it, self._END)
+        self.last = self._next is self._END
+        return item
 
 
 def batch_size_of(batch: Any) -> int:

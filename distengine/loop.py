@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from typing import Any
 
 import torch
 
 from distengine import metric_writer
-from distengine.data import move_to_device
+from distengine.compat import _detach, _log_returned
+from distengine.data import LookAhead, move_to_device
 from distengine.dist import collectives
 from distengine.nonfinite import (  # noqa: F401 - re-exported: tests and callers import them from here
     NonFiniteWatch,
@@ -46,32 +48,6 @@ def takes_batch_idx(step: Any) -> bool:
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
         return True
     return len(params) >= 2
-
-
-def _detach(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach()
-    if isinstance(obj, dict):
-        return {k: _detach(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_detach(v) for v in obj)
-    return obj
-
-
-def _log_returned(t, out: Any, epoch_level: bool) -> None:
-    """Route the 1.x-style ``'log'``/``'progress_bar'`` dicts of a returned dict to the results."""
-    if not isinstance(out, dict):
-        return
-    res = t._results
-    on_step, on_epoch = (False, True) if epoch_level else (True, False)
-    for key, prog, lg in (("log", False, True), ("progress_bar", True, False)):
-        for name, value in (out.get(key) or {}).items():
-            res.log(name, value, prog, lg, on_step, on_epoch, "mean", False, 1 if epoch_level else None)
-    if epoch_level:  # 1.x: other top-level scalars (e.g. 'val_loss') feed callback_metrics
-        for name, value in out.items():
-            if name not in ("log", "progress_bar") and isinstance(value, (torch.Tensor, float, int)) \
-                    and (not isinstance(value, torch.Tensor) or value.numel() == 1):
-                res.log(name, value, False, False, False, True, "mean", False, 1)
 
 
 def _extract_loss(t, out: Any) -> torch.Tensor | None:
@@ -183,6 +159,9 @@ def train_epoch(t) -> None:
     if t._train_sampler is None and batch_idx:  # not resumable by position: skip what was done
         for _ in range(batch_idx):
             next(iterator)
+    ahead = LookAhead(iterator) if math.isinf(num_batches) else None
+    if ahead is not None:
+        iterator = ahead
     if t._pending_rng is not None:
         _restore_pending_rng(t)
     res.stage, res.in_step = "train", True
@@ -201,7 +180,8 @@ def train_epoch(t) -> None:
                 skip_rest = True
         if skip_rest:  # Lightning: -1 skips the rest of THIS epoch; the next one runs as usual
             break
-        last_micro = (batch_idx + 1) % accum == 0 or batch_idx + 1 == num_batches
+        is_last = batch_idx + 1 >= num_batches or (ahead is not None and ahead.last)
+        last_micro = (batch_idx + 1) % accum == 0 or is_last
         steps_at_batch = p.global_step
         loss = None
         if one_x is not None:  # steps its optimizers (and counts them) itself
@@ -255,14 +235,15 @@ def train_epoch(t) -> None:
             fn(out, batch, batch_idx - 1)
         if t._vote_step():
             return
-        if val_every and batch_idx % val_every == 0 and batch_idx < num_batches and t._should_validate():
+        if val_every and batch_idx % val_every == 0 and not is_last and t._should_validate():
             run_eval(t, "validate", t._val_loaders, t._limit("val"))
             res.stage, res.in_step = "train", True
             if t._vote_step():
                 return
         if 0 <= t.max_steps <= p.global_step or batch_idx >= num_batches:
             break
-    p.epoch_done = batch_idx >= num_batches or skip_rest
+    # a loader without a length (an iterable dataset) ends its epoch when it is exhausted
+    p.epoch_done = batch_idx >= num_batches or skip_rest or (ahead is not None and ahead.exhausted)
     if p.epoch_done and not manual and p.global_step == steps_before and batch_idx > first_batch:
         _warn_no_step(p.epoch, batch_idx - first_batch, returned_none)
     if collect:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from argparse import Namespace
 from typing import Any, Mapping
 
 import torch
@@ -101,6 +102,40 @@ class Module(nn.Module):
     @property
     def hparams(self) -> AttributeDict:
         return self._hparams
+
+    @hparams.setter
+    def hparams(self, hp: Any) -> None:
+        """The 0.x/1.x style ``self.hparams = hparams`` (an argparse ``Namespace`` or a dict):
+        the same as ``self.save_hyperparameters(hparams)``."""
+        self._hparams = AttributeDict()
+        self._set_hparams_object(hp)
+
+    def _set_hparams_object(self, hp: Any, ignore: list[str] | None = None) -> None:
+        if not isinstance(hp, (Mapping, Namespace)):
+            raise TypeError(f"hparams must be a dict or an argparse.Namespace, got {type(hp).__name__}")
+        # Like Lightning, remember which __init__ argument held it, so that load_from_checkpoint
+        # can hand it back to that argument (as a Namespace when it was one)
+        frame, name = inspect.currentframe(), None
+        while frame is not None and name is None:
+            if frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is self:
+                name = next((n for n in frame.f_code.co_varnames[1:frame.f_code.co_argcount]
+                             if frame.f_locals.get(n) is hp), None)
+            frame = frame.f_back
+        self._hparams_name, self._hparams_type = name, type(hp).__name__
+        params = dict(vars(hp) if isinstance(hp, Namespace) else hp)
+        for k in ignore or ():
+            params.pop(k, None)
+        self._hparams.update(copy.deepcopy({k: v for k, v in params.items() if not isinstance(v, nn.Module)}))
+        self._log_hyperparams = True
+
+    def _hparams_checkpoint_entries(self) -> dict[str, Any]:
+        """What checkpoints store about the hyperparameters: Lightning's ``hyper_parameters``
+        (a plain dict) and ``hparams_name``, plus the container's type."""
+        out: dict[str, Any] = {"hyper_parameters": dict(self._hparams)}
+        name = getattr(self, "_hparams_name", None)
+        if name:
+            out.update(hparams_name=name, hparams_type=self._hparams_type)
+        return out
 
     @property
     def logger(self):
@@ -206,7 +241,9 @@ class Module(nn.Module):
         """
         ignore = [ignore] if isinstance(ignore, str) else list(ignore or [])
         if len(args) == 1 and not isinstance(args[0], str):
-            params = dict(vars(args[0]) if not isinstance(args[0], Mapping) else args[0])
+            self._set_hparams_object(args[0], ignore)
+            self._log_hyperparams = logger
+            return
         else:
             frame = inspect.currentframe().f_back
             init_args: dict[str, Any] = {}
@@ -352,7 +389,13 @@ class Module(nn.Module):
         ckpt = safe_load(checkpoint_path, map_location=map_location)
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.update(overrides)
-        model = cls(**hparams)
+        name = ckpt.get("hparams_name")
+        if name and name in inspect.signature(cls.__init__).parameters:
+            # the 1.x style: __init__(self, hparams) took one Namespace (or dict); hand it back
+            model = cls(**{name: Namespace(**hparams) if ckpt.get("hparams_type") == "Namespace"
+                           else hparams})
+        else:
+            model = cls(**hparams)
         load_weights(model, ckpt["state_dict"], strict=strict, source=checkpoint_path)
         if type(model).on_load_checkpoint is not Module.on_load_checkpoint:
             model.on_load_checkpoint(ckpt)

@@ -331,9 +331,9 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
 
     @property
     def estimated_stepping_batches(self) -> int | float:
-        per_epoch = -(-self.num_training_batches // self.accumulate_grad_batches)
-        total = per_epoch * self.max_epochs if self.max_epochs > 0 else float("inf")
-        return min(total, self.max_steps) if self.max_steps >= 0 else total
+        from distengine.data import estimated_steps
+
+        return estimated_steps(self.num_training_batches, self.accumulate_grad_batches, self.max_epochs, self.max_steps)
 
     @property
     def state(self) -> TrainerStatus:

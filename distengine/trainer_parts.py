@@ -5,7 +5,6 @@ attributes and is not used on its own.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -14,6 +13,9 @@ from typing import Any
 
 import torch
 
+from distengine.data import apply_limit as _apply_limit
+from distengine.data import loader_len as _safe_len
+from distengine.data import val_every_batches
 from distengine.dist import collectives
 from distengine.dist.env import OVERSUBSCRIBE_VAR, ClusterEnv, oversubscribe_allowed, usable_cpu_count
 
@@ -302,14 +304,9 @@ class CheckpointMixin:
         self._num_train_batches = _apply_limit(self.limits["train"], n, "train")
         if self._num_train_batches == 0:
             raise ValueError("limit_train_batches leaves no training batch; raise it")
-        self._num_val_batches = self._limit("val")
-        vci = self.val_check_interval  # checked by the Trainer: a fraction in [0, 1] or a batch count
-        if vci is None or (isinstance(vci, float) and vci == 1.0):
-            self._val_every_batches = 0  # at the end of the epoch only
-        elif isinstance(vci, float):
-            self._val_every_batches = max(1, int(self._num_train_batches * vci))
-        else:
-            self._val_every_batches = int(vci)  # an int 1 validates after every batch, as in Lightning
+        # Lightning: no validation_step, no validation batches (checkpoints then follow the epochs)
+        self._num_val_batches = self._limit("val") if self._module_overrides("validation_step") else []
+        self._val_every_batches = val_every_batches(self.val_check_interval, self._num_train_batches)
 
     def _reload_dataloaders(self) -> None:
         """Call the ``*_dataloader`` hooks again (loaders passed to ``fit`` stay, as in Lightning)."""
@@ -380,7 +377,7 @@ class CheckpointMixin:
             "format_version": FORMAT_VERSION, "distengine_version": distengine.__version__,
             "torch_version": str(torch.__version__), "world_size": self.world_size,
             "epoch": p.epoch, "global_step": p.global_step,
-            "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+            "state_dict": module.state_dict(), **module._hparams_checkpoint_entries(),
         }
         if not weights_only:
             bs = getattr(self._train_loader, "batch_size", None) or 1
@@ -422,12 +419,15 @@ class CheckpointMixin:
     def _restore(self, ckpt_path: str | None) -> None:
         """Restore the full training state from ``ckpt_path`` (a file or ``"last"``)."""
         from distengine.checkpoint.apply import check_optimizer_states, load_weights
-        from distengine.checkpoint.io import resolve_checkpoint, safe_load
+        from distengine.checkpoint.io import resolve_checkpoint, resolve_last_in_versions, safe_load
 
         self._epoch_start_sample, self._epoch_start_batch = 0, 0
         if ckpt_path is None:
             return
         path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
+        version_root = getattr(self.checkpoint_callback, "version_root", None)
+        if path is None and ckpt_path == "last" and version_root:  # a restarted run: a new version
+            path = resolve_last_in_versions(version_root, self._checkpoint_dir())
         if path is None:
             if self.is_global_zero:
                 print(f"distengine: no checkpoint in {self._checkpoint_dir()} yet; starting fresh",
@@ -493,21 +493,3 @@ class CheckpointMixin:
             raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
         load_weights(self._module, safe_load(path, map_location="cpu")["state_dict"], source=path)
 
-
-def _safe_len(loader: Any) -> int | float:
-    try:
-        return len(loader)
-    except TypeError:
-        return math.inf
-
-
-def _apply_limit(limit: Any, n: int | float, kind: str) -> int | float:
-    if limit is None:
-        return n
-    if isinstance(limit, float) and not limit.is_integer() or isinstance(limit, float) and limit <= 1.0:
-        if not 0.0 <= limit <= 1.0:
-            raise ValueError(f"limit_{kind}_batches={limit} must be a fraction in [0, 1] or a batch count")
-        if math.isinf(n):
-            raise ValueError(f"limit_{kind}_batches={limit} is a fraction but the dataloader has no length")
-        return int(n * limit)
-    return min(int(limit), n)

@@ -27,70 +27,28 @@ from typing import Any
 import torch
 
 from distengine.callbacks.base import Callback
+from distengine.callbacks.checkpoint_names import _score, _to_float, format_checkpoint_name
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
-from distengine.checkpoint.io import CKPT_SUFFIX, clean_stale_temp_files, write_last_pointer
+from distengine.checkpoint.io import CKPT_SUFFIX, clean_stale_temp_files, link_atomic, write_last_pointer
 
 __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
-
-_FIELD = re.compile(r"\{([^{}:!]+)(![rsa])?(:[^{}]*)?\}")
-
-
-def format_checkpoint_name(template: str, metrics: dict[str, Any], auto_insert_metric_name: bool = True) -> str:
-    """Fill a filename template; every field becomes ``name=value`` (Lightning's naming), or
-    just ``value`` with ``auto_insert_metric_name=False``.
-
-    A field missing from ``metrics`` is written as ``nan``. ``/`` in a metric name becomes ``_``
-    so that the name stays one file.
-
-    Example::
-
-        format_checkpoint_name("{epoch}-{val_loss:.3f}", {"epoch": 1, "val_loss": 0.12345})
-        # -> "epoch=1-val_loss=0.123"
-    """
-    def fill(match: re.Match) -> str:
-        name = match.group(1).strip()
-        spec = (match.group(3) or ":")[1:]
-        value = metrics.get(name, float("nan"))
-        if isinstance(value, torch.Tensor):
-            value = value.item() if value.numel() == 1 else float("nan")
-        if match.group(2) == "!r":
-            value = repr(value)
-        try:
-            text = format(value, spec)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"checkpoint filename field {match.group(0)!r} cannot format "
-                             f"{value!r}: {exc}") from None
-        if not auto_insert_metric_name:
-            return text
-        return f"{name.replace('/', '_').replace(os.sep, '_')}={text}"
-
-    return _FIELD.sub(fill, template)
-
-
-def _to_float(value: Any) -> float | None:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            return None
-        value = value.item()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
 
 class ModelCheckpoint(Callback):
     """Save checkpoints when a trigger fires; keep the ``save_top_k`` best by ``monitor``.
 
     Args:
-        dirpath: folder for the files; default ``<trainer.default_root_dir>/checkpoints`` (stable
-            across restarts, so ``fit(ckpt_path="last")`` finds it).
+        dirpath: folder for the files; default, as in Lightning, the first logger's run folder
+            ``<save_dir>/<name>/<version>/checkpoints`` (``lightning_logs/version_0/checkpoints``),
+            or ``<trainer.default_root_dir>/checkpoints`` without a logger.
+            ``fit(ckpt_path="last")`` also looks in the logger's earlier versions.
         filename: template such as ``"{epoch}-{step}-{val_loss:.3f}"``; default ``"{epoch}-{step}"``.
         monitor: metric in ``trainer.callback_metrics`` to rank checkpoints by; None keeps the
             ``save_top_k`` most recent.
         mode: ``"min"`` or ``"max"``: which values of ``monitor`` are better.
         save_top_k: how many to keep; -1 keeps all, 0 keeps none (see ``save_last``).
         save_last: also write a checkpoint at every trigger that does not make the top k, and keep
-            the newest such one (the older one is deleted once the new one is on disk).
+            the newest such one (the older one is deleted once the new one is on disk);
+            ``<dirpath>/last.ckpt`` is always the newest checkpoint, as in Lightning.
         every_n_train_steps / every_n_epochs / train_time_interval: the trigger (one of them;
             default every epoch). ``train_time_interval`` is a ``timedelta`` or seconds.
         save_on_train_epoch_end: epoch triggers fire at the end of the training epoch (True) or
@@ -104,6 +62,7 @@ class ModelCheckpoint(Callback):
     """
 
     FILE_EXTENSION = CKPT_SUFFIX
+    CHECKPOINT_NAME_LAST = "last"
 
     def __init__(self, dirpath: str | os.PathLike | None = None, filename: str | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1,
@@ -162,12 +121,14 @@ class ModelCheckpoint(Callback):
         self.verbose = verbose
         self.auto_insert_metric_name = auto_insert_metric_name
 
-        self.best_k_models: dict[str, float] = {}
+        # scores are 0-dim tensors, as in Lightning
+        self.best_k_models: dict[str, torch.Tensor] = {}
         self.kth_best_model_path = ""
-        self.kth_value = self._worst_value()
+        self.kth_value = _score(self._worst_value())
         self.best_model_path = ""
-        self.best_model_score: float | None = None
-        self.current_score: float | None = None
+        self.best_model_score: torch.Tensor | None = None
+        self.current_score: torch.Tensor | None = None
+        self.version_root: str | None = None  # <save_dir>/<name> when dirpath follows the logger
         self.last_model_path = ""
         self._last_global_step_saved = -1
         self._last_time = time.monotonic()
@@ -206,24 +167,44 @@ class ModelCheckpoint(Callback):
             return
         if self.dirpath is None and saved_dir is not None:
             self.dirpath = os.path.abspath(saved_dir)
-        self.best_model_score = state_dict.get("best_model_score")
-        self.current_score = state_dict.get("current_score")
-        self.best_k_models = {str(k): float(v) for k, v in
+        # floats in checkpoints written before scores became tensors
+        self.best_model_score = _score(state_dict.get("best_model_score"))
+        self.current_score = _score(state_dict.get("current_score"))
+        self.best_k_models = {str(k): _score(v) for k, v in
                               state_dict.get("best_k_models", {}).items()}
         self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
-        self.kth_value = float(state_dict.get("kth_value", self._worst_value()))
+        self.kth_value = _score(state_dict.get("kth_value", self._worst_value()))
         self.last_model_path = state_dict.get("last_model_path", "")
         self._last_global_step_saved = int(state_dict.get("last_global_step_saved", -1))
 
     # ------------------------------------------------------------------ hooks
     def resolve_dirpath(self, trainer: Any) -> str:
-        """The checkpoint folder, fixing the default from ``trainer.default_root_dir`` once.
+        """The checkpoint folder, fixed once (every rank calls this at the same point).
 
-        The Trainer may call this before ``setup`` to resolve ``fit(ckpt_path="last")``.
+        As in Lightning 2.6.6: ``<save_dir>/<name>/<version>/checkpoints`` of the first logger
+        (``lightning_logs/version_0/checkpoints``), ``<default_root_dir>/checkpoints`` without
+        a logger or with one that has no version (a custom ``Logger`` defining none); 1.x's
+        ``weights_save_path`` gives ``<weights_save_path>/checkpoints``. Rank
+        zero's answer is broadcast: only its logger has settled on a version.
         """
         if self.dirpath is None:
-            root = getattr(trainer, "weights_save_path", None) or trainer.default_root_dir
-            self.dirpath = os.path.abspath(os.path.join(root, "checkpoints"))
+            loggers = list(getattr(trainer, "loggers", None) or [])
+            version_root = None
+            if getattr(trainer, "weights_save_path", None):
+                path = os.path.join(trainer.weights_save_path, "checkpoints")
+            elif loggers and loggers[0].version is not None:  # a logger with a run folder
+                lg = loggers[0]
+                version = lg.version if isinstance(lg.version, str) else f"version_{lg.version}"
+                version_root = os.path.join(getattr(lg, "save_dir", None) or trainer.default_root_dir,
+                                            str(lg.name))
+                path = os.path.join(version_root, version, "checkpoints")
+            else:
+                path = os.path.join(trainer.default_root_dir, "checkpoints")
+            strategy = getattr(trainer, "strategy", None)
+            if strategy is not None:
+                path, version_root = strategy.broadcast((path, version_root), src=0)
+            self.dirpath = os.path.abspath(path)
+            self.version_root = os.path.abspath(version_root) if version_root else None
         return self.dirpath
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
@@ -350,12 +331,12 @@ class ModelCheckpoint(Callback):
     def _save_topk_and_last(self, trainer: Any, from_validation: bool = False) -> None:
         self.resolve_dirpath(trainer)
         decision = self._agree(trainer, lambda: self._decide(trainer, from_validation))
-        self.current_score = decision["score"]
+        self.current_score = _score(decision["score"])
         if not decision["save"]:
             return
         path = decision["path"]
         if decision["topk"]:
-            self.best_k_models[path] = decision["score"]
+            self.best_k_models[path] = _score(decision["score"])
         for old in decision["delete"]:
             self.best_k_models.pop(old, None)
         self._update_best()
@@ -407,7 +388,8 @@ class ModelCheckpoint(Callback):
             return True
         return self._better(score, self.kth_value)
 
-    def _better(self, a: float, b: float) -> bool:
+    def _better(self, a: Any, b: Any) -> bool:
+        a, b = float(a), float(b)
         return a < b if self._mode() == "min" else a > b
 
     def _mode(self) -> str:
@@ -423,7 +405,7 @@ class ModelCheckpoint(Callback):
     def _update_best(self) -> None:
         if not self.best_k_models:
             self.best_model_path, self.best_model_score = "", None
-            self.kth_best_model_path, self.kth_value = "", self._worst_value()
+            self.kth_best_model_path, self.kth_value = "", _score(self._worst_value())
             return
         best = (min if self._mode() == "min" else max)(self.best_k_models,
                                                         key=self.best_k_models.__getitem__)
@@ -432,7 +414,7 @@ class ModelCheckpoint(Callback):
             self.kth_best_model_path = self._worst_path(self.best_k_models)
             self.kth_value = self.best_k_models[self.kth_best_model_path]
         else:
-            self.kth_best_model_path, self.kth_value = "", self._worst_value()
+            self.kth_best_model_path, self.kth_value = "", _score(self._worst_value())
 
     def _superseded_last(self, new_path: str, kept: dict[str, float]) -> list[str]:
         # the previous checkpoint that was kept only because it was the newest
@@ -469,8 +451,12 @@ class ModelCheckpoint(Callback):
             self._writer.submit(state, path, on_done=lambda p: self._after_durable(p, delete))
 
     def _after_durable(self, path: str, delete: list[str]) -> None:
-        """Rank zero, once ``path`` is on disk: repoint last.json, then delete superseded files."""
+        """Rank zero, once ``path`` is on disk: repoint last.json (and, with ``save_last``,
+        ``last.ckpt``, Lightning's file: a hard link, replaced atomically), then delete
+        superseded files."""
         write_last_pointer(self.dirpath, path)
+        if self.save_last:
+            link_atomic(path, os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + CKPT_SUFFIX))
         if self.verbose:
             print(f"distengine: saved checkpoint {path}", file=sys.stderr, flush=True)
         for old in delete:

@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import socket
 import tempfile
 import warnings
@@ -39,9 +40,11 @@ __all__ = [
     "clean_stale_temp_files",
     "is_temp_file",
     "is_valid_checkpoint",
+    "link_atomic",
     "list_checkpoints",
     "read_last_pointer",
     "resolve_checkpoint",
+    "resolve_last_in_versions",
     "safe_load",
     "write_last_pointer",
 ]
@@ -245,6 +248,24 @@ def _loads_on_cpu(path: str, raise_refusal: bool = False) -> bool:
     return isinstance(obj, dict)
 
 
+def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` the same file as ``src``: a hard link (no extra disk space), or a copy where
+    the file system has no hard links. Atomic: a crash leaves the previous ``dst`` whole.
+
+    Example: ``link_atomic("ckpts/epoch=3-step=80.ckpt", "ckpts/last.ckpt")``.
+    """
+    src = os.fspath(src)
+
+    def write(tmp: str) -> None:
+        os.unlink(tmp)  # the placeholder mkstemp made; the link takes its name
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+    _atomic_write(os.fspath(dst), write)
+
+
 # ----------------------------------------------------------------------------- last pointer
 def write_last_pointer(dirpath: str | os.PathLike, ckpt_path: str | os.PathLike) -> None:
     """Atomically point ``<dirpath>/last.json`` at ``ckpt_path``, a checkpoint inside ``dirpath``.
@@ -408,3 +429,28 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
                           UserWarning, stacklevel=2)
             return cand
     raise CheckpointError(f"{problem}, and no other valid checkpoint exists in {dirpath!r}")
+
+
+def resolve_last_in_versions(version_root: str | os.PathLike, current: str | os.PathLike) -> str | None:
+    """``fit(ckpt_path="last")`` for checkpoints in a logger's run folder
+    (``<save_dir>/<name>/version_N/checkpoints``, as in Lightning): a restarted job gets a new
+    version, so when ``current`` holds nothing yet, the newest ``last.json`` of the other
+    versions' ``checkpoints`` folders is followed. None when there is none."""
+    try:
+        names = os.listdir(version_root)
+    except FileNotFoundError:
+        return None
+    found = []
+    for name in names:
+        folder = os.path.abspath(os.path.join(version_root, name, "checkpoints"))
+        if folder == os.path.abspath(current):
+            continue
+        try:
+            found.append((os.stat(os.path.join(folder, LAST_POINTER)).st_mtime_ns, folder))
+        except OSError:
+            continue
+    for _, folder in sorted(found, reverse=True):
+        path = resolve_checkpoint("last", folder)
+        if path is not None:
+            return path
+    return None

@@ -180,7 +180,14 @@ class TensorBoardLogger(VersionedLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        """Flush and close the writer; a later write opens a new event file in the same run."""
+        """Flush and close the writer; a later write opens a new event file in the same run.
+
+        As Lightning's TensorBoardLogger, the run folder always holds an ``hparams.yaml``:
+        ``{}`` when no hyperparameters were logged."""
+        yaml_path = os.path.join(self.log_dir, "hparams.yaml")
+        if not os.path.isfile(yaml_path):
+            os.makedirs(self.log_dir, exist_ok=True)
+            write_text_atomic(yaml_path, to_yaml(self._hparams))
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()

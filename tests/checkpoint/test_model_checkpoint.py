@@ -89,7 +89,9 @@ def test_save_last_keeps_newest_non_top_k(tmp_path):
         t.train_step()
         t.end_epoch({"val_loss": loss})
     # best (1) and the newest (7); the non-top-k 'last' files 5 and 6 were removed in turn
-    assert ckpt_files(tmp_path) == ["epoch=3-val_loss=1.ckpt", "epoch=4-val_loss=7.ckpt"]
+    # and last.ckpt, Lightning's name for the newest (a hard link to it)
+    assert ckpt_files(tmp_path) == ["epoch=3-val_loss=1.ckpt", "epoch=4-val_loss=7.ckpt", "last.ckpt"]
+    assert os.path.samefile(tmp_path / "last.ckpt", tmp_path / "epoch=4-val_loss=7.ckpt")
     assert read_last_pointer(tmp_path) == str(tmp_path / "epoch=4-val_loss=7.ckpt")
     assert len(t.saves) == 5  # a save at every trigger
 
@@ -100,7 +102,7 @@ def test_save_top_k_zero_with_save_last(tmp_path):
     t.fit_setup()
     for _ in range(6):
         t.train_step()
-    assert ckpt_files(tmp_path) == ["epoch=0-step=6.ckpt"]
+    assert ckpt_files(tmp_path) == ["epoch=0-step=6.ckpt", "last.ckpt"]
     assert cb.best_k_models == {}
 
 
@@ -289,5 +291,5 @@ def test_two_ranks_agree_on_top_k(tmp_path):
     assert r0["best_k"] == r1["best_k"] == ["epoch=3-step=4.ckpt", "epoch=4-step=5.ckpt"]
     assert r0["last"] == r1["last"] == "epoch=4-step=5.ckpt"
     assert r0["saves"] == r1["saves"] == 5
-    assert r0["files"] == ["epoch=3-step=4.ckpt", "epoch=4-step=5.ckpt"]
+    assert r0["files"] == ["epoch=3-step=4.ckpt", "epoch=4-step=5.ckpt", "last.ckpt"]
     assert r0["error"] == "ValueError" and r1["error"] == "RuntimeError"

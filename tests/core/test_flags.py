@@ -463,7 +463,8 @@ def test_default_root_dir_holds_logs_and_checkpoints(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=2)
     trainer.fit(Counting(), loader(regression_data()))
     files = _files(tmp_path)
-    assert any(f.startswith("checkpoints") and f.endswith(".ckpt") for f in files), files
+    # as in Lightning 2.6.6, the checkpoints go to the logger's run folder
+    assert any(f.startswith("lightning_logs/version_0/checkpoints/") and f.endswith(".ckpt") for f in files), files
     assert any("events.out.tfevents" in f or f.endswith(".csv") for f in files), files
     assert trainer.default_root_dir == str(tmp_path)
     assert os.path.commonpath([trainer.log_dir, str(tmp_path)]) == str(tmp_path)

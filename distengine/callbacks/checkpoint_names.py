@@ -1,0 +1,62 @@
+"""Checkpoint file names and scores: the pure helpers of :mod:`distengine.callbacks.model_checkpoint`."""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import torch
+
+__all__ = ["format_checkpoint_name"]
+
+_FIELD = re.compile(r"\{([^{}:!]+)(![rsa])?(:[^{}]*)?\}")
+
+
+def format_checkpoint_name(template: str, metrics: dict[str, Any], auto_insert_metric_name: bool = True) -> str:
+    """Fill a filename template; every field becomes ``name=value`` (Lightning's naming), or
+    just ``value`` with ``auto_insert_metric_name=False``.
+
+    A field missing from ``metrics`` is written as ``nan``. ``/`` in a metric name becomes ``_``
+    so that the name stays one file.
+
+    Example::
+
+        format_checkpoint_name("{epoch}-{val_loss:.3f}", {"epoch": 1, "val_loss": 0.12345})
+        # -> "epoch=1-val_loss=0.123"
+    """
+    def fill(match: re.Match) -> str:
+        name = match.group(1).strip()
+        spec = (match.group(3) or ":")[1:]
+        value = metrics.get(name, float("nan"))
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.numel() == 1 else float("nan")
+        if match.group(2) == "!r":
+            value = repr(value)
+        try:
+            text = format(value, spec)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint filename field {match.group(0)!r} cannot format "
+                             f"{value!r}: {exc}") from None
+        if not auto_insert_metric_name:
+            return text
+        return f"{name.replace('/', '_').replace(os.sep, '_')}={text}"
+
+    return _FIELD.sub(fill, template)
+
+
+def _score(value: Any) -> torch.Tensor | None:
+    """A score as Lightning keeps it: a 0-dim tensor (None stays None)."""
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    return torch.tensor(float(value))
+
+
+def _to_float(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
