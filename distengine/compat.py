@@ -38,9 +38,6 @@ from typing import Any, Callable
 
 import torch
 
-# the loop imports this module's return-dict helpers; the loop's own parts are looked up at call time
-from distengine import loop as _loop
-
 
 def _params(fn: Any) -> list[inspect.Parameter]:
     try:
@@ -116,6 +113,8 @@ class OneXOptimization:
     def run_batch(self, t: Any, args: tuple, batch_idx: int, last_micro: bool) -> list[Any]:
         """Run ``training_step``, backward and (on the last micro-batch) the step of each active
         optimizer; return the outputs of those whose step returned a loss."""
+        from distengine import loop as _loop  # the loop imports this module: look it up at call time
+
         module, p = t._module, t.progress
         outputs: list[Any] = []
         for i in self.active(batch_idx):
@@ -141,6 +140,8 @@ class OneXOptimization:
     def _closure(self, t: Any, args: tuple, i: int, last_micro: bool) -> Any:
         """training_step (+ training_step_end) and backward for optimizer ``i``; the detached
         output (``{"loss": ...}`` for a bare tensor), or None when no loss was returned."""
+        from distengine import loop as _loop
+
         prec, model, hooks = t._precision, t._model, t._hooks
         kwargs = {"optimizer_idx": i} if self.pass_idx else {}
         ddp = model is not t._module

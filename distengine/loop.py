@@ -182,7 +182,6 @@ def train_epoch(t) -> None:
             break
         is_last = batch_idx + 1 >= num_batches or (ahead is not None and ahead.last)
         last_micro = (batch_idx + 1) % accum == 0 or is_last
-        steps_at_batch = p.global_step
         loss = None
         if one_x is not None:  # steps its optimizers (and counts them) itself
             out = one_x.run_batch(t, args_of(batch, batch_idx), batch_idx, last_micro)
@@ -222,9 +221,12 @@ def train_epoch(t) -> None:
             p.global_step += 1
             if t._has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
                 _step_schedulers(t, "step", plateau=None)
-        # every log_every_n_steps optimizer steps (0: none, as in Lightning); a batch may take several
-        if log_every and p.global_step // log_every != steps_at_batch // log_every:
-            t._write_step_metrics()
+        if last_micro:
+            # Lightning's logging clock: one tick per batch that closes a step window, however
+            # many optimizers stepped in it (manual and 1.x modes) and even when none did
+            p.batches_stepped += 1
+            if log_every and p.batches_stepped % log_every == 0:  # 0: no step values, as in Lightning
+                t._write_step_metrics()
         batch_idx += 1
         p.batches_done = batch_idx
         if (h_end or collect) and isinstance(out, torch.Tensor):  # they get {"loss": ...}, as in Lightning
@@ -294,11 +296,14 @@ def fit_loop(t) -> None:
         for fn in hooks["on_train_epoch_start"]:
             fn()
         train_epoch(t)
-        if t._stop_now or not p.epoch_done:  # a stop request, or max_steps mid-epoch
-            stopped_in_epoch = True
+        if t._status.stop_signal is not None:  # a signal: save the exact position and exit
             break
-        _end_of_epoch(t)
-        if t._stop_now:
+        # An epoch cut short (max_steps, or a should_stop request, mid-epoch) still ends as in
+        # Lightning: epoch-end hooks, schedulers, metrics and checkpoints; validation only after
+        # a stop request. The position stays mid-epoch, so a resume goes on from there.
+        cut_short = not p.epoch_done
+        _end_of_epoch(t, validate=not cut_short or t._stop_now)
+        if t._stop_now or cut_short:
             stopped_in_epoch = True
             break
         p.epoch += 1
@@ -310,7 +315,7 @@ def fit_loop(t) -> None:
             t._train_sampler.set_start(0)
     # Stopped inside an epoch's training or at its end (not by a signal, whose checkpoint is
     # named by the exact position): Trainer.current_epoch now counts that epoch as finished.
-    t._stopped_in_epoch = stopped_in_epoch and t._status.stop_signal is None
+    t._stopped_in_epoch = stopped_in_epoch
     metric_writer.flush_train_step(t)  # stopped mid-epoch (max_steps, a stop request)
     # The loop has stopped on every rank at the same step: finish the stop vote still in
     # flight (see StopVote.close). Not on an exception: a failed peer might never answer it.
@@ -321,13 +326,13 @@ def fit_loop(t) -> None:
         fn()
 
 
-def _end_of_epoch(t) -> None:
+def _end_of_epoch(t, validate: bool = True) -> None:
     p = t.progress
     res = t._results
     t._raise_if_nonfinite()
     metric_writer.flush_train_step(t)  # the epoch's last step values, if not written yet
     _step_schedulers(t, "epoch", plateau=False)
-    if t._should_validate() and (p.epoch + 1) % t.check_val_every_n_epoch == 0:
+    if validate and t._should_validate() and (p.epoch + 1) % t.check_val_every_n_epoch == 0:
         run_eval(t, "validate", t._val_loaders, t._limit("val"))
     _step_schedulers(t, "epoch", plateau=True)
     res.stage, res.in_step = "train", False

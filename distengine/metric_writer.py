@@ -3,12 +3,14 @@
 The step indices are Lightning 2.x's (measured against pytorch-lightning 2.6.6), so curves from
 both line up in TensorBoard:
 
-* inside ``fit`` every write goes to ``global_step - 1`` (Lightning's ``_batches_that_stepped``
-  before it is counted up): with ``log_every_n_steps=5`` the step values of steps 5, 10, 15
-  land at 4, 9, 14; the epoch-end values (train, and the validation run at the epoch end or
+* inside ``fit`` every write goes to ``batches_stepped - 1`` (Lightning's ``_batches_that_stepped``
+  before it is counted up; the number of batches that closed a step window, which is
+  ``global_step`` with one optimizer in automatic optimization, but counts one per batch with
+  several optimizers or in manual optimization): with ``log_every_n_steps=5`` the step values
+  of steps 5, 10, 15 land at 4, 9, 14; the epoch-end values (train, and the validation run at the epoch end or
   mid-epoch) at the index of the last step before them. Each such write adds an ``epoch``
   scalar.
-* ``validate``/``test`` outside ``fit`` write their epoch values at ``global_step``.
+* ``validate``/``test`` outside ``fit`` write their epoch values at ``batches_stepped``.
 * values logged with ``on_step=True`` in ``validation_step``/``test_step`` are written after
   every batch as ``<name>_step`` at a per-dataloader batch counter that starts at 0 at each
   ``fit``/``validate``/``test`` call and runs on across the validation runs of one fit; no
@@ -28,8 +30,8 @@ from typing import Any
 def logger_step(t: Any) -> int:
     """The step index Lightning gives a write made now."""
     if t._status.stage == "fit":
-        return max(t.progress.global_step - 1, 0)
-    return t.progress.global_step
+        return max(t.progress.batches_stepped - 1, 0)
+    return t.progress.batches_stepped
 
 
 def log_to_loggers(t: Any, metrics: dict[str, float], step: int | None = None) -> None:
@@ -49,7 +51,7 @@ def write_train_step(t: Any) -> None:
     """Write the fresh training step values (every ``log_every_n_steps`` optimizer steps)."""
     t._raise_if_nonfinite()
     log, _ = t._results.collect_step()
-    t._last_step_written = t.progress.global_step
+    t._last_step_written = t.progress.batches_stepped
     t._step_writes += 1
     if t._precision.scaler is not None or t.on_nonfinite_loss == "skip":
         log["skipped_steps"] = float(t._precision.skipped_steps + t._skipped_nonfinite)
@@ -61,7 +63,7 @@ def flush_train_step(t: Any) -> None:
     """At a training epoch end (or the end of a fit): write the last step's values if this fit
     has written none yet. Decided from step counts alone, so every rank takes the same branch
     (the write may hold a collective)."""
-    every, step = t.log_every_n_steps, t.progress.global_step
+    every, step = t.log_every_n_steps, t.progress.batches_stepped
     if every and step % every and step > t._last_step_written and t._step_writes == 0:
         write_train_step(t)
 

@@ -24,6 +24,8 @@ class Progress:
     samples_done: int = 0        # samples of the current epoch consumed over all ranks
     epoch_done: bool = False     # the current epoch's training batches are all done
     total_batches: int = 0       # training batches run since fit began (for accumulation)
+    batches_stepped: int = 0     # batches that closed an optimizer-step window (Lightning's
+                                 # _batches_that_stepped): the step index of logged values
     iter_started: bool = False   # the current epoch's data iterator exists (it draws from the RNG)
 
     def state_dict(self) -> dict[str, Any]:
@@ -33,6 +35,8 @@ class Progress:
         for k, v in state.items():
             if hasattr(self, k):
                 setattr(self, k, type(getattr(self, k))(v))
+        if "batches_stepped" not in state:  # a checkpoint from before the counter existed
+            self.batches_stepped = self.global_step
 
 
 @dataclass

@@ -287,10 +287,8 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
 
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
-        out = self._results.prog_bar_now()
-        if self._last_loss is not None:
-            out["loss"] = float(self._last_loss.detach())
-        return out
+        """The values logged with ``prog_bar=True`` (the bar shows the step's loss beside them)."""
+        return self._results.prog_bar_now()
 
     @property
     def checkpoint_callbacks(self) -> list[Callback]:
@@ -596,7 +594,7 @@ class _RunContext:
         t._loss_checked = False
         t._results.reset_all()  # as in Lightning: callback_metrics hold this stage's values only
         t.logged_metrics, t._eval_log_steps, t._step_writes = {}, {}, 0
-        t._last_step_written = t.progress.global_step
+        t._last_step_written = t.progress.batches_stepped
         t._module = self.model
         self.model._trainer = t
         t._setup_env()

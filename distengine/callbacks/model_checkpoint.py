@@ -52,7 +52,10 @@ class ModelCheckpoint(Callback):
         every_n_train_steps / every_n_epochs / train_time_interval: the trigger (one of them;
             default every epoch). ``train_time_interval`` is a ``timedelta`` or seconds.
         save_on_train_epoch_end: epoch triggers fire at the end of the training epoch (True) or
-            after validation (False); default: after validation when there is validation.
+            after validation (False); default as in Lightning: at the training epoch end (after
+            the epoch-end validation), but after each validation run when validation happens
+            every few epochs (``check_val_every_n_epoch > 1``) or within epochs
+            (``val_check_interval``).
         async_save: copy the state off the training tensors and write it in the background.
         save_weights_only: write only the weights and hyperparameters (no training state).
         verbose: print a line on rank zero for every checkpoint written.
@@ -322,11 +325,16 @@ class ModelCheckpoint(Callback):
     def _on_train_epoch_end(self, trainer: Any) -> bool:
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end
+        # Lightning's rule: at the training epoch end (the epoch-end validation has run by then,
+        # so a monitored validation metric is fresh), unless validation runs every few epochs
+        # or several times per epoch, where saving follows the validation runs
+        if getattr(trainer, "check_val_every_n_epoch", 1) != 1:
+            return False
         nval = getattr(trainer, "num_val_batches", 0) or 0
-        total = sum(nval) if isinstance(nval, (list, tuple)) else nval
-        # no validation -> save at the end of the training epoch; else after validation, so a
-        # monitored validation metric is fresh
-        return not total
+        if not (sum(nval) if isinstance(nval, (list, tuple)) else nval):
+            return True
+        vci = getattr(trainer, "val_check_interval", 1.0)
+        return vci is None or vci == 1.0
 
     def _save_topk_and_last(self, trainer: Any, from_validation: bool = False) -> None:
         self.resolve_dirpath(trainer)
@@ -368,9 +376,14 @@ class ModelCheckpoint(Callback):
         topk = self._is_topk(score)
         if not topk and not self.save_last:
             return {"save": False, "score": score}
-        path = self._unique_path(format_checkpoint_name(self.filename or "{epoch}-{step}", metrics,
-                                                        self.auto_insert_metric_name))
         kept = dict(self.best_k_models)
+        # a file this save replaces may keep its name (overwritten atomically), as in Lightning:
+        # a fixed filename with save_top_k=1 stays one file instead of growing -v1, -v2, ...
+        evicted = {self._worst_path(kept)} if topk and self.save_top_k != -1 and len(kept) >= self.save_top_k \
+            else set()
+        path = self._unique_path(format_checkpoint_name(self.filename or "{epoch}-{step}", metrics,
+                                                        self.auto_insert_metric_name),
+                                 reusable=evicted | set(self._superseded_last("", kept)))
         delete: list[str] = []
         if topk:
             kept[path] = score
@@ -427,10 +440,11 @@ class ModelCheckpoint(Callback):
         metrics.setdefault("step", trainer.global_step)
         return metrics
 
-    def _unique_path(self, name: str) -> str:
-        """``<dirpath>/<name>.ckpt``, versioned ``-v1``... if that name is still in use by us."""
+    def _unique_path(self, name: str, reusable: set[str] = frozenset()) -> str:
+        """``<dirpath>/<name>.ckpt``, versioned ``-v1``... if that name is still in use by us
+        (a file in ``reusable`` is about to be replaced: its name is free)."""
         assert self.dirpath is not None
-        used = set(self.best_k_models) | {self.last_model_path}
+        used = (set(self.best_k_models) | {self.last_model_path}) - set(reusable)
         path = os.path.join(self.dirpath, name + CKPT_SUFFIX)
         version = 1
         while path in used:

@@ -158,6 +158,7 @@ class TQDMProgressBar(ProgressBar):
         self._final_idx = _NEVER  # index of the epoch's last batch, when known
         self._t0 = 0.0
         self._loss: float | None = None
+        self._last_outputs: Any = None
         # validation / test / predict
         self._eval_next_idx = _NEVER
         self._eval_deadline = 0.0
@@ -239,8 +240,9 @@ class TQDMProgressBar(ProgressBar):
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        # The hot path: a store and a comparison unless a check is due; then one clock read.
+        # The hot path: two stores and a comparison unless a check is due; then one clock read.
         self._last_idx = batch_idx
+        self._last_outputs = outputs  # read (one sync) only if the epoch-end line needs it
         if batch_idx < self._next_idx:
             return
         if self._first_idx < 0:  # a resumed epoch starts mid-way: rates count from here
@@ -285,6 +287,8 @@ class TQDMProgressBar(ProgressBar):
         if self._next_idx == _NEVER or not self._active(trainer):
             return
         self._next_idx = _NEVER
+        if self._total is None:  # no length: the last batch was not known in advance
+            self._loss = _loss_of(self._last_outputs)
         self._draw_train(trainer, module, self._last_idx + 1, done=True)
 
     def on_train_end(self, trainer: Any, module: Any) -> None:

@@ -338,7 +338,7 @@ def test_early_stop_callback_flag(tmp_path):
     trainer = _trainer(tmp_path, early_stop_callback=mine, max_epochs=20)
     assert trainer.early_stopping_callback is mine
     trainer.fit(Net(lr=0.0), DataLoader(_data(), batch_size=8), DataLoader(_data(), batch_size=16))
-    assert trainer.current_epoch == 1  # lr 0: no improvement after the first epoch, patience 0
+    assert trainer.current_epoch == 2  # lr 0: stopped at the end of epoch 1 (patience 0), counted as finished
 
 
 def test_model_checkpoint_filepath_is_split_as_lightning_1_x(tmp_path):

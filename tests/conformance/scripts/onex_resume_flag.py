@@ -26,11 +26,11 @@ class Regressor(pl.LightningModule):
 if __name__ == "__main__":
     pl.seed_everything(34)
     data = DataLoader(regression_data(32), batch_size=8)
-    first = pl.Trainer(max_epochs=2, callbacks=[ModelCheckpoint(dirpath="ckpts", filename="first")],
+    first = pl.Trainer(max_epochs=2, callbacks=[ModelCheckpoint(dirpath="ckpts", save_last=True)],
                        logger=False, enable_progress_bar=False)
     first.fit(Regressor(), data)
     model = Regressor()
-    trainer = pl.Trainer(max_epochs=3, resume_from_checkpoint="ckpts/first.ckpt", logger=False,
+    trainer = pl.Trainer(max_epochs=3, resume_from_checkpoint="ckpts/last.ckpt", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, data)
     report(trainer, model)
