@@ -57,7 +57,8 @@ def test_top_k_by_val_loss_with_the_trainer(tmp_path, async_save):
     trainer.fit(Reg(), *_loaders())
     vals = [(step, m["val_loss"]) for step, m in logger.rows if "val_loss" in m]
     assert len(vals) == 6
-    best2 = sorted(vals, key=lambda sv: sv[1])[:2]
+    # logged under the batch index (Lightning's): the value at index i is that of global step i + 1
+    best2 = [(i + 1, v) for i, v in sorted(vals, key=lambda sv: sv[1])[:2]]
     expected = sorted(f"epoch={step // 4 - 1}-step={step}-val_loss={v:.4f}.ckpt" for step, v in best2)
     folder = Path(tmp_path) / "checkpoints"
     assert sorted(p.name for p in folder.glob("*.ckpt")) == expected
