@@ -8,6 +8,7 @@ differences the harness is expected to find, each with its reason::
 
     style: 2.x
     known checkpoints: distengine also writes ...
+        (an indented line continues the reason)
     '''
 
 Compared (categories): `weights` (torch.equal), `global_step`, `current_epoch`,
@@ -54,14 +55,19 @@ def load_script(path: Path) -> Script:
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     lines = doc.splitlines()
     title = lines[0].strip() if lines else path.stem
-    style, known, ranks = "", {}, True
-    for line in lines[1:]:
-        line = line.strip()
+    style, known, ranks, current = "", {}, True, None
+    for raw in lines[1:]:
+        line = raw.strip()
+        if raw[:1].isspace() and current is not None and line:  # an indented line continues a reason
+            known[current] += " " + line
+            continue
+        current = None
         if line.startswith("style:"):
             style = line.split(":", 1)[1].strip()
         elif line.startswith("known "):
             category, reason = line[len("known "):].split(":", 1)
-            known[category.strip()] = reason.strip()
+            current = category.strip()
+            known[current] = reason.strip()
         elif line.startswith("ranks:"):
             ranks = line.split(":", 1)[1].strip() != "no"
     if style not in ("2.x", "1.x"):

@@ -1,6 +1,9 @@
 """EarlyStopping on a validation metric that stops improving.
 
 style: 2.x
+known ranks: distengine averages epoch-level values over the ranks whether or not sync_dist is set,
+    so EarlyStopping watches the val_loss of the whole validation set; Lightning without sync_dist
+    watches each rank's own half and stops when one rank's value stalls
 """
 import pytorch_lightning as pl
 import torch

@@ -2,6 +2,8 @@
 
 style: 2.x
 """
+import os
+
 import pytorch_lightning as pl
 import torch
 from conformance_report import regression_data, report
@@ -47,6 +49,10 @@ class GAN(pl.LightningModule):
 if __name__ == "__main__":
     pl.seed_everything(2)
     model = GAN()
-    trainer = pl.Trainer(max_epochs=2, log_every_n_steps=4, enable_progress_bar=False)
+    # each optimizer's step leaves the other network's parameters without gradients: on several
+    # processes DDP has to be told (Lightning's GAN examples do the same)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    trainer = pl.Trainer(max_epochs=2, log_every_n_steps=4, enable_progress_bar=False,
+                         strategy="ddp_find_unused_parameters_true" if several else "auto")
     trainer.fit(model, DataLoader(regression_data(64), batch_size=8))
     report(trainer, model)

@@ -1,7 +1,9 @@
 """0.x/1.x tutorial style: step dicts with "log" and "progress_bar", validation_epoch_end returning them.
 
 style: 1.x
-known callback_metrics: distengine honours the 0.x "log"/"progress_bar" keys of returned dicts (the style of the tutorials this script copies); 1.9.5 ignores them without a word, so nothing of it is logged or monitorable there
+known callback_metrics: distengine honours the 0.x "log"/"progress_bar" keys of returned dicts (the
+    style of the tutorials this script copies); 1.9.5 ignores them without a word, so nothing of it is
+    logged or monitorable there
 known logged: the same: 1.9.5 writes no scalars for this script
 known extra: the same: 1.9.5's progress bar shows none of the returned values
 """

@@ -1,7 +1,9 @@
 """1.x: optimizers in the dict form with "frequency", alternating by frequency.
 
 style: 1.x
-known logged: 1.9.5 writes each optimizer's last loss again at the batches where that optimizer did not run (a stale repeat of the value it logged earlier); distengine writes a value only at the batch that logged it
+known logged: 1.9.5 writes each optimizer's last loss again at the batches where that optimizer did
+    not run (a stale repeat of the value it logged earlier); distengine writes a value only at the batch
+    that logged it
 """
 import pytorch_lightning as pl
 import torch

@@ -1,4 +1,4 @@
-"""1.x Trainer flags: gpus=None, num_processes, track_grad_norm, reload_dataloaders_every_n_epochs.
+"""1.x Trainer flags: gpus=None, track_grad_norm, reload_dataloaders_every_n_epochs.
 
 style: 1.x
 """
@@ -32,7 +32,7 @@ class Regressor(pl.LightningModule):
 if __name__ == "__main__":
     pl.seed_everything(33)
     model = Regressor()
-    trainer = pl.Trainer(max_epochs=3, gpus=None, num_processes=1, track_grad_norm=2,
+    trainer = pl.Trainer(max_epochs=3, gpus=None, track_grad_norm=2,
                          reload_dataloaders_every_n_epochs=1, log_every_n_steps=1, enable_progress_bar=False)
     trainer.fit(model)
     report(trainer, model, loader_calls=model.loader_calls)
