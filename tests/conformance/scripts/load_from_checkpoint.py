@@ -28,6 +28,7 @@ if __name__ == "__main__":
     model = Regressor(hidden=10)
     trainer = pl.Trainer(max_epochs=2, enable_progress_bar=False)
     trainer.fit(model, DataLoader(regression_data(32), batch_size=8))
+    trainer.strategy.barrier()  # on several ranks: rank 0 has written the file
     path = trainer.checkpoint_callback.best_model_path
     loaded = Regressor.load_from_checkpoint(path, lr=0.5)
     same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

@@ -34,5 +34,6 @@ if __name__ == "__main__":
     model = Regressor(args)
     trainer = pl.Trainer(max_epochs=2, enable_progress_bar=False)
     trainer.fit(model, DataLoader(regression_data(32), batch_size=8))
+    trainer.strategy.barrier()  # on several ranks: rank 0 has written the file
     loaded = Regressor.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
     report(trainer, model, hparams=dict(loaded.hparams), hidden=loaded.net[0].out_features)
