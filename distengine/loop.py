@@ -296,8 +296,8 @@ def fit_loop(t) -> None:
         for fn in hooks["on_train_epoch_start"]:
             fn()
         train_epoch(t)
-        if t._status.stop_signal is not None:  # a signal: save the exact position and exit
-            break
+        if t._stop_now and t._status.stop_signal is not None:
+            break  # every rank agreed to stop on a signal: save the exact position and exit
         # An epoch cut short (max_steps, or a should_stop request, mid-epoch) still ends as in
         # Lightning: epoch-end hooks, schedulers, metrics and checkpoints; validation only after
         # a stop request. The position stays mid-epoch, so a resume goes on from there.
@@ -315,7 +315,7 @@ def fit_loop(t) -> None:
             t._train_sampler.set_start(0)
     # Stopped inside an epoch's training or at its end (not by a signal, whose checkpoint is
     # named by the exact position): Trainer.current_epoch now counts that epoch as finished.
-    t._stopped_in_epoch = stopped_in_epoch
+    t._stopped_in_epoch = stopped_in_epoch and t._status.stop_signal is None
     metric_writer.flush_train_step(t)  # stopped mid-epoch (max_steps, a stop request)
     # The loop has stopped on every rank at the same step: finish the stop vote still in
     # flight (see StopVote.close). Not on an exception: a failed peer might never answer it.

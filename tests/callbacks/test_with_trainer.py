@@ -202,3 +202,36 @@ def test_two_ranks_stop_together_when_only_rank_one_asks():
     assert lr0 == lr1
     results, lr, restored = lr0
     assert len(results["lr"]) == 12 and lr in results["lr"] and restored
+
+
+class SignalOnLastBatch(Callback):
+    """SIGTERM to rank 0 itself in the last batch of epoch 1: the step vote (one step behind)
+    cannot see it any more; the ranks must still agree at the epoch end and stop together."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_rank == 0 and trainer.current_epoch == 1 and batch_idx == 3:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _rank_signal_at_epoch_end(rank, root):
+    from distengine.callbacks.model_checkpoint import ModelCheckpoint
+
+    trainer = de.Trainer(accelerator="cpu", enable_progress_bar=False, num_sanity_val_steps=0, logger=False,
+                         max_epochs=5, callbacks=[SignalOnLastBatch(), ModelCheckpoint(dirpath=root)])
+    try:
+        trainer.fit(Model(), loader(n=32), None)  # 4 batches of 4 per rank per epoch
+    except SystemExit as exc:
+        return exc.code, trainer.global_step
+    return 0, trainer.global_step
+
+
+def test_a_signal_in_an_epochs_last_batch_stops_every_rank_with_a_checkpoint(tmp_path):
+    import os
+    import signal
+
+    results = run_ranks(_rank_signal_at_epoch_end, 2, str(tmp_path), timeout=120)
+    assert results == [(128 + signal.SIGTERM, 8)] * 2  # both ranks, after epoch 1's 4 steps
+    assert "epoch=1-step=8-signal_15.ckpt" in os.listdir(tmp_path), os.listdir(tmp_path)
