@@ -302,7 +302,8 @@ def fit_loop(t) -> None:
         # Lightning: epoch-end hooks, schedulers, metrics and checkpoints; validation only after
         # a stop request. The position stays mid-epoch, so a resume goes on from there.
         cut_short = not p.epoch_done
-        _end_of_epoch(t, validate=not cut_short or t._stop_now)
+        # (no stop vote then: the fit ends anyway, and the last vote stays the one close() settles)
+        _end_of_epoch(t, validate=not cut_short or t._stop_now, vote=not cut_short)
         if t._stop_now or cut_short:
             stopped_in_epoch = True
             break
@@ -326,7 +327,7 @@ def fit_loop(t) -> None:
         fn()
 
 
-def _end_of_epoch(t, validate: bool = True) -> None:
+def _end_of_epoch(t, validate: bool = True, vote: bool = True) -> None:
     p = t.progress
     res = t._results
     t._raise_if_nonfinite()
@@ -349,7 +350,8 @@ def _end_of_epoch(t, validate: bool = True) -> None:
     for fn in t._callback_hooks["on_train_epoch_end"]:
         fn()
     res.in_step = True
-    t._vote_epoch()
+    if vote:
+        t._vote_epoch()
 
 
 @torch.no_grad()
