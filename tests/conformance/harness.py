@@ -1,5 +1,8 @@
 """Run one corpus script under distengine and under Lightning, and compare what users see.
 
+The scripts repeat the same small modules and set-up on purpose: each is a whole program the
+way a user writes one, with nothing shared but the data and report helpers in runtime/.
+
 A corpus script (tests/conformance/scripts/*.py) is an ordinary Lightning script that ends with
 `report(trainer, model)`. Its docstring says which Lightning it is written for, and lists the
 differences the harness is expected to find, each with its reason::
