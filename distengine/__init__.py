@@ -25,12 +25,13 @@ _LAZY = {
     "LightningDataModule": "distengine.datamodule",
     "seed_everything": "distengine.seed",
     "Tuner": "distengine.tuner",
+    "Callback": "distengine.callbacks.base",
     "callbacks": None,
     "loggers": None,
     "utilities": None,
 }
 
-__all__ = ["DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner", "__version__",
+__all__ = ["Callback", "DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner", "__version__",
            "callbacks", "loggers", "seed_everything", "utilities"]
 
 

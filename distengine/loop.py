@@ -295,6 +295,7 @@ def fit_loop(t) -> None:
         t._module.train()
         for fn in hooks["on_train_epoch_start"]:
             fn()
+        t._rewrap_if_trainable_changed()  # (finetuning callbacks unfreeze layers at an epoch start)
         train_epoch(t)
         if t._stop_now and t._status.stop_signal is not None:
             break  # every rank agreed to stop on a signal: save the exact position and exit

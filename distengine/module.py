@@ -69,6 +69,13 @@ class Module(nn.Module):
         self._trainer = None
         self._hparams = AttributeDict()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy or a pickle of the module (deepcopy for an averaged or EMA model, a spawned
+        # worker) must not drag the Trainer along: it holds process groups and loaders
+        state = dict(self.__dict__)
+        state["_trainer"] = None
+        return state
+
     # ------------------------------------------------------------------ properties
     @property
     def trainer(self):

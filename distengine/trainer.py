@@ -26,15 +26,17 @@ import torch
 
 from distengine import compat, loop, metric_writer
 from distengine.callbacks.base import CALLBACK_HOOKS, Callback, HookDispatcher
+from distengine.callbacks.finders import run_finder_callbacks
 from distengine.compat_flags import OneXTrainerMixin, accepts_1x_flags
 from distengine.dist import collectives
+from distengine.dist.devices import resolve_devices
 from distengine.dist.env import ClusterEnv, detect
 from distengine.flags import check_numeric_flags
 from distengine.metrics import Results
 from distengine.module import MODULE_HOOKS, Module, module_overrides
 from distengine.precision import Precision, normalize_precision
 from distengine.state import Progress, TrainerStatus
-from distengine.trainer_parts import CheckpointMixin, StopVote, resolve_devices
+from distengine.trainer_parts import CheckpointMixin, StopVote
 
 _ONE_X_HOOKS = {"on_train_epoch_start": "on_epoch_start", "on_train_epoch_end": "on_epoch_end",
                 "on_train_batch_start": "on_batch_start", "on_train_batch_end": "on_batch_end"}
@@ -211,6 +213,11 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
     @property
     def lightning_module(self) -> Module | None:
         return self._module
+
+    @property
+    def train_dataloader(self) -> Any:
+        """The training loader of the current fit, as this rank iterates it (sharded)."""
+        return getattr(self, "_train_loader", None)
 
     @property
     def model(self) -> Any:
@@ -417,6 +424,7 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
         self._check_module(model, "fit")
         self._launch_if_needed()
         self._tune_in_fit(model, train_dataloaders, val_dataloaders, datamodule)
+        run_finder_callbacks(self, model, train_dataloaders if datamodule is None else datamodule, val_dataloaders)
         ckpt_path = ckpt_path or self.resume_from_checkpoint
         if ckpt_path is None and self.env.restart_count > 0:
             ckpt_path = "last"

@@ -17,67 +17,6 @@ from distengine.data import apply_limit as _apply_limit
 from distengine.data import loader_len as _safe_len
 from distengine.data import val_every_batches
 from distengine.dist import collectives
-from distengine.dist.env import OVERSUBSCRIBE_VAR, ClusterEnv, oversubscribe_allowed, usable_cpu_count
-
-
-def _gpu_count() -> int:
-    # device_count() asks NVML when it can and does not create a CUDA context
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) -> tuple[str, int, list[int]]:
-    """Return ``(accelerator, devices per node, gpu ids)`` or raise a one-line error."""
-    if gpus is not None:  # 1.x: gpus=2, gpus=[0, 1], gpus="0,1", gpus=0 (CPU)
-        if gpus in (0, "0", [], "") :
-            accelerator, devices = "cpu", devices
-        else:
-            accelerator, devices = "gpu", gpus
-    accelerator = {"cuda": "gpu"}.get(str(accelerator).lower(), str(accelerator).lower())
-    if accelerator not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"accelerator={accelerator!r} is not supported; use 'auto', 'cpu' or 'gpu'")
-    forced = os.environ.get("DISTENGINE_ACCELERATOR")
-    if accelerator == "auto":
-        accelerator = forced if forced in ("cpu", "gpu") else ("gpu" if _gpu_count() > 0 else "cpu")
-    ids: list[int] = []
-    if isinstance(devices, str) and devices != "auto":
-        devices = [int(x) for x in devices.split(",") if x.strip()] if "," in devices else int(devices)
-    if isinstance(devices, (list, tuple)):
-        ids = [int(i) for i in devices]
-        count = len(ids)
-    elif devices == "auto":
-        count = env.local_world_size if env.distributed else 1
-    else:
-        count = int(devices)
-        if count == -1:
-            count = _gpu_count() if accelerator == "gpu" else usable_cpu_count()
-    if count < 1:
-        raise ValueError(f"devices={devices!r} asks for no device; use devices=1 or more")
-    if accelerator == "cpu" and count > 1 and not env.distributed:
-        # fit() would start one process per device: more than the cores is refused here, before
-        # anything runs, unless asked for (a devices=999 typo once took a machine down)
-        cores = usable_cpu_count()
-        if count > cores and not oversubscribe_allowed():
-            raise ValueError(f"Trainer(devices={count}) on CPU would start {count} processes but this machine "
-                             f"gives this process {cores} CPU core(s); use devices={cores} or fewer, or set "
-                             f"{OVERSUBSCRIBE_VAR}=1 to run more processes than cores")
-    if accelerator == "gpu":
-        available = _gpu_count()
-        wanted = max(ids) + 1 if ids else count
-        if env.distributed:
-            wanted = 1  # each rank sees the device(s) the launcher gave it
-        if available < wanted:
-            what = f"GPU indices {ids}" if ids else f"{count} GPU(s)"
-            # with gpus=..., accelerator='cpu' would not help: gpus overrides it (as in 1.x)
-            fix = f"remove gpus={gpus!r} (or set gpus=0 or None) to train on the CPU" if gpus is not None \
-                else "use accelerator='cpu' or fewer devices"
-            raise ValueError(f"asked for {what} but {available} GPU(s) are available "
-                             f"(torch.cuda.device_count()={available}); {fix}")
-        ids = ids or list(range(count))
-    if env.distributed and devices != "auto" and count != env.local_world_size:
-        raise ValueError(f"Trainer(devices={count}) contradicts the launched job, which runs "
-                         f"{env.local_world_size} process(es) per node; use devices='auto' or launch {count}")
-    return accelerator, count, ids
-
 
 # How long StopVote.close waits for torch to free the last vote's tensor (normally microseconds).
 _RELEASE_WAIT_S = 10.0
@@ -243,7 +182,6 @@ class CheckpointMixin:
 
     def _setup_fit(self, train: list[Any], val: list[Any]) -> None:
         from distengine import compat
-        from distengine.dist import setup
         from distengine.optim import parse_optimizers
         from distengine.precision import Precision
 
@@ -277,15 +215,32 @@ class CheckpointMixin:
         self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
         if self.compile:
             module.compile()
-        # the 1.x mode freezes the other optimizers' parameters in each call: 1.9.5's DDP default
-        find_unused = self.find_unused_parameters or self._one_x is not None
-        self._model = setup.wrap_ddp(module, self._device, find_unused_parameters=find_unused) \
-            if env.distributed else module
-        self._manual_ddp = setup.ManualDDPStep(self._model) if env.distributed and manual else None
-        self._step_fn = self._manual_ddp or (self._model if env.distributed else module.training_step)
+        self._wrap_model(module)
         if manual:  # Lightning 2.x: global_step counts the optimizer.step() calls of training_step
             self._step_counters = [o.register_step_post_hook(self._count_manual_step) for o in self.optimizers]
         self.progress.__init__()
+
+    def _wrap_model(self, module: Any) -> None:
+        """DDP-wrap ``module`` (when distributed) and choose the training-step function."""
+        from distengine.dist import setup
+
+        distributed, manual = self.env.distributed, not module.automatic_optimization
+        # the 1.x mode freezes the other optimizers' parameters in each call: 1.9.5's DDP default
+        find_unused = self.find_unused_parameters or self._one_x is not None
+        self._model = setup.wrap_ddp(module, self._device, find_unused_parameters=find_unused) \
+            if distributed else module
+        self._manual_ddp = setup.ManualDDPStep(self._model) if distributed and manual else None
+        self._step_fn = self._manual_ddp or (self._model if distributed else module.training_step)
+        self._wrapped_trainable = [p.requires_grad for p in module.parameters()]
+
+    def _rewrap_if_trainable_changed(self) -> None:
+        """DDP reduces only the gradients of parameters that were trainable when it was built:
+        after a callback froze or unfroze some (finetuning), build it again (every rank does,
+        at the same epoch start, so its start-up broadcast pairs up)."""
+        if self._model is self._module:
+            return
+        if [p.requires_grad for p in self._module.parameters()] != self._wrapped_trainable:
+            self._wrap_model(self._module)
 
     def _count_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.progress.global_step += 1
@@ -442,6 +397,11 @@ class CheckpointMixin:
         for fn in self._module_hooks.get("on_load_checkpoint", ()):
             fn(ckpt)
         # before anything is restored: a refused resume leaves the weights and optimizers as they are
+        if "optimizer_states" in ckpt:  # first: a callback may rebuild parameter groups (finetuning)
+            for cb in self.callbacks:
+                state = ckpt.get("callbacks", {}).get(cb.state_key)
+                if state is not None:
+                    cb.load_state_dict(state)
         check_optimizer_states(self.optimizers, ckpt, source=path)
         load_weights(module, ckpt["state_dict"], source=path)
         if "optimizer_states" not in ckpt:
@@ -451,10 +411,6 @@ class CheckpointMixin:
         for cfg, state in zip(self.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
             cfg.scheduler.load_state_dict(state)
         self._precision.load_state_dict(ckpt.get("precision", {}))
-        for cb in self.callbacks:
-            state = ckpt.get("callbacks", {}).get(cb.state_key)
-            if state is not None:
-                cb.load_state_dict(state)
         for fn in self._callback_hooks.get("on_load_checkpoint", ()):
             fn(ckpt)
         p = self.progress

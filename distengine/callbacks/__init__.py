@@ -15,6 +15,12 @@ _LAZY = {
     "Timer": "distengine.callbacks.timer",
     "TQDMProgressBar": "distengine.callbacks.progress",
     "ProgressBar": "distengine.callbacks.progress",
+    "GradientAccumulationScheduler": "distengine.callbacks.accumulation",
+    "BaseFinetuning": "distengine.callbacks.finetuning",
+    "BackboneFinetuning": "distengine.callbacks.finetuning",
+    "StochasticWeightAveraging": "distengine.callbacks.swa",
+    "LearningRateFinder": "distengine.callbacks.finders",
+    "BatchSizeFinder": "distengine.callbacks.finders",
 }
 
 __all__ = ["Callback", *_LAZY]
