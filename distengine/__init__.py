@@ -31,8 +31,8 @@ _LAZY = {
     "utilities": None,
 }
 
-__all__ = ["Callback", "DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner", "__version__",
-           "callbacks", "loggers", "seed_everything", "utilities"]
+__all__ = ["Callback", "DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner",
+           "__version__", "callbacks", "loggers", "seed_everything", "utilities"]
 
 
 def __getattr__(name: str) -> Any:
