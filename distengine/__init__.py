@@ -26,12 +26,13 @@ _LAZY = {
     "seed_everything": "distengine.seed",
     "Tuner": "distengine.tuner",
     "callbacks": None,
+    "cli": None,
     "loggers": None,
     "utilities": None,
 }
 
 __all__ = ["DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner", "__version__",
-           "callbacks", "loggers", "seed_everything", "utilities"]
+           "callbacks", "cli", "loggers", "seed_everything", "utilities"]
 
 
 def __getattr__(name: str) -> Any:
