@@ -87,7 +87,8 @@ def _bad_value(key: str, details: list[str], parser: Any) -> str:
         return f"--{key}: class_path '{m.group(1)}': {problem}"
     expected = type_text(hint) if hint is not None else _expected(action, details)
     if expected:
-        hint_text = _did_you_mean(given.strip("'\""), subclass_names(hint)) if given else ""
+        named = re.findall(r"'class_path': '([^']+)'", given) or [given.strip("'\"")]
+        hint_text = _did_you_mean(named[0].rpartition(".")[2], subclass_names(hint)) if given else ""
         return f"--{key} expects {expected}, got {given}{hint_text}; {_FIX}" if given \
             else f"--{key} expects {expected}; {_FIX}"
     return f"--{key}: {details[0] or text}; {_FIX}"

@@ -8,7 +8,10 @@ every rank raises the same error before anything trains (Lightning's rule).
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
+
+import jsonargparse
 
 from distengine.callbacks.base import Callback
 
@@ -47,8 +50,10 @@ class SaveConfigCallback(Callback):
                         'LightningCLI(save_config_kwargs={"overwrite": True}) to overwrite the config file.')
             if trainer.is_global_zero:
                 os.makedirs(log_dir, exist_ok=True)  # the logger creates it only when it first writes
-                self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite,
-                                 multifile=self.multifile)
+                # keep the null entries: the file is the complete config of the run
+                keep = "skip_unset" if _version(jsonargparse.__version__) >= (4, 49) else "skip_none"
+                self.parser.save(self.config, path, overwrite=self.overwrite, multifile=self.multifile,
+                                 **{keep: False})
         if trainer.is_global_zero:
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
@@ -58,3 +63,7 @@ class SaveConfigCallback(Callback):
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Override to save the config somewhere else as well (rank zero only), e.g.
         ``trainer.logger.log_hyperparams({"config": self.parser.dump(self.config)})``."""
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
