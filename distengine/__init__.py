@@ -27,12 +27,13 @@ _LAZY = {
     "Tuner": "distengine.tuner",
     "Callback": "distengine.callbacks.base",
     "callbacks": None,
+    "cli": None,
     "loggers": None,
     "utilities": None,
 }
 
 __all__ = ["Callback", "DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner",
-           "__version__", "callbacks", "loggers", "seed_everything", "utilities"]
+           "__version__", "callbacks", "cli", "loggers", "seed_everything", "utilities"]
 
 
 def __getattr__(name: str) -> Any:

@@ -427,6 +427,8 @@ del _name
 
 
 def module_overrides(module: Module, name: str) -> bool:
+    if name in getattr(module, "__dict__", ()):  # set on the instance (LightningCLI's configure_optimizers)
+        return callable(module.__dict__[name])
     impl = getattr(type(module), name, None)
     return impl is not None and impl is not getattr(Module, name, None)
 

@@ -34,6 +34,8 @@ _ALIASES = {
 
 
 def normalize_precision(value: Any) -> str:
+    if value is None:  # Lightning 2.x's default (a config it wrote says `precision: null`)
+        return "32-true"
     key = value if isinstance(value, int) else str(value)
     if key not in _ALIASES:
         raise ValueError(

@@ -277,3 +277,20 @@ def test_sbatch_template_requeues_itself_and_resumes_exactly(reference, tmp_path
     stop = _stop_step(text)
     assert re.search(rf"start step={stop}\b", text) and "finished at step 16" in text
     assert _equal(tmp_path / "final.pt", ref_cwd / "final.pt")
+
+
+@pytest.mark.timeout(240)
+def test_lightning_cli_script_runs_as_a_job_with_its_arguments(cluster, tmp_path, monkeypatch):
+    # tests/cli/train_cli.py is a plain Lightning CLI script: `submit ... script fit --config c.yaml`
+    # passes the subcommand and the config through; each rank writes what it ended with
+    config = tmp_path / "c.yaml"
+    config.write_text(f"seed_everything: 3\ntrainer:\n  max_epochs: 2\n  enable_progress_bar: false\n"
+                      f"  logger:\n    class_path: CSVLogger\n    init_args:\n      save_dir: {tmp_path / 'logs'}\n")
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "conformance" / "shim"))  # `import pytorch_lightning`
+    monkeypatch.setenv("CLI_TEST_OUT", str(tmp_path))
+    out = cli(tmp_path, "submit", "--cpus-per-node", "2", "--time", "5", "--wait",
+              str(REPO / "tests" / "cli" / "train_cli.py"), "fit", "--config", str(config), timeout=200)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(list((tmp_path / "logs").rglob("config.yaml"))) == 1
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert [(r["rank"], r["world_size"], r["global_step"], r["seed"]) for r in ranks] == [(0, 2, 8, 3), (1, 2, 8, 3)]
