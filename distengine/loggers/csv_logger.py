@@ -225,7 +225,9 @@ class CSVLogger(VersionedLogger):
     """
 
     def __init__(self, save_dir: str | os.PathLike, name: str | None = "lightning_logs",
-                 version: int | str | None = None, prefix: str = "") -> None:
+                 version: int | str | None = None, prefix: str = "", flush_logs_every_n_steps: int = 100) -> None:
+        # flush_logs_every_n_steps: Lightning buffers rows and writes them every N steps; here
+        # each row is on disk when log_metrics returns, so the value is accepted and has no effect
         self._save_dir, self._root_dir, self._version = resolve_layout(save_dir, name, version)
         self._name = name or ""
         self._prefix = str(prefix)
