@@ -8,7 +8,7 @@ loops, devices, precision, data sharding, checkpointing and logging::
     trainer.fit(MyModule(), train_loader, val_loader)
 
 ``import distengine as pl`` runs most Lightning code unchanged (``pl.LightningModule``,
-``pl.Trainer``, ``pl.seed_everything``, ``pl.callbacks``, ``pl.loggers``).
+``pl.Trainer``, ``pl.seed_everything``, ``pl.callbacks``, ``pl.loggers``, ``pl.profilers``).
 """
 from __future__ import annotations
 
@@ -29,11 +29,13 @@ _LAZY = {
     "callbacks": None,
     "cli": None,
     "loggers": None,
+    "profilers": None,
+    "profiler": None,
     "utilities": None,
 }
 
 __all__ = ["Callback", "DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner",
-           "__version__", "callbacks", "cli", "loggers", "seed_everything", "utilities"]
+           "__version__", "callbacks", "cli", "loggers", "profilers", "seed_everything", "utilities"]
 
 
 def __getattr__(name: str) -> Any:

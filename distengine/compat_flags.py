@@ -209,7 +209,7 @@ def _arg_types() -> dict[str, Callable]:
         "gradient_clip_val": _int_or_float, "gradient_clip_algorithm": str, "deterministic": _bool_or(str),
         "benchmark": b, "inference_mode": b, "use_distributed_sampler": b, "detect_anomaly": b,
         "sync_batchnorm": b, "default_root_dir": str, "compile": b, "on_nonfinite_loss": str,
-        "dist_timeout": float, "find_unused_parameters": b, "gpus": _devices,
+        "dist_timeout": float, "find_unused_parameters": b, "gpus": _devices, "profiler": str,
         # 1.x flags
         "weights_summary": str, "distributed_backend": str, "num_processes": int, "row_log_interval": int,
         "log_save_interval": int, "flush_logs_every_n_steps": int, "track_grad_norm": float, "amp_level": str,

@@ -37,6 +37,7 @@ from distengine.nonfinite import (  # noqa: F401 - re-exported: tests and caller
     nonfinite_grads,
     step_unless_nonfinite,
 )
+from distengine.profilers import wiring as profiling
 
 
 def takes_batch_idx(step: Any) -> bool:
@@ -164,6 +165,8 @@ def train_epoch(t) -> None:
         iterator = ahead
     if t._pending_rng is not None:
         _restore_pending_rng(t)
+    parts = (iterator, step_fn, prec.backward, _optimizer_step)  # timed when profiling, chosen once per epoch
+    iterator, step_fn, backward, opt_step = profiling.train_parts(t, *parts) if t._profiling else parts
     res.stage, res.in_step = "train", True
     skip_rest = False
     steps_before, first_batch, returned_none = p.global_step, batch_idx, 0
@@ -212,12 +215,12 @@ def train_epoch(t) -> None:
                         loss = loss / accum
                     for fn in h_before_bw:
                         fn(loss)
-                    prec.backward(loss)
+                    backward(loss)
                     for fn in h_after_bw:
                         fn()
         p.total_batches += 1
         if last_micro and loss is not None:  # (manual optimization counts the user's steps)
-            _optimizer_step(t, optimizer)
+            opt_step(t, optimizer)
             p.global_step += 1
             if t._has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
                 _step_schedulers(t, "step", plateau=None)
@@ -296,7 +299,8 @@ def fit_loop(t) -> None:
         for fn in hooks["on_train_epoch_start"]:
             fn()
         t._rewrap_if_trainable_changed()  # (finetuning callbacks unfreeze layers at an epoch start)
-        train_epoch(t)
+        with t.profiler.profile("run_training_epoch"):
+            train_epoch(t)
         if t._stop_now and t._status.stop_signal is not None:
             break  # every rank agreed to stop on a signal: save the exact position and exit
         # An epoch cut short (max_steps, or a should_stop request, mid-epoch) still ends as in
@@ -355,13 +359,23 @@ def _end_of_epoch(t, validate: bool = True, vote: bool = True) -> None:
         t._vote_epoch()
 
 
-@torch.no_grad()
+_EVAL_NAMES = {"validate": "validation", "test": "test", "predict": "predict"}
+
+
 def run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool = False) -> list[dict]:
     """Run validation/test/predict over ``loaders``; return per-loader metrics (or predictions)."""
+    with t.profiler.profile("run_sanity_check" if sanity else f"run_{_EVAL_NAMES[stage]}"):
+        return _run_eval(t, stage, loaders, limit, sanity)
+
+
+@torch.no_grad()
+def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool) -> list[dict]:
     module, hooks, res, prec = t._module, t._hooks, t._results, t._precision
-    name = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
+    name = _EVAL_NAMES[stage]
     step = getattr(module, f"{name}_step")
     takes_idx = takes_batch_idx(step)
+    if t._profiling:  # timed step and batch fetches, chosen once per run
+        step, loaders = profiling.eval_parts(t, name, step, loaders)
     was_training = module.training
     module.eval()
     prev_stage, prev_in_step = res.stage, res.in_step

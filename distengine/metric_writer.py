@@ -49,14 +49,15 @@ def log_to_loggers(t: Any, metrics: dict[str, float], step: int | None = None) -
 
 def write_train_step(t: Any) -> None:
     """Write the fresh training step values (every ``log_every_n_steps`` optimizer steps)."""
-    t._raise_if_nonfinite()
-    log, _ = t._results.collect_step()
-    t._last_step_written = t.progress.batches_stepped
-    t._step_writes += 1
-    if t._precision.scaler is not None or t.on_nonfinite_loss == "skip":
-        log["skipped_steps"] = float(t._precision.skipped_steps + t._skipped_nonfinite)
-    if log:
-        log_to_loggers(t, log)
+    with t.profiler.profile("log_step_metrics"):  # not per batch: a shared no-op without a profiler
+        t._raise_if_nonfinite()
+        log, _ = t._results.collect_step()
+        t._last_step_written = t.progress.batches_stepped
+        t._step_writes += 1
+        if t._precision.scaler is not None or t.on_nonfinite_loss == "skip":
+            log["skipped_steps"] = float(t._precision.skipped_steps + t._skipped_nonfinite)
+        if log:
+            log_to_loggers(t, log)
 
 
 def flush_train_step(t: Any) -> None:

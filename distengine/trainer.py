@@ -35,6 +35,7 @@ from distengine.flags import check_numeric_flags
 from distengine.metrics import Results
 from distengine.module import MODULE_HOOKS, Module, module_overrides
 from distengine.precision import Precision, normalize_precision
+from distengine.profilers import wiring as profiling
 from distengine.state import Progress, TrainerStatus
 from distengine.trainer_parts import CheckpointMixin, StopVote
 
@@ -73,7 +74,7 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
                  sync_batchnorm: bool = False, default_root_dir: str | None = None,
                  compile: bool = False, on_nonfinite_loss: str = "error",
                  dist_timeout: float | timedelta | None = None, find_unused_parameters: bool = False,
-                 gpus: Any = None) -> None:
+                 gpus: Any = None, profiler: Any = None) -> None:
         # every numeric flag is checked (and normalised) before anything else happens
         flags = check_numeric_flags(
             max_epochs=max_epochs, min_epochs=min_epochs, max_steps=max_steps, min_steps=min_steps,
@@ -140,6 +141,7 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
         self.inference_mode, self.sync_batchnorm, self.compile = inference_mode, sync_batchnorm, compile
         self.use_distributed_sampler = use_distributed_sampler
         self.dist_timeout = dist_timeout
+        self._profiler, self._profiling = profiling.resolve(profiler)
         self._loggers = self._build_loggers(logger)
         self.callbacks = self._build_callbacks(
             callbacks, max_time, enable_checkpointing is not False,
@@ -260,6 +262,10 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
         if self.logger is not None and getattr(self.logger, "log_dir", None):
             return self.logger.log_dir
         return self.default_root_dir
+
+    @property
+    def profiler(self) -> Any:  # a PassThroughProfiler without Trainer(profiler=...), as in Lightning
+        return self._profiler
 
     @property
     def sanity_checking(self) -> bool:
@@ -407,6 +413,8 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
         self._training_end = compat.training_end_hook(module)
         self._collect_train_outputs = module_overrides(module, "training_epoch_end") \
             if hasattr(type(module), "training_epoch_end") else False
+        if self._profiling:  # timed hooks; an unprofiled run calls the hooks themselves
+            profiling.profiled_hooks(self)
 
     def _collect_eval_outputs(self, stage: str) -> bool:
         if stage == "predict":
@@ -580,7 +588,8 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
             self._nonfinite_watch.check(self)
 
     def _log_to_loggers(self, metrics: dict[str, float]) -> None:
-        metric_writer.log_to_loggers(self, metrics)
+        with self._profiler.profile("log_epoch_metrics"):
+            metric_writer.log_to_loggers(self, metrics)
 
     def _check_first_loss(self, loss: torch.Tensor) -> None:
         if not loss.requires_grad and self._module.automatic_optimization:
@@ -610,6 +619,7 @@ class _RunContext:
             t._stop_vote = StopVote()  # closed at the end of the fit loop
             t._stopped_in_epoch = False
         t._build_hooks()
+        profiling.begin_run(t, stage)
         self._previous = t._install_signal_handlers() if stage == "fit" else {}
         self.t0 = time.monotonic()
         key = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
@@ -655,6 +665,7 @@ class _RunContext:
                     lg.save()  # flush what validate/test wrote
             t._status.stage = None
             torch.autograd.set_detect_anomaly(self._anomaly)
+            profiling.end_run(t, failed)
         return False
 
 

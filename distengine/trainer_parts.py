@@ -359,11 +359,12 @@ class CheckpointMixin:
         file atomically (a temporary file, fsync, rename) and every rank waits for it."""
         from distengine.checkpoint.io import atomic_save
 
-        ckpt = self._checkpoint_dict(weights_only)
-        if ckpt is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(filepath)), exist_ok=True)
-            atomic_save(ckpt, filepath)
-        collectives.barrier()
+        with self.profiler.profile("save_checkpoint"):
+            ckpt = self._checkpoint_dict(weights_only)
+            if ckpt is not None:
+                os.makedirs(os.path.dirname(os.path.abspath(filepath)), exist_ok=True)
+                atomic_save(ckpt, filepath)
+            collectives.barrier()
 
     def _save_on_signal(self, signum: int) -> str | None:
         cb = self.checkpoint_callback
