@@ -73,8 +73,13 @@ def _mismatch_error(where: str, names: list[str]) -> RuntimeError:
 
 def _mismatch_message(where: str, per_rank: list[list[str]]) -> RuntimeError:
     detail = "; ".join(f"rank {r}: {k}" for r, k in enumerate(per_rank))
+    odd = set().union(*per_rank) - set.intersection(*map(set, per_rank))  # names some ranks lack
+    if odd and all(n.startswith("metric:") for n in odd):  # rank_zero_only would not help these
+        hint = "a torchmetrics Metric is computed on every rank: log it on every rank"
+    else:
+        hint = "a value that only rank 0 logs needs self.log(..., rank_zero_only=True)"
     return RuntimeError(f"ranks logged different metric names in {where}: {detail}. Log the same names on "
-                        "every rank (a value that only rank 0 logs needs self.log(..., rank_zero_only=True)).")
+                        f"every rank ({hint}).")
 
 
 def _reduce(entries: list[_Entry]) -> list[float]:

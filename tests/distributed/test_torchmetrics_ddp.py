@@ -14,7 +14,7 @@ pytest.importorskip("torchmetrics")
 from torchmetrics import MeanSquaredError  # noqa: E402
 from torchmetrics.classification import MulticlassAccuracy  # noqa: E402
 
-from tests.core.test_torchmetrics import Classify, by_hand, class_data  # noqa: E402
+from tests.core.test_torchmetrics import Classify, by_hand, class_data, p0_t0  # noqa: E402
 
 
 def _trainer(tmp, **kw):
@@ -26,17 +26,33 @@ def _validate(trainer, model, n):
     return trainer.validate(model, DataLoader(class_data(n, seed=1), batch_size=4), verbose=False)[0]
 
 
+class OnlyRankZeroLogs(Classify):
+    def validation_step(self, batch, batch_idx):
+        if self.global_rank == 0:
+            self.val_mse(*p0_t0(self.net(batch[0]), batch[1]))
+            self.log("val_mse", self.val_mse)
+
+
 def _on_ranks(rank, tmp):
     model = Classify()
     trainer = _trainer(tmp, max_epochs=1)
     trainer.fit(model, DataLoader(class_data(40), batch_size=4), DataLoader(class_data(21, seed=1), batch_size=4))
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     records = [(s, lg, y) for s, _, lg, y in model.records]
-    return fit_metrics, records, _validate(trainer, model, 21), _validate(trainer, model, 1), model.net.state_dict()
+    val, one = _validate(trainer, model, 21), _validate(trainer, model, 1)
+    try:  # a metric object only one rank logs: an error on every rank, not a hang in its sync
+        _validate(trainer, OnlyRankZeroLogs(), 21)
+        error = None
+    except RuntimeError as exc:
+        error = str(exc)
+    return fit_metrics, records, val, one, model.net.state_dict(), error
 
 
 def test_epoch_metrics_on_two_ranks_equal_one_process(tmp_path):
-    (fit0, rec0, val0, one0, w0), (fit1, rec1, val1, one1, w1) = run_ranks(_on_ranks, 2, str(tmp_path))
+    (fit0, rec0, val0, one0, w0, err0), (fit1, rec1, val1, one1, w1, err1) = run_ranks(_on_ranks, 2, str(tmp_path))
+    assert err0 == err1 == ("ranks logged different metric names in validation: rank 0: ['metric:val_mse']; "
+                            "rank 1: []. Log the same names on every rank (a torchmetrics Metric is computed on "
+                            "every rank: log it on every rank).")
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     acc, mse = MulticlassAccuracy(num_classes=3), MeanSquaredError()
     # fit: the epoch value of each metric is torchmetrics over both ranks' batches
