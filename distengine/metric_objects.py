@@ -77,7 +77,7 @@ def resolve(module: Any, key: str, value: Any, reduce_fx: Any) -> str:
     fx = reduce_fx if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
     if fx not in ("mean", "avg"):
         warnings.warn(f"self.log({key!r}, <{type(value).__name__}>, reduce_fx={fx!r}): reduce_fx has no "
-                      "effect on a torchmetrics Metric; its epoch value is metric.compute()", stacklevel=4)
+                      "effect on a torchmetrics Metric; its epoch value is metric.compute()", stacklevel=5)
     return path
 
 
