@@ -354,6 +354,7 @@ def _end_of_epoch(t, validate: bool = True, vote: bool = True) -> None:
         t._log_to_loggers(log)
     for fn in t._callback_hooks["on_train_epoch_end"]:
         fn()
+    res.reset_metric_objects("train")
     res.in_step = True
     if vote:
         t._vote_epoch()
@@ -438,6 +439,7 @@ def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool)
         result = _split_by_loader(values, len(loaders))
     for fn in hooks[f"on_{name}_end"]:
         fn()
+    res.reset_metric_objects(stage)
     res.stage, res.in_step = prev_stage, prev_in_step
     if was_training:
         module.train()

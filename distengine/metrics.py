@@ -12,6 +12,9 @@ epoch end the epoch names plus (in training) every step name, so a run too short
 validation shard) may have logged nothing; a rank that ran batches may not. Values logged
 with ``rank_zero_only=True`` are left out of the check and of every reduce.
 
+A ``torchmetrics.Metric`` logged by name is read, computed and reset as Lightning does, and
+synchronised by torchmetrics itself (metric_objects.py); its name joins the names check.
+
 Epoch values are means weighted by batch size (or sum/max/min via ``reduce_fx``), and they
 are ALWAYS reduced across ranks with per-rank sample counts, so a validation metric on N
 ranks equals the single-process value. ``sync_dist=True`` additionally averages step values.
@@ -23,6 +26,7 @@ from typing import Any
 
 import torch
 
+from distengine import metric_objects
 from distengine.dist import collectives
 from distengine.metric_writer import forked_name
 
@@ -31,7 +35,7 @@ _REDUCE = ("mean", "sum", "max", "min")
 
 class _Entry:
     __slots__ = ("name", "prog_bar", "logger", "on_step", "on_epoch", "reduce_fx", "sync_dist",
-                 "rank_zero_only", "step_value", "fresh", "total", "count")
+                 "rank_zero_only", "step_value", "fresh", "total", "count", "metric", "attr")
 
     def __init__(self, name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, rank_zero_only=False):
         self.name, self.prog_bar, self.logger = name, prog_bar, logger
@@ -41,6 +45,8 @@ class _Entry:
         self.fresh = False
         self.total: Any = None
         self.count = 0
+        self.metric: Any = None  # a torchmetrics.Metric (metric_objects.py), found at ``attr`` in the module
+        self.attr: str | None = None
 
 
 def _as_float_tensor(value: Any) -> torch.Tensor:
@@ -67,8 +73,33 @@ def _mismatch_error(where: str, names: list[str]) -> RuntimeError:
 
 def _mismatch_message(where: str, per_rank: list[list[str]]) -> RuntimeError:
     detail = "; ".join(f"rank {r}: {k}" for r, k in enumerate(per_rank))
+    odd = set().union(*per_rank) - set.intersection(*map(set, per_rank))  # names some ranks lack
+    if odd and all(n.startswith("metric:") for n in odd):  # rank_zero_only would not help these
+        hint = "a torchmetrics Metric is computed on every rank: log it on every rank"
+    else:
+        hint = "a value that only rank 0 logs needs self.log(..., rank_zero_only=True)"
     return RuntimeError(f"ranks logged different metric names in {where}: {detail}. Log the same names on "
-                        "every rank (a value that only rank 0 logs needs self.log(..., rank_zero_only=True)).")
+                        f"every rank ({hint}).")
+
+
+def _reduce(entries: list[_Entry]) -> list[float]:
+    """Epoch values of ``entries`` across ranks: one collective per reduce op, sums and sample
+    counts side by side (a mean is weighted by every rank's samples)."""
+    sums = [(e.total if e.total is not None else torch.zeros((), dtype=torch.float64)) for e in entries]
+    counts = [torch.tensor(float(e.count), dtype=torch.float64) for e in entries]
+    by_op: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        by_op.setdefault("sum" if e.reduce_fx in ("mean", "sum") else e.reduce_fx, []).append(i)
+    reduced_sum = list(sums)
+    for op, idx in by_op.items():
+        tensors = [sums[i] for i in idx] + ([counts[i] for i in idx] if op == "sum" else [])
+        red = collectives.reduce_tensors(tensors, op)
+        for j, i in enumerate(idx):
+            reduced_sum[i] = red[j]
+            if op == "sum":
+                counts[i] = red[len(idx) + j]
+    return [float(s / c) if e.reduce_fx == "mean" and float(c) > 0 else float(s)
+            for e, s, c in zip(entries, reduced_sum, counts)]
 
 
 class Results:
@@ -86,6 +117,7 @@ class Results:
         # batches this rank ran per stage since its last epoch reduce: a rank that ran none may
         # have logged nothing (uneven validation shards), a rank that ran some may not
         self.batches_run = dict.fromkeys(self.entries, 0)
+        self.module: Any = None  # the running module: where logged metric objects live
 
     # ---------------------------------------------------------------- hot path
     def set_batch(self, batch: Any) -> None:
@@ -101,6 +133,9 @@ class Results:
         if entry is None:
             entry = table[key] = self._new_entry(key, value, prog_bar, logger, on_step, on_epoch,
                                                  reduce_fx, sync_dist, rank_zero_only)
+        if entry.metric is not None or not isinstance(value, (torch.Tensor, int, float)):
+            metric_objects.record(entry, value)  # a torchmetrics object keeps its own state
+            return
         if isinstance(value, torch.Tensor):
             value = value.detach()
         if entry.on_step:
@@ -132,11 +167,13 @@ class Results:
         if isinstance(value, torch.Tensor) and value.numel() != 1:
             raise ValueError(f"self.log({key!r}, ...) needs a scalar, got a tensor of shape "
                              f"{tuple(value.shape)}; log a reduced value such as tensor.mean()")
-        if not isinstance(value, (torch.Tensor, int, float)):
-            raise ValueError(f"self.log({key!r}, ...) needs a number or a one-element tensor, "
-                             f"got {type(value).__name__}")
-        fx = reduce_fx if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
-        fx = {"avg": "mean", "amax": "max", "amin": "min"}.get(fx, fx)
+        attr = None
+        if not isinstance(value, (torch.Tensor, int, float)):  # a torchmetrics Metric, or an error
+            attr = metric_objects.resolve(self.module, key, value, reduce_fx)
+            fx, sync_dist, rank_zero_only = "mean", False, False  # torchmetrics reduces and syncs it
+        else:
+            fx = reduce_fx if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
+            fx = {"avg": "mean", "amax": "max", "amin": "min"}.get(fx, fx)
         if fx not in _REDUCE:
             raise ValueError(f"self.log({key!r}, reduce_fx={reduce_fx!r}) is not supported; "
                              f"use one of {_REDUCE}")
@@ -148,8 +185,11 @@ class Results:
         if not on_step and not on_epoch:
             raise ValueError(f"self.log({key!r}, on_step=False, on_epoch=False) records nothing; "
                              "set one of them to True")
-        return _Entry(key, prog_bar, logger, on_step, on_epoch, fx, sync_dist and not rank_zero_only,
-                      bool(rank_zero_only))
+        entry = _Entry(key, prog_bar, logger, on_step, on_epoch, fx, sync_dist and not rank_zero_only,
+                       bool(rank_zero_only))
+        if attr is not None:
+            entry.metric, entry.attr = value, attr
+        return entry
 
     # ---------------------------------------------------------------- sync points
     def collect_step(self) -> tuple[dict[str, float], dict[str, float]]:
@@ -215,67 +255,75 @@ class Results:
         ran = self.batches_run[stage] > 0
         self.batches_run[stage] = 0
         local = [e for e in table.values() if e.on_epoch and e.rank_zero_only]
-        entries = sorted((e for e in table.values() if e.on_epoch and not e.rank_zero_only), key=lambda e: e.name)
-        names = [e.name for e in entries]
+        entries = sorted((e for e in table.values() if e.on_epoch and not e.rank_zero_only and e.metric is None),
+                         key=lambda e: e.name)
+        # torchmetrics objects logged in this epoch: each rank computes them in this order
+        objs = sorted((e for e in table.values() if e.metric is not None and e.on_epoch and e.count),
+                      key=lambda e: e.name)
+        names = [e.name for e in entries] + ["metric:" + e.name for e in objs]
         if stage == "train":
             # step names too: a run shorter than log_every_n_steps never reached a step check
             names += sorted("step:" + e.name for e in table.values()
                             if e.on_step and not e.on_epoch and not e.rank_zero_only)
         if collectives.is_distributed() and _names_differ(names):
-            # A rank that ran no batch at all (an uneven validation shard) may have logged
-            # nothing: it contributes zero samples. Any other difference is a bug in the user's code.
-            all_names = collectives.all_gather_object(names)
-            all_ran = collectives.all_gather_object(ran)
-            union = sorted(set().union(*map(set, all_names)))
-            if any(did and sorted(n) != union for n, did in zip(all_names, all_ran)) or not any(all_ran):
-                where = {"train": "the training epoch", "validate": "validation"}.get(stage, stage)
-                raise _mismatch_message(where, all_names)
-            src = all_ran.index(True)
-            meta = collectives.broadcast_object(
-                [(e.name, e.reduce_fx, e.on_step, e.logger, e.prog_bar) for e in entries], src=src)
-            entries = [table.get(n) or _Entry(n, bar, lg, st, True, fx, False)
-                       for n, fx, st, lg, bar in meta]
+            entries, objs = self._agree(stage, names, ran, entries + objs)
         out: dict[str, float] = {}
         log: dict[str, float] = {}
         if entries:
-            sums = [(e.total if e.total is not None else torch.zeros((), dtype=torch.float64)) for e in entries]
-            counts = [torch.tensor(float(e.count), dtype=torch.float64) for e in entries]
-            by_op: dict[str, list[int]] = {}
-            for i, e in enumerate(entries):
-                by_op.setdefault("sum" if e.reduce_fx in ("mean", "sum") else e.reduce_fx, []).append(i)
-            reduced_sum = list(sums)
-            for op, idx in by_op.items():
-                tensors = [sums[i] for i in idx] + ([counts[i] for i in idx] if op == "sum" else [])
-                red = collectives.reduce_tensors(tensors, op)
-                for j, i in enumerate(idx):
-                    reduced_sum[i] = red[j]
-                    if op == "sum":
-                        counts[i] = red[len(idx) + j]
-            for e, s, c in zip(entries, reduced_sum, counts):
-                value = float(s / c) if e.reduce_fx == "mean" and float(c) > 0 else float(s)
-                name = forked_name(e.name, "_epoch") if e.on_step else e.name
-                out[e.name] = value
-                self.epoch_values[e.name] = torch.tensor(value)
-                if e.on_step:
-                    self.epoch_values[name] = torch.tensor(value)
-                if e.logger:
-                    log[name] = value
-                if e.prog_bar:
-                    self.prog_bar_epoch[name] = value
+            for e, value in zip(entries, _reduce(entries)):
+                self._publish(e, value, out, log)
                 e.total, e.count = None, 0
+        for e in objs:  # compute() synchronises the metric's states across ranks (torchmetrics)
+            self._publish(e, metric_objects.compute(e), out, log)
         for e in local:  # rank_zero_only: this rank's own value, never reduced
             if e.total is None:
                 continue
             value = float(e.total / e.count) if e.reduce_fx == "mean" and e.count > 0 else float(e.total)
-            name = forked_name(e.name, "_epoch") if e.on_step else e.name
-            out[e.name] = value
-            self.epoch_values[e.name] = self.epoch_values[name] = torch.tensor(value)
-            if e.logger:
-                log[name] = value
-            if e.prog_bar:
-                self.prog_bar_epoch[name] = value
+            self._publish(e, value, out, log)
             e.total, e.count = None, 0
         return log, out
+
+    def _agree(self, stage: str, names: list[str], ran: bool, mine: list[_Entry]) -> tuple[list, list]:
+        """Ranks logged different names. A rank that ran no batch at all (an uneven validation
+        shard) may have logged nothing: it takes the entries of a rank that ran some, contributes
+        zero samples and computes the same metric objects. Any other difference is a bug in the
+        user's code: a one-line error on every rank."""
+        all_names = collectives.all_gather_object(names)
+        all_ran = collectives.all_gather_object(ran)
+        union = sorted(set().union(*map(set, all_names)))
+        if any(did and sorted(n) != union for n, did in zip(all_names, all_ran)) or not any(all_ran):
+            where = {"train": "the training epoch", "validate": "validation"}.get(stage, stage)
+            raise _mismatch_message(where, all_names)
+        meta = collectives.broadcast_object(
+            [(e.name, e.reduce_fx, e.on_step, e.logger, e.prog_bar, e.attr) for e in mine], src=all_ran.index(True))
+        table = self.entries[stage]
+        entries, objs = [], []
+        for n, fx, st, lg, bar, attr in meta:
+            e = table.get(n)
+            if e is None:
+                e = _Entry(n, bar, lg, st, True, fx, False)
+                if attr is not None:  # kept in the table: reset_metric_objects resets it too
+                    e.metric, e.attr = self.module.get_submodule(attr), attr
+                    table[n] = e
+            (entries if attr is None else objs).append(e)
+        return entries, objs
+
+    def _publish(self, e: _Entry, value: float, out: dict[str, float], log: dict[str, float]) -> None:
+        """Record the epoch value of ``e``: return value, callback_metrics, loggers, progress bar."""
+        name = forked_name(e.name, "_epoch") if e.on_step else e.name
+        out[e.name] = value
+        self.epoch_values[e.name] = torch.tensor(value)
+        if e.on_step:
+            self.epoch_values[name] = torch.tensor(value)
+        if e.logger:
+            log[name] = value
+        if e.prog_bar:
+            self.prog_bar_epoch[name] = value
+
+    def reset_metric_objects(self, stage: str) -> None:
+        """Reset every torchmetrics object ``stage`` logged. Called where Lightning does: after the
+        epoch-end hooks (and ``on_validation_end``), so callbacks there still see their state."""
+        metric_objects.reset(e for e in self.entries[stage].values() if e.metric is not None)
 
     def reset_all(self) -> None:
         """Forget every logged value: each fit/validate/test/predict call starts with empty

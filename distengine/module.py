@@ -221,6 +221,10 @@ class Module(nn.Module):
         Every rank must log the same names (checked where values are written); a value that
         only rank 0 logs needs ``rank_zero_only=True``, which keeps it out of that check and of
         every reduce (it is this rank's own value). Outside a Trainer the call does nothing.
+
+        ``value`` may also be a ``torchmetrics.Metric`` attribute of this module: its step value
+        is its ``forward`` result on the batch, its epoch value ``compute()`` (synchronised by
+        torchmetrics) followed by ``reset()``, as in Lightning (see metric_objects.py).
         """
         trainer = self._trainer
         if trainer is None:
@@ -229,8 +233,12 @@ class Module(nn.Module):
                              sync_dist, batch_size, rank_zero_only)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
-        """Call :meth:`log` for each item of ``dictionary`` with the same options."""
-        for name, value in dictionary.items():
+        """Call :meth:`log` for each item of ``dictionary`` with the same options; a
+        ``torchmetrics.MetricCollection`` logs each of its metrics under its key (with the
+        collection's prefix/postfix)."""
+        from distengine.metric_objects import dict_items
+
+        for name, value in dict_items(dictionary):
             self.log(name, value, **kwargs)
 
     def print(self, *args: Any, **kwargs: Any) -> None:

@@ -612,7 +612,7 @@ class _RunContext:
         t._results.reset_all()  # as in Lightning: callback_metrics hold this stage's values only
         t.logged_metrics, t._eval_log_steps, t._step_writes = {}, {}, 0
         t._last_step_written = t.progress.batches_stepped
-        t._module = self.model
+        t._module = t._results.module = self.model  # module: where logged torchmetrics objects live
         self.model._trainer = t
         t._setup_env()
         if stage == "fit":
