@@ -397,9 +397,8 @@ def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool)
             res.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if many else ""
             outputs: list[Any] = []
             extra = (dl_idx,) if many else ()
-            for batch_idx, batch in enumerate(loader):
-                if batch_idx >= limit[dl_idx]:
-                    break
+            # range first: zip stops at the limit without fetching one more batch from the loader
+            for batch_idx, batch in zip(range(limit[dl_idx]), loader):
                 batch = move_to_device(batch, device)
                 if convert is not None:
                     batch = convert(batch)
