@@ -13,7 +13,9 @@ _LAZY = {
     "DeviceStatsMonitor": "distengine.callbacks.device_stats",
     "ModelSummary": "distengine.callbacks.model_summary",
     "Timer": "distengine.callbacks.timer",
-    "TQDMProgressBar": "distengine.callbacks.progress",
+    "TQDMProgressBar": "distengine.callbacks.tqdm_progress",
+    "RichProgressBar": "distengine.callbacks.rich_progress",
+    "RichProgressBarTheme": "distengine.callbacks.rich_progress",
     "ProgressBar": "distengine.callbacks.progress",
 }
 
