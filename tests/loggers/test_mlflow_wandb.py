@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
+import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -23,8 +26,10 @@ import distengine as de
 from distengine.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from tests.helpers import run_ranks
 
-pytest.importorskip("mlflow")
-pytest.importorskip("wandb")
+# find_spec, not importorskip: the 2-rank test's children import this module, and must not
+# get mlflow or wandb from it (they check that rank 1 never imports them)
+pytestmark = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("mlflow", "wandb")),
+                                reason="needs mlflow and wandb (pip install 'distengine[mlflow,wandb]')")
 
 WANDB_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
              "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true",
@@ -230,7 +235,7 @@ def test_failed_fit_marks_both_runs_failed(tmp_path, offline_wandb):
     uri = f"file:{tmp_path / 'mlruns'}"
     mlf, wb = MLFlowLogger(tracking_uri=uri), WandbLogger(save_dir=tmp_path, offline=True)
     trainer = de.Trainer(accelerator="cpu", max_epochs=2, logger=[wb, mlf], log_every_n_steps=1,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+                         enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(Reg(fail_at=2), *_loaders())
     run = _client(uri).get_run(mlf.run_id)
@@ -238,7 +243,9 @@ def test_failed_fit_marks_both_runs_failed(tmp_path, offline_wandb):
     assert [m.step for m in _client(uri).get_metric_history(mlf.run_id, "train_loss")] == [0, 1]
     (run_dir,) = offline_runs(str(tmp_path))
     assert wandb_records(run_dir)[-1] == ("exit", {"code": 1})
-    assert trainer.log_dir == str(tmp_path)  # W&B first: its save_dir, as Lightning
+    # W&B first: trainer.log_dir is its save_dir, checkpoints go to <save_dir>/<project>/<run id>
+    assert trainer.log_dir == str(tmp_path)  # (both as Lightning 2.6.6's WandbLogger)
+    assert trainer.checkpoint_callback.dirpath == str(tmp_path / "lightning_logs" / wb.version / "checkpoints")
 
 
 def test_mlflow_params_metrics_status_and_resume(tmp_path, monkeypatch):
@@ -264,13 +271,32 @@ def test_mlflow_params_metrics_status_and_resume(tmp_path, monkeypatch):
     assert [(m.step, m.value) for m in client.get_metric_history(lg.run_id, "fold1-acc1")] == [(3, 0.5), (4, 0.25)]
     assert [(m.step, m.value) for m in client.get_metric_history(lg.run_id, "fold1-loss")] == [(3, 2.0)]
     assert (run.info.status, run.info.run_name, run.data.tags["team"]) == ("KILLED", "r", "a")
-    # resuming by run id: the same run, RUNNING again, then FINISHED
+    # resuming by run id (or a pickled copy, which keeps it): the same run, RUNNING again, then FINISHED
+    again = pickle.loads(pickle.dumps(lg))
+    assert again._client is None and again.run_id == lg.run_id
     again = MLFlowLogger(tracking_uri=uri, run_id=lg.run_id)
     again.log_metrics({"x": 1.0}, step=0)
     assert client.get_run(lg.run_id).info.status == "RUNNING" and again.name == lg.name
     again.finalize("success")
     assert client.get_run(lg.run_id).info.status == "FINISHED"
     assert len(client.search_runs([lg.experiment_id])) == 1
+
+
+def test_log_model_all_uploads_every_save_with_async_writes(tmp_path, monkeypatch, capsys):
+    """Each checkpoint is uploaded once durable, even one that the next save evicts; the
+    logger sees the callback as it was at that save, though the write ran in the background."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"file:{tmp_path / 'mlruns'}"
+    mlf = MLFlowLogger(tracking_uri=uri, log_model="all")
+    ckpt = de.callbacks.ModelCheckpoint(save_top_k=1, every_n_train_steps=1,  # each save evicts the last
+                                        async_save=True, verbose=True)
+    trainer = de.Trainer(accelerator="cpu", max_epochs=1, logger=mlf, callbacks=[ckpt], log_every_n_steps=1,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Reg(), _loaders()[0])
+    saved = re.findall(r"saved checkpoint (\S+)", capsys.readouterr().err)
+    assert len(saved) == 4 and len(os.listdir(ckpt.dirpath)) == 2  # the best file and last.json
+    folders = {os.path.dirname(p) for p in _artifacts(_client(uri), mlf.run_id)}
+    assert folders == {os.path.splitext(os.path.basename(p))[0] for p in saved}
 
 
 def test_rank_one_and_bad_input(tmp_path, monkeypatch, offline_wandb):
@@ -292,8 +318,6 @@ def test_rank_one_and_bad_input(tmp_path, monkeypatch, offline_wandb):
 
     with pytest.raises(ImportError, match=r"^MLFlowLogger needs no_such_pkg_x: pip install 'distengine\[mlflow\]'$"):
         require("no_such_pkg_x", "MLFlowLogger", "mlflow")
-    import importlib.util
-
     if importlib.util.find_spec("sqlalchemy") is None:  # mlflow-skinny: no SQL store
         with pytest.raises(ImportError, match="SQL store.*pip install mlflow"):
             MLFlowLogger(tracking_uri="sqlite:///mlflow.db")
@@ -317,13 +341,15 @@ def _two_ranks(rank: int, tmp: str):
                          logger=[mlf, wb, csv], log_every_n_steps=1, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.fit(Reg(), *_loaders())
-    return trainer.checkpoint_callback.dirpath, mlf.version, wb.version
+    imported = [m for m in ("mlflow", "wandb") if m in sys.modules]
+    return trainer.checkpoint_callback.dirpath, mlf.version, wb.version, imported
 
 
 def test_two_ranks_one_mlflow_run_one_wandb_run(tmp_path):
-    (dir0, run0, wb0), (dir1, run1, wb1) = run_ranks(_two_ranks, 2, str(tmp_path), timeout=120,
-                                                     env=wandb_env(str(tmp_path)))
+    (dir0, run0, wb0, mods0), (dir1, run1, wb1, mods1) = run_ranks(
+        _two_ranks, 2, str(tmp_path), timeout=120, env=wandb_env(str(tmp_path)))
     assert run1 is None and wb1 is None and run0 and wb0  # rank 1 never started a run
+    assert (mods0, mods1) == (["mlflow", "wandb"], [])  # nor imported mlflow or wandb
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # this process reads the file store too
     client = _client(f"file:{tmp_path / 'mlruns'}")
     (exp,) = [e for e in client.search_experiments() if e.name == "lightning_logs"]
