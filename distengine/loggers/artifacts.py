@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -133,19 +134,24 @@ def checkpoint_notifier(trainer: Any, callback: Any) -> Callable[[], None] | Non
 
     The loggers get a copy of the callback taken now, when the file is decided, so a write
     that finishes in the background (``async_save=True``) reports the files of its own save
-    even if training has moved on to the next one.
+    even if training has moved on to the next one. A logger that fails here (an upload
+    error) is reported as a warning: raised on rank zero alone, it would leave the other
+    ranks waiting in their next collective until the job's timeout.
     """
     if not getattr(trainer, "is_global_zero", True):
         return None
-    hooks = [h for lg in getattr(trainer, "loggers", None) or []
-             if (h := getattr(lg, "after_save_checkpoint", None)) is not None]
-    if not hooks:
+    loggers = [lg for lg in getattr(trainer, "loggers", None) or [] if hasattr(lg, "after_save_checkpoint")]
+    if not loggers:
         return None
     snapshot = copy.copy(callback)
     snapshot.best_k_models = dict(callback.best_k_models)
 
     def notify() -> None:
-        for hook in hooks:
-            hook(snapshot)
+        for lg in loggers:
+            try:
+                lg.after_save_checkpoint(snapshot)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                warnings.warn(f"{type(lg).__name__}.after_save_checkpoint failed: {type(exc).__name__}: "
+                              f"{exc}", RuntimeWarning, stacklevel=2)
 
     return notify

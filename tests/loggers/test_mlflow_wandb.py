@@ -299,6 +299,21 @@ def test_log_model_all_uploads_every_save_with_async_writes(tmp_path, monkeypatc
     assert folders == {os.path.splitext(os.path.basename(p))[0] for p in saved}
 
 
+def test_a_failed_upload_warns_and_training_goes_on(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "a_file").write_text("not a folder")
+    # the experiment's artifact root lies under a plain file: every upload fails in MLflow itself
+    mlf = MLFlowLogger(tracking_uri=f"file:{tmp_path / 'mlruns'}", log_model="all",
+                       artifact_location=f"file:{tmp_path / 'a_file' / 'artifacts'}")
+    trainer = de.Trainer(accelerator="cpu", max_epochs=2, logger=mlf, enable_progress_bar=False,
+                         enable_model_summary=False)
+    with pytest.warns(RuntimeWarning, match="MLFlowLogger.after_save_checkpoint failed"):
+        trainer.fit(Reg(), _loaders()[0])
+    assert trainer.global_step == 8 and os.path.basename(trainer.checkpoint_callback.best_model_path) == \
+        "epoch=1-step=8.ckpt"
+    assert _client(f"file:{tmp_path / 'mlruns'}").get_run(mlf.run_id).info.status == "FINISHED"
+
+
 def test_rank_one_and_bad_input(tmp_path, monkeypatch, offline_wandb):
     monkeypatch.setenv("RANK", "1")
     mlf = MLFlowLogger(tracking_uri=f"file:{tmp_path / 'mlruns'}")
