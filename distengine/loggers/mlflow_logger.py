@@ -73,7 +73,10 @@ class MLFlowLogger(Logger):
     ends the run is marked ``FINISHED``, ``FAILED`` or ``KILLED`` (a stop on a signal).
 
     With a file store, checkpoints default to ``<save_dir>/<experiment id>/<run id>/checkpoints``
-    (Lightning's folder for this logger) and ``trainer.log_dir`` is ``save_dir``.
+    (Lightning's folder for this logger) and ``trainer.log_dir`` is ``save_dir``. MLflow 3.x
+    refuses a file store unless ``MLFLOW_ALLOW_FILE_STORE=true``: for a ``file:`` URI or a plain
+    path the logger sets it in its process when it opens the store, unless it is already set
+    (see the module docstring).
 
     Example::
 
