@@ -380,11 +380,12 @@ class Trainer(CheckpointMixin, OneXTrainerMixin):
 
             if not any(isinstance(c, ModelSummary) for c in cbs):
                 cbs.append(ModelSummary())
-        if progress and os.environ.get("DISTENGINE_NO_PROGRESS") != "1":
-            from distengine.callbacks.progress import ProgressBar, TQDMProgressBar
+        from distengine.callbacks.progress import user_progress_bar
 
-            if not any(isinstance(c, ProgressBar) for c in cbs):
-                cbs.append(TQDMProgressBar())
+        if not user_progress_bar(cbs, progress) and progress and os.environ.get("DISTENGINE_NO_PROGRESS") != "1":
+            from distengine.callbacks.tqdm_progress import TQDMProgressBar
+
+            cbs.append(TQDMProgressBar())
         from distengine.callbacks.model_checkpoint import ModelCheckpoint
 
         if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in cbs):

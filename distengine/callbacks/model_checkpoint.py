@@ -30,6 +30,7 @@ from distengine.callbacks.base import Callback
 from distengine.callbacks.checkpoint_names import _score, _to_float, format_checkpoint_name
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
 from distengine.checkpoint.io import CKPT_SUFFIX, clean_stale_temp_files, link_atomic, write_last_pointer
+from distengine.loggers.artifacts import checkpoint_notifier
 
 __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
 
@@ -290,9 +291,10 @@ class ModelCheckpoint(Callback):
         decision = self._agree(trainer, decide)
         self.last_model_path = decision["path"]
         # a full state regardless of save_weights_only: this file exists to resume from
+        notify = checkpoint_notifier(trainer, self)
         trainer.save_checkpoint(decision["path"])
         if trainer.is_global_zero:
-            self._after_durable(decision["path"], decision["delete"])
+            self._after_durable(decision["path"], decision["delete"], notify)
         return decision["path"]
 
     # ------------------------------------------------------------------ decisions
@@ -454,25 +456,28 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ writing
     def _write(self, trainer: Any, path: str, delete: list[str]) -> None:
+        notify = checkpoint_notifier(trainer, self)  # the loggers' after_save_checkpoint
         if self._writer is None:
             trainer.save_checkpoint(path, weights_only=self.save_weights_only)
             if trainer.is_global_zero:
-                self._after_durable(path, delete)
+                self._after_durable(path, delete, notify)
             return
         # every rank takes part in gathering (it is a collective); rank zero gets the dict
         state = trainer._checkpoint_dict(weights_only=self.save_weights_only)
         if trainer.is_global_zero:
-            self._writer.submit(state, path, on_done=lambda p: self._after_durable(p, delete))
+            self._writer.submit(state, path, on_done=lambda p: self._after_durable(p, delete, notify))
 
-    def _after_durable(self, path: str, delete: list[str]) -> None:
+    def _after_durable(self, path: str, delete: list[str], notify: Any = None) -> None:
         """Rank zero, once ``path`` is on disk: repoint last.json (and, with ``save_last``,
-        ``last.ckpt``, Lightning's file: a hard link, replaced atomically), then delete
-        superseded files."""
+        ``last.ckpt``, Lightning's file: a hard link, replaced atomically), tell the loggers
+        (``notify``), then delete superseded files."""
         write_last_pointer(self.dirpath, path)
         if self.save_last:
             link_atomic(path, os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + CKPT_SUFFIX))
         if self.verbose:
             print(f"distengine: saved checkpoint {path}", file=sys.stderr, flush=True)
+        if notify is not None:
+            notify()
         for old in delete:
             # never delete what is tracked again (a name reused after the decision was taken)
             if old == path or old in self.best_k_models or old == self.last_model_path:

@@ -1,4 +1,8 @@
-"""Progress bars: a tqdm bar in a terminal, plain lines in log files.
+"""Progress bars: a tqdm (or rich) bar in a terminal, plain lines in log files.
+
+``_BarCore`` here holds everything the bars share: when to draw, the rank-zero and terminal
+checks, and the plain lines; ``TQDMProgressBar`` (``tqdm_progress.py``) and
+``RichProgressBar`` (``rich_progress.py``) only draw in a terminal.
 
 Only global rank zero draws. The per-batch hooks are built to cost about a microsecond
 when nothing is due: one integer comparison per batch, and a ``monotonic()`` call
@@ -106,27 +110,31 @@ class ProgressBar(Callback):
         return shown
 
 
-class TQDMProgressBar(ProgressBar):
-    """A tqdm progress bar on rank zero, or plain lines when the output is not a terminal.
+def user_progress_bar(callbacks: list[Any], enabled: bool) -> bool:
+    """Whether the user passed a progress bar; Lightning's errors for two bars, or for one
+    with ``enable_progress_bar=False`` (raised when the Trainer is built)."""
+    bars = [type(c).__name__ for c in callbacks if isinstance(c, ProgressBar)]
+    if len(bars) > 1:
+        raise ValueError(f"Trainer(callbacks=...) holds {len(bars)} progress bars ({', '.join(bars)}); "
+                         "keep one")
+    if bars and not enabled:
+        raise ValueError(f"Trainer(enable_progress_bar=False) but callbacks holds a {bars[0]}; remove "
+                         "it, or drop enable_progress_bar=False")
+    return bool(bars)
 
-    Args:
-        refresh_rate: look at the clock every this many batches (0 disables the bar).
-        leave: keep each finished epoch's bar on screen (otherwise one bar is reused).
-        refresh_interval: in a terminal, redraw at most once per this many seconds.
-        plain: ``True`` forces plain lines, ``False`` forces the tqdm bar, ``None`` (the
-            default) decides from ``file.isatty()``.
-        plain_interval: in plain mode, at most one progress line per this many seconds
-            during an epoch (epoch-end lines are always printed).
-        file: where to write; default ``sys.stdout`` at the time the run starts.
 
-    Example::
+class _BarCore(ProgressBar):
+    """The logic of a bar that draws in a terminal and prints plain lines elsewhere.
 
-        trainer = de.Trainer(callbacks=[TQDMProgressBar(refresh_rate=10)])
+    It decides when to draw (every ``refresh_rate`` batches it reads the clock; at most once
+    per ``refresh_interval`` seconds in a terminal, ``plain_interval`` in plain mode), prints
+    the plain lines itself, and leaves terminal drawing to the ``_term_*`` methods of a
+    subclass, which are called only in terminal mode and only on global rank zero.
     """
 
     def __init__(self, refresh_rate: int = 1, leave: bool = False, *,
                  refresh_interval: float = 0.25, plain: bool | None = None,
-                 plain_interval: float = 30.0, file: TextIO | None = None) -> None:
+                 plain_interval: float = 30.0) -> None:
         super().__init__()
         if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
             raise ValueError(f"refresh_rate must be an int >= 0 (0 disables the bar), got {refresh_rate!r}")
@@ -139,17 +147,44 @@ class TQDMProgressBar(ProgressBar):
         self.refresh_interval = float(refresh_interval)
         self.plain_interval = float(plain_interval)
         self._plain_arg = plain
-        self._file_arg = file
         if refresh_rate == 0:
             self._enabled = False
         self._reset_state()
+
+    # ----------------------------------------------------------------- terminal drawing
+    def _open_output(self) -> tuple[TextIO, bool]:
+        """Where plain lines go, and whether it is a terminal the bar can draw in."""
+        raise NotImplementedError
+
+    def _term_train_epoch(self, desc: str, total: int | None) -> None:
+        """A training epoch starts: show a bar (a new one with ``leave``, else reuse one)."""
+
+    def _term_train_resume(self, batch_idx: int) -> None:
+        """The epoch resumes mid-way at ``batch_idx``: rates count from there."""
+
+    def _term_train_draw(self, n: int, metrics: dict[str, Any]) -> None:
+        """Show ``n`` batches done and ``metrics``."""
+
+    def _term_eval_start(self, desc: str, total: int | None) -> None:
+        """A validation/test/predict loop starts."""
+
+    def _term_eval_total(self, total: int | None) -> None:
+        """The loop moved on to the next dataloader, of ``total`` batches."""
+
+    def _term_eval_draw(self, n: int) -> None:
+        """Show ``n`` evaluation batches done."""
+
+    def _term_eval_end(self, train_n: int | None, metrics: dict[str, Any]) -> None:
+        """The loop ended: drop its bar; show ``metrics`` on the training bar (and ``train_n``
+        batches done when the loop ran inside an epoch)."""
+
+    def _close_bars(self) -> None:
+        """Close whatever is on screen (end of the run, or an error)."""
 
     def _reset_state(self) -> None:
         self._file: TextIO | None = None
         self._plain = False
         self._interval = 0.0
-        self.train_progress_bar: Any = None
-        self.eval_progress_bar: Any = None
         # training epoch
         self._next_idx = _NEVER
         self._deadline = 0.0
@@ -174,24 +209,13 @@ class TQDMProgressBar(ProgressBar):
         if not self._enabled or not getattr(trainer, "is_global_zero", True):
             return False
         if self._file is None:
-            self._file = self._file_arg if self._file_arg is not None else sys.stdout
-            if self._plain_arg is None:
-                self._plain = not _is_terminal(self._file)
-            else:
-                self._plain = bool(self._plain_arg)
+            self._file, terminal = self._open_output()
+            self._plain = not terminal if self._plain_arg is None else bool(self._plain_arg)
             self._interval = self.plain_interval if self._plain else self.refresh_interval
         return True
 
     def _line(self, text: str) -> None:
         print(text, file=self._file, flush=True)
-
-    def _new_bar(self, desc: str, total: int | None, leave: bool, position: int) -> Any:
-        from tqdm.auto import tqdm  # here: tqdm is needed only by a drawing rank
-
-        # mininterval=0: this class decides when to draw; tqdm must not second-guess it.
-        # smoothing=0: the rate shown is the average since the bar (re)started.
-        return tqdm(desc=desc, total=total, leave=leave, position=position, file=self._file,
-                    dynamic_ncols=True, mininterval=0, smoothing=0)
 
     @staticmethod
     def _rate(n: int, t0: float) -> str:
@@ -224,19 +248,8 @@ class TQDMProgressBar(ProgressBar):
         self._next_idx = 0
         # a terminal bar appears at once; a plain line only after plain_interval
         self._deadline = self._t0 + self._interval if self._plain else 0.0
-        if self._plain:
-            return
-        desc = f"Epoch {trainer.current_epoch}"
-        bar = self.train_progress_bar
-        if bar is not None and not self.leave:
-            bar.set_description(desc, refresh=False)
-            bar.initial = 0
-            bar.reset(total=self._total)
-            bar.total = self._total  # reset() keeps the old total when given None
-        else:
-            if bar is not None:
-                bar.close()
-            self.train_progress_bar = self._new_bar(desc, self._total, True, 0)
+        if not self._plain:
+            self._term_train_epoch(f"Epoch {trainer.current_epoch}", self._total)
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -257,8 +270,8 @@ class TQDMProgressBar(ProgressBar):
 
     def _start_at(self, batch_idx: int) -> None:
         self._first_idx = batch_idx
-        if self.train_progress_bar is not None:
-            self.train_progress_bar.initial = batch_idx  # tqdm's rate is (n - initial) / elapsed
+        if not self._plain:
+            self._term_train_resume(batch_idx)
 
     def _train_due(self, trainer: Any, module: Any, outputs: Any, batch_idx: int) -> None:
         self._deadline = monotonic() + self._interval
@@ -277,11 +290,7 @@ class TQDMProgressBar(ProgressBar):
             tail = f" {_fmt_metrics(metrics)}" if metrics else ""
             self._line(f"{head}{counts} [{self._rate(n - max(self._first_idx, 0), self._t0)}]{tail}")
             return
-        bar = self.train_progress_bar
-        if bar is not None:
-            bar.n = n
-            bar.set_postfix({k: _fmt(v) for k, v in metrics.items()}, refresh=False)
-            bar.refresh()
+        self._term_train_draw(n, metrics)
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if self._next_idx == _NEVER or not self._active(trainer):
@@ -315,10 +324,7 @@ class TQDMProgressBar(ProgressBar):
         self._eval_next_idx = 0
         self._eval_deadline = self._eval_t0 + self._interval if self._plain else 0.0
         if not self._plain:
-            if self.eval_progress_bar is not None:
-                self.eval_progress_bar.close()
-            self.eval_progress_bar = self._new_bar(
-                desc, self._eval_total, False, 1 if self.train_progress_bar is not None else 0)
+            self._term_eval_start(desc, self._eval_total)
 
     def _eval_batch_end(self, trainer: Any, module: Any, batch_idx: int, dataloader_idx: int,
                         total_attr: str) -> None:
@@ -333,9 +339,8 @@ class TQDMProgressBar(ProgressBar):
             self._eval_total = (_count(totals[dataloader_idx])
                                 if isinstance(totals, (list, tuple)) and dataloader_idx < len(totals)
                                 else None)
-            if self.eval_progress_bar is not None:
-                self.eval_progress_bar.reset(total=self._eval_total)
-                self.eval_progress_bar.total = self._eval_total
+            if not self._plain:
+                self._term_eval_total(self._eval_total)
         self._eval_next_idx = batch_idx + self.refresh_rate
         now = monotonic()
         if now < self._eval_deadline:
@@ -354,10 +359,7 @@ class TQDMProgressBar(ProgressBar):
             word = " done" if done else ""
             self._line(f"{self._eval_desc}{word}: {counts} [{self._rate(n, self._eval_t0)}]{tail}")
             return
-        bar = self.eval_progress_bar
-        if bar is not None:
-            bar.n = n
-            bar.refresh()
+        self._term_eval_draw(n)
 
     def _eval_end(self, trainer: Any, module: Any, print_line: bool = True) -> None:
         if self._eval_next_idx == _NEVER:
@@ -367,15 +369,9 @@ class TQDMProgressBar(ProgressBar):
             if print_line:
                 self._draw_eval(trainer, module, self._eval_last_idx + 1, done=True)
             return
-        if self.eval_progress_bar is not None:
-            self.eval_progress_bar.close()
-            self.eval_progress_bar = None
-        bar = self.train_progress_bar
-        if bar is not None:  # show the new validation metrics at once
-            if self._next_idx != _NEVER:  # validation inside an epoch: also catch up the count
-                bar.n = self._last_idx + 1
-            metrics = self.get_metrics(trainer, module, self._loss)
-            bar.set_postfix({k: _fmt(v) for k, v in metrics.items()})
+        # validation inside an epoch: the training bar also catches up its count
+        train_n = self._last_idx + 1 if self._next_idx != _NEVER else None
+        self._term_eval_end(train_n, self.get_metrics(trainer, module, self._loss))
 
     def on_sanity_check_start(self, trainer: Any, module: Any) -> None:
         self._eval_start(trainer, "Sanity Checking", "num_sanity_val_batches")
@@ -418,13 +414,6 @@ class TQDMProgressBar(ProgressBar):
         self._eval_end(trainer, module)
 
     # ----------------------------------------------------------------- cleanup
-    def _close_bars(self) -> None:
-        for attr in ("eval_progress_bar", "train_progress_bar"):
-            bar = getattr(self, attr)
-            if bar is not None:
-                bar.close()
-                setattr(self, attr, None)
-
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
         self._next_idx = self._eval_next_idx = _NEVER
         self._close_bars()
@@ -434,9 +423,15 @@ class TQDMProgressBar(ProgressBar):
         self._reset_state()  # the next run decides again where and how to print
 
     def __getstate__(self) -> dict[str, Any]:
-        # tqdm bars and open streams do not pickle (deepcopy of callbacks, spawn).
+        # open streams and bars do not pickle (deepcopy of callbacks, spawn)
         state = self.__dict__.copy()
-        state.update(train_progress_bar=None, eval_progress_bar=None, _file=None,
-                     _file_arg=None if self._file_arg in (sys.stdout, sys.stderr) else self._file_arg,
-                     _next_idx=_NEVER, _eval_next_idx=_NEVER)
+        state.update(_file=None, _next_idx=_NEVER, _eval_next_idx=_NEVER)
         return state
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TQDMProgressBar":  # its old home; it lives in tqdm_progress.py
+        from distengine.callbacks.tqdm_progress import TQDMProgressBar
+
+        return TQDMProgressBar
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

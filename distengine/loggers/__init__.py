@@ -1,8 +1,8 @@
 """Loggers: where metrics and hyperparameters go. They write on global rank zero only.
 
-``Logger`` is the base class; ``TensorBoardLogger`` (the default) and ``CSVLogger`` are
-loaded on first access, so ``import distengine.loggers`` imports neither tensorboard nor
-the logger modules.
+``Logger`` is the base class; ``TensorBoardLogger`` (the default), ``CSVLogger``,
+``MLFlowLogger`` and ``WandbLogger`` are loaded on first access, so
+``import distengine.loggers`` imports none of tensorboard, mlflow, wandb or the logger modules.
 
 Example::
 
@@ -18,13 +18,17 @@ from distengine.loggers.base import Logger
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from distengine.loggers.csv_logger import CSVLogger
+    from distengine.loggers.mlflow_logger import MLFlowLogger
     from distengine.loggers.tensorboard import TensorBoardLogger
+    from distengine.loggers.wandb_logger import WandbLogger
 
-__all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger"]
 
 _LAZY = {
     "TensorBoardLogger": "distengine.loggers.tensorboard",
     "CSVLogger": "distengine.loggers.csv_logger",
+    "MLFlowLogger": "distengine.loggers.mlflow_logger",
+    "WandbLogger": "distengine.loggers.wandb_logger",
 }
 
 

@@ -23,8 +23,13 @@ class Logger:
         return None
 
     @property
+    def save_dir(self) -> str | None:
+        """The local folder that holds this logger's runs, if it has one."""
+        return None
+
+    @property
     def log_dir(self) -> str | None:
-        """The folder this logger writes to (checkpoints default to ``log_dir/checkpoints``)."""
+        """The folder this logger writes to (``trainer.log_dir`` of the first logger)."""
         return None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -39,5 +44,17 @@ class Logger:
     def save(self) -> None:
         pass
 
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Called on global rank zero once a ``ModelCheckpoint`` file is on disk (Lightning's
+        hook); loggers that upload checkpoints (``log_model``) override it."""
+
     def finalize(self, status: str) -> None:
         pass
+
+
+class NoOpExperiment:
+    """Stands in for a logger's experiment on non-zero ranks: every method call does nothing,
+    so ``logger.experiment.add_image(...)`` is safe in code that runs on every rank."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None

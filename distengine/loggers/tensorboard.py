@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distengine.dist.rank_zero import global_rank, rank_zero_only
+from distengine.loggers.base import NoOpExperiment
 from distengine.loggers.csv_logger import (
     VersionedLogger,
     params_to_dict,
@@ -42,13 +43,6 @@ def _hparam_value(v: Any) -> bool | int | float | str:
     if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
         v = v.item()
     return v if isinstance(v, _HPARAM_TYPES) else str(v)
-
-
-class _NoOpExperiment:
-    """Stands in for the writer on non-zero ranks: every method call does nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
 
 
 class TensorBoardLogger(VersionedLogger):
@@ -108,7 +102,7 @@ class TensorBoardLogger(VersionedLogger):
         if self._writer is not None:
             return self._writer
         if global_rank() != 0:
-            return _NoOpExperiment()
+            return NoOpExperiment()
         # Imported here, not at module level: tensorboard and its protobufs take ~0.3 s.
         from torch.utils.tensorboard import SummaryWriter
 

@@ -141,7 +141,8 @@ def test_progress_bar_plain_lines_in_a_real_fit(tmp_path, capsys):
 
 
 def test_progress_bar_line_when_stopped_mid_epoch(tmp_path, capsys):
-    _fit(tmp_path, False, max_steps=3, callbacks=[TQDMProgressBar()], num_sanity_val_steps=0)
+    _fit(tmp_path, False, max_steps=3, callbacks=[TQDMProgressBar()], num_sanity_val_steps=0,
+         enable_progress_bar=True)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Epoch 0 stopped: 3/4 (75%) ["), lines
 
