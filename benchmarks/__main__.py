@@ -8,7 +8,7 @@ Usage::
     python -m benchmarks --out /tmp/results
 
 Each benchmark also runs alone: ``python -m benchmarks.overhead`` (and ``ddp``,
-``transformer``, ``launch``, ``checkpoint``). A benchmark that fails is reported in the JSON
+``transformer``, ``launch``, ``checkpoint``, ``fsdp``). A benchmark that fails is reported in the JSON
 with its error, and the others still run; the exit status is 1 when any failed.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
     "ddp": ("benchmarks.ddp", True),
     "launch": ("benchmarks.launch", False),
     "checkpoint": ("benchmarks.checkpoint", False),
+    "fsdp": ("benchmarks.fsdp", True),
 }
 #: rounds for modules whose run() has no quick mode
 _FOREIGN_ROUNDS = {False: 3, True: 1}

@@ -20,6 +20,9 @@ the speed/memory targets are reported but not judged):
 - ``sigkill-resume``: the exact-resume-after-SIGKILL test matrix at 1 rank, on the GPU.
 - ``async-checkpoint``: a ~1B-parameter model on the GPU: time an async save blocks training
   against a synchronous save (<= 10%), and the file loads back ``torch.equal``.
+- ``fsdp-bf16-mixed``, ``fsdp-act-ckpt``: ``Trainer(strategy="fsdp")`` against a hand-written
+  ``fully_shard`` loop (and DDP), one rank per GPU up to 2, bf16, the second with activation
+  checkpointing: losses, step time, peak memory, sharded saves (benchmarks/_gpu_fsdp.py).
 
 Results go to ``$OUT/gpu_check.json`` when ``OUT`` is set, else ``benchmarks/results/``.
 Usually started through ``benchmarks/gpu_check.sh``, which finds a CUDA-enabled Python.
@@ -56,7 +59,8 @@ from benchmarks._work import TinyGPT, lm_loss, make_tokens  # noqa: E402
 
 # quick checks first, so a run stopped by a time limit still has them; compile is the slowest
 CHECKS = ("launch-nccl", "device-stats", "checkpoint-resume", "sync-free", "precision-32", "precision-16-mixed",
-          "precision-bf16-mixed", "sigkill-resume", "async-checkpoint", "compile")
+          "precision-bf16-mixed", "sigkill-resume", "async-checkpoint", "fsdp-bf16-mixed", "fsdp-act-ckpt",
+          "compile")
 PRECISION_TOL = {"32-true": 1e-3, "16-mixed": 2e-2, "bf16-mixed": 2e-2}  # mean relative loss diff
 Result = tuple[bool | None, str, dict]  # ok (None: skipped), message, data
 
@@ -386,6 +390,7 @@ def check_sync_free(s: Setup) -> Result:
 # --------------------------------------------------------------------------- main
 def run_checks(s: Setup, names: list[str], save: Callable[[list], None] = lambda r: None) -> list[dict[str, Any]]:
     from benchmarks import _gpu_extra as extra
+    from benchmarks import _gpu_fsdp
 
     table: dict[str, Callable[[], Result]] = {
         "precision-32": lambda: check_precision(s, "32-true"),
@@ -398,6 +403,8 @@ def run_checks(s: Setup, names: list[str], save: Callable[[list], None] = lambda
         "checkpoint-resume": lambda: extra.check_checkpoint(s),
         "sigkill-resume": lambda: extra.check_sigkill_resume(s),
         "async-checkpoint": lambda: extra.check_async_checkpoint(s),
+        "fsdp-bf16-mixed": lambda: _gpu_fsdp.check_fsdp(s, act_ckpt=False),
+        "fsdp-act-ckpt": lambda: _gpu_fsdp.check_fsdp(s, act_ckpt=True),
     }
     results = []
     for name in names:

@@ -1,0 +1,130 @@
+"""The Trainer side of the FSDP benchmark, through distengine's public API only.
+
+:func:`fit` trains the same model on the same data as the hand-written loops in
+benchmarks/_fsdp_plain.py with ``Trainer(strategy="fsdp")`` or ``Trainer(strategy="ddp")`` and
+records the same things at the same points, from callbacks: the clock starts at step ``warm``
+and stops at the end of the last step; the bytes of parameters + gradients + optimizer state
+are counted in ``on_before_zero_grad`` of the last step (the loops count them right after
+``optimizer.step()``, before ``zero_grad``: the same point).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from benchmarks import _fsdp_plain as plain
+from benchmarks._work import lm_loss
+
+
+def unavailable() -> str | None:
+    """Why the Trainer side cannot run in this tree, or None."""
+    try:
+        import distengine.strategies.fsdp  # noqa: F401
+    except ImportError as exc:
+        return f"distengine has no FSDP strategy in this tree ({exc})"
+    return None
+
+
+def _module(work: plain.Work, rec: plain.Record, strategy: str) -> Any:
+    import distengine as de
+
+    class LM(de.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gpt = work.model()
+
+        def configure_model(self) -> None:
+            # the same sharding as the hand-written loop: each block its own group
+            # (the strategy shards the root, this module, after this hook)
+            if strategy == "fsdp":
+                from torch.distributed.fsdp import fully_shard
+
+                for block in self.gpt.blocks.layers:
+                    fully_shard(block, mp_policy=plain.mp_policy(work))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = lm_loss(self.gpt(x), y)
+            rec.losses.append(loss.detach())
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=plain.LR)
+
+    return LM()
+
+
+def _probe(work: plain.Work, rec: plain.Record, device: torch.device) -> Any:
+    from distengine.callbacks import Callback
+
+    class Probe(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == work.warm:
+                rec.start(device)
+
+        def on_before_zero_grad(self, trainer, module, optimizer):
+            if len(rec.losses) == work.steps:
+                rec.bytes = plain.state_bytes(module.parameters(), trainer.optimizers)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if batch_idx == work.steps - 1:
+                rec.stop(device)
+
+    return Probe()
+
+
+def trainer_flags(work: plain.Work, device: torch.device, strategy: str, **extra: Any) -> dict[str, Any]:
+    flags: dict[str, Any] = {
+        "accelerator": "gpu" if device.type == "cuda" else "cpu", "strategy": strategy, "max_epochs": 1,
+        "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+        "enable_model_summary": False, "num_sanity_val_steps": 0,
+    }
+    flags.update(extra)
+    return flags
+
+
+def fit(work: plain.Work, device: torch.device, strategy: str) -> tuple[plain.Record, nn.Module, Any]:
+    """Train with the Trainer; (what it measured, the trained module, its optimizer)."""
+    import distengine as de
+
+    rec = plain.Record()
+    module = _module(work, rec, strategy)
+    trainer = de.Trainer(**trainer_flags(work, device, strategy), callbacks=[_probe(work, rec, device)])
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    trainer.fit(module, DataLoader(work.data(world), batch_size=work.batch, shuffle=False))
+    rec.losses = [float(v) for v in rec.losses]
+    return rec, module, trainer.optimizers[0]
+
+
+def ckpt_contenders(work: plain.Work, device: torch.device, root: str) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """A Trainer-trained FSDP model and optimizer (the hand-written saves save these too) and
+    the Trainer's sharded saves, timed like the hand-written ``dcp.save``."""
+    import distengine as de
+
+    rec = plain.Record()
+    module = _module(work, rec, "fsdp")
+    trainer = de.Trainer(**trainer_flags(work, device, "fsdp"))
+    world = torch.distributed.get_world_size()
+    trainer.fit(module, DataLoader(work.data(world), batch_size=work.batch, shuffle=False))
+    counter = iter(range(10**6))
+
+    def save() -> float:
+        import os
+        import shutil
+
+        path = os.path.join(root, f"trainer-{next(counter)}")
+        torch.distributed.barrier()
+        t0 = time.perf_counter()
+        trainer.save_checkpoint(path)
+        seconds = time.perf_counter() - t0
+        torch.distributed.barrier()
+        if torch.distributed.get_rank() == 0:
+            shutil.rmtree(path, ignore_errors=True)
+        torch.distributed.barrier()
+        return seconds
+
+    return module, trainer.optimizers[0], {"trainer_save": save}

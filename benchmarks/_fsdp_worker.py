@@ -1,0 +1,197 @@
+"""One rank of the FSDP benchmark (benchmarks/fsdp.py starts 2 of them under torchrun).
+
+Phase 1, training steps, interleaved rounds (every rank runs the same seeded order):
+``fsdp_loop`` (hand-written ``fully_shard``), ``fsdp_trainer`` (``Trainer(strategy="fsdp")``),
+``ddp_loop`` (hand-written DDP), ``ddp_trainer`` (``Trainer(strategy="ddp")``). Each trains the
+same model from the same seed on the same data for the same steps and records its losses,
+steady-state step time and bytes of parameters + gradients + optimizer state (see
+benchmarks/_fsdp_plain.py); on CUDA also ``max_memory_allocated``.
+
+Phase 2, sharded checkpoints of one trained FSDP2 model and its AdamW state, interleaved:
+``dcp.save`` and ``dcp.async_save`` by hand, and the Trainer's sharded save, sync and async.
+
+Rank zero writes everything to ``--report-json`` (times are the slowest rank's: a step or a
+save ends when every rank is done).
+
+    torchrun --standalone --nproc-per-node 2 benchmarks/_fsdp_worker.py --report-json /tmp/f.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import _fsdp_plain as plain  # noqa: E402
+from benchmarks._harness import interleave  # noqa: E402
+
+STEP_CONTENDERS = ("fsdp_loop", "fsdp_trainer", "ddp_loop", "ddp_trainer")
+
+
+def _gather(value: Any) -> list[Any]:
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _measured(fn: Callable[[], plain.Trained], device: torch.device) -> dict[str, Any]:
+    """Run one contender; its record from every rank."""
+    base = 0
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    rec, model, optimizer = fn()
+    if device.type == "cuda":
+        rec.cuda_peak = torch.cuda.max_memory_allocated(device) - base
+    del model, optimizer
+    return {"ranks": _gather(rec.to_dict())}
+
+
+def trainer_contenders(work: plain.Work, device: torch.device) -> tuple[dict[str, Callable], str | None]:
+    """The Trainer side, through its public API only; ({} and why) when it cannot run here."""
+    try:
+        from benchmarks import _fsdp_trainer as tr
+    except ImportError as exc:
+        return {}, f"{type(exc).__name__}: {exc}"
+    reason = tr.unavailable()
+    if reason:
+        return {}, reason
+    return {"fsdp_trainer": lambda: tr.fit(work, device, "fsdp"),
+            "ddp_trainer": lambda: tr.fit(work, device, "ddp")}, None
+
+
+def step_phase(work: plain.Work, device: torch.device, rounds: int, warmup: int,
+               only: list[str]) -> dict[str, Any]:
+    runners: dict[str, Callable[[], plain.Trained]] = {
+        "fsdp_loop": lambda: plain.fsdp_loop(work, device),
+        "ddp_loop": lambda: plain.ddp_loop(work, device),
+    }
+    extra, why = trainer_contenders(work, device)
+    runners.update(extra)
+    runners = {n: runners[n] for n in STEP_CONTENDERS if n in runners and n in only}
+    results = interleave({n: (lambda f=f: _measured(f, device)) for n, f in runners.items()},
+                         rounds=rounds, warmup=warmup)
+    out: dict[str, Any] = {"rounds": results}
+    if why:
+        out["trainer_skipped"] = why
+    return out
+
+
+def _fresh(root: str, name: str, i: int) -> str:
+    return os.path.join(root, f"{name}-{i}")
+
+
+def _clean(path: str) -> None:
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+    dist.barrier()
+
+
+def ckpt_phase(work: plain.Work, device: torch.device, rounds: int, root: str) -> dict[str, Any]:
+    """Save one trained model + AdamW state in each way, ``rounds`` interleaved rounds after a
+    first (discarded) round that allocates and plans. Times are each rank's seconds until the
+    call returned; the slowest rank counts."""
+    contenders: dict[str, Callable[[], float]] = {}
+    try:
+        from benchmarks import _fsdp_trainer as tr
+
+        available = tr.unavailable() is None
+    except ImportError:
+        available = False
+    if available:  # the hand-written saves save the very model and optimizer the Trainer trained
+        model, optimizer, contenders = tr.ckpt_contenders(work, device, root)
+    else:
+        _, model, optimizer = plain.fsdp_loop(work, device)
+    ckpt_group = dist.new_group(backend="gloo")  # async saves talk on their own CPU group
+    counter = iter(range(10**6))
+
+    def hand_sync() -> float:
+        path = _fresh(root, "dcp", next(counter))
+        dist.barrier()
+        t = plain.dcp_save(model, optimizer, path)
+        _clean(path)
+        return t
+
+    def hand_async() -> float:
+        path = _fresh(root, "dcp-async", next(counter))
+        dist.barrier()
+        blocked, total = plain.dcp_async_save(model, optimizer, path, group=ckpt_group)
+        _clean(path)
+        async_total.append(total)
+        return blocked
+
+    async_total: list[float] = []
+    contenders.update({"dcp_save": hand_sync, "dcp_async_save": hand_async})
+    times = interleave({n: (lambda f=f: max(_gather(f()))) for n, f in contenders.items()},
+                       rounds=rounds, warmup=1)
+    nbytes = sum(plain._local(t).untyped_storage().nbytes() for t in
+                 list(model.parameters()) + [v for st in optimizer.state.values() for v in st.values()
+                                             if isinstance(v, torch.Tensor)])
+    return {"seconds": times, "dcp_async_total": async_total[-rounds:], "bytes_per_rank": nbytes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--size", default="full", choices=sorted(plain.SIZES))
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warm", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup-rounds", type=int, default=1)
+    p.add_argument("--ckpt-rounds", type=int, default=3, help="0: no checkpoint phase")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--act-ckpt", action="store_true")
+    p.add_argument("--only", default=",".join(STEP_CONTENDERS))
+    p.add_argument("--report-json", required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1 if args.device == "cpu" else 4)
+
+    work = plain.Work(size=args.size, batch=args.batch, steps=args.steps, warm=args.warm, device=args.device,
+                      bf16=args.bf16, act_ckpt=args.act_ckpt)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if args.device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "cpu:gloo,cuda:nccl"  # a CPU backend too: dcp.async_save needs one
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=600))
+    root = tempfile.mkdtemp(prefix="bench-fsdp-") if dist.get_rank() == 0 else ""
+    root = _gather(root)[0]
+    report: dict[str, Any] = {"work": vars(args), "world_size": dist.get_world_size(),
+                              "num_params": sum(p.numel() for p in work.model().parameters())}
+    start = time.perf_counter()
+    try:
+        report["steps"] = step_phase(work, device, args.rounds, args.warmup_rounds, args.only.split(","))
+        report["steps_seconds"] = time.perf_counter() - start
+        if args.ckpt_rounds > 0:
+            report["ckpt"] = ckpt_phase(work, device, args.ckpt_rounds, root)
+    except Exception as exc:
+        report["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        raise
+    finally:
+        report["seconds"] = time.perf_counter() - start
+        if dist.get_rank() == 0:
+            shutil.rmtree(root, ignore_errors=True)
+            with open(args.report_json + ".tmp", "w") as f:
+                json.dump(report, f, default=str)
+            os.replace(args.report_json + ".tmp", args.report_json)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
