@@ -60,16 +60,14 @@ def _measured(fn: Callable[[], plain.Trained], device: torch.device) -> dict[str
 
 
 def trainer_contenders(work: plain.Work, device: torch.device) -> tuple[dict[str, Callable], str | None]:
-    """The Trainer side, through its public API only; ({} and why) when it cannot run here."""
-    try:
-        from benchmarks import _fsdp_trainer as tr
-    except ImportError as exc:
-        return {}, f"{type(exc).__name__}: {exc}"
+    """The Trainer side, through its public API only; without the FSDP strategy, DDP alone and why."""
+    from benchmarks import _fsdp_trainer as tr
+
+    out: dict[str, Callable] = {"ddp_trainer": lambda: tr.fit(work, device, "ddp")}
     reason = tr.unavailable()
-    if reason:
-        return {}, reason
-    return {"fsdp_trainer": lambda: tr.fit(work, device, "fsdp"),
-            "ddp_trainer": lambda: tr.fit(work, device, "ddp")}, None
+    if reason is None:
+        out["fsdp_trainer"] = lambda: tr.fit(work, device, "fsdp")
+    return out, reason
 
 
 def step_phase(work: plain.Work, device: torch.device, rounds: int, warmup: int,
@@ -100,18 +98,14 @@ def _clean(path: str) -> None:
     dist.barrier()
 
 
-def ckpt_phase(work: plain.Work, device: torch.device, rounds: int, root: str) -> dict[str, Any]:
-    """Save one trained model + AdamW state in each way, ``rounds`` interleaved rounds after a
-    first (discarded) round that allocates and plans. Times are each rank's seconds until the
-    call returned; the slowest rank counts."""
-    contenders: dict[str, Callable[[], float]] = {}
-    try:
-        from benchmarks import _fsdp_trainer as tr
+def ckpt_phase(work: plain.Work, device: torch.device, rounds: int, warmup: int, root: str) -> dict[str, Any]:
+    """Save one trained model + AdamW state in each way, ``rounds`` interleaved rounds after
+    ``warmup`` discarded rounds (the first save allocates and plans). Times are each rank's
+    seconds until the call returned; the slowest rank counts."""
+    from benchmarks import _fsdp_trainer as tr
 
-        available = tr.unavailable() is None
-    except ImportError:
-        available = False
-    if available:  # the hand-written saves save the very model and optimizer the Trainer trained
+    contenders: dict[str, Callable[[], float]] = {}
+    if tr.unavailable() is None:  # the hand-written saves save the very model and optimizer the Trainer trained
         model, optimizer, contenders = tr.ckpt_contenders(work, device, root)
     else:
         _, model, optimizer = plain.fsdp_loop(work, device)
@@ -136,7 +130,7 @@ def ckpt_phase(work: plain.Work, device: torch.device, rounds: int, root: str) -
     async_total: list[float] = []
     contenders.update({"dcp_save": hand_sync, "dcp_async_save": hand_async})
     times = interleave({n: (lambda f=f: max(_gather(f()))) for n, f in contenders.items()},
-                       rounds=rounds, warmup=1)
+                       rounds=rounds, warmup=warmup)
     nbytes = sum(plain._local(t).untyped_storage().nbytes() for t in
                  list(model.parameters()) + [v for st in optimizer.state.values() for v in st.values()
                                              if isinstance(v, torch.Tensor)])
@@ -179,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         report["steps"] = step_phase(work, device, args.rounds, args.warmup_rounds, args.only.split(","))
         report["steps_seconds"] = time.perf_counter() - start
         if args.ckpt_rounds > 0:
-            report["ckpt"] = ckpt_phase(work, device, args.ckpt_rounds, root)
+            report["ckpt"] = ckpt_phase(work, device, args.ckpt_rounds, args.warmup_rounds, root)
     except Exception as exc:
         report["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         raise

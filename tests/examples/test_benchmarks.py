@@ -132,3 +132,44 @@ def test_gpu_check_dry_run_compile(tmp_path):
     from benchmarks import gpu_check
 
     assert gpu_check.main(["--dry-run-cpu", "--only", "compile", "--out", str(tmp_path)]) == 0
+
+
+def test_fsdp_benchmark_quick_measures_equal_work():
+    """``python -m benchmarks --only fsdp --quick``'s run on 2 gloo ranks: the Trainer and the
+    hand-written loops train to the same losses, and the byte accounting is exact (timings are
+    not asserted)."""
+    from benchmarks import fsdp
+
+    result = fsdp.run(quick=True)
+    details = result["details"]
+    assert "trainer_skipped" not in details, details["trainer_skipped"]
+    rows = {r.comparison: r for r in result["rows"]}
+    for label in ("FSDP2", "DDP"):
+        loss = rows[f"{label} step: loss per step vs loop (mean rel. diff)"]
+        assert loss.ok, (label, loss.value)
+    n = details["num_params"]
+    b = details["bytes_per_rank"]
+    # DDP: every rank holds the whole fp32 model, its gradients and AdamW's two moments (+ step counters)
+    assert b["ddp_loop"]["params"] == b["ddp_loop"]["grads"] == 4 * n
+    assert 8 * n <= b["ddp_loop"]["optimizer"] <= 8 * n + 8 * 64
+    assert b["ddp_trainer"] == b["ddp_loop"]
+    # FSDP2 on 2 ranks: half of it (dim-0 shards, padding included), the same for Trainer and loop
+    assert 2 * n <= b["fsdp_loop"]["params"] <= 2 * n + 4 * 64 * 64
+    assert b["fsdp_trainer"] == b["fsdp_loop"]
+    assert rows["memory: params+grads+AdamW, Trainer FSDP / Trainer DDP"].value <= fsdp.TARGET_MEM_VS_DDP
+    assert rows["memory: params+grads+AdamW, Trainer FSDP / fully_shard loop"].value == 1.0
+    for name in ("sharded save: Trainer / dcp.save", "async sharded save: Trainer blocked / Trainer sync save"):
+        assert rows[name].value > 0, name
+
+
+def test_gpu_check_dry_run_fsdp(tmp_path):
+    """The GPU check's FSDP2 run (bf16 + activation checkpointing) on 2 CPU ranks."""
+    from benchmarks import gpu_check
+
+    rc = gpu_check.main(["--dry-run-cpu", "--only", "fsdp-act-ckpt", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    check = result["checks"][0]
+    assert rc == 0 and check["ok"], check["message"]
+    report = check["data"]["report"]
+    assert report["work"]["bf16"] and report["work"]["act_ckpt"]
+    assert set(report["steps"]["rounds"]) == {"fsdp_loop", "fsdp_trainer", "ddp_loop", "ddp_trainer"}
