@@ -123,12 +123,12 @@ def state_bytes(params: Iterable[torch.Tensor], optimizers: Iterable[torch.optim
 
 
 def act_ckpt_blocks(model: TinyGPT) -> None:
-    """Activation checkpointing on every transformer block (the composable API: module names,
-    and so state-dict keys, stay as they are)."""
-    from torch.distributed._composable import checkpoint
+    """Activation checkpointing on every transformer block: each is wrapped in a non-reentrant
+    ``checkpoint_wrapper`` (the form that composes with FSDP2; the wrapper is what gets sharded)."""
+    from torch.distributed.algorithms._checkpoint import checkpoint_wrapper as cw
 
-    for block in model.blocks.layers:
-        checkpoint(block)
+    cw.apply_activation_checkpointing(model, checkpoint_wrapper_fn=cw.checkpoint_wrapper,
+                                      check_fn=lambda m: isinstance(m, nn.TransformerEncoderLayer))
 
 
 def mp_policy(work: Work) -> Any:
@@ -222,13 +222,16 @@ def dcp_save(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> f
 
 
 def dcp_async_save(model: nn.Module, optimizer: torch.optim.Optimizer, path: str,
-                   group: Any = None) -> tuple[float, float]:
+                   group: Any = None, stager: Any = None) -> tuple[float, float]:
     """``dcp.async_save``: (seconds until it returned, i.e. the time training is blocked;
-    seconds until the checkpoint was complete)."""
+    seconds until the checkpoint was complete). ``stager``: a ``DefaultStager`` kept across
+    saves reuses its host copy of each storage instead of allocating a new one (without it,
+    ``async_save`` makes a new stager, and a new copy, per save)."""
     import torch.distributed.checkpoint as dcp
 
     t0 = time.perf_counter()
-    future = dcp.async_save(dcp_state(model, optimizer), checkpoint_id=path, process_group=group)
+    future = dcp.async_save(dcp_state(model, optimizer), checkpoint_id=path, process_group=group,
+                            async_stager=stager)
     blocked = time.perf_counter() - t0
     future.result()
     return blocked, time.perf_counter() - t0

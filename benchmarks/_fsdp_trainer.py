@@ -36,15 +36,8 @@ def _module(work: plain.Work, rec: plain.Record, strategy: str) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.gpt = work.model()
-
-        def configure_model(self) -> None:
-            # the same sharding as the hand-written loop: each block its own group
-            # (the strategy shards the root, this module, after this hook)
-            if strategy == "fsdp":
-                from torch.distributed.fsdp import fully_shard
-
-                for block in self.gpt.blocks.layers:
-                    fully_shard(block, mp_policy=plain.mp_policy(work))
+            if work.act_ckpt and strategy == "ddp":  # under FSDP the strategy's policy does it
+                plain.act_ckpt_blocks(self.gpt)
 
         def training_step(self, batch, batch_idx):
             x, y = batch
@@ -56,6 +49,17 @@ def _module(work: plain.Work, rec: plain.Record, strategy: str) -> Any:
             return torch.optim.AdamW(self.parameters(), lr=plain.LR)
 
     return LM()
+
+
+def make_strategy(work: plain.Work, strategy: str) -> Any:
+    """``"ddp"``, or an ``FSDPStrategy`` that shards as the hand-written loop does: each block
+    its own unit (then the root), activation checkpointing on the blocks when asked."""
+    if strategy != "fsdp":
+        return strategy
+    from distengine.strategies.fsdp import FSDPStrategy
+
+    block = {nn.TransformerEncoderLayer}
+    return FSDPStrategy(auto_wrap_policy=block, activation_checkpointing_policy=block if work.act_ckpt else None)
 
 
 def _probe(work: plain.Work, rec: plain.Record, device: torch.device) -> Any:
@@ -79,7 +83,8 @@ def _probe(work: plain.Work, rec: plain.Record, device: torch.device) -> Any:
 
 def trainer_flags(work: plain.Work, device: torch.device, strategy: str, **extra: Any) -> dict[str, Any]:
     flags: dict[str, Any] = {
-        "accelerator": "gpu" if device.type == "cuda" else "cpu", "strategy": strategy, "max_epochs": 1,
+        "accelerator": "gpu" if device.type == "cuda" else "cpu", "strategy": make_strategy(work, strategy),
+        "precision": "bf16-mixed" if work.bf16 else "32-true", "max_epochs": 1,
         "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
         "enable_model_summary": False, "num_sanity_val_steps": 0,
     }
