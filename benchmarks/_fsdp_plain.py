@@ -222,16 +222,15 @@ def dcp_save(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> f
 
 
 def dcp_async_save(model: nn.Module, optimizer: torch.optim.Optimizer, path: str,
-                   group: Any = None, stager: Any = None) -> tuple[float, float]:
-    """``dcp.async_save``: (seconds until it returned, i.e. the time training is blocked;
-    seconds until the checkpoint was complete). ``stager``: a ``DefaultStager`` kept across
-    saves reuses its host copy of each storage instead of allocating a new one (without it,
-    ``async_save`` makes a new stager, and a new copy, per save)."""
+                   group: Any = None) -> tuple[float, float]:
+    """``dcp.async_save`` (DCP's default staging: a host copy of every shard, then the write in a
+    background thread): (seconds until it returned, i.e. the time training is blocked; seconds
+    until the checkpoint was complete). ``group``: the CPU process group the background save
+    talks on, apart from training's (as DCP's documentation advises)."""
     import torch.distributed.checkpoint as dcp
 
     t0 = time.perf_counter()
-    future = dcp.async_save(dcp_state(model, optimizer), checkpoint_id=path, process_group=group,
-                            async_stager=stager)
+    future = dcp.async_save(dcp_state(model, optimizer), checkpoint_id=path, process_group=group)
     blocked = time.perf_counter() - t0
     future.result()
     return blocked, time.perf_counter() - t0

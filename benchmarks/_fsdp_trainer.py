@@ -9,6 +9,7 @@ are counted in ``on_before_zero_grad`` of the last step (the loops count them ri
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -105,31 +106,46 @@ def fit(work: plain.Work, device: torch.device, strategy: str) -> tuple[plain.Re
     return rec, module, trainer.optimizers[0]
 
 
-def ckpt_contenders(work: plain.Work, device: torch.device, root: str) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """A Trainer-trained FSDP model and optimizer (the hand-written saves save these too) and
-    the Trainer's sharded saves, timed like the hand-written ``dcp.save``."""
+def timed_checkpoint(dirpath: str, async_save: bool, blocked: list[float]) -> Any:
+    """A ``ModelCheckpoint`` saving every step that records how long each save holds the
+    training loop (its ``on_train_batch_end``). The previous save is waited for first, outside
+    the clock: each save is measured alone, as in steady training with saves further apart."""
+    from distengine.callbacks import ModelCheckpoint
+
+    class Timed(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.wait()
+            torch.distributed.barrier()
+            t0 = time.perf_counter()
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            blocked.append(time.perf_counter() - t0)
+
+    return Timed(dirpath=dirpath, every_n_train_steps=1, save_top_k=-1, async_save=async_save)
+
+
+def ckpt_fit(work: plain.Work, device: torch.device, root: str, async_save: bool, strategy: str = "fsdp") -> float:
+    """Fit 2 steps with a checkpoint after each; the seconds the second save blocked training
+    (the first one, which also sets up buffers and process groups, is not counted)."""
+    import shutil
+
     import distengine as de
 
-    rec = plain.Record()
-    module = _module(work, rec, "fsdp")
-    trainer = de.Trainer(**trainer_flags(work, device, "fsdp"))
+    short = plain.Work(**{**vars(work), "steps": 2, "warm": 0})
+    blocked: list[float] = []
+    dirpath = os.path.join(root, f"trainer-{'async' if async_save else 'sync'}")
+    trainer = de.Trainer(**trainer_flags(short, device, strategy, enable_checkpointing=True),
+                         callbacks=[timed_checkpoint(dirpath, async_save, blocked)])
     world = torch.distributed.get_world_size()
-    trainer.fit(module, DataLoader(work.data(world), batch_size=work.batch, shuffle=False))
-    counter = iter(range(10**6))
+    trainer.fit(_module(short, plain.Record(), strategy),
+                DataLoader(short.data(world), batch_size=short.batch, shuffle=False))
+    torch.distributed.barrier()
+    if torch.distributed.get_rank() == 0:
+        shutil.rmtree(dirpath, ignore_errors=True)
+    torch.distributed.barrier()
+    return blocked[1]
 
-    def save() -> float:
-        import os
-        import shutil
 
-        path = os.path.join(root, f"trainer-{next(counter)}")
-        torch.distributed.barrier()
-        t0 = time.perf_counter()
-        trainer.save_checkpoint(path)
-        seconds = time.perf_counter() - t0
-        torch.distributed.barrier()
-        if torch.distributed.get_rank() == 0:
-            shutil.rmtree(path, ignore_errors=True)
-        torch.distributed.barrier()
-        return seconds
-
-    return module, trainer.optimizers[0], {"trainer_save": save}
+def ckpt_contenders(work: plain.Work, device: torch.device, root: str, strategy: str = "fsdp") -> dict[str, Any]:
+    """The Trainer's sharded save through ``ModelCheckpoint``, synchronous and asynchronous."""
+    return {"trainer_save": lambda: ckpt_fit(work, device, root, False, strategy),
+            "trainer_async_blocked": lambda: ckpt_fit(work, device, root, True, strategy)}

@@ -7,8 +7,10 @@ same model from the same seed on the same data for the same steps and records it
 steady-state step time and bytes of parameters + gradients + optimizer state (see
 benchmarks/_fsdp_plain.py); on CUDA also ``max_memory_allocated``.
 
-Phase 2, sharded checkpoints of one trained FSDP2 model and its AdamW state, interleaved:
-``dcp.save`` and ``dcp.async_save`` by hand, and the Trainer's sharded save, sync and async.
+Phase 2, sharded checkpoints of the model and its AdamW state, interleaved: ``get_state_dict``
++ ``dcp.save`` / ``dcp.async_save`` by hand (of a model the hand-written FSDP2 loop trained),
+and the Trainer's sharded save through ``ModelCheckpoint`` (sync and ``async_save=True``) in a
+2-step fit that saves after each step, the second save timed (benchmarks/_fsdp_trainer.py).
 
 Rank zero writes everything to ``--report-json`` (times are the slowest rank's: a step or a
 save ends when every rank is done).
@@ -99,16 +101,17 @@ def _clean(path: str) -> None:
 
 
 def ckpt_phase(work: plain.Work, device: torch.device, rounds: int, warmup: int, root: str) -> dict[str, Any]:
-    """Save one trained model + AdamW state in each way, ``rounds`` interleaved rounds after
-    ``warmup`` discarded rounds (the first save allocates and plans). Times are each rank's
-    seconds until the call returned; the slowest rank counts."""
+    """Save the model + AdamW state in each way, ``rounds`` interleaved rounds after ``warmup``
+    discarded rounds (the first save allocates and plans). Times are each rank's seconds until
+    the call returned (for an async save: the time training is blocked); the slowest rank
+    counts. ``BENCH_FSDP_CKPT_STRATEGY=ddp`` times the Trainer's saves under DDP instead (full
+    checkpoints, to try the measurement where no FSDP strategy exists)."""
     from benchmarks import _fsdp_trainer as tr
 
+    _, model, optimizer = plain.fsdp_loop(work, device)
     contenders: dict[str, Callable[[], float]] = {}
-    if tr.unavailable() is None:  # the hand-written saves save the very model and optimizer the Trainer trained
-        model, optimizer, contenders = tr.ckpt_contenders(work, device, root)
-    else:
-        _, model, optimizer = plain.fsdp_loop(work, device)
+    if tr.unavailable() is None or os.environ.get("BENCH_FSDP_CKPT_STRATEGY"):
+        contenders = tr.ckpt_contenders(work, device, root, os.environ.get("BENCH_FSDP_CKPT_STRATEGY", "fsdp"))
     ckpt_group = dist.new_group(backend="gloo")  # async saves talk on their own CPU group
     counter = iter(range(10**6))
 
@@ -119,27 +122,18 @@ def ckpt_phase(work: plain.Work, device: torch.device, rounds: int, warmup: int,
         _clean(path)
         return t
 
-    def hand_async(stager: Any = None, totals: list[float] | None = None) -> float:
+    def hand_async() -> float:
         path = _fresh(root, "dcp-async", next(counter))
         dist.barrier()
-        blocked, total = plain.dcp_async_save(model, optimizer, path, group=ckpt_group, stager=stager)
+        blocked, total = plain.dcp_async_save(model, optimizer, path, group=ckpt_group)
         _clean(path)
-        if totals is not None:
-            totals.append(total)
+        async_total.append(total)
         return blocked
 
-    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-
-    # kept across saves, DCP's stager reuses its host copy of each storage (pinned on CUDA)
-    cuda = device.type == "cuda"
-    cached = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
-                                          use_async_staging=False, use_non_blocking_copy=False))
     async_total: list[float] = []
-    contenders.update({"dcp_save": hand_sync, "dcp_async_save": lambda: hand_async(totals=async_total),
-                       "dcp_async_save_cached": lambda: hand_async(cached)})
+    contenders.update({"dcp_save": hand_sync, "dcp_async_save": hand_async})
     times = interleave({n: (lambda f=f: max(_gather(f()))) for n, f in contenders.items()},
                        rounds=rounds, warmup=warmup)
-    cached.close()
     nbytes = sum(plain._local(t).untyped_storage().nbytes() for t in
                  list(model.parameters()) + [v for st in optimizer.state.values() for v in st.values()
                                              if isinstance(v, torch.Tensor)])

@@ -124,10 +124,7 @@ def ckpt_rows(ckpt: dict[str, Any]) -> list[Row]:
                               numer_name="blocked", denom_name="sync"))
     rows.append(ratio_row(BENCH, "hand-written: dcp.async_save blocked / dcp.save", s["dcp_async_save"],
                           s["dcp_save"], numer_name="blocked", denom_name="dcp.save"))
-    if "dcp_async_save_cached" in s:
-        rows.append(ratio_row(BENCH, "hand-written: dcp.async_save, cached staging, blocked / dcp.save",
-                              s["dcp_async_save_cached"], s["dcp_save"], numer_name="blocked",
-                              denom_name="dcp.save"))
+
     for row in rows:
         row.context += f"; {gb:.2f} GB of params+AdamW per rank"
     return rows
