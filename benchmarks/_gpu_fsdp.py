@@ -2,12 +2,12 @@
 ``fully_shard`` loop on CUDA, in bf16-mixed, and in bf16-mixed with activation checkpointing.
 
 Each check starts ``benchmarks/_fsdp_worker.py`` (the CPU benchmark's worker) under torchrun
-with one rank per GPU, at most 2 (NCCL for the model, gloo beside it for ``dcp.async_save``),
-and judges, Trainer against the loop: loss per step, steady-state step time, peak
-``torch.cuda.max_memory_allocated``, exact bytes of params + grads + AdamW state; with 2 GPUs
-also FSDP against DDP memory; and the sharded saves. With one GPU, FSDP shards over one rank:
-the FSDP/DDP memory figure is reported, not judged. ``--dry-run-cpu`` runs the same on 2
-CPU ranks (gloo), tiny, judging only what does not depend on speed (losses, exact bytes).
+on 2 GPUs, one rank each (NCCL for the model, gloo beside it for ``dcp.async_save``), and
+judges, Trainer against the loop: loss per step, steady-state step time, peak
+``torch.cuda.max_memory_allocated``, exact bytes of params + grads + AdamW state; FSDP
+against DDP memory; and the sharded saves. With one GPU the checks say SKIP: FSDPStrategy
+refuses a single rank and NCCL refuses two ranks on one GPU. ``--dry-run-cpu`` runs the same
+on 2 CPU ranks (gloo), tiny, judging only what does not depend on speed (losses, exact bytes).
 """
 from __future__ import annotations
 
@@ -34,13 +34,12 @@ def worker_args(s: Any, act_ckpt: bool) -> list[str]:
     return args + ["--bf16"] + (["--act-ckpt"] if act_ckpt else [])
 
 
-def _cuda_rows(steps: dict[str, Any], world: int) -> list[Any]:
+def _cuda_rows(steps: dict[str, Any]) -> list[Any]:
     from benchmarks._harness import Row
 
     r = steps["rounds"]
     rows = []
-    pairs = [("fsdp_trainer", "fsdp_loop", TARGET_CUDA_MEM), ("fsdp_trainer", "ddp_trainer",
-                                                             bench.TARGET_MEM_VS_DDP if world > 1 else None)]
+    pairs = [("fsdp_trainer", "fsdp_loop", TARGET_CUDA_MEM), ("fsdp_trainer", "ddp_trainer", bench.TARGET_MEM_VS_DDP)]
     for a, b, target in pairs:
         if a in r and b in r:
             x, y = bench.memory(r[a], "cuda_peak"), bench.memory(r[b], "cuda_peak")
@@ -52,13 +51,16 @@ def _cuda_rows(steps: dict[str, Any], world: int) -> list[Any]:
 def check_fsdp(s: Any, act_ckpt: bool) -> Result:
     """One FSDP2 run (bf16-mixed; ``act_ckpt``: activation checkpointing on every block)."""
     world = 2 if s.dry_run else min(2, torch.cuda.device_count())
+    if world < 2:
+        return None, ("needs 2 GPUs: FSDPStrategy shards over 2 or more ranks, and NCCL runs one rank "
+                      f"per GPU; this machine has {torch.cuda.device_count()}"), {}
     rep = bench.run_worker(worker_args(s, act_ckpt), nproc=world, timeout=540)
     if "trainer_skipped" in rep["steps"]:
         return False, f"the Trainer side did not run: {rep['steps']['trainer_skipped']}", rep
     n_timed = rep["work"]["steps"] - rep["work"]["warm"]
     rows = bench.step_rows(rep["steps"], n_timed) + bench.ckpt_rows(rep["ckpt"])
     if not s.dry_run:
-        rows += _cuda_rows(rep["steps"], world)
+        rows += _cuda_rows(rep["steps"])
     for row in rows:  # bf16: the loss tolerance of the precision checks
         if "loss per step" in row.comparison:
             row.target = BF16_LOSS_TOL
