@@ -173,3 +173,19 @@ def test_gpu_check_dry_run_fsdp(tmp_path):
     report = check["data"]["report"]
     assert report["work"]["bf16"] and report["work"]["act_ckpt"]
     assert set(report["steps"]["rounds"]) == {"fsdp_loop", "fsdp_trainer", "ddp_loop", "ddp_trainer"}
+
+
+def test_state_bytes_counts_each_storage_once():
+    """The FSDP benchmark's memory figure: exact storage bytes, a shared storage counted once."""
+    from benchmarks._fsdp_plain import state_bytes
+
+    emb, head = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied: one storage
+    params = list(emb.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(emb.parameters(), lr=0.1)
+    assert state_bytes(params, [opt]) == {"params": 160, "grads": 0, "optimizer": 0, "total": 160}
+    head(emb(torch.tensor([1, 2]))).sum().backward()
+    opt.step()
+    got = state_bytes(params, [opt])
+    # one 10x4 fp32 gradient; AdamW: exp_avg and exp_avg_sq (160 bytes each) + a float32 step counter
+    assert got == {"params": 160, "grads": 160, "optimizer": 324, "total": 644}
