@@ -17,7 +17,7 @@ end of the last step, and :func:`state_bytes` right after the last ``optimizer.s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,7 +155,11 @@ def _loader(work: Work, world: int) -> DataLoader:
     return DataLoader(data, batch_size=work.batch, sampler=sampler, shuffle=False)
 
 
-def _train(model: nn.Module, work: Work, device: torch.device, rec: Record) -> torch.optim.Optimizer:
+AfterStep = Callable[[nn.Module, torch.optim.Optimizer], Any]
+
+
+def _train(model: nn.Module, work: Work, device: torch.device, rec: Record,
+           after_step: AfterStep | None = None) -> torch.optim.Optimizer:
     world = dist.get_world_size() if dist.is_initialized() else 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     for i, (x, y) in enumerate(_loader(work, world)):
@@ -169,6 +173,8 @@ def _train(model: nn.Module, work: Work, device: torch.device, rec: Record) -> t
             rec.bytes = state_bytes(model.parameters(), [optimizer])
         optimizer.zero_grad(set_to_none=True)
         rec.losses.append(loss.detach())
+        if after_step is not None:  # where the Trainer's on_train_batch_end (a checkpoint) runs
+            after_step(model, optimizer)
     rec.stop(device)
     rec.losses = [float(v) for v in rec.losses]
     return optimizer
@@ -177,14 +183,15 @@ def _train(model: nn.Module, work: Work, device: torch.device, rec: Record) -> t
 Trained = tuple[Record, nn.Module, torch.optim.Optimizer]
 
 
-def fsdp_loop(work: Work, device: torch.device) -> Trained:
-    """Train the sharded model for ``work.steps`` steps; (what it measured, model, optimizer)."""
+def fsdp_loop(work: Work, device: torch.device, after_step: AfterStep | None = None) -> Trained:
+    """Train the sharded model for ``work.steps`` steps; (what it measured, model, optimizer).
+    ``after_step(model, optimizer)`` runs after every step (after ``zero_grad``)."""
     rec = Record()
     model = work.model().to(device)
     if work.act_ckpt:
         act_ckpt_blocks(model)
     shard(model, model.blocks.layers, work)
-    return rec, model, _train(model, work, device, rec)
+    return rec, model, _train(model, work, device, rec, after_step)
 
 
 def ddp_loop(work: Work, device: torch.device) -> Trained:
@@ -212,25 +219,17 @@ def dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, A
     return {"model": model_sd, "optim": optim_sd}
 
 
-def dcp_save(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> float:
-    """Synchronous sharded save; the seconds this rank waited."""
+def dcp_save(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Synchronous sharded save."""
     import torch.distributed.checkpoint as dcp
 
-    t0 = time.perf_counter()
     dcp.save(dcp_state(model, optimizer), checkpoint_id=path)
-    return time.perf_counter() - t0
 
 
-def dcp_async_save(model: nn.Module, optimizer: torch.optim.Optimizer, path: str,
-                   group: Any = None) -> tuple[float, float]:
-    """``dcp.async_save`` (DCP's default staging: a host copy of every shard, then the write in a
-    background thread): (seconds until it returned, i.e. the time training is blocked; seconds
-    until the checkpoint was complete). ``group``: the CPU process group the background save
-    talks on, apart from training's (as DCP's documentation advises)."""
+def dcp_async_save(model: nn.Module, optimizer: torch.optim.Optimizer, path: str, group: Any = None) -> Any:
+    """``dcp.async_save`` with DCP's default staging (a host copy of every shard, then the write
+    in a background thread); returns its future. ``group``: the CPU process group the
+    background save talks on, apart from training's (as DCP's documentation advises)."""
     import torch.distributed.checkpoint as dcp
 
-    t0 = time.perf_counter()
-    future = dcp.async_save(dcp_state(model, optimizer), checkpoint_id=path, process_group=group)
-    blocked = time.perf_counter() - t0
-    future.result()
-    return blocked, time.perf_counter() - t0
+    return dcp.async_save(dcp_state(model, optimizer), checkpoint_id=path, process_group=group)

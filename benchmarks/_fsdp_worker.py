@@ -7,10 +7,10 @@ same model from the same seed on the same data for the same steps and records it
 steady-state step time and bytes of parameters + gradients + optimizer state (see
 benchmarks/_fsdp_plain.py); on CUDA also ``max_memory_allocated``.
 
-Phase 2, sharded checkpoints of the model and its AdamW state, interleaved: ``get_state_dict``
-+ ``dcp.save`` / ``dcp.async_save`` by hand (of a model the hand-written FSDP2 loop trained),
-and the Trainer's sharded save through ``ModelCheckpoint`` (sync and ``async_save=True``) in a
-2-step fit that saves after each step, the second save timed (benchmarks/_fsdp_trainer.py).
+Phase 2, sharded checkpoints of the model and its AdamW state, interleaved; each contender is
+a 2-step fit that saves after each step, the second save timed: the hand-written FSDP2 loop with
+``get_state_dict`` + ``dcp.save`` / ``dcp.async_save``, and the Trainer with ``ModelCheckpoint``
+(sync and ``async_save=True``; benchmarks/_fsdp_trainer.py).
 
 Rank zero writes everything to ``--report-json`` (times are the slowest rank's: a step or a
 save ends when every rank is done).
@@ -89,10 +89,6 @@ def step_phase(work: plain.Work, device: torch.device, rounds: int, warmup: int,
     return out
 
 
-def _fresh(root: str, name: str, i: int) -> str:
-    return os.path.join(root, f"{name}-{i}")
-
-
 def _clean(path: str) -> None:
     dist.barrier()
     if dist.get_rank() == 0:
@@ -100,44 +96,57 @@ def _clean(path: str) -> None:
     dist.barrier()
 
 
-def ckpt_phase(work: plain.Work, device: torch.device, rounds: int, warmup: int, root: str) -> dict[str, Any]:
-    """Save the model + AdamW state in each way, ``rounds`` interleaved rounds after ``warmup``
-    discarded rounds (the first save allocates and plans). Times are each rank's seconds until
-    the call returned (for an async save: the time training is blocked); the slowest rank
-    counts. ``BENCH_FSDP_CKPT_STRATEGY=ddp`` times the Trainer's saves under DDP instead (full
-    checkpoints, to try the measurement where no FSDP strategy exists)."""
+def hand_ckpt_fit(work: plain.Work, device: torch.device, root: str, async_save: bool, group: Any) -> float:
+    """The hand-written counterpart of the Trainer's ``ckpt_fit``: 2 steps of the FSDP2 loop
+    with a ``dcp.save`` (or ``dcp.async_save``) after each; the seconds the second save held
+    the loop (the previous save waited for first, outside the clock)."""
+    short = plain.Work(**{**vars(work), "steps": 2, "warm": 0})
+    folder = os.path.join(root, f"dcp-{'async' if async_save else 'sync'}")
+    blocked: list[float] = []
+    pending: list[Any] = []
+
+    def save(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if pending:
+            pending.pop().result()
+        path = os.path.join(folder, str(len(blocked)))
+        dist.barrier()
+        t0 = time.perf_counter()
+        if async_save:
+            pending.append(plain.dcp_async_save(model, optimizer, path, group))
+        else:
+            plain.dcp_save(model, optimizer, path)
+        blocked.append(time.perf_counter() - t0)
+
+    plain.fsdp_loop(short, device, after_step=save)
+    if pending:
+        pending.pop().result()
+    _clean(folder)
+    return blocked[1]
+
+
+def ckpt_phase(work: plain.Work, device: torch.device, rounds: int, root: str) -> dict[str, Any]:
+    """Sharded saves of the model and its AdamW state, ``rounds`` interleaved rounds. Each
+    contender is a 2-step fit saving after each step, the second save timed (the first sets up
+    buffers and process groups); the slowest rank's seconds count.
+    ``BENCH_FSDP_CKPT_STRATEGY=ddp`` times the Trainer's saves under DDP instead (full
+    checkpoints: to try the measurement where no FSDP strategy exists)."""
     from benchmarks import _fsdp_trainer as tr
 
-    _, model, optimizer = plain.fsdp_loop(work, device)
-    contenders: dict[str, Callable[[], float]] = {}
-    if tr.unavailable() is None or os.environ.get("BENCH_FSDP_CKPT_STRATEGY"):
-        contenders = tr.ckpt_contenders(work, device, root, os.environ.get("BENCH_FSDP_CKPT_STRATEGY", "fsdp"))
-    ckpt_group = dist.new_group(backend="gloo")  # async saves talk on their own CPU group
-    counter = iter(range(10**6))
-
-    def hand_sync() -> float:
-        path = _fresh(root, "dcp", next(counter))
-        dist.barrier()
-        t = plain.dcp_save(model, optimizer, path)
-        _clean(path)
-        return t
-
-    def hand_async() -> float:
-        path = _fresh(root, "dcp-async", next(counter))
-        dist.barrier()
-        blocked, total = plain.dcp_async_save(model, optimizer, path, group=ckpt_group)
-        _clean(path)
-        async_total.append(total)
-        return blocked
-
-    async_total: list[float] = []
-    contenders.update({"dcp_save": hand_sync, "dcp_async_save": hand_async})
+    strategy = os.environ.get("BENCH_FSDP_CKPT_STRATEGY", "fsdp")
+    group = dist.new_group(backend="gloo")  # async saves talk on their own CPU group
+    contenders: dict[str, Callable[[], float]] = {
+        "dcp_save": lambda: hand_ckpt_fit(work, device, root, False, group),
+        "dcp_async_save": lambda: hand_ckpt_fit(work, device, root, True, group),
+    }
+    if tr.unavailable() is None or strategy != "fsdp":
+        contenders.update(tr.ckpt_contenders(work, device, root, strategy))
     times = interleave({n: (lambda f=f: max(_gather(f()))) for n, f in contenders.items()},
-                       rounds=rounds, warmup=warmup)
+                       rounds=rounds, warmup=0)
+    _, model, optimizer = plain.fsdp_loop(plain.Work(**{**vars(work), "steps": 1, "warm": 0}), device)
     nbytes = sum(plain._local(t).untyped_storage().nbytes() for t in
                  list(model.parameters()) + [v for st in optimizer.state.values() for v in st.values()
                                              if isinstance(v, torch.Tensor)])
-    return {"seconds": times, "dcp_async_total": async_total[-rounds:], "bytes_per_rank": nbytes}
+    return {"seconds": times, "bytes_per_rank": nbytes}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         report["steps"] = step_phase(work, device, args.rounds, args.warmup_rounds, args.only.split(","))
         report["steps_seconds"] = time.perf_counter() - start
         if args.ckpt_rounds > 0:
-            report["ckpt"] = ckpt_phase(work, device, args.ckpt_rounds, args.warmup_rounds, root)
+            report["ckpt"] = ckpt_phase(work, device, args.ckpt_rounds, root)
     except Exception as exc:
         report["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         raise
