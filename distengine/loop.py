@@ -398,7 +398,8 @@ def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool)
             outputs: list[Any] = []
             extra = (dl_idx,) if many else ()
             # range first: zip stops at the limit without fetching one more batch from the loader
-            for batch_idx, batch in zip(range(limit[dl_idx]), loader):
+            n = limit[dl_idx]  # inf: a loader without a length, read until it is exhausted
+            for batch_idx, batch in enumerate(loader) if math.isinf(n) else zip(range(n), loader):
                 batch = move_to_device(batch, device)
                 if convert is not None:
                     batch = convert(batch)
