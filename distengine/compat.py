@@ -61,6 +61,13 @@ def optimizer_frequencies(returned: Any, n: int) -> list[int]:
     return freqs
 
 
+def one_x_mode(module: Any) -> bool:
+    """True when ``fit`` will run :class:`OneXOptimization` (known before the optimizers exist,
+    so that DDP is built with ``find_unused_parameters``): automatic optimization with a
+    ``training_step`` that takes ``optimizer_idx``."""
+    return bool(module.automatic_optimization) and takes_optimizer_idx(module.training_step)
+
+
 def plan_optimization(t: Any, module: Any, returned: Any) -> OneXOptimization | None:
     """Choose how ``t.optimizers`` are driven; None: the 2.x path (one optimizer, or manual)."""
     n = len(t.optimizers)
@@ -142,13 +149,11 @@ class OneXOptimization:
         output (``{"loss": ...}`` for a bare tensor), or None when no loss was returned."""
         from distengine import loop as _loop
 
-        prec, model, hooks = t._precision, t._model, t._hooks
+        prec, hooks, strategy = t._precision, t._hooks, t.strategy
         kwargs = {"optimizer_idx": i} if self.pass_idx else {}
-        ddp = model is not t._module
-        sync = model.no_sync() if ddp and not last_micro else contextlib.nullcontext()
-        with sync:
+        with strategy.no_sync(strategy.model, last_micro):
             with prec.autocast() if prec.is_mixed else contextlib.nullcontext():
-                out = t._step_fn(*args, **kwargs)
+                out = strategy.step_fn(*args, **kwargs)
             loss = _loop._extract_loss(t, out)
             if t._step_hook is not None:
                 out = t._step_hook(out)

@@ -105,11 +105,7 @@ def _optimizer_step(t, optimizer: torch.optim.Optimizer) -> None:
     for fn in hooks["on_before_optimizer_step"]:
         fn(optimizer)
     if clip:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if t.gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, clip)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        t.strategy.clip_gradients(optimizer, clip, t.gradient_clip_algorithm)
     if t.on_nonfinite_loss == "skip" and prec.scaler is None:
         # an int, or a device tensor for fused optimizers: read only where metrics are written
         t._skipped_nonfinite = t._skipped_nonfinite + step_unless_nonfinite(optimizer, lambda: prec.step(optimizer))
@@ -124,14 +120,15 @@ def train_epoch(t) -> None:
     """Run the training batches of ``t.progress.epoch`` from the resumed position."""
     p = t.progress
     hooks = t._hooks
-    module, model, prec, res = t._module, t._model, t._precision, t._results
-    ddp = model is not module
+    strategy = t.strategy
+    module, model, prec, res = t._module, strategy.model, t._precision, t._results
+    no_sync = strategy.no_sync
     h_start, h_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
     h_before_bw, h_after_bw = hooks["on_before_backward"], hooks["on_after_backward"]
     accum = t.accumulate_grad_batches
     optimizer = t.optimizers[0]
     num_batches = t.num_training_batches
-    device = t._device
+    device = strategy.root_device
     on_cpu = device.type == "cpu"
     collect = t._collect_train_outputs
     outputs: list[Any] = [] if collect else None
@@ -141,7 +138,7 @@ def train_epoch(t) -> None:
     watch = t._nonfinite_watch
     log_every = t.log_every_n_steps
     val_every = t._val_every_batches
-    step_fn = t._step_fn  # DDP's forward (routed to training_step) or training_step itself
+    step_fn = strategy.step_fn  # DDP's forward (routed to training_step) or training_step itself
     one_x = t._one_x  # 1.x automatic optimization over several optimizers (compat.py), or None
     args_of = (lambda b, i: (b, i)) if takes_batch_idx(module.training_step) else (lambda b, i: (b,))
     autocast = prec.autocast if prec.is_mixed else None
@@ -149,12 +146,13 @@ def train_epoch(t) -> None:
     convert = prec.convert_input if prec._true_dtype is not None else None
 
     batch_idx = p.batches_done
-    t._epoch_start_batch = batch_idx
+    resume = t._resume
+    resume.epoch_start_batch = batch_idx
     # Creating the iterator draws worker seeds from the global RNG. A checkpoint taken after
     # that draw (mid-epoch) is restored after iter(); one taken before it (at an epoch end or
     # epoch start) before iter(), so the resumed run draws exactly what the original did.
-    if t._pending_rng is not None and not t._rng_after_iter:
-        _restore_pending_rng(t)
+    if resume.pending_rng is not None and not resume.rng_after_iter:
+        _restore_pending_rng(resume)
     iterator = iter(t._train_loader)
     p.iter_started = True
     if t._train_sampler is None and batch_idx:  # not resumable by position: skip what was done
@@ -163,8 +161,8 @@ def train_epoch(t) -> None:
     ahead = LookAhead(iterator) if math.isinf(num_batches) else None
     if ahead is not None:
         iterator = ahead
-    if t._pending_rng is not None:
-        _restore_pending_rng(t)
+    if resume.pending_rng is not None:
+        _restore_pending_rng(resume)
     parts = (iterator, step_fn, prec.backward, _optimizer_step)  # timed when profiling, chosen once per epoch
     iterator, step_fn, backward, opt_step = profiling.train_parts(t, *parts) if t._profiling else parts
     res.stage, res.in_step = "train", True
@@ -189,8 +187,7 @@ def train_epoch(t) -> None:
         if one_x is not None:  # steps its optimizers (and counts them) itself
             out = one_x.run_batch(t, args_of(batch, batch_idx), batch_idx, last_micro)
         else:
-            sync_ctx = model.no_sync() if ddp and not last_micro else contextlib.nullcontext()
-            with sync_ctx:
+            with no_sync(model, last_micro):
                 if autocast is not None:
                     with autocast():
                         out = step_fn(*args_of(batch, batch_idx))
@@ -266,11 +263,11 @@ def _warn_no_step(epoch: int, batches: int, returned_none: int) -> None:
                    "from training_step (None skips a batch, which is meant for a few batches, not all)")
 
 
-def _restore_pending_rng(t) -> None:
+def _restore_pending_rng(resume) -> None:
     from distengine.checkpoint.rng import restore_rng_state
 
-    restore_rng_state(t._pending_rng)
-    t._pending_rng = None
+    restore_rng_state(resume.pending_rng)
+    resume.pending_rng = None
 
 
 def fit_loop(t) -> None:
@@ -298,7 +295,7 @@ def fit_loop(t) -> None:
         t._module.train()
         for fn in hooks["on_train_epoch_start"]:
             fn()
-        t._rewrap_if_trainable_changed()  # (finetuning callbacks unfreeze layers at an epoch start)
+        t.strategy.refresh_wrapping()  # (finetuning callbacks unfreeze layers at an epoch start: DDP is rebuilt)
         with t.profiler.profile("run_training_epoch"):
             train_epoch(t)
         if t._stop_now and t._status.stop_signal is not None:
@@ -315,7 +312,7 @@ def fit_loop(t) -> None:
         p.epoch += 1
         p.batches_done = 0
         p.samples_done = 0
-        t._epoch_start_sample = 0  # a resumed epoch started mid-way; the next one starts at 0
+        t._resume.epoch_start_sample = 0  # a resumed epoch started mid-way; the next one starts at 0
         p.epoch_done = p.iter_started = False
         if t._train_sampler is not None:
             t._train_sampler.set_start(0)
@@ -383,7 +380,7 @@ def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool)
     res.stage, res.in_step = stage, True
     res.reset_stage(stage)
     collect = t._collect_eval_outputs(stage)
-    device, convert = t._device, (prec.convert_input if prec._true_dtype is not None else None)
+    device, convert = t.strategy.root_device, (prec.convert_input if prec._true_dtype is not None else None)
     many = len(loaders) > 1
     write_steps = not sanity and stage != "predict"  # on_step values, after every batch (Lightning)
     for fn in hooks[f"on_{name}_start"]:
@@ -398,7 +395,8 @@ def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool)
             outputs: list[Any] = []
             extra = (dl_idx,) if many else ()
             # range first: zip stops at the limit without fetching one more batch from the loader
-            for batch_idx, batch in zip(range(limit[dl_idx]), loader):
+            n = limit[dl_idx]  # inf: a loader without a length, read until it is exhausted
+            for batch_idx, batch in enumerate(loader) if math.isinf(n) else zip(range(n), loader):
                 batch = move_to_device(batch, device)
                 if convert is not None:
                     batch = convert(batch)

@@ -331,8 +331,7 @@ class Module(nn.Module):
         Under DDP it first prepares DDP's reducer for this loss, so each call's gradients are
         averaged over the ranks before it returns."""
         trainer = self._trainer
-        if trainer._manual_ddp is not None:
-            trainer._manual_ddp.prepare_for_backward(loss)
+        trainer.strategy.prepare_for_backward(loss)  # DDP: ready its reducer for this loss
         trainer._precision.backward(loss, *args, **kwargs)
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
@@ -354,11 +353,10 @@ class Module(nn.Module):
             return
         if trainer is not None and getattr(trainer, "_precision", None) is not None:
             trainer._precision.unscale_once(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        if trainer is not None:
+            trainer.strategy.clip_gradients(optimizer, gradient_clip_val, algorithm)
         else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            _clip(optimizer, gradient_clip_val, algorithm)
 
     def log_grad_norm(self, grad_norm_dict: dict[str, float]) -> None:
         """1.x hook (``Trainer(track_grad_norm=p)``): log the gradient norms of a step."""
@@ -442,3 +440,11 @@ def module_overrides(module: Module, name: str) -> bool:
 
 
 LightningModule = Module
+
+
+def _clip(optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str) -> None:
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, clip_val)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, clip_val)
