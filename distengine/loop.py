@@ -400,7 +400,7 @@ def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool)
     prev_stage, prev_in_step = res.stage, res.in_step
     res.stage, res.in_step = stage, True
     res.reset_stage(stage)
-    collect = t._collect_eval_outputs(stage)
+    collect = t._adapted.collect_eval_outputs[stage]  # 1.x *_epoch_end(outputs)
     device, convert = t.strategy.root_device, (prec.convert_input if prec._true_dtype is not None else None)
     many = len(loaders) > 1
     write_steps = not sanity and stage != "predict"  # on_step values, after every batch (Lightning)

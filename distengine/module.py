@@ -229,8 +229,8 @@ class Module(nn.Module):
         trainer = self._trainer
         if trainer is None:
             return
-        trainer._results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
-                             sync_dist, batch_size, rank_zero_only)
+        trainer.metric_results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
+                                   sync_dist, batch_size, rank_zero_only)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         """Call :meth:`log` for each item of ``dictionary`` with the same options; a
@@ -332,7 +332,7 @@ class Module(nn.Module):
         averaged over the ranks before it returns."""
         trainer = self._trainer
         trainer.strategy.prepare_for_backward(loss)  # DDP: ready its reducer for this loss
-        trainer._precision.backward(loss, *args, **kwargs)
+        trainer.precision_plugin.backward(loss, *args, **kwargs)
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:
@@ -351,8 +351,8 @@ class Module(nn.Module):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {algorithm!r}")
         if not gradient_clip_val:
             return
-        if trainer is not None and getattr(trainer, "_precision", None) is not None:
-            trainer._precision.unscale_once(optimizer)
+        if trainer is not None and trainer.precision_plugin is not None:
+            trainer.precision_plugin.unscale_once(optimizer)
         if trainer is not None:
             trainer.strategy.clip_gradients(optimizer, gradient_clip_val, algorithm)
         else:

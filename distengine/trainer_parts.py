@@ -333,6 +333,11 @@ class CheckpointMixin:
             fn(ckpt)
         return ckpt
 
+    def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any] | None:
+        """The checkpoint dictionary, as ``save_checkpoint`` writes it: on global rank zero (None
+        on the others). A collective: call it on every rank."""
+        return self._checkpoint_dict(weights_only)
+
     def save_checkpoint(self, filepath: str, weights_only: bool = False, storage_options: Any = None) -> None:
         """Save a checkpoint. A collective: call it on every rank; global rank zero writes the
         file atomically (a temporary file, fsync, rename) and every rank waits for it."""

@@ -187,3 +187,12 @@ class TrainerProperties:
     def state(self) -> TrainerStatus:
         return self._status
 
+    @property
+    def precision_plugin(self) -> Any:
+        """The Precision object of the current run (autocast, GradScaler, ``backward``); None before one."""
+        return self._precision
+
+    @property
+    def metric_results(self) -> Any:
+        """Where ``self.log`` writes (step and epoch values, reduced across ranks when logged)."""
+        return self._results

@@ -19,8 +19,6 @@ from distengine.module import MODULE_HOOKS, Module, module_overrides
 from distengine.profilers import wiring as profiling
 from distengine.trainer_parts import StopVote
 
-_ONE_X_HOOKS = {"on_train_epoch_start": "on_epoch_start", "on_train_epoch_end": "on_epoch_end",
-                "on_train_batch_start": "on_batch_start", "on_train_batch_end": "on_batch_end"}
 _STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None),
                                   getattr(signal, "SIGUSR2", None)) if s is not None)
 
@@ -40,23 +38,14 @@ class RunMixin:
         for name in set(CALLBACK_HOOKS) | set(MODULE_HOOKS):
             cb = tuple(functools.partial(f, self, module)
                        for f in (dispatcher[name] if name in CALLBACK_HOOKS else ()))
-            mod = tuple(getattr(module, n) for n in (name, _ONE_X_HOOKS.get(name))
-                        if n and name in MODULE_HOOKS and module_overrides(module, n))
+            mod = compat.hook_methods(module, name) if name in MODULE_HOOKS else ()
             self._callback_hooks[name], self._module_hooks[name] = cb, mod
             self._hooks[name] = cb + mod
-        self._step_hook = compat.step_end_hook(module)
-        self._training_end = compat.training_end_hook(module)
-        self._collect_train_outputs = module_overrides(module, "training_epoch_end") \
-            if hasattr(type(module), "training_epoch_end") else False
+        self._adapted = adapted = compat.adapt(module)  # the 1.x style, decided once per run
+        self._step_hook, self._training_end = adapted.step_end, adapted.training_end
+        self._collect_train_outputs = adapted.collect_train_outputs
         if self._profiling:  # timed hooks; an unprofiled run calls the hooks themselves
             profiling.profiled_hooks(self)
-
-    def _collect_eval_outputs(self, stage: str) -> bool:
-        if stage == "predict":
-            return True
-        name = {"validate": "validation", "test": "test"}[stage]
-        return hasattr(type(self._module), f"{name}_epoch_end") or (
-            stage == "validate" and hasattr(type(self._module), "validation_end"))
 
     def _launch_if_needed(self) -> None:
         if self.env.distributed or (self._devices <= 1 and self.num_nodes <= 1):
