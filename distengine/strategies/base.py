@@ -48,6 +48,8 @@ from typing import Any
 import torch
 from torch import nn
 
+_NO_CONTEXT = contextlib.nullcontext()
+
 
 class Strategy:
     """Base class; see the module docstring for the order of calls."""
@@ -116,7 +118,7 @@ class Strategy:
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """Context for one micro-batch's forward+backward: gradients are synchronised only on
         the last micro-batch of an accumulation window."""
-        return contextlib.nullcontext()
+        return _NO_CONTEXT  # called every batch: one shared (reusable) context, no allocation
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str = "norm") -> Any:
         """Clip the gradients of ``optimizer``'s parameters; for "norm" return the total norm

@@ -16,9 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from distengine.strategies.base import Strategy
-
-_NO_CONTEXT = contextlib.nullcontext()
+from distengine.strategies.base import _NO_CONTEXT, Strategy
 
 
 class DDPStrategy(Strategy):
@@ -117,6 +115,11 @@ class DDPStrategy(Strategy):
     def prepare_for_backward(self, loss: torch.Tensor) -> None:
         if self.manual_step is not None:
             self.manual_step.prepare_for_backward(loss)
+
+    def fresh(self) -> DDPStrategy:
+        new = super().fresh()
+        new.manual_step, new._wrapped_trainable = None, []
+        return new
 
     def teardown(self) -> None:
         super().teardown()
