@@ -68,8 +68,8 @@ def check_fsdp(s: Any, act_ckpt: bool) -> Result:
     exact = [r for r in rows if "loss per step" in r.comparison or r.comparison.startswith("memory:")]
     judged = exact if s.dry_run else rows
     ok = all(r.ok is not False for r in judged)
-    parts = [f"{r.comparison} {r.value:.3g}{r.unit}" + ("" if r.ok is None else (" ok" if r.ok else " MISS"))
-             for r in rows]
+    parts = [f"{r.comparison} {r.value:.3g}{r.unit}"
+             + ("" if r.ok is None or r not in judged else (" ok" if r.ok else " MISS")) for r in rows]
     msg = f"{world} rank(s), {rep['num_params'] / 1e6:.1f}M params: " + "; ".join(parts)
     if s.dry_run:
         msg += " [dry run: times and peak memory not judged]"
