@@ -1,0 +1,319 @@
+"""FSDP2: every rank holds a shard of each parameter (``torch.distributed.fsdp.fully_shard``).
+
+Parameters become DTensors sharded on dim 0 over all ranks. Before a shard unit's forward its
+parameters are all-gathered, after it they are freed again (``reshard_after_forward``), and in
+backward the gradients are reduce-scattered so that each rank keeps only its shard's gradient.
+The optimizer therefore only ever sees (and keeps state for) this rank's shard.
+
+Which modules become shard units:
+
+* ``auto_wrap_policy={Block}``: each instance of these classes, then the root module;
+* or the module's own ``configure_model()`` hook, where the user calls ``fully_shard`` by hand
+  (and may build the model on the ``meta`` device); the policy is then not applied again
+  (Lightning's rule), and the root is sharded last if the hook did not shard it;
+* neither: the root alone (one unit: all parameters gathered at once, as ZeRO-3 of one layer).
+
+Example::
+
+    strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block},
+                            precision="bf16-mixed", reshard_after_forward=True)
+    trainer = de.Trainer(strategy=strategy, max_epochs=3)
+
+Choices:
+
+* One process is an error, not a silent fallback: sharding over one rank only costs time, and
+  a sharded checkpoint loads in one process without FSDP (``strategy="auto"``) anyway.
+* ``"bf16-mixed"`` becomes ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``:
+  compute in bf16, gradients reduced and kept in fp32, the optimizer steps fp32 shards.
+  ``"16-mixed"`` is the same with fp16 plus the Precision object's ``torch.amp.GradScaler``,
+  which handles DTensor gradients (its inf check is reduced over the shards).
+* ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
+  rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from distengine.strategies.base import Strategy
+
+#: methods the loop calls instead of ``forward``: FSDP's unshard/reshard hooks must run around them
+STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
+
+_PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def mixed_precision_policy(precision: str) -> Any:
+    """The ``MixedPrecisionPolicy`` for a Trainer ``precision`` (already normalised)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if precision not in _PRECISIONS:
+        raise ValueError(f"FSDPStrategy does not support precision={precision!r}; use '32-true', "
+                         "'bf16-mixed' or '16-mixed' (the '-true' modes would shard low-precision weights "
+                         "and step them without an fp32 copy)")
+    dtype = _PRECISIONS[precision]
+    if dtype is None:
+        return MixedPrecisionPolicy()
+    # gradients reduced in fp32: summing N low-precision shards loses bits the fp32 step needs
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+
+
+def _class_set(policy: Any, what: str) -> Callable[[nn.Module], bool] | None:
+    """A predicate from a set/list of module classes, one class, or a ``module -> bool`` callable."""
+    if policy is None:
+        return None
+    if isinstance(policy, type) and issubclass(policy, nn.Module):
+        policy = {policy}
+    if isinstance(policy, (set, frozenset, list, tuple)):
+        classes = tuple(policy)
+        bad = [c for c in classes if not (isinstance(c, type) and issubclass(c, nn.Module))]
+        if bad or not classes:
+            raise TypeError(f"{what} must be a set of nn.Module classes or a callable module -> bool, got {policy!r}")
+        return lambda m: isinstance(m, classes)
+    if callable(policy):
+        return policy
+    raise TypeError(f"{what} must be a set of nn.Module classes or a callable module -> bool, got {policy!r}")
+
+
+def _overrides_configure_model(module: nn.Module) -> bool:
+    hook = getattr(type(module), "configure_model", None)
+    if hook is None:
+        return False
+    from distengine import module as de_module
+
+    base = getattr(de_module.Module, "configure_model", None)
+    return hook is not base
+
+
+def has_meta_tensors(module: nn.Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def materialize(module: nn.Module, device: torch.device) -> None:
+    """Allocate the (sharded) meta tensors of ``module`` on ``device`` and initialise them with
+    each submodule's ``reset_parameters()``: each rank allocates and fills only its shards."""
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for sub in module.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    if has_meta_tensors(module):
+        raise RuntimeError("the module still has meta tensors after to_empty(); give every module that "
+                           "owns parameters or buffers a reset_parameters() method")
+
+
+class FSDPStrategy(Strategy):
+    """Fully sharded data parallel (FSDP2) over all ranks of the default process group."""
+
+    name = "fsdp"
+
+    def __init__(self, auto_wrap_policy: Any = None, activation_checkpointing_policy: Any = None,
+                 reshard_after_forward: bool | int = True, cpu_offload: bool = False,
+                 precision: str = "32-true", state_dict_type: str = "sharded") -> None:
+        super().__init__()
+        if state_dict_type not in ("sharded", "full"):
+            raise ValueError(f"state_dict_type must be 'sharded' or 'full', got {state_dict_type!r}")
+        self._wrap = _class_set(auto_wrap_policy, "auto_wrap_policy")
+        self._checkpoint = _class_set(activation_checkpointing_policy, "activation_checkpointing_policy")
+        self._policy_text = repr(auto_wrap_policy)
+        self.reshard_after_forward = reshard_after_forward
+        self.cpu_offload = cpu_offload
+        self.precision = precision
+        mixed_precision_policy(precision)  # refuse an unsupported precision at construction
+        self.state_dict_type = state_dict_type
+        self.checkpoint_layout = state_dict_type
+        self.mesh: Any = None
+
+    # ------------------------------------------------------------------ environment
+    def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
+        from distengine.dist import setup
+
+        self.root_device = setup.select_device(accelerator, env, gpu_ids)
+        setup.init_process_group(env, self.root_device, timeout_s)
+        if self.world_size < 2:
+            raise RuntimeError("strategy='fsdp' needs 2 or more processes (it shards each parameter over the "
+                               "ranks); start the script with 'distengine launch --cpus 2' (or --gpus), or use "
+                               "strategy='auto' for one process (a sharded checkpoint loads there too)")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        self.mesh = init_device_mesh(self.root_device.type, (self.world_size,))
+
+    # ------------------------------------------------------------------ the model
+    def _fsdp_kwargs(self) -> dict[str, Any]:
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+
+        return {"mesh": self.mesh, "reshard_after_forward": self.reshard_after_forward,
+                "mp_policy": mixed_precision_policy(self.precision),
+                "offload_policy": CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()}
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        """Shard ``module`` in place and return it (the root is an ``FSDPModule`` afterwards)."""
+        from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+
+        if self.mesh is None:
+            raise RuntimeError("FSDPStrategy.setup_module called before setup_environment")
+        self.module = module
+        kwargs = self._fsdp_kwargs()
+        by_hand = _overrides_configure_model(module)
+        if by_hand:
+            module.configure_model()
+        if self._checkpoint is not None:
+            apply_activation_checkpointing(module, self._checkpoint)
+        if not by_hand and self._wrap is not None:
+            units = shard_units(module, self._wrap)
+            if not units:
+                raise ValueError(f"auto_wrap_policy={self._policy_text} matches no submodule of "
+                                 f"{type(module).__name__}; name the layer classes to shard (e.g. your block class)")
+            for unit in reversed(units):  # innermost first: a unit must not contain an unsharded unit
+                fully_shard(unit, **kwargs)
+        if not isinstance(module, FSDPModule):
+            fully_shard(module, **kwargs)
+        if has_meta_tensors(module):
+            materialize(module, torch.device("cpu") if self.cpu_offload else self.root_device)
+        elif not self.cpu_offload:
+            module.to(self.root_device)
+        for name in STEP_METHODS:
+            if callable(getattr(module, name, None)):
+                register_fsdp_forward_method(module, name)
+        self.model = module
+        return module
+
+    def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        return _gradient_sync(model, last_micro_batch)
+
+    def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str = "norm") -> Any:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, clip_val)  # elementwise: each shard on its own
+            return None
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_val)
+        return full_tensor(norm)
+
+    # ------------------------------------------------------------------ state
+    def _options(self, full: bool, **kw: Any) -> Any:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=full, cpu_offload=full, **kw)
+
+    def module_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        """``"sharded"``: this rank's shards as DTensors; ``"full"``: complete CPU tensors on rank 0
+        (an empty dict elsewhere). Every rank must call it (``"full"`` gathers)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(module, options=self._options(self.state_dict_type == "full"))
+
+    def load_module_state_dict(self, module: nn.Module, state: dict[str, Any], strict: bool = True) -> None:
+        """Load complete tensors (every rank holds them; each keeps its shard) or this rank's
+        DTensor shards."""
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        full = not _has_dtensor(state)
+        result = set_model_state_dict(module, state, options=self._options(full, strict=strict))
+        if strict and (result.missing_keys or result.unexpected_keys):  # set_* reports, does not raise
+            raise RuntimeError(describe_key_mismatch(result.missing_keys, result.unexpected_keys))
+
+    def optimizer_state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer state keyed by parameter name (``get_optimizer_state_dict``)."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(module, optimizer, options=self._options(self.state_dict_type == "full"))
+
+    def load_optimizer_state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer,
+                                  state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        full = not _has_dtensor(state)
+        set_optimizer_state_dict(module, optimizer, state, options=self._options(full))
+
+    def teardown(self) -> None:
+        self.model = None
+        self.mesh = None
+
+
+# ---------------------------------------------------------------------------- helpers
+def shard_units(root: nn.Module, predicate: Callable[[nn.Module], bool]) -> list[nn.Module]:
+    """The submodules of ``root`` that ``predicate`` picks, in pre-order. A module wrapped for
+    activation checkpointing is represented by its wrapper: the wrapper is what gets sharded, so
+    the recomputation in backward runs inside FSDP's unshard/reshard hooks."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    units: list[nn.Module] = []
+    inner: set[int] = set()
+    for sub in root.modules():
+        if sub is root or id(sub) in inner:
+            continue
+        if isinstance(sub, CheckpointWrapper):
+            inner.add(id(sub._checkpoint_wrapped_module))
+            if predicate(sub._checkpoint_wrapped_module):
+                units.append(sub)
+        elif predicate(sub):
+            units.append(sub)
+    return units
+
+
+def apply_activation_checkpointing(module: nn.Module, predicate: Callable[[nn.Module], bool]) -> None:
+    """Recompute the activations of each module matching ``predicate`` in backward instead of
+    keeping them (``checkpoint_wrapper``, non-reentrant: the form that composes with FSDP2)."""
+    from torch.distributed.algorithms._checkpoint import checkpoint_wrapper as cw
+
+    if not any(predicate(m) for m in module.modules() if m is not module):
+        raise ValueError("activation_checkpointing_policy matches no submodule of "
+                         f"{type(module).__name__}; name the layer classes to recompute")
+    cw.apply_activation_checkpointing(module, checkpoint_wrapper_fn=cw.checkpoint_wrapper, check_fn=predicate)
+
+
+@contextlib.contextmanager
+def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Reduce-scatter gradients in this backward only when ``sync``; otherwise they accumulate
+    unsharded on each rank until the last micro-batch's backward reduces the sum."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.set_requires_gradient_sync(sync)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def full_tensor(value: Any) -> Any:
+    """A DTensor as the plain tensor it stands for (a collective when it is sharded or partial)."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def _has_dtensor(state: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(state, DTensor):
+        return True
+    if isinstance(state, dict):
+        return any(_has_dtensor(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_has_dtensor(v) for v in state)
+    return False
+
+
+def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], limit: int = 5) -> str:
+    """One line naming the keys a checkpoint lacks and the ones it has that the model does not."""
+    def names(keys: Iterable[str]) -> str:
+        keys = sorted(keys)
+        more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+        return ", ".join(keys[:limit]) + more
+
+    missing, unexpected = list(missing), list(unexpected)
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint: {names(missing)}")
+    if unexpected:
+        parts.append(f"in the checkpoint but not in the model: {names(unexpected)}")
+    return ("the checkpoint does not match the model (" + "; ".join(parts) +
+            "); load it into the model it was saved from")
