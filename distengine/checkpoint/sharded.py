@@ -1,0 +1,248 @@
+"""Sharded checkpoints: one ``torch.distributed.checkpoint`` (DCP) directory, each rank writing its shards.
+
+Layout of ``<name>/`` (a directory, named like a file checkpoint: ``epoch=0-step=4.ckpt``)::
+
+    .metadata          DCP's index of every tensor and which file holds which shard
+    __0_0.distcp ...   the shards, one file per rank
+    meta.pt            the non-tensor state (progress, callbacks, loggers, every rank's RNG ...),
+                       written by rank 0 with ``atomic_save``; loads with ``safe_load``
+
+A checkpoint counts only when it is complete: every rank writes into ``.<name>.tmp-<id>/``,
+rank 0 writes ``meta.pt`` there once DCP's ``.metadata`` exists (DCP writes it only after
+every rank reported its shards written), then renames the directory into place. A crash at
+any point leaves the previous checkpoint intact and no half-written directory under a final
+name. Loading reshards: a checkpoint written by N ranks loads on M ranks, into FSDP shards or
+into complete tensors (DDP, one process); DCP reads each rank's part of each tensor.
+
+Example::
+
+    ckpt = ShardedCheckpointer()
+    ckpt.save("ckpts/epoch=0-step=4.ckpt", {"model": model_sd, "optim": optim_sd}, meta={"step": 4})
+    ckpt.wait()                        # after an async save (also done by the next save)
+    meta = load_sharded("ckpts/epoch=0-step=4.ckpt", {"model": model_sd, "optim": optim_sd})
+    ckpt.close()                       # wait, then release the checkpoint process group
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
+
+__all__ = ["META_FILE", "ShardedCheckpointer", "is_sharded_checkpoint", "load_sharded", "read_meta",
+           "sharded_keys"]
+
+META_FILE = "meta.pt"
+_DCP_METADATA = ".metadata"
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a complete sharded checkpoint directory (DCP index and ``meta.pt`` both present)."""
+    path = os.fspath(path)
+    return (os.path.isdir(path) and os.path.isfile(os.path.join(path, _DCP_METADATA))
+            and os.path.isfile(os.path.join(path, META_FILE)))
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class ShardedCheckpointer:
+    """Writes sharded checkpoints; every rank calls :meth:`save` with its own shards.
+
+    ``async_save=True`` copies the shards to host memory, returns, and writes in a background
+    thread over a checkpoint-only gloo process group (collectives of the save must not
+    interleave with training's on the default group). At most one save is in flight: the next
+    save, :meth:`wait` and :meth:`close` wait for it and raise its error, if any.
+    """
+
+    def __init__(self) -> None:
+        self._pending: Future | None = None
+        self._group: Any = None
+        self._error: BaseException | None = None
+        self._finalize: tuple[str, str, dict[str, Any] | None] | None = None
+
+    # ------------------------------------------------------------------ save
+    def save(self, path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any] | None = None,
+             async_save: bool = False) -> None:
+        """Write ``tensors`` (state dicts of DTensor shards or plain tensors) to directory ``path``;
+        ``meta`` (plain data, rank 0's is written) goes into ``meta.pt``. A collective."""
+        import torch.distributed.checkpoint as dcp
+
+        self.wait()
+        final = os.path.abspath(os.fspath(path))
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        tag = uuid.uuid4().hex[:12]
+        if _distributed():  # one temporary name for all ranks, chosen by rank 0
+            box = [tag]
+            dist.broadcast_object_list(box, src=0)
+            tag = box[0]
+        tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{tag}")
+        if not async_save:
+            dcp.save(tensors, checkpoint_id=tmp)
+            if _rank() == 0:
+                _publish(tmp, final, meta)
+            if _distributed():
+                dist.barrier()  # nobody reads or replaces it before it is in place
+            return
+        group = self._checkpoint_group()
+        future = dcp.async_save(tensors, checkpoint_id=tmp, process_group=group)
+        self._pending = future
+        self._finalize = (tmp, final, meta) if _rank() == 0 else None
+
+    def _checkpoint_group(self) -> Any:
+        if self._group is None and _distributed():
+            self._group = dist.new_group(backend="gloo")
+        return self._group
+
+    def wait(self) -> None:
+        """Wait for the save in flight, publish it (rank 0) and raise its error, if any."""
+        future, self._pending = self._pending, None
+        if future is not None:
+            try:
+                future.result()
+                if self._finalize is not None:
+                    _publish(*self._finalize)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below with the path
+                self._error = exc
+            finally:
+                self._finalize = None
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise CheckpointError(f"the asynchronous sharded checkpoint save failed: {exc}") from exc
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None and not self._pending.done()
+
+    def close(self) -> None:
+        """Wait for the save in flight, then destroy the checkpoint process group (a collective
+        when one was created: every rank calls ``close``)."""
+        try:
+            self.wait()
+        finally:
+            group, self._group = self._group, None
+            if group is not None and dist.is_initialized():
+                dist.destroy_process_group(group)
+
+
+def _publish(tmp: str, final: str, meta: dict[str, Any] | None) -> None:
+    """Rank 0: add ``meta.pt`` to the finished DCP directory and rename it into place."""
+    if not os.path.isfile(os.path.join(tmp, _DCP_METADATA)):
+        raise CheckpointError(f"the sharded save into {tmp!r} finished without DCP's .metadata file")
+    atomic_save(meta or {}, os.path.join(tmp, META_FILE))
+    old = None
+    if os.path.exists(final):  # a directory cannot be renamed over a non-empty one: move it aside
+        old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(os.path.dirname(final))
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- load
+def _require(path: str) -> None:
+    if not os.path.isdir(path):
+        raise CheckpointError(f"sharded checkpoint {path!r} does not exist or is not a directory")
+    if not is_sharded_checkpoint(path):
+        raise CheckpointError(f"sharded checkpoint {path!r} is incomplete (no {_DCP_METADATA} or {META_FILE}); "
+                              "it was not written to the end")
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The non-tensor state of a sharded checkpoint (``meta.pt``, loaded with ``safe_load``)."""
+    path = os.fspath(path)
+    _require(path)
+    return safe_load(os.path.join(path, META_FILE))
+
+
+def sharded_keys(path: str | os.PathLike) -> set[str]:
+    """The flattened keys (``model.blocks.0.fc1.weight``) stored in a sharded checkpoint."""
+    import torch.distributed.checkpoint as dcp
+
+    path = os.fspath(path)
+    _require(path)
+    return set(dcp.FileSystemReader(path).read_metadata().state_dict_metadata)
+
+
+def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``tensors`` in place from the checkpoint (each rank reads its shards, or complete
+    tensors where it holds plain tensors) and return ``meta.pt``'s contents. A collective when
+    a process group is running; works in a plain process too.
+
+    The keys of ``tensors["model"]`` must match the checkpoint's; otherwise a
+    :class:`CheckpointError` names the missing and unexpected ones.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    from distengine.strategies.fsdp import describe_key_mismatch
+
+    path = os.fspath(path)
+    meta = read_meta(path)
+    stored = sharded_keys(path)
+    if "model" in tensors:
+        have = {k[len("model."):] for k in stored if k.startswith("model.")}
+        want = set(tensors["model"])
+        if have != want:
+            raise CheckpointError(f"{path}: " + describe_key_mismatch(want - have, have - want))
+    dcp.load(tensors, checkpoint_id=path)
+    return meta
+
+
+def consolidate(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
+    """Turn sharded checkpoint ``src`` into one ordinary checkpoint file ``dst`` (one process,
+    no process group): the model's complete weights under ``state_dict``, the optimizers'
+    states in ``optimizer.state_dict()`` form, and ``meta.pt``'s entries. Returns what it wrote."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    meta = read_meta(src)
+    tmp = f"{dst}.{uuid.uuid4().hex[:8]}.dcp-full"
+    try:
+        dcp_to_torch_save(src, tmp)
+        full = torch.load(tmp, map_location="cpu", weights_only=True)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    out = dict(meta)
+    out["state_dict"] = full.pop("model", {})
+    optims = full.pop("optimizers", None)
+    if optims is not None:
+        out["optimizer_states"] = [_name_keyed_to_indexed(o) for o in _as_list(optims)]
+    out.update({k: v for k, v in full.items() if k not in out})
+    atomic_save(out, dst)
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, dict) and all(str(k).isdigit() for k in value):
+        return [value[k] for k in sorted(value, key=int)]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _name_keyed_to_indexed(osd: dict[str, Any]) -> dict[str, Any]:
+    """``get_optimizer_state_dict``'s form (parameters named by FQN) -> ``optimizer.state_dict()``'s
+    (parameters numbered in the order of the parameter groups), so ``optimizer.load_state_dict``
+    takes it. Parameters without state (no step yet) keep their number."""
+    groups, state, index = [], {}, {}
+    for group in osd.get("param_groups", []):
+        names = group["params"]
+        for name in names:
+            index.setdefault(name, len(index))
+        groups.append({**group, "params": [index[n] for n in names]})
+    for name, value in osd.get("state", {}).items():
+        if name in index:
+            state[index[name]] = value
+    return {"state": state, "param_groups": groups}
