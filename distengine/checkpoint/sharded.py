@@ -197,7 +197,7 @@ def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, 
         want = set(tensors["model"])
         if have != want:
             raise CheckpointError(f"{path}: " + describe_key_mismatch(want - have, have - want))
-    dcp.load(tensors, checkpoint_id=path)
+    dcp.load(tensors, checkpoint_id=path, no_dist=not (dist.is_available() and dist.is_initialized()))
     return meta
 
 

@@ -155,20 +155,20 @@ class FSDPStrategy(Strategy):
         """Shard ``module`` in place and return it (the root is an ``FSDPModule`` afterwards)."""
         from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
+        by_hand = _overrides_configure_model(module)
+        if not by_hand and self._wrap is not None and not shard_units(module, self._wrap):
+            raise ValueError(f"auto_wrap_policy={self._policy_text} matches no submodule of "
+                             f"{type(module).__name__}; name the layer classes to shard (e.g. your block class)")
         if self.mesh is None:
             raise RuntimeError("FSDPStrategy.setup_module called before setup_environment")
         self.module = module
         kwargs = self._fsdp_kwargs()
-        by_hand = _overrides_configure_model(module)
         if by_hand:
             module.configure_model()
         if self._checkpoint is not None:
             apply_activation_checkpointing(module, self._checkpoint)
         if not by_hand and self._wrap is not None:
             units = shard_units(module, self._wrap)
-            if not units:
-                raise ValueError(f"auto_wrap_policy={self._policy_text} matches no submodule of "
-                                 f"{type(module).__name__}; name the layer classes to shard (e.g. your block class)")
             for unit in reversed(units):  # innermost first: a unit must not contain an unsharded unit
                 fully_shard(unit, **kwargs)
         if not isinstance(module, FSDPModule):

@@ -1,0 +1,210 @@
+"""FSDP2 strategy and sharded checkpoints, used directly (no Trainer) on 2 real gloo ranks.
+
+One 2-rank job covers: sharding by layer class with activation checkpointing, accumulation
+without sync, clipping (total norm vs one unsharded process), an async sharded checkpoint that
+resumes bit for bit, 16-mixed's GradScaler skipping a step on both ranks when one rank's shard
+is inf, and a model built on the meta device in configure_model(). The parent process then
+loads the checkpoint without FSDP, consolidates it with the CLI and checks bad input.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from distengine.checkpoint.io import CheckpointError, safe_load
+from tests.fsdp.models import Block, MetaNet, Net, data
+from tests.helpers import run_ranks
+
+STEPS, MICRO, CLIP, LR = 4, 2, 0.5, 0.01
+
+
+def _batch(x, y, rank_or_none, step, mb):
+    """Micro-batch ``mb`` of ``step``: 4 rows per rank; rank None is the union of both ranks'."""
+    def rows(r):
+        return torch.arange(r, 64, 2)[(step * MICRO + mb) * 4:(step * MICRO + mb + 1) * 4]
+    idx = torch.cat([rows(0), rows(1)]) if rank_or_none is None else rows(rank_or_none)
+    return x[idx], y[idx]
+
+
+def _train(model, opt, strategy, rank, steps, clip):
+    x, y = data(64)
+    norms = []
+    for step in steps:
+        for mb in range(MICRO):
+            ctx = strategy.no_sync(model, mb == MICRO - 1) if strategy else torch.enable_grad()
+            with ctx:
+                (model.training_step(_batch(x, y, rank, step, mb)) / MICRO).backward()
+        norms.append(float(clip(opt)))
+        opt.step()
+        opt.zero_grad()
+    return norms
+
+
+def _full(model):
+    from distengine.strategies.fsdp import full_tensor
+    return {k: full_tensor(v).detach().clone() for k, v in model.state_dict().items()}
+
+
+def _two_ranks(rank, tmp):
+    from torch.distributed.fsdp import FSDPModule
+
+    from distengine.checkpoint.sharded import ShardedCheckpointer, load_sharded
+    from distengine.dist.env import detect
+    from distengine.strategies.fsdp import FSDPStrategy
+
+    out = {}
+    s = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
+    s.setup_environment("cpu", detect(), None, 30)
+    model = s.setup_module(Net())
+    out["units"] = sorted(n for n, m in model.named_modules() if isinstance(m, FSDPModule))
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    clip = lambda o: s.clip_gradients(o, CLIP)  # noqa: E731
+    out["norms"] = _train(model, opt, s, rank, range(2), clip)
+    out["w2"] = _full(model)
+    ckpt = ShardedCheckpointer()
+    ckpt.save(os.path.join(tmp, "step=2.ckpt"),
+              {"model": s.module_state_dict(model), "optimizers": {"0": s.optimizer_state_dict(model, opt)}},
+              meta={"global_step": 2, "rng": [torch.get_rng_state()]}, async_save=True)
+    out["norms"] += _train(model, opt, s, rank, range(2, STEPS), clip)  # overlaps the async write
+    ckpt.wait()
+    out["w4"] = _full(model)
+
+    # resume from the sharded checkpoint into a fresh model and optimizer, on 2 ranks
+    s2 = FSDPStrategy(auto_wrap_policy={Block})
+    s2.setup_environment("cpu", detect(), None, 30)
+    model2 = s2.setup_module(Net(seed=7))
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=LR)
+    state = {"model": s2.module_state_dict(model2), "optimizers": {"0": s2.optimizer_state_dict(model2, opt2)}}
+    out["meta"] = load_sharded(os.path.join(tmp, "step=2.ckpt"), state)
+    s2.load_module_state_dict(model2, state["model"])
+    s2.load_optimizer_state_dict(model2, opt2, state["optimizers"]["0"])
+    _train(model2, opt2, s2, rank, range(2, STEPS), lambda o: s2.clip_gradients(o, CLIP))
+    w4b = _full(model2)
+    out["resumed_equal"] = all(torch.equal(out["w4"][k], w4b[k]) for k in w4b)
+    ckpt.close()
+
+    # 16-mixed: an inf in rank 1's shard only makes both ranks skip the step
+    s3 = FSDPStrategy(auto_wrap_policy={Block}, precision="16-mixed")
+    s3.setup_environment("cpu", detect(), None, 30)
+    m3 = s3.setup_module(Net())
+    opt3 = torch.optim.AdamW(m3.parameters(), lr=LR)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    loss = m3.training_step(_batch(*data(64), rank, 0, 0))
+    scaler.scale(loss).backward()
+    out["fp16"] = (loss.dtype, m3.blocks[1].fc1.weight.dtype, m3.blocks[1].fc1.weight.grad.dtype)
+    if rank == 1:
+        m3.blocks[1].fc1.weight.grad.to_local().fill_(float("inf"))
+    before = _full(m3)
+    scaler.step(opt3)
+    scaler.update()
+    out["fp16_skipped"] = all(torch.equal(before[k], v) for k, v in _full(m3).items())
+    out["fp16_scale"] = scaler.get_scale()
+
+    # configure_model builds the blocks on meta and shards them by hand; the policy is not applied
+    s4 = FSDPStrategy(auto_wrap_policy={torch.nn.Linear})
+    s4.setup_environment("cpu", detect(), None, 30)
+    m4 = s4.setup_module(MetaNet())
+    out["meta_units"] = sorted(n for n, m in m4.named_modules() if isinstance(m, FSDPModule))
+    out["meta_materialised"] = not any(p.is_meta for p in m4.parameters())
+    out["meta_loss"] = m4.training_step(data()).item()
+    return out
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("fsdp"))
+    return tmp, run_ranks(_two_ranks, 2, tmp, timeout=180)
+
+
+def _reference():
+    """The same training on one process, unsharded: each step sees both ranks' rows."""
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    clip = lambda o: torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)  # noqa: E731
+    norms = _train(model, opt, None, None, range(2), clip)
+    w2 = {k: v.clone() for k, v in model.state_dict().items()}
+    norms += _train(model, opt, None, None, range(2, STEPS), clip)
+    return norms, w2, model.state_dict()
+
+
+def test_two_ranks_match_one_process_and_resume_exactly(job):
+    _, (r0, r1) = job
+    assert r0["units"] == ["", "blocks.0", "blocks.1", "blocks.2"]
+    norms, w2, w4 = _reference()
+    assert r0["norms"] == r1["norms"], "the clipped total norm must be the same on every rank"
+    assert r0["norms"] == pytest.approx(norms, rel=1e-5)
+    for k in w4:
+        torch.testing.assert_close(r0["w2"][k], w2[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r0["w4"][k], w4[k], rtol=1e-5, atol=1e-6)
+    assert r0["resumed_equal"] and r1["resumed_equal"], "resuming the sharded checkpoint changed the result"
+    assert r0["meta"]["global_step"] == 2 and r1["meta"]["global_step"] == 2
+
+
+def test_fp16_scaler_skips_on_every_rank_and_meta_init(job):
+    _, (r0, r1) = job
+    assert r0["fp16"] == (torch.float16, torch.float32, torch.float32)  # fp16 compute, fp32 shards
+    assert r0["fp16_skipped"] and r1["fp16_skipped"]
+    assert r0["fp16_scale"] == r1["fp16_scale"] == 512.0
+    # the hand-sharded blocks and the root; the policy (nn.Linear) would have sharded the head too
+    assert r0["meta_units"] == ["", "blocks.0", "blocks.1", "blocks.2"]
+    assert r0["meta_materialised"] and torch.isfinite(torch.tensor(r0["meta_loss"]))
+
+
+def test_sharded_checkpoint_loads_in_one_process_and_consolidates(job, tmp_path, capsys):
+    from distengine.launch.cli import main
+
+    from distengine.checkpoint.sharded import load_sharded
+
+    tmp, (r0, _) = job
+    src = os.path.join(tmp, "step=2.ckpt")
+    assert sorted(os.listdir(tmp)) == ["step=2.ckpt"], "a temporary directory was left behind"
+    plain = Net(seed=3).state_dict()
+    assert load_sharded(src, {"model": plain})["global_step"] == 2
+    assert all(torch.equal(plain[k], r0["w2"][k]) for k in plain)
+
+    dst = str(tmp_path / "full.ckpt")
+    assert main(["checkpoint", "consolidate", src, dst]) == 0
+    assert "wrote" in capsys.readouterr().out
+    ckpt = safe_load(dst)
+    assert ckpt["global_step"] == 2
+    assert all(torch.equal(ckpt["state_dict"][k], r0["w2"][k]) for k in plain)
+    # the optimizer state resumes in an unsharded process: two more steps land where FSDP did
+    model = Net()
+    model.load_state_dict(ckpt["state_dict"])
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    opt.load_state_dict(ckpt["optimizer_states"][0])
+    _train(model, opt, None, None, range(2, STEPS),
+           lambda o: torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, r0["w4"][k], rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(CheckpointError, match=r"missing from the checkpoint: .*; in the checkpoint but not in "
+                                              r"the model: blocks\.2\.fc1\.bias"):
+        load_sharded(src, {"model": {k.replace("head", "out"): v for k, v in Net(n_blocks=2).state_dict().items()}})
+
+
+def test_bad_input_is_one_line_before_training(tmp_path, capsys):
+    from distengine.launch.cli import main
+
+    from distengine.checkpoint.sharded import load_sharded
+    from distengine.dist.env import detect
+    from distengine.strategies.fsdp import FSDPStrategy
+
+    with pytest.raises(RuntimeError, match="needs 2 or more processes.*distengine launch --cpus 2"):
+        FSDPStrategy().setup_environment("cpu", detect({}), None, 30)
+    with pytest.raises(ValueError, match=r"auto_wrap_policy=\{<class 'torch.nn.modules.conv.Conv1d'>\} matches no"):
+        FSDPStrategy(auto_wrap_policy={torch.nn.Conv1d}).setup_module(Net())
+    with pytest.raises(ValueError, match="does not support precision='bf16-true'"):
+        FSDPStrategy(precision="bf16-true")
+    with pytest.raises(TypeError, match="auto_wrap_policy must be a set of nn.Module classes"):
+        FSDPStrategy(auto_wrap_policy={"Block"})
+    half = tmp_path / "half.ckpt"
+    half.mkdir()
+    with pytest.raises(CheckpointError, match="is incomplete"):
+        load_sharded(half, {"model": {}})
+    assert main(["checkpoint", "consolidate", str(tmp_path / "nope"), "x.ckpt"]) == 2
+    assert main(["checkpoint", "merge"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and "unknown subcommand 'merge'" in err
