@@ -16,7 +16,7 @@ Which modules become shard units:
 Example::
 
     strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block},
-                            precision="bf16-mixed", reshard_after_forward=True)
+                            mixed_precision="bf16-mixed", reshard_after_forward=True)
     trainer = de.Trainer(strategy=strategy, max_epochs=3)
 
 Choices:
@@ -60,6 +60,12 @@ def mixed_precision_policy(precision: str) -> Any:
         return MixedPrecisionPolicy()
     # gradients reduced in fp32: summing N low-precision shards loses bits the fp32 step needs
     return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+
+
+def _precision_name(value: Any) -> str:
+    from distengine.precision import normalize_precision
+
+    return normalize_precision(value)
 
 
 def _class_set(policy: Any, what: str) -> Callable[[nn.Module], bool] | None:
@@ -114,7 +120,7 @@ class FSDPStrategy(Strategy):
 
     def __init__(self, auto_wrap_policy: Any = None, activation_checkpointing_policy: Any = None,
                  reshard_after_forward: bool | int = True, cpu_offload: bool = False,
-                 precision: str = "32-true", state_dict_type: str = "sharded") -> None:
+                 mixed_precision: Any = None, state_dict_type: str = "sharded") -> None:
         super().__init__()
         if state_dict_type not in ("sharded", "full"):
             raise ValueError(f"state_dict_type must be 'sharded' or 'full', got {state_dict_type!r}")
@@ -123,8 +129,10 @@ class FSDPStrategy(Strategy):
         self._policy_text = repr(auto_wrap_policy)
         self.reshard_after_forward = reshard_after_forward
         self.cpu_offload = cpu_offload
-        self.precision = precision
-        mixed_precision_policy(precision)  # refuse an unsupported precision at construction
+        if isinstance(mixed_precision, (str, int)):
+            mixed_precision_policy(_precision_name(mixed_precision))  # refuse a bad value at construction
+        #: a MixedPrecisionPolicy, a precision name, or None: follow the Trainer's ``precision``
+        self.mixed_precision = mixed_precision
         self.state_dict_type = state_dict_type
         self.checkpoint_layout = state_dict_type
         self.mesh: Any = None
@@ -148,8 +156,19 @@ class FSDPStrategy(Strategy):
         from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
 
         return {"mesh": self.mesh, "reshard_after_forward": self.reshard_after_forward,
-                "mp_policy": mixed_precision_policy(self.precision),
+                "mp_policy": self._mp_policy(),
                 "offload_policy": CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()}
+
+    def _mp_policy(self) -> Any:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        chosen = self.mixed_precision
+        if isinstance(chosen, MixedPrecisionPolicy):
+            return chosen
+        if chosen is None:  # the Trainer sets ``precision`` (its Precision object) before setup_module
+            chosen = getattr(self, "precision", None)
+            chosen = getattr(chosen, "precision", chosen)
+        return mixed_precision_policy(_precision_name(chosen))
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Shard ``module`` in place and return it (the root is an ``FSDPModule`` afterwards)."""
@@ -159,10 +178,10 @@ class FSDPStrategy(Strategy):
         if not by_hand and self._wrap is not None and not shard_units(module, self._wrap):
             raise ValueError(f"auto_wrap_policy={self._policy_text} matches no submodule of "
                              f"{type(module).__name__}; name the layer classes to shard (e.g. your block class)")
+        kwargs = self._fsdp_kwargs()  # refuses an unsupported precision before anything changes
         if self.mesh is None:
             raise RuntimeError("FSDPStrategy.setup_module called before setup_environment")
         self.module = module
-        kwargs = self._fsdp_kwargs()
         if by_hand:
             module.configure_model()
         if self._checkpoint is not None:
@@ -181,7 +200,15 @@ class FSDPStrategy(Strategy):
             if callable(getattr(module, name, None)):
                 register_fsdp_forward_method(module, name)
         self.model = module
+        self.step_fn = module.training_step
         return module
+
+    def module_to_device(self, module: nn.Module) -> None:
+        """Evaluation without ``fit`` shards the module too (a sharded module stays as it is)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(module, FSDPModule):
+            self.setup_module(module)
 
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         return _gradient_sync(model, last_micro_batch)

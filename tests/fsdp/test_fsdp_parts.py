@@ -86,7 +86,7 @@ def _two_ranks(rank, tmp):
     ckpt.close()
 
     # 16-mixed: an inf in rank 1's shard only makes both ranks skip the step
-    s3 = FSDPStrategy(auto_wrap_policy={Block}, precision="16-mixed")
+    s3 = FSDPStrategy(auto_wrap_policy={Block}, mixed_precision="16-mixed")
     s3.setup_environment("cpu", detect(), None, 30)
     m3 = s3.setup_module(Net())
     opt3 = torch.optim.AdamW(m3.parameters(), lr=LR)
@@ -197,7 +197,7 @@ def test_bad_input_is_one_line_before_training(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"auto_wrap_policy=\{<class 'torch.nn.modules.conv.Conv1d'>\} matches no"):
         FSDPStrategy(auto_wrap_policy={torch.nn.Conv1d}).setup_module(Net())
     with pytest.raises(ValueError, match="does not support precision='bf16-true'"):
-        FSDPStrategy(precision="bf16-true")
+        FSDPStrategy(mixed_precision="bf16-true")
     with pytest.raises(TypeError, match="auto_wrap_policy must be a set of nn.Module classes"):
         FSDPStrategy(auto_wrap_policy={"Block"})
     half = tmp_path / "half.ckpt"
