@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+import warnings
 from concurrent.futures import Future
 from typing import Any
 
@@ -211,7 +212,9 @@ def consolidate(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any
     meta = read_meta(src)
     tmp = f"{dst}.{uuid.uuid4().hex[:8]}.dcp-full"
     try:
-        dcp_to_torch_save(src, tmp)
+        with warnings.catch_warnings():  # "no process group: loading in a single process" is the intent
+            warnings.simplefilter("ignore", UserWarning)
+            dcp_to_torch_save(src, tmp)
         full = torch.load(tmp, map_location="cpu", weights_only=True)
     finally:
         if os.path.exists(tmp):

@@ -85,6 +85,21 @@ def _two_ranks(rank, tmp):
     out["resumed_equal"] = all(torch.equal(out["w4"][k], w4b[k]) for k in w4b)
     ckpt.close()
 
+    # the same checkpoint into complete tensors on each of the 2 ranks (how DDP loads it)
+    plain = Net(seed=9).state_dict()
+    load_sharded(os.path.join(tmp, "step=2.ckpt"), {"model": plain})
+    out["plain_equal"] = all(torch.equal(plain[k], out["w2"][k]) for k in plain)
+    # state_dict_type="full": complete CPU tensors on rank 0 only; loading them back reshards
+    s2.state_dict_type = "full"
+    full = s2.module_state_dict(model2)
+    out["full_keys"] = len(full)
+    full = s2.broadcast(full)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # so that a load which does nothing shows
+    s2.load_module_state_dict(model, full)
+    out["full_roundtrip"] = all(torch.equal(v, w4b[k]) for k, v in _full(model).items())
+
     # 16-mixed: an inf in rank 1's shard only makes both ranks skip the step
     s3 = FSDPStrategy(auto_wrap_policy={Block}, mixed_precision="16-mixed")
     s3.setup_environment("cpu", detect(), None, 30)
@@ -140,6 +155,9 @@ def test_two_ranks_match_one_process_and_resume_exactly(job):
         torch.testing.assert_close(r0["w4"][k], w4[k], rtol=1e-5, atol=1e-6)
     assert r0["resumed_equal"] and r1["resumed_equal"], "resuming the sharded checkpoint changed the result"
     assert r0["meta"]["global_step"] == 2 and r1["meta"]["global_step"] == 2
+    assert r0["plain_equal"] and r1["plain_equal"], "2 ranks loading complete tensors got other values"
+    assert (r0["full_keys"], r1["full_keys"]) == (len(w4), 0), "a full state dict lives on rank 0 only"
+    assert r0["full_roundtrip"] and r1["full_roundtrip"]
 
 
 def test_fp16_scaler_skips_on_every_rank_and_meta_init(job):
