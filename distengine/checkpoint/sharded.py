@@ -198,7 +198,11 @@ def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, 
         want = set(tensors["model"])
         if have != want:
             raise CheckpointError(f"{path}: " + describe_key_mismatch(want - have, have - want))
-    dcp.load(tensors, checkpoint_id=path, no_dist=not (dist.is_available() and dist.is_initialized()))
+    no_dist = not (dist.is_available() and dist.is_initialized())
+    with warnings.catch_warnings():
+        if no_dist:  # DCP warns that it "assumes" one process: here that is the intent
+            warnings.simplefilter("ignore", UserWarning)
+        dcp.load(tensors, checkpoint_id=path, no_dist=no_dist)
     return meta
 
 
