@@ -33,6 +33,7 @@ Choices:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -172,7 +173,7 @@ class FSDPStrategy(Strategy):
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Shard ``module`` in place and return it (the root is an ``FSDPModule`` afterwards)."""
-        from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+        from torch.distributed.fsdp import FSDPModule, fully_shard
 
         by_hand = _overrides_configure_model(module)
         if not by_hand and self._wrap is not None and not shard_units(module, self._wrap):
@@ -198,7 +199,7 @@ class FSDPStrategy(Strategy):
             module.to(self.root_device)
         for name in STEP_METHODS:
             if callable(getattr(module, name, None)):
-                register_fsdp_forward_method(module, name)
+                register_step_method(module, name)
         self.model = module
         self.step_fn = module.training_step
         return module
@@ -212,6 +213,10 @@ class FSDPStrategy(Strategy):
 
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         return _gradient_sync(model, last_micro_batch)
+
+    def evaluation_context(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Around a whole validation/test/predict run: see :func:`gathered`."""
+        return gathered(model)
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str = "norm") -> Any:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -292,6 +297,60 @@ def apply_activation_checkpointing(module: nn.Module, predicate: Callable[[nn.Mo
         raise ValueError("activation_checkpointing_policy matches no submodule of "
                          f"{type(module).__name__}; name the layer classes to recompute")
     cw.apply_activation_checkpointing(module, checkpoint_wrapper_fn=cw.checkpoint_wrapper, check_fn=predicate)
+
+
+def register_step_method(module: nn.Module, name: str) -> None:
+    """Run FSDP's pre/post-forward hooks of the root around ``module.<name>`` (``training_step``
+    may use the root's own parameters outside ``forward``), as ``register_fsdp_forward_method``
+    does, but correct for a step that calls ``self(x)`` inside: that nested forward leaves the
+    root's parameter group IDLE, and a post-forward in the IDLE state reshards even where
+    ``reshard_after_forward`` is False (the root by default, and every unit inside
+    :func:`gathered`). The group is put back into the FORWARD state before the outer post-forward."""
+    from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
+
+    method = getattr(module, name)
+    state = module._get_fsdp_state()
+
+    @functools.wraps(method)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = state._pre_forward(module, args, kwargs)
+        out = method(*args, **kwargs)
+        for group in state._fsdp_param_groups:
+            if group._training_state == TrainingState.IDLE:
+                group._training_state = TrainingState.FORWARD
+        return state._post_forward(module, args, out)
+
+    setattr(module, name, step)
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """Every shard unit all-gathered once on entry (every rank enters together) and kept whole
+    until exit, where the units are resharded and their ``reshard_after_forward`` restored.
+
+    Evaluation shards its batches without padding, so ranks may run different numbers of
+    forwards; a sharded forward all-gathers, and a rank with one batch more would wait for the
+    others for ever. With the parameters already whole, a forward runs no collective. The price:
+    the whole model in memory during evaluation (as under DDP)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    saved = []
+    for unit in units:  # FSDP2 has a setter but no getter for this: keep its two fields to restore them
+        state = unit._get_fsdp_state()
+        saved.append((state, getattr(state, "_auto_reshard_after_forward", None),
+                      [g.post_forward_mesh_info for g in state._fsdp_param_groups]))
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit, (state, auto, infos) in zip(units, saved):
+            unit.reshard()
+            if auto is not None:
+                state._auto_reshard_after_forward = auto
+            for group, info in zip(state._fsdp_param_groups, infos):
+                group.post_forward_mesh_info = info
 
 
 @contextlib.contextmanager

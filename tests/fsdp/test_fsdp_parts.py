@@ -52,7 +52,7 @@ def _two_ranks(rank, tmp):
 
     from distengine.checkpoint.sharded import ShardedCheckpointer, load_sharded
     from distengine.dist.env import detect
-    from distengine.strategies.fsdp import FSDPStrategy
+    from distengine.strategies.fsdp import FSDPStrategy, full_tensor
 
     out = {}
     s = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
@@ -84,6 +84,18 @@ def _two_ranks(rank, tmp):
     w4b = _full(model2)
     out["resumed_equal"] = all(torch.equal(out["w4"][k], w4b[k]) for k in w4b)
     ckpt.close()
+
+    # evaluation with a different number of batches per rank: no collective inside, so no hang
+    x, _ = data(64)
+    with torch.no_grad(), s.evaluation_context(model):
+        preds = [model.validation_step(x[i * 8:(i + 1) * 8]) for i in range(3 - 2 * rank)]
+    out["eval"] = torch.cat(preds)
+    out["eval_w"] = _full(model)  # all-gathers again: the units are sharded as before
+    x, y = data(64)
+    loss = model.training_step((x[:4], y[:4]))
+    loss.backward()  # training after evaluation still reduce-scatters
+    out["after_eval_grad"] = full_tensor(model.blocks[0].fc1.weight.grad).abs().sum().item()
+    opt.zero_grad()
 
     # the same checkpoint into complete tensors on each of the 2 ranks (how DDP loads it)
     plain = Net(seed=9).state_dict()
@@ -155,6 +167,13 @@ def test_two_ranks_match_one_process_and_resume_exactly(job):
         torch.testing.assert_close(r0["w4"][k], w4[k], rtol=1e-5, atol=1e-6)
     assert r0["resumed_equal"] and r1["resumed_equal"], "resuming the sharded checkpoint changed the result"
     assert r0["meta"]["global_step"] == 2 and r1["meta"]["global_step"] == 2
+    n0 = len(r0["eval"])
+    assert (n0, len(r1["eval"])) == (24, 8)
+    reference = Net()
+    reference.load_state_dict(r0["eval_w"])
+    torch.testing.assert_close(r0["eval"], reference(data(64)[0][:24]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r1["eval"], reference(data(64)[0][:8]), rtol=1e-5, atol=1e-6)
+    assert r0["after_eval_grad"] > 0 and r0["after_eval_grad"] == r1["after_eval_grad"]
     assert r0["plain_equal"] and r1["plain_equal"], "2 ranks loading complete tensors got other values"
     assert (r0["full_keys"], r1["full_keys"]) == (len(w4), 0), "a full state dict lives on rank 0 only"
     assert r0["full_roundtrip"] and r1["full_roundtrip"]
