@@ -158,7 +158,9 @@ class FSDPStrategy(Strategy):
 
         return {"mesh": self.mesh, "reshard_after_forward": self.reshard_after_forward,
                 "mp_policy": self._mp_policy(),
-                "offload_policy": CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()}
+                # pinned host memory needs an accelerator; on CPU ranks offloading changes nothing anyway
+                "offload_policy": CPUOffloadPolicy(pin_memory=self.root_device.type == "cuda") if self.cpu_offload
+                else OffloadPolicy()}
 
     def _mp_policy(self) -> Any:
         from torch.distributed.fsdp import MixedPrecisionPolicy

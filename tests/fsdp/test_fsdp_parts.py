@@ -47,18 +47,25 @@ def _full(model):
     return {k: full_tensor(v).detach().clone() for k, v in model.state_dict().items()}
 
 
-def _two_ranks(rank, tmp):
-    from torch.distributed.fsdp import FSDPModule
-
-    from distengine.checkpoint.sharded import ShardedCheckpointer, load_sharded
+def _strategy(model, **kw):
     from distengine.dist.env import detect
-    from distengine.strategies.fsdp import FSDPStrategy, full_tensor
+    from distengine.strategies.fsdp import FSDPStrategy
 
-    out = {}
-    s = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
+    s = FSDPStrategy(**kw)
     s.setup_environment("cpu", detect(), None, 30)
-    model = s.setup_module(Net())
-    out["units"] = sorted(n for n, m in model.named_modules() if isinstance(m, FSDPModule))
+    return s, s.setup_module(model)
+
+
+def _units(model):
+    from torch.distributed.fsdp import FSDPModule
+    return sorted(n for n, m in model.named_modules() if isinstance(m, FSDPModule))
+
+
+def _train_save_resume(rank, tmp, out):
+    from distengine.checkpoint.sharded import ShardedCheckpointer, load_sharded
+
+    s, model = _strategy(Net(), auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
+    out["units"] = _units(model)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     clip = lambda o: s.clip_gradients(o, CLIP)  # noqa: E731
     out["norms"] = _train(model, opt, s, rank, range(2), clip)
@@ -72,30 +79,15 @@ def _two_ranks(rank, tmp):
     out["w4"] = _full(model)
 
     # resume from the sharded checkpoint into a fresh model and optimizer, on 2 ranks
-    s2 = FSDPStrategy(auto_wrap_policy={Block})
-    s2.setup_environment("cpu", detect(), None, 30)
-    model2 = s2.setup_module(Net(seed=7))
+    s2, model2 = _strategy(Net(seed=7), auto_wrap_policy={Block})
     opt2 = torch.optim.AdamW(model2.parameters(), lr=LR)
     state = {"model": s2.module_state_dict(model2), "optimizers": {"0": s2.optimizer_state_dict(model2, opt2)}}
     out["meta"] = load_sharded(os.path.join(tmp, "step=2.ckpt"), state)
     s2.load_module_state_dict(model2, state["model"])
     s2.load_optimizer_state_dict(model2, opt2, state["optimizers"]["0"])
     _train(model2, opt2, s2, rank, range(2, STEPS), lambda o: s2.clip_gradients(o, CLIP))
-    w4b = _full(model2)
-    out["resumed_equal"] = all(torch.equal(out["w4"][k], w4b[k]) for k in w4b)
+    out["w4b"] = _full(model2)
     ckpt.close()
-
-    # evaluation with a different number of batches per rank: no collective inside, so no hang
-    x, _ = data(64)
-    with torch.no_grad(), s.evaluation_context(model):
-        preds = [model.validation_step(x[i * 8:(i + 1) * 8]) for i in range(3 - 2 * rank)]
-    out["eval"] = torch.cat(preds)
-    out["eval_w"] = _full(model)  # all-gathers again: the units are sharded as before
-    x, y = data(64)
-    loss = model.training_step((x[:4], y[:4]))
-    loss.backward()  # training after evaluation still reduce-scatters
-    out["after_eval_grad"] = full_tensor(model.blocks[0].fc1.weight.grad).abs().sum().item()
-    opt.zero_grad()
 
     # the same checkpoint into complete tensors on each of the 2 ranks (how DDP loads it)
     plain = Net(seed=9).state_dict()
@@ -105,17 +97,31 @@ def _two_ranks(rank, tmp):
     s2.state_dict_type = "full"
     full = s2.module_state_dict(model2)
     out["full_keys"] = len(full)
-    full = s2.broadcast(full)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)  # so that a load which does nothing shows
-    s2.load_module_state_dict(model, full)
-    out["full_roundtrip"] = all(torch.equal(v, w4b[k]) for k, v in _full(model).items())
+    s2.load_module_state_dict(model, s2.broadcast(full))
+    out["full_roundtrip"] = all(torch.equal(v, out["w4b"][k]) for k, v in _full(model).items())
+    return s, model, opt
 
-    # 16-mixed: an inf in rank 1's shard only makes both ranks skip the step
-    s3 = FSDPStrategy(auto_wrap_policy={Block}, mixed_precision="16-mixed")
-    s3.setup_environment("cpu", detect(), None, 30)
-    m3 = s3.setup_module(Net())
+
+def _evaluate_unevenly(rank, s, model, opt, out):
+    """A different number of batches per rank: no collective inside, so no hang."""
+    from distengine.strategies.fsdp import full_tensor
+
+    x, y = data(64)
+    with torch.no_grad(), s.evaluation_context(model):
+        preds = [model.validation_step(x[i * 8:(i + 1) * 8]) for i in range(3 - 2 * rank)]
+    out["eval"] = torch.cat(preds)
+    out["eval_w"] = _full(model)  # all-gathers again: the units are sharded as before
+    model.training_step((x[:4], y[:4])).backward()  # training after evaluation still reduce-scatters
+    out["after_eval_grad"] = full_tensor(model.blocks[0].fc1.weight.grad).abs().sum().item()
+    opt.zero_grad()
+
+
+def _fp16_skip(rank, out):
+    """16-mixed: an inf in rank 1's shard only makes both ranks skip the step."""
+    _, m3 = _strategy(Net(), auto_wrap_policy={Block}, mixed_precision="16-mixed")
     opt3 = torch.optim.AdamW(m3.parameters(), lr=LR)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     loss = m3.training_step(_batch(*data(64), rank, 0, 0))
@@ -129,11 +135,35 @@ def _two_ranks(rank, tmp):
     out["fp16_skipped"] = all(torch.equal(before[k], v) for k, v in _full(m3).items())
     out["fp16_scale"] = scaler.get_scale()
 
+
+def _options(rank, out):
+    """cpu_offload, reshard_after_forward=False and bf16-mixed train; value clipping bounds the shards."""
+    from distengine.strategies.fsdp import full_tensor
+
+    x, y = data(64)
+    for name, kw in {"plain": {}, "offload": {"cpu_offload": True}, "keep": {"reshard_after_forward": False},
+                     "bf16": {"mixed_precision": "bf16-mixed"}}.items():
+        s, m = _strategy(Net(), auto_wrap_policy={Block}, **kw)
+        opt = torch.optim.AdamW(m.parameters(), lr=LR)
+        for _ in range(2):
+            loss = m.training_step((x[rank::2], y[rank::2]))
+            loss.backward()
+            s.clip_gradients(opt, 0.01, "value")
+            grad_max = full_tensor(m.blocks[0].fc1.weight.grad).abs().max().item()
+            opt.step()
+            opt.zero_grad()
+        out[name] = (loss.dtype, grad_max, _full(m))
+
+
+def _two_ranks(rank, tmp):
+    out = {}
+    s, model, opt = _train_save_resume(rank, tmp, out)
+    _evaluate_unevenly(rank, s, model, opt, out)
+    _fp16_skip(rank, out)
+    _options(rank, out)
     # configure_model builds the blocks on meta and shards them by hand; the policy is not applied
-    s4 = FSDPStrategy(auto_wrap_policy={torch.nn.Linear})
-    s4.setup_environment("cpu", detect(), None, 30)
-    m4 = s4.setup_module(MetaNet())
-    out["meta_units"] = sorted(n for n, m in m4.named_modules() if isinstance(m, FSDPModule))
+    _, m4 = _strategy(MetaNet(), auto_wrap_policy={torch.nn.Linear})
+    out["meta_units"] = _units(m4)
     out["meta_materialised"] = not any(p.is_meta for p in m4.parameters())
     out["meta_loss"] = m4.training_step(data()).item()
     return out
@@ -165,7 +195,8 @@ def test_two_ranks_match_one_process_and_resume_exactly(job):
     for k in w4:
         torch.testing.assert_close(r0["w2"][k], w2[k], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(r0["w4"][k], w4[k], rtol=1e-5, atol=1e-6)
-    assert r0["resumed_equal"] and r1["resumed_equal"], "resuming the sharded checkpoint changed the result"
+    for r in (r0, r1):
+        assert all(torch.equal(r["w4"][k], r["w4b"][k]) for k in w4), "resuming the sharded checkpoint changed it"
     assert r0["meta"]["global_step"] == 2 and r1["meta"]["global_step"] == 2
     n0 = len(r0["eval"])
     assert (n0, len(r1["eval"])) == (24, 8)
@@ -177,6 +208,18 @@ def test_two_ranks_match_one_process_and_resume_exactly(job):
     assert r0["plain_equal"] and r1["plain_equal"], "2 ranks loading complete tensors got other values"
     assert (r0["full_keys"], r1["full_keys"]) == (len(w4), 0), "a full state dict lives on rank 0 only"
     assert r0["full_roundtrip"] and r1["full_roundtrip"]
+
+
+def test_precision_offload_reshard_options(job):
+    _, (r0, r1) = job
+    plain = r0["plain"][2]
+    for name in ("offload", "keep"):  # where the shards live / when they are freed: same numbers
+        assert all(torch.equal(r0[name][2][k], v) for k, v in plain.items()), name
+    assert r0["bf16"][0] == torch.bfloat16 and r0["plain"][0] == torch.float32
+    assert all(v.dtype == torch.float32 for v in r0["bf16"][2].values()), "bf16-mixed keeps fp32 shards"
+    assert not all(torch.equal(r0["bf16"][2][k], v) for k, v in plain.items())
+    for name in ("plain", "offload", "keep", "bf16"):
+        assert r0[name][1] == r1[name][1] == pytest.approx(0.01), "value clipping must bound every shard"
 
 
 def test_fp16_scaler_skips_on_every_rank_and_meta_init(job):
