@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 import warnings
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -40,6 +41,7 @@ __all__ = ["META_FILE", "ShardedCheckpointer", "is_sharded_checkpoint", "load_sh
            "sharded_keys"]
 
 META_FILE = "meta.pt"
+_TMP_MARK = ".tmp-"
 _DCP_METADATA = ".metadata"
 
 
@@ -68,16 +70,18 @@ class ShardedCheckpointer:
     """
 
     def __init__(self) -> None:
-        self._pending: Future | None = None
+        self._pending: tuple[Future, threading.Event] | None = None
         self._group: Any = None
         self._error: BaseException | None = None
-        self._finalize: tuple[str, str, dict[str, Any] | None] | None = None
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any] | None = None,
-             async_save: bool = False) -> None:
+             async_save: bool = False, on_done: Callable[[str], Any] | None = None) -> None:
         """Write ``tensors`` (state dicts of DTensor shards or plain tensors) to directory ``path``;
-        ``meta`` (plain data, rank 0's is written) goes into ``meta.pt``. A collective."""
+        ``meta`` (plain data, rank 0's is written) goes into ``meta.pt``. A collective.
+
+        ``on_done(path)`` runs on rank 0 once the checkpoint is in place (in the background
+        thread after an async save)."""
         import torch.distributed.checkpoint as dcp
 
         self.wait()
@@ -89,18 +93,37 @@ class ShardedCheckpointer:
             box = [tag]
             dist.broadcast_object_list(box, src=0)
             tag = box[0]
-        tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{tag}")
+        if _rank() == 0:
+            remove_stale_temp_dirs(parent)  # nothing of ours is in flight: we waited above
+        tmp = os.path.join(parent, f".{os.path.basename(final)}{_TMP_MARK}{tag}")
         if not async_save:
             dcp.save(tensors, checkpoint_id=tmp)
             if _rank() == 0:
                 _publish(tmp, final, meta)
+                if on_done is not None:
+                    on_done(final)
             if _distributed():
                 dist.barrier()  # nobody reads or replaces it before it is in place
             return
-        group = self._checkpoint_group()
-        future = dcp.async_save(tensors, checkpoint_id=tmp, process_group=group)
-        self._pending = future
-        self._finalize = (tmp, final, meta) if _rank() == 0 else None
+        future = dcp.async_save(tensors, checkpoint_id=tmp, process_group=self._checkpoint_group())
+        finished = threading.Event()
+        rank0 = _rank() == 0
+
+        def finish(f: Future) -> None:
+            # DCP's future completes after .metadata is written, which needs every rank's result
+            try:
+                f.result()
+                if rank0:
+                    _publish(tmp, final, meta)
+                    if on_done is not None:
+                        on_done(final)
+            except BaseException as exc:  # noqa: BLE001 - raised by the next save/wait/close
+                self._error = exc
+            finally:
+                finished.set()
+
+        self._pending = (future, finished)
+        future.add_done_callback(finish)
 
     def _checkpoint_group(self) -> Any:
         if self._group is None and _distributed():
@@ -108,24 +131,17 @@ class ShardedCheckpointer:
         return self._group
 
     def wait(self) -> None:
-        """Wait for the save in flight, publish it (rank 0) and raise its error, if any."""
-        future, self._pending = self._pending, None
-        if future is not None:
-            try:
-                future.result()
-                if self._finalize is not None:
-                    _publish(*self._finalize)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below with the path
-                self._error = exc
-            finally:
-                self._finalize = None
+        """Wait until the save in flight is in place; raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].wait()
         if self._error is not None:
             exc, self._error = self._error, None
             raise CheckpointError(f"the asynchronous sharded checkpoint save failed: {exc}") from exc
 
     @property
     def in_flight(self) -> bool:
-        return self._pending is not None and not self._pending.done()
+        return self._pending is not None and not self._pending[1].is_set()
 
     def close(self) -> None:
         """Wait for the save in flight, then destroy the checkpoint process group (a collective
@@ -136,6 +152,19 @@ class ShardedCheckpointer:
             group, self._group = self._group, None
             if group is not None and dist.is_initialized():
                 dist.destroy_process_group(group)
+
+
+def remove_stale_temp_dirs(folder: str) -> list[str]:
+    """Remove the temporary directories of sharded saves that never finished (a crash or a
+    SIGKILL mid-save). Called by rank 0 before each save, when none of its own is in flight;
+    the ranks of one job are the only writers into its checkpoint folder."""
+    removed = []
+    for name in os.listdir(folder):
+        full = os.path.join(folder, name)
+        if name.startswith(".") and _TMP_MARK in name and os.path.isdir(full):
+            shutil.rmtree(full, ignore_errors=True)
+            removed.append(full)
+    return removed
 
 
 def _publish(tmp: str, final: str, meta: dict[str, Any] | None) -> None:

@@ -71,9 +71,14 @@ def _train_save_resume(rank, tmp, out):
     out["norms"] = _train(model, opt, s, rank, range(2), clip)
     out["w2"] = _full(model)
     ckpt = ShardedCheckpointer()
+    if rank == 0:  # what a save killed half way leaves behind: removed by the next save
+        os.makedirs(os.path.join(tmp, ".step=1.ckpt.tmp-dead"))
+        open(os.path.join(tmp, ".step=1.ckpt.tmp-dead", "__0_0.distcp"), "wb").close()
+    out["done"] = []
     ckpt.save(os.path.join(tmp, "step=2.ckpt"),
               {"model": s.module_state_dict(model), "optimizers": {"0": s.optimizer_state_dict(model, opt)}},
-              meta={"global_step": 2, "rng": [torch.get_rng_state()]}, async_save=True)
+              meta={"global_step": 2, "rng": [torch.get_rng_state()]}, async_save=True,
+              on_done=lambda p: out["done"].append((p, sorted(os.listdir(p)))))
     out["norms"] += _train(model, opt, s, rank, range(2, STEPS), clip)  # overlaps the async write
     ckpt.wait()
     out["w4"] = _full(model)
@@ -198,6 +203,9 @@ def test_two_ranks_match_one_process_and_resume_exactly(job):
     for r in (r0, r1):
         assert all(torch.equal(r["w4"][k], r["w4b"][k]) for k in w4), "resuming the sharded checkpoint changed it"
     assert r0["meta"]["global_step"] == 2 and r1["meta"]["global_step"] == 2
+    # rank 0 was told once the directory was complete and in place; rank 1 is never told
+    assert [(os.path.basename(p), files) for p, files in r0["done"]] == \
+        [("step=2.ckpt", [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"])] and r1["done"] == []
     n0 = len(r0["eval"])
     assert (n0, len(r1["eval"])) == (24, 8)
     reference = Net()
