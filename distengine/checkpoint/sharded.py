@@ -7,9 +7,9 @@ Layout of ``<name>/`` (a directory, named like a file checkpoint: ``epoch=0-step
     meta.pt            the non-tensor state (progress, callbacks, loggers, every rank's RNG ...),
                        written by rank 0 with ``atomic_save``; loads with ``safe_load``
 
-A checkpoint counts only when it is complete: every rank writes into ``.<name>.tmp-<id>/``,
-rank 0 writes ``meta.pt`` there once DCP's ``.metadata`` exists (DCP writes it only after
-every rank reported its shards written), then renames the directory into place. A crash at
+A checkpoint counts only when it is complete: every rank writes into ``.<name>.tmp-<id>/``
+(rank 0 puts ``meta.pt`` there first); once DCP's ``.metadata`` exists (DCP writes it only after
+every rank reported its shards written) rank 0 renames the directory into place. A crash at
 any point leaves the previous checkpoint intact and no half-written directory under a final
 name. Loading reshards: a checkpoint written by N ranks loads on M ranks, into FSDP shards or
 into complete tensors (DDP, one process); DCP reads each rank's part of each tensor.
@@ -88,18 +88,21 @@ class ShardedCheckpointer:
         final = os.path.abspath(os.fspath(path))
         parent = os.path.dirname(final)
         os.makedirs(parent, exist_ok=True)
+        if _rank() == 0:  # before the broadcast below: no rank knows the new name yet
+            remove_stale_temp_dirs(parent)  # nothing of ours is in flight: we waited above
         tag = uuid.uuid4().hex[:12]
         if _distributed():  # one temporary name for all ranks, chosen by rank 0
             box = [tag]
             dist.broadcast_object_list(box, src=0)
             tag = box[0]
-        if _rank() == 0:
-            remove_stale_temp_dirs(parent)  # nothing of ours is in flight: we waited above
         tmp = os.path.join(parent, f".{os.path.basename(final)}{_TMP_MARK}{tag}")
+        if _rank() == 0:  # now, not after an async write: ``meta`` may hold objects that change later
+            os.makedirs(tmp, exist_ok=True)
+            atomic_save(meta or {}, os.path.join(tmp, META_FILE))
         if not async_save:
             dcp.save(tensors, checkpoint_id=tmp)
             if _rank() == 0:
-                _publish(tmp, final, meta)
+                _publish(tmp, final)
                 if on_done is not None:
                     on_done(final)
             if _distributed():
@@ -114,7 +117,7 @@ class ShardedCheckpointer:
             try:
                 f.result()
                 if rank0:
-                    _publish(tmp, final, meta)
+                    _publish(tmp, final)
                     if on_done is not None:
                         on_done(final)
             except BaseException as exc:  # noqa: BLE001 - raised by the next save/wait/close
@@ -167,11 +170,10 @@ def remove_stale_temp_dirs(folder: str) -> list[str]:
     return removed
 
 
-def _publish(tmp: str, final: str, meta: dict[str, Any] | None) -> None:
-    """Rank 0: add ``meta.pt`` to the finished DCP directory and rename it into place."""
+def _publish(tmp: str, final: str) -> None:
+    """Rank 0: rename the finished DCP directory (``meta.pt`` already in it) into place."""
     if not os.path.isfile(os.path.join(tmp, _DCP_METADATA)):
         raise CheckpointError(f"the sharded save into {tmp!r} finished without DCP's .metadata file")
-    atomic_save(meta or {}, os.path.join(tmp, META_FILE))
     old = None
     if os.path.exists(final):  # a directory cannot be renamed over a non-empty one: move it aside
         old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
