@@ -17,9 +17,10 @@ into complete tensors (DDP, one process); DCP reads each rank's part of each ten
 Example::
 
     ckpt = ShardedCheckpointer()
-    ckpt.save("ckpts/epoch=0-step=4.ckpt", {"model": model_sd, "optim": optim_sd}, meta={"step": 4})
+    state = {"state_dict": model_sd, "optimizer_states": {"0": optim_sd}}   # the Trainer's names
+    ckpt.save("ckpts/epoch=0-step=4.ckpt", state, meta={"global_step": 4}, async_save=True)
     ckpt.wait()                        # after an async save (also done by the next save)
-    meta = load_sharded("ckpts/epoch=0-step=4.ckpt", {"model": model_sd, "optim": optim_sd})
+    meta = load_sharded("ckpts/epoch=0-step=4.ckpt", state)   # fills ``state`` in place
     ckpt.close()                       # wait, then release the checkpoint process group
 """
 from __future__ import annotations
@@ -41,6 +42,8 @@ __all__ = ["META_FILE", "ShardedCheckpointer", "is_sharded_checkpoint", "load_sh
            "sharded_keys"]
 
 META_FILE = "meta.pt"
+#: meta.pt entry: each optimizer's parameter groups without tensors (checked before a load)
+OPTIMIZER_GROUPS = "sharded_optimizer_param_groups"
 _TMP_MARK = ".tmp-"
 _DCP_METADATA = ".metadata"
 
@@ -214,7 +217,7 @@ def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, 
     tensors where it holds plain tensors) and return ``meta.pt``'s contents. A collective when
     a process group is running; works in a plain process too.
 
-    The keys of ``tensors["model"]`` must match the checkpoint's; otherwise a
+    The keys of ``tensors["model"]`` (or ``tensors["state_dict"]``) must match the checkpoint's; otherwise a
     :class:`CheckpointError` names the missing and unexpected ones.
     """
     import torch.distributed.checkpoint as dcp
@@ -224,11 +227,12 @@ def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, 
     path = os.fspath(path)
     meta = read_meta(path)
     stored = sharded_keys(path)
-    if "model" in tensors:
-        have = {k[len("model."):] for k in stored if k.startswith("model.")}
-        want = set(tensors["model"])
-        if have != want:
-            raise CheckpointError(f"{path}: " + describe_key_mismatch(want - have, have - want))
+    for entry in ("model", "state_dict"):  # the module's weights, under either name
+        if entry in tensors:
+            have = {k[len(entry) + 1:] for k in stored if k.startswith(entry + ".")}
+            want = set(tensors[entry])
+            if have != want:
+                raise CheckpointError(f"{path}: " + describe_key_mismatch(want - have, have - want))
     no_dist = not (dist.is_available() and dist.is_initialized())
     with warnings.catch_warnings():
         if no_dist:  # DCP warns that it "assumes" one process: here that is the intent
@@ -254,11 +258,11 @@ def consolidate(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    out = dict(meta)
-    out["state_dict"] = full.pop("model", {})
-    optims = full.pop("optimizers", None)
+    out = {k: v for k, v in meta.items() if k != OPTIMIZER_GROUPS}
+    out["state_dict"] = full.pop("state_dict", {})
+    optims = full.pop("optimizer_states", None)
     if optims is not None:
-        out["optimizer_states"] = [_name_keyed_to_indexed(o) for o in _as_list(optims)]
+        out["optimizer_states"] = [name_keyed_to_indexed(o) for o in _as_list(optims)]
     out.update({k: v for k, v in full.items() if k not in out})
     atomic_save(out, dst)
     return out
@@ -270,7 +274,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _name_keyed_to_indexed(osd: dict[str, Any]) -> dict[str, Any]:
+def name_keyed_to_indexed(osd: dict[str, Any]) -> dict[str, Any]:
     """``get_optimizer_state_dict``'s form (parameters named by FQN) -> ``optimizer.state_dict()``'s
     (parameters numbered in the order of the parameter groups), so ``optimizer.load_state_dict``
     takes it. Parameters without state (no step yet) keep their number."""

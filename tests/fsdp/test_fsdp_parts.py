@@ -76,7 +76,7 @@ def _train_save_resume(rank, tmp, out):
         open(os.path.join(tmp, ".step=1.ckpt.tmp-dead", "__0_0.distcp"), "wb").close()
     out["done"] = []
     ckpt.save(os.path.join(tmp, "step=2.ckpt"),
-              {"model": s.module_state_dict(model), "optimizers": {"0": s.optimizer_state_dict(model, opt)}},
+              {"state_dict": s.module_state_dict(model), "optimizer_states": {"0": s.optimizer_state_dict(model, opt)}},
               meta={"global_step": 2, "rng": [torch.get_rng_state()]}, async_save=True,
               on_done=lambda p: out["done"].append((p, sorted(os.listdir(p)))))
     out["norms"] += _train(model, opt, s, rank, range(2, STEPS), clip)  # overlaps the async write
@@ -86,17 +86,18 @@ def _train_save_resume(rank, tmp, out):
     # resume from the sharded checkpoint into a fresh model and optimizer, on 2 ranks
     s2, model2 = _strategy(Net(seed=7), auto_wrap_policy={Block})
     opt2 = torch.optim.AdamW(model2.parameters(), lr=LR)
-    state = {"model": s2.module_state_dict(model2), "optimizers": {"0": s2.optimizer_state_dict(model2, opt2)}}
+    state = {"state_dict": s2.module_state_dict(model2),
+             "optimizer_states": {"0": s2.optimizer_state_dict(model2, opt2)}}
     out["meta"] = load_sharded(os.path.join(tmp, "step=2.ckpt"), state)
-    s2.load_module_state_dict(model2, state["model"])
-    s2.load_optimizer_state_dict(model2, opt2, state["optimizers"]["0"])
+    s2.load_module_state_dict(model2, state["state_dict"])
+    s2.load_optimizer_state_dict(model2, opt2, state["optimizer_states"]["0"])
     _train(model2, opt2, s2, rank, range(2, STEPS), lambda o: s2.clip_gradients(o, CLIP))
     out["w4b"] = _full(model2)
     ckpt.close()
 
     # the same checkpoint into complete tensors on each of the 2 ranks (how DDP loads it)
     plain = Net(seed=9).state_dict()
-    load_sharded(os.path.join(tmp, "step=2.ckpt"), {"model": plain})
+    load_sharded(os.path.join(tmp, "step=2.ckpt"), {"state_dict": plain})
     out["plain_equal"] = all(torch.equal(plain[k], out["w2"][k]) for k in plain)
     # state_dict_type="full": complete CPU tensors on rank 0 only; loading them back reshards
     s2.state_dict_type = "full"
@@ -249,7 +250,7 @@ def test_sharded_checkpoint_loads_in_one_process_and_consolidates(job, tmp_path,
     src = os.path.join(tmp, "step=2.ckpt")
     assert sorted(os.listdir(tmp)) == ["step=2.ckpt"], "a temporary directory was left behind"
     plain = Net(seed=3).state_dict()
-    assert load_sharded(src, {"model": plain})["global_step"] == 2
+    assert load_sharded(src, {"state_dict": plain})["global_step"] == 2
     assert all(torch.equal(plain[k], r0["w2"][k]) for k in plain)
 
     dst = str(tmp_path / "full.ckpt")
@@ -270,7 +271,7 @@ def test_sharded_checkpoint_loads_in_one_process_and_consolidates(job, tmp_path,
 
     with pytest.raises(CheckpointError, match=r"missing from the checkpoint: .*; in the checkpoint but not in "
                                               r"the model: blocks\.2\.fc1\.bias"):
-        load_sharded(src, {"model": {k.replace("head", "out"): v for k, v in Net(n_blocks=2).state_dict().items()}})
+        load_sharded(src, {"state_dict": {k.replace("head", "out"): v for k, v in Net(n_blocks=2).state_dict().items()}})
 
 
 def test_bad_input_is_one_line_before_training(tmp_path, capsys):
