@@ -118,6 +118,8 @@ class FSDPStrategy(Strategy):
     """Fully sharded data parallel (FSDP2) over all ranks of the default process group."""
 
     name = "fsdp"
+    #: ``optimizer_state_dict`` keys parameters by name (``get_optimizer_state_dict``), not by number
+    optimizer_state_keyed_by_name = True
 
     def __init__(self, auto_wrap_policy: Any = None, activation_checkpointing_policy: Any = None,
                  reshard_after_forward: bool | int = True, cpu_offload: bool = False,
@@ -137,6 +139,7 @@ class FSDPStrategy(Strategy):
         self.state_dict_type = state_dict_type
         self.checkpoint_layout = state_dict_type
         self.mesh: Any = None
+        self.sharded_checkpointer: Any = None  # made by the first sharded save (checkpoint/sharded_trainer.py)
 
     # ------------------------------------------------------------------ environment
     def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
@@ -265,8 +268,13 @@ class FSDPStrategy(Strategy):
         set_optimizer_state_dict(module, optimizer, state, options=self._options(full))
 
     def teardown(self) -> None:
+        """Wait for an asynchronous sharded save still in flight and release its process group
+        (every rank calls this), so that no checkpoint thread outlives the run."""
+        ckpt, self.sharded_checkpointer = getattr(self, "sharded_checkpointer", None), None
         self.model = None
         self.mesh = None
+        if ckpt is not None:
+            ckpt.close()
 
 
 # ---------------------------------------------------------------------------- helpers
