@@ -271,7 +271,8 @@ def test_sharded_checkpoint_loads_in_one_process_and_consolidates(job, tmp_path,
 
     with pytest.raises(CheckpointError, match=r"missing from the checkpoint: .*; in the checkpoint but not in "
                                               r"the model: blocks\.2\.fc1\.bias"):
-        load_sharded(src, {"state_dict": {k.replace("head", "out"): v for k, v in Net(n_blocks=2).state_dict().items()}})
+        other = {k.replace("head", "out"): v for k, v in Net(n_blocks=2).state_dict().items()}
+        load_sharded(src, {"state_dict": other})
 
 
 def test_bad_input_is_one_line_before_training(tmp_path, capsys):
