@@ -38,8 +38,8 @@ import torch.distributed as dist
 
 from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
 
-__all__ = ["META_FILE", "ShardedCheckpointer", "is_sharded_checkpoint", "load_sharded", "read_meta",
-           "sharded_keys"]
+__all__ = ["META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
+           "load_sharded", "read_meta", "sharded_keys"]
 
 META_FILE = "meta.pt"
 #: meta.pt entry: each optimizer's parameter groups without tensors (checked before a load)
@@ -212,6 +212,20 @@ def sharded_keys(path: str | os.PathLike) -> set[str]:
     return set(dcp.FileSystemReader(path).read_metadata().state_dict_metadata)
 
 
+def check_model_keys(path: str | os.PathLike, tensors: dict[str, Any]) -> None:
+    """Raise a :class:`CheckpointError` naming the missing and unexpected weight names when the
+    module's keys (``tensors["state_dict"]`` or ``tensors["model"]``) differ from the checkpoint's."""
+    from distengine.strategies.fsdp import describe_key_mismatch
+
+    stored = sharded_keys(path)
+    for entry in ("model", "state_dict"):  # the module's weights, under either name
+        if entry in tensors:
+            have = {k[len(entry) + 1:] for k in stored if k.startswith(entry + ".")}
+            want = set(tensors[entry])
+            if have != want:
+                raise CheckpointError(f"{os.fspath(path)}: " + describe_key_mismatch(want - have, have - want))
+
+
 def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, Any]:
     """Fill ``tensors`` in place from the checkpoint (each rank reads its shards, or complete
     tensors where it holds plain tensors) and return ``meta.pt``'s contents. A collective when
@@ -222,17 +236,9 @@ def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, 
     """
     import torch.distributed.checkpoint as dcp
 
-    from distengine.strategies.fsdp import describe_key_mismatch
-
     path = os.fspath(path)
     meta = read_meta(path)
-    stored = sharded_keys(path)
-    for entry in ("model", "state_dict"):  # the module's weights, under either name
-        if entry in tensors:
-            have = {k[len(entry) + 1:] for k in stored if k.startswith(entry + ".")}
-            want = set(tensors[entry])
-            if have != want:
-                raise CheckpointError(f"{path}: " + describe_key_mismatch(want - have, have - want))
+    check_model_keys(path, tensors)
     no_dist = not (dist.is_available() and dist.is_initialized())
     with warnings.catch_warnings():
         if no_dist:  # DCP warns that it "assumes" one process: here that is the intent

@@ -16,6 +16,7 @@ from distengine.checkpoint.io import CheckpointError
 from distengine.checkpoint.sharded import (
     OPTIMIZER_GROUPS,
     ShardedCheckpointer,
+    check_model_keys,
     load_sharded,
     name_keyed_to_indexed,
     read_meta,
@@ -70,6 +71,10 @@ def load_trainer_checkpoint(trainer: Any, path: str, weights_only: bool = False)
     # a copy of the module's own layout (DTensor shards under FSDP, complete tensors otherwise):
     # the module itself stays untouched until the Checkpointer's checks have passed
     tensors: dict[str, Any] = {"state_dict": {k: v.detach().clone() for k, v in get_model_state_dict(module).items()}}
+    try:  # the weights' names first: a model that does not fit is the likeliest mistake
+        check_model_keys(path, tensors)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot load {path} into {type(module).__name__}: {exc}") from None
     with_optim = not weights_only and OPTIMIZER_GROUPS in meta
     if with_optim:
         saved = [{"param_groups": g} for g in meta[OPTIMIZER_GROUPS]]
@@ -77,10 +82,7 @@ def load_trainer_checkpoint(trainer: Any, path: str, weights_only: bool = False)
                                             "optimizer_classes": meta.get("optimizer_classes")}, source=path)
         # parameter names as keys, the state initialised (DCP fills tensors that exist)
         tensors["optimizer_states"] = {str(i): get_optimizer_state_dict(module, o) for i, o in enumerate(optimizers)}
-    try:
-        load_sharded(path, tensors)
-    except CheckpointError as exc:
-        raise CheckpointError(f"cannot load {path} into {type(module).__name__}: {exc}") from None
+    load_sharded(path, tensors)
     ckpt = {k: v for k, v in meta.items() if k != OPTIMIZER_GROUPS}
     ckpt["state_dict"] = tensors["state_dict"]
     if with_optim:
