@@ -34,9 +34,40 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+
+from distengine.module import module_overrides
+
+# 1.x hook names, called after the 2.x hook they became
+HOOK_ALIASES = {"on_train_epoch_start": "on_epoch_start", "on_train_epoch_end": "on_epoch_end",
+                "on_train_batch_start": "on_batch_start", "on_train_batch_end": "on_batch_end"}
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """What a module's 1.x style changes in the loop, decided once before it starts."""
+    step_end: Callable[[Any], Any] | None        # training_step_end / training_end(outputs)
+    training_end: Callable[[], Any] | None       # the argument-less 0.x training_end()
+    collect_train_outputs: bool                  # training_epoch_end(outputs) is overridden
+    collect_eval_outputs: dict[str, bool]        # validation/test_epoch_end, validation_end
+
+
+def adapt(module: Any) -> Adapted:
+    """Turn ``module``'s 1.x hooks into the parts the 2.x loop calls (see the module docstring)."""
+    cls = type(module)
+    return Adapted(
+        step_end=step_end_hook(module), training_end=training_end_hook(module),
+        collect_train_outputs=hasattr(cls, "training_epoch_end") and module_overrides(module, "training_epoch_end"),
+        collect_eval_outputs={"predict": True, "test": hasattr(cls, "test_epoch_end"),
+                              "validate": hasattr(cls, "validation_epoch_end") or hasattr(cls, "validation_end")})
+
+
+def hook_methods(module: Any, name: str) -> tuple:
+    """The bound methods ``module`` overrides for hook ``name``: the 2.x one, then its 1.x alias."""
+    return tuple(getattr(module, n) for n in (name, HOOK_ALIASES.get(name)) if n and module_overrides(module, n))
 
 
 def _params(fn: Any) -> list[inspect.Parameter]:
@@ -59,6 +90,13 @@ def optimizer_frequencies(returned: Any, n: int) -> list[int]:
     if any(not isinstance(f, int) or f < 1 for f in freqs):
         raise ValueError(f"optimizer frequencies must be positive integers, got {freqs}")
     return freqs
+
+
+def one_x_mode(module: Any) -> bool:
+    """True when ``fit`` will run :class:`OneXOptimization` (known before the optimizers exist,
+    so that DDP is built with ``find_unused_parameters``): automatic optimization with a
+    ``training_step`` that takes ``optimizer_idx``."""
+    return bool(module.automatic_optimization) and takes_optimizer_idx(module.training_step)
 
 
 def plan_optimization(t: Any, module: Any, returned: Any) -> OneXOptimization | None:
@@ -142,13 +180,11 @@ class OneXOptimization:
         output (``{"loss": ...}`` for a bare tensor), or None when no loss was returned."""
         from distengine import loop as _loop
 
-        prec, model, hooks = t._precision, t._model, t._hooks
+        prec, hooks, strategy = t._precision, t._hooks, t.strategy
         kwargs = {"optimizer_idx": i} if self.pass_idx else {}
-        ddp = model is not t._module
-        sync = model.no_sync() if ddp and not last_micro else contextlib.nullcontext()
-        with sync:
+        with strategy.no_sync(strategy.model, last_micro):
             with prec.autocast() if prec.is_mixed else contextlib.nullcontext():
-                out = t._step_fn(*args, **kwargs)
+                out = strategy.step_fn(*args, **kwargs)
             loss = _loop._extract_loss(t, out)
             if t._step_hook is not None:
                 out = t._step_hook(out)

@@ -105,11 +105,7 @@ def _optimizer_step(t, optimizer: torch.optim.Optimizer) -> None:
     for fn in hooks["on_before_optimizer_step"]:
         fn(optimizer)
     if clip:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if t.gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, clip)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        t.strategy.clip_gradients(optimizer, clip, t.gradient_clip_algorithm)
     if t.on_nonfinite_loss == "skip" and prec.scaler is None:
         # an int, or a device tensor for fused optimizers: read only where metrics are written
         t._skipped_nonfinite = t._skipped_nonfinite + step_unless_nonfinite(optimizer, lambda: prec.step(optimizer))
@@ -122,54 +118,29 @@ def _optimizer_step(t, optimizer: torch.optim.Optimizer) -> None:
 
 def train_epoch(t) -> None:
     """Run the training batches of ``t.progress.epoch`` from the resumed position."""
-    p = t.progress
-    hooks = t._hooks
-    module, model, prec, res = t._module, t._model, t._precision, t._results
-    ddp = model is not module
+    p, hooks, strategy = t.progress, t._hooks, t.strategy
+    module, model, prec, res = t._module, strategy.model, t._precision, t._results
+    # the strategy's parts: DDP's forward (routed to training_step) or training_step itself,
+    # and the no-sync context of the micro-batches that do not end an accumulation window
+    device, no_sync, step_fn = strategy.root_device, strategy.no_sync, strategy.step_fn
     h_start, h_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
     h_before_bw, h_after_bw = hooks["on_before_backward"], hooks["on_after_backward"]
-    accum = t.accumulate_grad_batches
-    optimizer = t.optimizers[0]
-    num_batches = t.num_training_batches
-    device = t._device
+    accum, optimizer, num_batches = t.accumulate_grad_batches, t.optimizers[0], t.num_training_batches
     on_cpu = device.type == "cpu"
-    collect = t._collect_train_outputs
-    outputs: list[Any] = [] if collect else None
-    check_finite = t.on_nonfinite_loss == "error" and prec.scaler is None
-    if check_finite and not on_cpu and t._nonfinite_watch is None:
-        t._nonfinite_watch = NonFiniteWatch(device)
-    watch = t._nonfinite_watch
-    log_every = t.log_every_n_steps
-    val_every = t._val_every_batches
-    step_fn = t._step_fn  # DDP's forward (routed to training_step) or training_step itself
+    collect, outputs = t._collect_train_outputs, ([] if t._collect_train_outputs else None)
+    watch = _nonfinite_check(t, prec, device)
+    log_every, val_every = t.log_every_n_steps, t._val_every_batches
     one_x = t._one_x  # 1.x automatic optimization over several optimizers (compat.py), or None
     args_of = (lambda b, i: (b, i)) if takes_batch_idx(module.training_step) else (lambda b, i: (b,))
-    autocast = prec.autocast if prec.is_mixed else None
-    manual = not module.automatic_optimization
+    autocast, manual = (prec.autocast if prec.is_mixed else None), not module.automatic_optimization
     convert = prec.convert_input if prec._true_dtype is not None else None
 
     batch_idx = p.batches_done
-    t._epoch_start_batch = batch_idx
-    # Creating the iterator draws worker seeds from the global RNG. A checkpoint taken after
-    # that draw (mid-epoch) is restored after iter(); one taken before it (at an epoch end or
-    # epoch start) before iter(), so the resumed run draws exactly what the original did.
-    if t._pending_rng is not None and not t._rng_after_iter:
-        _restore_pending_rng(t)
-    iterator = iter(t._train_loader)
-    p.iter_started = True
-    if t._train_sampler is None and batch_idx:  # not resumable by position: skip what was done
-        for _ in range(batch_idx):
-            next(iterator)
-    ahead = LookAhead(iterator) if math.isinf(num_batches) else None
-    if ahead is not None:
-        iterator = ahead
-    if t._pending_rng is not None:
-        _restore_pending_rng(t)
+    iterator, ahead = _epoch_iterator(t, batch_idx, num_batches)
     parts = (iterator, step_fn, prec.backward, _optimizer_step)  # timed when profiling, chosen once per epoch
     iterator, step_fn, backward, opt_step = profiling.train_parts(t, *parts) if t._profiling else parts
     res.stage, res.in_step = "train", True
-    skip_rest = False
-    steps_before, first_batch, returned_none = p.global_step, batch_idx, 0
+    skip_rest, steps_before, first_batch, returned_none = False, p.global_step, batch_idx, 0
 
     for batch in iterator if batch_idx < num_batches else ():
         if not on_cpu:
@@ -189,8 +160,7 @@ def train_epoch(t) -> None:
         if one_x is not None:  # steps its optimizers (and counts them) itself
             out = one_x.run_batch(t, args_of(batch, batch_idx), batch_idx, last_micro)
         else:
-            sync_ctx = model.no_sync() if ddp and not last_micro else contextlib.nullcontext()
-            with sync_ctx:
+            with no_sync(model, last_micro):
                 if autocast is not None:
                     with autocast():
                         out = step_fn(*args_of(batch, batch_idx))
@@ -203,33 +173,10 @@ def train_epoch(t) -> None:
                         loss = _extract_loss(t, out)
                     returned_none += loss is None
                 if loss is not None:
-                    if not t._loss_checked:
-                        t._check_first_loss(loss)
-                    if check_finite:
-                        if on_cpu:
-                            _check_nonfinite(t, loss)
-                        else:
-                            watch.update(loss, p.global_step)
-                    t._last_loss = loss
-                    if accum > 1:
-                        loss = loss / accum
-                    for fn in h_before_bw:
-                        fn(loss)
-                    backward(loss)
-                    for fn in h_after_bw:
-                        fn()
+                    _backward(t, loss, watch, accum, backward, h_before_bw, h_after_bw)
         p.total_batches += 1
-        if last_micro and loss is not None:  # (manual optimization counts the user's steps)
-            opt_step(t, optimizer)
-            p.global_step += 1
-            if t._has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
-                _step_schedulers(t, "step", plateau=None)
         if last_micro:
-            # Lightning's logging clock: one tick per batch that closes a step window, however
-            # many optimizers stepped in it (manual and 1.x modes) and even when none did
-            p.batches_stepped += 1
-            if log_every and p.batches_stepped % log_every == 0:  # 0: no step values, as in Lightning
-                t._write_step_metrics()
+            _end_step_window(t, p, optimizer, opt_step, loss is not None, log_every)
         batch_idx += 1
         p.batches_done = batch_idx
         if (h_end or collect) and isinstance(out, torch.Tensor):  # they get {"loss": ...}, as in Lightning
@@ -238,13 +185,9 @@ def train_epoch(t) -> None:
             outputs.append(_detach(out))
         for fn in h_end:
             fn(out, batch, batch_idx - 1)
-        if t._vote_step():
+        if t._vote_step() or (val_every and batch_idx % val_every == 0 and not is_last
+                              and _validate_in_epoch(t, res)):
             return
-        if val_every and batch_idx % val_every == 0 and not is_last and t._should_validate():
-            run_eval(t, "validate", t._val_loaders, t._limit("val"))
-            res.stage, res.in_step = "train", True
-            if t._vote_step():
-                return
         if 0 <= t.max_steps <= p.global_step or batch_idx >= num_batches:
             break
     # a loader without a length (an iterable dataset) ends its epoch when it is exhausted
@@ -253,6 +196,81 @@ def train_epoch(t) -> None:
         _warn_no_step(p.epoch, batch_idx - first_batch, returned_none)
     if collect:
         t._train_outputs = outputs
+
+
+def _nonfinite_check(t, prec: Any, device: torch.device) -> Any:
+    """How this epoch checks that the loss is finite (see ``_backward``)."""
+    if t.on_nonfinite_loss != "error" or prec.scaler is not None:
+        return False
+    if device.type == "cpu":
+        return True
+    if t._nonfinite_watch is None:
+        t._nonfinite_watch = NonFiniteWatch(device)
+    return t._nonfinite_watch
+
+
+def _validate_in_epoch(t, res: Any) -> bool:
+    """Validation every ``val_check_interval`` batches; True when the ranks then voted to stop."""
+    if not t._should_validate():
+        return False
+    run_eval(t, "validate", t._val_loaders, t._limit("val"))
+    res.stage, res.in_step = "train", True
+    return t._vote_step()
+
+
+def _epoch_iterator(t, batch_idx: int, num_batches: int | float) -> tuple[Any, LookAhead | None]:
+    """The epoch's batch iterator from the resumed position (and the look-ahead that tells a
+    loader without a length when it reaches its last batch)."""
+    p, resume = t.progress, t._resume
+    resume.epoch_start_batch = batch_idx
+    # Creating the iterator draws worker seeds from the global RNG. A checkpoint taken after
+    # that draw (mid-epoch) is restored after iter(); one taken before it (at an epoch end or
+    # epoch start) before iter(), so the resumed run draws exactly what the original did.
+    if resume.pending_rng is not None and not resume.rng_after_iter:
+        _restore_pending_rng(resume)
+    iterator = iter(t._train_loader)
+    p.iter_started = True
+    if t._train_sampler is None and batch_idx:  # not resumable by position: skip what was done
+        for _ in range(batch_idx):
+            next(iterator)
+    ahead = LookAhead(iterator) if math.isinf(num_batches) else None
+    if resume.pending_rng is not None:
+        _restore_pending_rng(resume)
+    return (iterator if ahead is None else ahead), ahead
+
+
+def _backward(t, loss: torch.Tensor, watch: Any, accum: int, backward: Any, before: tuple, after: tuple) -> None:
+    """Check the loss (the first one; not finite: ``watch`` is False, True on the CPU (a host
+    read now), or a NonFiniteWatch that reads it later), then backward through the precision."""
+    if not t._loss_checked:
+        t._check_first_loss(loss)
+    if watch is True:
+        _check_nonfinite(t, loss)
+    elif watch:
+        watch.update(loss, t.progress.global_step)
+    t._last_loss = loss
+    if accum > 1:
+        loss = loss / accum
+    for fn in before:
+        fn(loss)
+    backward(loss)
+    for fn in after:
+        fn()
+
+
+def _end_step_window(t, p, optimizer: torch.optim.Optimizer, opt_step: Any, stepped: bool, log_every: int) -> None:
+    """The last micro-batch of an accumulation window: step (when a loss was returned; manual
+    optimization counts the user's own steps), step-interval schedulers, the logging clock."""
+    if stepped:
+        opt_step(t, optimizer)
+        p.global_step += 1
+        if t._has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
+            _step_schedulers(t, "step", plateau=None)
+    # Lightning's logging clock: one tick per batch that closes a step window, however many
+    # optimizers stepped in it (manual and 1.x modes) and even when none did
+    p.batches_stepped += 1
+    if log_every and p.batches_stepped % log_every == 0:  # 0: no step values, as in Lightning
+        t._write_step_metrics()
 
 
 def _warn_no_step(epoch: int, batches: int, returned_none: int) -> None:
@@ -266,11 +284,11 @@ def _warn_no_step(epoch: int, batches: int, returned_none: int) -> None:
                    "from training_step (None skips a batch, which is meant for a few batches, not all)")
 
 
-def _restore_pending_rng(t) -> None:
+def _restore_pending_rng(resume) -> None:
     from distengine.checkpoint.rng import restore_rng_state
 
-    restore_rng_state(t._pending_rng)
-    t._pending_rng = None
+    restore_rng_state(resume.pending_rng)
+    resume.pending_rng = None
 
 
 def fit_loop(t) -> None:
@@ -298,7 +316,7 @@ def fit_loop(t) -> None:
         t._module.train()
         for fn in hooks["on_train_epoch_start"]:
             fn()
-        t._rewrap_if_trainable_changed()  # (finetuning callbacks unfreeze layers at an epoch start)
+        t.strategy.refresh_wrapping()  # (finetuning callbacks unfreeze layers at an epoch start: DDP is rebuilt)
         with t.profiler.profile("run_training_epoch"):
             train_epoch(t)
         if t._stop_now and t._status.stop_signal is not None:
@@ -315,7 +333,7 @@ def fit_loop(t) -> None:
         p.epoch += 1
         p.batches_done = 0
         p.samples_done = 0
-        t._epoch_start_sample = 0  # a resumed epoch started mid-way; the next one starts at 0
+        t._resume.epoch_start_sample = 0  # a resumed epoch started mid-way; the next one starts at 0
         p.epoch_done = p.iter_started = False
         if t._train_sampler is not None:
             t._train_sampler.set_start(0)
@@ -382,8 +400,8 @@ def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool)
     prev_stage, prev_in_step = res.stage, res.in_step
     res.stage, res.in_step = stage, True
     res.reset_stage(stage)
-    collect = t._collect_eval_outputs(stage)
-    device, convert = t._device, (prec.convert_input if prec._true_dtype is not None else None)
+    collect = t._adapted.collect_eval_outputs[stage]  # 1.x *_epoch_end(outputs)
+    device, convert = t.strategy.root_device, (prec.convert_input if prec._true_dtype is not None else None)
     many = len(loaders) > 1
     write_steps = not sanity and stage != "predict"  # on_step values, after every batch (Lightning)
     for fn in hooks[f"on_{name}_start"]:
@@ -398,7 +416,8 @@ def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool)
             outputs: list[Any] = []
             extra = (dl_idx,) if many else ()
             # range first: zip stops at the limit without fetching one more batch from the loader
-            for batch_idx, batch in zip(range(limit[dl_idx]), loader):
+            n = limit[dl_idx]  # inf: a loader without a length, read until it is exhausted
+            for batch_idx, batch in enumerate(loader) if math.isinf(n) else zip(range(n), loader):
                 batch = move_to_device(batch, device)
                 if convert is not None:
                     batch = convert(batch)

@@ -229,8 +229,8 @@ class Module(nn.Module):
         trainer = self._trainer
         if trainer is None:
             return
-        trainer._results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
-                             sync_dist, batch_size, rank_zero_only)
+        trainer.metric_results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
+                                   sync_dist, batch_size, rank_zero_only)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         """Call :meth:`log` for each item of ``dictionary`` with the same options; a
@@ -331,9 +331,8 @@ class Module(nn.Module):
         Under DDP it first prepares DDP's reducer for this loss, so each call's gradients are
         averaged over the ranks before it returns."""
         trainer = self._trainer
-        if trainer._manual_ddp is not None:
-            trainer._manual_ddp.prepare_for_backward(loss)
-        trainer._precision.backward(loss, *args, **kwargs)
+        trainer.strategy.prepare_for_backward(loss)  # DDP: ready its reducer for this loss
+        trainer.precision_plugin.backward(loss, *args, **kwargs)
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:
@@ -352,13 +351,12 @@ class Module(nn.Module):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {algorithm!r}")
         if not gradient_clip_val:
             return
-        if trainer is not None and getattr(trainer, "_precision", None) is not None:
-            trainer._precision.unscale_once(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        if trainer is not None and trainer.precision_plugin is not None:
+            trainer.precision_plugin.unscale_once(optimizer)
+        if trainer is not None:
+            trainer.strategy.clip_gradients(optimizer, gradient_clip_val, algorithm)
         else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            _clip(optimizer, gradient_clip_val, algorithm)
 
     def log_grad_norm(self, grad_norm_dict: dict[str, float]) -> None:
         """1.x hook (``Trainer(track_grad_norm=p)``): log the gradient norms of a step."""
@@ -442,3 +440,11 @@ def module_overrides(module: Module, name: str) -> bool:
 
 
 LightningModule = Module
+
+
+def _clip(optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str) -> None:
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, clip_val)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, clip_val)

@@ -44,3 +44,13 @@ class TrainerStatus:
     stage: str | None = None     # "fit", "validate", "test", "predict" or None
     sanity_checking: bool = False
     stop_signal: int | None = None
+
+
+@dataclass
+class ResumePoint:
+    """Where the current epoch started and what a resume still has to apply (written by the
+    checkpoint restore, read by the loop)."""
+    epoch_start_sample: int = 0  # samples over all ranks done before this epoch's run began
+    epoch_start_batch: int = 0   # batches done before this epoch's run began (on this rank)
+    pending_rng: Any = None      # this rank's saved RNG state, applied by the loop (see train_epoch)
+    rng_after_iter: bool = True  # apply it after creating the data iterator (a mid-epoch checkpoint)

@@ -122,11 +122,8 @@ class CheckpointMixin:
             torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
         if self.benchmark is not None:
             torch.backends.cudnn.benchmark = bool(self.benchmark)
-        self._device = setup.select_device(self.accelerator, self.env, self._gpu_ids)
-        setup.init_process_group(self.env, self._device, setup.timeout_seconds(self.dist_timeout))
-        if self.env.distributed and collectives.world_size() != self.env.world_size:
-            raise RuntimeError(f"the process group has {collectives.world_size()} ranks but the environment "
-                               f"says WORLD_SIZE={self.env.world_size}")
+        self._strategy.setup_environment(self.accelerator, self.env, self._gpu_ids,
+                                         setup.timeout_seconds(self.dist_timeout))
         self._setup_done = True
 
     # ------------------------------------------------------------------ data
@@ -187,60 +184,33 @@ class CheckpointMixin:
 
         if len(train) != 1:
             raise ValueError(f"fit takes one training dataloader, got {len(train)}")
-        env, module = self.env, self._module
+        module = self._module
         self._set_fit_loaders(train, val)
         self._run_sanity_check = self._should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
                               for n in self._num_val_batches]
-        self._precision = Precision(self.precision, self._device)
+        strategy = self._strategy
+        self._precision = Precision(self.precision, strategy.root_device)
         self._nonfinite_watch = None
-        module.to(self._device)
-        self._precision.convert_module(module)
-        if self.sync_batchnorm and env.distributed:
-            if self._device.type == "cpu" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                                  for m in module.modules()):
-                # torch's SyncBatchNorm has no CPU kernels: fail here, not in the first batch
-                raise ValueError("sync_batchnorm=True needs GPUs (torch's SyncBatchNorm has no CPU kernels); "
-                                 "run on GPUs or drop the flag so each CPU rank keeps its own BatchNorm statistics")
-            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        returned = module.configure_optimizers()
-        self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned)
-        self._one_x = compat.plan_optimization(self, module, returned)  # 1.x: several optimizers, optimizer_idx
         manual = not module.automatic_optimization
         if manual and self.precision == "16-mixed":
             raise ValueError("manual optimization with precision='16-mixed' is not supported; use 'bf16-mixed'")
         if manual and self.accumulate_grad_batches > 1:  # Lightning 2.x refuses it as well
             raise ValueError("accumulate_grad_batches is not supported with manual optimization; accumulate in "
                              "training_step (step the optimizer every N batches) or use automatic optimization")
-        self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
-        if self.compile:
+        strategy.precision, strategy.sync_batchnorm = self._precision, self.sync_batchnorm
+        strategy.one_x_mode = compat.one_x_mode(module)
+        strategy.setup_module(module)
+        if self.compile:  # in place; the DDP wrapper calls training_step, which calls the compiled forward
             module.compile()
-        self._wrap_model(module)
+        # after setup_module: a sharding strategy replaces the parameters the optimizers must hold
+        returned = module.configure_optimizers()
+        self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned)
+        self._one_x = compat.plan_optimization(self, module, returned)  # 1.x: several optimizers, optimizer_idx
+        self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
         if manual:  # Lightning 2.x: global_step counts the optimizer.step() calls of training_step
             self._step_counters = [o.register_step_post_hook(self._count_manual_step) for o in self.optimizers]
         self.progress.__init__()
-
-    def _wrap_model(self, module: Any) -> None:
-        """DDP-wrap ``module`` (when distributed) and choose the training-step function."""
-        from distengine.dist import setup
-
-        distributed, manual = self.env.distributed, not module.automatic_optimization
-        # the 1.x mode freezes the other optimizers' parameters in each call: 1.9.5's DDP default
-        find_unused = self.find_unused_parameters or self._one_x is not None
-        self._model = setup.wrap_ddp(module, self._device, find_unused_parameters=find_unused) \
-            if distributed else module
-        self._manual_ddp = setup.ManualDDPStep(self._model) if distributed and manual else None
-        self._step_fn = self._manual_ddp or (self._model if distributed else module.training_step)
-        self._wrapped_trainable = [p.requires_grad for p in module.parameters()]
-
-    def _rewrap_if_trainable_changed(self) -> None:
-        """DDP reduces only the gradients of parameters that were trainable when it was built:
-        after a callback froze or unfroze some (finetuning), build it again (every rank does,
-        at the same epoch start, so its start-up broadcast pairs up)."""
-        if self._model is self._module:
-            return
-        if [p.requires_grad for p in self._module.parameters()] != self._wrapped_trainable:
-            self._wrap_model(self._module)
 
     def _count_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.progress.global_step += 1
@@ -293,12 +263,13 @@ class CheckpointMixin:
             env = self.env
             loaders = [prepare_eval_loader(dl, env.world_size, env.rank, self.use_distributed_sampler)
                        for dl in loaders]
-            if self._precision is None or self._precision.device != self._device:
+            device = self._strategy.root_device
+            if self._precision is None or self._precision.device != device:
                 from distengine.precision import Precision
 
-                self._precision = Precision(self.precision, self._device)
-            model.to(self._device)
-            self._precision.convert_module(model)
+                self._precision = Precision(self.precision, device)
+            self._strategy.precision = self._precision
+            self._strategy.module_to_device(model)
             if ckpt_path is not None:
                 self._load_weights_only(ckpt_path)
             limit = [_apply_limit(self.limits[kind], _safe_len(dl), kind) for dl in loaders]
@@ -315,44 +286,57 @@ class CheckpointMixin:
             return cb.dirpath
         return os.path.join(self.weights_save_path or self.default_root_dir, "checkpoints")
 
+    def _checkpointer(self) -> Any:
+        """The Trainer's state as one ``dict[str, Stateful]`` (file key -> object, in file order):
+        see distengine/checkpoint/trainer_state.py, which saves and restores it in one loop each."""
+        import distengine
+        from distengine.checkpoint import trainer_state as ts
+        from distengine.checkpoint.apply import FORMAT_VERSION
+
+        module, p, strategy = self._module, self.progress, self._strategy
+
+        def samples_per_batch() -> int:
+            return (getattr(self._train_loader, "batch_size", None) or 1) * self.world_size
+
+        weights: dict[str, Any] = {
+            "format_version": ts.Value(lambda: FORMAT_VERSION),
+            "distengine_version": ts.Value(lambda: distengine.__version__),
+            "torch_version": ts.Value(lambda: str(torch.__version__)), "world_size": ts.Value(lambda: self.world_size),
+            "epoch": ts.Value(lambda: p.epoch), "global_step": ts.Value(lambda: p.global_step),
+            "state_dict": ts.ModuleState(strategy, module),
+            **{k: ts.Value(lambda v=v: v) for k, v in module._hparams_checkpoint_entries().items()},
+        }
+        training: dict[str, Any] = {
+            "progress": ts.ProgressState(p, self._resume, samples_per_batch),
+            "optimizer_states": ts.OptimizerStates(strategy, module, self.optimizers),
+            "optimizer_classes": ts.Value(lambda: [type(o).__name__ for o in self.optimizers]),
+            "lr_schedulers": ts.SchedulerStates(self.lr_scheduler_configs),
+            "precision": self._precision,
+            "data": ts.DataPosition(p, self._resume, lambda: self._train_sampler, samples_per_batch),
+            "rng": ts.RNGStates(self._resume, self.global_rank),
+            "callbacks": ts.CallbackStates(self.callbacks),
+        }
+        return ts.Checkpointer({**weights, **training}, weights=tuple(weights), collective=("rng",))
+
     def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any] | None:
         """The full checkpoint on global rank zero (None elsewhere). A collective: every rank
         must call it, since the RNG states of all ranks are gathered."""
-        import distengine
-        from distengine.checkpoint.apply import FORMAT_VERSION
-        from distengine.checkpoint.rng import capture_rng_state
-        from distengine.data import global_seed
-
         self._raise_if_nonfinite()  # never write a checkpoint of weights a NaN step produced
-        rng = collectives.all_gather_object(capture_rng_state()) if not weights_only else None
-        if not self.is_global_zero:
+        if self._strategy.checkpoint_layout != "full":  # the one place a sharded layout plugs in
+            raise NotImplementedError("sharded checkpoints are written by distengine.checkpoint.sharded")
+        ckpt = self._checkpointer().save(weights_only, self.is_global_zero)
+        if ckpt is None:
             return None
-        module, p = self._module, self.progress
-        ckpt: dict[str, Any] = {
-            "format_version": FORMAT_VERSION, "distengine_version": distengine.__version__,
-            "torch_version": str(torch.__version__), "world_size": self.world_size,
-            "epoch": p.epoch, "global_step": p.global_step,
-            "state_dict": module.state_dict(), **module._hparams_checkpoint_entries(),
-        }
-        if not weights_only:
-            bs = getattr(self._train_loader, "batch_size", None) or 1
-            samples = self._epoch_start_sample + (p.batches_done - self._epoch_start_batch) * bs * self.world_size
-            p.samples_done = samples if not p.epoch_done else 0
-            ckpt.update({
-                "progress": p.state_dict(),
-                "optimizer_states": [o.state_dict() for o in self.optimizers],
-                "optimizer_classes": [type(o).__name__ for o in self.optimizers],
-                "lr_schedulers": [c.scheduler.state_dict() for c in self.lr_scheduler_configs],
-                "precision": self._precision.state_dict(),
-                "data": {"seed": global_seed(), "epoch": p.epoch, "samples_done": p.samples_done},
-                "rng": rng,
-                "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
-            })
         for fn in self._module_hooks.get("on_save_checkpoint", ()):
             fn(ckpt)
         for fn in self._callback_hooks.get("on_save_checkpoint", ()):
             fn(ckpt)
         return ckpt
+
+    def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any] | None:
+        """The checkpoint dictionary, as ``save_checkpoint`` writes it: on global rank zero (None
+        on the others). A collective: call it on every rank."""
+        return self._checkpoint_dict(weights_only)
 
     def save_checkpoint(self, filepath: str, weights_only: bool = False, storage_options: Any = None) -> None:
         """Save a checkpoint. A collective: call it on every rank; global rank zero writes the
@@ -374,10 +358,9 @@ class CheckpointMixin:
 
     def _restore(self, ckpt_path: str | None) -> None:
         """Restore the full training state from ``ckpt_path`` (a file or ``"last"``)."""
-        from distengine.checkpoint.apply import check_optimizer_states, load_weights
         from distengine.checkpoint.io import resolve_checkpoint, resolve_last_in_versions, safe_load
 
-        self._epoch_start_sample, self._epoch_start_batch = 0, 0
+        self._resume.epoch_start_sample, self._resume.epoch_start_batch = 0, 0
         if ckpt_path is None:
             return
         path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
@@ -394,42 +377,10 @@ class CheckpointMixin:
         # on the CPU. Loaded onto a GPU, those counters would stay there, and the default
         # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
         ckpt = safe_load(path, map_location="cpu")
-        module = self._module
-        for fn in self._module_hooks.get("on_load_checkpoint", ()):
-            fn(ckpt)
-        # before anything is restored: a refused resume leaves the weights and optimizers as they are
-        if "optimizer_states" in ckpt:  # first: a callback may rebuild parameter groups (finetuning)
-            for cb in self.callbacks:
-                state = ckpt.get("callbacks", {}).get(cb.state_key)
-                if state is not None:
-                    cb.load_state_dict(state)
-        check_optimizer_states(self.optimizers, ckpt, source=path)
-        load_weights(module, ckpt["state_dict"], source=path)
-        if "optimizer_states" not in ckpt:
+        if not self._checkpointer().restore(ckpt, path, self._module_hooks.get("on_load_checkpoint", ()),
+                                            self._callback_hooks.get("on_load_checkpoint", ())):
             return  # a weights-only checkpoint: start training from these weights
-        for opt, state in zip(self.optimizers, ckpt["optimizer_states"]):
-            opt.load_state_dict(state)
-        for cfg, state in zip(self.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
-            cfg.scheduler.load_state_dict(state)
-        self._precision.load_state_dict(ckpt.get("precision", {}))
-        for fn in self._callback_hooks.get("on_load_checkpoint", ()):
-            fn(ckpt)
         p = self.progress
-        p.load_state_dict(ckpt["progress"])
-        self._rng_after_iter = p.iter_started and not p.epoch_done
-        if p.epoch_done:
-            p.epoch, p.batches_done, p.samples_done, p.epoch_done = p.epoch + 1, 0, 0, False
-            p.iter_started = False
-        samples = int(ckpt.get("data", {}).get("samples_done", p.samples_done))
-        if self._train_sampler is not None and samples:
-            self._train_sampler.set_start(samples)
-            bs = getattr(self._train_loader, "batch_size", None) or 1
-            p.batches_done = samples // (bs * self.world_size)
-        self._epoch_start_sample, self._epoch_start_batch = samples, p.batches_done
-        rng = ckpt.get("rng") or []
-        if rng:
-            # exact when the world size is unchanged; otherwise rank r continues rank r's stream
-            self._pending_rng = rng[self.global_rank] if self.global_rank < len(rng) else rng[0]
         self._run_sanity_check = False
         if self.is_global_zero:
             print(f"distengine: resumed from {path} (epoch {p.epoch}, step {p.global_step})",

@@ -268,29 +268,12 @@ class Tuner:
         self.trainer = trainer
 
     def _trial_trainer(self, max_steps: int, callbacks: list[Callback]) -> Any:
-        """A fresh Trainer with the user's hardware flags and nothing that writes or validates."""
-        from distengine.trainer import Trainer
+        """A fresh Trainer of the same class, from the user's flags (``trainer.config``): every
+        hardware, precision and optimization flag is copied (see ``config.trial_flags``);
+        nothing validates or writes."""
+        from distengine.config import trial_flags
 
-        t = self.trainer
-        gpu_ids = getattr(t, "_gpu_ids", None)
-        kwargs: dict[str, Any] = {
-            "accelerator": t.accelerator,
-            # the exact GPUs the user picked, not just how many
-            "devices": list(gpu_ids) if t.accelerator == "gpu" and gpu_ids else t.num_devices,
-            "num_nodes": t.num_nodes, "precision": t.precision,
-            "accumulate_grad_batches": t.accumulate_grad_batches,
-            "gradient_clip_val": t.gradient_clip_val, "gradient_clip_algorithm": t.gradient_clip_algorithm,
-            "deterministic": t.deterministic, "benchmark": t.benchmark,
-            "use_distributed_sampler": t.use_distributed_sampler, "sync_batchnorm": t.sync_batchnorm,
-            "default_root_dir": t.default_root_dir, "inference_mode": t.inference_mode,
-            "dist_timeout": t.dist_timeout, "find_unused_parameters": t.find_unused_parameters,
-            # what makes it a trial: a fixed number of steps and nothing that validates or writes;
-            # "skip" so that a diverging sweep ends the trial instead of raising
-            "max_steps": max_steps, "max_epochs": -1, "logger": False, "enable_checkpointing": False,
-            "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
-            "limit_val_batches": 0, "callbacks": callbacks, "on_nonfinite_loss": "skip",
-        }
-        return Trainer(**kwargs)
+        return type(self.trainer)(**trial_flags(self.trainer.config, max_steps, callbacks))
 
     # ---------------------------------------------------------------- lr_find
     def lr_find(self, model: Any, train_dataloaders: Any = None, val_dataloaders: Any = None,

@@ -463,7 +463,7 @@ class ModelCheckpoint(Callback):
                 self._after_durable(path, delete, notify)
             return
         # every rank takes part in gathering (it is a collective); rank zero gets the dict
-        state = trainer._checkpoint_dict(weights_only=self.save_weights_only)
+        state = trainer.dump_checkpoint(weights_only=self.save_weights_only)
         if trainer.is_global_zero:
             self._writer.submit(state, path, on_done=lambda p: self._after_durable(p, delete, notify))
 

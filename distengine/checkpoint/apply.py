@@ -26,6 +26,13 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], strict: bo
                  source: str = "checkpoint") -> None:
     """Load ``state_dict`` into ``module`` after checking every key and shape first, so a
     checkpoint that does not fit leaves the module untouched and the error lists the problems."""
+    check_weights(module, state_dict, strict, source)
+    module.load_state_dict(state_dict, strict=strict)
+
+
+def check_weights(module: torch.nn.Module, state_dict: dict[str, Any], strict: bool = True,
+                  source: str = "checkpoint") -> None:
+    """Raise one error listing every missing or unexpected key and wrong shape (nothing is loaded)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -42,7 +49,6 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], strict: bo
     if problems:
         raise RuntimeError(f"{source} does not fit {type(module).__name__}: " + ", ".join(problems)
                            + "; the model was left unchanged")
-    module.load_state_dict(state_dict, strict=strict)
 
 
 # Optimizer flags torch added over versions: a checkpoint from an older torch may lack them,

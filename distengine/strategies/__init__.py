@@ -1,6 +1,59 @@
-"""Strategies: how a rank holds the model (one device, DDP, FSDP2). See ``base.py``."""
+"""Strategies: how a rank holds the model (one device, DDP, FSDP2). See ``base.py``.
+
+``Trainer(strategy=...)`` takes a name from :data:`STRATEGIES` or a :class:`Strategy`
+instance. A name maps to (module path, class name, constructor arguments) and is imported only
+when used, so adding a strategy is one line here.
+"""
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from distengine.strategies.base import Strategy
 
-__all__ = ["Strategy"]
+STRATEGIES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "single_device": ("distengine.strategies.single", "SingleDeviceStrategy", {}),
+    "ddp": ("distengine.strategies.ddp", "DDPStrategy", {}),
+    "ddp_spawn": ("distengine.strategies.ddp", "DDPStrategy", {}),  # runs as "ddp" (processes are launched)
+    "ddp_find_unused_parameters_true": ("distengine.strategies.ddp", "DDPStrategy", {"find_unused_parameters": True}),
+    # "fsdp": ("distengine.strategies.fsdp", "FSDPStrategy", {}),  (added with strategies/fsdp.py)
+}
+
+_LAZY = {"SingleDeviceStrategy": "distengine.strategies.single", "DDPStrategy": "distengine.strategies.ddp",
+         "FSDPStrategy": "distengine.strategies.fsdp"}
+
+__all__ = ["Strategy", "STRATEGIES", "resolve_strategy", *_LAZY]
+
+
+def resolve_strategy(strategy: Any, distributed: bool, find_unused_parameters: bool = False) -> Strategy:
+    """The Strategy for the Trainer's ``strategy`` flag. ``"auto"`` (or None) is DDP in a
+    launched job of several ranks and one device otherwise."""
+    if isinstance(strategy, Strategy):
+        if find_unused_parameters:
+            if not hasattr(strategy, "find_unused_parameters"):
+                raise ValueError(f"Trainer(find_unused_parameters=True) is a DDP option, but strategy is "
+                                 f"{type(strategy).__name__}; drop the flag")
+            strategy.find_unused_parameters = True
+        return strategy
+    if strategy in ("auto", None):
+        strategy = "ddp" if distributed else "single_device"
+        # the DDP flag means nothing in one process (as before strategies were explicit)
+        find_unused_parameters = find_unused_parameters and distributed
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not supported; use 'auto', {', '.join(map(repr, STRATEGIES))} "
+                         "or a distengine.strategies.Strategy instance")
+    module, cls, kwargs = STRATEGIES[strategy]
+    if find_unused_parameters and "DDP" in cls:
+        kwargs = {**kwargs, "find_unused_parameters": True}
+    elif find_unused_parameters:
+        raise ValueError(f"Trainer(find_unused_parameters=True) is a DDP option, but strategy={strategy!r}; "
+                         "drop the flag")
+    out = getattr(importlib.import_module(module), cls)(**kwargs)
+    out.name = strategy
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'distengine.strategies' has no attribute {name!r}")

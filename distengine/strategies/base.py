@@ -24,14 +24,31 @@ Order of calls in ``fit`` (every rank calls every method; the comments say who d
 
 Subclasses: :class:`SingleDeviceStrategy`, :class:`DDPStrategy` (strategies/ddp.py) and
 :class:`FSDPStrategy` (strategies/fsdp.py).
+
+Additions to the contract made while moving the Trainer onto it (issue 11 step 1):
+
+* Before ``setup_module`` the Trainer sets ``strategy.precision`` (the Precision object:
+  ``convert_module`` for "64-true"/"bf16-true"...), ``strategy.sync_batchnorm`` and
+  ``strategy.one_x_mode`` (a 1.x module with ``optimizer_idx``: DDP then needs
+  ``find_unused_parameters``). ``module_to_device(module)`` moves and converts; evaluation
+  calls it alone (no wrapping).
+* After ``setup_module``, ``strategy.step_fn`` is what the loop calls with ``(batch, batch_idx)``
+  (``module.training_step``, or DDP's forward routed to it).
+* ``refresh_wrapping()`` at each epoch start (a finetuning callback changed which parameters
+  train: DDP is built again); ``prepare_for_backward(loss)`` before each ``manual_backward``.
+* ``reduce_boolean_decision``, ``reduce(..., reduce_op=...)`` (Lightning's spelling) and
+  ``fresh()`` (an unused copy with the same options, for the tuner's trial Trainer).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import torch
 from torch import nn
+
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 class Strategy:
@@ -47,6 +64,18 @@ class Strategy:
         self.root_device: torch.device = torch.device("cpu")
         self.model: nn.Module | None = None    # what the loop calls forward on
         self.module: nn.Module | None = None   # the user's module, unwrapped
+        self.step_fn: Any = None                # what the loop calls with (batch, batch_idx)
+        # set by the Trainer before setup_module
+        self.precision: Any = None
+        self.sync_batchnorm = False
+        self.one_x_mode = False
+
+    def fresh(self) -> Strategy:
+        """A copy with the same options and nothing set up (the tuner's trial Trainer gets one)."""
+        new = copy.copy(self)
+        new.model = new.module = new.step_fn = new.precision = None
+        new.root_device = torch.device("cpu")
+        return new
 
     # ------------------------------------------------------------------ environment
     def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
@@ -71,10 +100,25 @@ class Strategy:
         calls ``forward`` on (the module itself, a DDP wrapper, or the FSDP-sharded module)."""
         raise NotImplementedError
 
+    def module_to_device(self, module: nn.Module) -> None:
+        """Move ``module`` to this rank's device and convert it to the precision's dtype
+        (also what evaluation uses: it runs on the unwrapped module)."""
+        module.to(self.root_device)
+        if self.precision is not None:
+            self.precision.convert_module(module)
+
+    def refresh_wrapping(self) -> bool:
+        """Called at each epoch start, after the callbacks' ``on_train_epoch_start``; a wrapper
+        that depends on which parameters train is rebuilt here. True when ``model`` changed."""
+        return False
+
+    def prepare_for_backward(self, loss: torch.Tensor) -> None:
+        """Called by ``Module.manual_backward`` before each backward (manual optimization)."""
+
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """Context for one micro-batch's forward+backward: gradients are synchronised only on
         the last micro-batch of an accumulation window."""
-        return contextlib.nullcontext()
+        return _NO_CONTEXT  # called every batch: one shared (reusable) context, no allocation
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str = "norm") -> Any:
         """Clip the gradients of ``optimizer``'s parameters; for "norm" return the total norm
@@ -97,8 +141,10 @@ class Strategy:
         torch.distributed.broadcast_object_list(box, src=src)
         return box[0]
 
-    def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """All-reduce ``tensor`` ("sum", "mean", "max", "min"); returned unchanged when not distributed."""
+    def reduce(self, tensor: torch.Tensor, op: str = "sum", reduce_op: str | None = None) -> torch.Tensor:
+        """All-reduce ``tensor`` ("sum", "mean", "max", "min"; ``reduce_op`` is Lightning's name
+        for ``op``); returned unchanged when not distributed."""
+        op = reduce_op or op
         if not self.is_distributed:
             return tensor
         ops = {"sum": torch.distributed.ReduceOp.SUM, "mean": torch.distributed.ReduceOp.SUM,
@@ -106,6 +152,15 @@ class Strategy:
         out = tensor.clone()
         torch.distributed.all_reduce(out, op=ops[op])
         return out / self.world_size if op == "mean" else out
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        """``all=True``: True when every rank decided True; else True when any rank did."""
+        from distengine.dist import collectives
+
+        device = self.root_device if self.root_device.type == "cuda" else torch.device("cpu")
+        if all:
+            return not collectives.any_rank(not decision, device)
+        return collectives.any_rank(decision, device)
 
     # ------------------------------------------------------------------ state
     def module_state_dict(self, module: nn.Module) -> dict[str, Any]:
@@ -126,4 +181,4 @@ class Strategy:
     def teardown(self) -> None:
         """Release what ``setup_module`` built (the process group stays: another Trainer in
         the same process reuses it)."""
-        self.model = None
+        self.model = self.step_fn = None

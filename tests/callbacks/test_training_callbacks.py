@@ -60,13 +60,15 @@ def fit(tmp_path, callbacks, max_epochs, model=None, ckpt_path=None, save=None, 
 
 
 def test_backbone_finetuning_resume_rebuilds_the_parameter_groups_exactly(tmp_path):
-    def cb():
-        return BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda e: 2.0)
+    def cb():  # (with an accumulation schedule that changes after the interruption)
+        return [BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda e: 2.0),
+                GradientAccumulationScheduler({3: 2})]
 
-    full, t_full = fit(tmp_path / "a", [cb()], 4)
+    full, t_full = fit(tmp_path / "a", cb(), 4)
     ckpt = str(tmp_path / "mid.ckpt")
-    fit(tmp_path / "b", [cb()], 2, save=ckpt)  # stops after the unfreeze: 2 parameter groups
-    resumed, t_res = fit(tmp_path / "b", [cb()], 4, ckpt_path=ckpt)
+    fit(tmp_path / "b", cb(), 2, save=ckpt)  # stops after the unfreeze: 2 parameter groups
+    resumed, t_res = fit(tmp_path / "b", cb(), 4, ckpt_path=ckpt)
+    assert t_res.global_step == t_full.global_step == 6 + 6 + 6 + 3
     assert len(t_res.optimizers[0].param_groups) == 2
     assert [g["lr"] for g in t_res.optimizers[0].param_groups] == [g["lr"] for g in t_full.optimizers[0].param_groups]
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):

@@ -35,7 +35,7 @@ class FakeTrainer:
     def is_global_zero(self) -> bool:
         return collectives.rank() == 0
 
-    def _checkpoint_dict(self, weights_only: bool = False) -> dict | None:
+    def dump_checkpoint(self, weights_only: bool = False) -> dict | None:
         if not self.is_global_zero:
             return None
         out = {"state_dict": {"w": self.weight}, "global_step": self.global_step,
@@ -46,7 +46,7 @@ class FakeTrainer:
 
     def save_checkpoint(self, path: str, weights_only: bool = False) -> None:
         self.saves.append(path)
-        ckpt = self._checkpoint_dict(weights_only)
+        ckpt = self.dump_checkpoint(weights_only)
         if ckpt is not None:
             atomic_save(ckpt, path)
         collectives.barrier()

@@ -223,7 +223,7 @@ def test_async_save_writes_in_background_and_waits_at_fit_end(tmp_path):
     state = safe_load(tmp_path / "epoch=0-step=4.ckpt")
     assert torch.equal(state["state_dict"]["w"], torch.full((4,), 4.0))
     assert read_last_pointer(tmp_path) == str(tmp_path / "epoch=0-step=4.ckpt")
-    assert t.saves == []  # the async path gathers with _checkpoint_dict instead
+    assert t.saves == []  # the async path gathers with dump_checkpoint instead
 
 
 def test_failed_background_write_is_raised_at_teardown(tmp_path, monkeypatch):

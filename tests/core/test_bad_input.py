@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import distengine as de
+from distengine.callbacks import build as callbacks_build
 from tests.core.models import Regressor, loader, quiet_trainer, regression_data
 
 
@@ -224,7 +225,7 @@ def test_bad_numeric_flag_is_refused_by_the_constructor(tmp_path, monkeypatch, f
     def no_work(*args, **kwargs):
         raise AssertionError("the Trainer started work before refusing the flag")
 
-    monkeypatch.setattr(de.Trainer, "_build_callbacks", no_work)  # the first part it would build
+    monkeypatch.setattr(callbacks_build, "build_callbacks", no_work)  # the first part it would build
     with pytest.raises((ValueError, TypeError)) as info:
         de.Trainer(accelerator="cpu", default_root_dir=str(tmp_path), **{flag: value})
     message = str(info.value)

@@ -1,0 +1,198 @@
+"""The Trainer's read-only state, as Lightning code reads it (``trainer.global_step``,
+``trainer.strategy``, ``trainer.callback_metrics``...). Mixed into :class:`distengine.Trainer`."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from distengine.callbacks.base import Callback
+from distengine.module import Module
+from distengine.state import TrainerStatus
+from distengine.strategies import Strategy
+
+
+class TrainerProperties:
+    # ------------------------------------------------------------------ read-only state
+    @property
+    def global_step(self) -> int:
+        return self.progress.global_step
+
+    @property
+    def current_epoch(self) -> int:
+        # A fit that stopped early (EarlyStopping, max_steps mid-epoch, a stop request) counts
+        # the epoch it stopped in as finished, as Lightning does; `progress.epoch` keeps the
+        # exact position, which is what a checkpoint stores and a resume continues from.
+        return self.progress.epoch + self._stopped_in_epoch
+
+    @property
+    def global_rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.env.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.env.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def num_devices(self) -> int:
+        return self._devices
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.env.rank == 0
+
+    @property
+    def lightning_module(self) -> Module | None:
+        return self._module
+
+    @property
+    def train_dataloader(self) -> Any:
+        """The training loader of the current fit, as this rank iterates it (sharded)."""
+        return getattr(self, "_train_loader", None)
+
+    @property
+    def model(self) -> Any:
+        """What the loop calls forward on (the module, or its DDP wrapper) during ``fit``."""
+        return self._strategy.model
+
+    @property
+    def strategy(self) -> Strategy:
+        """How this rank holds the model and talks to the others (``root_device``, ``barrier``,
+        ``broadcast``, ``reduce``, ``reduce_boolean_decision``): see :mod:`distengine.strategies`."""
+        return self._strategy
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        return bool(getattr(self._strategy, "find_unused_parameters", False))
+
+    @property
+    def root_device(self) -> torch.device:
+        return self._strategy.root_device
+
+    def barrier(self, name: str | None = None) -> None:
+        self._strategy.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return self._strategy.broadcast(obj, src)
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return self._strategy.reduce_boolean_decision(decision, all)
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._loggers
+
+    @property
+    def logger(self) -> Any:
+        return self._loggers[0] if self._loggers else None
+
+    @property
+    def log_dir(self) -> str:
+        if self.logger is not None and getattr(self.logger, "log_dir", None):
+            return self.logger.log_dir
+        return self.default_root_dir
+
+    @property
+    def profiler(self) -> Any:  # a PassThroughProfiler without Trainer(profiler=...), as in Lightning
+        return self._profiler
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self._status.sanity_checking
+
+    @property
+    def training(self) -> bool:
+        return self._status.stage == "fit" and self._results.stage == "train"
+
+    @property
+    def validating(self) -> bool:
+        return self._results.stage == "validate" and self._status.stage in ("fit", "validate")
+
+    @property
+    def testing(self) -> bool:
+        return self._status.stage == "test"
+
+    @property
+    def predicting(self) -> bool:
+        return self._status.stage == "predict"
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        """Latest values of everything logged: local step values and rank-reduced epoch values."""
+        out = self._results.step_metrics_now()
+        out.update(self._results.epoch_values)
+        return out
+
+    def record_callback_metrics(self, values: dict[str, float]) -> None:
+        """Add values a callback computed (for example learning rates) to ``callback_metrics``."""
+        self._results.epoch_values.update({k: torch.tensor(v) for k, v in values.items()})
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        """The values logged with ``prog_bar=True`` (the bar shows the step's loss beside them)."""
+        return self._results.prog_bar_now()
+
+    @property
+    def checkpoint_callbacks(self) -> list[Callback]:
+        from distengine.callbacks.model_checkpoint import ModelCheckpoint
+
+        return [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
+
+    @property
+    def checkpoint_callback(self) -> Callback | None:
+        cbs = self.checkpoint_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def early_stopping_callback(self) -> Callback | None:
+        from distengine.callbacks.early_stopping import EarlyStopping
+
+        return next((c for c in self.callbacks if isinstance(c, EarlyStopping)), None)
+
+    @property
+    def num_training_batches(self) -> int | float:
+        return getattr(self, "_num_train_batches", 0)
+
+    @property
+    def num_val_batches(self) -> list[int]:
+        return list(getattr(self, "_num_val_batches", []))
+
+    @property
+    def num_sanity_val_batches(self) -> list[int]:
+        return list(getattr(self, "_sanity_steps", []))
+
+    @property
+    def num_test_batches(self) -> list[int]:
+        return list(self._eval_batches.get("test", [])) if hasattr(self, "_eval_batches") else []
+
+    @property
+    def num_predict_batches(self) -> list[int]:
+        return list(self._eval_batches.get("predict", [])) if hasattr(self, "_eval_batches") else []
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        from distengine.data import estimated_steps
+
+        return estimated_steps(self.num_training_batches, self.accumulate_grad_batches, self.max_epochs, self.max_steps)
+
+    @property
+    def state(self) -> TrainerStatus:
+        return self._status
+
+    @property
+    def precision_plugin(self) -> Any:
+        """The Precision object of the current run (autocast, GradScaler, ``backward``); None before one."""
+        return self._precision
+
+    @property
+    def metric_results(self) -> Any:
+        """Where ``self.log`` writes (step and epoch values, reduced across ranks when logged)."""
+        return self._results
