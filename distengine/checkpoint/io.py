@@ -207,6 +207,10 @@ def is_valid_checkpoint(path: str | os.PathLike, deep: bool = False) -> bool:
 def _checkpoint_problem(path: str, deep: bool = False) -> str | None:
     """Why ``path`` cannot be loaded ("is missing", "is truncated or corrupt", "was refused as
     unsafe ..."), or None when :func:`safe_load` would accept it."""
+    if os.path.isdir(path):  # a sharded checkpoint (checkpoint/sharded.py)
+        from distengine.checkpoint.sharded import is_sharded_checkpoint
+
+        return None if is_sharded_checkpoint(path) else "is an incomplete sharded checkpoint"
     if not os.path.isfile(path):
         return "is missing"
     if deep:
@@ -326,8 +330,8 @@ def list_checkpoints(dirpath: str | os.PathLike) -> list[str]:
     found = []
     for name in names:
         full = os.path.join(dirpath, name)
-        if name.endswith(CKPT_SUFFIX) and not is_temp_file(name) and os.path.isfile(full) \
-                and _inside(dirpath, full):
+        if name.endswith(CKPT_SUFFIX) and not is_temp_file(name) and _inside(dirpath, full) \
+                and (os.path.isfile(full) or os.path.isdir(full)):  # a directory: a sharded checkpoint
             try:
                 found.append((os.stat(full).st_mtime_ns, name, os.path.abspath(full)))
             except FileNotFoundError:  # deleted between listdir and stat
@@ -397,7 +401,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
         return None
     ckpt_path = os.fspath(ckpt_path)
     if ckpt_path != "last":
-        if not os.path.isfile(ckpt_path):
+        if not os.path.isfile(ckpt_path) and not os.path.isdir(ckpt_path):  # a directory: sharded
             raise CheckpointError(
                 f"checkpoint file {ckpt_path!r} does not exist; pass an existing file, "
                 "'last', or None")

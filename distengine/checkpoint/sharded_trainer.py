@@ -36,8 +36,10 @@ def checkpointer_of(strategy: Any) -> ShardedCheckpointer:
 
 
 def save_trainer_checkpoint(trainer: Any, path: str, weights_only: bool = False, async_save: bool = False,
-                            on_done: Callable[[str], Any] | None = None) -> None:
-    """Write the Trainer's checkpoint to directory ``path``. A collective: every rank calls it."""
+                            on_done: Callable[[str], Any] | None = None) -> ShardedCheckpointer:
+    """Write the Trainer's checkpoint to directory ``path``; return the checkpointer that writes it.
+    A collective: every rank calls it."""
+    trainer._raise_if_nonfinite()  # never write a checkpoint of weights a NaN step produced
     ckpt = trainer._checkpointer().save(weights_only, True)  # every rank: it holds its own shards
     if trainer.is_global_zero:  # the hooks run where they run for a file: on rank 0
         for fn in trainer._module_hooks.get("on_save_checkpoint", ()):
@@ -50,7 +52,9 @@ def save_trainer_checkpoint(trainer: Any, path: str, weights_only: bool = False,
         tensors["optimizer_states"] = {str(i): s for i, s in enumerate(states)}
         ckpt[OPTIMIZER_GROUPS] = [_groups_without_tensors(s) for s in states]
     meta = ckpt if trainer.is_global_zero else None
-    checkpointer_of(trainer.strategy).save(path, tensors, meta, async_save=async_save, on_done=on_done)
+    writer = checkpointer_of(trainer.strategy)
+    writer.save(path, tensors, meta, async_save=async_save, on_done=on_done)
+    return writer
 
 
 def _groups_without_tensors(state: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """``Trainer(strategy=FSDPStrategy(...))`` end to end: exact resume after a SIGKILL on 2 ranks,
 and the same sharded checkpoint resumed in one process (no FSDP) and refused for another model.
 
-The jobs are real processes (tests/fsdp/scripts/fsdp_train.py): shuffled data with a worker,
+The jobs are real processes (tests/fsdp/scripts/fsdp_train.py): shuffled data, uneven validation,
 dropout, AdamW with an LR schedule, accumulation and clipping, an async sharded checkpoint
 after every optimizer step; 2 ranks on gloo.
 """
@@ -64,10 +64,12 @@ def runs(tmp_path_factory):
 
 def test_sigkilled_fsdp_run_resumes_exactly(runs):
     base, out = runs
-    ckpt_dir = base / "pristine" / "checkpoints"
-    last = read_last_pointer(ckpt_dir)
-    assert last is not None and os.path.isdir(last) and os.path.basename(last) == f"epoch=0-step={KILL_STEP}.ckpt"
-    assert not [n for n in os.listdir(ckpt_dir) if n.startswith(".")], "a temporary directory was left behind"
+    last = read_last_pointer(base / "pristine" / "checkpoints")
+    # the async save of step KILL_STEP may still have been in flight: then the one before counts
+    assert last is not None and os.path.isdir(last)
+    assert os.path.basename(last) in {f"epoch=0-step={s}.ckpt" for s in (KILL_STEP - 1, KILL_STEP)}
+    after = os.listdir(base / "resume" / "checkpoints")
+    assert not [n for n in after if n.startswith(".")], f"a temporary directory was left behind: {after}"
     want = torch.load(os.path.join(out, "base-final.pt"))
     got = torch.load(os.path.join(out, "resume-final.pt"))
     differ = [k for k in want if not torch.equal(want[k], got[k])]
@@ -88,10 +90,11 @@ def test_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(run
     src = resolve_checkpoint("last", str(base / "pristine" / "checkpoints"))
     assert main(["checkpoint", "consolidate", src, str(tmp_path / "full.ckpt")]) == 0
     full = safe_load(str(tmp_path / "full.ckpt"))
-    assert full["global_step"] == KILL_STEP and len(full["rng"]) == 2
+    step = full["global_step"]
+    assert step in (KILL_STEP - 1, KILL_STEP) and len(full["rng"]) == 2
 
     def trainer():
-        return de.Trainer(max_steps=KILL_STEP, accelerator="cpu", logger=False, enable_checkpointing=False,
+        return de.Trainer(max_steps=step, accelerator="cpu", logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
 
     from tests.fsdp.scripts.fsdp_train import Indexed
@@ -99,7 +102,7 @@ def test_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(run
     model = Net()
     t = trainer()
     t.fit(model, loader, ckpt_path=src)  # one process, no FSDP: complete tensors from the shards
-    assert t.global_step == KILL_STEP
+    assert t.global_step == step
     assert all(torch.equal(v, full["state_dict"][k]) for k, v in model.state_dict().items())
     now = t.optimizers[0].state_dict()["state"]
     saved = full["optimizer_states"][0]["state"]

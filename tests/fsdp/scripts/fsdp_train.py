@@ -3,8 +3,8 @@
     python fsdp_train.py --root DIR --out DIR --run NAME [--kill-step K] [--resume] [--strategy fsdp|auto]
 
 Blocks with dropout (the RNG state matters), AdamW with an LR schedule, gradient accumulation
-and clipping, a shuffled 48-sample dataset with a worker, a sharded checkpoint after every
-optimizer step (asynchronous). ``--kill-step K`` SIGKILLs every rank at the start of the batch
+and clipping, a shuffled 48-sample dataset, validation with 2 batches on rank 0 and
+1 on rank 1, a sharded checkpoint after every optimizer step (asynchronous). ``--kill-step K`` SIGKILLs every rank at the start of the batch
 after optimizer step K. Rank 0 writes the complete final weights (``<run>-final.pt``) and every
 logged metric (``<run>-log.jsonl``).
 """
@@ -61,6 +61,10 @@ class Net(de.Module):
         self.log("train_loss", loss)
         return loss
 
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self(x), y))
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=0.02)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.7)}
@@ -96,7 +100,8 @@ def main() -> None:
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     de.seed_everything(7)
-    train = DataLoader(Indexed(N_TRAIN), batch_size=BATCH, shuffle=True, num_workers=1)
+    train = DataLoader(Indexed(N_TRAIN), batch_size=BATCH, shuffle=True)
+    val = DataLoader(Indexed(9), batch_size=BATCH)  # ranks get 5 and 4 samples: 2 batches and 1
     callbacks = [ModelCheckpoint(every_n_train_steps=1, save_top_k=1, async_save=True)]
     if args.kill_step is not None:
         callbacks.append(Killer(args.kill_step))
@@ -110,7 +115,7 @@ def main() -> None:
                          gradient_clip_val=0.5, logger=JsonlLogger(os.path.join(args.out, f"{args.run}-log.jsonl")),
                          enable_progress_bar=False, enable_model_summary=False)
     model = Net()
-    trainer.fit(model, train, ckpt_path="last" if args.resume else None)
+    trainer.fit(model, train, val, ckpt_path="last" if args.resume else None)
     from distengine.strategies.fsdp import full_tensor
 
     final = {k: full_tensor(v) for k, v in model.state_dict().items()}  # every rank gathers
