@@ -56,3 +56,33 @@ def data(n: int = 32, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, D, generator=g)
     return x, x.sum(1, keepdim=True).sin()
+
+
+def manual_module():
+    """A distengine Module with manual optimization, clipping and ``self.log`` over the same net."""
+    import distengine as de
+
+    class Manual(de.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            net = Net()
+            self.blocks, self.head = net.blocks, net.head
+
+        def forward(self, x):
+            return self.head(self.blocks(x))
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            x, y = batch
+            loss = nn.functional.mse_loss(self(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            self.clip_gradients(opt, gradient_clip_val=0.3, gradient_clip_algorithm="norm")
+            opt.step()
+            self.log("loss", loss, on_step=True, on_epoch=True, sync_dist=True)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=0.01)
+
+    return Manual()

@@ -161,8 +161,25 @@ def _options(rank, out):
         out[name] = (loss.dtype, grad_max, _full(m))
 
 
+def _fit_manual(tmp, strategy):
+    """Trainer.fit with manual optimization (manual_backward, clip_gradients, self.log)."""
+    import distengine as de
+    from tests.fsdp.models import manual_module
+
+    x, y = data(64)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8 if strategy else 16)
+    model = manual_module()
+    trainer = de.Trainer(max_epochs=1, accelerator="cpu", strategy=strategy or "auto", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp)
+    trainer.fit(model, loader)
+    return float(trainer.callback_metrics["loss_epoch"]), _full(model), trainer.global_step
+
+
 def _two_ranks(rank, tmp):
-    out = {}
+    from distengine.strategies.fsdp import FSDPStrategy
+
+    out = {"manual": _fit_manual(tmp, FSDPStrategy(auto_wrap_policy={Block}))}
     s, model, opt = _train_save_resume(rank, tmp, out)
     _evaluate_unevenly(rank, s, model, opt, out)
     _fp16_skip(rank, out)
@@ -217,6 +234,15 @@ def test_two_ranks_match_one_process_and_resume_exactly(job):
     assert r0["plain_equal"] and r1["plain_equal"], "2 ranks loading complete tensors got other values"
     assert (r0["full_keys"], r1["full_keys"]) == (len(w4), 0), "a full state dict lives on rank 0 only"
     assert r0["full_roundtrip"] and r1["full_roundtrip"]
+
+
+def test_trainer_manual_optimization_matches_one_process(job, tmp_path):
+    _, (r0, r1) = job
+    loss, weights, steps = _fit_manual(str(tmp_path), None)
+    assert r0["manual"][2] == r1["manual"][2] == steps == 4
+    assert r0["manual"][0] == r1["manual"][0] == pytest.approx(loss, rel=1e-5)  # the epoch mean, over ranks
+    for k, v in weights.items():
+        torch.testing.assert_close(r0["manual"][1][k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_precision_offload_reshard_options(job):

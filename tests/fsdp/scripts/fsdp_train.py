@@ -3,10 +3,10 @@
     python fsdp_train.py --root DIR --out DIR --run NAME [--kill-step K] [--resume] [--strategy fsdp|auto]
 
 Blocks with dropout (the RNG state matters), AdamW with an LR schedule, gradient accumulation
-and clipping, a shuffled 48-sample dataset, validation with 2 batches on rank 0 and
-1 on rank 1, a sharded checkpoint after every optimizer step (asynchronous). ``--kill-step K`` SIGKILLs every rank at the start of the batch
-after optimizer step K. Rank 0 writes the complete final weights (``<run>-final.pt``) and every
-logged metric (``<run>-log.jsonl``).
+and clipping, a shuffled 48-sample dataset, validation with 2 batches on rank 0 and 1 on rank 1,
+a sharded checkpoint after every optimizer step (asynchronous). ``--kill-step K`` SIGKILLs every
+rank at the start of the batch after optimizer step K. Rank 0 writes the complete final weights
+(``<run>-final.pt``) and every logged metric (``<run>-log.jsonl``).
 """
 import argparse
 import json
