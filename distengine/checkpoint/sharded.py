@@ -33,7 +33,6 @@ import warnings
 from concurrent.futures import Future
 from typing import Any, Callable
 
-import torch
 import torch.distributed as dist
 
 from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
@@ -205,11 +204,11 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def sharded_keys(path: str | os.PathLike) -> set[str]:
     """The flattened keys (``model.blocks.0.fc1.weight``) stored in a sharded checkpoint."""
-    import torch.distributed.checkpoint as dcp
+    from distengine.checkpoint.dcp_safe import SafeReader
 
     path = os.fspath(path)
     _require(path)
-    return set(dcp.FileSystemReader(path).read_metadata().state_dict_metadata)
+    return set(SafeReader(path).read_metadata().state_dict_metadata)
 
 
 def check_model_keys(path: str | os.PathLike, tensors: dict[str, Any]) -> None:
@@ -236,6 +235,8 @@ def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, 
     """
     import torch.distributed.checkpoint as dcp
 
+    from distengine.checkpoint.dcp_safe import SafeLoadPlanner, SafeReader, refusals_as_checkpoint_errors
+
     path = os.fspath(path)
     meta = read_meta(path)
     check_model_keys(path, tensors)
@@ -243,7 +244,8 @@ def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, 
     with warnings.catch_warnings():
         if no_dist:  # DCP warns that it "assumes" one process: here that is the intent
             warnings.simplefilter("ignore", UserWarning)
-        dcp.load(tensors, checkpoint_id=path, no_dist=no_dist)
+        with refusals_as_checkpoint_errors(path):
+            dcp.load(tensors, storage_reader=SafeReader(path), planner=SafeLoadPlanner(), no_dist=no_dist)
     return meta
 
 
@@ -251,19 +253,19 @@ def consolidate(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any
     """Turn sharded checkpoint ``src`` into one ordinary checkpoint file ``dst`` (one process,
     no process group): the model's complete weights under ``state_dict``, the optimizers'
     states in ``optimizer.state_dict()`` form, and ``meta.pt``'s entries. Returns what it wrote."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    # the private loader, as DCP's own dcp_to_torch_save uses it: the public dcp.load copies back
+    # only the keys the caller's dict already has, and here it starts empty
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    from distengine.checkpoint.dcp_safe import SafeFullLoadPlanner, SafeReader, refusals_as_checkpoint_errors
 
     src, dst = os.fspath(src), os.fspath(dst)
     meta = read_meta(src)
-    tmp = f"{dst}.{uuid.uuid4().hex[:8]}.dcp-full"
-    try:
-        with warnings.catch_warnings():  # "no process group: loading in a single process" is the intent
-            warnings.simplefilter("ignore", UserWarning)
-            dcp_to_torch_save(src, tmp)
-        full = torch.load(tmp, map_location="cpu", weights_only=True)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    full: dict[str, Any] = {}
+    with warnings.catch_warnings():  # "no process group: loading in a single process" is the intent
+        warnings.simplefilter("ignore", UserWarning)
+        with refusals_as_checkpoint_errors(src):
+            _load_state_dict(full, storage_reader=SafeReader(src), planner=SafeFullLoadPlanner(), no_dist=True)
     out = {k: v for k, v in meta.items() if k != OPTIMIZER_GROUPS}
     out["state_dict"] = full.pop("state_dict", {})
     optims = full.pop("optimizer_states", None)

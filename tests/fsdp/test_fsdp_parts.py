@@ -9,6 +9,8 @@ loads the checkpoint without FSDP, consolidates it with the CLI and checks bad i
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -299,6 +301,46 @@ def test_sharded_checkpoint_loads_in_one_process_and_consolidates(job, tmp_path,
                                               r"the model: blocks\.2\.fc1\.bias"):
         other = {k.replace("head", "out"): v for k, v in Net(n_blocks=2).state_dict().items()}
         load_sharded(src, {"state_dict": other})
+
+
+class _Marker:
+    """Unpickling it creates a directory: the proof that a load ran code from the checkpoint."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_loading_a_sharded_checkpoint_runs_no_code_from_it(job, tmp_path):
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from distengine.checkpoint.sharded import consolidate, load_sharded
+
+    tmp, _ = job
+    src = os.path.join(tmp, "step=2.ckpt")
+    # 1: a crafted index (.metadata is a pickle)
+    bad_index = tmp_path / "index.ckpt"
+    shutil.copytree(src, bad_index)
+    with open(bad_index / ".metadata", "wb") as f:
+        pickle.dump(_Marker(str(tmp_path / "ran1")), f)
+    with pytest.raises(CheckpointError, match="refused as unsafe"):
+        load_sharded(bad_index, {"state_dict": Net().state_dict()})
+    # 2: a non-tensor entry that is not plain data (DCP pickles those with torch.save)
+    bad_entry = tmp_path / "entry.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"state_dict": Net().state_dict(), "extra": _Marker(str(tmp_path / "ran2"))},
+                 checkpoint_id=str(bad_entry), no_dist=True)
+    shutil.copy(os.path.join(src, "meta.pt"), bad_entry / "meta.pt")
+    with pytest.raises(CheckpointError, match="refused as unsafe: an entry is not plain data"):
+        consolidate(bad_entry, tmp_path / "x.ckpt")
+    with pytest.raises(CheckpointError, match="refused as unsafe: an entry is not plain data"):
+        load_sharded(bad_entry, {"state_dict": Net().state_dict(), "extra": 0})
+    assert not (tmp_path / "ran1").exists() and not (tmp_path / "ran2").exists()
 
 
 def test_bad_input_is_one_line_before_training(tmp_path, capsys):
