@@ -68,8 +68,8 @@ def test_sigkilled_fsdp_run_resumes_exactly(runs):
     # the async save of step KILL_STEP may still have been in flight: then the one before counts
     assert last is not None and os.path.isdir(last)
     assert os.path.basename(last) in {f"epoch=0-step={s}.ckpt" for s in (KILL_STEP - 1, KILL_STEP)}
-    after = os.listdir(base / "resume" / "checkpoints")
-    assert not [n for n in after if n.startswith(".")], f"a temporary directory was left behind: {after}"
+    after = sorted(os.listdir(base / "resume" / "checkpoints"))  # save_top_k=1: older directories deleted
+    assert after == ["epoch=1-step=6.ckpt", "last.json"], after
     want = torch.load(os.path.join(out, "base-final.pt"))
     got = torch.load(os.path.join(out, "resume-final.pt"))
     differ = [k for k in want if not torch.equal(want[k], got[k])]
