@@ -82,6 +82,10 @@ def manual_module():
             opt.step()
             self.log("loss", loss, on_step=True, on_epoch=True, sync_dist=True)
 
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=0.01)
 

@@ -178,10 +178,40 @@ def _fit_manual(tmp, strategy):
     return float(trainer.callback_metrics["loss_epoch"]), _full(model), trainer.global_step
 
 
+def _loaders():
+    x, y = data(64)
+    ds = torch.utils.data.TensorDataset
+    # validation: 17 samples, 9 and 8 per rank, so 2 batches on rank 0 and 1 on rank 1
+    return (torch.utils.data.DataLoader(ds(x, y), batch_size=8),
+            torch.utils.data.DataLoader(ds(x[:17], y[:17]), batch_size=8))
+
+
+def _save_then_validate(tmp, out):
+    """Trainer.save_checkpoint in both layouts, then validate(ckpt_path=...) in a new Trainer."""
+    import distengine as de
+    from distengine.strategies.fsdp import FSDPStrategy
+    from tests.fsdp.models import manual_module
+
+    train, val = _loaders()
+    kw = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+          "enable_model_summary": False, "default_root_dir": tmp}
+    for layout in ("sharded", "full"):
+        model = manual_module()
+        trainer = de.Trainer(max_epochs=1, strategy=FSDPStrategy(auto_wrap_policy={Block}, state_dict_type=layout),
+                             **kw)
+        trainer.fit(model, train)
+        path = os.path.join(tmp, f"manual-{layout}.ckpt")
+        trainer.save_checkpoint(path)
+        out[f"val_{layout}"] = trainer.validate(model, val)[0]["val_loss"]
+        other = de.Trainer(strategy=FSDPStrategy(auto_wrap_policy={Block}, state_dict_type=layout), **kw)
+        out[f"val_{layout}_loaded"] = other.validate(manual_module(), val, ckpt_path=path)[0]["val_loss"]
+
+
 def _two_ranks(rank, tmp):
     from distengine.strategies.fsdp import FSDPStrategy
 
     out = {"manual": _fit_manual(tmp, FSDPStrategy(auto_wrap_policy={Block}))}
+    _save_then_validate(tmp, out)
     s, model, opt = _train_save_resume(rank, tmp, out)
     _evaluate_unevenly(rank, s, model, opt, out)
     _fp16_skip(rank, out)
@@ -247,6 +277,21 @@ def test_trainer_manual_optimization_matches_one_process(job, tmp_path):
         torch.testing.assert_close(r0["manual"][1][k], v, rtol=1e-5, atol=1e-6)
 
 
+def test_trainer_checkpoints_validate_on_two_ranks_and_in_one_process(job, tmp_path):
+    import distengine as de
+    from tests.fsdp.models import manual_module
+
+    tmp, (r0, r1) = job
+    _, val = _loaders()
+    for layout in ("sharded", "full"):
+        assert r0[f"val_{layout}"] == r1[f"val_{layout}"] == r0[f"val_{layout}_loaded"] == r1[f"val_{layout}_loaded"]
+        path = os.path.join(tmp, f"manual-{layout}.ckpt")
+        assert os.path.isdir(path) == (layout == "sharded")
+        one = de.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(tmp_path)).validate(manual_module(), val, ckpt_path=path)
+        assert one[0]["val_loss"] == pytest.approx(r0[f"val_{layout}"], rel=1e-5)
+
+
 def test_precision_offload_reshard_options(job):
     _, (r0, r1) = job
     plain = r0["plain"][2]
@@ -276,7 +321,7 @@ def test_sharded_checkpoint_loads_in_one_process_and_consolidates(job, tmp_path,
 
     tmp, (r0, _) = job
     src = os.path.join(tmp, "step=2.ckpt")
-    assert sorted(os.listdir(tmp)) == ["step=2.ckpt"], "a temporary directory was left behind"
+    assert not [n for n in os.listdir(tmp) if n.startswith(".")], "a temporary directory was left behind"
     plain = Net(seed=3).state_dict()
     assert load_sharded(src, {"state_dict": plain})["global_step"] == 2
     assert all(torch.equal(plain[k], r0["w2"][k]) for k in plain)
