@@ -141,6 +141,11 @@ class FSDPStrategy(Strategy):
         self.mesh: Any = None
         self.sharded_checkpointer: Any = None  # made by the first sharded save (checkpoint/sharded_trainer.py)
 
+    def fresh(self) -> FSDPStrategy:
+        new = super().fresh()
+        new.mesh, new.sharded_checkpointer = None, None
+        return new
+
     # ------------------------------------------------------------------ environment
     def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
         from distengine.dist import setup
@@ -180,6 +185,10 @@ class FSDPStrategy(Strategy):
         """Shard ``module`` in place and return it (the root is an ``FSDPModule`` afterwards)."""
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
+        if isinstance(module, FSDPModule):  # sharded by an earlier fit/validate of this module: reuse
+            self.module = self.model = module
+            self.step_fn = module.training_step
+            return module
         by_hand = _overrides_configure_model(module)
         if not by_hand and self._wrap is not None and not shard_units(module, self._wrap):
             raise ValueError(f"auto_wrap_policy={self._policy_text} matches no submodule of "
@@ -211,10 +220,7 @@ class FSDPStrategy(Strategy):
 
     def module_to_device(self, module: nn.Module) -> None:
         """Evaluation without ``fit`` shards the module too (a sharded module stays as it is)."""
-        from torch.distributed.fsdp import FSDPModule
-
-        if not isinstance(module, FSDPModule):
-            self.setup_module(module)
+        self.setup_module(module)
 
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         return _gradient_sync(model, last_micro_batch)
