@@ -165,7 +165,9 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
 
     Raises :class:`CheckpointError` naming the file when it is missing, truncated or corrupt,
     or when it is refused as unsafe: it holds objects that are not plain data (their
-    unpickling could run code; it never does, the loader refuses them first).
+    unpickling could run code; it never does, the loader refuses them first). A sharded
+    checkpoint directory gives the same dictionary, its tensors complete
+    (``checkpoint/sharded.py``).
 
     Example::
 
@@ -173,6 +175,10 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         model.load_state_dict(state["state_dict"])
     """
     path = os.fspath(path)
+    if os.path.isdir(path):  # a sharded checkpoint: its complete tensors, read as safely as a file
+        from distengine.checkpoint.sharded import load_consolidated
+
+        return load_consolidated(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file {path!r} does not exist; check the path")
     try:

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
 
 __all__ = ["META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
-           "load_sharded", "read_meta", "sharded_keys"]
+           "load_consolidated", "load_sharded", "read_meta", "sharded_keys"]
 
 META_FILE = "meta.pt"
 #: meta.pt entry: each optimizer's parameter groups without tensors (checked before a load)
@@ -250,16 +250,25 @@ def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, 
 
 
 def consolidate(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
-    """Turn sharded checkpoint ``src`` into one ordinary checkpoint file ``dst`` (one process,
-    no process group): the model's complete weights under ``state_dict``, the optimizers'
-    states in ``optimizer.state_dict()`` form, and ``meta.pt``'s entries. Returns what it wrote."""
+    """Turn sharded checkpoint ``src`` into one ordinary checkpoint file ``dst`` (see
+    :func:`load_consolidated`); returns what it wrote."""
+    out = load_consolidated(src)
+    atomic_save(out, os.fspath(dst))
+    return out
+
+
+def load_consolidated(src: str | os.PathLike) -> dict[str, Any]:
+    """Sharded checkpoint ``src`` as the dictionary of an ordinary checkpoint file (in this
+    process, without a process group): the model's complete weights under ``state_dict``, the
+    optimizers' states in ``optimizer.state_dict()`` form, and ``meta.pt``'s entries.
+    ``safe_load`` of a directory returns this."""
     # the private loader, as DCP's own dcp_to_torch_save uses it: the public dcp.load copies back
     # only the keys the caller's dict already has, and here it starts empty
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     from distengine.checkpoint.dcp_safe import SafeFullLoadPlanner, SafeReader, refusals_as_checkpoint_errors
 
-    src, dst = os.fspath(src), os.fspath(dst)
+    src = os.fspath(src)
     meta = read_meta(src)
     full: dict[str, Any] = {}
     with warnings.catch_warnings():  # "no process group: loading in a single process" is the intent
@@ -272,7 +281,6 @@ def consolidate(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any
     if optims is not None:
         out["optimizer_states"] = [name_keyed_to_indexed(o) for o in _as_list(optims)]
     out.update({k: v for k, v in full.items() if k not in out})
-    atomic_save(out, dst)
     return out
 
 

@@ -290,6 +290,11 @@ def test_trainer_checkpoints_validate_on_two_ranks_and_in_one_process(job, tmp_p
         one = de.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=str(tmp_path)).validate(manual_module(), val, ckpt_path=path)
         assert one[0]["val_loss"] == pytest.approx(r0[f"val_{layout}"], rel=1e-5)
+    # load_from_checkpoint takes the directory as it takes a file (safe_load reads its shards whole)
+    from_dir = type(manual_module()).load_from_checkpoint(os.path.join(tmp, "manual-sharded.ckpt"))
+    from_file = type(manual_module()).load_from_checkpoint(os.path.join(tmp, "manual-full.ckpt"))
+    for k, v in from_file.state_dict().items():
+        torch.testing.assert_close(from_dir.state_dict()[k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_precision_offload_reshard_options(job):
