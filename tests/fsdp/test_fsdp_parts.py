@@ -424,5 +424,9 @@ def test_bad_input_is_one_line_before_training(tmp_path, capsys):
         load_sharded(half, {"model": {}})
     assert main(["checkpoint", "consolidate", str(tmp_path / "nope"), "x.ckpt"]) == 2
     assert main(["checkpoint", "merge"]) == 2
+    assert main(["checkpoint", "consolidate", str(half)]) == 2
     err = capsys.readouterr().err
-    assert "is not a directory" in err and "unknown subcommand 'merge'" in err
+    assert "is not a directory" in err and "unknown subcommand 'merge'" in err and "takes two arguments" in err
+    assert main(["checkpoint", "--help"]) == 0 and "consolidate SRC DST.ckpt" in capsys.readouterr().out
+    assert main(["checkpoint", "consolidate", str(half), str(tmp_path / "x.ckpt")]) == 2
+    assert "is incomplete" in capsys.readouterr().err
