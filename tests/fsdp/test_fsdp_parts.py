@@ -207,11 +207,28 @@ def _save_then_validate(tmp, out):
         out[f"val_{layout}_loaded"] = other.validate(manual_module(), val, ckpt_path=path)[0]["val_loss"]
 
 
+def _trainer_bf16(tmp, out):
+    """Trainer(precision="bf16-mixed") reaches FSDP's MixedPrecisionPolicy; the shards stay fp32."""
+    import distengine as de
+    from distengine.strategies.fsdp import FSDPStrategy
+    from tests.fsdp.models import manual_module
+
+    model = manual_module()
+    trainer = de.Trainer(max_epochs=1, strategy=FSDPStrategy(auto_wrap_policy={Block}), precision="bf16-mixed",
+                         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp)
+    trainer.fit(model, _loaders()[0])
+    policy = model.blocks[0]._get_fsdp_state()._mp_policy
+    out["bf16_trainer"] = (policy.param_dtype, policy.reduce_dtype, model.blocks[0].fc1.weight.dtype,
+                           float(trainer.callback_metrics["loss_epoch"]))
+
+
 def _two_ranks(rank, tmp):
     from distengine.strategies.fsdp import FSDPStrategy
 
     out = {"manual": _fit_manual(tmp, FSDPStrategy(auto_wrap_policy={Block}))}
     _save_then_validate(tmp, out)
+    _trainer_bf16(tmp, out)
     s, model, opt = _train_save_resume(rank, tmp, out)
     _evaluate_unevenly(rank, s, model, opt, out)
     _fp16_skip(rank, out)
@@ -302,6 +319,9 @@ def test_precision_offload_reshard_options(job):
     plain = r0["plain"][2]
     for name in ("offload", "keep"):  # where the shards live / when they are freed: same numbers
         assert all(torch.equal(r0[name][2][k], v) for k, v in plain.items()), name
+    assert r0["bf16_trainer"][:3] == (torch.bfloat16, torch.float32, torch.float32)
+    bf16_loss, fp32_loss = r0["bf16_trainer"][3], r0["manual"][0]  # the same run in fp32
+    assert bf16_loss == pytest.approx(fp32_loss, rel=0.05) and bf16_loss != fp32_loss
     assert r0["bf16"][0] == torch.bfloat16 and r0["plain"][0] == torch.float32
     assert all(v.dtype == torch.float32 for v in r0["bf16"][2].values()), "bf16-mixed keeps fp32 shards"
     assert not all(torch.equal(r0["bf16"][2][k], v) for k, v in plain.items())
