@@ -410,7 +410,7 @@ def _run_eval(t, stage: str, loaders: list[Any], limit: list[int], sanity: bool)
         fn()
     all_outputs: list[list[Any]] = []
     ctx = torch.inference_mode() if t.inference_mode else contextlib.nullcontext()
-    with ctx:
+    with t.strategy.evaluation_context(module), ctx:  # gathered outside inference mode: reused in training
         for dl_idx, loader in enumerate(loaders):
             res.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if many else ""
             outputs: list[Any] = []

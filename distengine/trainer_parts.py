@@ -316,7 +316,9 @@ class CheckpointMixin:
             "rng": ts.RNGStates(self._resume, self.global_rank),
             "callbacks": ts.CallbackStates(self.callbacks),
         }
-        return ts.Checkpointer({**weights, **training}, weights=tuple(weights), collective=("rng",))
+        # every rank takes part in gathering the RNG states, and FSDP's weights and optimizer states
+        return ts.Checkpointer({**weights, **training}, weights=tuple(weights),
+                               collective=("rng", "state_dict", "optimizer_states"))
 
     def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any] | None:
         """The full checkpoint on global rank zero (None elsewhere). A collective: every rank
@@ -344,6 +346,11 @@ class CheckpointMixin:
         from distengine.checkpoint.io import atomic_save
 
         with self.profiler.profile("save_checkpoint"):
+            if self._strategy.checkpoint_layout == "sharded":  # a directory; every rank writes its shards
+                from distengine.checkpoint.sharded_trainer import save_trainer_checkpoint
+
+                save_trainer_checkpoint(self, filepath, weights_only)
+                return
             ckpt = self._checkpoint_dict(weights_only)
             if ckpt is not None:
                 os.makedirs(os.path.dirname(os.path.abspath(filepath)), exist_ok=True)
@@ -359,6 +366,7 @@ class CheckpointMixin:
     def _restore(self, ckpt_path: str | None) -> None:
         """Restore the full training state from ``ckpt_path`` (a file or ``"last"``)."""
         from distengine.checkpoint.io import resolve_checkpoint, resolve_last_in_versions, safe_load
+        from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint as load_for_trainer
 
         self._resume.epoch_start_sample, self._resume.epoch_start_batch = 0, 0
         if ckpt_path is None:
@@ -376,7 +384,7 @@ class CheckpointMixin:
         # into the parameters where they live, and the optimizers keep Adam's ``step`` counters
         # on the CPU. Loaded onto a GPU, those counters would stay there, and the default
         # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
-        ckpt = safe_load(path, map_location="cpu")
+        ckpt = load_for_trainer(self, path) if os.path.isdir(path) else safe_load(path, map_location="cpu")
         if not self._checkpointer().restore(ckpt, path, self._module_hooks.get("on_load_checkpoint", ()),
                                             self._callback_hooks.get("on_load_checkpoint", ())):
             return  # a weights-only checkpoint: start training from these weights
@@ -387,7 +395,7 @@ class CheckpointMixin:
                   file=sys.stderr, flush=True)
 
     def _load_weights_only(self, ckpt_path: str) -> None:
-        from distengine.checkpoint.apply import load_weights
+        from distengine.checkpoint.apply import check_weights
         from distengine.checkpoint.io import resolve_checkpoint, safe_load
 
         if ckpt_path == "best":  # Lightning: the best checkpoint the ModelCheckpoint callback kept
@@ -399,5 +407,10 @@ class CheckpointMixin:
         path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
         if path is None:
             raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
-        load_weights(self._module, safe_load(path, map_location="cpu")["state_dict"], source=path)
+        from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint
+
+        sharded = os.path.isdir(path)  # a sharded checkpoint: read into this rank's layout
+        state = load_trainer_checkpoint(self, path, True) if sharded else safe_load(path, map_location="cpu")
+        check_weights(self._module, state["state_dict"], source=path)
+        self._strategy.load_module_state_dict(self._module, state["state_dict"])
 

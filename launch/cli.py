@@ -18,6 +18,8 @@ _USAGE = """usage: distengine <command> [options]
 commands:
   launch    start a distributed job on this machine (or one node of several): distengine launch --help
   slurm     submit or manage a job on a SLURM cluster: distengine slurm --help
+  checkpoint consolidate SRC DST.ckpt
+            turn a sharded (FSDP) checkpoint directory into one ordinary checkpoint file
 """
 
 
@@ -56,6 +58,43 @@ def _slurm_main(argv: list[str]) -> int:
     return int(slurm_main(argv) or 0)
 
 
+_CHECKPOINT_USAGE = """usage: distengine checkpoint consolidate SRC DST.ckpt
+
+Turn the sharded checkpoint directory SRC (written by strategy='fsdp') into one ordinary
+checkpoint file DST.ckpt: complete weights, optimizer states and the training progress. It loads
+with Module.load_from_checkpoint and resumes with fit(ckpt_path=...) on any strategy.
+"""
+
+
+def checkpoint_main(argv: list[str]) -> int:
+    """Run ``distengine checkpoint ...``; torch is imported only here, after the arguments are checked."""
+    prog = "distengine checkpoint"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_CHECKPOINT_USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] != "consolidate":
+        return _error(prog, f"unknown subcommand {argv[0]!r}; expected 'consolidate'")
+    if len(argv) != 3 or any(a.startswith("-") for a in argv[1:]):
+        return _error(prog, "consolidate takes two arguments: SRC (a sharded checkpoint directory) and DST.ckpt")
+    import os
+
+    src, dst = argv[1], argv[2]
+    if not os.path.isdir(src):
+        return _error(prog, f"{src!r} is not a directory; SRC must be a sharded checkpoint directory")
+    if os.path.isdir(dst):
+        return _error(prog, f"{dst!r} is a directory; DST names the file to write")
+    from distengine.checkpoint.io import CheckpointError
+    from distengine.checkpoint.sharded import consolidate
+
+    try:
+        out = consolidate(src, dst)
+    except CheckpointError as exc:
+        return _error(prog, str(exc))
+    print(f"wrote {dst}: {len(out.get('state_dict', {}))} weight tensors, "
+          f"{len(out.get('optimizer_states', []))} optimizer state(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distengine`` console script; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -67,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         return launch_main(rest)
     if command == "slurm":
         return _slurm_main(rest)
-    return _error("distengine", f"unknown command {command!r}; expected 'launch' or 'slurm' "
+    if command == "checkpoint":
+        return checkpoint_main(rest)
+    return _error("distengine", f"unknown command {command!r}; expected 'launch', 'slurm' or 'checkpoint' "
                                 "(see 'distengine --help')")
 
 

@@ -19,6 +19,7 @@ import datetime
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -141,6 +142,7 @@ class ModelCheckpoint(Callback):
         self._missing_warned = False
         self._run_failed = False
         self._writer = AsyncCheckpointWriter() if async_save else None
+        self._sharded: Any = None  # the strategy's ShardedCheckpointer, once a sharded checkpoint was written
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -258,6 +260,8 @@ class ModelCheckpoint(Callback):
         self._fitting = False
         try:
             self.wait()  # the job must not end while the last checkpoint is half written
+            if self._sharded is not None:  # and no checkpoint thread or process group outlives the run
+                self._sharded.close()
         except RuntimeError as exc:
             if not self._run_failed:
                 raise
@@ -269,6 +273,8 @@ class ModelCheckpoint(Callback):
         """Block until a background write (``async_save=True``) is on disk."""
         if self._writer is not None:
             self._writer.wait()
+        if self._sharded is not None:
+            self._sharded.wait()
 
     # ------------------------------------------------------------------ graceful stop
     def save_now(self, trainer: Any, reason: str) -> str:
@@ -457,6 +463,12 @@ class ModelCheckpoint(Callback):
     # ------------------------------------------------------------------ writing
     def _write(self, trainer: Any, path: str, delete: list[str]) -> None:
         notify = checkpoint_notifier(trainer, self)  # the loggers' after_save_checkpoint
+        if getattr(trainer.strategy, "checkpoint_layout", "full") == "sharded":  # a directory: each rank writes
+            from distengine.checkpoint.sharded_trainer import save_trainer_checkpoint
+
+            self._sharded = save_trainer_checkpoint(trainer, path, self.save_weights_only, self._writer is not None,
+                                                    on_done=lambda p: self._after_durable(p, delete, notify))
+            return
         if self._writer is None:
             trainer.save_checkpoint(path, weights_only=self.save_weights_only)
             if trainer.is_global_zero:
@@ -472,7 +484,7 @@ class ModelCheckpoint(Callback):
         ``last.ckpt``, Lightning's file: a hard link, replaced atomically), tell the loggers
         (``notify``), then delete superseded files."""
         write_last_pointer(self.dirpath, path)
-        if self.save_last:
+        if self.save_last and not os.path.isdir(path):  # no hard link to a directory: last.json points at it
             link_atomic(path, os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + CKPT_SUFFIX))
         if self.verbose:
             print(f"distengine: saved checkpoint {path}", file=sys.stderr, flush=True)
@@ -483,6 +495,6 @@ class ModelCheckpoint(Callback):
             if old == path or old in self.best_k_models or old == self.last_model_path:
                 continue
             try:
-                os.remove(old)
+                shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
             except FileNotFoundError:
                 pass

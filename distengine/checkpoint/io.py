@@ -165,7 +165,9 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
 
     Raises :class:`CheckpointError` naming the file when it is missing, truncated or corrupt,
     or when it is refused as unsafe: it holds objects that are not plain data (their
-    unpickling could run code; it never does, the loader refuses them first).
+    unpickling could run code; it never does, the loader refuses them first). A sharded
+    checkpoint directory gives the same dictionary, its tensors complete
+    (``checkpoint/sharded.py``).
 
     Example::
 
@@ -173,6 +175,10 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         model.load_state_dict(state["state_dict"])
     """
     path = os.fspath(path)
+    if os.path.isdir(path):  # a sharded checkpoint: its complete tensors, read as safely as a file
+        from distengine.checkpoint.sharded import load_consolidated
+
+        return load_consolidated(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file {path!r} does not exist; check the path")
     try:
@@ -207,6 +213,10 @@ def is_valid_checkpoint(path: str | os.PathLike, deep: bool = False) -> bool:
 def _checkpoint_problem(path: str, deep: bool = False) -> str | None:
     """Why ``path`` cannot be loaded ("is missing", "is truncated or corrupt", "was refused as
     unsafe ..."), or None when :func:`safe_load` would accept it."""
+    if os.path.isdir(path):  # a sharded checkpoint (checkpoint/sharded.py)
+        from distengine.checkpoint.sharded import is_sharded_checkpoint
+
+        return None if is_sharded_checkpoint(path) else "is an incomplete sharded checkpoint"
     if not os.path.isfile(path):
         return "is missing"
     if deep:
@@ -326,8 +336,8 @@ def list_checkpoints(dirpath: str | os.PathLike) -> list[str]:
     found = []
     for name in names:
         full = os.path.join(dirpath, name)
-        if name.endswith(CKPT_SUFFIX) and not is_temp_file(name) and os.path.isfile(full) \
-                and _inside(dirpath, full):
+        if name.endswith(CKPT_SUFFIX) and not is_temp_file(name) and _inside(dirpath, full) \
+                and (os.path.isfile(full) or os.path.isdir(full)):  # a directory: a sharded checkpoint
             try:
                 found.append((os.stat(full).st_mtime_ns, name, os.path.abspath(full)))
             except FileNotFoundError:  # deleted between listdir and stat
@@ -397,7 +407,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
         return None
     ckpt_path = os.fspath(ckpt_path)
     if ckpt_path != "last":
-        if not os.path.isfile(ckpt_path):
+        if not os.path.isfile(ckpt_path) and not os.path.isdir(ckpt_path):  # a directory: sharded
             raise CheckpointError(
                 f"checkpoint file {ckpt_path!r} does not exist; pass an existing file, "
                 "'last', or None")

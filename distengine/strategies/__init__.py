@@ -16,7 +16,7 @@ STRATEGIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ddp": ("distengine.strategies.ddp", "DDPStrategy", {}),
     "ddp_spawn": ("distengine.strategies.ddp", "DDPStrategy", {}),  # runs as "ddp" (processes are launched)
     "ddp_find_unused_parameters_true": ("distengine.strategies.ddp", "DDPStrategy", {"find_unused_parameters": True}),
-    # "fsdp": ("distengine.strategies.fsdp", "FSDPStrategy", {}),  (added with strategies/fsdp.py)
+    "fsdp": ("distengine.strategies.fsdp", "FSDPStrategy", {}),
 }
 
 _LAZY = {"SingleDeviceStrategy": "distengine.strategies.single", "DDPStrategy": "distengine.strategies.ddp",

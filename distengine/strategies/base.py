@@ -115,6 +115,10 @@ class Strategy:
     def prepare_for_backward(self, loss: torch.Tensor) -> None:
         """Called by ``Module.manual_backward`` before each backward (manual optimization)."""
 
+    def evaluation_context(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Around a whole validation/test/predict run (FSDP gathers the parameters once there)."""
+        return contextlib.nullcontext()
+
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """Context for one micro-batch's forward+backward: gradients are synchronised only on
         the last micro-batch of an accumulation window."""

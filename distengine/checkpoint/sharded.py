@@ -1,0 +1,306 @@
+"""Sharded checkpoints: one ``torch.distributed.checkpoint`` (DCP) directory, each rank writing its shards.
+
+Layout of ``<name>/`` (a directory, named like a file checkpoint: ``epoch=0-step=4.ckpt``)::
+
+    .metadata          DCP's index of every tensor and which file holds which shard
+    __0_0.distcp ...   the shards, one file per rank
+    meta.pt            the non-tensor state (progress, callbacks, loggers, every rank's RNG ...),
+                       written by rank 0 with ``atomic_save``; loads with ``safe_load``
+
+A checkpoint counts only when it is complete: every rank writes into ``.<name>.tmp-<id>/``
+(rank 0 puts ``meta.pt`` there first); once DCP's ``.metadata`` exists (DCP writes it only after
+every rank reported its shards written) rank 0 renames the directory into place. A crash at
+any point leaves the previous checkpoint intact and no half-written directory under a final
+name. Loading reshards: a checkpoint written by N ranks loads on M ranks, into FSDP shards or
+into complete tensors (DDP, one process); DCP reads each rank's part of each tensor.
+
+Example::
+
+    ckpt = ShardedCheckpointer()
+    state = {"state_dict": model_sd, "optimizer_states": {"0": optim_sd}}   # the Trainer's names
+    ckpt.save("ckpts/epoch=0-step=4.ckpt", state, meta={"global_step": 4}, async_save=True)
+    ckpt.wait()                        # after an async save (also done by the next save)
+    meta = load_sharded("ckpts/epoch=0-step=4.ckpt", state)   # fills ``state`` in place
+    ckpt.close()                       # wait, then release the checkpoint process group
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+import warnings
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import torch.distributed as dist
+
+from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
+
+__all__ = ["META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
+           "load_consolidated", "load_sharded", "read_meta", "sharded_keys"]
+
+META_FILE = "meta.pt"
+#: meta.pt entry: each optimizer's parameter groups without tensors (checked before a load)
+OPTIMIZER_GROUPS = "sharded_optimizer_param_groups"
+_TMP_MARK = ".tmp-"
+_DCP_METADATA = ".metadata"
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a complete sharded checkpoint directory (DCP index and ``meta.pt`` both present)."""
+    path = os.fspath(path)
+    return (os.path.isdir(path) and os.path.isfile(os.path.join(path, _DCP_METADATA))
+            and os.path.isfile(os.path.join(path, META_FILE)))
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class ShardedCheckpointer:
+    """Writes sharded checkpoints; every rank calls :meth:`save` with its own shards.
+
+    ``async_save=True`` copies the shards to host memory, returns, and writes in a background
+    thread over a checkpoint-only gloo process group (collectives of the save must not
+    interleave with training's on the default group). At most one save is in flight: the next
+    save, :meth:`wait` and :meth:`close` wait for it and raise its error, if any.
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple[Future, threading.Event] | None = None
+        self._group: Any = None
+        self._error: BaseException | None = None
+
+    # ------------------------------------------------------------------ save
+    def save(self, path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any] | None = None,
+             async_save: bool = False, on_done: Callable[[str], Any] | None = None) -> None:
+        """Write ``tensors`` (state dicts of DTensor shards or plain tensors) to directory ``path``;
+        ``meta`` (plain data, rank 0's is written) goes into ``meta.pt``. A collective.
+
+        ``on_done(path)`` runs on rank 0 once the checkpoint is in place (in the background
+        thread after an async save)."""
+        import torch.distributed.checkpoint as dcp
+
+        self.wait()
+        final = os.path.abspath(os.fspath(path))
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        if _rank() == 0:  # before the broadcast below: no rank knows the new name yet
+            remove_stale_temp_dirs(parent)  # nothing of ours is in flight: we waited above
+        tag = uuid.uuid4().hex[:12]
+        if _distributed():  # one temporary name for all ranks, chosen by rank 0
+            box = [tag]
+            dist.broadcast_object_list(box, src=0)
+            tag = box[0]
+        tmp = os.path.join(parent, f".{os.path.basename(final)}{_TMP_MARK}{tag}")
+        if _rank() == 0:  # now, not after an async write: ``meta`` may hold objects that change later
+            os.makedirs(tmp, exist_ok=True)
+            atomic_save(meta or {}, os.path.join(tmp, META_FILE))
+        if not async_save:
+            dcp.save(tensors, checkpoint_id=tmp)
+            if _rank() == 0:
+                _publish(tmp, final)
+                if on_done is not None:
+                    on_done(final)
+            if _distributed():
+                dist.barrier()  # nobody reads or replaces it before it is in place
+            return
+        future = dcp.async_save(tensors, checkpoint_id=tmp, process_group=self._checkpoint_group())
+        finished = threading.Event()
+        rank0 = _rank() == 0
+
+        def finish(f: Future) -> None:
+            # DCP's future completes after .metadata is written, which needs every rank's result
+            try:
+                f.result()
+                if rank0:
+                    _publish(tmp, final)
+                    if on_done is not None:
+                        on_done(final)
+            except BaseException as exc:  # noqa: BLE001 - raised by the next save/wait/close
+                self._error = exc
+            finally:
+                finished.set()
+
+        self._pending = (future, finished)
+        future.add_done_callback(finish)
+
+    def _checkpoint_group(self) -> Any:
+        if self._group is None and _distributed():
+            self._group = dist.new_group(backend="gloo")
+        return self._group
+
+    def wait(self) -> None:
+        """Wait until the save in flight is in place; raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].wait()
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise CheckpointError(f"the asynchronous sharded checkpoint save failed: {exc}") from exc
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None and not self._pending[1].is_set()
+
+    def close(self) -> None:
+        """Wait for the save in flight, then destroy the checkpoint process group (a collective
+        when one was created: every rank calls ``close``)."""
+        try:
+            self.wait()
+        finally:
+            group, self._group = self._group, None
+            if group is not None and dist.is_initialized():
+                dist.destroy_process_group(group)
+
+
+def remove_stale_temp_dirs(folder: str) -> list[str]:
+    """Remove the temporary directories of sharded saves that never finished (a crash or a
+    SIGKILL mid-save). Called by rank 0 before each save, when none of its own is in flight;
+    the ranks of one job are the only writers into its checkpoint folder."""
+    removed = []
+    for name in os.listdir(folder):
+        full = os.path.join(folder, name)
+        if name.startswith(".") and _TMP_MARK in name and os.path.isdir(full):
+            shutil.rmtree(full, ignore_errors=True)
+            removed.append(full)
+    return removed
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Rank 0: rename the finished DCP directory (``meta.pt`` already in it) into place."""
+    if not os.path.isfile(os.path.join(tmp, _DCP_METADATA)):
+        raise CheckpointError(f"the sharded save into {tmp!r} finished without DCP's .metadata file")
+    old = None
+    if os.path.exists(final):  # a directory cannot be renamed over a non-empty one: move it aside
+        old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(os.path.dirname(final))
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- load
+def _require(path: str) -> None:
+    if not os.path.isdir(path):
+        raise CheckpointError(f"sharded checkpoint {path!r} does not exist or is not a directory")
+    if not is_sharded_checkpoint(path):
+        raise CheckpointError(f"sharded checkpoint {path!r} is incomplete (no {_DCP_METADATA} or {META_FILE}); "
+                              "it was not written to the end")
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The non-tensor state of a sharded checkpoint (``meta.pt``, loaded with ``safe_load``)."""
+    path = os.fspath(path)
+    _require(path)
+    return safe_load(os.path.join(path, META_FILE))
+
+
+def sharded_keys(path: str | os.PathLike) -> set[str]:
+    """The flattened keys (``model.blocks.0.fc1.weight``) stored in a sharded checkpoint."""
+    from distengine.checkpoint.dcp_safe import SafeReader
+
+    path = os.fspath(path)
+    _require(path)
+    return set(SafeReader(path).read_metadata().state_dict_metadata)
+
+
+def check_model_keys(path: str | os.PathLike, tensors: dict[str, Any]) -> None:
+    """Raise a :class:`CheckpointError` naming the missing and unexpected weight names when the
+    module's keys (``tensors["state_dict"]`` or ``tensors["model"]``) differ from the checkpoint's."""
+    from distengine.strategies.fsdp import describe_key_mismatch
+
+    stored = sharded_keys(path)
+    for entry in ("model", "state_dict"):  # the module's weights, under either name
+        if entry in tensors:
+            have = {k[len(entry) + 1:] for k in stored if k.startswith(entry + ".")}
+            want = set(tensors[entry])
+            if have != want:
+                raise CheckpointError(f"{os.fspath(path)}: " + describe_key_mismatch(want - have, have - want))
+
+
+def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``tensors`` in place from the checkpoint (each rank reads its shards, or complete
+    tensors where it holds plain tensors) and return ``meta.pt``'s contents. A collective when
+    a process group is running; works in a plain process too.
+
+    The keys of ``tensors["model"]`` (or ``tensors["state_dict"]``) must match the checkpoint's; otherwise a
+    :class:`CheckpointError` names the missing and unexpected ones.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    from distengine.checkpoint.dcp_safe import SafeLoadPlanner, SafeReader, refusals_as_checkpoint_errors
+
+    path = os.fspath(path)
+    meta = read_meta(path)
+    check_model_keys(path, tensors)
+    no_dist = not (dist.is_available() and dist.is_initialized())
+    with warnings.catch_warnings():
+        if no_dist:  # DCP warns that it "assumes" one process: here that is the intent
+            warnings.simplefilter("ignore", UserWarning)
+        with refusals_as_checkpoint_errors(path):
+            dcp.load(tensors, storage_reader=SafeReader(path), planner=SafeLoadPlanner(), no_dist=no_dist)
+    return meta
+
+
+def consolidate(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
+    """Turn sharded checkpoint ``src`` into one ordinary checkpoint file ``dst`` (see
+    :func:`load_consolidated`); returns what it wrote."""
+    out = load_consolidated(src)
+    atomic_save(out, os.fspath(dst))
+    return out
+
+
+def load_consolidated(src: str | os.PathLike) -> dict[str, Any]:
+    """Sharded checkpoint ``src`` as the dictionary of an ordinary checkpoint file (in this
+    process, without a process group): the model's complete weights under ``state_dict``, the
+    optimizers' states in ``optimizer.state_dict()`` form, and ``meta.pt``'s entries.
+    ``safe_load`` of a directory returns this."""
+    # the private loader, as DCP's own dcp_to_torch_save uses it: the public dcp.load copies back
+    # only the keys the caller's dict already has, and here it starts empty
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    from distengine.checkpoint.dcp_safe import SafeFullLoadPlanner, SafeReader, refusals_as_checkpoint_errors
+
+    src = os.fspath(src)
+    meta = read_meta(src)
+    full: dict[str, Any] = {}
+    with warnings.catch_warnings():  # "no process group: loading in a single process" is the intent
+        warnings.simplefilter("ignore", UserWarning)
+        with refusals_as_checkpoint_errors(src):
+            _load_state_dict(full, storage_reader=SafeReader(src), planner=SafeFullLoadPlanner(), no_dist=True)
+    out = {k: v for k, v in meta.items() if k != OPTIMIZER_GROUPS}
+    out["state_dict"] = full.pop("state_dict", {})
+    optims = full.pop("optimizer_states", None)
+    if optims is not None:
+        out["optimizer_states"] = [name_keyed_to_indexed(o) for o in _as_list(optims)]
+    out.update({k: v for k, v in full.items() if k not in out})
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, dict) and all(str(k).isdigit() for k in value):
+        return [value[k] for k in sorted(value, key=int)]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def name_keyed_to_indexed(osd: dict[str, Any]) -> dict[str, Any]:
+    """``get_optimizer_state_dict``'s form (parameters named by FQN) -> ``optimizer.state_dict()``'s
+    (parameters numbered in the order of the parameter groups), so ``optimizer.load_state_dict``
+    takes it. Parameters without state (no step yet) keep their number."""
+    groups, state, index = [], {}, {}
+    for group in osd.get("param_groups", []):
+        names = group["params"]
+        for name in names:
+            index.setdefault(name, len(index))
+        groups.append({**group, "params": [index[n] for n in names]})
+    for name, value in osd.get("state", {}).items():
+        if name in index:
+            state[index[name]] = value
+    return {"state": state, "param_groups": groups}

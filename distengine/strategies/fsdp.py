@@ -1,0 +1,421 @@
+"""FSDP2: every rank holds a shard of each parameter (``torch.distributed.fsdp.fully_shard``).
+
+Parameters become DTensors sharded on dim 0 over all ranks. Before a shard unit's forward its
+parameters are all-gathered, after it they are freed again (``reshard_after_forward``), and in
+backward the gradients are reduce-scattered so that each rank keeps only its shard's gradient.
+The optimizer therefore only ever sees (and keeps state for) this rank's shard.
+
+Which modules become shard units:
+
+* ``auto_wrap_policy={Block}``: each instance of these classes, then the root module;
+* or the module's own ``configure_model()`` hook, where the user calls ``fully_shard`` by hand
+  (and may build the model on the ``meta`` device); the policy is then not applied again
+  (Lightning's rule), and the root is sharded last if the hook did not shard it;
+* neither: the root alone (one unit: all parameters gathered at once, as ZeRO-3 of one layer).
+
+Example::
+
+    strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block},
+                            mixed_precision="bf16-mixed", reshard_after_forward=True)
+    trainer = de.Trainer(strategy=strategy, max_epochs=3)
+
+Choices:
+
+* One process is an error, not a silent fallback: sharding over one rank only costs time, and
+  a sharded checkpoint loads in one process without FSDP (``strategy="auto"``) anyway.
+* ``"bf16-mixed"`` becomes ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``:
+  compute in bf16, gradients reduced and kept in fp32, the optimizer steps fp32 shards.
+  ``"16-mixed"`` is the same with fp16 plus the Precision object's ``torch.amp.GradScaler``,
+  which handles DTensor gradients (its inf check is reduced over the shards).
+* ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
+  rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from distengine.strategies.base import Strategy
+
+#: methods the loop calls instead of ``forward``: FSDP's unshard/reshard hooks must run around them
+STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
+
+_PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def mixed_precision_policy(precision: str) -> Any:
+    """The ``MixedPrecisionPolicy`` for a Trainer ``precision`` (already normalised)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if precision not in _PRECISIONS:
+        raise ValueError(f"FSDPStrategy does not support precision={precision!r}; use '32-true', "
+                         "'bf16-mixed' or '16-mixed' (the '-true' modes would shard low-precision weights "
+                         "and step them without an fp32 copy)")
+    dtype = _PRECISIONS[precision]
+    if dtype is None:
+        return MixedPrecisionPolicy()
+    # gradients reduced in fp32: summing N low-precision shards loses bits the fp32 step needs
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+
+
+def _precision_name(value: Any) -> str:
+    from distengine.precision import normalize_precision
+
+    return normalize_precision(value)
+
+
+def _class_set(policy: Any, what: str) -> Callable[[nn.Module], bool] | None:
+    """A predicate from a set/list of module classes, one class, or a ``module -> bool`` callable."""
+    if policy is None:
+        return None
+    if isinstance(policy, type) and issubclass(policy, nn.Module):
+        policy = {policy}
+    if isinstance(policy, (set, frozenset, list, tuple)):
+        classes = tuple(policy)
+        bad = [c for c in classes if not (isinstance(c, type) and issubclass(c, nn.Module))]
+        if bad or not classes:
+            raise TypeError(f"{what} must be a set of nn.Module classes or a callable module -> bool, got {policy!r}")
+        return lambda m: isinstance(m, classes)
+    if callable(policy):
+        return policy
+    raise TypeError(f"{what} must be a set of nn.Module classes or a callable module -> bool, got {policy!r}")
+
+
+def _overrides_configure_model(module: nn.Module) -> bool:
+    hook = getattr(type(module), "configure_model", None)
+    if hook is None:
+        return False
+    from distengine import module as de_module
+
+    base = getattr(de_module.Module, "configure_model", None)
+    return hook is not base
+
+
+def has_meta_tensors(module: nn.Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def materialize(module: nn.Module, device: torch.device) -> None:
+    """Allocate the (sharded) meta tensors of ``module`` on ``device`` and initialise them with
+    each submodule's ``reset_parameters()``: each rank allocates and fills only its shards."""
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for sub in module.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    if has_meta_tensors(module):
+        raise RuntimeError("the module still has meta tensors after to_empty(); give every module that "
+                           "owns parameters or buffers a reset_parameters() method")
+
+
+class FSDPStrategy(Strategy):
+    """Fully sharded data parallel (FSDP2) over all ranks of the default process group."""
+
+    name = "fsdp"
+    #: ``optimizer_state_dict`` keys parameters by name (``get_optimizer_state_dict``), not by number
+    optimizer_state_keyed_by_name = True
+
+    def __init__(self, auto_wrap_policy: Any = None, activation_checkpointing_policy: Any = None,
+                 reshard_after_forward: bool | int = True, cpu_offload: bool = False,
+                 mixed_precision: Any = None, state_dict_type: str = "sharded") -> None:
+        super().__init__()
+        if state_dict_type not in ("sharded", "full"):
+            raise ValueError(f"state_dict_type must be 'sharded' or 'full', got {state_dict_type!r}")
+        self._wrap = _class_set(auto_wrap_policy, "auto_wrap_policy")
+        self._checkpoint = _class_set(activation_checkpointing_policy, "activation_checkpointing_policy")
+        self._policy_text = repr(auto_wrap_policy)
+        self.reshard_after_forward = reshard_after_forward
+        self.cpu_offload = cpu_offload
+        if isinstance(mixed_precision, (str, int)):
+            mixed_precision_policy(_precision_name(mixed_precision))  # refuse a bad value at construction
+        #: a MixedPrecisionPolicy, a precision name, or None: follow the Trainer's ``precision``
+        self.mixed_precision = mixed_precision
+        self.state_dict_type = state_dict_type
+        self.checkpoint_layout = state_dict_type
+        self.mesh: Any = None
+        self.sharded_checkpointer: Any = None  # made by the first sharded save (checkpoint/sharded_trainer.py)
+
+    def fresh(self) -> FSDPStrategy:
+        new = super().fresh()
+        new.mesh, new.sharded_checkpointer = None, None
+        return new
+
+    # ------------------------------------------------------------------ environment
+    def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
+        from distengine.dist import setup
+
+        self.root_device = setup.select_device(accelerator, env, gpu_ids)
+        setup.init_process_group(env, self.root_device, timeout_s)
+        if self.world_size < 2:
+            raise RuntimeError("strategy='fsdp' needs 2 or more processes (it shards each parameter over the "
+                               "ranks); start the script with 'distengine launch --cpus 2' (or --gpus), or use "
+                               "strategy='auto' for one process (a sharded checkpoint loads there too)")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        self.mesh = init_device_mesh(self.root_device.type, (self.world_size,))
+
+    # ------------------------------------------------------------------ the model
+    def _fsdp_kwargs(self) -> dict[str, Any]:
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+
+        return {"mesh": self.mesh, "reshard_after_forward": self.reshard_after_forward,
+                "mp_policy": self._mp_policy(),
+                # pinned host memory needs an accelerator; on CPU ranks offloading changes nothing anyway
+                "offload_policy": CPUOffloadPolicy(pin_memory=self.root_device.type == "cuda") if self.cpu_offload
+                else OffloadPolicy()}
+
+    def _mp_policy(self) -> Any:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        chosen = self.mixed_precision
+        if isinstance(chosen, MixedPrecisionPolicy):
+            return chosen
+        if chosen is None:  # the Trainer sets ``precision`` (its Precision object) before setup_module
+            chosen = getattr(self, "precision", None)
+            chosen = getattr(chosen, "precision", chosen)
+        return mixed_precision_policy(_precision_name(chosen))
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        """Shard ``module`` in place and return it (the root is an ``FSDPModule`` afterwards)."""
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(module, FSDPModule):  # sharded by an earlier fit/validate of this module: reuse
+            self.module = self.model = module
+            self.step_fn = module.training_step
+            return module
+        by_hand = _overrides_configure_model(module)
+        if not by_hand and self._wrap is not None and not shard_units(module, self._wrap):
+            raise ValueError(f"auto_wrap_policy={self._policy_text} matches no submodule of "
+                             f"{type(module).__name__}; name the layer classes to shard (e.g. your block class)")
+        kwargs = self._fsdp_kwargs()  # refuses an unsupported precision before anything changes
+        if self.mesh is None:
+            raise RuntimeError("FSDPStrategy.setup_module called before setup_environment")
+        self.module = module
+        if by_hand:
+            module.configure_model()
+        if self._checkpoint is not None:
+            apply_activation_checkpointing(module, self._checkpoint)
+        if not by_hand and self._wrap is not None:
+            units = shard_units(module, self._wrap)
+            for unit in reversed(units):  # innermost first: a unit must not contain an unsharded unit
+                fully_shard(unit, **kwargs)
+        if not isinstance(module, FSDPModule):
+            fully_shard(module, **kwargs)
+        if has_meta_tensors(module):
+            materialize(module, torch.device("cpu") if self.cpu_offload else self.root_device)
+        elif not self.cpu_offload:
+            module.to(self.root_device)
+        for name in STEP_METHODS:
+            if callable(getattr(module, name, None)):
+                register_step_method(module, name)
+        self.model = module
+        self.step_fn = module.training_step
+        return module
+
+    def module_to_device(self, module: nn.Module) -> None:
+        """Evaluation without ``fit`` shards the module too (a sharded module stays as it is)."""
+        self.setup_module(module)
+
+    def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        return _gradient_sync(model, last_micro_batch)
+
+    def evaluation_context(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Around a whole validation/test/predict run: see :func:`gathered`."""
+        return gathered(model)
+
+    def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str = "norm") -> Any:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, clip_val)  # elementwise: each shard on its own
+            return None
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_val)
+        return full_tensor(norm)
+
+    # ------------------------------------------------------------------ state
+    def _options(self, full: bool, **kw: Any) -> Any:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=full, cpu_offload=full, **kw)
+
+    def module_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        """``"sharded"``: this rank's shards as DTensors; ``"full"``: complete CPU tensors on rank 0
+        (an empty dict elsewhere). Every rank must call it (``"full"`` gathers)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(module, options=self._options(self.state_dict_type == "full"))
+
+    def load_module_state_dict(self, module: nn.Module, state: dict[str, Any], strict: bool = True) -> None:
+        """Load complete tensors (every rank holds them; each keeps its shard) or this rank's
+        DTensor shards."""
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        full = not _has_dtensor(state)
+        result = set_model_state_dict(module, state, options=self._options(full, strict=strict))
+        if strict and (result.missing_keys or result.unexpected_keys):  # set_* reports, does not raise
+            raise RuntimeError(describe_key_mismatch(result.missing_keys, result.unexpected_keys))
+
+    def optimizer_state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer state keyed by parameter name (``get_optimizer_state_dict``)."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(module, optimizer, options=self._options(self.state_dict_type == "full"))
+
+    def load_optimizer_state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer,
+                                  state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        full = not _has_dtensor(state)
+        set_optimizer_state_dict(module, optimizer, state, options=self._options(full))
+
+    def teardown(self) -> None:
+        """Wait for an asynchronous sharded save still in flight and release its process group
+        (every rank calls this), so that no checkpoint thread outlives the run."""
+        ckpt, self.sharded_checkpointer = getattr(self, "sharded_checkpointer", None), None
+        self.model = None
+        self.mesh = None
+        if ckpt is not None:
+            ckpt.close()
+
+
+# ---------------------------------------------------------------------------- helpers
+def shard_units(root: nn.Module, predicate: Callable[[nn.Module], bool]) -> list[nn.Module]:
+    """The submodules of ``root`` that ``predicate`` picks, in pre-order. A module wrapped for
+    activation checkpointing is represented by its wrapper: the wrapper is what gets sharded, so
+    the recomputation in backward runs inside FSDP's unshard/reshard hooks."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    units: list[nn.Module] = []
+    inner: set[int] = set()
+    for sub in root.modules():
+        if sub is root or id(sub) in inner:
+            continue
+        if isinstance(sub, CheckpointWrapper):
+            inner.add(id(sub._checkpoint_wrapped_module))
+            if predicate(sub._checkpoint_wrapped_module):
+                units.append(sub)
+        elif predicate(sub):
+            units.append(sub)
+    return units
+
+
+def apply_activation_checkpointing(module: nn.Module, predicate: Callable[[nn.Module], bool]) -> None:
+    """Recompute the activations of each module matching ``predicate`` in backward instead of
+    keeping them (``checkpoint_wrapper``, non-reentrant: the form that composes with FSDP2)."""
+    from torch.distributed.algorithms._checkpoint import checkpoint_wrapper as cw
+
+    if not any(predicate(m) for m in module.modules() if m is not module):
+        raise ValueError("activation_checkpointing_policy matches no submodule of "
+                         f"{type(module).__name__}; name the layer classes to recompute")
+    cw.apply_activation_checkpointing(module, checkpoint_wrapper_fn=cw.checkpoint_wrapper, check_fn=predicate)
+
+
+def register_step_method(module: nn.Module, name: str) -> None:
+    """Run FSDP's pre/post-forward hooks of the root around ``module.<name>`` (``training_step``
+    may use the root's own parameters outside ``forward``), as ``register_fsdp_forward_method``
+    does, but correct for a step that calls ``self(x)`` inside: that nested forward leaves the
+    root's parameter group IDLE, and a post-forward in the IDLE state reshards even where
+    ``reshard_after_forward`` is False (the root by default, and every unit inside
+    :func:`gathered`). The group is put back into the FORWARD state before the outer post-forward."""
+    from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
+
+    method = getattr(module, name)
+    state = module._get_fsdp_state()
+
+    @functools.wraps(method)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = state._pre_forward(module, args, kwargs)
+        out = method(*args, **kwargs)
+        for group in state._fsdp_param_groups:
+            if group._training_state == TrainingState.IDLE:
+                group._training_state = TrainingState.FORWARD
+        return state._post_forward(module, args, out)
+
+    setattr(module, name, step)
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """Every shard unit all-gathered once on entry (every rank enters together) and kept whole
+    until exit, where the units are resharded and their ``reshard_after_forward`` restored.
+
+    Evaluation shards its batches without padding, so ranks may run different numbers of
+    forwards; a sharded forward all-gathers, and a rank with one batch more would wait for the
+    others for ever. With the parameters already whole, a forward runs no collective. The price:
+    the whole model in memory during evaluation (as under DDP)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    saved = []
+    for unit in units:  # FSDP2 has a setter but no getter for this: keep its two fields to restore them
+        state = unit._get_fsdp_state()
+        saved.append((state, getattr(state, "_auto_reshard_after_forward", None),
+                      [g.post_forward_mesh_info for g in state._fsdp_param_groups]))
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit, (state, auto, infos) in zip(units, saved):
+            unit.reshard()
+            if auto is not None:
+                state._auto_reshard_after_forward = auto
+            for group, info in zip(state._fsdp_param_groups, infos):
+                group.post_forward_mesh_info = info
+
+
+@contextlib.contextmanager
+def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Reduce-scatter gradients in this backward only when ``sync``; otherwise they accumulate
+    unsharded on each rank until the last micro-batch's backward reduces the sum."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.set_requires_gradient_sync(sync)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def full_tensor(value: Any) -> Any:
+    """A DTensor as the plain tensor it stands for (a collective when it is sharded or partial)."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def _has_dtensor(state: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(state, DTensor):
+        return True
+    if isinstance(state, dict):
+        return any(_has_dtensor(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_has_dtensor(v) for v in state)
+    return False
+
+
+def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], limit: int = 5) -> str:
+    """One line naming the keys a checkpoint lacks and the ones it has that the model does not."""
+    def names(keys: Iterable[str]) -> str:
+        keys = sorted(keys)
+        more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+        return ", ".join(keys[:limit]) + more
+
+    missing, unexpected = list(missing), list(unexpected)
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint: {names(missing)}")
+    if unexpected:
+        parts.append(f"in the checkpoint but not in the model: {names(unexpected)}")
+    return ("the checkpoint does not match the model (" + "; ".join(parts) +
+            "); load it into the model it was saved from")
