@@ -127,19 +127,16 @@ def hand_ckpt_fit(work: plain.Work, device: torch.device, root: str, async_save:
 def ckpt_phase(work: plain.Work, device: torch.device, rounds: int, root: str) -> dict[str, Any]:
     """Sharded saves of the model and its AdamW state, ``rounds`` interleaved rounds. Each
     contender is a 2-step fit saving after each step, the second save timed (the first sets up
-    buffers and process groups); the slowest rank's seconds count.
-    ``BENCH_FSDP_CKPT_STRATEGY=ddp`` times the Trainer's saves under DDP instead (full
-    checkpoints: to try the measurement where no FSDP strategy exists)."""
+    buffers and process groups); the slowest rank's seconds count."""
     from benchmarks import _fsdp_trainer as tr
 
-    strategy = os.environ.get("BENCH_FSDP_CKPT_STRATEGY", "fsdp")
     group = dist.new_group(backend="gloo")  # async saves talk on their own CPU group
     contenders: dict[str, Callable[[], float]] = {
         "dcp_save": lambda: hand_ckpt_fit(work, device, root, False, group),
         "dcp_async_save": lambda: hand_ckpt_fit(work, device, root, True, group),
     }
-    if tr.unavailable() is None or strategy != "fsdp":
-        contenders.update(tr.ckpt_contenders(work, device, root, strategy))
+    if tr.unavailable() is None:
+        contenders.update(tr.ckpt_contenders(work, device, root))
     times = interleave({n: (lambda f=f: max(_gather(f()))) for n, f in contenders.items()},
                        rounds=rounds, warmup=0)
     _, model, optimizer = plain.fsdp_loop(plain.Work(**{**vars(work), "steps": 1, "warm": 0}), device)
