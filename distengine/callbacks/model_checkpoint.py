@@ -484,7 +484,7 @@ class ModelCheckpoint(Callback):
         ``last.ckpt``, Lightning's file: a hard link, replaced atomically), tell the loggers
         (``notify``), then delete superseded files."""
         write_last_pointer(self.dirpath, path)
-        if self.save_last and not os.path.isdir(path):  # no hard link to a directory: last.json points at it
+        if self.save_last:  # a hard link to a file; a relative symlink to a sharded directory
             link_atomic(path, os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + CKPT_SUFFIX))
         if self.verbose:
             print(f"distengine: saved checkpoint {path}", file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ import re
 import shutil
 import socket
 import tempfile
+import uuid
 import warnings
 import zipfile
 from typing import Any
@@ -259,12 +260,36 @@ def _loads_on_cpu(path: str, raise_refusal: bool = False) -> bool:
 
 
 def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Make ``dst`` the same file as ``src``: a hard link (no extra disk space), or a copy where
-    the file system has no hard links. Atomic: a crash leaves the previous ``dst`` whole.
+    """Make ``dst`` the same checkpoint as ``src``. Atomic: a crash leaves the previous ``dst`` whole.
+
+    A file gets a hard link (no extra disk space), or a copy where the file system has no hard
+    links. A directory (a sharded checkpoint) gets a relative symbolic link, so the folder can
+    still be moved: directories cannot be hard-linked, and copying shards would double the disk
+    use of the largest checkpoints.
 
     Example: ``link_atomic("ckpts/epoch=3-step=80.ckpt", "ckpts/last.ckpt")``.
     """
     src = os.fspath(src)
+    dst = os.path.abspath(os.fspath(dst))
+    if os.path.isdir(src):
+        target = os.path.relpath(os.path.abspath(src), os.path.dirname(dst))
+        tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.{_host_tag()}.{os.getpid()}."
+                                                  f"{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+        os.symlink(target, tmp, target_is_directory=True)
+        old = None
+        if os.path.isdir(dst) and not os.path.islink(dst):  # a copy made by following the link (cp -L)
+            # a name the next sharded save's clean-up removes should we crash before rmtree below
+            old = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.tmp-old-{uuid.uuid4().hex[:8]}")
+            os.rename(dst, old)
+        try:
+            os.replace(tmp, dst)  # over the previous link (or file) in one step
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        _fsync_dir(os.path.dirname(dst))
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return
 
     def write(tmp: str) -> None:
         os.unlink(tmp)  # the placeholder mkstemp made; the link takes its name
@@ -273,7 +298,7 @@ def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         except OSError:
             shutil.copyfile(src, tmp)
 
-    _atomic_write(os.fspath(dst), write)
+    _atomic_write(dst, write)
 
 
 # ----------------------------------------------------------------------------- last pointer

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -372,3 +373,29 @@ def test_last_pointer_to_a_subfolder_is_followed_and_writing_outside_is_refused(
     with pytest.raises(ValueError, match="can only point at a checkpoint inside that folder"):
         write_last_pointer(folder, _outside_checkpoint(tmp_path))
     assert read_last_pointer(folder) == str(folder / "sub" / "x.ckpt")
+
+
+def test_last_link_to_a_sharded_directory_is_relative_and_replaces_links_files_and_copies(tmp_path):
+    """``last.ckpt`` for a sharded checkpoint (a directory): a relative symbolic link, moved with
+    its folder; it replaces an older link, an older file, and a real directory that a copy made
+    by following the link (``cp -rL``) left under that name."""
+    from distengine.checkpoint.io import link_atomic
+
+    folder = tmp_path / "ckpts"
+    for name in ("epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "meta.pt").write_text(name)
+    last = folder / "last.ckpt"
+    last.write_text("an older single-file checkpoint")
+    link_atomic(folder / "epoch=0-step=2.ckpt", last)
+    assert os.path.islink(last) and os.readlink(last) == "epoch=0-step=2.ckpt"
+    link_atomic(folder / "epoch=0-step=4.ckpt", last)
+    assert os.readlink(last) == "epoch=0-step=4.ckpt"
+    os.unlink(last)
+    shutil.copytree(folder / "epoch=0-step=2.ckpt", last)  # a real directory under the name
+    link_atomic(folder / "epoch=0-step=4.ckpt", last)
+    assert os.readlink(last) == "epoch=0-step=4.ckpt"
+    assert sorted(os.listdir(folder)) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "last.ckpt"]
+    moved = tmp_path / "moved"
+    os.rename(folder, moved)
+    assert (moved / "last.ckpt" / "meta.pt").read_text() == "epoch=0-step=4.ckpt"

@@ -1,5 +1,6 @@
 """``Trainer(strategy=FSDPStrategy(...))`` end to end: exact resume after a SIGKILL on 2 ranks,
-and the same sharded checkpoint resumed in one process (no FSDP) and refused for another model.
+the same sharded checkpoint resumed by FSDP on 3 ranks (resharded) and in one process (no FSDP),
+and refused for another model.
 
 The jobs are real processes (tests/fsdp/scripts/fsdp_train.py): shuffled data, uneven validation,
 dropout, AdamW with an LR schedule, accumulation and clipping, an async sharded checkpoint
@@ -25,13 +26,13 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "fs
 KILL_STEP = 2  # mid-epoch: 3 optimizer steps per epoch
 
 
-def _launch(root: str, out: str, run: str, *extra: str, killed: bool = False) -> None:
+def _launch(root: str, out: str, run: str, *extra: str, killed: bool = False, world: int = 2) -> None:
     port, procs = str(free_port()), []
-    for rank in range(2):
+    for rank in range(world):
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
         env.update({"PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
-                    "DISTENGINE_TIMEOUT": "60", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                    "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+                    "DISTENGINE_TIMEOUT": "60", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                    "LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
         cmd = [sys.executable, SCRIPT, "--root", root, "--out", out, "--run", run, *extra]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
@@ -56,8 +57,8 @@ def runs(tmp_path_factory):
     out = str(base / "out")
     _launch(str(base / "base"), out, "base")
     _launch(str(base / "kill"), out, "kill", "--kill-step", str(KILL_STEP), killed=True)
-    shutil.copytree(base / "kill", base / "pristine")
-    shutil.copytree(base / "kill", base / "resume")
+    shutil.copytree(base / "kill", base / "pristine", symlinks=True)  # last.ckpt stays a link
+    shutil.copytree(base / "kill", base / "resume", symlinks=True)
     _launch(str(base / "resume"), out, "resume", "--resume")
     return base, out
 
@@ -69,7 +70,10 @@ def test_sigkilled_fsdp_run_resumes_exactly(runs):
     assert last is not None and os.path.isdir(last)
     assert os.path.basename(last) in {f"epoch=0-step={s}.ckpt" for s in (KILL_STEP - 1, KILL_STEP)}
     after = sorted(os.listdir(base / "resume" / "checkpoints"))  # save_top_k=1: older directories deleted
-    assert after == ["epoch=1-step=6.ckpt", "last.json"], after
+    assert after == ["epoch=1-step=6.ckpt", "last.ckpt", "last.json"], after
+    # save_last: last.ckpt is a relative link to the newest directory (no copy of the shards)
+    link = base / "resume" / "checkpoints" / "last.ckpt"
+    assert os.path.islink(link) and os.readlink(link) == "epoch=1-step=6.ckpt"
     want = torch.load(os.path.join(out, "base-final.pt"))
     got = torch.load(os.path.join(out, "resume-final.pt"))
     differ = [k for k in want if not torch.equal(want[k], got[k])]
@@ -115,3 +119,28 @@ def test_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(run
 
     with pytest.raises(CheckpointError, match=r"missing from the checkpoint: extra\.bias, extra\.weight"):
         trainer().fit(Other(), loader, ckpt_path=src)
+
+
+def test_sharded_checkpoint_reshards_onto_three_fsdp_ranks(runs):
+    """Saved by 2 FSDP ranks, resumed by 3 (through the ``last.ckpt`` link): every weight and
+    the step come back as saved, and the run trains on to its end."""
+    base, out = runs
+    ckpts = base / "pristine" / "checkpoints"
+    src = read_last_pointer(ckpts)
+    assert os.path.realpath(ckpts / "last.ckpt") == os.path.realpath(src)
+    root = base / "three"
+    shutil.copytree(base / "pristine", root, symlinks=True)
+    _launch(str(root), out, "three", "--resume-from", str(root / "checkpoints" / "last.ckpt"), world=3)
+    from distengine.checkpoint.sharded import load_consolidated
+
+    saved = load_consolidated(src)
+    start = torch.load(os.path.join(out, "three-start.pt"))
+    assert start["global_step"] == saved["global_step"]
+    differ = [k for k, v in saved["state_dict"].items() if not torch.equal(v, start["state_dict"][k])]
+    assert not differ, f"weights resumed on 3 ranks differ from the 2-rank checkpoint in {differ}"
+    # from step 1 (16 of epoch 0's 48 samples seen) or 2 (32 seen): epoch 0's rest is 3 batches
+    # (or 2) per rank, 2 steps (or 1) with accumulation 2; epoch 1 is 4 batches of 4 per rank, 2 steps
+    assert start["global_step"] in (1, 2)
+    kept = os.path.basename(src)  # the copied folder's own checkpoint: tracking starts afresh there
+    assert sorted(os.listdir(root / "checkpoints")) == sorted([kept, "epoch=1-step=5.ckpt", "last.ckpt", "last.json"])
+    assert os.readlink(root / "checkpoints" / "last.ckpt") == "epoch=1-step=5.ckpt"

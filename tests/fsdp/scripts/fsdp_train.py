@@ -1,12 +1,14 @@
 """Training job for the FSDP exact-resume test (one process per rank; RANK/WORLD_SIZE from the env).
 
-    python fsdp_train.py --root DIR --out DIR --run NAME [--kill-step K] [--resume] [--strategy fsdp|auto]
+    python fsdp_train.py --root DIR --out DIR --run NAME [--kill-step K] [--resume | --resume-from CKPT]
+                         [--strategy fsdp|auto]
 
 Blocks with dropout (the RNG state matters), AdamW with an LR schedule, gradient accumulation
 and clipping, a shuffled 48-sample dataset, validation with 2 batches on rank 0 and 1 on rank 1,
 a sharded checkpoint after every optimizer step (asynchronous). ``--kill-step K`` SIGKILLs every
 rank at the start of the batch after optimizer step K. Rank 0 writes the complete final weights
-(``<run>-final.pt``) and every logged metric (``<run>-log.jsonl``).
+(``<run>-final.pt``), those it resumed from (``<run>-start.pt``, with the step) and every logged
+metric (``<run>-log.jsonl``).
 """
 import argparse
 import json
@@ -79,6 +81,20 @@ class JsonlLogger(Logger):
             f.write(json.dumps({"step": step, "metrics": dict(metrics)}) + "\n")
 
 
+class StartDump(Callback):
+    """Rank 0 saves the complete weights and the step the fit starts from (after a restore)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, module):
+        from distengine.strategies.fsdp import full_tensor
+
+        weights = {k: full_tensor(v) for k, v in module.state_dict().items()}  # every rank gathers
+        if trainer.global_rank == 0:
+            torch.save({"global_step": trainer.global_step, "state_dict": weights}, self.path)
+
+
 class Killer(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
@@ -95,6 +111,7 @@ def main() -> None:
     ap.add_argument("--run", required=True)
     ap.add_argument("--kill-step", type=int)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--resume-from")
     ap.add_argument("--strategy", default="fsdp")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -102,7 +119,8 @@ def main() -> None:
     de.seed_everything(7)
     train = DataLoader(Indexed(N_TRAIN), batch_size=BATCH, shuffle=True)
     val = DataLoader(Indexed(9), batch_size=BATCH)  # ranks get 5 and 4 samples: 2 batches and 1
-    callbacks = [ModelCheckpoint(every_n_train_steps=1, save_top_k=1, async_save=True)]
+    callbacks = [ModelCheckpoint(every_n_train_steps=1, save_top_k=1, save_last=True, async_save=True),
+                 StartDump(os.path.join(args.out, f"{args.run}-start.pt"))]
     if args.kill_step is not None:
         callbacks.append(Killer(args.kill_step))
     strategy = args.strategy
@@ -115,7 +133,7 @@ def main() -> None:
                          gradient_clip_val=0.5, logger=JsonlLogger(os.path.join(args.out, f"{args.run}-log.jsonl")),
                          enable_progress_bar=False, enable_model_summary=False)
     model = Net()
-    trainer.fit(model, train, val, ckpt_path="last" if args.resume else None)
+    trainer.fit(model, train, val, ckpt_path="last" if args.resume else args.resume_from)
     from distengine.strategies.fsdp import full_tensor
 
     final = {k: full_tensor(v) for k, v in model.state_dict().items()}  # every rank gathers
