@@ -207,6 +207,9 @@ class _RunContext:
                 fn(key)
             self.model.teardown(key)
         finally:
+            # after the callbacks' teardown (ModelCheckpoint waits for its saves there): the
+            # strategy unwraps the model and releases what it built for this stage
+            t._strategy.teardown()
             if t.is_global_zero and self.stage == "fit":
                 status = "failed" if failed else ("interrupted" if t._status.stop_signal else "success")
                 for lg in t._loggers:

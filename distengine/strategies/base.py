@@ -183,6 +183,9 @@ class Strategy:
         optimizer.load_state_dict(state)
 
     def teardown(self) -> None:
-        """Release what ``setup_module`` built (the process group stays: another Trainer in
-        the same process reuses it)."""
-        self.model = self.step_fn = None
+        """Called by the Trainer at the end of every stage (fit, validate, test, predict), after
+        the callbacks' ``teardown``: release what ``setup_module`` built. ``model`` becomes the
+        user's module again (a DDP wrapper and its gradient buckets are dropped; Lightning's
+        ``trainer.model`` is the module after ``fit`` too). The process group stays: another
+        stage or Trainer in the same process reuses it."""
+        self.model, self.step_fn = self.module, None

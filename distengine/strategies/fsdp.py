@@ -277,8 +277,7 @@ class FSDPStrategy(Strategy):
         """Wait for an asynchronous sharded save still in flight and release its process group
         (every rank calls this), so that no checkpoint thread outlives the run."""
         ckpt, self.sharded_checkpointer = getattr(self, "sharded_checkpointer", None), None
-        self.model = None
-        self.mesh = None
+        super().teardown()  # the module stays sharded: ``model`` is that module
         if ckpt is not None:
             ckpt.close()
 

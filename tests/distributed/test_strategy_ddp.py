@@ -48,21 +48,26 @@ def _rank(rank, tmp):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.5)
 
+    class Wrapper(de.Callback):  # the model the loop trained: the strategy's DDP wrapper
+        def on_train_end(self, trainer, module):
+            self.ddp = trainer.strategy.model
+
     def fit(strategy):
-        module = Net()
+        module, seen = Net(), Wrapper()
         trainer = de.Trainer(strategy=strategy, accelerator="cpu", max_steps=STEPS, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             use_distributed_sampler=False, default_root_dir=tmp)
+                             use_distributed_sampler=False, default_root_dir=tmp, callbacks=[seen])
         trainer.fit(module, DataLoader(TensorDataset(*_data(rank)), batch_size=4))
-        return trainer, {k: v.clone() for k, v in module.net.state_dict().items()}
+        # the strategy's teardown dropped the wrapper: trainer.model is the module, as in Lightning
+        assert trainer.model is module and trainer.strategy.model is module
+        return seen.ddp, {k: v.clone() for k, v in module.net.state_dict().items()}
 
     state = {"calls": 0}
-    trainer, hooked = fit(DDPStrategy(static_graph=True, gradient_as_bucket_view=True, bucket_cap_mb=1,
-                                      ddp_comm_hook=counting_bf16_hook, ddp_comm_state=state))
-    ddp = trainer.strategy.model
+    ddp, hooked = fit(DDPStrategy(static_graph=True, gradient_as_bucket_view=True, bucket_cap_mb=1,
+                                  ddp_comm_hook=counting_bf16_hook, ddp_comm_state=state))
     options = (ddp.static_graph, ddp.gradient_as_bucket_view, ddp.bucket_bytes_cap, state["calls"])
-    trainer, unused = fit("ddp_find_unused_parameters_true")
-    found_unused = trainer.strategy.model.find_unused_parameters
+    ddp, unused = fit("ddp_find_unused_parameters_true")
+    found_unused = ddp.find_unused_parameters
     return options, found_unused, hooked, unused, _hand(rank)
 
 

@@ -66,14 +66,29 @@ def test_optimizers_are_configured_after_setup_module_and_fresh_copies_keep_opti
             order.append("setup_module")
             return super().setup_module(module)
 
+        def teardown(self):
+            order.append("teardown")
+            super().teardown()
+
     class Net(_Net):
         def configure_optimizers(self):
             order.append("configure_optimizers")
             return super().configure_optimizers()
 
-    trainer = _trainer(strategy=Recording(), max_steps=1)
-    trainer.fit(Net(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2))
-    assert order == ["setup_module", "configure_optimizers"]
+        def predict_step(self, batch, batch_idx):
+            return self.layer(batch[0])
+
+    class TeardownOrder(de.Callback):
+        def teardown(self, trainer, module, stage):
+            order.append(f"callback teardown {stage}")
+
+    trainer = _trainer(strategy=Recording(), max_steps=1, callbacks=[TeardownOrder()])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
+    trainer.fit(Net(), loader)
+    # the strategy is torn down at the end of every stage, after the callbacks (which wait for saves)
+    assert order == ["setup_module", "configure_optimizers", "callback teardown fit", "teardown"]
+    trainer.predict(trainer.lightning_module, loader)
+    assert order[4:] == ["callback teardown predict", "teardown"]
     assert trainer.strategy.model is trainer.lightning_module and trainer.model is trainer.lightning_module
     copy = DDPStrategy(static_graph=True, bucket_cap_mb=3).fresh()
     assert (copy.static_graph, copy.bucket_cap_mb, copy.model) == (True, 3, None)
