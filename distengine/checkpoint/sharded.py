@@ -65,7 +65,8 @@ def _distributed() -> bool:
 class ShardedCheckpointer:
     """Writes sharded checkpoints; every rank calls :meth:`save` with its own shards.
 
-    ``async_save=True`` copies the shards to host memory, returns, and writes in a background
+    ``async_save=True`` copies the shards to host memory (a staging copy kept and refilled by
+    each save until :meth:`close`), returns, and writes in a background
     thread over a checkpoint-only gloo process group (collectives of the save must not
     interleave with training's on the default group). At most one save is in flight: the next
     save, :meth:`wait` and :meth:`close` wait for it and raise its error, if any.
@@ -75,6 +76,7 @@ class ShardedCheckpointer:
         self._pending: tuple[Future, threading.Event] | None = None
         self._group: Any = None
         self._error: BaseException | None = None
+        self._stager: Any = None
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any] | None = None,
@@ -110,7 +112,8 @@ class ShardedCheckpointer:
             if _distributed():
                 dist.barrier()  # nobody reads or replaces it before it is in place
             return
-        future = dcp.async_save(tensors, checkpoint_id=tmp, process_group=self._checkpoint_group())
+        future = dcp.async_save(tensors, checkpoint_id=tmp, process_group=self._checkpoint_group(),
+                                async_stager=self._reused_stager())
         finished = threading.Event()
         rank0 = _rank() == 0
 
@@ -129,6 +132,22 @@ class ShardedCheckpointer:
 
         self._pending = (future, finished)
         future.add_done_callback(finish)
+
+    def _reused_stager(self) -> Any:
+        """One staging area for every async save of this checkpointer. DCP's default stager
+        allocates a fresh host copy of the shards at each save (page faults on every byte,
+        the larger part of the time a save blocks training); this one keeps the copy of the
+        previous save and refills it (pinned on a GPU). Reuse is safe: the next save starts
+        only after the previous one was written (see :meth:`wait`)."""
+        if self._stager is None:
+            import torch
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            # staged on the calling thread, with blocking copies: nothing is read after we return
+            self._stager = DefaultStager(StagingOptions(use_pinned_memory=torch.cuda.is_available(),
+                                                        use_shared_memory=False, use_async_staging=False,
+                                                        use_non_blocking_copy=False))
+        return self._stager
 
     def _checkpoint_group(self) -> Any:
         if self._group is None and _distributed():
@@ -154,6 +173,9 @@ class ShardedCheckpointer:
         try:
             self.wait()
         finally:
+            stager, self._stager = self._stager, None
+            if stager is not None:
+                stager.close()  # frees the staged host copy
             group, self._group = self._group, None
             if group is not None and dist.is_initialized():
                 dist.destroy_process_group(group)
