@@ -144,3 +144,21 @@ def test_sharded_checkpoint_reshards_onto_three_fsdp_ranks(runs):
     kept = os.path.basename(src)  # the copied folder's own checkpoint: tracking starts afresh there
     assert sorted(os.listdir(root / "checkpoints")) == sorted([kept, "epoch=1-step=5.ckpt", "last.ckpt", "last.json"])
     assert os.readlink(root / "checkpoints" / "last.ckpt") == "epoch=1-step=5.ckpt"
+    # exact data coverage: the batches of the steps the checkpoint holds (from the uninterrupted
+    # run, identical up to the kill) and the 3 ranks' rest of epoch 0 see every sample once
+    step = start["global_step"]
+    before = [i for r in _seen(out, "base", 2) if r["epoch"] == 0 and r["step"] < step for i in r["index"]]
+    after = [i for r in _seen(out, "three", 3) if r["epoch"] == 0 for i in r["index"]]
+    assert len(before) == 16 * step and set(before).isdisjoint(after) and set(before + after) == set(range(48))
+    # the rest (48 - 16 * step samples) is padded to a multiple of 3 with repeats, so every rank
+    # runs the same number of steps (data.py): at most 2 samples twice
+    assert len(after) == -(-(48 - 16 * step) // 3) * 3
+    assert sorted(i for r in _seen(out, "three", 3) if r["epoch"] == 1 for i in r["index"]) == list(range(48))
+
+
+def _seen(out: str, run: str, world: int) -> list[dict]:
+    rows = []
+    for rank in range(world):
+        with open(os.path.join(out, f"{run}-seen-{rank}.jsonl")) as f:
+            rows += [json.loads(line) for line in f]
+    return rows

@@ -8,7 +8,7 @@ and clipping, a shuffled 48-sample dataset, validation with 2 batches on rank 0 
 a sharded checkpoint after every optimizer step (asynchronous). ``--kill-step K`` SIGKILLs every
 rank at the start of the batch after optimizer step K. Rank 0 writes the complete final weights
 (``<run>-final.pt``), those it resumed from (``<run>-start.pt``, with the step) and every logged
-metric (``<run>-log.jsonl``).
+metric (``<run>-log.jsonl``); every rank the samples of each batch (``<run>-seen-<rank>.jsonl``).
 """
 import argparse
 import json
@@ -95,6 +95,19 @@ class StartDump(Callback):
             torch.save({"global_step": trainer.global_step, "state_dict": weights}, self.path)
 
 
+class SeenSamples(Callback):
+    """Each rank appends the dataset indices of every training batch (with the epoch and the
+    step the batch starts at) to ``<run>-seen-<rank>.jsonl``: the test checks data coverage."""
+
+    def __init__(self, path: str, data: Dataset) -> None:
+        self.path, self.rows = path, data.x
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        index = (batch[0][:, None, :] == self.rows[None]).all(-1).nonzero()[:, 1].tolist()
+        with open(f"{self.path}-{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, "index": index}) + "\n")
+
+
 class Killer(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
@@ -117,10 +130,12 @@ def main() -> None:
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     de.seed_everything(7)
-    train = DataLoader(Indexed(N_TRAIN), batch_size=BATCH, shuffle=True)
+    data = Indexed(N_TRAIN)
+    train = DataLoader(data, batch_size=BATCH, shuffle=True)
     val = DataLoader(Indexed(9), batch_size=BATCH)  # ranks get 5 and 4 samples: 2 batches and 1
     callbacks = [ModelCheckpoint(every_n_train_steps=1, save_top_k=1, save_last=True, async_save=True),
-                 StartDump(os.path.join(args.out, f"{args.run}-start.pt"))]
+                 StartDump(os.path.join(args.out, f"{args.run}-start.pt")),
+                 SeenSamples(os.path.join(args.out, f"{args.run}-seen"), data)]
     if args.kill_step is not None:
         callbacks.append(Killer(args.kill_step))
     strategy = args.strategy
