@@ -32,8 +32,8 @@ import torch
 from distengine.compat import _detach, _log_returned
 from distengine.data import move_to_device
 from distengine.loop_context import LoopContext
-from distengine.loop_eval import run_eval, takes_batch_idx  # noqa: F401 - run_eval: also the loop's
-from distengine.loop_parts import (  # noqa: F401 - _extract_loss, _check_first_loss: compat.py calls them
+from distengine.loop_eval import run_eval, takes_batch_idx
+from distengine.loop_parts import (  # (compat.py calls _extract_loss, _check_first_loss through this module)
     _check_first_loss,
     _epoch_iterator,
     _extract_loss,

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from distengine.dist import collectives
 from distengine.module import MODULE_HOOKS, Module, module_overrides
 from distengine.profilers import wiring as profiling
 from distengine.trainer_parts import StopVote
+
+if TYPE_CHECKING:
+    from distengine.loop_context import EvalContext, LoopContext
 
 _STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None),
                                   getattr(signal, "SIGUSR2", None)) if s is not None)
@@ -105,7 +108,7 @@ class RunMixin:
         self._writer.raise_if_nonfinite()
 
     # ------------------------------------------------------------------ what the loops see
-    def _eval_context(self, **fit_parts: Any) -> Any:
+    def _eval_context(self, **fit_parts: Any) -> EvalContext:
         """The parts an evaluation loop uses (see loop_context.py); with ``fit_parts``, the fit's."""
         from distengine.loop_context import EvalContext, LoopContext
 
@@ -116,7 +119,7 @@ class RunMixin:
                     callback_hooks=self._callback_hooks, adapted=self._adapted, profiler=self._profiler,
                     profiling=self._profiling, writer=self._writer, flags=self._flags, **fit_parts)
 
-    def _loop_context(self) -> Any:
+    def _loop_context(self) -> LoopContext:
         """The parts the fit loop uses, built once per ``fit`` after set-up and restore."""
         return self._eval_context(
             progress=self.progress, optimizers=self.optimizers, schedulers=self.lr_scheduler_configs,
