@@ -99,9 +99,10 @@ def one_x_mode(module: Any) -> bool:
     return bool(module.automatic_optimization) and takes_optimizer_idx(module.training_step)
 
 
-def plan_optimization(t: Any, module: Any, returned: Any) -> OneXOptimization | None:
-    """Choose how ``t.optimizers`` are driven; None: the 2.x path (one optimizer, or manual)."""
-    n = len(t.optimizers)
+def plan_optimization(module: Any, optimizers: list[Any], schedulers: list[Any], returned: Any,
+                      precision: str, accumulate_grad_batches: int) -> OneXOptimization | None:
+    """Choose how ``optimizers`` are driven; None: the 2.x path (one optimizer, or manual)."""
+    n = len(optimizers)
     idx = takes_optimizer_idx(module.training_step)
     if not module.automatic_optimization:
         if idx and n > 1:  # pytorch-lightning 1.9.5 refuses this too
@@ -114,55 +115,58 @@ def plan_optimization(t: Any, module: Any, returned: Any) -> OneXOptimization | 
         raise ValueError(f"configure_optimizers returned {n} optimizers but training_step does not take "
                          "optimizer_idx: set self.automatic_optimization = False and step them in training_step "
                          "with opt1, opt2 = self.optimizers() (Lightning 2.x), or add the 1.x optimizer_idx argument")
-    return OneXOptimization(t, optimizer_frequencies(returned, n))
+    return OneXOptimization(module, optimizers, schedulers, optimizer_frequencies(returned, n), precision,
+                            accumulate_grad_batches)
 
 
 class OneXOptimization:
     """Automatic optimization over several optimizers, as pytorch-lightning 1.9.5 runs it."""
 
-    def __init__(self, t: Any, frequencies: list[int]) -> None:
-        n = len(t.optimizers)
+    def __init__(self, module: Any, optimizers: list[Any], schedulers: list[Any], frequencies: list[int],
+                 precision: str, accumulate_grad_batches: int) -> None:
+        n = len(optimizers)
         self.toggle = n > 1  # 1.9.5 toggles only with several optimizers
         self.every = range(n)
-        self.pass_idx = n > 1 or _required(t._module.training_step, "optimizer_idx")
+        self.pass_idx = n > 1 or _required(module.training_step, "optimizer_idx")
         self.cycle = [i for i, f in enumerate(frequencies) for _ in range(f)] if n > 1 else []
-        self._check(t, frequencies)
-        owner = {id(o): i for i, o in enumerate(t.optimizers)}
+        self._check(schedulers, frequencies, precision, accumulate_grad_batches)
+        owner = {id(o): i for i, o in enumerate(optimizers)}
         self.step_schedulers = [(owner.get(id(getattr(c.scheduler, "optimizer", None))), c)
-                                for c in t.lr_scheduler_configs if c.interval == "step"]
+                                for c in schedulers if c.interval == "step"]
 
     @staticmethod
-    def _check(t: Any, frequencies: list[int]) -> None:
+    def _check(schedulers: list[Any], frequencies: list[int], precision: str, accumulate_grad_batches: int) -> None:
         """Refuse, in one line each, the combinations whose 1.9.5 behaviour is not reproduced."""
         what = "training_step(batch, batch_idx, optimizer_idx) with several optimizers"
-        if t.precision == "16-mixed":
+        if precision == "16-mixed":
             raise ValueError(f"{what} is not supported with precision='16-mixed'; use 'bf16-mixed' or 32")
-        if frequencies and t.accumulate_grad_batches > 1:
+        if frequencies and accumulate_grad_batches > 1:
             raise ValueError(f"optimizer frequencies with accumulate_grad_batches > 1 are not supported ({what})")
-        if frequencies and t.lr_scheduler_configs:
+        if frequencies and schedulers:
             raise ValueError(f"learning-rate schedulers with optimizer frequencies are not supported ({what})")
-        if any(c.interval == "step" and c.reduce_on_plateau for c in t.lr_scheduler_configs):
+        if any(c.interval == "step" and c.reduce_on_plateau for c in schedulers):
             raise ValueError(f"a step-interval ReduceLROnPlateau is not supported with {what}")
 
     def active(self, batch_idx: int) -> range | list[int]:
         """1.9.5's ``_get_active_optimizers``: the frequency cycle restarts with each epoch's batch_idx."""
         return [self.cycle[batch_idx % len(self.cycle)]] if self.cycle else self.every
 
-    def run_batch(self, t: Any, args: tuple, batch_idx: int, last_micro: bool) -> list[Any]:
+    def run_batch(self, ctx: Any, args: tuple, batch_idx: int, last_micro: bool) -> list[Any]:
         """Run ``training_step``, backward and (on the last micro-batch) the step of each active
-        optimizer; return the outputs of those whose step returned a loss."""
+        optimizer; return the outputs of those whose step returned a loss. ``ctx`` is the fit's
+        :class:`~distengine.loop_context.LoopContext`."""
         from distengine import loop as _loop  # the loop imports this module: look it up at call time
 
-        module, p = t._module, t.progress
+        module, p = ctx.module, ctx.progress
         outputs: list[Any] = []
         for i in self.active(batch_idx):
-            opt = t.optimizers[i]
+            opt = ctx.optimizers[i]
             if self.toggle:
                 module.toggle_optimizer(opt)
             try:
-                out = self._closure(t, args, i, last_micro)
+                out = self._closure(ctx, args, i, last_micro)
                 if last_micro:  # 1.9.5 steps (and counts the step) even when the loss was None
-                    _loop._optimizer_step(t, opt)
+                    _loop._optimizer_step(ctx, opt)
                     p.global_step += 1
             finally:
                 if self.toggle:
@@ -175,29 +179,31 @@ class OneXOptimization:
                     cfg.scheduler.step()
         return outputs
 
-    def _closure(self, t: Any, args: tuple, i: int, last_micro: bool) -> Any:
+    def _closure(self, ctx: Any, args: tuple, i: int, last_micro: bool) -> Any:
         """training_step (+ training_step_end) and backward for optimizer ``i``; the detached
         output (``{"loss": ...}`` for a bare tensor), or None when no loss was returned."""
         from distengine import loop as _loop
 
-        prec, hooks, strategy = t._precision, t._hooks, t.strategy
+        prec, hooks, strategy, state = ctx.precision, ctx.hooks, ctx.strategy, ctx.state
+        step_end = ctx.adapted.step_end
+        accum = ctx.flags.accumulate_grad_batches
         kwargs = {"optimizer_idx": i} if self.pass_idx else {}
         with strategy.no_sync(strategy.model, last_micro):
             with prec.autocast() if prec.is_mixed else contextlib.nullcontext():
                 out = strategy.step_fn(*args, **kwargs)
-            loss = _loop._extract_loss(t, out)
-            if t._step_hook is not None:
-                out = t._step_hook(out)
-                loss = _loop._extract_loss(t, out)
+            loss = _loop._extract_loss(ctx, out)
+            if step_end is not None:
+                out = step_end(out)
+                loss = _loop._extract_loss(ctx, out)
             if loss is None:
                 return None
-            if not t._loss_checked:
-                t._check_first_loss(loss)
-            if t.on_nonfinite_loss == "error":
-                _loop._check_nonfinite(t, loss)  # one host read per optimizer call
-            t._last_loss = loss
-            if t.accumulate_grad_batches > 1:
-                loss = loss / t.accumulate_grad_batches
+            if not state.loss_checked:
+                _loop._check_first_loss(ctx, loss)
+            if ctx.flags.on_nonfinite_loss == "error":
+                _loop._check_nonfinite(ctx, loss)  # one host read per optimizer call
+            state.last_loss = loss
+            if accum > 1:
+                loss = loss / accum
             for fn in hooks["on_before_backward"]:
                 fn(loss)
             prec.backward(loss)
@@ -249,7 +255,7 @@ def _detach(obj: Any) -> Any:
     return obj
 
 
-def _log_returned(t, out: Any, epoch_level: bool) -> None:
+def _log_returned(res: Any, out: Any, epoch_level: bool) -> None:
     """Route the 1.x-style ``'log'``/``'progress_bar'`` dicts of a returned dict to the results.
 
     A key under both is ONE metric shown on the bar and written to the loggers (logged twice,
@@ -257,7 +263,6 @@ def _log_returned(t, out: Any, epoch_level: bool) -> None:
     is the one kept."""
     if not isinstance(out, dict):
         return
-    res = t._results
     on_step, on_epoch = (False, True) if epoch_level else (True, False)
     routed: dict[str, list] = {}  # name -> [value, prog_bar, logger]
     for key, prog in (("progress_bar", True), ("log", False)):

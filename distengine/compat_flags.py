@@ -294,6 +294,7 @@ class OneXTrainerMixin:
         flags = " and ".join(f"{f}={getattr(self, f)!r}" for f in ("auto_scale_batch_size", "auto_lr_find")
                              if getattr(self, f))
         _info(f"{flags}: trainer.tune() was not called, so fit runs it first (Lightning 1.9.5 would not)")
+        self._tuned = True  # once: a second fit does not search again
         result = tune(self, model, train if datamodule is None else datamodule, val)
         if "lr_find" in result:
             _info(f"lr_find suggests lr={result['lr_find'].suggestion()}")

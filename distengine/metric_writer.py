@@ -27,57 +27,91 @@ from __future__ import annotations
 from typing import Any
 
 
-def logger_step(t: Any) -> int:
-    """The step index Lightning gives a write made now."""
-    if t._status.stage == "fit":
-        return max(t.progress.batches_stepped - 1, 0)
-    return t.progress.batches_stepped
+class MetricWriter:
+    """Writes logged values to the loggers (on global rank zero) at Lightning's step indices.
 
+    Owned by the Trainer (``trainer.logged_metrics`` is its ``logged_metrics``); the loops
+    call it through their context. ``begin_stage`` resets its counters at each ``fit``,
+    ``validate``, ``test`` or ``predict`` call; ``precision`` is the stage's Precision.
+    """
 
-def log_to_loggers(t: Any, metrics: dict[str, float], step: int | None = None) -> None:
-    """Write ``metrics`` on global rank zero; with no ``step``, at :func:`logger_step` and with
-    the ``epoch`` scalar added (Lightning adds it only to writes without an explicit step)."""
-    t.logged_metrics.update(metrics)
-    if step is None:
-        metrics = dict(metrics)
-        metrics["epoch"] = float(t.current_epoch)
-        step = logger_step(t)
-    if t.is_global_zero:
-        for lg in t._loggers:
-            lg.log_metrics(metrics, step=step)
+    def __init__(self, loggers: list[Any], profiler: Any, results: Any, progress: Any, status: Any,
+                 state: Any, flags: Any, env: Any) -> None:
+        self.loggers, self.profiler, self.results = loggers, profiler, results
+        self.progress, self.status, self.state, self.flags, self.env = progress, status, state, flags, env
+        self.precision: Any = None
+        self.logged_metrics: dict[str, float] = {}
+        self.eval_log_steps: dict[tuple[str, int], int] = {}
+        self.step_writes = 0
+        self.last_step_written = 0
 
+    def begin_stage(self) -> None:
+        self.logged_metrics, self.eval_log_steps, self.step_writes = {}, {}, 0
+        self.last_step_written = self.progress.batches_stepped
 
-def write_train_step(t: Any) -> None:
-    """Write the fresh training step values (every ``log_every_n_steps`` optimizer steps)."""
-    with t.profiler.profile("log_step_metrics"):  # not per batch: a shared no-op without a profiler
-        t._raise_if_nonfinite()
-        log, _ = t._results.collect_step()
-        t._last_step_written = t.progress.batches_stepped
-        t._step_writes += 1
-        if t._precision.scaler is not None or t.on_nonfinite_loss == "skip":
-            log["skipped_steps"] = float(t._precision.skipped_steps + t._skipped_nonfinite)
+    @property
+    def global_rank(self) -> int:  # (with ``progress``: what a non-finite error names)
+        return self.env.rank
+
+    def raise_if_nonfinite(self) -> None:
+        """Read the device-side non-finite watch (see nonfinite.py): one sync, where values are written."""
+        watch = self.state.nonfinite_watch
+        if watch is not None:
+            watch.check(self)
+
+    def logger_step(self) -> int:
+        """The step index Lightning gives a write made now."""
+        if self.status.stage == "fit":
+            return max(self.progress.batches_stepped - 1, 0)
+        return self.progress.batches_stepped
+
+    def log_to_loggers(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Write ``metrics`` on global rank zero; with no ``step``, at :meth:`logger_step` and with
+        the ``epoch`` scalar added (Lightning adds it only to writes without an explicit step)."""
+        self.logged_metrics.update(metrics)
+        if step is None:
+            metrics = dict(metrics)
+            metrics["epoch"] = float(self.progress.epoch + self.state.stopped_in_epoch)  # current_epoch
+            step = self.logger_step()
+        if self.env.rank == 0:
+            for lg in self.loggers:
+                lg.log_metrics(metrics, step=step)
+
+    def log_epoch(self, metrics: dict[str, float]) -> None:
+        """Write the epoch-end values (timed as ``log_epoch_metrics`` when profiling)."""
+        with self.profiler.profile("log_epoch_metrics"):
+            self.log_to_loggers(metrics)
+
+    def write_train_step(self) -> None:
+        """Write the fresh training step values (every ``log_every_n_steps`` optimizer steps)."""
+        with self.profiler.profile("log_step_metrics"):  # not per batch: a shared no-op without a profiler
+            self.raise_if_nonfinite()
+            log, _ = self.results.collect_step()
+            self.last_step_written = self.progress.batches_stepped
+            self.step_writes += 1
+            prec = self.precision
+            if prec.scaler is not None or self.flags.on_nonfinite_loss == "skip":
+                log["skipped_steps"] = float(prec.skipped_steps + self.state.skipped_nonfinite)
+            if log:
+                self.log_to_loggers(log)
+
+    def flush_train_step(self) -> None:
+        """At a training epoch end (or the end of a fit): write the last step's values if this fit
+        has written none yet. Decided from step counts alone, so every rank takes the same branch
+        (the write may hold a collective)."""
+        every, step = self.flags.log_every_n_steps, self.progress.batches_stepped
+        if every and step % every and step > self.last_step_written and self.step_writes == 0:
+            self.write_train_step()
+
+    def write_eval_step(self, stage: str, dataloader_idx: int) -> None:
+        """Write the ``on_step`` values one evaluation batch logged (no collective: local values)."""
+        log = self.results.collect_eval_step(stage)
+        counters = self.eval_log_steps
+        key = (stage, dataloader_idx)
+        step = counters.get(key, 0)
+        counters[key] = step + 1
         if log:
-            log_to_loggers(t, log)
-
-
-def flush_train_step(t: Any) -> None:
-    """At a training epoch end (or the end of a fit): write the last step's values if this fit
-    has written none yet. Decided from step counts alone, so every rank takes the same branch
-    (the write may hold a collective)."""
-    every, step = t.log_every_n_steps, t.progress.batches_stepped
-    if every and step % every and step > t._last_step_written and t._step_writes == 0:
-        write_train_step(t)
-
-
-def write_eval_step(t: Any, stage: str, dataloader_idx: int) -> None:
-    """Write the ``on_step`` values one evaluation batch logged (no collective: local values)."""
-    log = t._results.collect_eval_step(stage)
-    counters = t._eval_log_steps
-    key = (stage, dataloader_idx)
-    step = counters.get(key, 0)
-    counters[key] = step + 1
-    if log:
-        log_to_loggers(t, log, step=step)
+            self.log_to_loggers(log, step=step)
 
 
 def forked_name(name: str, suffix: str) -> str:

@@ -241,6 +241,13 @@ class Results:
                     out[e.name] = out[e.name]
         return out
 
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        """Latest values of everything logged: local step values and rank-reduced epoch values
+        (``Trainer.callback_metrics``)."""
+        out = self.step_metrics_now()
+        out.update(self.epoch_values)
+        return out
+
     def prog_bar_now(self) -> dict[str, float]:
         out = dict(self.prog_bar_epoch)
         for e in self.entries["train"].values():

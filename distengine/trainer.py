@@ -22,6 +22,8 @@ from distengine import loop
 from distengine.callbacks.finders import run_finder_callbacks
 from distengine.compat_flags import OneXTrainerMixin, accepts_1x_flags
 from distengine.config import TrainerConfig, apply_config
+from distengine.loop_context import FitData, LoopFlags, LoopState
+from distengine.metric_writer import MetricWriter
 from distengine.metrics import Results
 from distengine.module import Module, module_overrides
 from distengine.precision import Precision
@@ -64,31 +66,25 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
                  gpus: Any = None, profiler: Any = None) -> None:
         # the flags as given, kept whole: the tuner builds its trial Trainers from them
         self.config = TrainerConfig(**{k: v for k, v in locals().items() if k != "self"})
+        self._flags = LoopFlags()  # the flags the loop reads (max_epochs, ...: see trainer_props._Flag)
+        self._loop_state = LoopState()  # what the loop writes: should_stop, the last loss, ...
         apply_config(self, self.config)  # checks every flag (one-line errors) and sets the attributes
         self.progress = Progress()
         self._status = TrainerStatus()
         self._results = Results()
+        self._writer = MetricWriter(self._loggers, self._profiler, self._results, self.progress, self._status,
+                                    self._loop_state, self._flags, self.env)
         self._stop_vote: StopVote | None = None
-        self._stop_now = False
         self._setup_done = False
         self._module: Module | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[Any] = []
         self.datamodule: Any = None
         self._resume = ResumePoint()  # where the epoch started; the RNG state a resume applies
-        self._train_loader: Any = None
-        self._train_sampler = None
-        self._val_loaders: list[Any] = []
+        self._data = FitData()  # the fit's loaders and batch counts
         self._precision: Precision | None = None
-        self._train_outputs = None
-        self._last_loss = None
-        self._skipped_nonfinite = 0
-        self._nonfinite_watch = None
         self._one_x = None  # compat.OneXOptimization for 1.x several-optimizer modules
         self._step_counters: list[Any] = []  # optimizer hooks counting manual steps
-        self.should_stop = False
-        self.logged_metrics: dict[str, float] = {}
-        self._stopped_in_epoch = False
 
     # ------------------------------------------------------------------ public entry points
     def fit(self, model: Module, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -117,7 +113,7 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
                         lg.log_hyperparams(hp)
             for fn in self._hooks["on_fit_start"]:
                 fn()
-            loop.fit_loop(self)
+            loop.fit_loop(self._loop_context())
             self._finish_signal_stop()
             for fn in self._hooks["on_fit_end"]:
                 fn()
@@ -150,6 +146,7 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
         ``auto_scale_batch_size``."""
         from distengine.tuner import tune
 
+        self._tuned = True  # fit does not run the finders again (see compat_flags._tune_in_fit)
         return tune(self, model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders, **kwargs)
 
     # ------------------------------------------------------------------ checks and launch

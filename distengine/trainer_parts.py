@@ -169,14 +169,6 @@ class CheckpointMixin:
                 raise ValueError(f"the {kind} dataloader #{i} is empty (len 0): check the dataset and batch_size")
         return loaders
 
-    def _limit(self, kind: str, loaders: list[Any] | None = None) -> list[int]:
-        loaders = self._val_loaders if loaders is None else loaders
-        return [_apply_limit(self.limits[kind], _safe_len(dl), kind) for dl in loaders]
-
-    def _should_validate(self) -> bool:
-        return bool(self._val_loaders) and self._module_overrides("validation_step") and \
-            any(n > 0 for n in self._limit("val"))
-
     def _setup_fit(self, train: list[Any], val: list[Any]) -> None:
         from distengine import compat
         from distengine.optim import parse_optimizers
@@ -186,12 +178,12 @@ class CheckpointMixin:
             raise ValueError(f"fit takes one training dataloader, got {len(train)}")
         module = self._module
         self._set_fit_loaders(train, val)
-        self._run_sanity_check = self._should_validate() and self.num_sanity_val_steps != 0
+        self._run_sanity_check = self._data.should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
-                              for n in self._num_val_batches]
+                              for n in self._data.num_val_batches]
         strategy = self._strategy
         self._precision = Precision(self.precision, strategy.root_device)
-        self._nonfinite_watch = None
+        self._loop_state.nonfinite_watch = None
         manual = not module.automatic_optimization
         if manual and self.precision == "16-mixed":
             raise ValueError("manual optimization with precision='16-mixed' is not supported; use 'bf16-mixed'")
@@ -206,7 +198,8 @@ class CheckpointMixin:
         # after setup_module: a sharding strategy replaces the parameters the optimizers must hold
         returned = module.configure_optimizers()
         self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned)
-        self._one_x = compat.plan_optimization(self, module, returned)  # 1.x: several optimizers, optimizer_idx
+        self._one_x = compat.plan_optimization(  # 1.x: several optimizers, optimizer_idx
+            module, self.optimizers, self.lr_scheduler_configs, returned, self.precision, self.accumulate_grad_batches)
         self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
         if manual:  # Lightning 2.x: global_step counts the optimizer.step() calls of training_step
             self._step_counters = [o.register_step_post_hook(self._count_manual_step) for o in self.optimizers]
@@ -218,20 +211,21 @@ class CheckpointMixin:
     def _set_fit_loaders(self, train: list[Any], val: list[Any]) -> None:
         from distengine.data import prepare_eval_loader, prepare_train_loader
 
-        env = self.env
+        env, data = self.env, self._data  # refilled in place: the fit loop's context holds it
         self._raw_loaders = (train, val)
         shuffle = False if self.overfit_batches else None
-        self._train_loader, self._train_sampler = prepare_train_loader(
+        data.train_loader, data.train_sampler = prepare_train_loader(
             train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle)
-        self._val_loaders = [prepare_eval_loader(v, env.world_size, env.rank, self.use_distributed_sampler)
-                             for v in val]
-        n = _safe_len(self._train_loader)
-        self._num_train_batches = _apply_limit(self.limits["train"], n, "train")
-        if self._num_train_batches == 0:
+        data.val_loaders = [prepare_eval_loader(v, env.world_size, env.rank, self.use_distributed_sampler)
+                            for v in val]
+        data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
+        n = _safe_len(data.train_loader)
+        data.num_train_batches = _apply_limit(self.limits["train"], n, "train")
+        if data.num_train_batches == 0:
             raise ValueError("limit_train_batches leaves no training batch; raise it")
         # Lightning: no validation_step, no validation batches (checkpoints then follow the epochs)
-        self._num_val_batches = self._limit("val") if self._module_overrides("validation_step") else []
-        self._val_every_batches = val_every_batches(self.val_check_interval, self._num_train_batches)
+        data.num_val_batches = data.val_limits() if data.has_val_step else []
+        data.val_every_batches = val_every_batches(self.val_check_interval, data.num_train_batches)
 
     def _reload_dataloaders(self) -> None:
         """Call the ``*_dataloader`` hooks again (loaders passed to ``fit`` stay, as in Lightning)."""
@@ -247,7 +241,7 @@ class CheckpointMixin:
         self._set_fit_loaders(train, val)
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
-        from distengine import loop
+        from distengine import loop_eval
         from distengine.data import prepare_eval_loader
 
         model = model if model is not None else self._module
@@ -275,8 +269,8 @@ class CheckpointMixin:
             limit = [_apply_limit(self.limits[kind], _safe_len(dl), kind) for dl in loaders]
             self._eval_batches = {stage: limit}
             if stage == "validate":
-                self._num_val_batches = limit
-            result = loop.run_eval(self, stage, loaders, limit)
+                self._data.num_val_batches = limit
+            result = loop_eval.run_eval(self._eval_context(), stage, loaders, limit)
         return result
 
     # ------------------------------------------------------------------ checkpoints
@@ -296,7 +290,7 @@ class CheckpointMixin:
         module, p, strategy = self._module, self.progress, self._strategy
 
         def samples_per_batch() -> int:
-            return (getattr(self._train_loader, "batch_size", None) or 1) * self.world_size
+            return (getattr(self._data.train_loader, "batch_size", None) or 1) * self.world_size
 
         weights: dict[str, Any] = {
             "format_version": ts.Value(lambda: FORMAT_VERSION),
@@ -312,7 +306,7 @@ class CheckpointMixin:
             "optimizer_classes": ts.Value(lambda: [type(o).__name__ for o in self.optimizers]),
             "lr_schedulers": ts.SchedulerStates(self.lr_scheduler_configs),
             "precision": self._precision,
-            "data": ts.DataPosition(p, self._resume, lambda: self._train_sampler, samples_per_batch),
+            "data": ts.DataPosition(p, self._resume, lambda: self._data.train_sampler, samples_per_batch),
             "rng": ts.RNGStates(self._resume, self.global_rank),
             "callbacks": ts.CallbackStates(self.callbacks),
         }
@@ -320,19 +314,22 @@ class CheckpointMixin:
         return ts.Checkpointer({**weights, **training}, weights=tuple(weights),
                                collective=("rng", "state_dict", "optimizer_states"))
 
-    def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any] | None:
-        """The full checkpoint on global rank zero (None elsewhere). A collective: every rank
-        must call it, since the RNG states of all ranks are gathered."""
+    def _checkpoint_dict(self, weights_only: bool = False, every_rank: bool = False) -> dict[str, Any] | None:
+        """The full checkpoint on global rank zero (None elsewhere; ``every_rank``: on every rank,
+        each holding its own shards, for a sharded checkpoint). A collective: every rank must
+        call it, since the RNG states of all ranks are gathered. The ``on_save_checkpoint``
+        hooks run on global rank zero."""
         self._raise_if_nonfinite()  # never write a checkpoint of weights a NaN step produced
-        if self._strategy.checkpoint_layout != "full":  # the one place a sharded layout plugs in
+        if not every_rank and self._strategy.checkpoint_layout != "full":  # where a sharded layout plugs in
             raise NotImplementedError("sharded checkpoints are written by distengine.checkpoint.sharded")
-        ckpt = self._checkpointer().save(weights_only, self.is_global_zero)
+        ckpt = self._checkpointer().save(weights_only, every_rank or self.is_global_zero)
         if ckpt is None:
             return None
-        for fn in self._module_hooks.get("on_save_checkpoint", ()):
-            fn(ckpt)
-        for fn in self._callback_hooks.get("on_save_checkpoint", ()):
-            fn(ckpt)
+        if self.is_global_zero:
+            for fn in self._module_hooks.get("on_save_checkpoint", ()):
+                fn(ckpt)
+            for fn in self._callback_hooks.get("on_save_checkpoint", ()):
+                fn(ckpt)
         return ckpt
 
     def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any] | None:

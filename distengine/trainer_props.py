@@ -7,12 +7,59 @@ from typing import Any
 import torch
 
 from distengine.callbacks.base import Callback
+from distengine.loop_context import LoopFlags
 from distengine.module import Module
 from distengine.state import TrainerStatus
 from distengine.strategies import Strategy
 
 
+class _Flag:
+    """A Trainer attribute kept in the Trainer's :class:`~distengine.loop_context.LoopFlags`, so
+    that what a callback sets (``trainer.accumulate_grad_batches = 4``) is what the loop reads."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else getattr(obj._flags, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj._flags, self.name, value)
+
+
 class TrainerProperties:
+    # ------------------------------------------------------------------ the loop's flags and state
+    @property
+    def should_stop(self) -> bool:
+        """Set it to ask for a stop (callbacks do); the ranks agree on it at the next step or epoch end."""
+        return self._loop_state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self._loop_state.should_stop = value
+
+    @property
+    def logged_metrics(self) -> dict[str, float]:
+        """The values written to the loggers in this stage."""
+        return self._writer.logged_metrics
+
+    # the loop's state under the names the Trainer used to keep it by (the tests read them)
+    @property
+    def _skipped_nonfinite(self) -> Any:
+        return self._loop_state.skipped_nonfinite
+
+    @property
+    def _train_outputs(self) -> Any:
+        return self._loop_state.train_outputs
+
+    @property
+    def _train_loader(self) -> Any:
+        return self._data.train_loader
+
+    @property
+    def _train_sampler(self) -> Any:
+        return self._data.train_sampler
+
     # ------------------------------------------------------------------ read-only state
     @property
     def global_step(self) -> int:
@@ -23,7 +70,7 @@ class TrainerProperties:
         # A fit that stopped early (EarlyStopping, max_steps mid-epoch, a stop request) counts
         # the epoch it stopped in as finished, as Lightning does; `progress.epoch` keeps the
         # exact position, which is what a checkpoint stores and a resume continues from.
-        return self.progress.epoch + self._stopped_in_epoch
+        return self.progress.epoch + self._loop_state.stopped_in_epoch
 
     @property
     def global_rank(self) -> int:
@@ -56,7 +103,7 @@ class TrainerProperties:
     @property
     def train_dataloader(self) -> Any:
         """The training loader of the current fit, as this rank iterates it (sharded)."""
-        return getattr(self, "_train_loader", None)
+        return self._data.train_loader
 
     @property
     def model(self) -> Any:
@@ -127,9 +174,7 @@ class TrainerProperties:
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:
         """Latest values of everything logged: local step values and rank-reduced epoch values."""
-        out = self._results.step_metrics_now()
-        out.update(self._results.epoch_values)
-        return out
+        return self._results.callback_metrics()
 
     def record_callback_metrics(self, values: dict[str, float]) -> None:
         """Add values a callback computed (for example learning rates) to ``callback_metrics``."""
@@ -159,11 +204,11 @@ class TrainerProperties:
 
     @property
     def num_training_batches(self) -> int | float:
-        return getattr(self, "_num_train_batches", 0)
+        return self._data.num_train_batches
 
     @property
     def num_val_batches(self) -> list[int]:
-        return list(getattr(self, "_num_val_batches", []))
+        return list(self._data.num_val_batches)
 
     @property
     def num_sanity_val_batches(self) -> list[int]:
@@ -196,3 +241,8 @@ class TrainerProperties:
     def metric_results(self) -> Any:
         """Where ``self.log`` writes (step and epoch values, reduced across ranks when logged)."""
         return self._results
+
+
+for _name in LoopFlags.__dataclass_fields__:  # max_epochs, accumulate_grad_batches, ... (loop_context.py)
+    setattr(TrainerProperties, _name, _Flag(_name))
+del _name

@@ -8,16 +8,19 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from distengine import compat, metric_writer
+from distengine import compat
 from distengine.callbacks.base import CALLBACK_HOOKS, HookDispatcher
 from distengine.dist import collectives
 from distengine.module import MODULE_HOOKS, Module, module_overrides
 from distengine.profilers import wiring as profiling
 from distengine.trainer_parts import StopVote
+
+if TYPE_CHECKING:
+    from distengine.loop_context import EvalContext, LoopContext
 
 _STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None),
                                   getattr(signal, "SIGUSR2", None)) if s is not None)
@@ -45,7 +48,7 @@ class RunMixin:
         self._step_hook, self._training_end = adapted.step_end, adapted.training_end
         self._collect_train_outputs = adapted.collect_train_outputs
         if self._profiling:  # timed hooks; an unprofiled run calls the hooks themselves
-            profiling.profiled_hooks(self)
+            profiling.profiled_hooks(self._profiler, module, self._hooks, self._callback_hooks, self._module_hooks)
 
     def _launch_if_needed(self) -> None:
         if self.env.distributed or (self._devices <= 1 and self.num_nodes <= 1):
@@ -90,39 +93,9 @@ class RunMixin:
                 pass
         return previous
 
-    def _vote_step(self) -> bool:
-        """Called after each training batch. Returns True when all ranks agreed to stop now."""
-        local = self.should_stop or self._status.stop_signal is not None
-        stop, signum = self._stop_vote.step(local, self._status.stop_signal or 0)
-        return self._apply_vote(stop, signum, epochs_done=self.progress.epoch)
-
-    def _vote_epoch(self) -> bool:
-        local = self.should_stop or self._status.stop_signal is not None
-        stop, signum = self._stop_vote.sync(local, self._status.stop_signal or 0)
-        return self._apply_vote(stop, signum, epochs_done=self.progress.epoch + 1)
-
-    def _apply_vote(self, stop: bool, signum: int, epochs_done: int) -> bool:
-        if not stop:
-            return False
-        if signum:
-            self._status.stop_signal = signum
-        elif epochs_done < self.min_epochs or self.progress.global_step < self.min_steps:
-            return False  # min_epochs / min_steps delay a requested stop
-        self.should_stop = True
-        self._stop_now = True
-        return True
-
-    def _fit_done(self) -> bool:
-        p = self.progress
-        if self._stop_now:
-            return True
-        if 0 <= self.max_steps <= p.global_step:
-            return True
-        return 0 <= self.max_epochs <= p.epoch
-
     def _finish_signal_stop(self) -> None:
         signum = self._status.stop_signal
-        if signum is None or not self._stop_now:
+        if signum is None or not self._loop_state.stop_now:
             return
         path = self._save_on_signal(signum)
         if self.is_global_zero:
@@ -131,22 +104,29 @@ class RunMixin:
                   f"{self.global_step}{where}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
-    def _write_step_metrics(self) -> None:
-        metric_writer.write_train_step(self)
-
     def _raise_if_nonfinite(self) -> None:
-        if self._nonfinite_watch is not None:
-            self._nonfinite_watch.check(self)
+        self._writer.raise_if_nonfinite()
 
-    def _log_to_loggers(self, metrics: dict[str, float]) -> None:
-        with self._profiler.profile("log_epoch_metrics"):
-            metric_writer.log_to_loggers(self, metrics)
+    # ------------------------------------------------------------------ what the loops see
+    def _eval_context(self, **fit_parts: Any) -> EvalContext:
+        """The parts an evaluation loop uses (see loop_context.py); with ``fit_parts``, the fit's."""
+        from distengine.loop_context import EvalContext, LoopContext
 
-    def _check_first_loss(self, loss: torch.Tensor) -> None:
-        if not loss.requires_grad and self._module.automatic_optimization:
-            raise ValueError("the loss returned by training_step does not require grad: it was computed "
-                             "without the model's parameters or under torch.no_grad()")
-        self._loss_checked = True
+        self._writer.precision = self._precision
+        kind = LoopContext if fit_parts else EvalContext
+        return kind(module=self._module, strategy=self._strategy, precision=self._precision, results=self._results,
+                    status=self._status, hooks=self._hooks, module_hooks=self._module_hooks,
+                    callback_hooks=self._callback_hooks, adapted=self._adapted, profiler=self._profiler,
+                    profiling=self._profiling, writer=self._writer, flags=self._flags, **fit_parts)
+
+    def _loop_context(self) -> LoopContext:
+        """The parts the fit loop uses, built once per ``fit`` after set-up and restore."""
+        return self._eval_context(
+            progress=self.progress, optimizers=self.optimizers, schedulers=self.lr_scheduler_configs,
+            has_step_schedulers=self._has_step_schedulers, one_x=self._one_x, data=self._data,
+            resume=self._resume, stop_vote=self._stop_vote, state=self._loop_state,
+            sanity_steps=self._sanity_steps if self._run_sanity_check else None,
+            reload_dataloaders=self._reload_dataloaders, step_counters=self._step_counters)
 
 
 class _RunContext:
@@ -158,19 +138,19 @@ class _RunContext:
     def __enter__(self) -> Any:
         t = self.t
         t._status.stage = stage = self.stage
-        t._stop_now, t.should_stop = False, False
-        t._loss_checked = False
+        t._loop_state.begin_stage()  # no stop requested, the first loss not checked yet
         t._results.reset_all()  # as in Lightning: callback_metrics hold this stage's values only
-        t.logged_metrics, t._eval_log_steps, t._step_writes = {}, {}, 0
-        t._last_step_written = t.progress.batches_stepped
+        t._writer.begin_stage()  # logged_metrics and the write counters start afresh
         t._module = t._results.module = self.model  # module: where logged torchmetrics objects live
         self.model._trainer = t
         t._setup_env()
         if stage == "fit":
             t._stop_vote = StopVote()  # closed at the end of the fit loop
-            t._stopped_in_epoch = False
+            t._loop_state.stopped_in_epoch = False
         t._build_hooks()
-        profiling.begin_run(t, stage)
+        if t._profiling:
+            profiling.begin_run(t._profiler, stage, t.log_dir, t.root_device.type,
+                                t.global_rank if t.world_size > 1 else None)
         self._previous = t._install_signal_handlers() if stage == "fit" else {}
         self.t0 = time.monotonic()
         key = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
@@ -219,6 +199,7 @@ class _RunContext:
                     lg.save()  # flush what validate/test wrote
             t._status.stage = None
             torch.autograd.set_detect_anomaly(self._anomaly)
-            profiling.end_run(t, failed)
+            if t._profiling:
+                profiling.end_run(t._profiler, failed)
         return False
 

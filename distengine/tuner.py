@@ -418,7 +418,6 @@ def tune(trainer: Any, model: Any, train_dataloaders: Any = None, val_dataloader
         trainer.fit(model)
     """
     result: dict[str, Any] = {}
-    trainer._tuned = True  # fit does not run the finders again (see compat_flags._tune_in_fit)
     tuner = Tuner(trainer)
     scale = getattr(trainer, "auto_scale_batch_size", False)
     if scale:

@@ -39,13 +39,9 @@ def save_trainer_checkpoint(trainer: Any, path: str, weights_only: bool = False,
                             on_done: Callable[[str], Any] | None = None) -> ShardedCheckpointer:
     """Write the Trainer's checkpoint to directory ``path``; return the checkpointer that writes it.
     A collective: every rank calls it."""
-    trainer._raise_if_nonfinite()  # never write a checkpoint of weights a NaN step produced
-    ckpt = trainer._checkpointer().save(weights_only, True)  # every rank: it holds its own shards
-    if trainer.is_global_zero:  # the hooks run where they run for a file: on rank 0
-        for fn in trainer._module_hooks.get("on_save_checkpoint", ()):
-            fn(ckpt)
-        for fn in trainer._callback_hooks.get("on_save_checkpoint", ()):
-            fn(ckpt)
+    # every rank: it holds its own shards (the Trainer checks for a NaN step first, and runs
+    # the on_save_checkpoint hooks where they run for a file: on rank 0)
+    ckpt = trainer._checkpoint_dict(weights_only, every_rank=True)
     tensors = {"state_dict": ckpt.pop("state_dict")}
     if "optimizer_states" in ckpt:
         states = ckpt.pop("optimizer_states")

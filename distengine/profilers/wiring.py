@@ -1,6 +1,6 @@
 """How the Trainer and the loops hand their phases and hooks to a profiler.
 
-Everything here runs only when a profiler is set (``Trainer._profiling``). The Trainer and
+Everything here runs only when a profiler is set (``profiling`` in the loop context). The Trainer and
 the loops decide once -- per run for the hooks, per epoch / evaluation run for the loop
 phases -- whether to call the profiled versions built here, so an unprofiled run calls
 nothing extra per batch. The actions (and Lightning's name for the same thing):
@@ -80,15 +80,14 @@ class _FetchTimed:
         return _fetching(self.profiler, self.loader, self.action, self.step)
 
 
-def profiled_hooks(t: Any) -> None:
-    """Replace the Trainer's hook tables by timed versions (once per run)."""
-    p = t._profiler
-    module_name = type(t._module).__name__
-    for name in list(t._hooks):
-        cb = tuple(_timed(p, f"[Callback]{_owner(fn)}.{name}", fn) for fn in t._callback_hooks[name])
-        mod = tuple(_timed(p, f"[LightningModule]{module_name}.{getattr(fn, '__name__', name)}", fn)
-                    for fn in t._module_hooks[name])
-        t._callback_hooks[name], t._module_hooks[name], t._hooks[name] = cb, mod, cb + mod
+def profiled_hooks(profiler: Profiler, module: Any, hooks: dict, callback_hooks: dict, module_hooks: dict) -> None:
+    """Replace the entries of the hook tables by timed versions (once per run)."""
+    module_name = type(module).__name__
+    for name in list(hooks):
+        cb = tuple(_timed(profiler, f"[Callback]{_owner(fn)}.{name}", fn) for fn in callback_hooks[name])
+        mod = tuple(_timed(profiler, f"[LightningModule]{module_name}.{getattr(fn, '__name__', name)}", fn)
+                    for fn in module_hooks[name])
+        callback_hooks[name], module_hooks[name], hooks[name] = cb, mod, cb + mod
 
 
 def _owner(fn: Any) -> str:
@@ -97,63 +96,58 @@ def _owner(fn: Any) -> str:
     return str(getattr(cb, "state_key", type(cb).__name__)) if cb is not None else "callback"
 
 
-def train_parts(t: Any, iterator: Iterator, step_fn: Callable, backward: Callable,
+def train_parts(ctx: Any, iterator: Iterator, step_fn: Callable, backward: Callable,
                 optimizer_step: Callable) -> tuple[Iterator, Callable, Callable, Callable]:
-    """The training loop's batch iterator, forward, backward and optimizer step, timed (per epoch)."""
-    p = t._profiler
-    if not t._module.automatic_optimization:
-        _time_manual_steps(t)
+    """The training loop's batch iterator, forward, backward and optimizer step, timed (per
+    epoch); ``ctx`` is the fit's :class:`~distengine.loop_context.LoopContext`."""
+    p = ctx.profiler
+    if not ctx.module.automatic_optimization:
+        _time_manual_steps(ctx)
     return (_fetching(p, iterator, "train_dataloader_next", step=True), _timed(p, "training_step", step_fn),
             _timed(p, "backward", backward), _timed(p, "optimizer_step", optimizer_step))
 
 
-def _time_manual_steps(t: Any) -> None:
+def _time_manual_steps(ctx: Any) -> None:
     """Manual optimization: time each ``optimizer.step()`` the user makes, through the
     optimizer's step hooks (removed with the Trainer's step counters at the end of the run)."""
-    p = t._profiler
-    done = t._profiled_optimizers
-    for opt in t.optimizers:
+    p = ctx.profiler
+    done = ctx.timed_optimizers
+    for opt in ctx.optimizers:
         if id(opt) in done:
             continue
         done.add(id(opt))
-        t._step_counters.append(opt.register_step_pre_hook(lambda *_: p.start("optimizer_step")))
-        t._step_counters.append(opt.register_step_post_hook(lambda *_: p.stop("optimizer_step")))
+        ctx.step_counters.append(opt.register_step_pre_hook(lambda *_: p.start("optimizer_step")))
+        ctx.step_counters.append(opt.register_step_post_hook(lambda *_: p.stop("optimizer_step")))
 
 
-def eval_parts(t: Any, name: str, step: Callable, loaders: list[Any]) -> tuple[Callable, list[Any]]:
+def eval_parts(ctx: Any, name: str, step: Callable, loaders: list[Any]) -> tuple[Callable, list[Any]]:
     """An evaluation run's step and loaders, timed. Outside ``fit`` (validate/test/predict)
     each evaluation batch is also one profiler step."""
-    p = t._profiler
-    per_batch_steps = t._status.stage != "fit"
+    p = ctx.profiler
+    per_batch_steps = ctx.status.stage != "fit"
     action = f"{_EVAL_PREFIX[name]}_dataloader_next"
     return _timed(p, f"{name}_step", step), [_FetchTimed(p, dl, action, per_batch_steps) for dl in loaders]
 
 
-def begin_run(t: Any, stage: str) -> None:
-    """Set the profiler up for a run: its stage, this process's rank (in file names when
-    several processes run) and the log folder, which is created here so that a folder that
-    cannot be written fails now rather than at the end of training."""
-    if not t._profiling:
-        return
-    p = t._profiler
-    folder = p.dirpath or t.log_dir
+def begin_run(profiler: Profiler, stage: str, log_dir: str, device_type: str, rank: int | None) -> None:
+    """Set the profiler up for a run: its stage, this process's rank (``rank``: in file names
+    when several processes run, else None) and the log folder, which is created here so that a
+    folder that cannot be written fails now rather than at the end of training."""
+    folder = profiler.dirpath or log_dir
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise OSError(f"profiler: cannot create the report folder {folder!r} ({exc}); "
                       "pass a writable dirpath to the profiler") from None
-    t._profiled_optimizers = set()
-    p._device_type = t.root_device.type
-    p.setup(stage, local_rank=t.global_rank if t.world_size > 1 else None, log_dir=t.log_dir)
+    profiler._device_type = device_type
+    profiler.setup(stage, local_rank=rank, log_dir=log_dir)
 
 
-def end_run(t: Any, failed: bool) -> None:
+def end_run(profiler: Profiler, failed: bool) -> None:
     """Write the run's report. After a failed run the report is still written, but a failure
     to write it does not hide the run's own error."""
-    if not t._profiling:
-        return
     try:
-        t._profiler.describe()
+        profiler.describe()
     except Exception as exc:  # noqa: BLE001 - the run's error matters more
         if not failed:
             raise

@@ -1,0 +1,157 @@
+"""The evaluation loop (validate, test, predict; also the validation inside ``fit``).
+
+``run_eval(ctx, stage, loaders, limit)``::
+
+    module.eval(); on_{stage}_start, on_{stage}_epoch_start
+    under inference_mode (and the strategy's evaluation context), for each loader and batch:
+        move to device -> on_{stage}_batch_start -> {stage}_step (autocast) ->
+        on_{stage}_batch_end -> write its on_step values
+    predict: gather every rank's predictions in rank order (dataset order)
+    otherwise: 1.x *_epoch_end(outputs) -> module's on_{stage}_epoch_end -> reduce the epoch
+        values over the ranks -> loggers -> callbacks' on_{stage}_epoch_end
+    on_{stage}_end; the module's training mode as it was
+
+It runs on the unwrapped module, so ranks with different numbers of batches never meet in a
+collective until the epoch-end reduce. ``ctx`` is an :class:`~distengine.loop_context.EvalContext`.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from typing import Any
+
+import torch
+
+from distengine.compat import _detach, _log_returned
+from distengine.data import move_to_device
+from distengine.dist import collectives
+from distengine.loop_context import EvalContext
+from distengine.module import module_overrides
+from distengine.profilers import wiring as profiling
+
+_EVAL_NAMES = {"validate": "validation", "test": "test", "predict": "predict"}
+
+
+def takes_batch_idx(step: Any) -> bool:
+    """Lightning 2.x lets ``*_step`` omit ``batch_idx``; decided once per loop, not per batch."""
+    try:
+        params = list(inspect.signature(step).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return True
+    return len(params) >= 2
+
+
+def run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int], sanity: bool = False) -> list[dict]:
+    """Run validation/test/predict over ``loaders``; return per-loader metrics (or predictions)."""
+    with ctx.profiler.profile("run_sanity_check" if sanity else f"run_{_EVAL_NAMES[stage]}"):
+        return _run_eval(ctx, stage, loaders, limit, sanity)
+
+
+@torch.no_grad()
+def _run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int], sanity: bool) -> list[dict]:
+    module, hooks, res, prec, strategy = ctx.module, ctx.hooks, ctx.results, ctx.precision, ctx.strategy
+    name = _EVAL_NAMES[stage]
+    step = getattr(module, f"{name}_step")
+    takes_idx = takes_batch_idx(step)
+    if ctx.profiling:  # timed step and batch fetches, chosen once per run
+        step, loaders = profiling.eval_parts(ctx, name, step, loaders)
+    was_training = module.training
+    module.eval()
+    prev_stage, prev_in_step = res.stage, res.in_step
+    res.stage, res.in_step = stage, True
+    res.reset_stage(stage)
+    collect = ctx.adapted.collect_eval_outputs[stage]  # 1.x *_epoch_end(outputs)
+    device, convert = strategy.root_device, (prec.convert_input if prec._true_dtype is not None else None)
+    many = len(loaders) > 1
+    write_steps = not sanity and stage != "predict"  # on_step values, after every batch (Lightning)
+    write_eval_step = ctx.writer.write_eval_step
+    for fn in hooks[f"on_{name}_start"]:
+        fn()
+    for fn in hooks[f"on_{name}_epoch_start"]:
+        fn()
+    all_outputs: list[list[Any]] = []
+    mode = torch.inference_mode() if ctx.flags.inference_mode else contextlib.nullcontext()
+    with strategy.evaluation_context(module), mode:  # gathered outside inference mode: reused in training
+        for dl_idx, loader in enumerate(loaders):
+            res.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if many else ""
+            outputs: list[Any] = []
+            extra = (dl_idx,) if many else ()
+            # range first: zip stops at the limit without fetching one more batch from the loader
+            n = limit[dl_idx]  # inf: a loader without a length, read until it is exhausted
+            for batch_idx, batch in enumerate(loader) if math.isinf(n) else zip(range(n), loader):
+                batch = move_to_device(batch, device)
+                if convert is not None:
+                    batch = convert(batch)
+                res.set_batch(batch)
+                for fn in hooks[f"on_{name}_batch_start"]:
+                    fn(batch, batch_idx, *extra)
+                with prec.autocast():
+                    out = step(batch, batch_idx, *extra) if takes_idx else step(batch, *extra)
+                for fn in hooks[f"on_{name}_batch_end"]:
+                    fn(out, batch, batch_idx, *extra)
+                if write_steps:
+                    write_eval_step(stage, dl_idx)
+                if collect:
+                    outputs.append(_detach(out) if stage != "predict" else out)
+            all_outputs.append(outputs)
+    res.dataloader_suffix = ""
+    result: list[Any]
+    if stage == "predict":
+        result = [_gather_in_order(o) for o in all_outputs]
+        for fn in hooks["on_predict_epoch_end"]:
+            fn()
+    else:
+        result = _end_eval_epoch(ctx, stage, name, all_outputs if collect else None, len(loaders), sanity)
+    for fn in hooks[f"on_{name}_end"]:
+        fn()
+    res.reset_metric_objects(stage)
+    res.stage, res.in_step = prev_stage, prev_in_step
+    if was_training:
+        module.train()
+    return result
+
+
+def _end_eval_epoch(ctx: EvalContext, stage: str, name: str, all_outputs: list[list[Any]] | None,
+                    num_loaders: int, sanity: bool) -> list[dict[str, float]]:
+    """The 1.x ``*_epoch_end(outputs)`` (``all_outputs`` None: not collected), the module's
+    epoch-end hook, the rank-reduced epoch values (to the loggers), the callbacks' hook."""
+    module, res = ctx.module, ctx.results
+    res.in_step = False
+    end_hook = getattr(module, f"{name}_epoch_end", None)
+    if all_outputs is not None and end_hook is not None and module_overrides(module, f"{name}_epoch_end"):
+        ret = end_hook(all_outputs[0] if num_loaders <= 1 else all_outputs)
+        _log_returned(res, ret, epoch_level=True)
+    elif all_outputs is not None and module_overrides(module, "validation_end") and stage == "validate":
+        _log_returned(res, module.validation_end(all_outputs[0]), epoch_level=True)
+    for fn in ctx.module_hooks[f"on_{name}_epoch_end"]:
+        fn()
+    log, values = res.collect_epoch(stage)
+    if log and not sanity:
+        ctx.writer.log_epoch(log)
+    for fn in ctx.callback_hooks[f"on_{name}_epoch_end"]:
+        fn()
+    return _split_by_loader(values, num_loaders)
+
+
+def _gather_in_order(outputs: list[Any]) -> list[Any]:
+    """Concatenate every rank's predictions in rank order: shards are contiguous, so this is
+    dataset order."""
+    per_rank = collectives.all_gather_object(outputs)
+    return [item for rank_out in per_rank for item in rank_out]
+
+
+def _split_by_loader(values: dict[str, float], n: int) -> list[dict[str, float]]:
+    if n <= 1:
+        return [values]
+    out: list[dict[str, float]] = [{} for _ in range(n)]
+    for k, v in values.items():
+        base, sep, idx = k.rpartition("/dataloader_idx_")
+        if sep and idx.isdigit() and int(idx) < n:
+            out[int(idx)][k] = v
+        else:
+            for d in out:
+                d[k] = v
+    return out

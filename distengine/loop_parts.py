@@ -1,0 +1,158 @@
+"""The fit loop's smaller pieces, over its :class:`~distengine.loop_context.LoopContext`: the
+loss a ``training_step`` returned and its checks, the schedulers, the epoch's batch iterator
+from the resumed position, and the stop vote (every rank stops at the same step)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from distengine.compat import _log_returned
+from distengine.data import LookAhead
+from distengine.loop_context import LoopContext
+from distengine.nonfinite import NonFiniteWatch
+
+
+# ------------------------------------------------------------------ the loss
+def _extract_loss(ctx: LoopContext, out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        loss = out
+    elif isinstance(out, dict):
+        if "loss" not in out:
+            raise ValueError(f"training_step returned a dict without a 'loss' key (keys: {sorted(out)})")
+        loss = out["loss"]
+        if "log" in out or "progress_bar" in out:
+            _log_returned(ctx.results, out, epoch_level=False)
+    elif out is None:
+        return None
+    else:
+        raise ValueError(f"training_step must return a scalar loss tensor, a dict with 'loss', or None; "
+                         f"got {type(out).__name__}")
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"the loss returned by training_step must be a scalar tensor, got {shape}; "
+                         "reduce it, for example with .mean()")
+    return loss
+
+
+def _check_first_loss(ctx: LoopContext, loss: torch.Tensor) -> None:
+    if not loss.requires_grad and ctx.module.automatic_optimization:
+        raise ValueError("the loss returned by training_step does not require grad: it was computed "
+                         "without the model's parameters or under torch.no_grad()")
+    ctx.state.loss_checked = True
+
+
+def _nonfinite_check(ctx: LoopContext, prec: Any, device: torch.device) -> Any:
+    """How this epoch checks that the loss is finite (see ``loop._backward``)."""
+    if ctx.flags.on_nonfinite_loss != "error" or prec.scaler is not None:
+        return False
+    if device.type == "cpu":
+        return True
+    state = ctx.state
+    if state.nonfinite_watch is None:
+        state.nonfinite_watch = NonFiniteWatch(device)
+    return state.nonfinite_watch
+
+
+def _warn_no_step(epoch: int, batches: int, returned_none: int) -> None:
+    """Lightning lets ``training_step`` return None to skip a batch; an epoch in which every
+    batch was skipped trains nothing, which is almost always a forgotten ``return loss``."""
+    from distengine.dist.rank_zero import rank_zero_warn
+
+    why = (f"training_step returned None for all {batches} batches" if returned_none == batches else
+           f"training_step returned None for {returned_none} of its {batches} batches")
+    rank_zero_warn(f"epoch {epoch} took no optimizer step ({why}), so it trained nothing; return the loss "
+                   "from training_step (None skips a batch, which is meant for a few batches, not all)")
+
+
+# ------------------------------------------------------------------ schedulers
+def _step_schedulers(ctx: LoopContext, interval: str, plateau: bool | None) -> None:
+    """Step the schedulers of ``interval`` (``plateau=None``: plain and plateau ones alike).
+    Under manual optimization the user steps them, as in Lightning: stepping here too would
+    step them twice."""
+    if not ctx.module.automatic_optimization:
+        return
+    p = ctx.progress
+    for cfg in ctx.schedulers:
+        if cfg.interval != interval or (plateau is not None and cfg.reduce_on_plateau != plateau):
+            continue
+        count = p.global_step if interval == "step" else p.epoch + 1
+        if count % cfg.frequency:
+            continue
+        if cfg.reduce_on_plateau:
+            metrics = ctx.results.callback_metrics()
+            if cfg.monitor not in metrics:
+                if cfg.strict:
+                    raise RuntimeError(f"ReduceLROnPlateau monitors {cfg.monitor!r}, which was not logged; "
+                                       f"logged: {sorted(metrics)}")
+                continue
+            cfg.scheduler.step(float(metrics[cfg.monitor]))
+        else:
+            cfg.scheduler.step()
+
+
+# ------------------------------------------------------------------ data
+def _epoch_iterator(ctx: LoopContext, batch_idx: int, num_batches: int | float) -> tuple[Any, LookAhead | None]:
+    """The epoch's batch iterator from the resumed position (and the look-ahead that tells a
+    loader without a length when it reaches its last batch)."""
+    p, resume, data = ctx.progress, ctx.resume, ctx.data
+    resume.epoch_start_batch = batch_idx
+    # Creating the iterator draws worker seeds from the global RNG. A checkpoint taken after
+    # that draw (mid-epoch) is restored after iter(); one taken before it (at an epoch end or
+    # epoch start) before iter(), so the resumed run draws exactly what the original did.
+    if resume.pending_rng is not None and not resume.rng_after_iter:
+        _restore_pending_rng(resume)
+    iterator = iter(data.train_loader)
+    p.iter_started = True
+    if data.train_sampler is None and batch_idx:  # not resumable by position: skip what was done
+        for _ in range(batch_idx):
+            next(iterator)
+    ahead = LookAhead(iterator) if math.isinf(num_batches) else None
+    if resume.pending_rng is not None:
+        _restore_pending_rng(resume)
+    return (iterator if ahead is None else ahead), ahead
+
+
+def _restore_pending_rng(resume) -> None:
+    from distengine.checkpoint.rng import restore_rng_state
+
+    restore_rng_state(resume.pending_rng)
+    resume.pending_rng = None
+
+
+# ------------------------------------------------------------------ stopping
+def vote_step(ctx: LoopContext) -> bool:
+    """Called after each training batch. Returns True when all ranks agreed to stop now."""
+    state, status = ctx.state, ctx.status
+    local = state.should_stop or status.stop_signal is not None
+    stop, signum = ctx.stop_vote.step(local, status.stop_signal or 0)
+    return _apply_vote(ctx, stop, signum, epochs_done=ctx.progress.epoch)
+
+
+def vote_epoch(ctx: LoopContext) -> bool:
+    state, status = ctx.state, ctx.status
+    local = state.should_stop or status.stop_signal is not None
+    stop, signum = ctx.stop_vote.sync(local, status.stop_signal or 0)
+    return _apply_vote(ctx, stop, signum, epochs_done=ctx.progress.epoch + 1)
+
+
+def _apply_vote(ctx: LoopContext, stop: bool, signum: int, epochs_done: int) -> bool:
+    if not stop:
+        return False
+    if signum:
+        ctx.status.stop_signal = signum
+    elif epochs_done < ctx.flags.min_epochs or ctx.progress.global_step < ctx.flags.min_steps:
+        return False  # min_epochs / min_steps delay a requested stop
+    ctx.state.should_stop = True
+    ctx.state.stop_now = True
+    return True
+
+
+def fit_done(ctx: LoopContext) -> bool:
+    p, flags = ctx.progress, ctx.flags
+    if ctx.state.stop_now:
+        return True
+    if 0 <= flags.max_steps <= p.global_step:
+        return True
+    return 0 <= flags.max_epochs <= p.epoch
