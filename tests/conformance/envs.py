@@ -65,3 +65,10 @@ def lightning_python(style: str) -> Path:
                            check=True, stdout=log, stderr=subprocess.STDOUT)
         stamp.write_text(recipe)
     return python
+
+
+if __name__ == "__main__":
+    # `make test` starts this in the background while the Slurm set-up and the first test folders
+    # run, so the conformance tests find both environments built (or wait on the lock above)
+    for style in RECIPES:
+        lightning_python(style)
