@@ -33,6 +33,7 @@ Decided in ``Trainer._setup_fit``/``_build_hooks``, never per batch:
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -70,11 +71,35 @@ def hook_methods(module: Any, name: str) -> tuple:
     return tuple(getattr(module, n) for n in (name, HOOK_ALIASES.get(name)) if n and module_overrides(module, n))
 
 
-def _params(fn: Any) -> list[inspect.Parameter]:
+def signature_params(fn: Any) -> list[inspect.Parameter] | None:
+    """The parameters of callable ``fn`` as a call sees them (None: it has no signature).
+    A bound method's are worked out once per function: ``inspect.signature`` is slow enough to
+    show in the start-up of a short fit."""
+    func = getattr(fn, "__func__", None)
+    if func is not None and getattr(fn, "__self__", None) is not None:
+        params = _function_params(func)
+        if params is None:
+            return None
+        # binding fills the first positional parameter (``self``); ``*args`` absorbs it instead
+        bound_away = params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return list(params[1:] if bound_away else params)
     try:
         return list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return []
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _function_params(func: Any) -> tuple[inspect.Parameter, ...] | None:
+    try:
+        return tuple(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+
+
+def _params(fn: Any) -> list[inspect.Parameter]:
+    return signature_params(fn) or []
 
 
 def takes_optimizer_idx(step: Any) -> bool:

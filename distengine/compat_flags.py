@@ -48,7 +48,9 @@ def _info(msg: str) -> None:
         rank_zero_info(f"distengine: {msg}")
 
 
+@functools.lru_cache(maxsize=16)
 def _known(init: Callable) -> list[str]:
+    # (once per __init__: every Trainer construction asks)
     return [n for n, p in inspect.signature(init).parameters.items()
             if n != "self" and p.kind is p.KEYWORD_ONLY]
 

@@ -17,13 +17,12 @@ collective until the epoch-end reduce. ``ctx`` is an :class:`~distengine.loop_co
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from typing import Any
 
 import torch
 
-from distengine.compat import _detach, _log_returned
+from distengine.compat import _detach, _log_returned, signature_params
 from distengine.data import move_to_device
 from distengine.dist import collectives
 from distengine.loop_context import EvalContext
@@ -35,9 +34,8 @@ _EVAL_NAMES = {"validate": "validation", "test": "test", "predict": "predict"}
 
 def takes_batch_idx(step: Any) -> bool:
     """Lightning 2.x lets ``*_step`` omit ``batch_idx``; decided once per loop, not per batch."""
-    try:
-        params = list(inspect.signature(step).parameters.values())
-    except (TypeError, ValueError):
+    params = signature_params(step)
+    if params is None:
         return True
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
         return True

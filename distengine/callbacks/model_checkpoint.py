@@ -227,7 +227,8 @@ class ModelCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._skip(trainer):
+        # no step or time trigger (the default): the cheapest test first, as it runs every batch
+        if (not self.every_n_train_steps and self.train_time_interval is None) or self._skip(trainer):
             return
         fire = bool(self.every_n_train_steps) and trainer.global_step % self.every_n_train_steps == 0
         if self.train_time_interval is not None:
@@ -480,9 +481,8 @@ class ModelCheckpoint(Callback):
             self._writer.submit(state, path, on_done=lambda p: self._after_durable(p, delete, notify))
 
     def _after_durable(self, path: str, delete: list[str], notify: Any = None) -> None:
-        """Rank zero, once ``path`` is on disk: repoint last.json (and, with ``save_last``,
-        ``last.ckpt``, Lightning's file: a hard link, replaced atomically), tell the loggers
-        (``notify``), then delete superseded files."""
+        """Rank zero, once ``path`` is on disk: repoint last.json (and ``last.ckpt`` with
+        ``save_last``), tell the loggers (``notify``), then delete superseded files."""
         write_last_pointer(self.dirpath, path)
         if self.save_last:  # a hard link to a file; a relative symlink to a sharded directory
             link_atomic(path, os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + CKPT_SUFFIX))

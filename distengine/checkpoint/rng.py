@@ -1,8 +1,9 @@
 """Capture and restore every random number generator a training process uses.
 
 The captured state holds only types that ``torch.load(weights_only=True)`` accepts (tensors,
-lists, tuples, dicts, ints, floats, strings, None): NumPy's state array becomes an int64 tensor,
-Python's Mersenne Twister state stays a tuple of ints. Each rank captures its own state; the
+lists, tuples, dicts, ints, floats, strings, None): NumPy's state array and Python's Mersenne
+Twister words become int64 tensors (a tuple of 625 ints cost about 1 ms of pickling per
+checkpoint; checkpoints that stored that tuple still load). Each rank captures its own state; the
 Trainer stores one entry per rank.
 
 Example::
@@ -64,12 +65,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def _python_state_to_plain(st: tuple) -> tuple:
     version, internal, gauss_next = st
-    return (int(version), tuple(int(x) for x in internal), gauss_next)
+    # the 625 words are uint32 (the last is the position): exact in int64
+    return (int(version), torch.tensor(internal, dtype=torch.int64), gauss_next)
 
 
 def _python_state_from_plain(st: Any) -> tuple:
     version, internal, gauss_next = st
-    return (int(version), tuple(int(x) for x in internal),
+    words = internal.tolist() if isinstance(internal, torch.Tensor) else internal  # older: a tuple of ints
+    return (int(version), tuple(int(x) for x in words),
             None if gauss_next is None else float(gauss_next))
 
 

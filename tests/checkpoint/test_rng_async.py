@@ -47,6 +47,22 @@ def test_rng_round_trip_through_a_safe_file(tmp_path):
     _same(expected, _draw())
 
 
+def test_rng_of_older_checkpoints_still_restores(tmp_path):
+    """Python's generator state is stored as an int64 tensor (fast to pickle); checkpoints
+    written when it was a tuple of 625 ints load and restore the same stream."""
+    random.seed(5)
+    random.gauss(0, 1)
+    state = capture_rng_state()
+    assert isinstance(state["python"][1], torch.Tensor) and state["python"][1].dtype == torch.int64
+    version, _, gauss = random.getstate()
+    old = dict(state, python=(version, tuple(int(x) for x in random.getstate()[1]), gauss))
+    atomic_save({"rng": old}, tmp_path / "old.ckpt")
+    expected = _draw()
+    random.seed(99)
+    restore_rng_state(safe_load(tmp_path / "old.ckpt")["rng"])
+    _same(expected, _draw())
+
+
 def test_rng_restore_actually_changes_the_streams():
     state = capture_rng_state()
     first = _draw()
