@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-range bench lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,19 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/distengine launch --cpus 2 examples/digits.py --max-epochs 10
 
 # The whole suite (no PYTEST_ARGS) first starts building the two reference Lightning environments
-# of tests/conformance in the background (about 3 minutes of pip, mostly waiting on the network
-# and the disk), so that they are ready when the conformance tests need them.
+# of tests/conformance and the two torch-range environments of tests/torch_range.py in the
+# background (a few minutes of pip, mostly waiting on the network and the disk), so that they are
+# ready when needed. After the whole suite on the pinned torch, the torch-sensitive tests run again
+# on the oldest and the newest supported torch (tests/torch_range.py); either failing fails `make test`.
 test: $(VENV)/.installed
-	@if [ -z "$(PYTEST_ARGS)" ]; then $(PY) -m tests.conformance.envs > /dev/null 2>&1 & fi; \
-	bash .ci/slurm-setup.sh && $(PY) -m pytest -q -ra $(PYTEST_ARGS); rc=$$?; wait; exit $$rc
+	@if [ -z "$(PYTEST_ARGS)" ]; then $(PY) -m tests.conformance.envs > /dev/null 2>&1 & \
+	  $(PY) -m tests.torch_range build > /dev/null 2>&1 & fi; \
+	bash .ci/slurm-setup.sh && $(PY) -m pytest -q -ra $(PYTEST_ARGS); rc=$$?; \
+	if [ -z "$(PYTEST_ARGS)" ]; then $(PY) -m tests.torch_range run || rc=1; fi; wait; exit $$rc
+
+# Only the torch-sensitive tests on the oldest and newest supported torch (tests/torch_range.py).
+test-range: $(VENV)/.installed
+	$(PY) -m tests.torch_range run $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks

@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from distengine.callbacks.base import Callback
+from distengine.torch_private import batch_norm_base
 
-_BatchNorm = nn.modules.batchnorm._BatchNorm
+_BatchNorm = batch_norm_base()
 Modules = nn.Module | Iterable[Any]
 
 
@@ -70,7 +71,7 @@ class BaseFinetuning(Callback):
                 roots.extend(BaseFinetuning.flatten_modules(m))
             return roots
         return [m for m in modules.modules()
-                if not list(m.children()) or m._parameters]
+                if not list(m.children()) or next(m.parameters(recurse=False), None) is not None]
 
     @staticmethod
     def filter_params(modules: Modules, train_bn: bool = True, requires_grad: bool = True) -> list[nn.Parameter]:

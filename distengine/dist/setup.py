@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distengine.dist.env import ClusterEnv, gloo_ifname_from_nccl
+from distengine.torch_private import rebuild_ddp_buckets
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -124,7 +125,7 @@ class ManualDDPStep:
         if torch.is_grad_enabled() and ddp.require_backward_grad_sync:
             ddp.require_forward_param_sync = True
             tensors = _find_tensors(loss) if ddp.find_unused_parameters and not ddp.static_graph else []
-            ddp.reducer._rebuild_buckets()  # a no-op after the first iteration, as in DDP's own forward
+            rebuild_ddp_buckets(ddp)  # a no-op after the first iteration, as in DDP's own forward
             ddp.reducer.prepare_for_backward(tensors)
         else:
             ddp.require_forward_param_sync = False

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from distengine.strategies.base import _NO_CONTEXT, Strategy
+from distengine.torch_private import is_batch_norm
 
 
 class DDPStrategy(Strategy):
@@ -62,8 +63,7 @@ class DDPStrategy(Strategy):
         self.module = module
         self.module_to_device(module)
         if self.sync_batchnorm and self.is_distributed:
-            if self.root_device.type == "cpu" and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                      for m in module.modules()):
+            if self.root_device.type == "cpu" and any(is_batch_norm(m) for m in module.modules()):
                 # torch's SyncBatchNorm has no CPU kernels: fail here, not in the first batch
                 raise ValueError("sync_batchnorm=True needs GPUs (torch's SyncBatchNorm has no CPU kernels); "
                                  "run on GPUs or drop the flag so each CPU rank keeps its own BatchNorm statistics")

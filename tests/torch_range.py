@@ -1,0 +1,129 @@
+"""The supported torch range, tested: the torch-sensitive tests on the oldest and newest torch.
+
+distengine declares ``torch>=2.11,<2.15`` (pyproject.toml). The whole suite runs on the pinned
+CPU build of 2.13.0 in ``.venv``; this module runs the tests that touch the parts of torch that
+change between releases (FSDP2, torch.distributed.checkpoint, the elastic agent, process groups,
+the loop's core) again on each torch in :data:`VERSIONS`:
+
+    python -m tests.torch_range build      # build the environments (make test starts this early)
+    python -m tests.torch_range run        # build if needed, then run SUITE on each version
+
+Each version gets its own small virtual environment under ``.torch-range/<version>/`` (ignored
+by git) that holds only that torch and its own dependencies (the registry serves these versions
+as CUDA wheels, about 4.6 GB with their nvidia packages; they run on the CPU). Everything else
+(distengine itself, pytest, tensorboard, ...) comes from the main ``.venv``: a ``.pth`` file adds
+its site-packages *after* the range environment's own, so ``import torch`` finds the range's
+torch and every other import finds the main environment's packages. A ``distengine`` console
+script is written into the range environment so that the launcher tests start jobs on the same
+torch.
+
+``PIP_FIND_LINKS`` is emptied for these installs: the machine's local wheel folder holds the
+2.13 CPU build, which pip would otherwise prefer for a pinned version it has.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = Path(os.environ.get("DISTENGINE_TORCH_RANGE_DIR", REPO / ".torch-range"))
+
+#: the oldest and the newest supported torch; the pinned 2.13.0 in between runs the whole suite
+VERSIONS = ("2.11.0", "2.14.1")
+
+#: the torch-sensitive tests: FSDP2 and sharded/async checkpoints, checkpoint I/O and resume, the
+#: launcher on torch's elastic agent, 2-rank gloo process groups, the GPU paths checked on CPU,
+#: the private-torch-name guard, and the loop's parity with a hand-written loop
+SUITE = (
+    "tests/fsdp",
+    "tests/checkpoint",
+    "tests/launcher",
+    "tests/distributed",
+    "tests/unit",
+    "tests/gpu",
+    "tests/core/test_parity.py",
+    "tests/core/test_flags.py",
+)
+
+
+def _main_site() -> str:
+    return sysconfig.get_paths()["purelib"]
+
+
+def _recipe(version: str) -> str:
+    return f"torch=={version}; site={_main_site()}"
+
+
+def range_python(version: str, log=None) -> Path:
+    """The interpreter of the environment for torch ``version``, built if needed."""
+    venv = ROOT / version
+    python = venv / "bin" / "python"
+    stamp = venv / ".ready"
+    ROOT.mkdir(parents=True, exist_ok=True)
+    with open(ROOT / f"{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder even when make's background build is running
+        if stamp.exists() and stamp.read_text() == _recipe(version):
+            return python
+        out = log or open(ROOT / f"{version}.log", "w")
+        try:
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            env = dict(os.environ, PIP_FIND_LINKS="")
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"torch=={version}"],
+                           check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
+            site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+            # processed after the environment's own packages: torch resolves here, the rest there
+            Path(site, "zz_distengine_main_venv.pth").write_text(
+                f"import site; site.addsitedir({_main_site()!r})\n")
+            script = venv / "bin" / "distengine"
+            script.write_text(f"#!{python}\nimport sys\nfrom distengine.launch.cli import main\n"
+                              "sys.exit(main())\n")
+            script.chmod(0o755)
+            got = subprocess.run([str(python), "-c", "import torch, distengine; print(torch.__version__)"],
+                                 check=True, capture_output=True, text=True).stdout.strip()
+            if got.split("+")[0] != version:
+                raise RuntimeError(f"the torch-{version} environment imports torch {got}")
+        finally:
+            if log is None:
+                out.close()
+        stamp.write_text(_recipe(version))
+    return python
+
+
+def run(versions=VERSIONS, suite=SUITE, extra=()) -> int:
+    """Run ``suite`` on each torch in ``versions``; the exit status is non-zero if any failed."""
+    failed = []
+    for version in versions:
+        start = time.monotonic()
+        python = range_python(version)
+        print(f"\n=== torch {version}: {' '.join(suite)}", flush=True)
+        code = subprocess.call([str(python), "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
+                                *suite, *extra], cwd=REPO)
+        print(f"=== torch {version}: exit {code} in {time.monotonic() - start:.0f}s", flush=True)
+        if code != 0:
+            failed.append(version)
+    if failed:
+        print(f"torch range: the torch-sensitive tests failed on {', '.join(failed)}", flush=True)
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    what = argv[0] if argv else "run"
+    if what == "build":
+        for version in VERSIONS:
+            range_python(version)
+        return 0
+    if what == "run":
+        return run(extra=tuple(argv[1:]))
+    print("usage: python -m tests.torch_range [build|run [pytest args]]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
