@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from distengine.checkpoint.rng import capture_rng_state, restore_rng_state
 from distengine.compat import _detach, _log_returned
 from distengine.data import move_to_device
 from distengine.loop_context import LoopContext
@@ -204,18 +205,31 @@ def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer,
         ctx.writer.write_train_step()
 
 
+def _sanity_check(ctx: LoopContext) -> None:
+    """A few validation batches before training, as in Lightning: inside an isolated RNG state
+    (the random numbers its loaders, dropout or hooks draw are given back, so training draws
+    exactly what it would without the check), and its logged values are forgotten afterwards
+    (``callback_metrics``, the progress bar and a monitoring ModelCheckpoint see training's own)."""
+    rng = capture_rng_state()
+    try:
+        ctx.status.sanity_checking = True
+        for fn in ctx.hooks["on_sanity_check_start"]:
+            fn()
+        try:
+            run_eval(ctx, "validate", ctx.data.val_loaders, ctx.sanity_steps, sanity=True)
+        finally:
+            ctx.status.sanity_checking = False
+        for fn in ctx.hooks["on_sanity_check_end"]:
+            fn()
+    finally:
+        restore_rng_state(rng)
+    ctx.results.reset_all()
+
+
 def fit_loop(ctx: LoopContext) -> None:
     p, hooks, state, status, data = ctx.progress, ctx.hooks, ctx.state, ctx.status, ctx.data
     if ctx.sanity_steps is not None:
-        status.sanity_checking = True
-        for fn in hooks["on_sanity_check_start"]:
-            fn()
-        try:
-            run_eval(ctx, "validate", data.val_loaders, ctx.sanity_steps, sanity=True)
-        finally:
-            status.sanity_checking = False
-        for fn in hooks["on_sanity_check_end"]:
-            fn()
+        _sanity_check(ctx)
     for fn in hooks["on_train_start"]:
         fn()
     stopped_in_epoch = False
