@@ -27,6 +27,9 @@ Choices:
   compute in bf16, gradients reduced and kept in fp32, the optimizer steps fp32 shards.
   ``"16-mixed"`` is the same with fp16 plus the Precision object's ``torch.amp.GradScaler``,
   which handles DTensor gradients (its inf check is reduced over the shards).
+  The policy casts the inputs of each ``forward`` (the root's and every shard unit's) to the
+  compute dtype, never the arguments of a step method: ``training_step`` gets its batch as
+  under DDP (float targets stay fp32), and ``self(x)`` inside it computes in bf16/fp16.
 * ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
   rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
 """
@@ -213,7 +216,7 @@ class FSDPStrategy(Strategy):
             module.to(self.root_device)
         for name in STEP_METHODS:
             if callable(getattr(module, name, None)):
-                register_step_method(module, name)
+                register_uncast_step_method(module, name)
         self.model = module
         self.step_fn = module.training_step
         return module
@@ -334,6 +337,43 @@ def register_step_method(module: nn.Module, name: str) -> None:
             if group._training_state == TrainingState.IDLE:
                 group._training_state = TrainingState.FORWARD
         return state._post_forward(module, args, out)
+
+    setattr(module, name, step)
+
+
+def register_uncast_step_method(module: nn.Module, name: str) -> None:
+    """:func:`register_step_method`, but the step receives its arguments as the caller passed
+    them: ``MixedPrecisionPolicy.cast_forward_inputs`` is for the forward inputs, and the root's
+    pre-forward run around the step would cast every floating tensor of the batch (float
+    targets to bf16/fp16: 70000.0 became inf). The policy is switched off for that outer
+    pre-forward only; the forwards inside the step (``self(x)``, each shard unit) cast their
+    own inputs as usual."""
+    import dataclasses
+
+    state = module._get_fsdp_state()
+    policy = state._mp_policy
+    if not (policy.cast_forward_inputs and policy.param_dtype is not None):
+        register_step_method(module, name)
+        return
+    uncast = dataclasses.replace(policy, cast_forward_inputs=False)
+    method = getattr(module, name)
+
+    @functools.wraps(method)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        state._mp_policy = policy  # past the outer pre-forward: nested forwards cast again
+        return method(*args, **kwargs)
+
+    setattr(module, name, inner)
+    register_step_method(module, name)
+    hooked = getattr(module, name)
+
+    @functools.wraps(method)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        state._mp_policy = uncast
+        try:
+            return hooked(*args, **kwargs)
+        finally:
+            state._mp_policy = policy
 
     setattr(module, name, step)
 
