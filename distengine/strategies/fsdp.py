@@ -30,6 +30,15 @@ Choices:
   The policy casts the inputs of each ``forward`` (the root's and every shard unit's) to the
   compute dtype, never the arguments of a step method: ``training_step`` gets its batch as
   under DDP (float targets stay fp32), and ``self(x)`` inside it computes in bf16/fp16.
+* Meta-device init (``configure_model`` builds modules on ``meta``): after sharding, the
+  meta tensors are allocated and each module owning one is filled by its own
+  ``reset_parameters()`` (``nn.MultiheadAttention``: ``_reset_parameters()``), Lightning's
+  rule; tensors built on a real device keep their values. A module that owns a meta tensor
+  but has no ``reset_parameters()`` (a RoPE ``inv_freq`` buffer computed in ``__init__``, a
+  parameter filled there) is refused before anything is allocated, with one line naming its
+  class: FSDP cannot know how ``__init__`` filled it, and the alternative is uninitialised
+  memory. Define ``reset_parameters()`` filling every tensor the module owns, or build it on a
+  real device.
 * ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
   rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
 """
@@ -103,18 +112,53 @@ def has_meta_tensors(module: nn.Module) -> bool:
     return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
 
 
+def _owns_meta_tensors(module: nn.Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
+
+
+def _reset_method(module: nn.Module) -> Callable[[], Any] | None:
+    reset = getattr(module, "reset_parameters", None)
+    if not callable(reset) and isinstance(module, nn.MultiheadAttention):
+        reset = module._reset_parameters  # torch's own spelling for this class
+    return reset if callable(reset) else None
+
+
 def materialize(module: nn.Module, device: torch.device) -> None:
-    """Allocate the (sharded) meta tensors of ``module`` on ``device`` and initialise them with
-    each submodule's ``reset_parameters()``: each rank allocates and fills only its shards."""
+    """Allocate the meta tensors of ``module`` on ``device`` and fill them with the
+    ``reset_parameters()`` of each submodule that owns one of them; tensors that were not on
+    meta keep their values. A module owning a meta tensor without ``reset_parameters()`` is
+    refused before anything is allocated (its tensors would stay uninitialised memory)."""
+    pending = [sub for sub in module.modules() if _owns_meta_tensors(sub)]
+    missing = sorted({type(sub).__name__ for sub in pending if _reset_method(sub) is None})
+    if missing:
+        raise RuntimeError(f"meta-device init: {', '.join(missing)} own parameters or buffers on the meta device "
+                           "but have no reset_parameters(), so they would stay uninitialised memory; define "
+                           "reset_parameters() filling every parameter and buffer the module owns (e.g. recompute "
+                           "a RoPE inv_freq buffer there), or build these modules on a real device")
+    # to_empty replaces every tensor (FSDP re-points its shards only through the units' _apply):
+    # keep the values of the tensors that were already real and copy them back
+    kept = []
+    for sub in module.modules():
+        for kind, tensors in (("p", sub._parameters), ("b", sub._buffers)):
+            for name, t in tensors.items():
+                if t is not None and not t.is_meta:
+                    kept.append((sub, kind, name, t.detach()))
     module.to_empty(device=device)
     with torch.no_grad():
-        for sub in module.modules():
-            reset = getattr(sub, "reset_parameters", None)
-            if callable(reset):
-                reset()
+        for sub, kind, name, old in kept:
+            new = (sub._parameters if kind == "p" else sub._buffers)[name]
+            _local(new).copy_(_local(old))
+        for sub in pending:
+            _reset_method(sub)()
     if has_meta_tensors(module):
         raise RuntimeError("the module still has meta tensors after to_empty(); give every module that "
                            "owns parameters or buffers a reset_parameters() method")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 class FSDPStrategy(Strategy):

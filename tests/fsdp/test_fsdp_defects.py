@@ -3,6 +3,9 @@
 1. ``MixedPrecisionPolicy.cast_forward_inputs`` reaches only the module's forward inputs, not
    the batch a step method receives (float targets stayed fp32 under DDP; under FSDP they
    became bf16/fp16, and 70000.0 became inf in fp16).
+2. Meta-device init in ``configure_model``: a module owning meta tensors without
+   ``reset_parameters()`` is refused (it stayed uninitialised memory), one with it is filled
+   by it, and tensors that were not on meta keep their values (``to_empty`` wiped them).
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.fsdp.models import Block, Net, data
+from tests.fsdp.models import D, Block, Net, data
 from tests.helpers import run_ranks
 
 
@@ -57,9 +60,88 @@ def _step_inputs(rank, out):
         out[f"dtypes_{precision}"] = dict(m.seen)
 
 
+def _inv_freq(dim):
+    return 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+
+
+class Rope(nn.Module):
+    """A buffer computed in ``__init__`` and no ``reset_parameters()``: on meta it has no value."""
+
+    def __init__(self, dim: int = D) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", _inv_freq(dim), persistent=False)
+
+    def forward(self, x):
+        return x * torch.cos(self.inv_freq).repeat(2)
+
+
+class ResetRope(Rope):
+    def reset_parameters(self) -> None:
+        self.inv_freq.copy_(_inv_freq(self.inv_freq.numel() * 2))
+
+
+class Scale(nn.Module):
+    """A parameter filled in ``__init__`` and no ``reset_parameters()``."""
+
+    def __init__(self, dim: int = D) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+class MetaRopeNet(nn.Module):
+    """``head`` and ``cpu_rope`` are built in ``__init__``; the blocks and ``extra`` on meta in
+    ``configure_model``."""
+
+    def __init__(self, extra) -> None:
+        super().__init__()
+        self.extra_cls = extra
+        self.head = nn.Linear(D, 1)
+        self.cpu_rope = Rope()
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        with torch.device("meta"):
+            self.blocks = nn.Sequential(*[Block() for _ in range(3)])
+            self.extra = nn.Sequential(*[cls() for cls in self.extra_cls])
+        for block in self.blocks:
+            fully_shard(block)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.extra(self.cpu_rope(x))))
+
+    def training_step(self, batch, batch_idx=0):
+        return nn.functional.mse_loss(self(batch[0]), batch[1])
+
+
+def _meta_init(rank, out):
+    from distengine.strategies.fsdp import full_tensor
+
+    for name, kw in (("cpu", {}), ("offload", {"cpu_offload": True})):
+        model = MetaRopeNet([ResetRope])
+        head = {k: v.clone() for k, v in model.head.state_dict().items()}
+        torch.manual_seed(0)  # the same seed on every rank, as seed_everything gives
+        s, m = _strategy(model, **kw)
+        state = {k: full_tensor(v).detach().clone() for k, v in m.state_dict().items()}
+        out[f"meta_{name}"] = {
+            "head_kept": all(torch.equal(state[f"head.{k}"], v) for k, v in head.items()),
+            "cpu_rope": m.cpu_rope.inv_freq.clone(), "rope": m.extra[0].inv_freq.clone(),
+            "loss": m.training_step(data(8)).detach().item(),
+        }
+    for extra in ([Rope], [Scale, ResetRope, Rope]):
+        try:
+            _strategy(MetaRopeNet(extra))
+        except RuntimeError as exc:
+            out[f"refused_{len(extra)}"] = str(exc)
+
+
 def _job(rank):
     out: dict[str, object] = {}
     _step_inputs(rank, out)
+    _meta_init(rank, out)
     return out
 
 
@@ -75,3 +157,22 @@ def test_step_batch_keeps_its_dtype_while_forward_computes_low_precision(job):
             assert (seen["x"], seen["y"], seen["val_y"]) == (torch.float32,) * 3, seen
             assert seen["y_max"] > 70000.0 and seen["y_max"] != float("inf")
             assert (seen["forward_in"], seen["forward_out"]) == (low, low), seen
+
+
+def test_meta_init_fills_modules_with_reset_parameters_and_keeps_real_tensors(job):
+    for r in job:
+        for name in ("cpu", "offload"):
+            got = r[f"meta_{name}"]
+            assert got["head_kept"], "the head built in __init__ was re-initialised"
+            assert torch.equal(got["cpu_rope"], _inv_freq(D)), "a buffer built off meta lost its value"
+            assert torch.equal(got["rope"], _inv_freq(D)), "reset_parameters() did not fill the meta buffer"
+            assert torch.isfinite(torch.tensor(got["loss"]))
+
+
+def test_meta_init_refuses_modules_without_reset_parameters(job):
+    for r in job:
+        msg = r.get("refused_1", "")
+        assert "Rope own parameters or buffers on the meta device but have no reset_parameters()" in msg
+        assert "define reset_parameters()" in msg and "\n" not in msg
+        assert "meta-device init: Rope, Scale own" in r.get("refused_3", ""), r.get("refused_3")
+
