@@ -39,6 +39,10 @@ Choices:
   class: FSDP cannot know how ``__init__`` filled it, and the alternative is uninitialised
   memory. Define ``reset_parameters()`` filling every tensor the module owns, or build it on a
   real device.
+  Where the shards are filled on CPU (``cpu_offload``, CPU ranks) each module's reset runs
+  on complete tensors and each rank keeps its shard of them: DTensor's RNG tracker offsets
+  the shards only on an accelerator's generator, and on CPU every rank drew the same shard.
+  With the same seed on every rank the weights are those the same init gives without FSDP.
 * ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
   rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
 """
@@ -127,7 +131,14 @@ def materialize(module: nn.Module, device: torch.device) -> None:
     """Allocate the meta tensors of ``module`` on ``device`` and fill them with the
     ``reset_parameters()`` of each submodule that owns one of them; tensors that were not on
     meta keep their values. A module owning a meta tensor without ``reset_parameters()`` is
-    refused before anything is allocated (its tensors would stay uninitialised memory)."""
+    refused before anything is allocated (its tensors would stay uninitialised memory).
+
+    On CPU (``cpu_offload``, CPU ranks) each module's reset runs on complete (unsharded)
+    tensors and each rank keeps its shard: DTensor's RNG tracker offsets the shards only on an
+    accelerator's generator, so on CPU every rank drew the same shard. The result is what the
+    same reset gives without FSDP."""
+    from torch.distributed.tensor import DTensor
+
     pending = [sub for sub in module.modules() if _owns_meta_tensors(sub)]
     missing = sorted({type(sub).__name__ for sub in pending if _reset_method(sub) is None})
     if missing:
@@ -149,7 +160,21 @@ def materialize(module: nn.Module, device: torch.device) -> None:
             new = (sub._parameters if kind == "p" else sub._buffers)[name]
             _local(new).copy_(_local(old))
         for sub in pending:
-            _reset_method(sub)()
+            reset = _reset_method(sub)
+            sharded = {n: p for n, p in sub._parameters.items() if isinstance(p, DTensor)}
+            if device.type != "cpu" or not sharded:
+                reset()
+                continue
+            for n, p in sharded.items():  # complete tensors for the reset, then each rank's shard
+                sub._parameters[n] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                                  requires_grad=p.requires_grad)
+            try:
+                reset()
+                full = {n: sub._parameters[n] for n in sharded}
+            finally:
+                sub._parameters.update(sharded)
+            for n, p in sharded.items():
+                p.to_local().copy_(_shard_of(full[n].detach(), p))
     if has_meta_tensors(module):
         raise RuntimeError("the module still has meta tensors after to_empty(); give every module that "
                            "owns parameters or buffers a reset_parameters() method")
@@ -159,6 +184,14 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _shard_of(full: torch.Tensor, like: Any) -> torch.Tensor:
+    """This rank's part of the complete tensor ``full``, laid out as the DTensor ``like``
+    (no collective: every rank holds ``full``)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
 class FSDPStrategy(Strategy):

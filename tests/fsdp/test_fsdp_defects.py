@@ -6,6 +6,8 @@
 2. Meta-device init in ``configure_model``: a module owning meta tensors without
    ``reset_parameters()`` is refused (it stayed uninitialised memory), one with it is filled
    by it, and tensors that were not on meta keep their values (``to_empty`` wiped them).
+3. Meta-device init on CPU (``cpu_offload`` or CPU ranks): each rank keeps its own shard of
+   one complete init (every rank drew the same shard), equal to the init without FSDP.
 """
 from __future__ import annotations
 
@@ -129,6 +131,7 @@ def _meta_init(rank, out):
         out[f"meta_{name}"] = {
             "head_kept": all(torch.equal(state[f"head.{k}"], v) for k, v in head.items()),
             "cpu_rope": m.cpu_rope.inv_freq.clone(), "rope": m.extra[0].inv_freq.clone(),
+            "blocks": {k: v for k, v in state.items() if k.startswith("blocks.")},
             "loss": m.training_step(data(8)).detach().item(),
         }
     for extra in ([Rope], [Scale, ResetRope, Rope]):
@@ -176,3 +179,15 @@ def test_meta_init_refuses_modules_without_reset_parameters(job):
         assert "define reset_parameters()" in msg and "\n" not in msg
         assert "meta-device init: Rope, Scale own" in r.get("refused_3", ""), r.get("refused_3")
 
+
+def test_meta_init_on_cpu_draws_one_init_sharded_over_the_ranks(job):
+    torch.manual_seed(0)
+    want = {f"blocks.{k}": v for k, v in nn.Sequential(*[Block() for _ in range(3)]).state_dict().items()}
+    r0, r1 = job
+    for name in ("cpu", "offload"):
+        got = r0[f"meta_{name}"]["blocks"]
+        assert got.keys() == want.keys()
+        w = got["blocks.0.fc1.weight"]
+        assert not torch.equal(w[: len(w) // 2], w[len(w) // 2:]), f"{name}: every rank drew the same shard"
+        assert all(torch.equal(got[k], v) for k, v in want.items()), f"{name}: not the init without FSDP"
+        assert all(torch.equal(r1[f"meta_{name}"]["blocks"][k], v) for k, v in got.items())
