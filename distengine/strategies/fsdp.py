@@ -43,6 +43,9 @@ Choices:
   on complete tensors and each rank keeps its shard of them: DTensor's RNG tracker offsets
   the shards only on an accelerator's generator, and on CPU every rank drew the same shard.
   With the same seed on every rank the weights are those the same init gives without FSDP.
+* ``sync_batchnorm=True`` converts every BatchNorm layer to ``SyncBatchNorm`` before sharding
+  (layers built in ``configure_model()`` too, unless it already sharded them: refused), and,
+  as under DDP, is refused on CPU ranks with a BatchNorm layer (no CPU kernels in torch).
 * ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
   rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
 """
@@ -277,8 +280,13 @@ class FSDPStrategy(Strategy):
         if self.mesh is None:
             raise RuntimeError("FSDPStrategy.setup_module called before setup_environment")
         self.module = module
+        sync_bn = self.sync_batchnorm and self.is_distributed
+        if sync_bn:
+            convert_sync_batchnorm(module, self.root_device)
         if by_hand:
             module.configure_model()
+            if sync_bn:  # the BatchNorm layers configure_model() built
+                convert_sync_batchnorm(module, self.root_device)
         if self._checkpoint is not None:
             apply_activation_checkpointing(module, self._checkpoint)
         if not by_hand and self._wrap is not None:
@@ -381,6 +389,29 @@ def shard_units(root: nn.Module, predicate: Callable[[nn.Module], bool]) -> list
         elif predicate(sub):
             units.append(sub)
     return units
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> None:
+    """``sync_batchnorm=True``: every BatchNorm layer of ``module`` becomes a ``SyncBatchNorm``
+    (in place) before it is sharded, as DDP does. Refused on CPU as under DDP (torch's
+    SyncBatchNorm has no CPU kernels), and for layers ``configure_model()`` already sharded (a
+    shard unit keeps the layer it was built on)."""
+    from torch.distributed.tensor import DTensor
+
+    layers = [m for m in module.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)]
+    if not layers:
+        return
+    if device.type == "cpu":
+        raise ValueError("sync_batchnorm=True needs GPUs (torch's SyncBatchNorm has no CPU kernels); "
+                         "run on GPUs or drop the flag so each CPU rank keeps its own BatchNorm statistics")
+    sharded = sorted({type(m).__name__ for m in layers
+                      if any(isinstance(t, DTensor) for t in m.parameters(recurse=False))})
+    if sharded:
+        raise ValueError(f"sync_batchnorm=True: configure_model() sharded {', '.join(sharded)} layers before they "
+                         "could become SyncBatchNorm; call torch.nn.SyncBatchNorm.convert_sync_batchnorm(module) "
+                         "there before fully_shard")
+    nn.SyncBatchNorm.convert_sync_batchnorm(module)  # converts the children in place
 
 
 def apply_activation_checkpointing(module: nn.Module, predicate: Callable[[nn.Module], bool]) -> None:
