@@ -47,7 +47,9 @@ Choices:
   (layers built in ``configure_model()`` too, unless it already sharded them: refused), and,
   as under DDP, is refused on CPU ranks with a BatchNorm layer (no CPU kernels in torch).
 * ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
-  rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
+  rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor). It computes the norm
+  itself with one all-reduce per clipped step (:func:`clip_grad_norm`), not through DTensor
+  ops, after which, with some torch versions, a partial norm needed a second all-reduce.
 """
 from __future__ import annotations
 
@@ -322,8 +324,7 @@ class FSDPStrategy(Strategy):
         if algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, clip_val)  # elementwise: each shard on its own
             return None
-        norm = torch.nn.utils.clip_grad_norm_(params, clip_val)
-        return full_tensor(norm)
+        return clip_grad_norm(params, clip_val)
 
     # ------------------------------------------------------------------ state
     def _options(self, full: bool, **kw: Any) -> Any:
@@ -530,6 +531,40 @@ def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+    """``clip_grad_norm_`` over gradients sharded on dim 0 over one mesh, with one all-reduce:
+    each rank sums ``|g|**p`` over its local shards (``max`` for the inf-norm), one all-reduce
+    over the mesh's group gives the total, and every rank scales its shards by the same
+    coefficient (torch's formula, ``max_norm / (norm + 1e-6)`` clamped at 1). Returns the total
+    norm as a plain tensor, equal on every rank. Torch's ``clip_grad_norm_`` on DTensor
+    gradients leaves the reductions to DTensor's sharding propagation: depending on the torch
+    version the norm comes back partial and the caller reduces it again, one collective more
+    per step. Any other layout (several meshes, replicated dims) takes that path."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    meshes = {g.device_mesh for g in sharded}
+    if len(sharded) != len(grads) or len(meshes) != 1 or next(iter(meshes)).ndim != 1 or \
+            not all(pl.is_shard() for g in sharded for pl in g.placements):
+        return full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type))
+    norm_type = float(norm_type)
+    local = [g.to_local() for g in sharded]
+    device = local[0].device
+    parts = [torch.linalg.vector_norm(t, norm_type, dtype=torch.float32).to(device) for t in local]
+    if norm_type == float("inf"):
+        total = torch.stack(parts).max()
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX, group=next(iter(meshes)).get_group())
+    else:
+        total = torch.stack(parts).pow(norm_type).sum()
+        torch.distributed.all_reduce(total, group=next(iter(meshes)).get_group())
+        total = total.pow(1.0 / norm_type)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for t in local:
+        t.mul_(coef.to(t.dtype))
+    return total
 
 
 def full_tensor(value: Any) -> Any:
