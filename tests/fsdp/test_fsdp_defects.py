@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.fsdp.models import D, Block, Net, data
+from tests.fsdp.models import Block, D, Net, data
 from tests.helpers import run_ranks
 
 
