@@ -27,8 +27,29 @@ Choices:
   compute in bf16, gradients reduced and kept in fp32, the optimizer steps fp32 shards.
   ``"16-mixed"`` is the same with fp16 plus the Precision object's ``torch.amp.GradScaler``,
   which handles DTensor gradients (its inf check is reduced over the shards).
+  The policy casts the inputs of each ``forward`` (the root's and every shard unit's) to the
+  compute dtype, never the arguments of a step method: ``training_step`` gets its batch as
+  under DDP (float targets stay fp32), and ``self(x)`` inside it computes in bf16/fp16.
+* Meta-device init (``configure_model`` builds modules on ``meta``): after sharding, the
+  meta tensors are allocated and each module owning one is filled by its own
+  ``reset_parameters()`` (``nn.MultiheadAttention``: ``_reset_parameters()``), Lightning's
+  rule; tensors built on a real device keep their values. A module that owns a meta tensor
+  but has no ``reset_parameters()`` (a RoPE ``inv_freq`` buffer computed in ``__init__``, a
+  parameter filled there) is refused before anything is allocated, with one line naming its
+  class: FSDP cannot know how ``__init__`` filled it, and the alternative is uninitialised
+  memory. Define ``reset_parameters()`` filling every tensor the module owns, or build it on a
+  real device.
+  Where the shards are filled on CPU (``cpu_offload``, CPU ranks) each module's reset runs
+  on complete tensors and each rank keeps its shard of them: DTensor's RNG tracker offsets
+  the shards only on an accelerator's generator, and on CPU every rank drew the same shard.
+  With the same seed on every rank the weights are those the same init gives without FSDP.
+* ``sync_batchnorm=True`` converts every BatchNorm layer to ``SyncBatchNorm`` before sharding
+  (layers built in ``configure_model()`` too, unless it already sharded them: refused), and,
+  as under DDP, is refused on CPU ranks with a BatchNorm layer (no CPU kernels in torch).
 * ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
-  rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
+  rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor). It computes the norm
+  itself with one all-reduce per clipped step (:func:`clip_grad_norm`), not through DTensor
+  ops, after which, with some torch versions, a partial norm needed a second all-reduce.
 """
 from __future__ import annotations
 
@@ -100,18 +121,82 @@ def has_meta_tensors(module: nn.Module) -> bool:
     return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
 
 
+def _owns_meta_tensors(module: nn.Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
+
+
+def _reset_method(module: nn.Module) -> Callable[[], Any] | None:
+    reset = getattr(module, "reset_parameters", None)
+    if not callable(reset) and isinstance(module, nn.MultiheadAttention):
+        reset = module._reset_parameters  # torch's own spelling for this class
+    return reset if callable(reset) else None
+
+
 def materialize(module: nn.Module, device: torch.device) -> None:
-    """Allocate the (sharded) meta tensors of ``module`` on ``device`` and initialise them with
-    each submodule's ``reset_parameters()``: each rank allocates and fills only its shards."""
+    """Allocate the meta tensors of ``module`` on ``device`` and fill them with the
+    ``reset_parameters()`` of each submodule that owns one of them; tensors that were not on
+    meta keep their values. A module owning a meta tensor without ``reset_parameters()`` is
+    refused before anything is allocated (its tensors would stay uninitialised memory).
+
+    On CPU (``cpu_offload``, CPU ranks) each module's reset runs on complete (unsharded)
+    tensors and each rank keeps its shard: DTensor's RNG tracker offsets the shards only on an
+    accelerator's generator, so on CPU every rank drew the same shard. The result is what the
+    same reset gives without FSDP."""
+    from torch.distributed.tensor import DTensor
+
+    pending = [sub for sub in module.modules() if _owns_meta_tensors(sub)]
+    missing = sorted({type(sub).__name__ for sub in pending if _reset_method(sub) is None})
+    if missing:
+        raise RuntimeError(f"meta-device init: {', '.join(missing)} own parameters or buffers on the meta device "
+                           "but have no reset_parameters(), so they would stay uninitialised memory; define "
+                           "reset_parameters() filling every parameter and buffer the module owns (e.g. recompute "
+                           "a RoPE inv_freq buffer there), or build these modules on a real device")
+    # to_empty replaces every tensor (FSDP re-points its shards only through the units' _apply):
+    # keep the values of the tensors that were already real and copy them back
+    kept = []
+    for sub in module.modules():
+        for kind, tensors in (("p", sub._parameters), ("b", sub._buffers)):
+            for name, t in tensors.items():
+                if t is not None and not t.is_meta:
+                    kept.append((sub, kind, name, t.detach()))
     module.to_empty(device=device)
     with torch.no_grad():
-        for sub in module.modules():
-            reset = getattr(sub, "reset_parameters", None)
-            if callable(reset):
+        for sub, kind, name, old in kept:
+            new = (sub._parameters if kind == "p" else sub._buffers)[name]
+            _local(new).copy_(_local(old))
+        for sub in pending:
+            reset = _reset_method(sub)
+            sharded = {n: p for n, p in sub._parameters.items() if isinstance(p, DTensor)}
+            if device.type != "cpu" or not sharded:
                 reset()
+                continue
+            for n, p in sharded.items():  # complete tensors for the reset, then each rank's shard
+                sub._parameters[n] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                                  requires_grad=p.requires_grad)
+            try:
+                reset()
+                full = {n: sub._parameters[n] for n in sharded}
+            finally:
+                sub._parameters.update(sharded)
+            for n, p in sharded.items():
+                p.to_local().copy_(_shard_of(full[n].detach(), p))
     if has_meta_tensors(module):
         raise RuntimeError("the module still has meta tensors after to_empty(); give every module that "
                            "owns parameters or buffers a reset_parameters() method")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _shard_of(full: torch.Tensor, like: Any) -> torch.Tensor:
+    """This rank's part of the complete tensor ``full``, laid out as the DTensor ``like``
+    (no collective: every rank holds ``full``)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
 class FSDPStrategy(Strategy):
@@ -197,8 +282,13 @@ class FSDPStrategy(Strategy):
         if self.mesh is None:
             raise RuntimeError("FSDPStrategy.setup_module called before setup_environment")
         self.module = module
+        sync_bn = self.sync_batchnorm and self.is_distributed
+        if sync_bn:
+            convert_sync_batchnorm(module, self.root_device)
         if by_hand:
             module.configure_model()
+            if sync_bn:  # the BatchNorm layers configure_model() built
+                convert_sync_batchnorm(module, self.root_device)
         if self._checkpoint is not None:
             apply_activation_checkpointing(module, self._checkpoint)
         if not by_hand and self._wrap is not None:
@@ -213,7 +303,7 @@ class FSDPStrategy(Strategy):
             module.to(self.root_device)
         for name in STEP_METHODS:
             if callable(getattr(module, name, None)):
-                register_step_method(module, name)
+                register_uncast_step_method(module, name)
         self.model = module
         self.step_fn = module.training_step
         return module
@@ -234,8 +324,7 @@ class FSDPStrategy(Strategy):
         if algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, clip_val)  # elementwise: each shard on its own
             return None
-        norm = torch.nn.utils.clip_grad_norm_(params, clip_val)
-        return full_tensor(norm)
+        return clip_grad_norm(params, clip_val)
 
     # ------------------------------------------------------------------ state
     def _options(self, full: bool, **kw: Any) -> Any:
@@ -303,6 +392,29 @@ def shard_units(root: nn.Module, predicate: Callable[[nn.Module], bool]) -> list
     return units
 
 
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> None:
+    """``sync_batchnorm=True``: every BatchNorm layer of ``module`` becomes a ``SyncBatchNorm``
+    (in place) before it is sharded, as DDP does. Refused on CPU as under DDP (torch's
+    SyncBatchNorm has no CPU kernels), and for layers ``configure_model()`` already sharded (a
+    shard unit keeps the layer it was built on)."""
+    from torch.distributed.tensor import DTensor
+
+    layers = [m for m in module.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)]
+    if not layers:
+        return
+    if device.type == "cpu":
+        raise ValueError("sync_batchnorm=True needs GPUs (torch's SyncBatchNorm has no CPU kernels); "
+                         "run on GPUs or drop the flag so each CPU rank keeps its own BatchNorm statistics")
+    sharded = sorted({type(m).__name__ for m in layers
+                      if any(isinstance(t, DTensor) for t in m.parameters(recurse=False))})
+    if sharded:
+        raise ValueError(f"sync_batchnorm=True: configure_model() sharded {', '.join(sharded)} layers before they "
+                         "could become SyncBatchNorm; call torch.nn.SyncBatchNorm.convert_sync_batchnorm(module) "
+                         "there before fully_shard")
+    nn.SyncBatchNorm.convert_sync_batchnorm(module)  # converts the children in place
+
+
 def apply_activation_checkpointing(module: nn.Module, predicate: Callable[[nn.Module], bool]) -> None:
     """Recompute the activations of each module matching ``predicate`` in backward instead of
     keeping them (``checkpoint_wrapper``, non-reentrant: the form that composes with FSDP2)."""
@@ -334,6 +446,43 @@ def register_step_method(module: nn.Module, name: str) -> None:
             if group._training_state == TrainingState.IDLE:
                 group._training_state = TrainingState.FORWARD
         return state._post_forward(module, args, out)
+
+    setattr(module, name, step)
+
+
+def register_uncast_step_method(module: nn.Module, name: str) -> None:
+    """:func:`register_step_method`, but the step receives its arguments as the caller passed
+    them: ``MixedPrecisionPolicy.cast_forward_inputs`` is for the forward inputs, and the root's
+    pre-forward run around the step would cast every floating tensor of the batch (float
+    targets to bf16/fp16: 70000.0 became inf). The policy is switched off for that outer
+    pre-forward only; the forwards inside the step (``self(x)``, each shard unit) cast their
+    own inputs as usual."""
+    import dataclasses
+
+    state = module._get_fsdp_state()
+    policy = state._mp_policy
+    if not (policy.cast_forward_inputs and policy.param_dtype is not None):
+        register_step_method(module, name)
+        return
+    uncast = dataclasses.replace(policy, cast_forward_inputs=False)
+    method = getattr(module, name)
+
+    @functools.wraps(method)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        state._mp_policy = policy  # past the outer pre-forward: nested forwards cast again
+        return method(*args, **kwargs)
+
+    setattr(module, name, inner)
+    register_step_method(module, name)
+    hooked = getattr(module, name)
+
+    @functools.wraps(method)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        state._mp_policy = uncast
+        try:
+            return hooked(*args, **kwargs)
+        finally:
+            state._mp_policy = policy
 
     setattr(module, name, step)
 
@@ -382,6 +531,40 @@ def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+    """``clip_grad_norm_`` over gradients sharded on dim 0 over one mesh, with one all-reduce:
+    each rank sums ``|g|**p`` over its local shards (``max`` for the inf-norm), one all-reduce
+    over the mesh's group gives the total, and every rank scales its shards by the same
+    coefficient (torch's formula, ``max_norm / (norm + 1e-6)`` clamped at 1). Returns the total
+    norm as a plain tensor, equal on every rank. Torch's ``clip_grad_norm_`` on DTensor
+    gradients leaves the reductions to DTensor's sharding propagation: depending on the torch
+    version the norm comes back partial and the caller reduces it again, one collective more
+    per step. Any other layout (several meshes, replicated dims) takes that path."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    meshes = {g.device_mesh for g in sharded}
+    if len(sharded) != len(grads) or len(meshes) != 1 or next(iter(meshes)).ndim != 1 or \
+            not all(pl.is_shard() for g in sharded for pl in g.placements):
+        return full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type))
+    norm_type = float(norm_type)
+    local = [g.to_local() for g in sharded]
+    device = local[0].device
+    parts = [torch.linalg.vector_norm(t, norm_type, dtype=torch.float32).to(device) for t in local]
+    if norm_type == float("inf"):
+        total = torch.stack(parts).max()
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX, group=next(iter(meshes)).get_group())
+    else:
+        total = torch.stack(parts).pow(norm_type).sum()
+        torch.distributed.all_reduce(total, group=next(iter(meshes)).get_group())
+        total = total.pow(1.0 / norm_type)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for t in local:
+        t.mul_(coef.to(t.dtype))
+    return total
 
 
 def full_tensor(value: Any) -> Any:
