@@ -287,16 +287,17 @@ def shard_units(root: nn.Module, predicate: Callable[[nn.Module], bool]) -> list
     """The submodules of ``root`` that ``predicate`` picks, in pre-order. A module wrapped for
     activation checkpointing is represented by its wrapper: the wrapper is what gets sharded, so
     the recomputation in backward runs inside FSDP's unshard/reshard hooks."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+    from distengine.torch_private import checkpoint_wrapped_module
 
     units: list[nn.Module] = []
     inner: set[int] = set()
     for sub in root.modules():
         if sub is root or id(sub) in inner:
             continue
-        if isinstance(sub, CheckpointWrapper):
-            inner.add(id(sub._checkpoint_wrapped_module))
-            if predicate(sub._checkpoint_wrapped_module):
+        wrapped = checkpoint_wrapped_module(sub)
+        if wrapped is not None:
+            inner.add(id(wrapped))
+            if predicate(wrapped):
                 units.append(sub)
         elif predicate(sub):
             units.append(sub)
@@ -306,12 +307,12 @@ def shard_units(root: nn.Module, predicate: Callable[[nn.Module], bool]) -> list
 def apply_activation_checkpointing(module: nn.Module, predicate: Callable[[nn.Module], bool]) -> None:
     """Recompute the activations of each module matching ``predicate`` in backward instead of
     keeping them (``checkpoint_wrapper``, non-reentrant: the form that composes with FSDP2)."""
-    from torch.distributed.algorithms._checkpoint import checkpoint_wrapper as cw
+    from distengine.torch_private import apply_checkpoint_wrapper
 
     if not any(predicate(m) for m in module.modules() if m is not module):
         raise ValueError("activation_checkpointing_policy matches no submodule of "
                          f"{type(module).__name__}; name the layer classes to recompute")
-    cw.apply_activation_checkpointing(module, checkpoint_wrapper_fn=cw.checkpoint_wrapper, check_fn=predicate)
+    apply_checkpoint_wrapper(module, predicate)
 
 
 def register_step_method(module: nn.Module, name: str) -> None:
@@ -321,19 +322,17 @@ def register_step_method(module: nn.Module, name: str) -> None:
     root's parameter group IDLE, and a post-forward in the IDLE state reshards even where
     ``reshard_after_forward`` is False (the root by default, and every unit inside
     :func:`gathered`). The group is put back into the FORWARD state before the outer post-forward."""
-    from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
+    from distengine import torch_private as tp
 
     method = getattr(module, name)
-    state = module._get_fsdp_state()
+    state = tp.fsdp_state(module)
 
     @functools.wraps(method)
     def step(*args: Any, **kwargs: Any) -> Any:
-        args, kwargs = state._pre_forward(module, args, kwargs)
+        args, kwargs = tp.run_pre_forward(state, module, args, kwargs)
         out = method(*args, **kwargs)
-        for group in state._fsdp_param_groups:
-            if group._training_state == TrainingState.IDLE:
-                group._training_state = TrainingState.FORWARD
-        return state._post_forward(module, args, out)
+        tp.mark_idle_groups_forward(state)
+        return tp.run_post_forward(state, module, args, out)
 
     setattr(module, name, step)
 
@@ -349,23 +348,20 @@ def gathered(model: nn.Module) -> Iterator[None]:
     the whole model in memory during evaluation (as under DDP)."""
     from torch.distributed.fsdp import FSDPModule
 
+    from distengine.torch_private import restore_reshard_after_forward, save_reshard_after_forward
+
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     saved = []
-    for unit in units:  # FSDP2 has a setter but no getter for this: keep its two fields to restore them
-        state = unit._get_fsdp_state()
-        saved.append((state, getattr(state, "_auto_reshard_after_forward", None),
-                      [g.post_forward_mesh_info for g in state._fsdp_param_groups]))
+    for unit in units:  # FSDP2 has a setter but no getter for this: keep its fields to restore them
+        saved.append(save_reshard_after_forward(unit))
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
     try:
         yield
     finally:
-        for unit, (state, auto, infos) in zip(units, saved):
+        for unit, fields in zip(units, saved):
             unit.reshard()
-            if auto is not None:
-                state._auto_reshard_after_forward = auto
-            for group, info in zip(state._fsdp_param_groups, infos):
-                group.post_forward_mesh_info = info
+            restore_reshard_after_forward(fields)
 
 
 @contextlib.contextmanager
