@@ -164,7 +164,9 @@ class ShardedCheckpointer:
         return stager
 
     def _checkpoint_group(self) -> Any:
-        if self._group is None and _distributed():
+        # also with one rank: DCP's async save needs a CPU-capable group, and a 1-rank FSDP
+        # run on a GPU may have an NCCL default group
+        if self._group is None and dist.is_available() and dist.is_initialized():
             self._group = dist.new_group(backend="gloo")
         return self._group
 

@@ -21,8 +21,13 @@ Example::
 
 Choices:
 
-* One process is an error, not a silent fallback: sharding over one rank only costs time, and
-  a sharded checkpoint loads in one process without FSDP (``strategy="auto"``) anyway.
+* One process works (as in Lightning and torchtitan): a device mesh of one rank, so the same
+  script, ``cpu_offload`` included, runs unlaunched for debugging. Not launched, the strategy
+  starts a 1-rank process group of its own (its store on a free loopback port) and destroys it
+  at the end of each stage (the next stage makes it again).
+* ``cpu_offload=True`` keeps shards, gradients and optimizer state on the host; on CUDA the
+  default group is then ``"cpu:gloo,cuda:nccl"``, since clipping's norm, ``full_tensor`` and
+  the fp16 inf check reduce those CPU tensors (:meth:`FSDPStrategy.backend`).
 * ``"bf16-mixed"`` becomes ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``:
   compute in bf16, gradients reduced and kept in fp32, the optimizer steps fp32 shards.
   ``"16-mixed"`` is the same with fp16 plus the Precision object's ``torch.amp.GradScaler``,
@@ -140,10 +145,14 @@ class FSDPStrategy(Strategy):
         self.checkpoint_layout = state_dict_type
         self.mesh: Any = None
         self.sharded_checkpointer: Any = None  # made by the first sharded save (checkpoint/sharded_trainer.py)
+        self._one_process = False  # not launched: the strategy runs a 1-rank group of its own
+        self._timeout_s = 1800.0
+        self._own_group = False  # that group is up now (destroyed by teardown)
 
     def fresh(self) -> FSDPStrategy:
         new = super().fresh()
         new.mesh, new.sharded_checkpointer = None, None
+        new._one_process = new._own_group = False
         return new
 
     # ------------------------------------------------------------------ environment
@@ -151,14 +160,36 @@ class FSDPStrategy(Strategy):
         from distengine.dist import setup
 
         self.root_device = setup.select_device(accelerator, env, gpu_ids)
-        setup.init_process_group(env, self.root_device, timeout_s)
-        if self.world_size < 2:
-            raise RuntimeError("strategy='fsdp' needs 2 or more processes (it shards each parameter over the "
-                               "ranks); start the script with 'distengine launch --cpus 2' (or --gpus), or use "
-                               "strategy='auto' for one process (a sharded checkpoint loads there too)")
+        self._timeout_s = timeout_s
+        setup.init_process_group(env, self.root_device, timeout_s, backend=self.backend())
+        self._one_process = not env.distributed
+        self._ensure_group()
+        if self.mesh is None:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self.mesh = init_device_mesh(self.root_device.type, (self.world_size,))
+
+    def backend(self) -> str:
+        """The default group's backend: ``"cpu:gloo,cuda:nccl"`` on CUDA with ``cpu_offload``
+        (gradients and shards on the host are reduced over gloo), else NCCL on CUDA, gloo on CPU."""
+        from distengine.dist import setup
+
+        return setup.process_group_backend(self.root_device, cpu_offload=self.cpu_offload)
+
+    def _ensure_group(self) -> None:
+        """One process (not launched): a 1-rank process group of this strategy's own, made at
+        setup and again at the next stage after :meth:`teardown` destroyed it; the device mesh
+        follows it. Nothing when launched, or when a group runs already."""
+        import torch.distributed as dist
+
+        if not self._one_process or dist.is_initialized():
+            return
         from torch.distributed.device_mesh import init_device_mesh
 
-        self.mesh = init_device_mesh(self.root_device.type, (self.world_size,))
+        from distengine.dist import setup
+
+        self._own_group = setup.init_single_process_group(self.root_device, self._timeout_s, backend=self.backend())
+        self.mesh = init_device_mesh(self.root_device.type, (1,))
 
     # ------------------------------------------------------------------ the model
     def _fsdp_kwargs(self) -> dict[str, Any]:
@@ -185,6 +216,7 @@ class FSDPStrategy(Strategy):
         """Shard ``module`` in place and return it (the root is an ``FSDPModule`` afterwards)."""
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
+        self._ensure_group()
         if isinstance(module, FSDPModule):  # sharded by an earlier fit/validate of this module: reuse
             self.module = self.model = module
             self.step_fn = module.training_step
@@ -193,9 +225,9 @@ class FSDPStrategy(Strategy):
         if not by_hand and self._wrap is not None and not shard_units(module, self._wrap):
             raise ValueError(f"auto_wrap_policy={self._policy_text} matches no submodule of "
                              f"{type(module).__name__}; name the layer classes to shard (e.g. your block class)")
-        kwargs = self._fsdp_kwargs()  # refuses an unsupported precision before anything changes
         if self.mesh is None:
             raise RuntimeError("FSDPStrategy.setup_module called before setup_environment")
+        kwargs = self._fsdp_kwargs()  # refuses an unsupported precision before anything changes
         self.module = module
         if by_hand:
             module.configure_model()
@@ -275,11 +307,20 @@ class FSDPStrategy(Strategy):
 
     def teardown(self) -> None:
         """Wait for an asynchronous sharded save still in flight and release its process group
-        (every rank calls this), so that no checkpoint thread outlives the run."""
+        (every rank calls this), so that no checkpoint thread outlives the run. In one process,
+        destroy the strategy's own 1-rank group too (the next stage makes it again before it
+        uses the module, which stays sharded on its 1-rank mesh)."""
         ckpt, self.sharded_checkpointer = getattr(self, "sharded_checkpointer", None), None
         super().teardown()  # the module stays sharded: ``model`` is that module
-        if ckpt is not None:
-            ckpt.close()
+        try:
+            if ckpt is not None:
+                ckpt.close()
+        finally:
+            if getattr(self, "_own_group", False):
+                from distengine.dist import setup
+
+                self._own_group = False
+                setup.destroy_single_process_group()
 
 
 # ---------------------------------------------------------------------------- helpers
