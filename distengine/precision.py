@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from distengine import torch_private
+
 _ALIASES = {
     "32": "32-true", "32-true": "32-true", 32: "32-true",
     "16": "16-mixed", "16-mixed": "16-mixed", 16: "16-mixed",
@@ -121,12 +123,12 @@ class Precision:
         # (get_scale() would add one). GradScaler.step itself still syncs once per step to
         # decide whether to call optimizer.step(), except for a fused optimizer, whose kernel
         # takes found_inf on the device: that is why fused=True is the fast choice here.
-        scale = getattr(self.scaler, "_scale", None)
-        if isinstance(scale, torch.Tensor):
+        scale = torch_private.grad_scaler_scale_tensor(self.scaler)
+        if scale is not None:
             before = scale.clone()
             self.scaler.step(optimizer)
             self.scaler.update()
-            lowered = (self.scaler._scale < before).to(torch.long)
+            lowered = (torch_private.grad_scaler_scale_tensor(self.scaler) < before).to(torch.long)
             self._skipped_t = lowered if self._skipped_t is None else self._skipped_t + lowered
             return
         scale_before = self.scaler.get_scale()

@@ -32,6 +32,15 @@ Private name                                                       Why it is nee
 emptied by ``close()`` after every stage on 2.11)                  so a kept stager fails its second stage
 ``torch._amp_foreach_non_finite_check_and_unscale_``               GradScaler's inf/nan kernel (one launch per device)
 ``Optimizer._step_supports_amp_scaling``                           a fused optimizer takes ``found_inf`` itself
+``GradScaler._scale``                                              the scale as a device tensor: a skipped fp16 step
+                                                                   counted without a sync (``get_scale()`` syncs)
+``torch.nn.modules.batchnorm._BatchNorm``                          "is a BatchNorm" for every variant (Sync, Lazy,
+                                                                   user subclasses): SyncBatchNorm, SWA, finetuning
+``DDP reducer._rebuild_buckets()``                                 manual optimization through DDP's forward, as
+                                                                   DDP's own forward does (Lightning does the same)
+``SummaryWriter._get_file_writer()``                               hparams written into the run's own event file
+``OptimizedModule._orig_mod``                                      the module under ``torch.compile``'s wrapper
+``state_dict()._metadata``                                         a state dict's per-module versions, kept by copies
 =================================================================  ====================================================
 
 Public APIs are used wherever they exist across the whole range: ``fully_shard``,
@@ -47,11 +56,12 @@ import torch
 from torch import nn
 
 __all__ = [
-    "CHECKPOINT_INDEX_PRIVATE_GLOBALS", "amp_non_finite_check_and_unscale_", "apply_checkpoint_wrapper",
-    "checkpoint_wrapped_module", "dcp_metadata_path", "dcp_set_element", "empty_state_dict_load_planner",
-    "fsdp_param_groups", "fsdp_state", "load_state_dict_into", "mark_idle_groups_forward",
+    "amp_non_finite_check_and_unscale_", "apply_checkpoint_wrapper", "CHECKPOINT_INDEX_PRIVATE_GLOBALS",
+    "checkpoint_wrapped_module", "compiled_inner_module", "copy_state_dict_metadata", "dcp_metadata_path",
+    "dcp_set_element", "ddp_rebuild_buckets", "empty_state_dict_load_planner", "fsdp_param_groups", "fsdp_state",
+    "grad_scaler_scale_tensor", "is_batchnorm", "load_state_dict_into", "mark_idle_groups_forward",
     "optimizer_takes_found_inf", "restore_reshard_after_forward", "run_post_forward", "run_pre_forward",
-    "save_reshard_after_forward", "stager_survives_stage",
+    "save_reshard_after_forward", "stager_survives_stage", "summary_file_writer",
 ]
 
 
@@ -230,3 +240,52 @@ def optimizer_takes_found_inf(optimizer: torch.optim.Optimizer) -> bool:
     reads ``found_inf``/``grad_scale`` attributes itself (as under GradScaler); same flag on
     2.11 .. 2.14.1."""
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def grad_scaler_scale_tensor(scaler: Any) -> torch.Tensor | None:
+    """``GradScaler._scale``: the current scale as a tensor on the scaler's device (``None``
+    before the first ``scale()``, or for a disabled scaler). The public ``get_scale()`` returns
+    a float and so waits for the device. Same attribute on 2.11 .. 2.14.1."""
+    scale = getattr(scaler, "_scale", None)
+    return scale if isinstance(scale, torch.Tensor) else None
+
+
+# ---------------------------------------------------------------------------- modules, DDP, TensorBoard
+def is_batchnorm(module: nn.Module) -> bool:
+    """``isinstance(module, torch.nn.modules.batchnorm._BatchNorm)``: every BatchNorm (1d/2d/3d,
+    SyncBatchNorm, the Lazy variants, user subclasses), and no other norm layer. The base
+    class is private on 2.11 .. 2.14.1 (same name and module)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return isinstance(module, _BatchNorm)
+
+
+def ddp_rebuild_buckets(ddp: Any) -> None:
+    """``ddp.reducer._rebuild_buckets()``: what ``DistributedDataParallel.forward`` calls before
+    preparing the reducer (a no-op after the first iteration). Same on 2.11 .. 2.14.1."""
+    ddp.reducer._rebuild_buckets()
+
+
+def summary_file_writer(writer: Any) -> Any:
+    """``SummaryWriter._get_file_writer()``: the run's ``FileWriter`` (created on first use),
+    to add summaries to the run's own event file. Same method on 2.11 .. 2.14.1."""
+    return writer._get_file_writer()
+
+
+def compiled_inner_module(module: Any) -> Any:
+    """The module ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), or ``module``
+    itself when it is not such a wrapper. Same attribute on 2.11 .. 2.14.1."""
+    return getattr(module, "_orig_mod", module)
+
+
+def copy_state_dict_metadata(src: Any, dst: Any) -> None:
+    """Copy ``src._metadata`` (the per-module versions ``nn.Module.state_dict`` attaches, which
+    ``load_state_dict`` reads and ``torch.save`` keeps) onto ``dst``; nothing when ``src`` has
+    none or ``dst`` cannot carry attributes (a plain dict). Same on 2.11 .. 2.14.1."""
+    import copy
+
+    if hasattr(src, "_metadata"):
+        try:
+            dst._metadata = copy.deepcopy(src._metadata)
+        except AttributeError:
+            pass

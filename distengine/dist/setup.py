@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from distengine import torch_private
 from distengine.dist.env import ClusterEnv, gloo_ifname_from_nccl
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -160,7 +161,7 @@ class ManualDDPStep:
         if torch.is_grad_enabled() and ddp.require_backward_grad_sync:
             ddp.require_forward_param_sync = True
             tensors = _find_tensors(loss) if ddp.find_unused_parameters and not ddp.static_graph else []
-            ddp.reducer._rebuild_buckets()  # a no-op after the first iteration, as in DDP's own forward
+            torch_private.ddp_rebuild_buckets(ddp)  # a no-op after the first iteration, as in DDP's own forward
             ddp.reducer.prepare_for_backward(tensors)
         else:
             ddp.require_forward_param_sync = False

@@ -87,3 +87,27 @@ def test_fsdp_param_groups_on_this_torch():
         assert groups[0].post_forward_mesh_info is not None
     finally:
         dist.destroy_process_group()
+
+
+def test_small_adapters_on_this_torch():
+    from distengine import torch_private as tp
+
+    nn = torch.nn
+    assert all(tp.is_batchnorm(m) for m in (nn.BatchNorm1d(2), nn.SyncBatchNorm(2), nn.LazyBatchNorm2d()))
+    assert not any(tp.is_batchnorm(m) for m in (nn.LayerNorm(2), nn.GroupNorm(1, 2), nn.InstanceNorm1d(2)))
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    assert tp.grad_scaler_scale_tensor(scaler) is None  # made lazily by the first scale()
+    scaler.scale(torch.ones(()))
+    assert float(tp.grad_scaler_scale_tensor(scaler)) == 8.0
+    plain = nn.Linear(2, 2)
+    assert tp.compiled_inner_module(plain) is plain
+    sd = plain.state_dict()
+    out: dict = type(sd)()
+    tp.copy_state_dict_metadata(sd, out)
+    assert out._metadata == sd._metadata and out._metadata is not sd._metadata
+    tp.copy_state_dict_metadata(sd, {})  # a plain dict takes no attribute: nothing happens
+    fused = torch.optim.AdamW(plain.parameters(), fused=True)
+    assert tp.optimizer_takes_found_inf(fused) and not tp.optimizer_takes_found_inf(torch.optim.SGD(plain.parameters()))
+    grads, found = [torch.tensor([1.0, float("inf")])], torch.zeros(1)
+    tp.amp_non_finite_check_and_unscale_(grads, found, torch.ones(1))
+    assert found.item() == 1.0
