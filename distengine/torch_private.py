@@ -1,4 +1,4 @@
-"""Every private torch name the engine's FSDP2, DCP and non-finite code uses, in one place.
+"""Every private torch name the engine uses (FSDP2, DCP, AMP and a few more), in one place.
 
 Supported torch: 2.11.0 .. 2.14.1. No other file under ``distengine/`` may reference a private
 torch name (a module path or attribute starting with ``_``) directly; they call the small
@@ -28,8 +28,8 @@ Private name                                                       Why it is nee
                                                                    DCP's own ``dcp_to_torch_save``)
 ``FileSystemReader._get_metadata_path``                            where ``.metadata`` is, for the safe unpickler
 ``torch.serialization._get_layout``                                a global DCP's index pickles (tensor layouts)
-``DefaultStager`` behaviour (``StateDictStager._deepcopy_dispatch``  on 2.11 ``_stage`` closes the state-dict stager,
-emptied by ``close()`` after every stage on 2.11)                  so a kept stager fails its second stage
+``DefaultStager._stage`` (2.11: ``StateDictStager.close()``       on 2.11 a stager cannot stage twice: probed, and
+empties ``_deepcopy_dispatch`` after every stage)                  a fresh stager used per async save there
 ``torch._amp_foreach_non_finite_check_and_unscale_``               GradScaler's inf/nan kernel (one launch per device)
 ``Optimizer._step_supports_amp_scaling``                           a fused optimizer takes ``found_inf`` itself
 ``GradScaler._scale``                                              the scale as a device tensor: a skipped fp16 step
