@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from distengine.torch_private import grad_scaler_scale, grad_scaler_stage
+from distengine import torch_private
 
 _ALIASES = {
     "32": "32-true", "32-true": "32-true", 32: "32-true",
@@ -110,7 +110,7 @@ class Precision:
             return
         from torch.amp.grad_scaler import OptState
 
-        if grad_scaler_stage(self.scaler, optimizer) is OptState.READY:
+        if torch_private.grad_scaler_stage(self.scaler, optimizer) is OptState.READY:
             self.scaler.unscale_(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -122,12 +122,12 @@ class Precision:
         # (get_scale() would add one). GradScaler.step itself still syncs once per step to
         # decide whether to call optimizer.step(), except for a fused optimizer, whose kernel
         # takes found_inf on the device: that is why fused=True is the fast choice here.
-        scale = grad_scaler_scale(self.scaler)
-        if isinstance(scale, torch.Tensor):
+        scale = torch_private.grad_scaler_scale_tensor(self.scaler)
+        if scale is not None:
             before = scale.clone()
             self.scaler.step(optimizer)
             self.scaler.update()
-            lowered = (grad_scaler_scale(self.scaler) < before).to(torch.long)
+            lowered = (torch_private.grad_scaler_scale_tensor(self.scaler) < before).to(torch.long)
             self._skipped_t = lowered if self._skipped_t is None else self._skipped_t + lowered
             return
         scale_before = self.scaler.get_scale()

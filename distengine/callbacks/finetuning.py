@@ -35,10 +35,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from distengine import torch_private
 from distengine.callbacks.base import Callback
-from distengine.torch_private import batch_norm_base
 
-_BatchNorm = batch_norm_base()
 Modules = nn.Module | Iterable[Any]
 
 
@@ -71,7 +70,7 @@ class BaseFinetuning(Callback):
                 roots.extend(BaseFinetuning.flatten_modules(m))
             return roots
         return [m for m in modules.modules()
-                if not list(m.children()) or next(m.parameters(recurse=False), None) is not None]
+                if not list(m.children()) or any(True for _ in m.parameters(recurse=False))]
 
     @staticmethod
     def filter_params(modules: Modules, train_bn: bool = True, requires_grad: bool = True) -> list[nn.Parameter]:
@@ -79,7 +78,7 @@ class BaseFinetuning(Callback):
         parameters only with ``train_bn``)."""
         out = []
         for mod in BaseFinetuning.flatten_modules(modules):
-            if isinstance(mod, _BatchNorm) and not train_bn:
+            if torch_private.is_batchnorm(mod) and not train_bn:
                 continue
             out.extend(p for p in mod.parameters(recurse=False) if p.requires_grad == requires_grad)
         return out
@@ -87,7 +86,7 @@ class BaseFinetuning(Callback):
     @staticmethod
     def make_trainable(modules: Modules) -> None:
         for mod in BaseFinetuning.flatten_modules(modules):
-            if isinstance(mod, _BatchNorm):
+            if torch_private.is_batchnorm(mod):
                 mod.track_running_stats = True
             for p in mod.parameters(recurse=False):
                 p.requires_grad = True
@@ -95,7 +94,7 @@ class BaseFinetuning(Callback):
     @staticmethod
     def freeze_module(module: nn.Module) -> None:
         """Freeze one module's own parameters; a BatchNorm also stops updating its statistics."""
-        if isinstance(module, _BatchNorm):
+        if torch_private.is_batchnorm(module):
             module.track_running_stats = False
         for p in module.parameters(recurse=False):
             p.requires_grad = False
@@ -104,7 +103,7 @@ class BaseFinetuning(Callback):
     def freeze(modules: Modules, train_bn: bool = True) -> None:
         """Freeze ``modules``; with ``train_bn`` their BatchNorm layers stay trainable."""
         for mod in BaseFinetuning.flatten_modules(modules):
-            if isinstance(mod, _BatchNorm) and train_bn:
+            if torch_private.is_batchnorm(mod) and train_bn:
                 BaseFinetuning.make_trainable(mod)
             else:
                 BaseFinetuning.freeze_module(mod)

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from distengine import torch_private
 from distengine.callbacks.base import Callback
 
 
@@ -128,7 +129,7 @@ class ModelSummary(Callback):
         target = getattr(trainer, "lightning_module", None) or module
         # a DDP or compiled wrapper would add a "module."/"_orig_mod." level to every name
         target = getattr(target, "module", target) if isinstance(target, nn.parallel.DistributedDataParallel) \
-            else getattr(target, "_orig_mod", target)
+            else torch_private.compiled_inner_module(target)
         print(summarize(target, self.max_depth), flush=True)
 
 

@@ -24,9 +24,9 @@ from typing import Any, Callable
 
 import torch
 
+from distengine import torch_private
 from distengine.callbacks.base import Callback
 from distengine.dist import collectives
-from distengine.torch_private import is_batch_norm
 
 
 class StochasticWeightAveraging(Callback):
@@ -153,7 +153,7 @@ class StochasticWeightAveraging(Callback):
         with torch.no_grad():
             for avg, own in zip(self._average_model.module.parameters(), module.parameters()):
                 own.copy_(avg.to(own.device))
-        if any(is_batch_norm(m) for m in module.modules()):
+        if any(torch_private.is_batchnorm(m) for m in module.modules()):
             self._update_batch_norm(trainer, module)
 
     @staticmethod
@@ -161,7 +161,7 @@ class StochasticWeightAveraging(Callback):
         from torch.optim.swa_utils import update_bn
 
         update_bn(trainer.train_dataloader, module, device=module.device)
-        norms = [m for m in module.modules() if is_batch_norm(m)]
+        norms = [m for m in module.modules() if torch_private.is_batchnorm(m)]
         stats = [t for m in norms for t in (m.running_mean, m.running_var) if t is not None]
         if collectives.is_distributed() and stats:  # each rank saw its shard: agree on the mean
             reduced = collectives.reduce_tensors([t.detach() for t in stats], "sum")

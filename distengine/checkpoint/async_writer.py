@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from distengine import torch_private
 from distengine.checkpoint.io import atomic_save
 
 __all__ = ["AsyncCheckpointWriter", "copy_state_to_cpu"]
@@ -65,11 +66,7 @@ class _Stager:
                 out = {}
             for k, v in obj.items():
                 out[k] = self.copy(v)
-            if hasattr(obj, "_metadata"):  # a state_dict's version info; torch.save keeps it
-                try:
-                    out._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
-                except AttributeError:  # a plain dict cannot carry attributes
-                    pass
+            torch_private.copy_state_dict_metadata(obj, out)  # a state_dict's version info; torch.save keeps it
             return out
         if isinstance(obj, list):
             return [self.copy(v) for v in obj]

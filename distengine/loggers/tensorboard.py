@@ -139,11 +139,11 @@ class TensorBoardLogger(VersionedLogger):
             metrics = {"hp_metric": -1.0}
         from torch.utils.tensorboard.summary import hparams
 
-        from distengine.torch_private import tensorboard_file_writer
-
         flat = {k: _hparam_value(v) for k, v in _flatten(self._hparams).items()}
         metric_dict = {k: to_float(k, v) for k, v in metrics.items()}
-        file_writer = tensorboard_file_writer(writer)
+        from distengine import torch_private
+
+        file_writer = torch_private.summary_file_writer(writer)
         # Written into this run's own folder (SummaryWriter.add_hparams would open a new
         # timestamped sub-run, splitting one run in two in the UI).
         for summary in hparams(flat, metric_dict):

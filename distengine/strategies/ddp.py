@@ -16,8 +16,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from distengine import torch_private
 from distengine.strategies.base import _NO_CONTEXT, Strategy
-from distengine.torch_private import is_batch_norm
 
 
 class DDPStrategy(Strategy):
@@ -63,7 +63,7 @@ class DDPStrategy(Strategy):
         self.module = module
         self.module_to_device(module)
         if self.sync_batchnorm and self.is_distributed:
-            if self.root_device.type == "cpu" and any(is_batch_norm(m) for m in module.modules()):
+            if self.root_device.type == "cpu" and any(torch_private.is_batchnorm(m) for m in module.modules()):
                 # torch's SyncBatchNorm has no CPU kernels: fail here, not in the first batch
                 raise ValueError("sync_batchnorm=True needs GPUs (torch's SyncBatchNorm has no CPU kernels); "
                                  "run on GPUs or drop the flag so each CPU rank keeps its own BatchNorm statistics")

@@ -38,7 +38,12 @@ ADAPTERS = {"distengine/torch_private.py", "launch/elastic_private.py"}
 #: file -> the private torch names it may use (imports and attributes)
 ALLOWED: dict[str, set[str]] = {
     "distengine/torch_private.py": {
-        "_BatchNorm", "_rebuild_buckets", "_per_optimizer_states", "_scale", "_get_file_writer",
+        "_BatchNorm", "_EmptyStateDictLoadPlanner", "_amp_foreach_non_finite_check_and_unscale_",
+        "_auto_reshard_after_forward", "_checkpoint", "_checkpoint_wrapped_module", "_fsdp_common",
+        "_fsdp_param_group", "_fsdp_param_groups", "_fully_shard", "_get_file_writer", "_get_fsdp_state",
+        "_get_layout", "_get_metadata_path", "_load_state_dict", "_orig_mod", "_per_optimizer_states",
+        "_post_forward", "_pre_forward", "_rebuild_buckets", "_reset_parameters", "_scale",
+        "_step_supports_amp_scaling", "_training_state", "_traverse",
     },
     "launch/elastic_private.py": set(),
 }
@@ -47,8 +52,12 @@ _DEF = re.compile(r"(?:def|class)\s+(_[A-Za-z0-9]\w*)|self\.(_[A-Za-z0-9]\w*)\s*
                   re.M)
 
 
+#: Python's own public names that start with an underscore (namedtuple's API)
+PYTHON_PUBLIC = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}
+
+
 def _private(name: str) -> bool:
-    return name.startswith("_") and not name.startswith("__")
+    return name.startswith("_") and not name.startswith("__") and name not in PYTHON_PUBLIC
 
 
 def _files() -> list[Path]:

@@ -48,4 +48,5 @@ if __name__ == "__main__":
                          log_every_n_steps=2)
     trainer.fit(model, DataLoader(regression_data(48), batch_size=8),
                 DataLoader(regression_data(16, seed=1), batch_size=8))
-    report(trainer, model, saved=sorted(f for f in os.listdir(ckpt.dirpath) if f.endswith(".ckpt")), after_draw=float(torch.rand(())))
+    saved = sorted(f for f in os.listdir(ckpt.dirpath) if f.endswith(".ckpt"))
+    report(trainer, model, saved=saved, after_draw=float(torch.rand(())))
