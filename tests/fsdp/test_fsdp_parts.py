@@ -132,7 +132,8 @@ def _fp16_skip(rank, out):
     _, m3 = _strategy(Net(), auto_wrap_policy={Block}, mixed_precision="16-mixed")
     opt3 = torch.optim.AdamW(m3.parameters(), lr=LR)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    loss = m3.training_step(_batch(*data(64), rank, 0, 0))
+    with torch.autocast("cpu", dtype=torch.float16):  # as the Trainer's 16-mixed runs the step
+        loss = m3.training_step(_batch(*data(64), rank, 0, 0))
     scaler.scale(loss).backward()
     with torch.no_grad():  # the forward computes in fp16 (the step's fp32 target makes the loss fp32)
         forward_dtype = m3(_batch(*data(64), rank, 0, 0)[0]).dtype
@@ -155,8 +156,10 @@ def _options(rank, out):
                      "bf16": {"mixed_precision": "bf16-mixed"}}.items():
         s, m = _strategy(Net(), auto_wrap_policy={Block}, **kw)
         opt = torch.optim.AdamW(m.parameters(), lr=LR)
+        mixed = torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16")  # as the Trainer runs it
         for _ in range(2):
-            loss = m.training_step((x[rank::2], y[rank::2]))
+            with mixed:
+                loss = m.training_step((x[rank::2], y[rank::2]))
             loss.backward()
             s.clip_gradients(opt, 0.01, "value")
             grad_max = full_tensor(m.blocks[0].fc1.weight.grad).abs().max().item()
