@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import gc
 import json
 import logging
@@ -58,9 +59,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 from benchmarks._work import TinyGPT, lm_loss, make_tokens  # noqa: E402
 
 # quick checks first, so a run stopped by a time limit still has them; compile is the slowest
+# the one-GPU FSDP2 checks (benchmarks/_gpu_fsdp1.py), their 1B async saves last among them
+FSDP1_CHECKS = ("fsdp1-target-dtype", "fsdp1-meta-init", "fsdp1-clip", "fsdp1-accumulate", "fsdp1-cpu-offload",
+                "fsdp1-sharded-ckpt", "fsdp1-predict-memory", "fsdp1-16-mixed-inf", "fsdp1-act-ckpt", "fsdp1-bf16",
+                "fsdp1-async-ckpt")
 CHECKS = ("launch-nccl", "device-stats", "checkpoint-resume", "sync-free", "precision-32", "precision-16-mixed",
-          "precision-bf16-mixed", "sigkill-resume", "async-checkpoint", "fsdp-bf16-mixed", "fsdp-act-ckpt",
-          "compile")
+          "precision-bf16-mixed", "sigkill-resume", "async-checkpoint", *FSDP1_CHECKS, "fsdp-bf16-mixed",
+          "fsdp-act-ckpt", "compile")
 PRECISION_TOL = {"32-true": 1e-3, "16-mixed": 2e-2, "bf16-mixed": 2e-2}  # mean relative loss diff
 Result = tuple[bool | None, str, dict]  # ok (None: skipped), message, data
 
@@ -390,7 +395,7 @@ def check_sync_free(s: Setup) -> Result:
 # --------------------------------------------------------------------------- main
 def run_checks(s: Setup, names: list[str], save: Callable[[list], None] = lambda r: None) -> list[dict[str, Any]]:
     from benchmarks import _gpu_extra as extra
-    from benchmarks import _gpu_fsdp
+    from benchmarks import _gpu_fsdp, _gpu_fsdp1
 
     table: dict[str, Callable[[], Result]] = {
         "precision-32": lambda: check_precision(s, "32-true"),
@@ -406,6 +411,7 @@ def run_checks(s: Setup, names: list[str], save: Callable[[list], None] = lambda
         "fsdp-bf16-mixed": lambda: _gpu_fsdp.check_fsdp(s, act_ckpt=False),
         "fsdp-act-ckpt": lambda: _gpu_fsdp.check_fsdp(s, act_ckpt=True),
     }
+    table.update({name: functools.partial(_gpu_fsdp1.CHECKS[name], s) for name in FSDP1_CHECKS})
     results = []
     for name in names:
         start = time.perf_counter()
