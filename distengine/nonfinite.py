@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from distengine import torch_private
+
 
 def _nonfinite_error(t, value: float, step: int) -> FloatingPointError:
     return FloatingPointError(
@@ -55,7 +57,7 @@ def nonfinite_grads(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     found: torch.Tensor | None = None
     for (device, _), grads in groups.items():
         f = torch.zeros(1, dtype=torch.float32, device=device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, f, torch.ones(1, device=device))
+        torch_private.amp_non_finite_check_and_unscale_(grads, f, torch.ones(1, device=device))
         found = f if found is None else torch.maximum(found, f.to(found.device))
     return found
 
@@ -73,7 +75,7 @@ def step_unless_nonfinite(optimizer: torch.optim.Optimizer, step: Any) -> torch.
     if found is None:
         step()
         return 0
-    if getattr(optimizer, "_step_supports_amp_scaling", False):
+    if torch_private.optimizer_takes_found_inf(optimizer):
         optimizer.found_inf = found.reshape(())  # type: ignore[attr-defined]  # shaped like the steps
         optimizer.grad_scale = None  # type: ignore[attr-defined]
         try:

@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
-from torch.distributed.checkpoint._traverse import set_element
-from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
 
+from distengine import torch_private
 from distengine.checkpoint.io import CheckpointError
 
 _DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
@@ -40,8 +39,8 @@ class _IndexUnpickler(pickle.Unpickler):
                 return obj
         elif module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
             return getattr(torch, name)
-        elif (module, name) == ("torch.serialization", "_get_layout"):
-            return torch.serialization._get_layout
+        elif (module, name) in torch_private.CHECKPOINT_INDEX_PRIVATE_GLOBALS:
+            return torch_private.CHECKPOINT_INDEX_PRIVATE_GLOBALS[(module, name)]
         elif module == "pathlib" and name in _PATHS:
             return getattr(pathlib, name)
         elif (module, name) == ("collections", "OrderedDict"):
@@ -55,7 +54,7 @@ class SafeReader(FileSystemReader):
     """``FileSystemReader`` whose ``.metadata`` index may hold DCP's metadata classes only."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        path = self._get_metadata_path(kwargs.get("rank"))
+        path = torch_private.dcp_metadata_path(self, kwargs.get("rank"))
         with self.fs.create_stream(path, "rb") as f:
             try:
                 metadata = _IndexUnpickler(f).load()
@@ -79,12 +78,13 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
         if self.flatten_state_dict:
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], _load_plain(value))
+            torch_private.dcp_set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn],
+                                          _load_plain(value))
         else:
             self.state_dict[read_item.dest_index.fqn] = _load_plain(value)
 
 
-class SafeFullLoadPlanner(_EmptyStateDictLoadPlanner):
+class SafeFullLoadPlanner(torch_private.empty_state_dict_load_planner()):  # type: ignore[misc]
     """Rebuilds the whole state dict from the index (one process); non-tensor entries safely."""
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:

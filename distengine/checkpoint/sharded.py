@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import torch.distributed as dist
 
+from distengine import torch_private
 from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
 
 __all__ = ["META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
@@ -66,7 +67,7 @@ class ShardedCheckpointer:
     """Writes sharded checkpoints; every rank calls :meth:`save` with its own shards.
 
     ``async_save=True`` copies the shards to host memory (a staging copy kept and refilled by
-    each save until :meth:`close`), returns, and writes in a background
+    each save until :meth:`close`; a fresh one per save on torch 2.11), returns, and writes in a background
     thread over a checkpoint-only gloo process group (collectives of the save must not
     interleave with training's on the default group). At most one save is in flight: the next
     save, :meth:`wait` and :meth:`close` wait for it and raise its error, if any.
@@ -112,8 +113,13 @@ class ShardedCheckpointer:
             if _distributed():
                 dist.barrier()  # nobody reads or replaces it before it is in place
             return
-        future = dcp.async_save(tensors, checkpoint_id=tmp, process_group=self._checkpoint_group(),
-                                async_stager=self._reused_stager())
+        stager = self._reused_stager()
+        try:
+            future = dcp.async_save(tensors, checkpoint_id=tmp, process_group=self._checkpoint_group(),
+                                    async_stager=stager)
+        finally:
+            if stager is not self._stager:  # a one-save stager (torch 2.11): staging is done
+                stager.close()
         finished = threading.Event()
         rank0 = _rank() == 0
 
@@ -138,19 +144,29 @@ class ShardedCheckpointer:
         allocates a fresh host copy of the shards at each save (page faults on every byte,
         the larger part of the time a save blocks training); this one keeps the copy of the
         previous save and refills it (pinned on a GPU). Reuse is safe: the next save starts
-        only after the previous one was written (see :meth:`wait`)."""
-        if self._stager is None:
-            import torch
-            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+        only after the previous one was written (see :meth:`wait`).
 
-            # staged on the calling thread, with blocking copies: nothing is read after we return
-            self._stager = DefaultStager(StagingOptions(use_pinned_memory=torch.cuda.is_available(),
-                                                        use_shared_memory=False, use_async_staging=False,
-                                                        use_non_blocking_copy=False))
-        return self._stager
+        Where a stager cannot stage twice (torch 2.11 empties its copy table after every
+        stage: the second save would raise ``KeyError: <class 'type'>``; see
+        :func:`distengine.torch_private.stager_survives_stage`), every save gets a fresh one,
+        which :meth:`save` closes once it has staged; there is no copy to keep there anyway."""
+        if self._stager is not None:
+            return self._stager
+        import torch
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        # staged on the calling thread, with blocking copies: nothing is read after we return
+        stager = DefaultStager(StagingOptions(use_pinned_memory=torch.cuda.is_available(),
+                                              use_shared_memory=False, use_async_staging=False,
+                                              use_non_blocking_copy=False))
+        if torch_private.stager_survives_stage():
+            self._stager = stager
+        return stager
 
     def _checkpoint_group(self) -> Any:
-        if self._group is None and _distributed():
+        # also with one rank: DCP's async save needs a CPU-capable group, and a 1-rank FSDP
+        # run on a GPU may have an NCCL default group
+        if self._group is None and dist.is_available() and dist.is_initialized():
             self._group = dist.new_group(backend="gloo")
         return self._group
 
@@ -286,8 +302,6 @@ def load_consolidated(src: str | os.PathLike) -> dict[str, Any]:
     ``safe_load`` of a directory returns this."""
     # the private loader, as DCP's own dcp_to_torch_save uses it: the public dcp.load copies back
     # only the keys the caller's dict already has, and here it starts empty
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
     from distengine.checkpoint.dcp_safe import SafeFullLoadPlanner, SafeReader, refusals_as_checkpoint_errors
 
     src = os.fspath(src)
@@ -296,7 +310,7 @@ def load_consolidated(src: str | os.PathLike) -> dict[str, Any]:
     with warnings.catch_warnings():  # "no process group: loading in a single process" is the intent
         warnings.simplefilter("ignore", UserWarning)
         with refusals_as_checkpoint_errors(src):
-            _load_state_dict(full, storage_reader=SafeReader(src), planner=SafeFullLoadPlanner(), no_dist=True)
+            torch_private.load_state_dict_into(full, SafeReader(src), SafeFullLoadPlanner(), no_dist=True)
     out = {k: v for k, v in meta.items() if k != OPTIMIZER_GROUPS}
     out["state_dict"] = full.pop("state_dict", {})
     optims = full.pop("optimizer_states", None)

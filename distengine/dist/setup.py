@@ -43,7 +43,20 @@ def select_device(accelerator: str, env: ClusterEnv, gpu_ids: list[int] | None) 
     return device
 
 
-def init_process_group(env: ClusterEnv, device: torch.device, timeout_s: float) -> None:
+def process_group_backend(device: torch.device, cpu_offload: bool = False) -> str:
+    """The default group's backend for ranks on ``device``: gloo on CPU, NCCL on CUDA, and
+    ``"cpu:gloo,cuda:nccl"`` on CUDA when parameters, gradients and optimizer state are
+    offloaded to the host (FSDP's ``cpu_offload``): then clipping's norm, ``full_tensor`` of
+    a gradient and the fp16 inf check reduce CPU tensors, which NCCL cannot."""
+    if device.type != "cuda":
+        return "gloo"
+    return "cpu:gloo,cuda:nccl" if cpu_offload else "nccl"
+
+
+def init_process_group(env: ClusterEnv, device: torch.device, timeout_s: float, backend: str | None = None) -> None:
+    """Start the default process group of a launched job (``env.distributed``); nothing in
+    one process or when a group runs already. ``backend`` defaults to
+    :func:`process_group_backend` for ``device``."""
     if not env.distributed or dist.is_initialized():
         return
     # env:// reads MASTER_ADDR/MASTER_PORT; a SLURM task may only have SLURM_* variables.
@@ -53,12 +66,35 @@ def init_process_group(env: ClusterEnv, device: torch.device, timeout_s: float) 
     if gloo_if is not None:
         # the stop vote runs on a gloo side group even under NCCL: same network as NCCL
         os.environ["GLOO_SOCKET_IFNAME"] = gloo_if
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend or process_group_backend(device)
     kwargs: dict[str, Any] = {}
     if device.type == "cuda":
         kwargs["device_id"] = device  # lets NCCL bind eagerly and avoids a guessed device
     dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
                             timeout=timedelta(seconds=timeout_s), **kwargs)
+
+
+def init_single_process_group(device: torch.device, timeout_s: float, backend: str | None = None) -> bool:
+    """A process group of one rank for a process that was not launched (FSDP in one process,
+    as Lightning and torchtitan allow): its store listens on a free loopback port, chosen by
+    the OS when it binds (no race with another job). True when this call created it (the
+    caller then destroys it, :func:`destroy_single_process_group`); False when a group runs
+    already."""
+    if dist.is_initialized():
+        return False
+    store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timedelta(seconds=timeout_s))
+    kwargs: dict[str, Any] = {}
+    if device.type == "cuda":
+        kwargs["device_id"] = device
+    dist.init_process_group(backend or process_group_backend(device), store=store, rank=0, world_size=1,
+                            timeout=timedelta(seconds=timeout_s), **kwargs)
+    return True
+
+
+def destroy_single_process_group() -> None:
+    """Destroy the default group made by :func:`init_single_process_group` (nothing if gone)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class StepModule(nn.Module):

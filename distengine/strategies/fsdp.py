@@ -21,8 +21,13 @@ Example::
 
 Choices:
 
-* One process is an error, not a silent fallback: sharding over one rank only costs time, and
-  a sharded checkpoint loads in one process without FSDP (``strategy="auto"``) anyway.
+* One process works (as in Lightning and torchtitan): a device mesh of one rank, so the same
+  script, ``cpu_offload`` included, runs unlaunched for debugging. Not launched, the strategy
+  starts a 1-rank process group of its own (its store on a free loopback port) and destroys it
+  at the end of each stage (the next stage makes it again).
+* ``cpu_offload=True`` keeps shards, gradients and optimizer state on the host; on CUDA the
+  default group is then ``"cpu:gloo,cuda:nccl"``, since clipping's norm, ``full_tensor`` and
+  the fp16 inf check reduce those CPU tensors (:meth:`FSDPStrategy.backend`).
 * ``"bf16-mixed"`` becomes ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``:
   compute in bf16, gradients reduced and kept in fp32, the optimizer steps fp32 shards.
   ``"16-mixed"`` is the same with fp16 plus the Precision object's ``torch.amp.GradScaler``,
@@ -140,10 +145,14 @@ class FSDPStrategy(Strategy):
         self.checkpoint_layout = state_dict_type
         self.mesh: Any = None
         self.sharded_checkpointer: Any = None  # made by the first sharded save (checkpoint/sharded_trainer.py)
+        self._one_process = False  # not launched: the strategy runs a 1-rank group of its own
+        self._timeout_s = 1800.0
+        self._own_group = False  # that group is up now (destroyed by teardown)
 
     def fresh(self) -> FSDPStrategy:
         new = super().fresh()
         new.mesh, new.sharded_checkpointer = None, None
+        new._one_process = new._own_group = False
         return new
 
     # ------------------------------------------------------------------ environment
@@ -151,14 +160,36 @@ class FSDPStrategy(Strategy):
         from distengine.dist import setup
 
         self.root_device = setup.select_device(accelerator, env, gpu_ids)
-        setup.init_process_group(env, self.root_device, timeout_s)
-        if self.world_size < 2:
-            raise RuntimeError("strategy='fsdp' needs 2 or more processes (it shards each parameter over the "
-                               "ranks); start the script with 'distengine launch --cpus 2' (or --gpus), or use "
-                               "strategy='auto' for one process (a sharded checkpoint loads there too)")
+        self._timeout_s = timeout_s
+        setup.init_process_group(env, self.root_device, timeout_s, backend=self.backend())
+        self._one_process = not env.distributed
+        self._ensure_group()
+        if self.mesh is None:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self.mesh = init_device_mesh(self.root_device.type, (self.world_size,))
+
+    def backend(self) -> str:
+        """The default group's backend: ``"cpu:gloo,cuda:nccl"`` on CUDA with ``cpu_offload``
+        (gradients and shards on the host are reduced over gloo), else NCCL on CUDA, gloo on CPU."""
+        from distengine.dist import setup
+
+        return setup.process_group_backend(self.root_device, cpu_offload=self.cpu_offload)
+
+    def _ensure_group(self) -> None:
+        """One process (not launched): a 1-rank process group of this strategy's own, made at
+        setup and again at the next stage after :meth:`teardown` destroyed it; the device mesh
+        follows it. Nothing when launched, or when a group runs already."""
+        import torch.distributed as dist
+
+        if not self._one_process or dist.is_initialized():
+            return
         from torch.distributed.device_mesh import init_device_mesh
 
-        self.mesh = init_device_mesh(self.root_device.type, (self.world_size,))
+        from distengine.dist import setup
+
+        self._own_group = setup.init_single_process_group(self.root_device, self._timeout_s, backend=self.backend())
+        self.mesh = init_device_mesh(self.root_device.type, (1,))
 
     # ------------------------------------------------------------------ the model
     def _fsdp_kwargs(self) -> dict[str, Any]:
@@ -185,6 +216,7 @@ class FSDPStrategy(Strategy):
         """Shard ``module`` in place and return it (the root is an ``FSDPModule`` afterwards)."""
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
+        self._ensure_group()
         if isinstance(module, FSDPModule):  # sharded by an earlier fit/validate of this module: reuse
             self.module = self.model = module
             self.step_fn = module.training_step
@@ -193,9 +225,9 @@ class FSDPStrategy(Strategy):
         if not by_hand and self._wrap is not None and not shard_units(module, self._wrap):
             raise ValueError(f"auto_wrap_policy={self._policy_text} matches no submodule of "
                              f"{type(module).__name__}; name the layer classes to shard (e.g. your block class)")
-        kwargs = self._fsdp_kwargs()  # refuses an unsupported precision before anything changes
         if self.mesh is None:
             raise RuntimeError("FSDPStrategy.setup_module called before setup_environment")
+        kwargs = self._fsdp_kwargs()  # refuses an unsupported precision before anything changes
         self.module = module
         if by_hand:
             module.configure_model()
@@ -275,11 +307,20 @@ class FSDPStrategy(Strategy):
 
     def teardown(self) -> None:
         """Wait for an asynchronous sharded save still in flight and release its process group
-        (every rank calls this), so that no checkpoint thread outlives the run."""
+        (every rank calls this), so that no checkpoint thread outlives the run. In one process,
+        destroy the strategy's own 1-rank group too (the next stage makes it again before it
+        uses the module, which stays sharded on its 1-rank mesh)."""
         ckpt, self.sharded_checkpointer = getattr(self, "sharded_checkpointer", None), None
         super().teardown()  # the module stays sharded: ``model`` is that module
-        if ckpt is not None:
-            ckpt.close()
+        try:
+            if ckpt is not None:
+                ckpt.close()
+        finally:
+            if getattr(self, "_own_group", False):
+                from distengine.dist import setup
+
+                self._own_group = False
+                setup.destroy_single_process_group()
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -287,16 +328,17 @@ def shard_units(root: nn.Module, predicate: Callable[[nn.Module], bool]) -> list
     """The submodules of ``root`` that ``predicate`` picks, in pre-order. A module wrapped for
     activation checkpointing is represented by its wrapper: the wrapper is what gets sharded, so
     the recomputation in backward runs inside FSDP's unshard/reshard hooks."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+    from distengine.torch_private import checkpoint_wrapped_module
 
     units: list[nn.Module] = []
     inner: set[int] = set()
     for sub in root.modules():
         if sub is root or id(sub) in inner:
             continue
-        if isinstance(sub, CheckpointWrapper):
-            inner.add(id(sub._checkpoint_wrapped_module))
-            if predicate(sub._checkpoint_wrapped_module):
+        wrapped = checkpoint_wrapped_module(sub)
+        if wrapped is not None:
+            inner.add(id(wrapped))
+            if predicate(wrapped):
                 units.append(sub)
         elif predicate(sub):
             units.append(sub)
@@ -306,12 +348,12 @@ def shard_units(root: nn.Module, predicate: Callable[[nn.Module], bool]) -> list
 def apply_activation_checkpointing(module: nn.Module, predicate: Callable[[nn.Module], bool]) -> None:
     """Recompute the activations of each module matching ``predicate`` in backward instead of
     keeping them (``checkpoint_wrapper``, non-reentrant: the form that composes with FSDP2)."""
-    from torch.distributed.algorithms._checkpoint import checkpoint_wrapper as cw
+    from distengine.torch_private import apply_checkpoint_wrapper
 
     if not any(predicate(m) for m in module.modules() if m is not module):
         raise ValueError("activation_checkpointing_policy matches no submodule of "
                          f"{type(module).__name__}; name the layer classes to recompute")
-    cw.apply_activation_checkpointing(module, checkpoint_wrapper_fn=cw.checkpoint_wrapper, check_fn=predicate)
+    apply_checkpoint_wrapper(module, predicate)
 
 
 def register_step_method(module: nn.Module, name: str) -> None:
@@ -321,19 +363,17 @@ def register_step_method(module: nn.Module, name: str) -> None:
     root's parameter group IDLE, and a post-forward in the IDLE state reshards even where
     ``reshard_after_forward`` is False (the root by default, and every unit inside
     :func:`gathered`). The group is put back into the FORWARD state before the outer post-forward."""
-    from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
+    from distengine import torch_private as tp
 
     method = getattr(module, name)
-    state = module._get_fsdp_state()
+    state = tp.fsdp_state(module)
 
     @functools.wraps(method)
     def step(*args: Any, **kwargs: Any) -> Any:
-        args, kwargs = state._pre_forward(module, args, kwargs)
+        args, kwargs = tp.run_pre_forward(state, module, args, kwargs)
         out = method(*args, **kwargs)
-        for group in state._fsdp_param_groups:
-            if group._training_state == TrainingState.IDLE:
-                group._training_state = TrainingState.FORWARD
-        return state._post_forward(module, args, out)
+        tp.mark_idle_groups_forward(state)
+        return tp.run_post_forward(state, module, args, out)
 
     setattr(module, name, step)
 
@@ -349,23 +389,20 @@ def gathered(model: nn.Module) -> Iterator[None]:
     the whole model in memory during evaluation (as under DDP)."""
     from torch.distributed.fsdp import FSDPModule
 
+    from distengine.torch_private import restore_reshard_after_forward, save_reshard_after_forward
+
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     saved = []
-    for unit in units:  # FSDP2 has a setter but no getter for this: keep its two fields to restore them
-        state = unit._get_fsdp_state()
-        saved.append((state, getattr(state, "_auto_reshard_after_forward", None),
-                      [g.post_forward_mesh_info for g in state._fsdp_param_groups]))
+    for unit in units:  # FSDP2 has a setter but no getter for this: keep its fields to restore them
+        saved.append(save_reshard_after_forward(unit))
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
     try:
         yield
     finally:
-        for unit, (state, auto, infos) in zip(units, saved):
+        for unit, fields in zip(units, saved):
             unit.reshard()
-            if auto is not None:
-                state._auto_reshard_after_forward = auto
-            for group, info in zip(state._fsdp_param_groups, infos):
-                group.post_forward_mesh_info = info
+            restore_reshard_after_forward(fields)
 
 
 @contextlib.contextmanager
