@@ -32,6 +32,22 @@ Choices:
   compute in bf16, gradients reduced and kept in fp32, the optimizer steps fp32 shards.
   ``"16-mixed"`` is the same with fp16 plus the Precision object's ``torch.amp.GradScaler``,
   which handles DTensor gradients (its inf check is reduced over the shards).
+  The policy casts the inputs of each ``forward`` (the root's and every shard unit's) to the
+  compute dtype, never the arguments of a step method: ``training_step`` gets its batch as
+  under DDP (float targets stay fp32), and ``self(x)`` inside it computes in bf16/fp16.
+* Meta-device init (``configure_model`` builds modules on ``meta``): after sharding, the
+  meta tensors are allocated and each module owning one is filled by its own
+  ``reset_parameters()`` (``nn.MultiheadAttention``: ``_reset_parameters()``), Lightning's
+  rule; tensors built on a real device keep their values. A module that owns a meta tensor
+  but has no ``reset_parameters()`` (a RoPE ``inv_freq`` buffer computed in ``__init__``, a
+  parameter filled there) is refused before anything is allocated, with one line naming its
+  class: FSDP cannot know how ``__init__`` filled it, and the alternative is uninitialised
+  memory. Define ``reset_parameters()`` filling every tensor the module owns, or build it on a
+  real device.
+  Where the shards are filled on CPU (``cpu_offload``, CPU ranks) each module's reset runs
+  on complete tensors and each rank keeps its shard of them: DTensor's RNG tracker offsets
+  the shards only on an accelerator's generator, and on CPU every rank drew the same shard.
+  With the same seed on every rank the weights are those the same init gives without FSDP.
 * ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
   rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
 """
@@ -105,18 +121,82 @@ def has_meta_tensors(module: nn.Module) -> bool:
     return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
 
 
+def _owns_meta_tensors(module: nn.Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
+
+
+def _reset_method(module: nn.Module) -> Callable[[], Any] | None:
+    reset = getattr(module, "reset_parameters", None)
+    if not callable(reset) and isinstance(module, nn.MultiheadAttention):
+        reset = module._reset_parameters  # torch's own spelling for this class
+    return reset if callable(reset) else None
+
+
 def materialize(module: nn.Module, device: torch.device) -> None:
-    """Allocate the (sharded) meta tensors of ``module`` on ``device`` and initialise them with
-    each submodule's ``reset_parameters()``: each rank allocates and fills only its shards."""
+    """Allocate the meta tensors of ``module`` on ``device`` and fill them with the
+    ``reset_parameters()`` of each submodule that owns one of them; tensors that were not on
+    meta keep their values. A module owning a meta tensor without ``reset_parameters()`` is
+    refused before anything is allocated (its tensors would stay uninitialised memory).
+
+    On CPU (``cpu_offload``, CPU ranks) each module's reset runs on complete (unsharded)
+    tensors and each rank keeps its shard: DTensor's RNG tracker offsets the shards only on an
+    accelerator's generator, so on CPU every rank drew the same shard. The result is what the
+    same reset gives without FSDP."""
+    from torch.distributed.tensor import DTensor
+
+    pending = [sub for sub in module.modules() if _owns_meta_tensors(sub)]
+    missing = sorted({type(sub).__name__ for sub in pending if _reset_method(sub) is None})
+    if missing:
+        raise RuntimeError(f"meta-device init: {', '.join(missing)} own parameters or buffers on the meta device "
+                           "but have no reset_parameters(), so they would stay uninitialised memory; define "
+                           "reset_parameters() filling every parameter and buffer the module owns (e.g. recompute "
+                           "a RoPE inv_freq buffer there), or build these modules on a real device")
+    # to_empty replaces every tensor (FSDP re-points its shards only through the units' _apply):
+    # keep the values of the tensors that were already real and copy them back
+    kept = []
+    for sub in module.modules():
+        for kind, tensors in (("p", sub._parameters), ("b", sub._buffers)):
+            for name, t in tensors.items():
+                if t is not None and not t.is_meta:
+                    kept.append((sub, kind, name, t.detach()))
     module.to_empty(device=device)
     with torch.no_grad():
-        for sub in module.modules():
-            reset = getattr(sub, "reset_parameters", None)
-            if callable(reset):
+        for sub, kind, name, old in kept:
+            new = (sub._parameters if kind == "p" else sub._buffers)[name]
+            _local(new).copy_(_local(old))
+        for sub in pending:
+            reset = _reset_method(sub)
+            sharded = {n: p for n, p in sub._parameters.items() if isinstance(p, DTensor)}
+            if device.type != "cpu" or not sharded:
                 reset()
+                continue
+            for n, p in sharded.items():  # complete tensors for the reset, then each rank's shard
+                sub._parameters[n] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                                  requires_grad=p.requires_grad)
+            try:
+                reset()
+                full = {n: sub._parameters[n] for n in sharded}
+            finally:
+                sub._parameters.update(sharded)
+            for n, p in sharded.items():
+                p.to_local().copy_(_shard_of(full[n].detach(), p))
     if has_meta_tensors(module):
         raise RuntimeError("the module still has meta tensors after to_empty(); give every module that "
                            "owns parameters or buffers a reset_parameters() method")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _shard_of(full: torch.Tensor, like: Any) -> torch.Tensor:
+    """This rank's part of the complete tensor ``full``, laid out as the DTensor ``like``
+    (no collective: every rank holds ``full``)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
 class FSDPStrategy(Strategy):
@@ -245,7 +325,7 @@ class FSDPStrategy(Strategy):
             module.to(self.root_device)
         for name in STEP_METHODS:
             if callable(getattr(module, name, None)):
-                register_step_method(module, name)
+                register_uncast_step_method(module, name)
         self.model = module
         self.step_fn = module.training_step
         return module
@@ -374,6 +454,43 @@ def register_step_method(module: nn.Module, name: str) -> None:
         out = method(*args, **kwargs)
         tp.mark_idle_groups_forward(state)
         return tp.run_post_forward(state, module, args, out)
+
+    setattr(module, name, step)
+
+
+def register_uncast_step_method(module: nn.Module, name: str) -> None:
+    """:func:`register_step_method`, but the step receives its arguments as the caller passed
+    them: ``MixedPrecisionPolicy.cast_forward_inputs`` is for the forward inputs, and the root's
+    pre-forward run around the step would cast every floating tensor of the batch (float
+    targets to bf16/fp16: 70000.0 became inf). The policy is switched off for that outer
+    pre-forward only; the forwards inside the step (``self(x)``, each shard unit) cast their
+    own inputs as usual."""
+    import dataclasses
+
+    state = module._get_fsdp_state()
+    policy = state._mp_policy
+    if not (policy.cast_forward_inputs and policy.param_dtype is not None):
+        register_step_method(module, name)
+        return
+    uncast = dataclasses.replace(policy, cast_forward_inputs=False)
+    method = getattr(module, name)
+
+    @functools.wraps(method)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        state._mp_policy = policy  # past the outer pre-forward: nested forwards cast again
+        return method(*args, **kwargs)
+
+    setattr(module, name, inner)
+    register_step_method(module, name)
+    hooked = getattr(module, name)
+
+    @functools.wraps(method)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        state._mp_policy = uncast
+        try:
+            return hooked(*args, **kwargs)
+        finally:
+            state._mp_policy = policy
 
     setattr(module, name, step)
 

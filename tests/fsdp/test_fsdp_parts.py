@@ -134,7 +134,9 @@ def _fp16_skip(rank, out):
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     loss = m3.training_step(_batch(*data(64), rank, 0, 0))
     scaler.scale(loss).backward()
-    out["fp16"] = (loss.dtype, m3.blocks[1].fc1.weight.dtype, m3.blocks[1].fc1.weight.grad.dtype)
+    with torch.no_grad():  # the forward computes in fp16 (the step's fp32 target makes the loss fp32)
+        forward_dtype = m3(_batch(*data(64), rank, 0, 0)[0]).dtype
+    out["fp16"] = (forward_dtype, m3.blocks[1].fc1.weight.dtype, m3.blocks[1].fc1.weight.grad.dtype)
     if rank == 1:
         m3.blocks[1].fc1.weight.grad.to_local().fill_(float("inf"))
     before = _full(m3)
@@ -160,7 +162,9 @@ def _options(rank, out):
             grad_max = full_tensor(m.blocks[0].fc1.weight.grad).abs().max().item()
             opt.step()
             opt.zero_grad()
-        out[name] = (loss.dtype, grad_max, _full(m))
+        with torch.no_grad():  # the forward's dtype (the step's fp32 target makes the loss fp32)
+            forward_dtype = m(x[rank::2]).dtype
+        out[name] = (forward_dtype, grad_max, _full(m))
 
 
 def _fit_manual(tmp, strategy):
