@@ -29,10 +29,12 @@ syncs and pinning are reported as not measured and only machine-independent resu
 - ``fsdp1-sharded-ckpt``: a synchronous sharded save loads back into FSDP, into one process
   without FSDP, and ``distengine.checkpoint.consolidate`` writes a file: each ``torch.equal``
   to the live model's full state.
-- ``fsdp1-async-ckpt``: a ~1B-parameter model (tiny on the dry run), one synchronous
-  ``trainer.save_checkpoint`` then three async sharded saves of ``ModelCheckpoint``: the
-  second and third block training <= 10% of the synchronous save.
-- ``fsdp1-predict-memory``: ``trainer.predict`` over 4 and over 32 batches: the same peak memory.
+- ``fsdp1-async-ckpt``: a ~1B-parameter model (tiny on the dry run; SGD, so the checkpoint is
+  the 4 GiB of weights), two synchronous ``trainer.save_checkpoint`` then three async sharded
+  saves of ``ModelCheckpoint``: the second and third block training <= 10% of the faster
+  synchronous save.
+- ``fsdp1-predict-memory``: ``trainer.predict`` (``return_predictions=False``) over 4 and over 32
+  batches, after one that shards the module: the same peak memory (within 1 MiB or 1%).
 """
 from __future__ import annotations
 
@@ -155,6 +157,19 @@ def fit(s: Any, precision: str, losses: list, fused: bool = False, bad_at: int |
                       bad_at=bad_at, bad=bad, **flags)
 
 
+def syncs_per_step(s: Any, run: Callable[[int], Any], short: int = 10, long: int = 30) -> float:
+    """``gpu_check.syncs_per_step``, but a run that raised is an error, not a count."""
+    from benchmarks.gpu_check import count_syncs
+
+    counts = []
+    for n in (short, long):
+        count, result = count_syncs(lambda n=n: run(n))
+        if isinstance(result, BaseException):
+            raise RuntimeError(f"the {n}-step run for the sync count failed: {result!r}") from result
+        counts.append(count)
+    return (counts[1] - counts[0]) / (long - short)
+
+
 def group_note() -> str:
     if not dist.is_initialized():
         return "no process group left up after fit"
@@ -254,8 +269,6 @@ def mib(n: int | None) -> str:
 # --------------------------------------------------------------------------- bf16 against the loop
 @one_process
 def check_bf16(s: Any) -> Result:
-    from benchmarks.gpu_check import syncs_per_step
-
     base = s.for_precision("bf16-mixed")
     w = sized(base, steps=8, warm=2) if s.dry_run else sized(base, steps=60, warm=15)
     rounds = 1 if s.dry_run else 2
@@ -354,8 +367,6 @@ def _flags(s: Any, **kw: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- fp16 with an inf
 @one_process
 def check_fp16_inf(s: Any) -> Result:
-    from benchmarks.gpu_check import syncs_per_step
-
     w = small(s, steps=12)
     data = w.data(30)
     skipped = []
@@ -408,9 +419,10 @@ def check_clip(s: Any) -> Result:
     ln = [float(n) for n in loop_norms]
     norm_diff = max((abs(a - b) / max(abs(b), 1e-12) for a, b in zip(tn, ln)), default=math.inf)
     wdiff = max((live[k] - loop_state[k]).abs().max().item() for k in loop_state)
-    ok = len(tn) == len(ln) == w.steps and norm_diff <= 1e-5 and wdiff <= 1e-5 and all(n > clip for n in ln)
+    # 1e-4, not 0: attention's backward kernels on a GPU need not be bitwise deterministic
+    ok = len(tn) == len(ln) == w.steps and norm_diff <= 1e-4 and wdiff <= 1e-4 and all(n > clip for n in ln)
     msg = (f"clip {clip}: {len(tn)} norms from the strategy vs the loop's clip_grad_norm_ (first {tn[0]:.4g} vs "
-           f"{ln[0]:.4g}), max rel. diff {norm_diff:.1e} (<= 1e-5); max |w_trainer - w_loop| {wdiff:.1e} (<= 1e-5)"
+           f"{ln[0]:.4g}), max rel. diff {norm_diff:.1e} (<= 1e-4); max |w_trainer - w_loop| {wdiff:.1e} (<= 1e-4)"
            if tn and ln else f"no norms recorded (trainer {len(tn)}, loop {len(ln)})")
     return ok, msg, {"trainer_norms": tn, "loop_norms": ln, "norm_rel_diff": norm_diff, "weight_diff": wdiff}
 
@@ -439,6 +451,8 @@ def count_reductions() -> Iterator[dict[str, int]]:
         setattr(owner, name, counted)
         patched.append((owner, name, original))
 
+    if not callable(getattr(group_mod, "foreach_reduce", None)):
+        raise RuntimeError(f"torch {torch.__version__} has no {group_mod.__name__}.foreach_reduce to count")
     wrap(group_mod, "foreach_reduce", "foreach_reduce")
     for name in ("reduce_scatter_tensor", "reduce_scatter_single"):
         wrap(dist, name, "reduce_scatter")
@@ -478,7 +492,9 @@ def check_act_ckpt(s: Any) -> Result:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
     base = s.for_precision("bf16-mixed")
-    w = sized(base, steps=4, warm=1) if s.dry_run else sized(base, steps=8, warm=1)
+    # on the GPU a vocabulary of 2048: the head's logits (not checkpointed) would otherwise be a
+    # third of the peak, and the check is about the blocks' activations
+    w = sized(base, steps=4, warm=1) if s.dry_run else sized(base, dict(s.lm, vocab=2048), steps=8, warm=1)
     data = w.data()
     out: dict[str, Any] = {}
     for act in (False, True):
@@ -660,7 +676,8 @@ def check_async_ckpt(s: Any) -> Result:
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(0)
-            self.net = nn.Sequential(*[nn.Linear(width, width, bias=False) for _ in range(layers)])
+            with s.device:  # built where it trains: a CPU init of 1B parameters takes seconds
+                self.net = nn.Sequential(*[nn.Linear(width, width, bias=False) for _ in range(layers)])
 
         def training_step(self, batch, batch_idx):
             return self.net(batch[0]).float().pow(2).mean()
@@ -669,10 +686,11 @@ def check_async_ckpt(s: Any) -> Result:
             return torch.optim.SGD(self.parameters(), lr=1e-6)
 
     class SyncFirst(Callback):
-        """Step 0: the Trainer's synchronous save of the same state, timed, then deleted."""
+        """Steps 0 and 1: the Trainer's synchronous save of the same state, timed, then deleted
+        (the faster one counts: the first also plans and creates what later saves reuse)."""
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if batch_idx == 0:
+            if batch_idx < 2:
                 s.sync()
                 t0 = time.perf_counter()
                 trainer.save_checkpoint(os.path.join(root, "sync.ckpt"))
@@ -680,10 +698,10 @@ def check_async_ckpt(s: Any) -> Result:
                 shutil.rmtree(os.path.join(root, "sync.ckpt"), ignore_errors=True)
 
     class TimedAsync(ModelCheckpoint):
-        """Steps 1-3: async saves, each timed alone (the previous write waited for first)."""
+        """Steps 2-4: async saves, each timed alone (the previous write waited for first)."""
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if batch_idx == 0:
+            if batch_idx < 2:
                 return
             self.wait()
             s.sync()
@@ -692,8 +710,8 @@ def check_async_ckpt(s: Any) -> Result:
             blocked.append(time.perf_counter() - t0)
 
     ckpt = TimedAsync(dirpath=os.path.join(root, "async"), every_n_train_steps=1, save_top_k=1, async_save=True)
-    data = TensorDataset(torch.randn(4 * 4, width))
-    trainer = de.Trainer(**_flags(s, max_steps=4, enable_checkpointing=True),
+    data = TensorDataset(torch.randn(5 * 4, width))
+    trainer = de.Trainer(**_flags(s, max_steps=5, enable_checkpointing=True),
                          strategy=strategy(auto_wrap_policy={nn.Linear}), callbacks=[SyncFirst(), ckpt])
     try:
         params = sum(p.numel() for p in Big().parameters()) if s.dry_run else width * width * layers
@@ -702,12 +720,13 @@ def check_async_ckpt(s: Any) -> Result:
         complete = [k for k in kept if os.path.exists(os.path.join(root, "async", k, ".metadata"))]
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    ratios = [b / sync_s[0] for b in blocked] if sync_s else []
+    sync = min(sync_s) if sync_s else math.nan
+    ratios = [b / sync for b in blocked]
     ok = len(blocked) == 3 and bool(complete)
     if not s.dry_run:
         ok = ok and all(r <= TARGET_ASYNC for r in ratios[1:])
     msg = (f"{params / 1e9:.2f}B parameters ({params * 4 / 2**30:.1f} GiB): sync sharded save "
-           f"{sync_s[0] if sync_s else math.nan:.2f} s; async saves block "
+           f"{sync:.2f} s ({', '.join(f'{v:.2f}' for v in sync_s)}); async saves block "
            + ", ".join(f"{b:.3f} s (x{r:.3f})" for b, r in zip(blocked, ratios))
            + f" (2nd and 3rd <= {TARGET_ASYNC}); complete checkpoint kept: {complete[-1:] or 'none'}")
     return ok, msg + (" [dry run: ratios not judged]" if s.dry_run else ""), \
@@ -730,17 +749,17 @@ def check_predict_memory(s: Any) -> Result:
 
     peaks = {}
     module = Predict()
-    for n in (4, 32):
+    for n in (1, 4, 32):  # the first shards the module and moves it to the device: not compared
         data = TensorDataset(w.data(n)[:][0])
         trainer = de.Trainer(**_flags(s), strategy=strategy(), precision="bf16-mixed")
         _, peaks[n] = peak(w, functools.partial(trainer.predict, module, DataLoader(data, batch_size=w.batch),
                                                 return_predictions=False))
-    ok = calls.count(31) == 1 and len(calls) == 36
+    ok = calls.count(31) == 1 and len(calls) == 37
     growth = None
     if peaks[4] is not None:
         growth = peaks[32] - peaks[4]
         ok = ok and growth <= max(2**20, 0.01 * peaks[4])
-    msg = (f"{len(calls)} predict batches (want 4 + 32); peak memory over 4 batches {mib(peaks[4])}, over 32 "
+    msg = (f"{len(calls)} predict batches (want 1 + 4 + 32); peak memory over 4 batches {mib(peaks[4])}, over 32 "
            f"{mib(peaks[32])}, growth {mib(growth)} (<= max(1 MiB, 1%)); return_predictions=False")
     return ok, msg + (NOT_JUDGED if s.dry_run else ""), {"peaks": peaks, "calls": len(calls)}
 
