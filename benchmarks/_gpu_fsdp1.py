@@ -45,6 +45,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -293,8 +294,8 @@ def check_bf16(s: Any) -> Result:
                 mem[name].append(nbytes)
             losses.setdefault(name, [float(v) for v in got])
     rel = rel_diff(losses["loop"], losses["trainer"])
-    ratios = sorted(lt / tt for lt, tt in zip(times["loop"], times["trainer"]))
-    thr = ratios[len(ratios) // 2]
+    ratios = [lt / tt for lt, tt in zip(times["loop"], times["trainer"])]
+    thr = statistics.median(ratios)
     tokens = w.batch * (w.steps - w.warm) * w.lm["seq_len"]
     data_out: dict[str, Any] = {"batch": w.batch, "steps": w.steps, "loss_mean_rel_diff": rel,
                                 "tokens_per_s_ratio": thr, "tokens_per_s_ratio_all": ratios,
