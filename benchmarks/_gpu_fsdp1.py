@@ -34,7 +34,8 @@ syncs and pinning are reported as not measured and only machine-independent resu
   saves of ``ModelCheckpoint``: the second and third block training <= 10% of the faster
   synchronous save.
 - ``fsdp1-predict-memory``: ``trainer.predict`` (``return_predictions=False``) over 4 and over 32
-  batches, after one that shards the module: the same peak memory (within 1 MiB or 1%).
+  batches (a fresh module each, sharded inside the measure; a 1-batch predict first warms up):
+  the same peak memory (within 1 MiB or 1%).
 """
 from __future__ import annotations
 
@@ -246,14 +247,17 @@ def peak(s: Any, run: Callable[[], Any]) -> tuple[Any, int | None]:
     return out, torch.cuda.max_memory_allocated() - base
 
 
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """The complete tensor behind ``t``: on a mesh of 1 a DTensor's local shard is all of it (read
+    without a collective: the stage's 1-rank group may be gone after ``fit``), else gathered."""
+    if hasattr(t, "to_local"):
+        return t.to_local() if t.device_mesh.size() == 1 else t.full_tensor()
+    return t
+
+
 def full_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Complete CPU tensors of a module's state (DTensor shards gathered)."""
-    out = {}
-    for k, v in module.state_dict().items():
-        if hasattr(v, "full_tensor"):
-            v = v.full_tensor()
-        out[k] = v.detach().cpu().clone()
-    return out
+    """Complete CPU tensors of a module's state."""
+    return {k: whole(v).detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[bool, str]:
@@ -597,7 +601,7 @@ def check_meta_init(s: Any) -> Result:
     equal = got is not None and torch.equal(got, want)
     after = module.net.rope.inv_freq
     still = torch.equal(after, rope_inv_freq(d, after.device))
-    finite = all(torch.isfinite(p.full_tensor() if hasattr(p, "full_tensor") else p).all() for p in module.parameters())
+    finite = all(torch.isfinite(whole(p)).all() for p in module.parameters())
     ok = bool(seen.get("built_on_meta")) and equal and still and finite and trainer.global_step == w.steps
     diff = (got - want).abs().max().item() if got is not None else math.nan
     return ok, (f"built on meta: {seen.get('built_on_meta')}; RoPE inv_freq ({d // 2} values) after the strategy's "
@@ -641,9 +645,19 @@ def check_sharded_ckpt(s: Any) -> Result:
     root = tempfile.mkdtemp(prefix="gpucheck-fsdp1-ckpt-")
     path, flat = os.path.join(root, "fsdp.ckpt"), os.path.join(root, "consolidated.ckpt")
     try:
-        _, trainer = fit(w, "32-true", [], data=data)
-        live = full_state(trainer.lightning_module)
-        trainer.save_checkpoint(path)
+        from distengine.callbacks import Callback
+
+        live: dict[str, torch.Tensor] = {}
+
+        class SaveAtEnd(Callback):
+            """The Trainer's synchronous save at the end of training, inside the stage (where
+            ModelCheckpoint saves), and the live weights it must hold."""
+
+            def on_train_end(self, trainer, module):
+                trainer.save_checkpoint(path)
+                live.update(full_state(module))
+
+        fit(w, "32-true", [], data=data, callbacks=[SaveAtEnd()])
         layout = sorted(os.listdir(path)) if os.path.isdir(path) else ["(a file)"]
         results = {}
         for name, strat in (("FSDP", strategy()), ("one process, no FSDP", "auto")):
@@ -749,11 +763,10 @@ def check_predict_memory(s: Any) -> Result:
             return self.gpt(batch[0]).argmax(-1)
 
     peaks = {}
-    module = Predict()
-    for n in (1, 4, 32):  # the first shards the module and moves it to the device: not compared
+    for n in (1, 4, 32):  # each a fresh module, sharded and moved to the device inside the measure
         data = TensorDataset(w.data(n)[:][0])
         trainer = de.Trainer(**_flags(s), strategy=strategy(), precision="bf16-mixed")
-        _, peaks[n] = peak(w, functools.partial(trainer.predict, module, DataLoader(data, batch_size=w.batch),
+        _, peaks[n] = peak(w, functools.partial(trainer.predict, Predict(), DataLoader(data, batch_size=w.batch),
                                                 return_predictions=False))
     ok = calls.count(31) == 1 and len(calls) == 37
     growth = None
