@@ -48,8 +48,13 @@ Choices:
   on complete tensors and each rank keeps its shard of them: DTensor's RNG tracker offsets
   the shards only on an accelerator's generator, and on CPU every rank drew the same shard.
   With the same seed on every rank the weights are those the same init gives without FSDP.
+* ``sync_batchnorm=True`` converts every BatchNorm layer to ``SyncBatchNorm`` before sharding
+  (layers built in ``configure_model()`` too, unless it already sharded them: refused), and,
+  as under DDP, is refused on CPU ranks with a BatchNorm layer (no CPU kernels in torch).
 * ``clip_gradients`` returns the total norm over all shards as a plain tensor, equal on every
-  rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor).
+  rank (``clip_grad_norm_`` on DTensor gradients returns a DTensor). It computes the norm
+  itself with one all-reduce per clipped step (:func:`clip_grad_norm`), not through DTensor
+  ops, after which, with some torch versions, a partial norm needed a second all-reduce.
 """
 from __future__ import annotations
 
@@ -309,8 +314,13 @@ class FSDPStrategy(Strategy):
             raise RuntimeError("FSDPStrategy.setup_module called before setup_environment")
         kwargs = self._fsdp_kwargs()  # refuses an unsupported precision before anything changes
         self.module = module
+        sync_bn = self.sync_batchnorm and self.is_distributed
+        if sync_bn:
+            convert_sync_batchnorm(module, self.root_device)
         if by_hand:
             module.configure_model()
+            if sync_bn:  # the BatchNorm layers configure_model() built
+                convert_sync_batchnorm(module, self.root_device)
         if self._checkpoint is not None:
             apply_activation_checkpointing(module, self._checkpoint)
         if not by_hand and self._wrap is not None:
@@ -346,8 +356,7 @@ class FSDPStrategy(Strategy):
         if algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, clip_val)  # elementwise: each shard on its own
             return None
-        norm = torch.nn.utils.clip_grad_norm_(params, clip_val)
-        return full_tensor(norm)
+        return clip_grad_norm(params, clip_val)
 
     # ------------------------------------------------------------------ state
     def _options(self, full: bool, **kw: Any) -> Any:
@@ -423,6 +432,29 @@ def shard_units(root: nn.Module, predicate: Callable[[nn.Module], bool]) -> list
         elif predicate(sub):
             units.append(sub)
     return units
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> None:
+    """``sync_batchnorm=True``: every BatchNorm layer of ``module`` becomes a ``SyncBatchNorm``
+    (in place) before it is sharded, as DDP does. Refused on CPU as under DDP (torch's
+    SyncBatchNorm has no CPU kernels), and for layers ``configure_model()`` already sharded (a
+    shard unit keeps the layer it was built on)."""
+    from torch.distributed.tensor import DTensor
+
+    layers = [m for m in module.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)]
+    if not layers:
+        return
+    if device.type == "cpu":
+        raise ValueError("sync_batchnorm=True needs GPUs (torch's SyncBatchNorm has no CPU kernels); "
+                         "run on GPUs or drop the flag so each CPU rank keeps its own BatchNorm statistics")
+    sharded = sorted({type(m).__name__ for m in layers
+                      if any(isinstance(t, DTensor) for t in m.parameters(recurse=False))})
+    if sharded:
+        raise ValueError(f"sync_batchnorm=True: configure_model() sharded {', '.join(sharded)} layers before they "
+                         "could become SyncBatchNorm; call torch.nn.SyncBatchNorm.convert_sync_batchnorm(module) "
+                         "there before fully_shard")
+    nn.SyncBatchNorm.convert_sync_batchnorm(module)  # converts the children in place
 
 
 def apply_activation_checkpointing(module: nn.Module, predicate: Callable[[nn.Module], bool]) -> None:
@@ -536,6 +568,40 @@ def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+    """``clip_grad_norm_`` over gradients sharded on dim 0 over one mesh, with one all-reduce:
+    each rank sums ``|g|**p`` over its local shards (``max`` for the inf-norm), one all-reduce
+    over the mesh's group gives the total, and every rank scales its shards by the same
+    coefficient (torch's formula, ``max_norm / (norm + 1e-6)`` clamped at 1). Returns the total
+    norm as a plain tensor, equal on every rank. Torch's ``clip_grad_norm_`` on DTensor
+    gradients leaves the reductions to DTensor's sharding propagation: depending on the torch
+    version the norm comes back partial and the caller reduces it again, one collective more
+    per step. Any other layout (several meshes, replicated dims) takes that path."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    meshes = {g.device_mesh for g in sharded}
+    if len(sharded) != len(grads) or len(meshes) != 1 or next(iter(meshes)).ndim != 1 or \
+            not all(pl.is_shard() for g in sharded for pl in g.placements):
+        return full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type))
+    norm_type = float(norm_type)
+    local = [g.to_local() for g in sharded]
+    device = local[0].device
+    parts = [torch.linalg.vector_norm(t, norm_type, dtype=torch.float32).to(device) for t in local]
+    if norm_type == float("inf"):
+        total = torch.stack(parts).max()
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX, group=next(iter(meshes)).get_group())
+    else:
+        total = torch.stack(parts).pow(norm_type).sum()
+        torch.distributed.all_reduce(total, group=next(iter(meshes)).get_group())
+        total = total.pow(1.0 / norm_type)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for t in local:
+        t.mul_(coef.to(t.dtype))
+    return total
 
 
 def full_tensor(value: Any) -> Any:

@@ -8,6 +8,12 @@
    by it, and tensors that were not on meta keep their values (``to_empty`` wiped them).
 3. Meta-device init on CPU (``cpu_offload`` or CPU ranks): each rank keeps its own shard of
    one complete init (every rank drew the same shard), equal to the init without FSDP.
+4. ``sync_batchnorm=True`` was ignored under FSDP: BatchNorm layers become SyncBatchNorm before
+   sharding; on CPU ranks (no SyncBatchNorm kernels) it is refused as under DDP.
+5. ``clip_gradients`` runs one all-reduce per clipped step and matches torch's
+   ``clip_grad_norm_`` on the unsharded gradients. (The old DTensor path needed a second one
+   where DTensor left the norm partial; with torch 2.13 it already ran one, so this part guards
+   the count rather than reproducing the extra collective.)
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.fsdp.models import D, Block, Net, data
+from tests.fsdp.models import Block, D, Net, data
 from tests.helpers import run_ranks
 
 
@@ -141,16 +147,114 @@ def _meta_init(rank, out):
             out[f"refused_{len(extra)}"] = str(exc)
 
 
-def _job(rank):
+class BNNet(nn.Module):
+    """A BatchNorm in ``__init__`` and one built by ``configure_model`` (sharded there when ``shard``)."""
+
+    def __init__(self, shard: bool = False) -> None:
+        super().__init__()
+        self.shard = shard
+        self.first = nn.Sequential(nn.Linear(D, D), nn.BatchNorm1d(D))
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        self.second = nn.Sequential(nn.Linear(D, D), nn.BatchNorm1d(D))
+        if self.shard:
+            fully_shard(self.second)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+    def training_step(self, batch, batch_idx=0):
+        return self(batch[0]).pow(2).mean()
+
+
+def _sync_batchnorm(rank, tmp, out):
+    import distengine as de
+    from distengine.strategies.fsdp import FSDPStrategy, convert_sync_batchnorm, full_tensor
+
+    x, y = data(32)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+
+    def trainer(**kw):
+        return de.Trainer(accelerator="cpu", strategy=FSDPStrategy(), max_epochs=1, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          default_root_dir=tmp, **kw)
+
+    class NoBNModule(de.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(D, D), nn.Linear(D, 1))
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class BNModule(NoBNModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(D, D), nn.BatchNorm1d(D), nn.Linear(D, 1))
+
+    model = BNModule()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        trainer(sync_batchnorm=True).fit(model, loader)
+    except ValueError as exc:
+        out["bn_cpu_error"] = str(exc)
+    out["bn_untouched"] = all(torch.equal(full_tensor(v), before[k]) for k, v in model.state_dict().items())
+    plain = trainer(sync_batchnorm=True)  # no BatchNorm layer: the flag changes nothing
+    plain.fit(NoBNModule(), loader)
+    out["bn_plain_steps"] = plain.global_step
+    # the conversion itself, before and after configure_model (the device only decides the CPU refusal)
+    gpu = torch.device("cuda")
+    m = BNNet()
+    convert_sync_batchnorm(m, gpu)
+    m.configure_model()
+    convert_sync_batchnorm(m, gpu)
+    out["bn_converted"] = [type(m.first[1]).__name__, type(m.second[1]).__name__]
+    m = BNNet(shard=True)
+    convert_sync_batchnorm(m, gpu)
+    m.configure_model()
+    try:
+        convert_sync_batchnorm(m, gpu)
+    except ValueError as exc:
+        out["bn_sharded_error"] = str(exc)
+
+
+def _rows(rank):
+    x, y = data(16)
+    return x[rank::2], y[rank::2]
+
+
+def _clip(rank, out):
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    from distengine.strategies.fsdp import full_tensor
+
+    for max_norm in (0.05, 100.0):  # clipped, and left as they are
+        s, m = _strategy(Net(), auto_wrap_policy={Block})
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        m.training_step(_rows(rank)).backward()
+        with CommDebugMode() as comm:
+            norm = s.clip_gradients(opt, max_norm)
+        out[f"clip_{max_norm}"] = {"collectives": comm.get_total_counts(), "norm": norm,
+                                   "grads": {n: full_tensor(p.grad).clone() for n, p in m.named_parameters()}}
+
+
+def _job(rank, tmp):
     out: dict[str, object] = {}
     _step_inputs(rank, out)
     _meta_init(rank, out)
+    _sync_batchnorm(rank, tmp, out)
+    _clip(rank, out)
     return out
 
 
 @pytest.fixture(scope="module")
-def job():
-    return run_ranks(_job, 2, timeout=180)
+def job(tmp_path_factory):
+    return run_ranks(_job, 2, str(tmp_path_factory.mktemp("fsdp_defects")), timeout=180)
 
 
 def test_step_batch_keeps_its_dtype_while_forward_computes_low_precision(job):
@@ -191,3 +295,27 @@ def test_meta_init_on_cpu_draws_one_init_sharded_over_the_ranks(job):
         assert not torch.equal(w[: len(w) // 2], w[len(w) // 2:]), f"{name}: every rank drew the same shard"
         assert all(torch.equal(got[k], v) for k, v in want.items()), f"{name}: not the init without FSDP"
         assert all(torch.equal(r1[f"meta_{name}"]["blocks"][k], v) for k, v in got.items())
+
+
+def test_sync_batchnorm_converts_before_sharding_and_is_refused_on_cpu(job):
+    for r in job:
+        assert "sync_batchnorm=True needs GPUs" in r["bn_cpu_error"]  # as DDP says it, before any batch
+        assert r["bn_untouched"] and r["bn_plain_steps"] == 2
+        assert r["bn_converted"] == ["SyncBatchNorm", "SyncBatchNorm"]
+        assert "configure_model() sharded BatchNorm1d layers before they could become SyncBatchNorm" in \
+            r["bn_sharded_error"]
+
+
+def test_clip_gradients_runs_one_all_reduce_and_matches_torch(job):
+    for max_norm in (0.05, 100.0):
+        model = Net()  # one process, both ranks' rows: the gradients FSDP reduces
+        x, y = data(16)
+        model.training_step((torch.cat([x[0::2], x[1::2]]), torch.cat([y[0::2], y[1::2]]))).backward()
+        want = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        for r in job:
+            got = r[f"clip_{max_norm}"]
+            assert got["collectives"] == 1, f"{got['collectives']} collectives to clip (1 all-reduce is enough)"
+            assert type(got["norm"]) is torch.Tensor and got["norm"].dim() == 0
+            assert float(got["norm"]) == pytest.approx(float(want), rel=1e-5)
+            for n, p in model.named_parameters():
+                torch.testing.assert_close(got["grads"][n], p.grad, rtol=1e-5, atol=1e-7)
