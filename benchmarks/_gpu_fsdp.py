@@ -5,8 +5,9 @@ Each check starts ``benchmarks/_fsdp_worker.py`` (the CPU benchmark's worker) un
 on 2 GPUs, one rank each (NCCL for the model, gloo beside it for ``dcp.async_save``), and
 judges, Trainer against the loop: loss per step, steady-state step time, peak
 ``torch.cuda.max_memory_allocated``, exact bytes of params + grads + AdamW state; FSDP
-against DDP memory; and the sharded saves. With one GPU the checks say SKIP: FSDPStrategy
-refuses a single rank and NCCL refuses two ranks on one GPU. ``--dry-run-cpu`` runs the same
+against DDP memory; and the sharded saves. With one GPU the checks say SKIP: they compare two
+ranks, and NCCL refuses two ranks on one GPU (the one-GPU FSDP checks are ``fsdp1-*``, in
+benchmarks/_gpu_fsdp1.py). ``--dry-run-cpu`` runs the same
 on 2 CPU ranks (gloo), tiny, judging only what does not depend on speed (losses, exact bytes).
 """
 from __future__ import annotations
@@ -52,8 +53,8 @@ def check_fsdp(s: Any, act_ckpt: bool) -> Result:
     """One FSDP2 run (bf16-mixed; ``act_ckpt``: activation checkpointing on every block)."""
     world = 2 if s.dry_run else min(2, torch.cuda.device_count())
     if world < 2:
-        return None, ("needs 2 GPUs: FSDPStrategy shards over 2 or more ranks, and NCCL runs one rank "
-                      f"per GPU; this machine has {torch.cuda.device_count()}"), {}
+        return None, ("needs 2 GPUs: it compares 2 ranks, and NCCL runs one rank per GPU; this machine has "
+                      f"{torch.cuda.device_count()} (the fsdp1-* checks cover FSDP on one GPU)"), {}
     rep = bench.run_worker(worker_args(s, act_ckpt), nproc=world, timeout=540)
     if "trainer_skipped" in rep["steps"]:
         return False, f"the Trainer side did not run: {rep['steps']['trainer_skipped']}", rep

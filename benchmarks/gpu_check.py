@@ -20,9 +20,24 @@ the speed/memory targets are reported but not judged):
 - ``sigkill-resume``: the exact-resume-after-SIGKILL test matrix at 1 rank, on the GPU.
 - ``async-checkpoint``: a ~1B-parameter model on the GPU: time an async save blocks training
   against a synchronous save (<= 10%), and the file loads back ``torch.equal``.
+- ``fsdp1-*`` (benchmarks/_gpu_fsdp1.py): FSDP2 on ONE GPU, ``Trainer(strategy="fsdp")`` in this
+  process on a mesh of 1 through its own process-group set-up: bf16 against a hand-written
+  ``fully_shard`` loop (loss, tokens/s >= 0.95x, peak memory <= 1.05x, 0 syncs/step), fp32
+  targets under bf16, a skipped fp16 inf step (syncs 1 unfused, 0 fused), clipping, one
+  reduction per accumulation window, activation checkpointing (peak <= 0.7x), meta init with a
+  RoPE buffer, cpu_offload (pinned shards), sharded save -> FSDP / one process / consolidate
+  (``torch.equal``), three async sharded saves of a 1B model (<= 10% of a sync save), predict
+  memory flat. SKIP while the Trainer refuses one rank.
 - ``fsdp-bf16-mixed``, ``fsdp-act-ckpt``: ``Trainer(strategy="fsdp")`` against a hand-written
-  ``fully_shard`` loop (and DDP), one rank per GPU up to 2, bf16, the second with activation
-  checkpointing: losses, step time, peak memory, sharded saves (benchmarks/_gpu_fsdp.py).
+  ``fully_shard`` loop (and DDP) on 2 ranks, one per GPU (SKIP with one GPU), bf16, the second
+  with activation checkpointing: losses, step time, peak memory, sharded saves
+  (benchmarks/_gpu_fsdp.py).
+
+Time: about 8 minutes on one H100 (estimated: the H200 run's 6.3 minutes with 3 precision
+rounds, the precision checks 1.15x slower on an H100's memory bandwidth and now 2 timed rounds,
+about 40 s for the small fsdp1 checks, 30 s for fsdp1-bf16 and 50 s for fsdp1-async-ckpt, whose
+5 writes of 4 GiB go at the disk's speed: 9 s per 4 GiB on the H200 machine). The new, never yet
+run checks come before the long precision rounds, so a run stopped by a time limit has them.
 
 Results go to ``$OUT/gpu_check.json`` when ``OUT`` is set, else ``benchmarks/results/``.
 Usually started through ``benchmarks/gpu_check.sh``, which finds a CUDA-enabled Python.
@@ -33,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import gc
 import json
 import logging
@@ -57,10 +73,15 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from benchmarks._work import TinyGPT, lm_loss, make_tokens  # noqa: E402
 
-# quick checks first, so a run stopped by a time limit still has them; compile is the slowest
-CHECKS = ("launch-nccl", "device-stats", "checkpoint-resume", "sync-free", "precision-32", "precision-16-mixed",
-          "precision-bf16-mixed", "sigkill-resume", "async-checkpoint", "fsdp-bf16-mixed", "fsdp-act-ckpt",
-          "compile")
+# quick checks first, so a run stopped by a time limit still has them, then the one-GPU FSDP
+# checks (new, never run on a GPU yet), then the long precision rounds; compile is the slowest
+# the one-GPU FSDP2 checks (benchmarks/_gpu_fsdp1.py), their 1B async saves last among them
+FSDP1_CHECKS = ("fsdp1-target-dtype", "fsdp1-meta-init", "fsdp1-clip", "fsdp1-accumulate", "fsdp1-cpu-offload",
+                "fsdp1-sharded-ckpt", "fsdp1-predict-memory", "fsdp1-16-mixed-inf", "fsdp1-act-ckpt", "fsdp1-bf16",
+                "fsdp1-async-ckpt")
+CHECKS = ("launch-nccl", "device-stats", "checkpoint-resume", "sync-free", *FSDP1_CHECKS, "precision-32",
+          "precision-16-mixed", "precision-bf16-mixed", "sigkill-resume", "async-checkpoint", "fsdp-bf16-mixed",
+          "fsdp-act-ckpt", "compile")
 PRECISION_TOL = {"32-true": 1e-3, "16-mixed": 2e-2, "bf16-mixed": 2e-2}  # mean relative loss diff
 Result = tuple[bool | None, str, dict]  # ok (None: skipped), message, data
 
@@ -77,7 +98,8 @@ class Setup:
             self.batch, self.steps, self.warm, self.rounds = 8, 8, 2, rounds or 1
         else:
             self.lm = {"vocab": 8192, "seq_len": 256, "d_model": 512, "layers": 6, "heads": 8}
-            self.batch, self.steps, self.warm, self.rounds = 32, 100, 20, rounds or 3
+            # 2 timed rounds (3 before the fsdp1 checks came; --rounds 3): the whole check in 8 minutes
+            self.batch, self.steps, self.warm, self.rounds = 32, 100, 20, rounds or 2
         self.fixed_batch = batch
 
     def for_precision(self, precision: str) -> Setup:
@@ -390,7 +412,7 @@ def check_sync_free(s: Setup) -> Result:
 # --------------------------------------------------------------------------- main
 def run_checks(s: Setup, names: list[str], save: Callable[[list], None] = lambda r: None) -> list[dict[str, Any]]:
     from benchmarks import _gpu_extra as extra
-    from benchmarks import _gpu_fsdp
+    from benchmarks import _gpu_fsdp, _gpu_fsdp1
 
     table: dict[str, Callable[[], Result]] = {
         "precision-32": lambda: check_precision(s, "32-true"),
@@ -406,6 +428,7 @@ def run_checks(s: Setup, names: list[str], save: Callable[[list], None] = lambda
         "fsdp-bf16-mixed": lambda: _gpu_fsdp.check_fsdp(s, act_ckpt=False),
         "fsdp-act-ckpt": lambda: _gpu_fsdp.check_fsdp(s, act_ckpt=True),
     }
+    table.update({name: functools.partial(_gpu_fsdp1.CHECKS[name], s) for name in FSDP1_CHECKS})
     results = []
     for name in names:
         start = time.perf_counter()

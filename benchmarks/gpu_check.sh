@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for distengine: one PASS/FAIL/SKIP line per check, results JSON in $OUT (or benchmarks/results).
 #
-#   benchmarks/gpu_check.sh                  # on a machine with an NVIDIA GPU (about 5 minutes on one H200; 10 on 2 GPUs, with the FSDP2 runs)
+#   benchmarks/gpu_check.sh                  # on a machine with an NVIDIA GPU (about 8 minutes on one H100, estimated; +4-5 on 2 GPUs, with the 2-rank FSDP2 runs)
 #   benchmarks/gpu_check.sh --dry-run-cpu    # the same code paths on the CPU, tiny, targets not judged
 #   benchmarks/gpu_check.sh --only precision-bf16-mixed,compile --rounds 3
 #
@@ -88,7 +88,8 @@ if [[ -n "$missing" ]]; then
     echo "note: not installed here: $missing (pynvml comes from the nvidia-ml-py package)"
 fi
 
-# The check finishes in about 5 minutes on one H200 (10 with the FSDP2 runs, on 2 GPUs); the timeout only stops a hang.
+# The check finishes in about 8 minutes on one H100 (estimated from the H200 run; see gpu_check.py's
+# docstring; 4-5 more on 2 GPUs, with the 2-rank FSDP2 runs); the timeout only stops a hang.
 status=0
 timeout --signal=TERM --kill-after=30 1200 "$py" "$here/gpu_check.py" "$@" || status=$?
 exit "$status"

@@ -189,3 +189,50 @@ def test_state_bytes_counts_each_storage_once():
     got = state_bytes(params, [opt])
     # one 10x4 fp32 gradient; AdamW: exp_avg and exp_avg_sq (160 bytes each) + a float32 step counter
     assert got == {"params": 160, "grads": 160, "optimizer": 324, "total": 644}
+
+
+def test_gpu_check_dry_run_fsdp_one_process(tmp_path):
+    """The one-GPU FSDP2 checks (benchmarks/_gpu_fsdp1.py) on the CPU: ``Trainer(strategy="fsdp")``
+    in this process on a mesh of 1, each check a PASS on what the dry run judges."""
+    import torch.distributed as dist
+
+    from benchmarks import gpu_check
+
+    names = list(gpu_check.FSDP1_CHECKS)
+    rc = gpu_check.main(["--dry-run-cpu", "--only", ",".join(names), "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [c["check"] for c in result["checks"]] == names
+    not_passed = [(c["check"], c["ok"], c["message"], c["data"].get("traceback", "")) for c in result["checks"]
+                  if c["ok"] is not True]
+    assert rc == 0 and not not_passed, not_passed
+    assert not dist.is_initialized()  # every check removes what its Trainers left up
+    by_name = {c["check"]: c for c in result["checks"]}
+    assert by_name["fsdp1-target-dtype"]["data"]["dtypes"] == [["float32", "float32", "bfloat16"]]
+    counts = by_name["fsdp1-accumulate"]["data"]["counts"]
+    assert counts["4"]["foreach_reduce"] * 4 == counts["1"]["foreach_reduce"]  # one reduction per window
+    assert len(by_name["fsdp1-async-ckpt"]["data"]["blocked_s"]) == 3
+
+
+def test_gpu_check_fsdp_one_process_refused_is_a_skip(monkeypatch):
+    """While the Trainer refuses FSDP in one process, the fsdp1 checks say SKIP and why."""
+    from benchmarks import _gpu_fsdp1
+    from benchmarks.gpu_check import Setup
+    from distengine.strategies.fsdp import FSDPStrategy
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("strategy='fsdp' needs 2 or more processes (it shards each parameter over the ranks)")
+
+    monkeypatch.setattr(FSDPStrategy, "setup_environment", refuse)
+    ok, msg, _ = _gpu_fsdp1.check_target_dtype(Setup(True, 1))
+    assert ok is None and "refuses FSDP in one process" in msg
+
+
+def test_gpu_check_two_gpu_fsdp_skips_on_one_gpu(monkeypatch):
+    """The 2-rank FSDP checks say SKIP on a one-GPU machine (before any CUDA call)."""
+    from benchmarks import _gpu_fsdp
+    from benchmarks.gpu_check import Setup
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for act_ckpt in (False, True):
+        ok, msg, _ = _gpu_fsdp.check_fsdp(Setup(False, 1), act_ckpt=act_ckpt)
+        assert ok is None and msg.startswith("needs 2 GPUs") and "fsdp1-*" in msg
