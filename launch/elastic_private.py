@@ -35,10 +35,16 @@ private name (torch class; who uses it)    why it is needed; how torch 2.11.0 an
 (overridden by                             port on every interface). Same in all three.
 :class:`BoundDynamicRendezvous`)
 ``DynamicRendezvousHandler                 Cleared before each round, so that every round (restart)
-._bootstrap_store_info``, ``DynamicRende   gets a new store: a restarted rank must not read a dead
-zvousHandler._shared_tcp_store_server``    attempt's keys. Same attributes in all three; 2.13+ also
+._bootstrap_store_info`` and               gets a new store: a restarted rank must not read a dead
+``._shared_tcp_store_server``              attempt's keys. Same attributes in all three; 2.13+ also
 (set by :class:`BoundDynamicRendezvous`)   rebuild both by themselves when a node becomes rank 0.
 =========================================  ==========================================================
+
+Why the agent's three extension points stay: they are the abstract methods of torch's
+``SimpleElasticAgent``, the way torch itself customises an agent (``LocalElasticAgent``
+implements them), and the public API has no other place to act between two polls of the ranks
+or before torch's SIGTERM-and-wait teardown. They are overridden here only, and call hooks
+with public names (:class:`SupervisedAgent`); the launcher's ``JobAgent`` implements those.
 
 Private names the launcher used to read and no longer does (public replacements):
 
