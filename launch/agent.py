@@ -3,7 +3,9 @@
 torch's ``LocalElasticAgent`` does the rendezvous, starts the ranks with their environment
 (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR/PORT,
 TORCHELASTIC_RESTART_COUNT), watches them and restarts the group up to ``--max-restarts``
-times. :class:`JobAgent` changes what happens when things go wrong:
+times. :class:`JobAgent` changes what happens when things go wrong, through the public hooks
+of ``elastic_private.SupervisedAgent`` (the one module that touches torch's private agent
+methods; here only torch elastic's public API is used):
 
 * A rank fails (raises, is killed): the launcher notes which rank(s) failed *first* (the
   root cause), mutes the console, sends SIGABRT to the surviving ranks so each writes all
@@ -35,12 +37,12 @@ import time
 
 from distengine.launch import procs
 from distengine.launch.config import LaunchOptions, rank_environment
+from distengine.launch.elastic_private import SupervisedAgent
 from distengine.launch.logs import RankLogs
 from distengine.launch.rendezvous import make_rendezvous
 from distengine.launch.report import RankOutcome, describe_exit, format_summary
 from torch.distributed import DistError
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerSpec, WorkerState
-from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from torch.distributed.elastic.rendezvous.api import RendezvousError
@@ -54,34 +56,28 @@ def _say(message: str) -> None:
     print(f"distengine: {message}", file=sys.stderr, flush=True)
 
 
-class JobAgent(LocalElasticAgent):
-    """``LocalElasticAgent`` with first-failure tracking, stack-dumping teardown and signal forwarding."""
+class JobAgent(SupervisedAgent):
+    """torch's ``LocalElasticAgent`` with first-failure tracking, stack-dumping teardown and
+    signal forwarding, written against the public hooks of :class:`SupervisedAgent` (the
+    launcher's only contact with torch's private agent methods is in ``elastic_private``).
+
+    Its own state has no leading underscore: a private attribute of a torch subclass would
+    share torch's namespace (and could silently replace one a newer torch adds)."""
 
     def __init__(self, spec: WorkerSpec, logs: RankLogs, grace_period: float) -> None:
-        # No shutdown_timeout: _shutdown below waits self._grace itself, and torch 2.11's agent
-        # does not take that argument.
-        super().__init__(spec, logs_specs=logs, start_method="spawn", exit_barrier_timeout=300)
-        self._logs = logs
-        self._grace = grace_period
+        super().__init__(spec, logs, start_method="spawn", exit_barrier_timeout=300)
+        self.logs = logs
+        self.grace = grace_period
         self.root_causes: dict[int, int] = {}     # global rank -> exit code, this attempt
         self.early_exits: dict[int, float] = {}   # global rank -> s into the attempt it exited 0 alone
-        self._attempt_start = time.monotonic()
+        self.attempt_start = time.monotonic()
         self.attempts = 0
+        self.announced_restarts = 0
         self.signal: signal.Signals | None = None
         self.signal_count = 0
-        self._forwarded = False
+        self.forwarded = False
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _procs(self) -> dict[int, object]:
-        """local rank -> Popen of the current attempt."""
-        pc = self._pcontext
-        handlers = getattr(pc, "subprocess_handlers", None) or {}
-        return {lr: h.proc for lr, h in handlers.items()}
-
-    def _global_rank(self, local_rank: int) -> int:
-        return self._worker_group.workers[local_rank].global_rank
-
-    # -- overrides -------------------------------------------------------------------------
+    # -- signals ---------------------------------------------------------------------------
     def on_signal(self, signum: int, frame) -> None:  # noqa: ARG002
         """Signal handler: remember the signal, then unwind the agent like torch's own handler."""
         self.signal_count += 1
@@ -92,74 +88,80 @@ class JobAgent(LocalElasticAgent):
         for name in _FORWARDED:
             signal.signal(getattr(signal, name), self.on_signal)
 
-    def _start_workers(self, worker_group: WorkerGroup):
+    # -- hooks -----------------------------------------------------------------------------
+    def attempt_starting(self, worker_group: WorkerGroup) -> None:
+        if self.failed_attempts > self.announced_restarts:
+            # torch restarts the group after a failure only while restarts are left.
+            self.announced_restarts = self.failed_attempts
+            self.announce_restart(worker_group.spec.max_restarts)
         self.root_causes, self.early_exits = {}, {}
-        self._attempt_start = time.monotonic()
+        self.attempt_start = time.monotonic()
         self.attempts += 1
-        pids = super()._start_workers(worker_group)
+
+    def attempt_started(self, worker_group: WorkerGroup, pids: dict[int, int]) -> None:
         # Starting the processes installed torch's handlers; ours also record the signal.
         self.install_signal_handlers()
-        return pids
 
-    def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
-        running = self._procs()
-        codes = {lr: p.poll() for lr, p in running.items()}
-        failed = {lr: code for lr, code in codes.items() if code not in (None, 0)}
-        if not self.root_causes and any(code is None for code in codes.values()):
+    def check_workers(self, worker_group: WorkerGroup) -> RunResult | None:
+        pids = self.rank_pids
+        codes = {lr: procs.exit_status(pid) for lr, pid in pids.items()}
+        ended = {lr: code for lr, code in codes.items() if code is not None and code is not procs.GONE}
+
+        def global_rank(lr: int) -> int:
+            return worker_group.workers[lr].global_rank
+
+        failed = {lr: code for lr, code in ended.items() if code != 0}
+        still = [lr for lr, code in codes.items() if code is None]
+        if not self.root_causes and still:
             # A rank that exits 0 while others still run leaves them without a peer: if the job
             # then fails, it is named as the likely cause (a finished job never reports it).
-            for lr, code in codes.items():
-                if code == 0 and self._global_rank(lr) not in self.early_exits:
-                    self.early_exits[self._global_rank(lr)] = time.monotonic() - self._attempt_start
+            for lr, code in ended.items():
+                if code == 0 and global_rank(lr) not in self.early_exits:
+                    self.early_exits[global_rank(lr)] = time.monotonic() - self.attempt_start
         if failed:
             if not self.root_causes:
                 # Every rank that has failed on its own by this poll is a root cause; the
                 # ones that fail during the teardown below were stopped by us.
-                self.root_causes = {self._global_rank(lr): code for lr, code in failed.items()}
-            survivors = [lr for lr, code in codes.items() if code is None]
-            if survivors:
-                self._logs.set_console(False)
+                self.root_causes = {global_rank(lr): code for lr, code in failed.items()}
+            if still:
+                self.logs.set_console(False)
                 first = min(self.root_causes)
-                for lr in survivors:
-                    self._logs.note(self._global_rank(lr),
-                                    f"rank {first} {describe_exit(self.root_causes[first])}; "
-                                    "stopping this rank with SIGABRT (stack dump follows)")
-                procs.stop_ranks(list(running.values()), signal.SIGABRT, _ABORT_GRACE_S)
-        elif any(code is None for code in codes.values()):
+                for lr in still:
+                    self.logs.note(global_rank(lr),
+                                   f"rank {first} {describe_exit(self.root_causes[first])}; "
+                                   "stopping this rank with SIGABRT (stack dump follows)")
+                procs.stop_ranks(list(pids.values()), signal.SIGABRT, _ABORT_GRACE_S)
+        elif still:
             return RunResult(state=WorkerState.HEALTHY)
-        # Every rank has ended now, so torch's bookkeeping below signals nobody (left to
-        # itself it would SIGTERM the survivors of a failure and wait up to 30 s).
-        result = super()._monitor_workers(worker_group)
-        if result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY) and self._remaining_restarts > 0:
-            self._announce_restart(result)
-        return result
+        # Every rank has ended now, so torch's own monitor (which reaps them and reads their
+        # error files) signals nobody: left to itself it would SIGTERM the survivors of a
+        # failure and wait up to 30 s.
+        return None
 
-    def _announce_restart(self, result: RunResult) -> None:
-        restart = self._worker_group.spec.max_restarts - self._remaining_restarts + 1
-        causes = self.root_causes or {r: f.exitcode for r, f in result.failures.items()}
+    def announce_restart(self, max_restarts: int) -> None:
+        failures = self.last_result.failures if self.last_result is not None else {}
+        causes = self.root_causes or {r: f.exitcode for r, f in failures.items()}
         what = ", ".join(f"rank {r} {describe_exit(c)}" for r, c in sorted(causes.items()))
-        _say(f"{what}; restarting all ranks (restart {restart} of {self._worker_group.spec.max_restarts})")
+        _say(f"{what}; restarting all ranks (restart {self.announced_restarts} of {max_restarts})")
 
-    def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
-        running = list(self._procs().values())
-        alive = sum(p.poll() is None for p in running)
+    def stop_workers(self, death_sig: signal.Signals) -> None:
+        pids = list(self.rank_pids.values())
+        alive = sum(procs.running(pid) for pid in pids)
         # Forward only the first signal the launcher got, and only once; any other shutdown
         # (after success, after a failure, before a restart) finds the ranks gone or kills them.
-        forward = self.signal if (self.signal is not None and not self._forwarded and alive) else None
+        forward = self.signal if (self.signal is not None and not self.forwarded and alive) else None
         if forward is not None:
-            self._forwarded = True
+            self.forwarded = True
             _say(f"forwarded {forward.name} to {alive} rank{'s' if alive != 1 else ''}; waiting up to "
-                 f"{self._grace:g}s for them to stop (send it again to kill them now)")
+                 f"{self.grace:g}s for them to stop (send it again to kill them now)")
         try:
-            procs.stop_ranks(running, forward, self._grace)
+            procs.stop_ranks(pids, forward, self.grace)
         except SignalException:
-            procs.stop_ranks(running, None, 0)  # a second signal: no more waiting
+            procs.stop_ranks(pids, None, 0)  # a second signal: no more waiting
             raise
         finally:
-            self._logs.end_attempt()
-            # torch's own cleanup (watchdog, health check, closing the process context); the
-            # ranks are gone by now, so nothing is signalled again.
-            super()._shutdown(signal.SIGKILL)  # no timeout argument: torch 2.11 has none
+            # The ranks are gone (torch's cleanup that follows signals nobody again).
+            self.logs.end_attempt()
 
 
 def _quiet_torch_logs() -> None:

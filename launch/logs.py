@@ -116,52 +116,53 @@ class RankLogs(LogsSpecs):
     """Elastic ``LogsSpecs`` that sends each rank's streams through :class:`_Pump`.
 
     ``console``: ``"rank0"`` (global rank 0, unprefixed), ``"all"`` (``[rank K] `` prefix) or ``"none"``.
+    Its own state has no leading underscore: those names belong to torch's ``LogsSpecs``.
     """
 
     def __init__(self, log_dir: str, runtime_dir: str, console: str = "rank0") -> None:
         super().__init__(log_dir=log_dir)
         os.makedirs(log_dir, exist_ok=True)
-        self._log_dir, self._runtime_dir, self._console = log_dir, runtime_dir, console
-        self._pump = _Pump()
-        self._pump.start()
-        self._files: dict[int, BinaryIO] = {}
+        self.log_dir, self.runtime_dir, self.console = log_dir, runtime_dir, console
+        self.pump = _Pump()
+        self.pump.start()
+        self.files: dict[int, BinaryIO] = {}
         self.rank_logs: dict[int, str] = {}
         self.error_files: dict[int, str] = {}
 
     @property
     def root_log_dir(self) -> str:
-        return self._log_dir
+        return self.log_dir
 
     def set_console(self, enabled: bool) -> None:
         """Mute the console (the log files keep everything), e.g. while ranks are being torn down."""
-        self._pump.console_enabled = enabled
+        self.pump.console_enabled = enabled
 
-    def _console_for(self, rank: int, fd_name: str) -> tuple[BinaryIO | None, bytes]:
-        if self._console == "none" or (self._console == "rank0" and rank != 0):
+    def console_for(self, rank: int, fd_name: str) -> tuple[BinaryIO | None, bytes]:
+        if self.console == "none" or (self.console == "rank0" and rank != 0):
             return None, b""
         target = sys.stdout if fd_name == "stdout" else sys.stderr
-        prefix = f"[rank {rank}] ".encode() if self._console == "all" else b""
+        prefix = f"[rank {rank}] ".encode() if self.console == "all" else b""
         return getattr(target, "buffer", None), prefix
 
-    def _log_file(self, rank: int) -> BinaryIO:
-        if rank not in self._files:
-            path = os.path.join(self._log_dir, f"rank_{rank}.log")
+    def log_file(self, rank: int) -> BinaryIO:
+        if rank not in self.files:
+            path = os.path.join(self.log_dir, f"rank_{rank}.log")
             self.rank_logs[rank] = path
-            self._files[rank] = open(path, "wb", buffering=0)  # noqa: SIM115 - lives for the whole job
-        return self._files[rank]
+            self.files[rank] = open(path, "wb", buffering=0)  # noqa: SIM115 - lives for the whole job
+        return self.files[rank]
 
     def reify(self, envs: dict[int, dict[str, str]]) -> LogsDest:
-        self._pump.drain()  # the previous attempt's pipes, if any
+        self.pump.drain()  # the previous attempt's pipes, if any
         self.set_console(True)
         first = envs[0] if envs else {}
         restart = int(first.get("TORCHELASTIC_RESTART_COUNT", "0"))
         max_restarts = int(first.get("TORCHELASTIC_MAX_RESTARTS", "0"))
-        attempt_dir = os.path.join(self._runtime_dir, f"attempt_{restart}")
+        attempt_dir = os.path.join(self.runtime_dir, f"attempt_{restart}")
         os.makedirs(attempt_dir, exist_ok=True)
         stdouts, stderrs, error_files = {}, {}, {}
         for local_rank, env in envs.items():
             rank = int(env["RANK"])
-            log = self._log_file(rank)
+            log = self.log_file(rank)
             log.write(f"[distengine] attempt {restart + 1}: restart {restart} of at most {max_restarts}; "
                       f"rank {rank} of {env['WORLD_SIZE']}, local rank {local_rank}, "
                       f"node {env.get('GROUP_RANK', '0')}\n".encode())
@@ -174,8 +175,8 @@ class RankLogs(LogsSpecs):
                 # EOF when we say so.
                 read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
                 keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-                console, prefix = self._console_for(rank, name)
-                self._pump.add(read_fd, _Stream(rank, log, console, prefix, keep))
+                console, prefix = self.console_for(rank, name)
+                self.pump.add(read_fd, _Stream(rank, log, console, prefix, keep))
                 paths[name] = path
             stdouts[local_rank], stderrs[local_rank] = paths["stdout"], paths["stderr"]
             error_files[local_rank] = os.path.join(attempt_dir, f"error_{rank}.json")
@@ -188,14 +189,14 @@ class RankLogs(LogsSpecs):
 
     def note(self, rank: int, text: str) -> None:
         """Append a launcher line (e.g. why this rank was stopped) to a rank's log."""
-        if rank in self._files:
-            self._files[rank].write(f"[distengine] {text}\n".encode())
+        if rank in self.files:
+            self.files[rank].write(f"[distengine] {text}\n".encode())
 
     def end_attempt(self) -> None:
         """Call once the attempt's ranks (and their children) are gone: copies the rest."""
-        self._pump.drain()
+        self.pump.drain()
 
     def close(self) -> None:
-        self._pump.stop()
-        for f in self._files.values():
+        self.pump.stop()
+        for f in self.files.values():
             f.close()

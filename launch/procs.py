@@ -6,18 +6,20 @@ id, even after the rank itself has died and its children were re-parented to ini
 how leftovers are found here: by session id, not by walking a tree that breaks as soon as a
 parent dies.
 
-Ranks are waited for through their ``Popen`` objects only: reaping them any other way would
-make ``Popen`` report exit status 0 for a rank that failed.
+Ranks are known by pid only (torch's agent holds their ``Popen`` objects and is the one that
+reaps them). They are watched with ``waitid(..., WNOWAIT)``, which reads a child's exit
+status and leaves it to be reaped: reaping a rank here would make torch's ``Popen`` report
+exit status 0 for a rank that failed. Until torch reaps it, an ended rank is a zombie that
+keeps its pid, so signalling a rank's pid can never reach an unrelated process.
 
 Example::
 
-    stop_ranks(procs, signal.SIGTERM, grace=30)   # ask nicely, wait, then SIGKILL all that is left
+    stop_ranks(pids, signal.SIGTERM, grace=30)   # ask nicely, wait, then SIGKILL all that is left
 """
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -68,50 +70,68 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def abort_for_stacks(proc: subprocess.Popen) -> None:
+GONE = object()  # exit_status(): the child was reaped already (by torch), its status is unknown here
+
+
+def exit_status(pid: int):
+    """A child's exit status without reaping it: ``None`` while it runs, else ``Popen``'s
+    convention (the exit code, or ``-N`` for signal N); :data:`GONE` once it was reaped."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return GONE
+    if info is None:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status
+    return -info.si_status  # CLD_KILLED / CLD_DUMPED
+
+
+def running(pid: int) -> bool:
+    return exit_status(pid) is None
+
+
+def abort_for_stacks(pid: int) -> None:
     """SIGABRT one rank so its fault handler writes every thread's stack to its log.
 
     The core-file limit of that one process is set to 0 first: a core dump of a large
     training process could take minutes, and the stack text is all that is wanted.
     """
-    if proc.poll() is not None:
+    if not running(pid):
         return
     import psutil
 
     try:
-        psutil.Process(proc.pid).rlimit(psutil.RLIMIT_CORE, (0, 0))
+        psutil.Process(pid).rlimit(psutil.RLIMIT_CORE, (0, 0))
     except (psutil.Error, OSError, AttributeError):
         pass
-    _signal(proc.pid, signal.SIGABRT)
+    _signal(pid, signal.SIGABRT)
 
 
-def _wait_all(procs: Sequence[subprocess.Popen], timeout: float) -> None:
+def _wait_all(pids: Sequence[int], timeout: float) -> None:
+    """Wait until every rank has ended (without reaping any), at most ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    for proc in procs:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        try:
-            proc.wait(remaining)
-        except subprocess.TimeoutExpired:
-            return
+    pending = [pid for pid in pids if running(pid)]
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+        pending = [pid for pid in pending if running(pid)]
 
 
-def kill_everything(procs: Sequence[subprocess.Popen], extra: Iterable[psutil.Process] = ()) -> None:
+def kill_everything(pids: Sequence[int], extra: Iterable[psutil.Process] = ()) -> None:
     """SIGKILL the ranks, every process in their sessions and ``extra``; wait for all of them."""
     import psutil
 
-    for proc in procs:
-        if proc.poll() is None:
-            _signal(proc.pid, signal.SIGKILL)
+    for pid in pids:
+        if running(pid):
+            _signal(pid, signal.SIGKILL)
     leftovers = {p.pid: p for p in extra}
-    leftovers.update({p.pid: p for p in session_leftovers(p.pid for p in procs)})
+    leftovers.update({p.pid: p for p in session_leftovers(pids)})
     for p in leftovers.values():
         try:
             p.kill()
         except psutil.Error:
             pass
-    _wait_all(procs, 10.0)
+    _wait_all(pids, 10.0)
     _wait_gone(leftovers.values(), 5.0)
 
 
@@ -135,7 +155,7 @@ def _wait_gone(processes: Iterable[psutil.Process], timeout: float) -> None:
             time.sleep(0.02)
 
 
-def stop_ranks(procs: Sequence[subprocess.Popen], first_signal: int | None, grace: float) -> None:
+def stop_ranks(pids: Sequence[int], first_signal: int | None, grace: float) -> None:
     """Stop all ranks: ``first_signal`` (to the rank processes only), wait ``grace`` s, then kill all.
 
     ``first_signal`` goes to the ranks and not to their process groups: a dataloader worker
@@ -143,15 +163,15 @@ def stop_ranks(procs: Sequence[subprocess.Popen], first_signal: int | None, grac
     cleanly at a step boundary. ``signal.SIGABRT`` dumps each rank's stacks first.
     ``None`` skips straight to SIGKILL.
     """
-    live = [p for p in procs if p.poll() is None]
+    live = [pid for pid in pids if running(pid)]
     # Snapshot the trees while the ranks are alive: processes that left the rank's session
     # (setsid) are only reachable this way.
-    tree = _descendants(p.pid for p in live)
+    tree = _descendants(live)
     if live and first_signal is not None:
-        for proc in live:
+        for pid in live:
             if first_signal == signal.SIGABRT:
-                abort_for_stacks(proc)
+                abort_for_stacks(pid)
             else:
-                _signal(proc.pid, first_signal)
+                _signal(pid, first_signal)
         _wait_all(live, grace)
-    kill_everything(procs, tree)
+    kill_everything(pids, tree)

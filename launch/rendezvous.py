@@ -23,9 +23,10 @@ import socket
 
 import torch.distributed as dist
 from distengine.launch.config import DEFAULT_MASTER_PORT, LaunchOptions, bind_store_socket, split_endpoint
+from distengine.launch.elastic_private import BoundDynamicRendezvous
 from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousInfo, RendezvousStoreInfo
 from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
-from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler, RendezvousTimeout
+from torch.distributed.elastic.rendezvous.dynamic_rendezvous import RendezvousTimeout
 
 
 def _store(host: str, port: int, *, world_size: int | None, listen_socket: socket.socket | None,
@@ -40,19 +41,21 @@ def _store(host: str, port: int, *, world_size: int | None, listen_socket: socke
 
 
 class StaticRendezvous(RendezvousHandler):
-    """Fixed membership: ``nnodes`` agents, node 0 serving the store on ``listen_socket``."""
+    """Fixed membership: ``nnodes`` agents, node 0 serving the store on ``listen_socket``.
+
+    Its state has no leading underscore: those names belong to torch's side of the class."""
 
     def __init__(self, host: str, port: int, *, node_rank: int, nnodes: int, run_id: str,
                  timeout: float, listen_socket: socket.socket | None) -> None:
         if (node_rank == 0) != (listen_socket is not None):
             raise ValueError("node 0, and only node 0, serves the store on a bound socket")
-        self._host, self._port = host, port
-        self._node_rank, self._nnodes = node_rank, nnodes
-        self._run_id, self._timeout = run_id, timeout
-        self._listen_socket = listen_socket
-        self._store: dist.TCPStore | None = None
-        self._worker_store: dist.TCPStore | None = None
-        self._round = 0
+        self.host, self.port = host, port
+        self.node_rank, self.nnodes = node_rank, nnodes
+        self.run_id, self.timeout = run_id, timeout
+        self.listen_socket = listen_socket
+        self.store: dist.TCPStore | None = None
+        self.worker_store: dist.TCPStore | None = None
+        self.round = 0
 
     def get_backend(self) -> str:
         return "static"
@@ -64,17 +67,17 @@ class StaticRendezvous(RendezvousHandler):
         return True
 
     def next_rendezvous(self) -> RendezvousInfo:
-        if self._store is None:
+        if self.store is None:
             # On node 0 this waits until all nnodes agents have connected (or the timeout).
-            self._store = _store(self._host, self._port, world_size=self._nnodes,
-                                 listen_socket=self._listen_socket, timeout=self._timeout)
-            self._listen_socket = None
-        host, port = self._worker_store_address()
-        self._round += 1
-        return RendezvousInfo(dist.PrefixStore(self._run_id, self._store), self._node_rank, self._nnodes,
+            self.store = _store(self.host, self.port, world_size=self.nnodes,
+                                listen_socket=self.listen_socket, timeout=self.timeout)
+            self.listen_socket = None
+        host, port = self.worker_store_address()
+        self.round += 1
+        return RendezvousInfo(dist.PrefixStore(self.run_id, self.store), self.node_rank, self.nnodes,
                               RendezvousStoreInfo(host, port))
 
-    def _worker_store_address(self) -> tuple[str, int]:
+    def worker_store_address(self) -> tuple[str, int]:
         """Where this round's ranks find their store.
 
         The first round uses the agent's own store (the one port the user opened). Every
@@ -82,19 +85,19 @@ class StaticRendezvous(RendezvousHandler):
         so a restarted rank reading the old store could find a dead peer's gloo address and
         wait on it until the collective timeout.
         """
-        if self._round == 0:
-            return self._host, self._port
-        key = f"distengine/worker_store/{self._round}"
-        assert self._store is not None
-        if self._node_rank == 0:
-            sock = bind_store_socket(self._host, 0)
+        if self.round == 0:
+            return self.host, self.port
+        key = f"distengine/worker_store/{self.round}"
+        assert self.store is not None
+        if self.node_rank == 0:
+            sock = bind_store_socket(self.host, 0)
             port = sock.getsockname()[1]
             # Replacing the old one shuts its server down.
-            self._worker_store = _store(self._host, port, world_size=None, listen_socket=sock,
-                                        timeout=self._timeout, wait_for_workers=False)
-            self._store.set(key, str(port))
-            return self._host, port
-        return self._host, int(self._store.get(key).decode())
+            self.worker_store = _store(self.host, port, world_size=None, listen_socket=sock,
+                                       timeout=self.timeout, wait_for_workers=False)
+            self.store.set(key, str(port))
+            return self.host, port
+        return self.host, int(self.store.get(key).decode())
 
     def is_closed(self) -> bool:
         return False
@@ -106,35 +109,14 @@ class StaticRendezvous(RendezvousHandler):
         return 0
 
     def get_run_id(self) -> str:
-        return self._run_id
+        return self.run_id
 
     def shutdown(self) -> bool:
-        if self._listen_socket is not None:  # never got to serve: free the port
-            self._listen_socket.close()
-            self._listen_socket = None
-        self._worker_store = None
+        if self.listen_socket is not None:  # never got to serve: free the port
+            self.listen_socket.close()
+            self.listen_socket = None
+        self.worker_store = None
         return True
-
-
-class _BoundDynamicRendezvous(DynamicRendezvousHandler):
-    """torch's c10d rendezvous; the ranks' store binds to this node's address only, and is new
-    on every round (as in :class:`StaticRendezvous`, a restarted rank must not see old keys)."""
-
-    def next_rendezvous(self) -> RendezvousInfo:
-        # Forget the previous round's store: node rank 0 then serves a new one and publishes
-        # its address under this round's key prefix.
-        self._bootstrap_store_info = None
-        self._shared_tcp_store_server = None
-        return super().next_rendezvous()
-
-    def _create_tcp_store_server(self, master_addr, master_port) -> dist.TCPStore:
-        try:
-            sock = socket.create_server((master_addr, master_port or 0), reuse_port=False)
-        except OSError:
-            return super()._create_tcp_store_server(master_addr, master_port)
-        port = sock.getsockname()[1]
-        return _store(master_addr, port, world_size=None, listen_socket=sock, timeout=300,
-                      wait_for_workers=False)
 
 
 def c10d_rendezvous(opts: LaunchOptions, run_id: str, listen_socket: socket.socket | None) -> RendezvousHandler:
@@ -143,9 +125,13 @@ def c10d_rendezvous(opts: LaunchOptions, run_id: str, listen_socket: socket.sock
     local_addr = opts.local_addr or ("127.0.0.1" if opts.loopback_only else None)
     store = _store(host, port, world_size=None, listen_socket=listen_socket, timeout=60,
                    wait_for_workers=False)
-    return _BoundDynamicRendezvous.from_backend(
+    handler = BoundDynamicRendezvous.from_backend(
         run_id, store, C10dRendezvousBackend(store, run_id), opts.min_nodes, opts.max_nodes,
         local_addr=local_addr, timeout=RendezvousTimeout(join=datetime.timedelta(seconds=opts.rdzv_timeout)))
+    # The ranks' store of every round: a new server on a socket bound to the rendezvous address.
+    return handler.with_store_factory(
+        lambda host, sock: _store(host, sock.getsockname()[1], world_size=None, listen_socket=sock,
+                                  timeout=300, wait_for_workers=False))
 
 
 def make_rendezvous(opts: LaunchOptions, run_id: str, listen_socket: socket.socket | None) -> RendezvousHandler:
