@@ -45,7 +45,10 @@ ALLOWED: dict[str, set[str]] = {
         "_post_forward", "_pre_forward", "_rebuild_buckets", "_reset_parameters", "_scale",
         "_step_supports_amp_scaling", "_training_state", "_traverse",
     },
-    "launch/elastic_private.py": set(),
+    "launch/elastic_private.py": {
+        "_bootstrap_store_info", "_create_tcp_store_server", "_monitor_workers", "_shared_tcp_store_server",
+        "_shutdown", "_start_workers",
+    },
 }
 
 _DEF = re.compile(r"(?:def|class)\s+(_[A-Za-z0-9]\w*)|self\.(_[A-Za-z0-9]\w*)\s*[:=]|^\s*(_[A-Za-z0-9]\w*)\s*[:=]",
