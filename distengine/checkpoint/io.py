@@ -183,7 +183,7 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file {path!r} does not exist; check the path")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = _load(path, map_location)
     except pickle.UnpicklingError as exc:
         if _is_weights_only_refusal(exc):
             raise CheckpointError(_unsafe_message(path, exc)) from None
@@ -242,21 +242,29 @@ def _loads_on_cpu(path: str, raise_refusal: bool = False) -> bool:
     With ``raise_refusal`` a file refused as unsafe raises the loader's UnpicklingError instead
     of returning False, so callers can say why it was refused."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = _load(path, "cpu")
     except pickle.UnpicklingError as exc:
         if raise_refusal and _is_weights_only_refusal(exc):
             raise
-        return False  # not plain data, or a broken pickle: no retry would change that
-    except Exception:  # noqa: BLE001 - mmap may be unsupported here (legacy format, some FS)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if raise_refusal and _is_weights_only_refusal(exc):
-                raise
-            return False
-        except Exception:  # noqa: BLE001 - any failure means "not loadable"
-            return False
+        return False  # not plain data, or a broken pickle
+    except Exception:  # noqa: BLE001 - any failure means "not loadable"
+        return False
     return isinstance(obj, dict)
+
+
+def _load(path: str, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)``, memory-mapped for the zipfile format (``torch.save``'s
+    default): tensor bytes come from the page cache when touched instead of being copied up
+    front, and ranks loading one file share its pages. A legacy (non-zip) file, or a file
+    system that refuses the mapping, is loaded without it."""
+    if zipfile.is_zipfile(path):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            raise  # refused or a broken pickle: loading without mmap would say the same
+        except Exception:  # noqa: BLE001 - the plain load below says what is wrong, if anything
+            pass
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -180,6 +180,44 @@ def test_legacy_format_is_checked_by_a_full_load(tmp_path):
     assert torch.equal(safe_load(path)["w"], torch.ones(2))
 
 
+def _spy_torch_load(monkeypatch):
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch, "load", spy)
+    return calls
+
+
+def test_full_checkpoint_is_loaded_memory_mapped_and_weights_only(tmp_path, monkeypatch):
+    path = tmp_path / "a.ckpt"
+    atomic_save({"w": torch.arange(6.0), "step": 3}, path)
+    calls = _spy_torch_load(monkeypatch)
+    state = safe_load(path)
+    assert torch.equal(state["w"], torch.arange(6.0)) and state["step"] == 3
+    assert [(c.get("mmap"), c.get("weights_only")) for c in calls] == [(True, True)], \
+        "one load, memory-mapped (tensor bytes not copied up front), still weights_only"
+    calls.clear()
+    assert is_valid_checkpoint(path) and [c.get("mmap") for c in calls] == [True]
+
+
+def test_legacy_and_unsafe_files_load_as_before_without_mmap(tmp_path, monkeypatch):
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    unsafe = tmp_path / "evil.ckpt"
+    torch.save({"hook": _CreatesFile(str(tmp_path / "pwned"))}, unsafe)
+    calls = _spy_torch_load(monkeypatch)
+    assert torch.equal(safe_load(legacy)["w"], torch.ones(2))
+    assert [c.get("mmap") for c in calls] == [None], "a legacy file cannot be mapped: one plain load"
+    calls.clear()
+    with pytest.raises(CheckpointError, match="refused as unsafe"):
+        safe_load(unsafe)
+    assert all(c.get("weights_only") is True for c in calls) and calls[0].get("mmap") is True
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_deep_check_finds_flipped_tensor_bytes(tmp_path):
     path = tmp_path / "a.ckpt"
     atomic_save({"w": torch.zeros(4096)}, path)
