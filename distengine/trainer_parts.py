@@ -33,7 +33,7 @@ class StopVote:
     """
 
     def __init__(self) -> None:
-        import torch.distributed as dist
+        from distengine.dist import setup
 
         self.pending: tuple[Any, torch.Tensor] | None = None
         self.distributed = collectives.is_distributed()
@@ -41,7 +41,7 @@ class StopVote:
         if self.distributed and self._side_group_needed():
             # Vote over a CPU (gloo) side group: reading an NCCL result every step would make
             # the host wait for the GPU. Every rank builds it here, at the same point.
-            self.group = dist.new_group(backend="gloo")
+            self.group = setup.new_gloo_group()  # with the Trainer's dist_timeout
 
     @staticmethod
     def _side_group_needed() -> bool:

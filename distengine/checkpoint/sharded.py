@@ -36,6 +36,7 @@ from typing import Any, Callable
 import torch.distributed as dist
 
 from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
+from distengine.dist.setup import new_gloo_group
 
 __all__ = ["META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
            "load_consolidated", "load_sharded", "read_meta", "sharded_keys"]
@@ -151,7 +152,7 @@ class ShardedCheckpointer:
 
     def _checkpoint_group(self) -> Any:
         if self._group is None and _distributed():
-            self._group = dist.new_group(backend="gloo")
+            self._group = new_gloo_group()  # with the Trainer's dist_timeout
         return self._group
 
     def wait(self) -> None:
