@@ -60,7 +60,9 @@ def _rank() -> int:
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """A process group is up, even of one rank: a 1-rank NCCL job still needs the gloo side
+    group for an async save (DCP's background write cannot run its collectives over NCCL)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 class ShardedCheckpointer:
