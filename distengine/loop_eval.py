@@ -6,7 +6,9 @@
     under inference_mode (and the strategy's evaluation context), for each loader and batch:
         move to device -> on_{stage}_batch_start -> {stage}_step (autocast) ->
         on_{stage}_batch_end -> write its on_step values
-    predict: gather every rank's predictions in rank order (dataset order)
+    predict: gather every rank's predictions in rank order (dataset order); on several ranks
+        each batch's output is moved to the CPU first (``outputs_to_cpu``), so the gather
+        never pickles CUDA tensors of one rank's GPU into every other rank
     otherwise: 1.x *_epoch_end(outputs) -> module's on_{stage}_epoch_end -> reduce the epoch
         values over the ranks -> loggers -> callbacks' on_{stage}_epoch_end
     on_{stage}_end; the module's training mode as it was
@@ -66,6 +68,10 @@ def _run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int]
     many = len(loaders) > 1
     write_steps = not sanity and stage != "predict"  # on_step values, after every batch (Lightning)
     write_eval_step = ctx.writer.write_eval_step
+    # predictions gathered over ranks: kept on the CPU (all_gather_object pickles them, and a
+    # CUDA tensor would come back on the sender's device on every rank); one process keeps
+    # them where predict_step put them (as Lightning does)
+    keep = outputs_to_cpu if stage == "predict" and collectives.is_distributed() else (lambda o: o)
     for fn in hooks[f"on_{name}_start"]:
         fn()
     for fn in hooks[f"on_{name}_epoch_start"]:
@@ -93,7 +99,7 @@ def _run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int]
                 if write_steps:
                     write_eval_step(stage, dl_idx)
                 if collect:
-                    outputs.append(_detach(out) if stage != "predict" else out)
+                    outputs.append(_detach(out) if stage != "predict" else keep(out))
             all_outputs.append(outputs)
     res.dataloader_suffix = ""
     result: list[Any]
@@ -132,6 +138,25 @@ def _end_eval_epoch(ctx: EvalContext, stage: str, name: str, all_outputs: list[l
     for fn in ctx.callback_hooks[f"on_{name}_epoch_end"]:
         fn()
     return _split_by_loader(values, num_loaders)
+
+
+def outputs_to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor moved to the CPU, recursively through dicts, lists, tuples
+    and named tuples (containers rebuilt with their own type). A CPU tensor is returned as it
+    is; a copy from a GPU is blocking, so the values are there when the tensor is read."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device.type == "cpu" else obj.detach().to("cpu")
+    if isinstance(obj, dict):
+        items = {k: outputs_to_cpu(v) for k, v in obj.items()}
+        try:
+            return type(obj)(items)
+        except TypeError:  # a mapping type that takes no dict: a plain one
+            return items
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(outputs_to_cpu(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(outputs_to_cpu(v) for v in obj)
+    return obj
 
 
 def _gather_in_order(outputs: list[Any]) -> list[Any]:

@@ -8,7 +8,11 @@ fixed-size check that every rank logged the same names: a mismatch raises an err
 the keys instead of hanging, or instead of each rank silently keeping values of its own. The
 check covers every name, synced or not: the step names written at a step log point, and at an
 epoch end the epoch names plus (in training) every step name, so a run too short to reach
-``log_every_n_steps`` is checked too. A rank that ran no batch of the stage (an uneven
+``log_every_n_steps`` is checked too. At a step log point the check and the values share
+ONE all-reduce: the ranks remember the names they last agreed on, and the values ride along
+the hashes in that agreed layout (a rank whose names changed sends zeros of the same size); a
+second all-reduce follows only when every rank's names changed alike (the first log point,
+a new name). A rank that ran no batch of the stage (an uneven
 validation shard) may have logged nothing; a rank that ran batches may not. Values logged
 with ``rank_zero_only=True`` are left out of the check and of every reduce.
 
@@ -59,11 +63,39 @@ def _names_differ(names: list[str]) -> bool:
     """True on every rank when ranks logged different metric names (2 numbers, one collective)."""
     if not collectives.is_distributed():
         return False
-    h = float(zlib.crc32("\0".join(names).encode()) & 0xFFFFF)  # 20 bits: float64 sums stay exact
-    summed = collectives.reduce_tensors([torch.tensor([h, h * h], dtype=torch.float64)], "sum")[0]
-    w = collectives.world_size()
-    # all hashes are equal exactly when their variance is zero
-    return float(summed[1]) * w != float(summed[0]) ** 2
+    h = _names_hash(names)
+    summed = collectives.reduce_tensors([torch.tensor([h, h * h], dtype=torch.float64)], "sum")[0].tolist()
+    return _hashes_differ(summed[0], summed[1])
+
+
+def _names_hash(keys: list[str]) -> float:
+    return float(zlib.crc32("\0".join(keys).encode()) & 0xFFFFF)  # 20 bits: float64 sums stay exact
+
+
+def _hashes_differ(summed0: float, summed1: float) -> bool:
+    """From the rank sums of ``h`` and ``h*h``: all hashes are equal exactly when their
+    variance is zero."""
+    return summed1 * collectives.world_size() != summed0 ** 2
+
+
+def _step_values(layout: Any, names: list[str], synced: list[_Entry]) -> dict[str, float]:
+    """Reduced step values of ``synced`` (by name) and the names check, in one all-reduce
+    when ``layout`` (the ``(names, synced names)`` the ranks last agreed on) still holds;
+    returns the values and the layout now agreed. Raises on every rank when names differ."""
+    key = (tuple(names), tuple(e.name for e in synced))
+    h = _names_hash(names + ["sync:" + n for n in key[1]])  # sync_dist flags agree too
+    parts = [torch.tensor([h, h * h], dtype=torch.float64)]
+    if layout is not None and layout[1]:  # the values go in the agreed layout's slots
+        parts += ([_as_float_tensor(e.step_value) for e in synced] if key == layout
+                  else [torch.zeros(len(layout[1]), dtype=torch.float64)])
+    flat = collectives.pack_float64(parts, collectives._comm_device())
+    red = collectives.reduce_tensors([flat], "sum")[0].tolist()  # one collective, one host read
+    if _hashes_differ(red[0], red[1]):
+        raise _mismatch_error("training steps", names)
+    if key != layout:  # every rank's names changed alike: the values need their own reduce
+        red = [0.0, 0.0] + [float(t) for t in collectives.reduce_tensors(
+            [_as_float_tensor(e.step_value) for e in synced], "sum")]
+    return dict(zip(key[1], red[2:])), key
 
 
 def _mismatch_error(where: str, names: list[str]) -> RuntimeError:
@@ -118,6 +150,7 @@ class Results:
         # have logged nothing (uneven validation shards), a rank that ran some may not
         self.batches_run = dict.fromkeys(self.entries, 0)
         self.module: Any = None  # the running module: where logged metric objects live
+        self._step_layout: Any = None  # (names, synced names) the ranks last agreed on at a step log
 
     # ---------------------------------------------------------------- hot path
     def set_batch(self, batch: Any) -> None:
@@ -202,12 +235,10 @@ class Results:
             # only the synced ones: a value each rank keeps for itself under a name the others
             # never log is as much a bug, and would otherwise pass silently.
             names = sorted(e.name for e in fresh if not e.rank_zero_only)
-            if _names_differ(names):
-                raise _mismatch_error("training steps", names)
-            red = collectives.reduce_tensors([_as_float_tensor(e.step_value) for e in synced], "sum")
+            summed, self._step_layout = _step_values(self._step_layout, names, synced)
             w = collectives.world_size()
-            for e, t in zip(synced, red):
-                values[e.name] = float(t) / w if e.reduce_fx == "mean" else float(t)
+            for e in synced:
+                values[e.name] = summed[e.name] / w if e.reduce_fx == "mean" else summed[e.name]
         log: dict[str, float] = {}
         bar: dict[str, float] = {}
         for e in fresh:

@@ -399,7 +399,7 @@ class Module(nn.Module):
         from distengine.checkpoint.apply import load_weights
         from distengine.checkpoint.io import safe_load
 
-        ckpt = safe_load(checkpoint_path, map_location=map_location)
+        ckpt = safe_load(checkpoint_path, map_location=map_location, mmap=True)  # weights copied out
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.update(overrides)
         name = ckpt.get("hparams_name")

@@ -33,7 +33,7 @@ class StopVote:
     """
 
     def __init__(self) -> None:
-        import torch.distributed as dist
+        from distengine.dist import setup
 
         self.pending: tuple[Any, torch.Tensor] | None = None
         self.distributed = collectives.is_distributed()
@@ -41,7 +41,7 @@ class StopVote:
         if self.distributed and self._side_group_needed():
             # Vote over a CPU (gloo) side group: reading an NCCL result every step would make
             # the host wait for the GPU. Every rank builds it here, at the same point.
-            self.group = dist.new_group(backend="gloo")
+            self.group = setup.new_gloo_group()  # with the Trainer's dist_timeout
 
     @staticmethod
     def _side_group_needed() -> bool:
@@ -381,7 +381,8 @@ class CheckpointMixin:
         # into the parameters where they live, and the optimizers keep Adam's ``step`` counters
         # on the CPU. Loaded onto a GPU, those counters would stay there, and the default
         # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
-        ckpt = load_for_trainer(self, path) if os.path.isdir(path) else safe_load(path, map_location="cpu")
+        # mapped (mmap): the ranks share the file's pages instead of each reading all of it
+        ckpt = load_for_trainer(self, path) if os.path.isdir(path) else safe_load(path, "cpu", mmap=True)
         if not self._checkpointer().restore(ckpt, path, self._module_hooks.get("on_load_checkpoint", ()),
                                             self._callback_hooks.get("on_load_checkpoint", ())):
             return  # a weights-only checkpoint: start training from these weights
@@ -407,7 +408,7 @@ class CheckpointMixin:
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint
 
         sharded = os.path.isdir(path)  # a sharded checkpoint: read into this rank's layout
-        state = load_trainer_checkpoint(self, path, True) if sharded else safe_load(path, map_location="cpu")
+        state = load_trainer_checkpoint(self, path, True) if sharded else safe_load(path, "cpu", mmap=True)
         check_weights(self._module, state["state_dict"], source=path)
         self._strategy.load_module_state_dict(self._module, state["state_dict"])
 

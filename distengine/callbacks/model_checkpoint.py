@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import sys
-import time
 import warnings
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 
 from distengine.callbacks.base import Callback
 from distengine.callbacks.checkpoint_names import _score, _to_float, format_checkpoint_name
+from distengine.callbacks.time_checks import TimeChecks
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
 from distengine.checkpoint.io import CKPT_SUFFIX, clean_stale_temp_files, link_atomic, write_last_pointer
 from distengine.loggers.artifacts import checkpoint_notifier
@@ -52,7 +52,9 @@ class ModelCheckpoint(Callback):
             the newest such one (the older one is deleted once the new one is on disk);
             ``<dirpath>/last.ckpt`` is always the newest checkpoint, as in Lightning.
         every_n_train_steps / every_n_epochs / train_time_interval: the trigger (one of them;
-            default every epoch). ``train_time_interval`` is a ``timedelta`` or seconds.
+            default every epoch). ``train_time_interval`` is a ``timedelta`` or seconds; rank
+            zero's clock decides, asked only every few batches (more often as the interval
+            nears its end), not a host sync every batch: see ``callbacks/time_checks.py``.
         save_on_train_epoch_end: epoch triggers fire at the end of the training epoch (True) or
             after validation (False); default as in Lightning: at the training epoch end (after
             the epoch-end validation), but after each validation run when validation happens
@@ -136,7 +138,7 @@ class ModelCheckpoint(Callback):
         self.version_root: str | None = None  # <save_dir>/<name> when dirpath follows the logger
         self.last_model_path = ""
         self._last_global_step_saved = -1
-        self._last_time = time.monotonic()
+        self._time = TimeChecks()
         self._fitting = False
         self._val_has_run = False
         self._missing_warned = False
@@ -223,7 +225,7 @@ class ModelCheckpoint(Callback):
             clean_stale_temp_files(self.dirpath)
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
-        self._last_time = time.monotonic()
+        self._time.start()
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -232,13 +234,10 @@ class ModelCheckpoint(Callback):
             return
         fire = bool(self.every_n_train_steps) and trainer.global_step % self.every_n_train_steps == 0
         if self.train_time_interval is not None:
-            # clocks differ between ranks: rank zero decides, everyone follows (one broadcast
-            # per step, paid only when a time trigger is configured)
-            due = time.monotonic() - self._last_time >= self.train_time_interval.total_seconds()
-            fire = bool(trainer.strategy.broadcast(due if trainer.is_global_zero else None, src=0))
+            fire = self._time.due(trainer, self.train_time_interval)  # a collective only every few batches
         if fire:
             self._save_topk_and_last(trainer)
-            self._last_time = time.monotonic()
+            self._time.saved()
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if self._epoch_trigger(trainer) and self._on_train_epoch_end(trainer):

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from distengine.checkpoint.mapped import copy_unmapped, load_file
+
 __all__ = [
     "CKPT_SUFFIX",
     "LAST_POINTER",
@@ -161,8 +163,10 @@ def _unsafe_message(path: str, exc: BaseException) -> str:
             f"does not unpickle it because that could run code; {_TRUST_HINT}")
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)``.
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint with ``torch.load(weights_only=True)``; ``mmap=True`` maps a zipfile
+    checkpoint (the Trainer's restore): its ``state_dict`` tensors then read the file, which must
+    not be overwritten in place while they live; every other tensor is copied (``mapped.py``).
 
     Raises :class:`CheckpointError` naming the file when it is missing, truncated or corrupt,
     or when it is refused as unsafe: it holds objects that are not plain data (their
@@ -183,7 +187,7 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file {path!r} does not exist; check the path")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = load_file(path, map_location, mmap)
     except pickle.UnpicklingError as exc:
         if _is_weights_only_refusal(exc):
             raise CheckpointError(_unsafe_message(path, exc)) from None
@@ -198,7 +202,7 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(
             f"checkpoint file {path!r} holds a {type(obj).__name__}, expected a dict")
-    return obj
+    return copy_unmapped(obj) if mmap else obj
 
 
 def is_valid_checkpoint(path: str | os.PathLike, deep: bool = False) -> bool:
@@ -242,20 +246,13 @@ def _loads_on_cpu(path: str, raise_refusal: bool = False) -> bool:
     With ``raise_refusal`` a file refused as unsafe raises the loader's UnpicklingError instead
     of returning False, so callers can say why it was refused."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = load_file(path, "cpu")
     except pickle.UnpicklingError as exc:
         if raise_refusal and _is_weights_only_refusal(exc):
             raise
-        return False  # not plain data, or a broken pickle: no retry would change that
-    except Exception:  # noqa: BLE001 - mmap may be unsupported here (legacy format, some FS)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if raise_refusal and _is_weights_only_refusal(exc):
-                raise
-            return False
-        except Exception:  # noqa: BLE001 - any failure means "not loadable"
-            return False
+        return False  # not plain data, or a broken pickle
+    except Exception:  # noqa: BLE001 - any failure means "not loadable"
+        return False
     return isinstance(obj, dict)
 
 

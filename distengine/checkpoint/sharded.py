@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from distengine import torch_private
 from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
+from distengine.dist.setup import new_gloo_group
 
 __all__ = ["META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
            "load_consolidated", "load_sharded", "read_meta", "sharded_keys"]
@@ -60,7 +61,9 @@ def _rank() -> int:
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """A process group is up, even of one rank: a 1-rank NCCL job still needs the gloo side
+    group for an async save (DCP's background write cannot run its collectives over NCCL)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 class ShardedCheckpointer:
@@ -166,8 +169,8 @@ class ShardedCheckpointer:
     def _checkpoint_group(self) -> Any:
         # also with one rank: DCP's async save needs a CPU-capable group, and a 1-rank FSDP
         # run on a GPU may have an NCCL default group
-        if self._group is None and dist.is_available() and dist.is_initialized():
-            self._group = dist.new_group(backend="gloo")
+        if self._group is None and _distributed():
+            self._group = new_gloo_group()  # with the Trainer's dist_timeout
         return self._group
 
     def wait(self) -> None:

@@ -17,6 +17,7 @@ from distengine import torch_private
 from distengine.dist.env import ClusterEnv, gloo_ifname_from_nccl
 
 DEFAULT_TIMEOUT_S = 1800.0
+_timeout_s: float | None = None  # the timeout the last Trainer set up its process group with
 
 
 def timeout_seconds(value: float | timedelta | None) -> float:
@@ -26,6 +27,19 @@ def timeout_seconds(value: float | timedelta | None) -> float:
     if value is not None:
         return float(value)
     return float(os.environ.get("DISTENGINE_TIMEOUT", DEFAULT_TIMEOUT_S))
+
+
+def side_group_timeout() -> timedelta:
+    """The timeout of the side groups (gloo groups for checkpoints and votes): the Trainer's
+    ``dist_timeout`` as given to :func:`init_process_group` (also when the process group was
+    already there), else ``DISTENGINE_TIMEOUT``, else 30 min. ``new_group`` alone would take
+    torch's default (30 min), whatever the Trainer was told."""
+    return timedelta(seconds=_timeout_s if _timeout_s is not None else timeout_seconds(None))
+
+
+def new_gloo_group() -> Any:
+    """A CPU side group over all ranks with :func:`side_group_timeout` (every rank calls it)."""
+    return dist.new_group(backend="gloo", timeout=side_group_timeout())
 
 
 def select_device(accelerator: str, env: ClusterEnv, gpu_ids: list[int] | None) -> torch.device:
@@ -57,6 +71,8 @@ def init_process_group(env: ClusterEnv, device: torch.device, timeout_s: float, 
     """Start the default process group of a launched job (``env.distributed``); nothing in
     one process or when a group runs already. ``backend`` defaults to
     :func:`process_group_backend` for ``device``."""
+    global _timeout_s
+    _timeout_s = timeout_s
     if not env.distributed or dist.is_initialized():
         return
     # env:// reads MASTER_ADDR/MASTER_PORT; a SLURM task may only have SLURM_* variables.
@@ -80,6 +96,8 @@ def init_single_process_group(device: torch.device, timeout_s: float, backend: s
     the OS when it binds (no race with another job). True when this call created it (the
     caller then destroys it, :func:`destroy_single_process_group`); False when a group runs
     already."""
+    global _timeout_s
+    _timeout_s = timeout_s
     if dist.is_initialized():
         return False
     store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timedelta(seconds=timeout_s))

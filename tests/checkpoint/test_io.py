@@ -180,6 +180,64 @@ def test_legacy_format_is_checked_by_a_full_load(tmp_path):
     assert torch.equal(safe_load(path)["w"], torch.ones(2))
 
 
+def _spy_torch_load(monkeypatch):
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch, "load", spy)
+    return calls
+
+
+def _mapped_from(tensor: torch.Tensor, path) -> bool:
+    """True when ``tensor``'s bytes lie in a memory mapping of the file ``path`` (Linux)."""
+    real, ptr = os.path.realpath(path), tensor.untyped_storage().data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if line.rstrip().endswith(real):
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if lo <= ptr < hi:
+                    return True
+    return False
+
+
+def test_full_checkpoint_is_loaded_memory_mapped_when_asked_and_weights_only(tmp_path, monkeypatch):
+    path = tmp_path / "a.ckpt"
+    atomic_save({"state_dict": {"w": torch.arange(6.0)}, "optimizer_states": [{"m": torch.ones(3)}],
+                 "step": 3}, path)
+    calls = _spy_torch_load(monkeypatch)
+    state = safe_load(path, mmap=True)
+    assert torch.equal(state["state_dict"]["w"], torch.arange(6.0)) and state["step"] == 3
+    assert [(c.get("mmap"), c.get("weights_only")) for c in calls] == [(True, True)], \
+        "one load, memory-mapped (tensor bytes not copied up front), still weights_only"
+    assert _mapped_from(state["state_dict"]["w"], path), "the weights stay mapped"
+    assert not _mapped_from(state["optimizer_states"][0]["m"], path), "anything kept for long is copied"
+    assert torch.equal(state["optimizer_states"][0]["m"], torch.ones(3))
+    calls.clear()
+    plain = safe_load(path)  # the default reads the file: it may be edited and saved back in place
+    assert [c.get("mmap") for c in calls] == [None] and not _mapped_from(plain["state_dict"]["w"], path)
+    torch.save(plain, path)
+    calls.clear()
+    assert is_valid_checkpoint(path) and [c.get("mmap") for c in calls] == [True]
+
+
+def test_legacy_and_unsafe_files_load_as_before_without_mmap(tmp_path, monkeypatch):
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    unsafe = tmp_path / "evil.ckpt"
+    torch.save({"hook": _CreatesFile(str(tmp_path / "pwned"))}, unsafe)
+    calls = _spy_torch_load(monkeypatch)
+    assert torch.equal(safe_load(legacy, mmap=True)["w"], torch.ones(2))
+    assert [c.get("mmap") for c in calls] == [None], "a legacy file cannot be mapped: one plain load"
+    calls.clear()
+    with pytest.raises(CheckpointError, match="refused as unsafe"):
+        safe_load(unsafe, mmap=True)
+    assert all(c.get("weights_only") is True for c in calls) and calls[0].get("mmap") is True
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_deep_check_finds_flipped_tensor_bytes(tmp_path):
     path = tmp_path / "a.ckpt"
     atomic_save({"w": torch.zeros(4096)}, path)

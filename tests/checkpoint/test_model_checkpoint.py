@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from distengine.callbacks.model_checkpoint import ModelCheckpoint, format_checkpoint_name
+from distengine.callbacks.time_checks import TimeChecks
 from distengine.checkpoint.io import atomic_save, read_last_pointer, resolve_checkpoint, safe_load
 from tests.checkpoint.fakes import FakeTrainer, ckpt_files
 from tests.helpers import run_ranks
@@ -139,9 +140,92 @@ def test_time_interval_trigger(tmp_path):
     t.fit_setup()
     t.train_step()
     assert t.saves == []
-    cb._last_time -= 3601  # an hour went by
-    t.train_step()
-    assert [os.path.basename(p) for p in t.saves] == ["epoch=0-step=2.ckpt"]
+    cb._time.last_save -= 3601  # an hour went by: the save comes at the next check (a few batches)
+    for _ in range(TimeChecks.MAX_BATCHES):
+        t.train_step()
+    assert len(t.saves) == 1 and os.path.basename(t.saves[0]).startswith("epoch=0-step=")
+
+
+class _FakeClock:
+    """Stands in for the ``time`` module in callbacks/time_checks: ``monotonic()`` is ``now``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _time_trigger_run(rank, tmp, steps, skew=0.0):
+    """``steps`` batches of 1 s with a 10 s interval; per batch: collectives issued, saved?"""
+    import torch.distributed as dist
+
+    from distengine.callbacks import time_checks as mc
+
+    dist.init_process_group("gloo")
+    clock = _FakeClock(1000.0 + skew * rank)  # the other rank's clock is a little ahead
+    mc.time = clock
+    counts = [0]
+    names = ["broadcast_object_list", "broadcast", "all_reduce", "barrier", "all_gather_object",
+             "all_gather", "gather_object", "scatter_object_list", "reduce"]
+    inside = [False]
+
+    def counting(fn):
+        def wrapper(*a, **k):
+            outer = not inside[0]
+            counts[0] += outer
+            inside[0] = True
+            try:
+                return fn(*a, **k)
+            finally:
+                inside[0] = not outer
+        return wrapper
+
+    for name in names:
+        setattr(dist, name, counting(getattr(dist, name)))
+    cb = ModelCheckpoint(dirpath=tmp, train_time_interval=10, save_top_k=-1)
+    t = FakeTrainer(tmp, [cb])
+    t.fit_setup()
+    per_step = []
+    for _ in range(steps):
+        clock.now += 1.0
+        before, saves = counts[0], len(t.saves)
+        t.train_step()
+        per_step.append((counts[0] - before, len(t.saves) > saves))
+    return per_step
+
+
+def test_time_interval_checks_rank_zero_clock_only_every_few_batches(tmp_path, monkeypatch):
+    from distengine.callbacks import time_checks as mc
+
+    monkeypatch.setattr(mc, "time", _FakeClock())
+    cb = ModelCheckpoint(dirpath=tmp_path, train_time_interval=10)
+    t = FakeTrainer(str(tmp_path), [cb])
+    calls = []
+    broadcast = t.strategy.broadcast
+    t.strategy.broadcast = lambda obj, src=0: (calls.append(t.global_step), broadcast(obj, src))[1]
+    t.fit_setup()
+    saved = []
+    for _ in range(30):
+        mc.time.now += 1.0
+        n = len(t.saves)
+        t.train_step()
+        if len(t.saves) > n:
+            saved.append(t.global_step)
+    assert saved == [10, 20, 30], "the same batches as a check after every batch"
+    # the time checks, then each save's own decision (the second broadcast at 10, 20, 30)
+    assert calls == [1, 5, 7, 8, 9, 10, 10, 15, 17, 18, 19, 20, 20, 25, 27, 28, 29, 30, 30]
+
+
+def test_two_ranks_time_interval_without_a_collective_every_batch(tmp_path):
+    r0, r1 = run_ranks(_time_trigger_run, 2, str(tmp_path), 50, 0.3, timeout=90)
+    saved0 = [i + 1 for i, (_, s) in enumerate(r0) if s]
+    saved1 = [i + 1 for i, (_, s) in enumerate(r1) if s]
+    assert saved0 == saved1 == [10, 20, 30, 40, 50], "rank zero's clock decides for both"
+    quiet = [n for n, s in r0 if not s]
+    assert [n for n, s in r1 if not s] == quiet
+    assert sum(1 for n in quiet if n == 0) >= 20, "most batches issue no collective at all"
+    assert max(quiet) <= 1 and sum(quiet) <= 26, (quiet, "was one broadcast every batch")
 
 
 def test_missing_monitor_warns_then_errors_after_validation(tmp_path):
