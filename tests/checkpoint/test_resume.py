@@ -48,7 +48,10 @@ def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool
             env.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                         "LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0",
                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
-        cmd = [sys.executable, SCRIPT, "--root", root, "--out", out, "--run", run, *extra]
+        # the rank entry point of `distengine launch`: a plain `python SCRIPT` of several gloo
+        # ranks can abort at interpreter shutdown (exit 134, pytorch/pytorch#190489; launch/rank.py)
+        entry = ["-m", "distengine.launch.rank"] if world > 1 else []
+        cmd = [sys.executable, *entry, SCRIPT, "--root", root, "--out", out, "--run", run, *extra]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     outputs, codes, ended = [], [], []

@@ -33,7 +33,11 @@ def _launch(root: str, out: str, run: str, *extra: str, killed: bool = False, wo
         env.update({"PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
                     "DISTENGINE_TIMEOUT": "60", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                     "LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
-        cmd = [sys.executable, SCRIPT, "--root", root, "--out", out, "--run", run, *extra]
+        # through the launcher's rank entry point, as `distengine launch` starts a rank: a plain
+        # `python SCRIPT` can abort at interpreter shutdown in torch's gloo threads (exit 134
+        # after a finished run, pytorch/pytorch#190489; see launch/rank.py)
+        cmd = [sys.executable, "-m", "distengine.launch.rank", SCRIPT, "--root", root, "--out", out, "--run", run,
+               *extra]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         outputs = [p.communicate(timeout=240)[0] for p in procs]
