@@ -31,6 +31,7 @@ from distengine.callbacks.base import Callback
 from distengine.callbacks.checkpoint_names import _score, _to_float, format_checkpoint_name
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
 from distengine.checkpoint.io import CKPT_SUFFIX, clean_stale_temp_files, link_atomic, write_last_pointer
+from distengine.checkpoint.sharded import recover_interrupted_saves
 from distengine.loggers.artifacts import checkpoint_notifier
 
 __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
@@ -221,6 +222,10 @@ class ModelCheckpoint(Callback):
         if trainer.is_global_zero:
             os.makedirs(self.dirpath, exist_ok=True)
             clean_stale_temp_files(self.dirpath)
+            recover_interrupted_saves(self.dirpath)
+        strategy = getattr(trainer, "strategy", None)
+        if strategy is not None:  # no rank resolves ckpt_path="last" before the folder is put right
+            strategy.barrier()
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         self._last_time = time.monotonic()

@@ -26,7 +26,9 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import threading
 import uuid
 import warnings
@@ -35,10 +37,15 @@ from typing import Any, Callable
 
 import torch.distributed as dist
 
-from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
+from distengine.checkpoint.io import (
+    CheckpointError,
+    _fsync_dir,
+    atomic_save,
+    safe_load,
+)
 
 __all__ = ["META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
-           "load_consolidated", "load_sharded", "read_meta", "sharded_keys"]
+           "load_consolidated", "load_sharded", "read_meta", "recover_interrupted_saves", "sharded_keys"]
 
 META_FILE = "meta.pt"
 #: meta.pt entry: each optimizer's parameter groups without tensors (checked before a load)
@@ -182,30 +189,138 @@ class ShardedCheckpointer:
 
 
 def remove_stale_temp_dirs(folder: str) -> list[str]:
-    """Remove the temporary directories of sharded saves that never finished (a crash or a
-    SIGKILL mid-save). Called by rank 0 before each save, when none of its own is in flight;
-    the ranks of one job are the only writers into its checkpoint folder."""
-    removed = []
-    for name in os.listdir(folder):
-        full = os.path.join(folder, name)
-        if name.startswith(".") and _TMP_MARK in name and os.path.isdir(full):
-            shutil.rmtree(full, ignore_errors=True)
-            removed.append(full)
-    return removed
+    """Tidy ``folder`` after sharded saves that never finished (a crash or a SIGKILL mid-save),
+    with :func:`recover_interrupted_saves`; returns what it removed. Called by rank 0 before
+    each save, when none of its own is in flight; the ranks of one job are the only writers
+    into its checkpoint folder."""
+    return [path for action, path in recover_interrupted_saves(folder) if action == "removed"]
+
+
+#: leftovers of a save: ``.<name>.tmp-<id>`` (being written), ``.<name>.old-<id>`` (the previous
+#: checkpoint of that name, moved aside by a publish), ``.<name>.tmp-old-<id>`` (link_atomic's)
+_LEFTOVER = re.compile(r"^\.(?P<base>.+?)\.(?P<kind>tmp|old|tmp-old)-[0-9a-f]+$")
+
+
+def _complete(path: str) -> bool:
+    """A complete checkpoint under any layout: a sharded directory that passes its size checks,
+    or a file checkpoint that loads."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        return is_sharded_checkpoint(path)
+    from distengine.checkpoint.io import is_valid_checkpoint
+
+    return os.path.isfile(path) and is_valid_checkpoint(path)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def recover_interrupted_saves(folder: str | os.PathLike) -> list[tuple[str, str]]:
+    """Put back what an interrupted save left in ``folder``; returns ``(action, path)`` pairs.
+
+    A publish that reuses a name moves the previous checkpoint aside (``.<name>.old-<id>``),
+    renames the finished ``.<name>.tmp-<id>`` into place, then deletes the old one; a crash can
+    stop it between any two steps. For each name: the newest complete ``.tmp-`` directory (all
+    shards and DCP's ``.metadata`` written) is published under it; otherwise, when the name is
+    absent, the newest complete ``.old-`` one is renamed back. Incomplete temporaries, and old
+    copies once a complete checkpoint holds the name, are removed. No complete checkpoint is
+    removed before a newer complete one holds its name. Rank 0 only, with no save in flight.
+    """
+    folder = os.fspath(folder)
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    groups: dict[str, dict[str, list[str]]] = {}
+    for name in names:
+        found = _LEFTOVER.match(name)
+        if found:
+            kind = "tmp" if found["kind"] == "tmp" else "old"
+            groups.setdefault(found["base"], {"tmp": [], "old": []})[kind].append(os.path.join(folder, name))
+    actions: list[tuple[str, str]] = []
+
+    def newest_first(paths: list[str]) -> list[str]:
+        def mtime(p: str) -> int:
+            try:
+                return os.lstat(p).st_mtime_ns
+            except OSError:
+                return -1
+        return sorted(paths, key=mtime, reverse=True)
+
+    for base, found in sorted(groups.items()):
+        final = os.path.join(folder, base)
+        tmps = newest_first(found["tmp"])
+        olds = newest_first(found["old"])
+        good_tmp = next((t for t in tmps if os.path.isdir(t) and _complete(t)), None)
+        if good_tmp is not None:  # written to the end: the newest checkpoint of this name
+            _publish(good_tmp, final)
+            actions.append(("published", final))
+        elif not os.path.lexists(final):
+            good_old = next((o for o in olds if _complete(o)), None)
+            if good_old is not None:  # the crash came between the two renames: the old one goes back
+                os.rename(good_old, final)
+                _fsync_dir(folder)
+                olds.remove(good_old)
+                actions.append(("restored", final))
+        held = os.path.lexists(final) and _complete(final)
+        for path in tmps:
+            if path != good_tmp and os.path.lexists(path):
+                _remove(path)
+                actions.append(("removed", path))
+        if held:  # a complete checkpoint holds the name: the copies moved aside are superseded
+            for path in olds:
+                if os.path.lexists(path):
+                    _remove(path)
+                    actions.append(("removed", path))
+    return actions
+
+
+#: environment variable of the crash tests: ``<point>:<n>`` SIGKILLs this process at crash point
+#: ``<point>`` of the publish sequence the n-th time it is reached (see :func:`_publish`)
+_CRASH_ENV = "DISTENGINE_TEST_CRASH"
+_crash_counts: dict[str, int] = {}
+
+
+def _crash_point(name: str) -> None:
+    spec = os.environ.get(_CRASH_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point == name:
+        _crash_counts[name] = _crash_counts.get(name, 0) + 1
+        if _crash_counts[name] >= int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _publish(tmp: str, final: str) -> None:
-    """Rank 0: rename the finished DCP directory (``meta.pt`` already in it) into place."""
+    """Rank 0: rename the finished DCP directory (``meta.pt`` already in it) into place.
+
+    A previous
+    checkpoint of the same name (a directory, or a file from a full-layout save) is moved
+    aside to ``.<name>.old-<id>``, the new one renamed into place, then the old one deleted; a
+    crash between any two steps is put right by :func:`recover_interrupted_saves`."""
     if not os.path.isfile(os.path.join(tmp, _DCP_METADATA)):
         raise CheckpointError(f"the sharded save into {tmp!r} finished without DCP's .metadata file")
+    _crash_point("before-move-old")
     old = None
-    if os.path.exists(final):  # a directory cannot be renamed over a non-empty one: move it aside
+    if os.path.lexists(final):  # a directory cannot be renamed over a non-empty one: move it aside
         old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
         os.rename(final, old)
+        _crash_point("after-move-old")
+    _crash_point("before-rename")
     os.rename(tmp, final)
     _fsync_dir(os.path.dirname(final))
+    _crash_point("after-rename")
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _crash_point("before-delete")
+        _remove(old)
+        _crash_point("after-delete")
 
 
 # ---------------------------------------------------------------------------- load
