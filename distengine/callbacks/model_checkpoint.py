@@ -221,11 +221,27 @@ class ModelCheckpoint(Callback):
         self.resolve_dirpath(trainer)
         if trainer.is_global_zero:
             os.makedirs(self.dirpath, exist_ok=True)
-            clean_stale_temp_files(self.dirpath)
-            recover_interrupted_saves(self.dirpath)
+            for folder in self._scanned_folders():
+                clean_stale_temp_files(folder)
+                recover_interrupted_saves(folder)
         strategy = getattr(trainer, "strategy", None)
-        if strategy is not None:  # no rank resolves ckpt_path="last" before the folder is put right
+        if strategy is not None:  # no rank resolves ckpt_path="last" before the folders are put right
             strategy.barrier()
+
+    def _scanned_folders(self) -> list[str]:
+        """The folders ``fit(ckpt_path="last")`` may resume from: this run's, and with a logger
+        the ``checkpoints`` folders of its other versions."""
+        folders = [self.dirpath]
+        if self.version_root:
+            try:
+                names = sorted(os.listdir(self.version_root))
+            except OSError:
+                names = []
+            for name in names:
+                folder = os.path.abspath(os.path.join(self.version_root, name, "checkpoints"))
+                if folder != self.dirpath and os.path.isdir(folder):
+                    folders.append(folder)
+        return folders
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         self._last_time = time.monotonic()
