@@ -98,6 +98,7 @@ def _atomic_write(path: str, write: Any) -> None:
         dir=folder, prefix=f".{os.path.basename(path)}.{_host_tag()}.{os.getpid()}.",
         suffix=_TMP_SUFFIX)
     os.close(fd)
+    old = None
     try:
         write(tmp)
         # fsync through a fresh descriptor: the writer may be C++ code that owns its own handle.
@@ -106,14 +107,24 @@ def _atomic_write(path: str, write: Any) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if os.path.isdir(path) and not os.path.islink(path):
+            # a sharded checkpoint of the same name (a resume under another strategy): a file
+            # cannot replace a directory in one rename, so it moves aside until the file is in
+            # place (sharded.recover_interrupted_saves puts it back after a crash in between)
+            old = os.path.join(folder, f".{os.path.basename(path)}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(path, old)
         os.replace(tmp, path)
     except BaseException:
+        if old is not None and not os.path.lexists(path):
+            os.rename(old, path)
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
     _fsync_dir(folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

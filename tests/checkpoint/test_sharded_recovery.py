@@ -80,3 +80,30 @@ def test_leftovers_in_older_version_folders_are_recovered_and_cleaned(tmp_path):
     assert torch.load(tmp_path / "v2.pt")["start"] == 3, out[-2000:]
     assert sorted(os.listdir(v0)) == ["last.ckpt", "last.json", "model.ckpt"]
     assert torch.load(v0 / "model.ckpt" / "meta.pt", weights_only=True)["global_step"] == 2
+
+
+@pytest.mark.parametrize("first,then", [("sharded", "full"), ("full", "sharded")])
+def test_resume_under_the_other_layout_saves_over_the_same_name(tmp_path, first, then):
+    """A sharded directory resumed by a full-file strategy (one process, DDP) and saved again
+    under the same name: the file replaces the directory (it was IsADirectoryError at the first
+    save); and a file checkpoint replaced by a directory leaves no ``.old-`` file behind."""
+    _job(tmp_path, "--steps", 2, "--layout", first)
+    out = _job(tmp_path, "--steps", 4, "--layout", then, "--resume", "--out", tmp_path / "final.pt")
+    assert torch.load(tmp_path / "final.pt")["start"] == 2, out[-2000:]
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(os.listdir(ckpts)) == ["last.ckpt", "last.json", "model.ckpt"]
+    assert os.path.isdir(ckpts / "model.ckpt") == (then == "sharded")
+    out = _job(tmp_path, "--steps", 5, "--layout", first, "--resume", "--out", tmp_path / "back.pt")
+    assert torch.load(tmp_path / "back.pt")["start"] == 4, out[-2000:]
+    assert sorted(os.listdir(ckpts)) == ["last.ckpt", "last.json", "model.ckpt"]
+
+
+def test_directory_moved_aside_for_a_file_is_put_back_after_a_crash(tmp_path):
+    """The state a crash leaves between moving the directory aside and renaming the new file in
+    (the file's temporary is removed as stale): the directory is renamed back and resumed."""
+    _job(tmp_path, "--steps", 2)
+    ckpts = tmp_path / "checkpoints"
+    os.rename(ckpts / "model.ckpt", ckpts / ".model.ckpt.old-0badf00d")
+    out = _job(tmp_path, "--steps", 3, "--layout", "full", "--resume", "--out", tmp_path / "final.pt")
+    assert torch.load(tmp_path / "final.pt")["start"] == 2, out[-2000:]
+    assert sorted(os.listdir(ckpts)) == ["last.ckpt", "last.json", "model.ckpt"]
