@@ -225,10 +225,10 @@ def is_valid_checkpoint(path: str | os.PathLike, deep: bool = False) -> bool:
 def _checkpoint_problem(path: str, deep: bool = False) -> str | None:
     """Why ``path`` cannot be loaded ("is missing", "is truncated or corrupt", "was refused as
     unsafe ..."), or None when :func:`safe_load` would accept it."""
-    if os.path.isdir(path):  # a sharded checkpoint (checkpoint/sharded.py)
-        from distengine.checkpoint.sharded import is_sharded_checkpoint
+    if os.path.isdir(path):  # a sharded checkpoint (checkpoint/sharded.py): files, sizes, checksums
+        from distengine.checkpoint.sharded import sharded_problem
 
-        return None if is_sharded_checkpoint(path) else "is an incomplete sharded checkpoint"
+        return sharded_problem(path, deep)
     if not os.path.isfile(path):
         return "is missing"
     if deep:
@@ -458,7 +458,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
     except CheckpointError as exc:
         pointed, problem = None, str(exc)
     if pointed is not None:
-        why = _checkpoint_problem(pointed)
+        why = _checkpoint_problem(pointed, deep=os.path.isdir(pointed))  # a directory: its checksums
         if why is None:
             return pointed
         problem = f"the last checkpoint {pointed!r} {why}"
@@ -470,7 +470,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
     for cand in candidates:
         if pointed is not None and os.path.abspath(cand) == pointed:
             continue
-        if is_valid_checkpoint(cand):
+        if is_valid_checkpoint(cand, deep=os.path.isdir(cand)):
             warnings.warn(f"{problem}; resuming from the newest valid checkpoint {cand!r} instead",
                           UserWarning, stacklevel=2)
             return cand
