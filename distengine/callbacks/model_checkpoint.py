@@ -224,9 +224,9 @@ class ModelCheckpoint(Callback):
             for folder in self._scanned_folders():
                 clean_stale_temp_files(folder)
                 recover_interrupted_saves(folder)
-        strategy = getattr(trainer, "strategy", None)
-        if strategy is not None:  # no rank resolves ckpt_path="last" before the folders are put right
-            strategy.barrier()
+        barrier = getattr(getattr(trainer, "strategy", None), "barrier", None)
+        if callable(barrier):  # no rank resolves ckpt_path="last" before the folders are put right
+            barrier()
 
     def _scanned_folders(self) -> list[str]:
         """The folders ``fit(ckpt_path="last")`` may resume from: this run's, and with a logger
