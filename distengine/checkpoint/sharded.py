@@ -211,7 +211,7 @@ _LEFTOVER = re.compile(r"^\.(?P<base>.+?)\.(?P<kind>tmp|old|tmp-old)-[0-9a-f]+$"
 def _complete(path: str) -> bool:
     """A complete checkpoint under any layout: a sharded directory that passes its size checks,
     or a file checkpoint that loads."""
-    if os.path.isdir(path) and not os.path.islink(path):
+    if os.path.isdir(path):  # last.ckpt: a link to one
         return is_sharded_checkpoint(path) and sharded_problem(path) is None
     from distengine.checkpoint.io import is_valid_checkpoint
 

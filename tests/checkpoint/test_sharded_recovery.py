@@ -107,3 +107,15 @@ def test_directory_moved_aside_for_a_file_is_put_back_after_a_crash(tmp_path):
     out = _job(tmp_path, "--steps", 3, "--layout", "full", "--resume", "--out", tmp_path / "final.pt")
     assert torch.load(tmp_path / "final.pt")["start"] == 2, out[-2000:]
     assert sorted(os.listdir(ckpts)) == ["last.ckpt", "last.json", "model.ckpt"]
+
+
+def test_copy_of_last_ckpt_moved_aside_is_removed_once_the_link_is_back(tmp_path):
+    """link_atomic's ``.last.ckpt.tmp-old-<id>`` (a real directory left by ``cp -rL``, moved aside
+    for the link): a leftover once ``last.ckpt`` is a link to a complete checkpoint again."""
+    from distengine.checkpoint.sharded import recover_interrupted_saves
+
+    _job(tmp_path, "--steps", 1)
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(ckpts / "model.ckpt", ckpts / ".last.ckpt.tmp-old-0badf00d")
+    assert recover_interrupted_saves(ckpts) == [("removed", str(ckpts / ".last.ckpt.tmp-old-0badf00d"))]
+    assert sorted(os.listdir(ckpts)) == ["last.ckpt", "last.json", "model.ckpt"]
