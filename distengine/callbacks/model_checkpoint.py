@@ -31,6 +31,7 @@ from distengine.callbacks.checkpoint_names import _score, _to_float, format_chec
 from distengine.callbacks.time_checks import TimeChecks
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
 from distengine.checkpoint.io import CKPT_SUFFIX, clean_stale_temp_files, link_atomic, write_last_pointer
+from distengine.checkpoint.sharded import recover_interrupted_saves
 from distengine.loggers.artifacts import checkpoint_notifier
 
 __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
@@ -222,7 +223,27 @@ class ModelCheckpoint(Callback):
         self.resolve_dirpath(trainer)
         if trainer.is_global_zero:
             os.makedirs(self.dirpath, exist_ok=True)
-            clean_stale_temp_files(self.dirpath)
+            for folder in self._scanned_folders():
+                clean_stale_temp_files(folder)
+                recover_interrupted_saves(folder)
+        barrier = getattr(getattr(trainer, "strategy", None), "barrier", None)
+        if callable(barrier):  # no rank resolves ckpt_path="last" before the folders are put right
+            barrier()
+
+    def _scanned_folders(self) -> list[str]:
+        """The folders ``fit(ckpt_path="last")`` may resume from: this run's, and with a logger
+        the ``checkpoints`` folders of its other versions."""
+        folders = [self.dirpath]
+        if self.version_root:
+            try:
+                names = sorted(os.listdir(self.version_root))
+            except OSError:
+                names = []
+            for name in names:
+                folder = os.path.abspath(os.path.join(self.version_root, name, "checkpoints"))
+                if folder != self.dirpath and os.path.isdir(folder):
+                    folders.append(folder)
+        return folders
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         self._time.start()

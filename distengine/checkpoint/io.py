@@ -100,6 +100,7 @@ def _atomic_write(path: str, write: Any) -> None:
         dir=folder, prefix=f".{os.path.basename(path)}.{_host_tag()}.{os.getpid()}.",
         suffix=_TMP_SUFFIX)
     os.close(fd)
+    old = None
     try:
         write(tmp)
         # fsync through a fresh descriptor: the writer may be C++ code that owns its own handle.
@@ -108,14 +109,24 @@ def _atomic_write(path: str, write: Any) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if os.path.isdir(path) and not os.path.islink(path):
+            # a sharded checkpoint of the same name (a resume under another strategy): a file
+            # cannot replace a directory in one rename, so it moves aside until the file is in
+            # place (sharded.recover_interrupted_saves puts it back after a crash in between)
+            old = os.path.join(folder, f".{os.path.basename(path)}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(path, old)
         os.replace(tmp, path)
     except BaseException:
+        if old is not None and not os.path.lexists(path):
+            os.rename(old, path)
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
     _fsync_dir(folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -218,10 +229,10 @@ def is_valid_checkpoint(path: str | os.PathLike, deep: bool = False) -> bool:
 def _checkpoint_problem(path: str, deep: bool = False) -> str | None:
     """Why ``path`` cannot be loaded ("is missing", "is truncated or corrupt", "was refused as
     unsafe ..."), or None when :func:`safe_load` would accept it."""
-    if os.path.isdir(path):  # a sharded checkpoint (checkpoint/sharded.py)
-        from distengine.checkpoint.sharded import is_sharded_checkpoint
+    if os.path.isdir(path):  # a sharded checkpoint (checkpoint/sharded.py): files, sizes, checksums
+        from distengine.checkpoint.sharded import sharded_problem
 
-        return None if is_sharded_checkpoint(path) else "is an incomplete sharded checkpoint"
+        return sharded_problem(path, deep)
     if not os.path.isfile(path):
         return "is missing"
     if deep:
@@ -444,7 +455,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
     except CheckpointError as exc:
         pointed, problem = None, str(exc)
     if pointed is not None:
-        why = _checkpoint_problem(pointed)
+        why = _checkpoint_problem(pointed, deep=os.path.isdir(pointed))  # a directory: its checksums
         if why is None:
             return pointed
         problem = f"the last checkpoint {pointed!r} {why}"
@@ -456,7 +467,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
     for cand in candidates:
         if pointed is not None and os.path.abspath(cand) == pointed:
             continue
-        if is_valid_checkpoint(cand):
+        if is_valid_checkpoint(cand, deep=os.path.isdir(cand)):
             warnings.warn(f"{problem}; resuming from the newest valid checkpoint {cand!r} instead",
                           UserWarning, stacklevel=2)
             return cand

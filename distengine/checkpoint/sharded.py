@@ -25,22 +25,36 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import shutil
+import signal
 import threading
 import uuid
 import warnings
+import zlib
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch.distributed as dist
 
 from distengine import torch_private
-from distengine.checkpoint.io import CheckpointError, _fsync_dir, atomic_save, safe_load
+from distengine.checkpoint.io import (
+    CheckpointError,
+    _atomic_write,
+    _fsync_dir,
+    _write_text,
+    atomic_save,
+    is_temp_file,
+    safe_load,
+)
 from distengine.dist.setup import new_gloo_group
 
-__all__ = ["META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
-           "load_consolidated", "load_sharded", "read_meta", "sharded_keys"]
+__all__ = ["MANIFEST", "META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
+           "load_consolidated", "load_sharded", "read_meta", "recover_interrupted_saves", "sharded_keys",
+           "sharded_problem", "write_manifest"]
 
 META_FILE = "meta.pt"
 #: meta.pt entry: each optimizer's parameter groups without tensors (checked before a load)
@@ -201,39 +215,268 @@ class ShardedCheckpointer:
 
 
 def remove_stale_temp_dirs(folder: str) -> list[str]:
-    """Remove the temporary directories of sharded saves that never finished (a crash or a
-    SIGKILL mid-save). Called by rank 0 before each save, when none of its own is in flight;
-    the ranks of one job are the only writers into its checkpoint folder."""
-    removed = []
-    for name in os.listdir(folder):
-        full = os.path.join(folder, name)
-        if name.startswith(".") and _TMP_MARK in name and os.path.isdir(full):
-            shutil.rmtree(full, ignore_errors=True)
-            removed.append(full)
-    return removed
+    """Tidy ``folder`` after sharded saves that never finished (a crash or a SIGKILL mid-save),
+    with :func:`recover_interrupted_saves`; returns what it removed. Called by rank 0 before
+    each save, when none of its own is in flight; the ranks of one job are the only writers
+    into its checkpoint folder."""
+    return [path for action, path in recover_interrupted_saves(folder) if action == "removed"]
+
+
+#: leftovers of a save: ``.<name>.tmp-<id>`` (being written), ``.<name>.old-<id>`` (the previous
+#: checkpoint of that name, moved aside by a publish), ``.<name>.tmp-old-<id>`` (link_atomic's)
+_LEFTOVER = re.compile(r"^\.(?P<base>.+?)\.(?P<kind>tmp|old|tmp-old)-[0-9a-f]+$")
+
+
+def _complete(path: str) -> bool:
+    """A complete checkpoint under any layout: a sharded directory that passes its size checks,
+    or a file checkpoint that loads."""
+    if os.path.isdir(path):  # last.ckpt: a link to one
+        return is_sharded_checkpoint(path) and sharded_problem(path) is None
+    from distengine.checkpoint.io import is_valid_checkpoint
+
+    return os.path.isfile(path) and is_valid_checkpoint(path)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def recover_interrupted_saves(folder: str | os.PathLike) -> list[tuple[str, str]]:
+    """Put back what an interrupted save left in ``folder``; returns ``(action, path)`` pairs.
+
+    A publish that reuses a name moves the previous checkpoint aside (``.<name>.old-<id>``),
+    renames the finished ``.<name>.tmp-<id>`` into place, then deletes the old one; a crash can
+    stop it between any two steps. For each name: the newest complete ``.tmp-`` directory (all
+    shards and DCP's ``.metadata`` written) is published under it; otherwise, when the name is
+    absent, the newest complete ``.old-`` one is renamed back. Incomplete temporaries, and old
+    copies once a complete checkpoint holds the name, are removed. No complete checkpoint is
+    removed before a newer complete one holds its name. Rank 0 only, with no save in flight.
+    """
+    folder = os.fspath(folder)
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    groups: dict[str, dict[str, list[str]]] = {}
+    for name in names:
+        found = _LEFTOVER.match(name)
+        if found:
+            kind = "tmp" if found["kind"] == "tmp" else "old"
+            groups.setdefault(found["base"], {"tmp": [], "old": []})[kind].append(os.path.join(folder, name))
+    actions: list[tuple[str, str]] = []
+
+    def newest_first(paths: list[str]) -> list[str]:
+        def mtime(p: str) -> int:
+            try:
+                return os.lstat(p).st_mtime_ns
+            except OSError:
+                return -1
+        return sorted(paths, key=mtime, reverse=True)
+
+    for base, found in sorted(groups.items()):
+        final = os.path.join(folder, base)
+        tmps = newest_first(found["tmp"])
+        olds = newest_first(found["old"])
+        good_tmp = next((t for t in tmps if os.path.isdir(t) and _complete(t)), None)
+        if good_tmp is not None:  # written to the end: the newest checkpoint of this name
+            _publish(good_tmp, final)
+            actions.append(("published", final))
+        elif not os.path.lexists(final):
+            good_old = next((o for o in olds if _complete(o)), None)
+            if good_old is not None:  # the crash came between the two renames: the old one goes back
+                os.rename(good_old, final)
+                _fsync_dir(folder)
+                olds.remove(good_old)
+                actions.append(("restored", final))
+        held = os.path.lexists(final) and _complete(final)
+        for path in tmps:
+            if path != good_tmp and os.path.lexists(path):
+                _remove(path)
+                actions.append(("removed", path))
+        if held:  # a complete checkpoint holds the name: the copies moved aside are superseded
+            for path in olds:
+                if os.path.lexists(path):
+                    _remove(path)
+                    actions.append(("removed", path))
+    return actions
+
+
+#: environment variable of the crash tests: ``<point>:<n>`` SIGKILLs this process at crash point
+#: ``<point>`` of the publish sequence the n-th time it is reached (see :func:`_publish`)
+_CRASH_ENV = "DISTENGINE_TEST_CRASH"
+_crash_counts: dict[str, int] = {}
+
+
+def _crash_point(name: str) -> None:
+    spec = os.environ.get(_CRASH_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point == name:
+        _crash_counts[name] = _crash_counts.get(name, 0) + 1
+        if _crash_counts[name] >= int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _publish(tmp: str, final: str) -> None:
-    """Rank 0: rename the finished DCP directory (``meta.pt`` already in it) into place."""
+    """Rank 0: rename the finished DCP directory (``meta.pt`` already in it) into place.
+
+    First the checksums of every file go into the directory (:data:`MANIFEST`). A previous
+    checkpoint of the same name (a directory, or a file from a full-layout save) is moved
+    aside to ``.<name>.old-<id>``, the new one renamed into place, then the old one deleted; a
+    crash between any two steps is put right by :func:`recover_interrupted_saves`."""
     if not os.path.isfile(os.path.join(tmp, _DCP_METADATA)):
         raise CheckpointError(f"the sharded save into {tmp!r} finished without DCP's .metadata file")
+    if not os.path.isfile(os.path.join(tmp, MANIFEST)):  # a recovered directory has one already
+        write_manifest(tmp)
+    _crash_point("before-move-old")
     old = None
-    if os.path.exists(final):  # a directory cannot be renamed over a non-empty one: move it aside
+    if os.path.lexists(final):  # a directory cannot be renamed over a non-empty one: move it aside
         old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
         os.rename(final, old)
+        _crash_point("after-move-old")
+    _crash_point("before-rename")
     os.rename(tmp, final)
     _fsync_dir(os.path.dirname(final))
+    _crash_point("after-rename")
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _crash_point("before-delete")
+        _remove(old)
+        _crash_point("after-delete")
+
+
+# ---------------------------------------------------------------------------- checksums
+#: per-file sizes and CRC-32s of a sharded checkpoint, written by rank 0 before the publish rename
+MANIFEST = "checksums.json"
+_MANIFEST_VERSION = 1
+_CHUNK = 1 << 22
+
+
+def _crc32(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def write_manifest(directory: str) -> None:
+    """Record the size and CRC-32 of every file of sharded checkpoint ``directory`` (every
+    rank's shards, ``.metadata``, ``meta.pt``) in ``directory/checksums.json``."""
+    files = {}
+    for name in sorted(os.listdir(directory)):
+        full = os.path.join(directory, name)
+        if name != MANIFEST and os.path.isfile(full) and not is_temp_file(name):
+            files[name] = {"size": os.path.getsize(full), "crc32": _crc32(full)}
+    text = json.dumps({"version": _MANIFEST_VERSION, "files": files}, sort_keys=True) + "\n"
+    _atomic_write(os.path.join(directory, MANIFEST), lambda tmp: _write_text(tmp, text))
+
+
+def _read_manifest(path: str) -> dict[str, Any] | str | None:
+    """The manifest's files, None for a checkpoint written before manifests, or why it is unreadable."""
+    try:
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return f"its {MANIFEST} is unreadable ({type(exc).__name__})"
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return f"its {MANIFEST} lists no files"
+    return files
+
+
+_verified: dict[tuple[str, tuple[tuple[int, int, int], ...]], bool] = {}
+
+
+def sharded_problem(path: str | os.PathLike, deep: bool = False) -> str | None:
+    """Why sharded checkpoint ``path`` cannot be loaded, naming the file, or None.
+
+    Checks that ``.metadata`` and ``meta.pt`` exist and, when the checkpoint has a
+    :data:`MANIFEST`, that every file it lists exists with its recorded size; ``deep`` also
+    compares every file's CRC-32 (reads the whole checkpoint once; remembered per process).
+    A checkpoint written before manifests is checked for its files' presence only."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return "does not exist or is not a directory"
+    for name in (_DCP_METADATA, META_FILE):
+        if not os.path.isfile(os.path.join(path, name)):
+            return f"is incomplete: it has no {name} (it was not written to the end)"
+    files = _read_manifest(path)
+    if files is None:
+        return None
+    if isinstance(files, str):
+        return f"is damaged: {files}"
+    for name, want in sorted(files.items()):
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            return f"is damaged: its file {name} is missing"
+        size = os.path.getsize(full)
+        if size != want.get("size"):
+            return f"is damaged: its file {name} has {size} bytes, {want.get('size')} were written"
+    if not deep:
+        return None
+    stats = [os.stat(os.path.join(path, name)) for name in sorted(files) + [MANIFEST]]
+    key = (os.path.realpath(path), tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats))
+    if key in _verified:  # verified before, and no file was written since
+        return None
+    for name, want in sorted(files.items()):
+        if _crc32(os.path.join(path, name)) != want.get("crc32"):
+            return f"is damaged: its file {name} does not match the checksum written with it"
+    _verified[key] = True
+    return None
 
 
 # ---------------------------------------------------------------------------- load
 def _require(path: str) -> None:
+    """Raise a one-line :class:`CheckpointError` naming the damaged file unless ``path`` is a
+    complete sharded checkpoint whose files match their checksums (verified once per process)."""
     if not os.path.isdir(path):
         raise CheckpointError(f"sharded checkpoint {path!r} does not exist or is not a directory")
-    if not is_sharded_checkpoint(path):
-        raise CheckpointError(f"sharded checkpoint {path!r} is incomplete (no {_DCP_METADATA} or {META_FILE}); "
-                              "it was not written to the end")
+    why = sharded_problem(path, deep=True)
+    if why is not None:
+        raise CheckpointError(f"sharded checkpoint {path!r} {why}")
+    if not os.path.isfile(os.path.join(path, MANIFEST)):  # written before checksums: is the index readable?
+        from distengine.checkpoint.dcp_safe import SafeReader
+
+        try:
+            SafeReader(path).read_metadata()
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - empty, truncated, not a pickle ...
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"sharded checkpoint {path!r} is damaged: its file {_DCP_METADATA} cannot be "
+                                  f"read ({type(exc).__name__}: {first})") from exc
+
+
+@contextlib.contextmanager
+def _damage_as_checkpoint_error(path: str) -> Iterator[None]:
+    """torch's errors for a damaged directory (``CheckpointException ranks:...``, a bare
+    ``EOFError`` for an empty ``.metadata`` ...) as one line that names the checkpoint; a
+    checkpoint with a manifest was verified before, one without gets this."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - anything DCP raises reading the files
+        inner = exc
+        failures = getattr(exc, "failures", None)  # CheckpointException: {rank: exception}
+        if isinstance(failures, dict) and failures:
+            inner = next(iter(failures.values()))
+            if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+                inner = inner[0]  # an (exception, traceback) pair
+        first = (str(inner).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"sharded checkpoint {path!r} cannot be loaded, its files are damaged or do not "
+                              f"fit ({type(inner).__name__}: {first})") from exc
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -249,7 +492,8 @@ def sharded_keys(path: str | os.PathLike) -> set[str]:
 
     path = os.fspath(path)
     _require(path)
-    return set(SafeReader(path).read_metadata().state_dict_metadata)
+    with _damage_as_checkpoint_error(path):
+        return set(SafeReader(path).read_metadata().state_dict_metadata)
 
 
 def check_model_keys(path: str | os.PathLike, tensors: dict[str, Any]) -> None:
@@ -285,7 +529,7 @@ def load_sharded(path: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, 
     with warnings.catch_warnings():
         if no_dist:  # DCP warns that it "assumes" one process: here that is the intent
             warnings.simplefilter("ignore", UserWarning)
-        with refusals_as_checkpoint_errors(path):
+        with _damage_as_checkpoint_error(path), refusals_as_checkpoint_errors(path):
             dcp.load(tensors, storage_reader=SafeReader(path), planner=SafeLoadPlanner(), no_dist=no_dist)
     return meta
 
@@ -312,7 +556,7 @@ def load_consolidated(src: str | os.PathLike) -> dict[str, Any]:
     full: dict[str, Any] = {}
     with warnings.catch_warnings():  # "no process group: loading in a single process" is the intent
         warnings.simplefilter("ignore", UserWarning)
-        with refusals_as_checkpoint_errors(src):
+        with _damage_as_checkpoint_error(src), refusals_as_checkpoint_errors(src):
             torch_private.load_state_dict_into(full, SafeReader(src), SafeFullLoadPlanner(), no_dist=True)
     out = {k: v for k, v in meta.items() if k != OPTIMIZER_GROUPS}
     out["state_dict"] = full.pop("state_dict", {})

@@ -279,7 +279,8 @@ def test_two_ranks_match_one_process_and_resume_exactly(job):
     assert r0["meta"]["global_step"] == 2 and r1["meta"]["global_step"] == 2
     # rank 0 was told once the directory was complete and in place; rank 1 is never told
     assert [(os.path.basename(p), files) for p, files in r0["done"]] == \
-        [("step=2.ckpt", [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"])] and r1["done"] == []
+        [("step=2.ckpt", [".metadata", "__0_0.distcp", "__1_0.distcp", "checksums.json", "meta.pt"])] \
+        and r1["done"] == []
     n0 = len(r0["eval"])
     assert (n0, len(r1["eval"])) == (24, 8)
     reference = Net()
@@ -404,6 +405,9 @@ def test_loading_a_sharded_checkpoint_runs_no_code_from_it(job, tmp_path):
     shutil.copytree(src, bad_index)
     with open(bad_index / ".metadata", "wb") as f:
         pickle.dump(_Marker(str(tmp_path / "ran1")), f)
+    with pytest.raises(CheckpointError, match="damaged: its file .metadata"):  # the checksums catch it first
+        load_sharded(bad_index, {"state_dict": Net().state_dict()})
+    os.remove(bad_index / "checksums.json")  # crafted without them, as checkpoints written before them
     with pytest.raises(CheckpointError, match="refused as unsafe"):
         load_sharded(bad_index, {"state_dict": Net().state_dict()})
     # 2: a non-tensor entry that is not plain data (DCP pickles those with torch.save)
