@@ -368,10 +368,21 @@ class CheckpointMixin:
         self._resume.epoch_start_sample, self._resume.epoch_start_batch = 0, 0
         if ckpt_path is None:
             return
-        path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
-        version_root = getattr(self.checkpoint_callback, "version_root", None)
-        if path is None and ckpt_path == "last" and version_root:  # a restarted run: a new version
-            path = resolve_last_in_versions(version_root, self._checkpoint_dir())
+
+        def resolve() -> str | None:
+            path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
+            version_root = getattr(self.checkpoint_callback, "version_root", None)
+            if path is None and ckpt_path == "last" and version_root:  # a restarted run: a new version
+                path = resolve_last_in_versions(version_root, self._checkpoint_dir())
+            return path
+
+        # "last" names whatever last.json points at when it is read. Rank 0 repoints it once a
+        # save is in place, in the background after an async save, and the other ranks may
+        # leave the previous fit before that: resolved on each rank, the ranks could resume from
+        # different checkpoints (and hang in the first collective that then differs). Rank 0,
+        # which has waited for its own writes, decides for everyone.
+        path = self._on_rank_zero(resolve, f"resolving ckpt_path={ckpt_path!r}") if ckpt_path == "last" \
+            else resolve()
         if path is None:
             if self.is_global_zero:
                 print(f"distengine: no checkpoint in {self._checkpoint_dir()} yet; starting fresh",
@@ -382,14 +393,57 @@ class CheckpointMixin:
         # on the CPU. Loaded onto a GPU, those counters would stay there, and the default
         # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
         ckpt = load_for_trainer(self, path) if os.path.isdir(path) else safe_load(path, map_location="cpu")
-        if not self._checkpointer().restore(ckpt, path, self._module_hooks.get("on_load_checkpoint", ()),
-                                            self._callback_hooks.get("on_load_checkpoint", ())):
+        full = self._checkpointer().restore(ckpt, path, self._module_hooks.get("on_load_checkpoint", ()),
+                                            self._callback_hooks.get("on_load_checkpoint", ()))
+        self._check_resume_agreement(path)  # every rank, weights-only or not: a collective
+        if not full:
             return  # a weights-only checkpoint: start training from these weights
         p = self.progress
         self._run_sanity_check = False
         if self.is_global_zero:
             print(f"distengine: resumed from {path} (epoch {p.epoch}, step {p.global_step})",
                   file=sys.stderr, flush=True)
+
+    def _on_rank_zero(self, fn: Any, what: str) -> Any:
+        """``fn()`` run on global rank zero, its result (or its failure) handed to every rank."""
+        error: BaseException | None = None
+        box: dict[str, Any] | None = None
+        if self.is_global_zero:
+            try:
+                box = {"value": fn()}
+            except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
+                error, box = exc, {"error": f"{type(exc).__name__}: {exc}"}
+        box = self._strategy.broadcast(box, src=0)
+        if "error" in box:
+            if error is not None:
+                raise error
+            from distengine.checkpoint.io import CheckpointError
+
+            raise CheckpointError(f"{what} failed on rank 0: {box['error']}")
+        return box["value"]
+
+    def _check_resume_agreement(self, path: str) -> None:
+        """Right after a checkpoint was loaded: every rank must go on from the same point (epoch,
+        global step, batch of the epoch, batches left), or the first collective that differs
+        (an FSDP all-gather on one rank, an epoch-end reduction on another) would hang. One
+        all-reduce (the minimum and maximum of each number); when the ranks disagree, every
+        rank raises the same one-line error naming the positions (one all-gather more)."""
+        import math
+
+        from distengine.checkpoint.io import CheckpointError
+
+        if not collectives.is_distributed():
+            return
+        p, n = self.progress, self._data.num_train_batches
+        total = -1 if math.isinf(n) else int(n)  # -1: a loader without a length
+        left = -1 if total < 0 else max(total - p.batches_done, 0)
+        mine = [p.epoch, p.global_step, p.batches_done, total, left]
+        both = torch.tensor(mine + [-v for v in mine], dtype=torch.float64)
+        hi = collectives.reduce_tensors([both], "max")[0].tolist()
+        if hi[:5] == [-v for v in hi[5:]]:  # max == min: every rank holds the same position
+            return
+        everyone = collectives.all_gather_object((mine, os.path.basename(os.fspath(path))))
+        raise CheckpointError(resume_disagreement(everyone))
 
     def _load_weights_only(self, ckpt_path: str) -> None:
         from distengine.checkpoint.apply import check_weights
@@ -411,3 +465,21 @@ class CheckpointMixin:
         check_weights(self._module, state["state_dict"], source=path)
         self._strategy.load_module_state_dict(self._module, state["state_dict"])
 
+
+
+def resume_disagreement(everyone: list[tuple[list[int], str]]) -> str:
+    """The one-line error of :meth:`_check_resume_agreement`: each distinct resume point with the
+    ranks at it, ``everyone[r] = ([epoch, global_step, batches_done, batches, left], file)``."""
+    groups: dict[tuple[tuple[int, ...], str], list[int]] = {}
+    for rank, (pos, name) in enumerate(everyone):
+        groups.setdefault((tuple(int(v) for v in pos), name), []).append(rank)
+
+    def where(pos: tuple[int, ...], name: str, ranks: list[int]) -> str:
+        epoch, step, done, total, _ = pos
+        of = f"batch {done} of {total}" if total >= 0 else f"batch {done}"
+        who = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ",".join(map(str, ranks))
+        return f"{who} at epoch {epoch} step {step} ({of}) from {name}"
+
+    points = ", ".join(where(pos, name, ranks) for (pos, name), ranks in groups.items())
+    return (f"ranks disagree on the resume point: {points}; every rank must load the same checkpoint: "
+            "pass the same ckpt_path on every rank, from a checkpoint folder all ranks share")
