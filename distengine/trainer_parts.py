@@ -366,7 +366,7 @@ class CheckpointMixin:
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint as load_for_trainer
 
         self._resume.epoch_start_sample, self._resume.epoch_start_batch = 0, 0
-        if ckpt_path is None:
+        if ckpt_path is None and not collectives.is_distributed():
             return
 
         def resolve() -> str | None:
@@ -376,14 +376,10 @@ class CheckpointMixin:
                 path = resolve_last_in_versions(version_root, self._checkpoint_dir())
             return path
 
-        # "last" names whatever last.json points at when it is read. Rank 0 repoints it once a
-        # save is in place, in the background after an async save, and the other ranks may
-        # leave the previous fit before that: resolved on each rank, the ranks could resume from
-        # different checkpoints (and hang in the first collective that then differs). Rank 0,
-        # which has waited for its own writes, decides for everyone.
-        path = self._on_rank_zero(resolve, f"resolving ckpt_path={ckpt_path!r}") if ckpt_path == "last" \
-            else resolve()
+        path = self._resume_path(ckpt_path, resolve)
         if path is None:
+            if ckpt_path is None:
+                return
             if self.is_global_zero:
                 print(f"distengine: no checkpoint in {self._checkpoint_dir()} yet; starting fresh",
                       file=sys.stderr, flush=True)
@@ -403,6 +399,44 @@ class CheckpointMixin:
         if self.is_global_zero:
             print(f"distengine: resumed from {path} (epoch {p.epoch}, step {p.global_step})",
                   file=sys.stderr, flush=True)
+
+    def _resume_path(self, ckpt_path: Any, resolve: Any) -> str | None:
+        """The checkpoint this rank loads (None: a fresh start), decided so that the ranks agree.
+
+        ``"last"`` names whatever last.json points at when it is read. Rank 0 repoints it once a
+        save is in place, in the background after an async save, and the other ranks may leave
+        the previous fit before that: resolved on each rank, the ranks could resume from
+        different checkpoints (and hang in the first collective that then differs). So when
+        every rank asks for ``"last"``, rank 0 (which has waited for its own writes) resolves it
+        for everyone. Other paths are each rank's own; a failure on any rank, or ranks of which
+        some load a checkpoint and some start fresh, raise on every rank.
+        """
+        from distengine.checkpoint.io import CheckpointError
+
+        if not collectives.is_distributed():
+            return resolve()
+        asked = collectives.all_gather_object(None if ckpt_path is None else os.fspath(ckpt_path))
+        if all(a is None for a in asked):
+            return None
+        if all(a == "last" for a in asked):
+            return self._on_rank_zero(resolve, "resolving ckpt_path='last'")
+        path, error = None, None
+        try:
+            path = resolve() if ckpt_path is not None else None
+        except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
+            error = exc
+        everyone = collectives.all_gather_object((path, None if error is None else f"{type(error).__name__}: {error}"))
+        if error is not None:
+            raise error
+        for rank, (_, why) in enumerate(everyone):
+            if why is not None:
+                raise CheckpointError(f"resolving ckpt_path failed on rank {rank}: {why}")
+        if any(p is None for p, _ in everyone):
+            which = ", ".join(f"rank {r}: {p or 'none (a fresh start)'} (ckpt_path={a!r})"
+                              for r, ((p, _), a) in enumerate(zip(everyone, asked)))
+            raise CheckpointError(f"ranks disagree on the checkpoint to resume from: {which}; pass the same "
+                                  "ckpt_path on every rank")
+        return path
 
     def _on_rank_zero(self, fn: Any, what: str) -> Any:
         """``fn()`` run on global rank zero, its result (or its failure) handed to every rank."""
