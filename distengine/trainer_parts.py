@@ -425,12 +425,13 @@ class CheckpointMixin:
             path = resolve() if ckpt_path is not None else None
         except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
             error = exc
-        everyone = collectives.all_gather_object((path, None if error is None else f"{type(error).__name__}: {error}"))
+        why = None if error is None else f"{type(error).__name__}: {error}"
+        everyone = collectives.all_gather_object((path, why))
         if error is not None:
             raise error
-        for rank, (_, why) in enumerate(everyone):
-            if why is not None:
-                raise CheckpointError(f"resolving ckpt_path failed on rank {rank}: {why}")
+        for rank, (_, failure) in enumerate(everyone):
+            if failure is not None:
+                raise CheckpointError(f"resolving ckpt_path failed on rank {rank}: {failure}")
         if any(p is None for p, _ in everyone):
             which = ", ".join(f"rank {r}: {p or 'none (a fresh start)'} (ckpt_path={a!r})"
                               for r, ((p, _), a) in enumerate(zip(everyone, asked)))
@@ -498,7 +499,6 @@ class CheckpointMixin:
         state = load_trainer_checkpoint(self, path, True) if sharded else safe_load(path, map_location="cpu")
         check_weights(self._module, state["state_dict"], source=path)
         self._strategy.load_module_state_dict(self._module, state["state_dict"])
-
 
 
 def resume_disagreement(everyone: list[tuple[list[int], str]]) -> str:

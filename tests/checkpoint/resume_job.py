@@ -11,6 +11,11 @@ Where the last checkpoint of the 1-epoch fit lands (``point``):
   if it had crashed there);
 * ``epoch_end``: the default epoch trigger: at the end of epoch 0 (step 6, epoch done).
 
+The ModelCheckpoint is given its ``dirpath``: without one, it broadcasts the folder it finds at
+the start of each fit, a collective that happens to line the ranks up before they resolve
+``"last"`` (before the fix, about half the FSDP + async + last-batch runs hung with a dirpath,
+none without).
+
 Run by hand (loops the FSDP + async + last-batch case)::
 
     python -m tests.checkpoint.resume_job --runs 10 [--strategy fsdp] [--sync] [--point last_batch]
@@ -189,8 +194,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             began = time.monotonic()
             try:
-                res = run_ranks(fit_twice, 2, tmp, args.strategy, not args.sync, args.point, False, None, not args.no_dirpath,
-                                timeout=args.timeout, env={"DISTENGINE_TIMEOUT": "20"})
+                res = run_ranks(fit_twice, 2, tmp, args.strategy, not args.sync, args.point, False, None,
+                                not args.no_dirpath, timeout=args.timeout, env={"DISTENGINE_TIMEOUT": "20"})
                 status = f"ok step={res[0]['step']}/{res[1]['step']}"
                 if res[0]["step"] != res[1]["step"]:
                     failures += 1
