@@ -100,6 +100,7 @@ _CASES = [(s, a, p) for s in ("fsdp", "ddp") for a in (True, False) for p in res
 
 
 @pytest.mark.skipif(not _soak_runs(), reason="soak: set DISTENGINE_RESUME_SOAK_RUNS=N (N runs per case)")
+@pytest.mark.timeout(160 * max(_soak_runs(), 1) + 60)  # each run ends within its own 150 s
 @pytest.mark.parametrize("strategy,async_save,point", _CASES,
                          ids=[f"{s}-{'async' if a else 'sync'}-{p}" for s, a, p in _CASES])
 def test_resume_soak(tmp_path, strategy, async_save, point):
