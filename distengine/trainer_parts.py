@@ -401,84 +401,15 @@ class CheckpointMixin:
                   file=sys.stderr, flush=True)
 
     def _resume_path(self, ckpt_path: Any, resolve: Any) -> str | None:
-        """The checkpoint this rank loads (None: a fresh start), decided so that the ranks agree.
+        """The checkpoint this rank loads, agreed across ranks (see checkpoint/agreement.py)."""
+        from distengine.checkpoint.agreement import agreed_checkpoint
 
-        ``"last"`` names whatever last.json points at when it is read. Rank 0 repoints it once a
-        save is in place, in the background after an async save, and the other ranks may leave
-        the previous fit before that: resolved on each rank, the ranks could resume from
-        different checkpoints (and hang in the first collective that then differs). So when
-        every rank asks for ``"last"``, rank 0 (which has waited for its own writes) resolves it
-        for everyone. Other paths are each rank's own; a failure on any rank, or ranks of which
-        some load a checkpoint and some start fresh, raise on every rank.
-        """
-        from distengine.checkpoint.io import CheckpointError
-
-        if not collectives.is_distributed():
-            return resolve()
-        asked = collectives.all_gather_object(None if ckpt_path is None else os.fspath(ckpt_path))
-        if all(a is None for a in asked):
-            return None
-        if all(a == "last" for a in asked):
-            return self._on_rank_zero(resolve, "resolving ckpt_path='last'")
-        path, error = None, None
-        try:
-            path = resolve() if ckpt_path is not None else None
-        except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
-            error = exc
-        why = None if error is None else f"{type(error).__name__}: {error}"
-        everyone = collectives.all_gather_object((path, why))
-        if error is not None:
-            raise error
-        for rank, (_, failure) in enumerate(everyone):
-            if failure is not None:
-                raise CheckpointError(f"resolving ckpt_path failed on rank {rank}: {failure}")
-        if any(p is None for p, _ in everyone):
-            which = ", ".join(f"rank {r}: {p or 'none (a fresh start)'} (ckpt_path={a!r})"
-                              for r, ((p, _), a) in enumerate(zip(everyone, asked)))
-            raise CheckpointError(f"ranks disagree on the checkpoint to resume from: {which}; pass the same "
-                                  "ckpt_path on every rank")
-        return path
-
-    def _on_rank_zero(self, fn: Any, what: str) -> Any:
-        """``fn()`` run on global rank zero, its result (or its failure) handed to every rank."""
-        error: BaseException | None = None
-        box: dict[str, Any] | None = None
-        if self.is_global_zero:
-            try:
-                box = {"value": fn()}
-            except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
-                error, box = exc, {"error": f"{type(exc).__name__}: {exc}"}
-        box = self._strategy.broadcast(box, src=0)
-        if "error" in box:
-            if error is not None:
-                raise error
-            from distengine.checkpoint.io import CheckpointError
-
-            raise CheckpointError(f"{what} failed on rank 0: {box['error']}")
-        return box["value"]
+        return agreed_checkpoint(ckpt_path, resolve, self._strategy, self.is_global_zero)
 
     def _check_resume_agreement(self, path: str) -> None:
-        """Right after a checkpoint was loaded: every rank must go on from the same point (epoch,
-        global step, batch of the epoch, batches left), or the first collective that differs
-        (an FSDP all-gather on one rank, an epoch-end reduction on another) would hang. One
-        all-reduce (the minimum and maximum of each number); when the ranks disagree, every
-        rank raises the same one-line error naming the positions (one all-gather more)."""
-        import math
+        from distengine.checkpoint.agreement import check_resume_point
 
-        from distengine.checkpoint.io import CheckpointError
-
-        if not collectives.is_distributed():
-            return
-        p, n = self.progress, self._data.num_train_batches
-        total = -1 if math.isinf(n) else int(n)  # -1: a loader without a length
-        left = -1 if total < 0 else max(total - p.batches_done, 0)
-        mine = [p.epoch, p.global_step, p.batches_done, total, left]
-        both = torch.tensor(mine + [-v for v in mine], dtype=torch.float64)
-        hi = collectives.reduce_tensors([both], "max")[0].tolist()
-        if hi[:5] == [-v for v in hi[5:]]:  # max == min: every rank holds the same position
-            return
-        everyone = collectives.all_gather_object((mine, os.path.basename(os.fspath(path))))
-        raise CheckpointError(resume_disagreement(everyone))
+        check_resume_point(self.progress, self._data.num_train_batches, path)
 
     def _load_weights_only(self, ckpt_path: str) -> None:
         from distengine.checkpoint.apply import check_weights
@@ -500,21 +431,3 @@ class CheckpointMixin:
         state = load_trainer_checkpoint(self, path, True) if sharded else safe_load(path, map_location="cpu")
         check_weights(self._module, state["state_dict"], source=path)
         self._strategy.load_module_state_dict(self._module, state["state_dict"])
-
-
-def resume_disagreement(everyone: list[tuple[list[int], str]]) -> str:
-    """The one-line error of :meth:`_check_resume_agreement`: each distinct resume point with the
-    ranks at it, ``everyone[r] = ([epoch, global_step, batches_done, batches, left], file)``."""
-    groups: dict[tuple[tuple[int, ...], str], list[int]] = {}
-    for rank, (pos, name) in enumerate(everyone):
-        groups.setdefault((tuple(int(v) for v in pos), name), []).append(rank)
-
-    def where(pos: tuple[int, ...], name: str, ranks: list[int]) -> str:
-        epoch, step, done, total, _ = pos
-        of = f"batch {done} of {total}" if total >= 0 else f"batch {done}"
-        who = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ",".join(map(str, ranks))
-        return f"{who} at epoch {epoch} step {step} ({of}) from {name}"
-
-    points = ", ".join(where(pos, name, ranks) for (pos, name), ranks in groups.items())
-    return (f"ranks disagree on the resume point: {points}; every rank must load the same checkpoint: "
-            "pass the same ckpt_path on every rank, from a checkpoint folder all ranks share")

@@ -124,7 +124,7 @@ def test_resume_soak(tmp_path, strategy, async_save, point):
 
 
 def test_the_disagreement_error_groups_ranks_by_position():
-    from distengine.trainer_parts import resume_disagreement
+    from distengine.checkpoint.agreement import resume_disagreement
 
     msg = resume_disagreement([([1, 9, 3, 6, 3], "a.ckpt"), ([1, 9, 3, 6, 3], "a.ckpt"),
                                ([1, 8, 2, 6, 4], "b.ckpt"), ([0, 2, 1, -1, -1], "c.ckpt")])
