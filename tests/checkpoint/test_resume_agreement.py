@@ -18,6 +18,10 @@ The default suite runs every case once (one job); ``DISTENGINE_RESUME_SOAK_RUNS=
 set empty or to a non-number) runs each case N times, each in fresh processes::
 
     DISTENGINE_RESUME_SOAK_RUNS=20 .venv/bin/python -m pytest -q tests/checkpoint/test_resume_agreement.py -k soak
+
+Before the fix, 3 of 6 FSDP + async + last-batch runs hung. After it, 20 runs each, 0 failures:
+FSDP async last-batch, mid-epoch and epoch-end, FSDP sync last-batch, DDP async last-batch
+(2 shared CPU cores, 150 to 225 s per case).
 """
 from __future__ import annotations
 
