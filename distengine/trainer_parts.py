@@ -366,13 +366,20 @@ class CheckpointMixin:
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint as load_for_trainer
 
         self._resume.epoch_start_sample, self._resume.epoch_start_batch = 0, 0
-        if ckpt_path is None:
+        if ckpt_path is None and not collectives.is_distributed():
             return
-        path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
-        version_root = getattr(self.checkpoint_callback, "version_root", None)
-        if path is None and ckpt_path == "last" and version_root:  # a restarted run: a new version
-            path = resolve_last_in_versions(version_root, self._checkpoint_dir())
+
+        def resolve() -> str | None:
+            path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
+            version_root = getattr(self.checkpoint_callback, "version_root", None)
+            if path is None and ckpt_path == "last" and version_root:  # a restarted run: a new version
+                path = resolve_last_in_versions(version_root, self._checkpoint_dir())
+            return path
+
+        path = self._resume_path(ckpt_path, resolve)
         if path is None:
+            if ckpt_path is None:
+                return
             if self.is_global_zero:
                 print(f"distengine: no checkpoint in {self._checkpoint_dir()} yet; starting fresh",
                       file=sys.stderr, flush=True)
@@ -383,14 +390,27 @@ class CheckpointMixin:
         # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
         # mapped (mmap): the ranks share the file's pages instead of each reading all of it
         ckpt = load_for_trainer(self, path) if os.path.isdir(path) else safe_load(path, "cpu", mmap=True)
-        if not self._checkpointer().restore(ckpt, path, self._module_hooks.get("on_load_checkpoint", ()),
-                                            self._callback_hooks.get("on_load_checkpoint", ())):
+        full = self._checkpointer().restore(ckpt, path, self._module_hooks.get("on_load_checkpoint", ()),
+                                            self._callback_hooks.get("on_load_checkpoint", ()))
+        self._check_resume_agreement(path)  # every rank, weights-only or not: a collective
+        if not full:
             return  # a weights-only checkpoint: start training from these weights
         p = self.progress
         self._run_sanity_check = False
         if self.is_global_zero:
             print(f"distengine: resumed from {path} (epoch {p.epoch}, step {p.global_step})",
                   file=sys.stderr, flush=True)
+
+    def _resume_path(self, ckpt_path: Any, resolve: Any) -> str | None:
+        """The checkpoint this rank loads, agreed across ranks (see checkpoint/agreement.py)."""
+        from distengine.checkpoint.agreement import agreed_checkpoint
+
+        return agreed_checkpoint(ckpt_path, resolve, self._strategy, self.is_global_zero)
+
+    def _check_resume_agreement(self, path: str) -> None:
+        from distengine.checkpoint.agreement import check_resume_point
+
+        check_resume_point(self.progress, self._data.num_train_batches, path)
 
     def _load_weights_only(self, ckpt_path: str) -> None:
         from distengine.checkpoint.apply import check_weights
@@ -402,7 +422,8 @@ class CheckpointMixin:
                 raise ValueError('ckpt_path="best" needs a ModelCheckpoint that has saved a checkpoint in '
                                  "this Trainer; pass a file path or 'last' instead")
             ckpt_path = best
-        path = resolve_checkpoint(ckpt_path, self._checkpoint_dir())
+        # validate/test(ckpt_path="last") right after an async fit: as for a resume, rank 0 decides
+        path = self._resume_path(ckpt_path, lambda: resolve_checkpoint(ckpt_path, self._checkpoint_dir()))
         if path is None:
             raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint
@@ -411,4 +432,3 @@ class CheckpointMixin:
         state = load_trainer_checkpoint(self, path, True) if sharded else safe_load(path, "cpu", mmap=True)
         check_weights(self._module, state["state_dict"], source=path)
         self._strategy.load_module_state_dict(self._module, state["state_dict"])
-
