@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["format_checkpoint_name"]
+__all__ = ["format_checkpoint_name", "scanned_folders", "tidy_checkpoint_folders"]
 
 _FIELD = re.compile(r"\{([^{}:!]+)(![rsa])?(:[^{}]*)?\}")
 
@@ -60,3 +60,31 @@ def _to_float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def scanned_folders(dirpath: str, version_root: str | None) -> list[str]:
+    """The folders ``fit(ckpt_path="last")`` may resume from: ``dirpath``, and with a logger the
+    ``checkpoints`` folders of the other versions under ``version_root``."""
+    folders = [dirpath]
+    if version_root:
+        try:
+            names = sorted(os.listdir(version_root))
+        except OSError:
+            names = []
+        for name in names:
+            folder = os.path.abspath(os.path.join(version_root, name, "checkpoints"))
+            if folder != dirpath and os.path.isdir(folder):
+                folders.append(folder)
+    return folders
+
+
+def tidy_checkpoint_folders(dirpath: str, version_root: str | None) -> None:
+    """Rank 0, before a fit: create ``dirpath``; in every scanned folder, remove the temporary files of saves that
+    never finished and put back what an interrupted sharded publish left."""
+    from distengine.checkpoint.io import clean_stale_temp_files
+    from distengine.checkpoint.sharded import recover_interrupted_saves
+
+    os.makedirs(dirpath, exist_ok=True)
+    for folder in scanned_folders(dirpath, version_root):
+        clean_stale_temp_files(folder)
+        recover_interrupted_saves(folder)

@@ -27,11 +27,10 @@ from typing import Any
 import torch
 
 from distengine.callbacks.base import Callback
-from distengine.callbacks.checkpoint_names import _score, _to_float, format_checkpoint_name
+from distengine.callbacks.checkpoint_names import _score, _to_float, format_checkpoint_name, tidy_checkpoint_folders
 from distengine.callbacks.time_checks import TimeChecks
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
-from distengine.checkpoint.io import CKPT_SUFFIX, clean_stale_temp_files, link_atomic, write_last_pointer
-from distengine.checkpoint.sharded import recover_interrupted_saves
+from distengine.checkpoint.io import CKPT_SUFFIX, link_atomic, write_last_pointer
 from distengine.loggers.artifacts import checkpoint_notifier
 
 __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
@@ -222,28 +221,9 @@ class ModelCheckpoint(Callback):
             return
         self.resolve_dirpath(trainer)
         if trainer.is_global_zero:
-            os.makedirs(self.dirpath, exist_ok=True)
-            for folder in self._scanned_folders():
-                clean_stale_temp_files(folder)
-                recover_interrupted_saves(folder)
-        barrier = getattr(getattr(trainer, "strategy", None), "barrier", None)
-        if callable(barrier):  # no rank resolves ckpt_path="last" before the folders are put right
-            barrier()
-
-    def _scanned_folders(self) -> list[str]:
-        """The folders ``fit(ckpt_path="last")`` may resume from: this run's, and with a logger
-        the ``checkpoints`` folders of its other versions."""
-        folders = [self.dirpath]
-        if self.version_root:
-            try:
-                names = sorted(os.listdir(self.version_root))
-            except OSError:
-                names = []
-            for name in names:
-                folder = os.path.abspath(os.path.join(self.version_root, name, "checkpoints"))
-                if folder != self.dirpath and os.path.isdir(folder):
-                    folders.append(folder)
-        return folders
+            tidy_checkpoint_folders(self.dirpath, self.version_root)
+        # no rank resolves ckpt_path="last" before the folders are put right
+        getattr(getattr(trainer, "strategy", None), "barrier", lambda: None)()
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         self._time.start()

@@ -70,6 +70,11 @@ def _edited_copy(rank: int, folder: str) -> str:
                              samples_done=step * 16)
     state["data"]["samples_done"] = step * 16
     atomic_save(state, file)
+    if os.path.isdir(dst):  # a consistent (not damaged) checkpoint: its checksums written anew
+        from distengine.checkpoint.sharded import MANIFEST, write_manifest
+
+        os.unlink(os.path.join(dst, MANIFEST))
+        write_manifest(dst)
     return dst
 
 

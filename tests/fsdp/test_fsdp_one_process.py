@@ -140,7 +140,8 @@ def test_one_process_sharded_save_and_resume(tmp_path):
     _, whole = run("whole", 6)
     trainer, _ = run("first", 3, save=True)
     path = tmp_path / "first" / "checkpoints" / "epoch=0-step=3.ckpt"
-    assert os.path.isdir(path) and sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "meta.pt"]
+    assert os.path.isdir(path)
+    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "checksums.json", "meta.pt"]
     resumed, weights = run("second", 6, ckpt_path=str(path))
     assert resumed.global_step == 6
     differ = [k for k, v in whole.items() if not torch.equal(v, weights[k])]
