@@ -18,7 +18,7 @@ _USAGE = """usage: distengine <command> [options]
 commands:
   launch    start a distributed job on this machine (or one node of several): distengine launch --help
   slurm     submit or manage a job on a SLURM cluster: distengine slurm --help
-  checkpoint consolidate SRC DST.ckpt
+  checkpoint consolidate [--overwrite] SRC DST.ckpt
             turn a sharded (FSDP) checkpoint directory into one ordinary checkpoint file
 """
 
@@ -58,11 +58,15 @@ def _slurm_main(argv: list[str]) -> int:
     return int(slurm_main(argv) or 0)
 
 
-_CHECKPOINT_USAGE = """usage: distengine checkpoint consolidate SRC DST.ckpt
+_CHECKPOINT_USAGE = """usage: distengine checkpoint consolidate [--overwrite] SRC DST.ckpt
 
 Turn the sharded checkpoint directory SRC (written by strategy='fsdp') into one ordinary
 checkpoint file DST.ckpt: complete weights, optimizer states and the training progress. It loads
 with Module.load_from_checkpoint and resumes with fit(ckpt_path=...) on any strategy.
+
+options:
+  --overwrite   replace DST.ckpt if it exists (without it, an existing DST is refused)
+  -h, --help    show this help and exit
 """
 
 
@@ -74,15 +78,28 @@ def checkpoint_main(argv: list[str]) -> int:
         return 0 if argv else 2
     if argv[0] != "consolidate":
         return _error(prog, f"unknown subcommand {argv[0]!r}; expected 'consolidate'")
-    if len(argv) != 3 or any(a.startswith("-") for a in argv[1:]):
-        return _error(prog, "consolidate takes two arguments: SRC (a sharded checkpoint directory) and DST.ckpt")
+    args = argv[1:]
+    if any(a in ("-h", "--help") for a in args):
+        print(_CHECKPOINT_USAGE, end="")
+        return 0
+    overwrite = "--overwrite" in args
+    args = [a for a in args if a != "--overwrite"]
+    unknown = [a for a in args if a.startswith("-")]
+    if unknown:
+        return _error(prog, f"unknown option {unknown[0]!r} for consolidate; it takes --overwrite "
+                            "(see 'distengine checkpoint consolidate --help')")
+    if len(args) != 2:
+        return _error(prog, "consolidate takes two arguments: SRC (a sharded checkpoint directory) and DST.ckpt "
+                            "(see 'distengine checkpoint consolidate --help')")
     import os
 
-    src, dst = argv[1], argv[2]
+    src, dst = args
     if not os.path.isdir(src):
         return _error(prog, f"{src!r} is not a directory; SRC must be a sharded checkpoint directory")
     if os.path.isdir(dst):
         return _error(prog, f"{dst!r} is a directory; DST names the file to write")
+    if os.path.lexists(dst) and not overwrite:
+        return _error(prog, f"{dst!r} exists; pass --overwrite to replace it, or name another DST file")
     from distengine.checkpoint.io import CheckpointError
     from distengine.checkpoint.sharded import consolidate
 
