@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from jsonargparse import ActionConfigFile, ArgumentError, Namespace
 
+from distengine.cli.config_files import check_config_files
 from distengine.cli.errors import one_line
 from distengine.cli.parser import (
     LIGHTNING_ONLY_FLAGS,
@@ -179,6 +180,12 @@ class LightningCLI:
     # ------------------------------------------------------------------ parsing
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse ``args`` into ``self.config``; a bad argument or config exits with one line (status 2)."""
+        if not isinstance(args, (dict, Namespace)):
+            argv = list(sys.argv[1:] if args is None else args)
+            problem = check_config_files(argv)  # not UTF-8, a python tag, bad YAML: name the file
+            if problem:
+                name = next((a for a in argv if a in self._subcommand_parsers), None)
+                _usage_error(f"{self.parser.prog} {name}" if name else self.parser.prog, problem)
         try:
             if isinstance(args, (dict, Namespace)):
                 self.config = parser.parse_object(args)

@@ -189,3 +189,20 @@ def test_two_rank_launch_saves_one_config_and_matches_one_process(tmp_path):
     for name, value in one.model.state_dict().items():
         assert torch.equal(ranks[0]["state_dict"][name], ranks[1]["state_dict"][name]), name
         torch.testing.assert_close(ranks[0]["state_dict"][name], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"trainer:\n  max_epochs: 1\n# caf\xe9\n",
+     "bad.yaml: not UTF-8 text (byte 0xe9 at offset 30); save the file as UTF-8"),
+    (b"trainer:\n  max_epochs: 1\nmodel: !!python/object/apply:os.system [echo hi]\n",
+     "bad.yaml line 3: tag !!python/object/apply:os.system is not allowed (configs are plain YAML data)"),
+])
+def test_unreadable_config_file_is_one_line_naming_it_exit_2(tmp_path, content, expected):
+    (tmp_path / "bad.yaml").write_bytes(content)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("DISTENGINE_", "TORCHELASTIC_"))}
+    env.update(PYTHONPATH=str(ROOT / "tests" / "conformance" / "shim"), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "cli" / "train_cli.py"), "fit", "--config", "bad.yaml"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == f"train_cli.py fit: error: {expected}\n", out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing was built or written
