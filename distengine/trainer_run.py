@@ -26,6 +26,10 @@ _STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal,
                                   getattr(signal, "SIGUSR2", None)) if s is not None)
 
 
+# Set once a --debug run said that it runs one process in place of several (launcher or Trainer).
+DEBUG_ANNOUNCED = "DISTENGINE_DEBUG_ANNOUNCED"
+
+
 class RunMixin:
     """Hooks, launch, signals and the stop vote of the Trainer."""
 
@@ -54,7 +58,13 @@ class RunMixin:
         if self.env.distributed or (self._devices <= 1 and self.num_nodes <= 1):
             return
         if os.environ.get("DISTENGINE_DEBUG") == "1":
-            return  # `distengine launch --debug`: one process, in place, whatever devices says
+            # `distengine launch --debug`: one process, in place, whatever devices says; said once
+            if os.environ.get(DEBUG_ANNOUNCED) != "1":
+                os.environ[DEBUG_ANNOUNCED] = "1"
+                asked = f"devices={self._devices}" + (f", num_nodes={self.num_nodes}" if self.num_nodes > 1 else "")
+                print(f"distengine: --debug: Trainer({asked}) runs as 1 process here (rank 0 of 1); "
+                      f"without --debug it starts {self._devices * self.num_nodes}", file=sys.stderr, flush=True)
+            return
         if self.num_nodes > 1:
             raise RuntimeError(f"Trainer(num_nodes={self.num_nodes}) must be started on every node by "
                                "`distengine launch --nnodes N ...` or SLURM")

@@ -42,6 +42,8 @@ def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
 # Set while a debug run is in progress: a launch from inside it (a script that re-launches
 # itself, e.g. Trainer(devices=2)) would otherwise start a debug run within a debug run, forever.
 ACTIVE_MARKER = "DISTENGINE_DEBUG_ACTIVE"
+# Set once the run said it is one process in place of several (the Trainer reads it too).
+ANNOUNCED_MARKER = "DISTENGINE_DEBUG_ANNOUNCED"
 
 
 def check_not_nested() -> None:
@@ -56,6 +58,7 @@ def run_in_process(opts: LaunchOptions) -> int:
     if opts.nproc > 1:
         print(f"distengine launch --debug: running 1 process in place of {opts.nproc} "
               "(rank 0 of 1, in this process)", file=sys.stderr, flush=True)
+        os.environ[ANNOUNCED_MARKER] = "1"  # a Trainer(devices=N) in the script does not say it again
     os.environ.update(debug_environment(opts))
     os.environ[ACTIVE_MARKER] = "1"
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):

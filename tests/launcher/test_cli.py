@@ -251,6 +251,39 @@ def test_a_debug_run_that_relaunches_itself_stops_with_one_error(tmp_path):
     assert out.stderr.count("tried to launch itself again from inside a --debug run") == 1
 
 
+_DEBUG_TWO_DEVICES = """
+import json, os, sys
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+import distengine as de
+from tests.core.models import Regressor
+data = DataLoader(TensorDataset(torch.randn(8, 6), torch.randn(8, 1)), batch_size=4)
+for _ in range(2):  # two Trainers, one line
+    t = de.Trainer(accelerator="cpu", devices=2, logger=False, enable_progress_bar=False,
+                   enable_checkpointing=False, enable_model_summary=False, max_epochs=1)
+    t.fit(Regressor(), data)
+json.dump({"pid": os.getpid(), "world_size": t.world_size, "step": t.global_step}, open(sys.argv[1], "w"))
+"""
+
+
+def test_trainer_devices_2_under_debug_runs_one_process_and_says_so_once(tmp_path):
+    script = tmp_path / "two.py"
+    script.write_text(_DEBUG_TWO_DEVICES)
+    report = tmp_path / "report.json"
+    proc = subprocess.Popen(CONSOLE + ["launch", "--debug", str(script), str(report)], cwd=ROOT,
+                            env=clean_env(PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    import json
+
+    data = json.loads(report.read_text())
+    assert data == {"pid": proc.pid, "world_size": 1, "step": 2}  # in the launcher's process, rank 0 of 1
+    said = [line for line in err.splitlines() if "runs as 1 process" in line]
+    assert said == ["distengine: --debug: Trainer(devices=2) runs as 1 process here (rank 0 of 1); "
+                    "without --debug it starts 2"], err
+
+
 NO_SPAWN = [sys.executable, str(SCRIPTS / "no_spawn.py")]
 _TRAIN_999 = """
 import torch
