@@ -26,8 +26,35 @@ _STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal,
                                   getattr(signal, "SIGUSR2", None)) if s is not None)
 
 
+# Stop signals that arrive within this many seconds of the first count as that one: one Ctrl-C
+# often arrives twice (the terminal's process group, and a wrapper such as `timeout --foreground`
+# or the re-launching parent that forwards it). A Ctrl-C after the window interrupts at once.
+SIGNAL_COALESCE_S = 1.0
 # Set once a --debug run said that it runs one process in place of several (launcher or Trainer).
 DEBUG_ANNOUNCED = "DISTENGINE_DEBUG_ANNOUNCED"
+
+
+def _run_forwarding_signals(cmd: list[str]) -> int:
+    """Run the re-launch ``cmd`` and return its exit status. SIGINT/SIGTERM sent to this process
+    are passed on to it (it stops gracefully and exits 128 + N) instead of killing it, as
+    ``subprocess.call`` does on a KeyboardInterrupt."""
+    import threading
+
+    proc = subprocess.Popen(cmd)
+
+    def forward(signum, frame):  # noqa: ARG001
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
 
 
 class RunMixin:
@@ -78,7 +105,7 @@ class RunMixin:
         cmd = [sys.executable, "-m", "distengine.launch", *flag, script, *sys.argv[1:]]
         sys.stdout.flush()
         sys.stderr.flush()
-        sys.exit(subprocess.call(cmd))
+        sys.exit(_run_forwarding_signals(cmd))
 
     # ------------------------------------------------------------------ the run context
     def _run(self, stage: str, model: Module):
@@ -91,10 +118,18 @@ class RunMixin:
             return {}
         previous = {}
 
+        first_at: list[float] = []
+
         def handler(signum, frame):  # only sets a flag: the loop acts at the next step boundary
-            self._status.stop_signal = signum
-            if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            now = time.monotonic()
+            if first_at and now - first_at[0] < SIGNAL_COALESCE_S:
+                return  # the same Ctrl-C delivered twice (process group + a forwarding wrapper)
+            if first_at and signum == signal.SIGINT:  # a second Ctrl-C, later: interrupt at once
                 signal.signal(signal.SIGINT, previous.get(signal.SIGINT, signal.default_int_handler))
+                signal.raise_signal(signal.SIGINT)
+                return
+            first_at[:] = [now]
+            self._status.stop_signal = signum
 
         for s in _STOP_SIGNALS:
             try:

@@ -15,7 +15,8 @@ methods; here only torch elastic's public API is used):
   reaches the dataloader workers.
 * The launcher gets SIGTERM/SIGINT: the signal is forwarded to the rank processes (not
   their workers), which stop at a step boundary (the Trainer saves a checkpoint); after
-  ``--grace-period`` seconds whatever is left is killed. A second signal kills at once.
+  ``--grace-period`` seconds whatever is left is killed. A second signal kills at once, unless
+  it comes within 1 s of the first: then it is the same Ctrl-C delivered twice, and ignored.
   The launcher exits with 128 + the signal number.
 * The job ends: a summary names the failed rank, its exit or signal, and the first lines of
   its traceback (from the rank's error file if it used ``@record``, else from its log).
@@ -50,6 +51,8 @@ from torch.distributed.elastic.rendezvous.api import RendezvousError
 # Time a torn-down rank gets to write its stacks after SIGABRT before it is killed.
 _ABORT_GRACE_S = 3.0
 _FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+# Signals within this many seconds of the first count as that one (see JobAgent.on_signal).
+SIGNAL_COALESCE_S = 1.0
 
 
 def _say(message: str) -> None:
@@ -75,11 +78,22 @@ class JobAgent(SupervisedAgent):
         self.announced_restarts = 0
         self.signal: signal.Signals | None = None
         self.signal_count = 0
+        self.first_signal_at = 0.0
         self.forwarded = False
 
     # -- signals ---------------------------------------------------------------------------
     def on_signal(self, signum: int, frame) -> None:  # noqa: ARG002
-        """Signal handler: remember the signal, then unwind the agent like torch's own handler."""
+        """Signal handler: remember the signal, then unwind the agent like torch's own handler.
+
+        A signal within ``SIGNAL_COALESCE_S`` of the first is the same one delivered twice (one
+        Ctrl-C reaches the terminal's process group *and* is forwarded by a wrapper such as
+        ``timeout --foreground`` or a re-launching Trainer): ignored, so it cannot kill the
+        ranks during their graceful stop. A signal after that window kills at once."""
+        now = time.monotonic()
+        if self.signal is not None and now - self.first_signal_at < SIGNAL_COALESCE_S:
+            return
+        if self.signal is None:
+            self.first_signal_at = now
         self.signal_count += 1
         self.signal = signal.Signals(signum)
         raise SignalException(f"got {self.signal.name}", sigval=self.signal)

@@ -6,11 +6,13 @@ Environment knobs (all optional):
   KILL_AT_STEP   on the first attempt, rank 1 SIGKILLs itself after this global step
   READY_AT_STEP  rank 0 writes OUT_DIR/ready after this global step (then keeps training)
   DEVICES        Trainer(devices=...) (default "auto"; an int makes a plain run re-launch itself)
+  STEP_SLEEP     seconds every rank sleeps after each batch (a slow step; default 0)
 """
 import json
 import os
 import signal
 import sys
+import time
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -53,6 +55,7 @@ class Probe(Callback):
         ready_at = int(os.environ.get("READY_AT_STEP", "-1"))
         if trainer.global_rank == 0 and step == ready_at:
             open(os.path.join(OUT, "ready"), "w").close()
+        time.sleep(float(os.environ.get("STEP_SLEEP", "0")))
 
 
 def main():
