@@ -10,7 +10,8 @@ methods; here only torch elastic's public API is used):
 * A rank fails (raises, is killed): the launcher notes which rank(s) failed *first* (the
   root cause), mutes the console, sends SIGABRT to the surviving ranks so each writes all
   its thread stacks to its log (``PYTHONFAULTHANDLER=1``), then SIGKILLs every rank and
-  every process left in their sessions (dataloader workers, helpers). torch's agent alone
+  every process left in their sessions (dataloader workers, helpers) or re-parented to the
+  launcher (a process a rank started in a session of its own; see ``procs``). torch's agent alone
   would send SIGTERM and wait up to 30 s, and SIGTERM to a rank's process group also
   reaches the dataloader workers.
 * The launcher gets SIGTERM/SIGINT: the signal is forwarded to the rank processes (not
@@ -214,6 +215,7 @@ def _exit_status(outcomes: list[RankOutcome]) -> int:
 def run_job(opts: LaunchOptions, store_socket) -> int:
     """Start ``opts.nproc`` ranks on this node, supervise them; return the launcher's exit status."""
     _quiet_torch_logs()
+    procs.become_subreaper()  # what a rank started in a session of its own comes back to us when the rank dies
     os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = ",".join(_FORWARDED)
     os.environ.update(rank_environment(opts))
     log_dir = opts.log_dir or tempfile.mkdtemp(prefix="distengine-logs-")

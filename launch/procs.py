@@ -2,9 +2,15 @@
 
 The elastic agent starts each rank as the leader of a new session, so every process a rank
 starts (and does not move to a session of its own) carries the rank's pid as its session
-id, even after the rank itself has died and its children were re-parented to init. That is
-how leftovers are found here: by session id, not by walking a tree that breaks as soon as a
-parent dies.
+id, even after the rank itself has died. That is how most leftovers are found here: by
+session id, not by walking a tree that breaks as soon as a parent dies.
+
+A process that left the rank's session (``start_new_session=True``, ``setsid``, a daemon's
+double fork) is found another way: the launcher is a *child subreaper*
+(:func:`become_subreaper`, Linux), so when its parent dies (a rank that failed, or a helper that
+forked and exited) the kernel makes it a child of the launcher instead of init. Every child of
+the launcher that is not a rank, with all its descendants, is therefore something a rank
+started, and is killed (and reaped) with the ranks.
 
 Ranks are known by pid only (torch's agent holds their ``Popen`` objects and is the one that
 reaps them). They are watched with ``waitid(..., WNOWAIT)``, which reads a child's exit
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -49,6 +56,53 @@ def session_leftovers(session_ids: Iterable[int]) -> list[psutil.Process]:
         except OSError:
             continue
     return found
+
+
+def become_subreaper() -> bool:
+    """Make this process the one that inherits orphaned descendants (``PR_SET_CHILD_SUBREAPER``),
+    so processes a rank started in a session of their own stay findable after the rank died.
+    Linux only; returns whether it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    pr_set_child_subreaper = 36  # <linux/prctl.h>
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def adopted_leftovers(rank_pids: Iterable[int]) -> list[psutil.Process]:
+    """This process's children that are not ranks (orphans the ranks left, re-parented here by
+    :func:`become_subreaper`), with all their descendants."""
+    import psutil
+
+    ranks = set(rank_pids)
+    found = []
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return []
+    for child in children:
+        if child.pid in ranks:
+            continue
+        found.append(child)
+        try:
+            found.extend(child.children(recursive=True))
+        except psutil.Error:
+            pass
+    return found
+
+
+def _reap(processes: Iterable[psutil.Process]) -> None:
+    """Collect the exit status of those of ``processes`` that are this process's (adopted)
+    children, so no zombie is left; never a rank (torch's agent reaps those)."""
+    for p in processes:
+        try:
+            os.waitpid(p.pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            pass
 
 
 def _descendants(pids: Iterable[int]) -> list[psutil.Process]:
@@ -118,7 +172,8 @@ def _wait_all(pids: Sequence[int], timeout: float) -> None:
 
 
 def kill_everything(pids: Sequence[int], extra: Iterable[psutil.Process] = ()) -> None:
-    """SIGKILL the ranks, every process in their sessions and ``extra``; wait for all of them."""
+    """SIGKILL the ranks, every process in their sessions, every process they left to this
+    launcher (:func:`adopted_leftovers`) and ``extra``; wait for all of them."""
     import psutil
 
     for pid in pids:
@@ -126,6 +181,8 @@ def kill_everything(pids: Sequence[int], extra: Iterable[psutil.Process] = ()) -
             _signal(pid, signal.SIGKILL)
     leftovers = {p.pid: p for p in extra}
     leftovers.update({p.pid: p for p in session_leftovers(pids)})
+    adopted = adopted_leftovers(pids)
+    leftovers.update({p.pid: p for p in adopted})
     for p in leftovers.values():
         try:
             p.kill()
@@ -133,6 +190,7 @@ def kill_everything(pids: Sequence[int], extra: Iterable[psutil.Process] = ()) -
             pass
     _wait_all(pids, 10.0)
     _wait_gone(leftovers.values(), 5.0)
+    _reap(p for p in adopted if p.pid not in pids)
 
 
 def _wait_gone(processes: Iterable[psutil.Process], timeout: float) -> None:

@@ -113,6 +113,19 @@ def test_sigkilled_rank_takes_down_everything_within_10s(tmp_path, launched):
     assert "rank 0 (stopped by the launcher" in err
 
 
+def test_a_process_a_failed_rank_started_in_its_own_session_is_ended(tmp_path, launched):
+    proc = launched(["--cpus", "2", "--log-dir", str(tmp_path / "logs"), FAIL],
+                    env=clean_env(MODE="escape", OUT_DIR=str(tmp_path)))
+    try:
+        code, _, err = finish(proc, 60)
+        escaped = int((tmp_path / "escaped.pid").read_text())
+        assert code == 1 and "rank 1 exit code 1" in err, err
+        assert not alive([escaped]), "the launcher left the process rank 1 started with setsid running"
+    finally:
+        if (tmp_path / "escaped.pid").exists() and alive([int((tmp_path / "escaped.pid").read_text())]):
+            os.kill(int((tmp_path / "escaped.pid").read_text()), signal.SIGKILL)
+
+
 def test_hang_fails_after_the_timeout_with_every_stack_in_the_logs(tmp_path, launched):
     logs = tmp_path / "logs"
     proc = launched(["--cpus", "2", "--timeout", "4", "--log-dir", str(logs), FAIL],

@@ -4,6 +4,8 @@ raise: rank 1 raises ValueError after joining the group; rank 0 waits in an all-
 hang:  rank 1 sleeps far longer than the collective timeout; rank 0 waits in an all-reduce.
 exit0: rank 1 leaves with os._exit(0); rank 0 goes on to an all-reduce and loses its peer.
 kill:  each rank starts a DataLoader worker, then all-reduces batches until it is killed.
+escape: rank 1 starts `sleep 300` in a session of its own, writes its pid to OUT_DIR/escaped.pid,
+       then raises; rank 0 waits in an all-reduce.
 Every rank writes OUT_DIR/pids<K>.json (its pid and its dataloader workers' pids).
 """
 import json
@@ -46,6 +48,16 @@ elif MODE == "exit0":
     if rank == 1:
         os._exit(0)
     time.sleep(0.5)  # rank 1 is gone by now: the all-reduce finds no peer
+    dist.all_reduce(torch.ones(1))
+elif MODE == "escape":
+    if rank == 1:
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        with open(os.path.join(OUT, "escaped.pid.tmp"), "w") as f:
+            f.write(str(child.pid))
+        os.replace(os.path.join(OUT, "escaped.pid.tmp"), os.path.join(OUT, "escaped.pid"))
+        fail_here()
     dist.all_reduce(torch.ones(1))
 elif MODE == "hang":
     if rank == 1:
