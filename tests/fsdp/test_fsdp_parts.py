@@ -445,6 +445,6 @@ def test_bad_input_is_one_line_before_training(tmp_path, capsys):
     assert main(["checkpoint", "consolidate", str(half)]) == 2
     err = capsys.readouterr().err
     assert "is not a directory" in err and "unknown subcommand 'merge'" in err and "takes two arguments" in err
-    assert main(["checkpoint", "--help"]) == 0 and "consolidate SRC DST.ckpt" in capsys.readouterr().out
+    assert main(["checkpoint", "--help"]) == 0 and "consolidate [--overwrite] SRC DST.ckpt" in capsys.readouterr().out
     assert main(["checkpoint", "consolidate", str(half), str(tmp_path / "x.ckpt")]) == 2
     assert "is incomplete" in capsys.readouterr().err
