@@ -168,7 +168,7 @@ class JobAgent(SupervisedAgent):
         if forward is not None:
             self.forwarded = True
             _say(f"forwarded {forward.name} to {alive} rank{'s' if alive != 1 else ''}; waiting up to "
-                 f"{self.grace:g}s for them to stop (send it again to kill them now)")
+                 f"{self.grace:g}s for them to stop (send it again a second or more later to kill them now)")
         try:
             procs.stop_ranks(pids, forward, self.grace)
         except SignalException:
