@@ -42,7 +42,7 @@ class MetricWriter:
         self.precision: Any = None
         self.logged_metrics: dict[str, float] = {}
         self.eval_log_steps: dict[tuple[str, int], int] = {}
-        self.step_writes = 0
+        self.step_writes = 0  # regular writes (every log_every_n_steps); flushes are not counted
         self.last_step_written = 0
 
     def begin_stage(self) -> None:
@@ -84,11 +84,14 @@ class MetricWriter:
 
     def write_train_step(self) -> None:
         """Write the fresh training step values (every ``log_every_n_steps`` optimizer steps)."""
+        self.step_writes += 1
+        self._write_step()
+
+    def _write_step(self) -> None:
         with self.profiler.profile("log_step_metrics"):  # not per batch: a shared no-op without a profiler
             self.raise_if_nonfinite()
             log, _ = self.results.collect_step()
             self.last_step_written = self.progress.batches_stepped
-            self.step_writes += 1
             prec = self.precision
             if prec.scaler is not None or self.flags.on_nonfinite_loss == "skip":
                 log["skipped_steps"] = float(prec.skipped_steps + self.state.skipped_nonfinite)
@@ -96,12 +99,14 @@ class MetricWriter:
                 self.log_to_loggers(log)
 
     def flush_train_step(self) -> None:
-        """At a training epoch end (or the end of a fit): write the last step's values if this fit
-        has written none yet. Decided from step counts alone, so every rank takes the same branch
+        """At a training epoch end (or the end of a fit): write the last step's values while this
+        fit has made no regular write yet (each epoch end of a run shorter than
+        ``log_every_n_steps`` gets its point). Not counted as a regular write, so the next epoch
+        end flushes again. Decided from step counts alone, so every rank takes the same branch
         (the write may hold a collective)."""
         every, step = self.flags.log_every_n_steps, self.progress.batches_stepped
         if every and step % every and step > self.last_step_written and self.step_writes == 0:
-            self.write_train_step()
+            self._write_step()
 
     def write_eval_step(self, stage: str, dataloader_idx: int) -> None:
         """Write the ``on_step`` values one evaluation batch logged (no collective: local values)."""

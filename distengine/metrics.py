@@ -281,10 +281,13 @@ class Results:
 
     def prog_bar_now(self) -> dict[str, float]:
         out = dict(self.prog_bar_epoch)
-        for e in self.entries["train"].values():
-            if e.prog_bar and e.on_step and e.step_value is not None:
-                out[forked_name(e.name, "_step") if e.on_epoch else e.name] = float(e.step_value)
+        out.update(self.prog_bar_steps())
         return out
+
+    def prog_bar_steps(self) -> dict[str, float]:
+        """The ``prog_bar`` values the latest training step logged (``on_step``)."""
+        return {forked_name(e.name, "_step") if e.on_epoch else e.name: float(e.step_value)
+                for e in self.entries["train"].values() if e.prog_bar and e.on_step and e.step_value is not None}
 
     def collect_epoch(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
         """Reduce the epoch values of ``stage`` across ranks; reset them; return

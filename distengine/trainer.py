@@ -120,15 +120,18 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
 
     def validate(self, model: Module | None = None, dataloaders: Any = None, datamodule: Any = None,
                  ckpt_path: str | None = None, verbose: bool = True) -> list[dict[str, float]]:
-        """Run one validation epoch; returns one dict of rank-reduced metrics per dataloader."""
-        return self._evaluate("validate", model, dataloaders, datamodule, ckpt_path)
+        """Run one validation epoch; returns one dict of rank-reduced metrics per dataloader.
+        ``verbose``: global rank zero prints them as a table (distengine/results_table.py)."""
+        return self._print_results(self._evaluate("validate", model, dataloaders, datamodule, ckpt_path),
+                                   "validate", verbose)
 
     def test(self, model: Module | None = None, dataloaders: Any = None, datamodule: Any = None,
              ckpt_path: str | None = None, verbose: bool = True,
              test_dataloaders: Any = None) -> list[dict[str, float]]:
         """Run one test epoch; returns one dict of rank-reduced metrics per dataloader
-        (``test_dataloaders=`` is the 1.x name of ``dataloaders``)."""
-        return self._evaluate("test", model, dataloaders or test_dataloaders, datamodule, ckpt_path)
+        (``test_dataloaders=`` is the 1.x name of ``dataloaders``); printed as with ``validate``."""
+        return self._print_results(self._evaluate("test", model, dataloaders or test_dataloaders, datamodule,
+                                                  ckpt_path), "test", verbose)
 
     def predict(self, model: Module | None = None, dataloaders: Any = None, datamodule: Any = None,
                 ckpt_path: str | None = None, return_predictions: bool | None = None) -> list[Any] | None:
@@ -148,6 +151,13 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
 
         self._tuned = True  # fit does not run the finders again (see compat_flags._tune_in_fit)
         return tune(self, model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders, **kwargs)
+
+    def _print_results(self, results: list[dict[str, float]], stage: str, verbose: bool) -> list[dict[str, float]]:
+        if verbose and self.is_global_zero:
+            from distengine.results_table import print_results
+
+            print_results(results, stage)
+        return results
 
     # ------------------------------------------------------------------ checks and launch
     def _check_module(self, model: Any, stage: str) -> None:

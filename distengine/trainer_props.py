@@ -186,6 +186,12 @@ class TrainerProperties:
         return self._results.prog_bar_now()
 
     @property
+    def progress_bar_step_metrics(self) -> dict[str, float]:
+        """The part of ``progress_bar_metrics`` the latest training step logged (``on_step``): the
+        progress bar leaves out its implicit ``loss`` when one of these holds the same value."""
+        return self._results.prog_bar_steps()
+
+    @property
     def checkpoint_callbacks(self) -> list[Callback]:
         from distengine.callbacks.model_checkpoint import ModelCheckpoint
 

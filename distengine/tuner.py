@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import math
 import random
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -346,8 +347,14 @@ class Tuner:
             raise TypeError(f"scale_batch_size needs {type(model).__name__}.train_dataloader() that "
                                  f"builds its DataLoader with self.{batch_arg_name}")
         limit = _dataset_size(model)
+        say = _announcer(self.trainer, f"scale_batch_size ({mode})")
 
         def fits(size: int) -> bool:
+            ok = trial(size)
+            say(f"batch size {size} {'fits' if ok else 'runs out of memory'}")
+            return ok
+
+        def trial(size: int) -> bool:
             _set_attr(model, batch_arg_name, size)
             with _preserved(model):
                 try:
@@ -388,7 +395,20 @@ class Tuner:
             _set_attr(model, batch_arg_name, init_val)
             raise RuntimeError(f"scale_batch_size: even batch size {max(1, size)} runs out of memory")
         _set_attr(model, batch_arg_name, low)
+        say(f"using batch size {low} (set as {batch_arg_name})")
         return low
+
+
+def _announcer(trainer: Any, what: str) -> Any:
+    """A function printing one ``distengine: <what>: ...`` line to stderr on global rank zero
+    (where distengine's other notices go; Lightning logs its finder's trials at INFO there)."""
+    quiet = not getattr(trainer, "is_global_zero", True)
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(f"distengine: {what}: {text}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _dataset_size(model: Any) -> int | None:

@@ -103,10 +103,18 @@ class ProgressBar(Callback):
 
         Called only when the bar is redrawn. ``trainer.progress_bar_metrics`` already
         holds floats, so nothing is converted here; a ``loss`` the Trainer put there
-        takes precedence over the one read from the step's output.
+        takes precedence over the one read from the step's output. The step's loss is left
+        out when the same step logged it with ``prog_bar=True`` under another name
+        (``self.log("train_loss", loss, prog_bar=True)``: a value of
+        ``trainer.progress_bar_step_metrics`` equal to it), so one value is not shown twice.
+        Lightning 2.x shows no implicit ``loss`` at all, only the ``prog_bar`` metrics and ``v_num``.
         """
-        shown: dict[str, Any] = {} if loss is None else {"loss": loss}
-        shown.update(getattr(trainer, "progress_bar_metrics", None) or {})
+        logged = getattr(trainer, "progress_bar_metrics", None) or {}
+        steps = getattr(trainer, "progress_bar_step_metrics", None) or {}
+        shown: dict[str, Any] = {}
+        if loss is not None and not any(v == loss for v in steps.values()):
+            shown["loss"] = loss
+        shown.update(logged)
         return shown
 
 
@@ -241,6 +249,11 @@ class _BarCore(ProgressBar):
             self._next_idx = _NEVER
             return
         self._total = _count(getattr(trainer, "num_training_batches", None))
+        if self._total and getattr(getattr(trainer, "progress", None), "batches_done", 0) >= self._total:
+            # resumed from a checkpoint written at this epoch's last step: no batch runs, only the
+            # epoch end; no line ("Epoch 0 stopped: 0/8"), the next epoch's bar follows
+            self._next_idx = _NEVER
+            return
         self._final_idx = self._total - 1 if self._total else _NEVER
         self._last_idx = self._first_idx = -1
         self._loss = None

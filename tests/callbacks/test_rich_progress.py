@@ -57,7 +57,9 @@ def test_plain_lines_off_a_terminal_are_the_tqdm_bars_lines():
     assert lines == [RATE.sub("[RATE]", line) for line in tqdm_out.getvalue().splitlines()]
     assert len(lines) == 5 and "\x1b" not in rich_out.getvalue()
     val = trainer.callback_metrics["val_loss"].item()
-    assert lines[3].startswith("Epoch 1 done: 4/4 [RATE] loss=") and f"val_loss={val:.4g}" in lines[3]
+    # train_loss (prog_bar=True) is the step's loss, shown once: no implicit `loss=` beside it
+    assert lines[3].startswith("Epoch 1 done: 4/4 [RATE] val_loss=") and f"val_loss={val:.4g}" in lines[3]
+    assert "train_loss=" in lines[3] and " loss=" not in lines[3]
     assert lines[4] == f"Validation done: 2/2 [RATE] val_loss={val:.4g}"
 
 

@@ -170,6 +170,23 @@ def test_a_run_shorter_than_log_every_n_steps_still_writes_its_train_loss(tmp_pa
     assert dict(_values(tmp_path, "tplain"))[45] == pytest.approx(model.losses[45], rel=1e-6)
 
 
+def test_every_epoch_end_of_a_short_run_writes_its_last_step(tmp_path):
+    # 4 epochs of 8 steps, log_every_n_steps=50 (the default): one point per epoch end, at the
+    # epoch's last step, with that step's loss (it used to be one point, at 7, for the whole run;
+    # Lightning 2.6.6 writes none). 3 epochs of 20 with 50: the flushes stop at the first
+    # regular write (49), so the third epoch end adds nothing.
+    trainer = _trainer(tmp_path / "a", max_epochs=4)
+    model = Recording()
+    trainer.fit(model, DataLoader(_data(), batch_size=8))
+    got = _scalars(tmp_path / "a")
+    assert got["tplain"] == [7, 15, 23, 31] and got["train_loss_step"] == [7, 15, 23, 31]
+    assert [v for _, v in _values(tmp_path / "a", "tplain")] == pytest.approx(
+        [model.losses[i] for i in (7, 15, 23, 31)], rel=1e-6)
+    trainer = _trainer(tmp_path / "b", max_epochs=3)
+    trainer.fit(Net(), DataLoader(_data(160), batch_size=8))
+    assert _scalars(tmp_path / "b")["tplain"] == [19, 39, 49]
+
+
 def test_max_steps_shorter_than_log_every_n_steps_writes_the_last_step(tmp_path):
     trainer = _trainer(tmp_path, max_steps=3, log_every_n_steps=50)
     trainer.fit(Net(), DataLoader(_data(), batch_size=8))

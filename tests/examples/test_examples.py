@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ pytest.importorskip("sklearn")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS = os.path.join(REPO, "examples", "digits.py")
+SYNTHETIC = os.path.join(REPO, "examples", "synthetic.py")
 
 
 def _env() -> dict[str, str]:
@@ -68,9 +70,24 @@ def test_digits_two_ranks(tmp_path, how):
 def test_synthetic_example_reports_fit(tmp_path):
     from examples.synthetic import main
 
-    report = main(["--num-samples", "640", "--max-epochs", "1", "--report-json", str(tmp_path / "r.json")])
+    report = main(["--num-samples", "640", "--max-epochs", "1", "--features", "off",
+                   "--report-json", str(tmp_path / "r.json")])
     assert report["global_step"] == 10
     assert json.loads((tmp_path / "r.json").read_text())["world_size"] == 1
+
+
+def test_synthetic_example_shows_its_progress_by_default(tmp_path):
+    # the README's `python examples/synthetic.py --max-epochs 2` trains with the Trainer's
+    # defaults: a progress line per epoch on stdout (not a terminal: plain lines), logs and a
+    # checkpoint; `--features off` prints no progress
+    cmd = [sys.executable, SYNTHETIC, "--num-samples", "640", "--max-epochs", "2",
+           "--default-root-dir", str(tmp_path)]
+    out = _run(cmd, timeout=120).stdout
+    assert re.search(r"^Epoch 0 done: 10/10 \[.*\] loss=", out, re.M), out
+    assert re.search(r"^Epoch 1 done: 10/10 ", out, re.M), out
+    assert list(tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt")), out
+    quiet = _run(cmd[:-2] + ["--default-root-dir", str(tmp_path / "off"), "--features", "off"], timeout=120)
+    assert "Epoch" not in quiet.stdout and not (tmp_path / "off").exists(), quiet.stdout
 
 
 def test_lightning_1x_style_example_trains(tmp_path):

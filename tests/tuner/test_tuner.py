@@ -251,3 +251,37 @@ def test_tune_with_attr_name_and_nothing_requested():
     assert tune(fast_trainer(), model) == {}
     with pytest.raises(ValueError, match="auto_scale_batch_size"):
         tune(fast_trainer(auto_scale_batch_size="huge"), model)
+
+
+def _run_script(tmp_path, code: str):
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_scale_batch_size_prints_each_trial_and_the_result(tmp_path):
+    proc = _run_script(tmp_path, (
+        "import torch; torch.set_num_threads(1)\n"
+        "from tests.tuner.test_tuner import MemoryLimited, fast_trainer\n"
+        "from distengine.tuner import Tuner\n"
+        "print('FOUND', Tuner(fast_trainer()).scale_batch_size(MemoryLimited(), mode='binsearch'))\n"))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("distengine: scale_batch_size")]
+    # one line per trial, in order: 2..32 fit, 64 does not, then the bisection to 48
+    want = [f"batch size {n} fits" for n in (2, 4, 8, 16, 32)] + ["batch size 64 runs out of memory",
+                                                                   "batch size 48 fits",
+                                                                   "batch size 56 runs out of memory",
+                                                                   "batch size 52 runs out of memory",
+                                                                   "batch size 50 runs out of memory",
+                                                                   "batch size 49 runs out of memory",
+                                                                   "using batch size 48 (set as batch_size)"]
+    assert lines == [f"distengine: scale_batch_size (binsearch): {w}" for w in want], proc.stderr
+    assert "FOUND 48" in proc.stdout
