@@ -230,6 +230,9 @@ def fit_loop(ctx: LoopContext) -> None:
     p, hooks, state, status, data = ctx.progress, ctx.hooks, ctx.state, ctx.status, ctx.data
     if ctx.sanity_steps is not None:
         _sanity_check(ctx)
+    if fit_done(ctx):  # a later fit of a finished Trainer: Lightning skips the training loop
+        ctx.stop_vote.close()
+        return
     for fn in hooks["on_train_start"]:
         fn()
     stopped_in_epoch = False
