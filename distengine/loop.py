@@ -15,8 +15,8 @@ parts of the Trainer it uses, each named (``ctx.strategy``, ``ctx.precision``, `
             every log_every_n_steps (ctx.writer)
             on_train_batch_end; vote on stopping (ctx.stop_vote: all ranks act on the same step)
             validation every val_check_interval batches (loop_eval.run_eval)
-        epoch end: epoch schedulers -> validation -> plateau schedulers ->
-            training_epoch_end / on_train_epoch_end -> epoch metrics -> stop vote
+        epoch end: epoch schedulers -> validation -> training_epoch_end / on_train_epoch_end
+            -> epoch metrics -> plateau schedulers -> stop vote
     the stop vote closed; training_end (0.x), on_train_end
 
 1.x modules with several optimizers run each batch through ``ctx.one_x`` (compat.py). The
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from distengine import optim_hooks
 from distengine.checkpoint.rng import capture_rng_state, restore_rng_state
 from distengine.compat import _detach, _log_returned
 from distengine.data import move_to_device
@@ -55,15 +56,18 @@ from distengine.nonfinite import (  # noqa: F401 - re-exported: tests and caller
 from distengine.profilers import wiring as profiling
 
 
-def _optimizer_step(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
-    prec, hooks, flags = ctx.precision, ctx.hooks, ctx.flags
-    clip = flags.gradient_clip_val
+def _optimizer_step(ctx: LoopContext, optimizer: torch.optim.Optimizer, zero_grad: bool = True) -> None:
+    """Unscale, ``on_before_optimizer_step``, clip, step through the precision, zero the
+    gradients; the module's ``configure_gradient_clipping`` / ``optimizer_zero_grad`` where it
+    overrides them (optim_hooks.py)."""
+    prec, hooks, flags, overrides = ctx.precision, ctx.hooks, ctx.flags, ctx.opt_hooks
+    clip = flags.gradient_clip_val or overrides.clip is not None
     if clip:
         prec.unscale(optimizer)
     for fn in hooks["on_before_optimizer_step"]:
         fn(optimizer)
     if clip:
-        ctx.strategy.clip_gradients(optimizer, clip, flags.gradient_clip_algorithm)
+        optim_hooks.clip(ctx, optimizer)
     if flags.on_nonfinite_loss == "skip" and prec.scaler is None:
         # an int, or a device tensor for fused optimizers: read only where metrics are written
         state = ctx.state
@@ -71,26 +75,58 @@ def _optimizer_step(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
             optimizer, lambda: prec.step(optimizer))
     else:
         prec.step(optimizer)
-    for fn in hooks["on_before_zero_grad"]:
+    if zero_grad and (overrides.zero_grad is None or ctx.one_x is not None):  # else: at the next window's start
+        _zero_grad(ctx, optimizer)
+
+
+step_optimizer = _optimizer_step  # (optim_hooks.HookedOptimizer.step: without zero_grad)
+
+
+def _zero_grad(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
+    for fn in ctx.hooks["on_before_zero_grad"]:
         fn(optimizer)
-    optimizer.zero_grad(set_to_none=True)
+    if ctx.opt_hooks.zero_grad is None:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optim_hooks.zero_grad(ctx, optimizer, ctx.progress.batches_done)
+
+
+def _zero_grad_step(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
+    """The end of a window whose step the module's ``optimizer_step`` already took."""
+    if ctx.opt_hooks.zero_grad is None:
+        _zero_grad(ctx, optimizer)
+
+
+def _backward_hooks(ctx: LoopContext, optimizer: torch.optim.Optimizer, accum: int, manual: bool) -> tuple:
+    """``on_before_backward`` and ``on_after_backward``; with an overridden ``optimizer_zero_grad``
+    (automatic optimization, one optimizer) the gradients are zeroed as in Lightning: at the first
+    micro-batch of each window, after ``training_step`` and before ``on_before_backward``."""
+    before, after = ctx.hooks["on_before_backward"], ctx.hooks["on_after_backward"]
+    if ctx.opt_hooks.zero_grad is not None and not manual and ctx.one_x is None:
+        p = ctx.progress
+
+        def zero_grad_at_window_start(loss: torch.Tensor) -> None:
+            if p.batches_done % accum == 0:
+                _zero_grad(ctx, optimizer)
+
+        before = (zero_grad_at_window_start, *before)
+    return before, after
 
 
 def train_epoch(ctx: LoopContext) -> None:
     """Run the training batches of ``ctx.progress.epoch`` from the resumed position."""
     p, hooks, strategy, data, flags = ctx.progress, ctx.hooks, ctx.strategy, ctx.data, ctx.flags
     module, model, prec, res = ctx.module, strategy.model, ctx.precision, ctx.results
-    # the strategy's parts: DDP's forward (routed to training_step) or training_step itself,
-    # and the no-sync context of the micro-batches that do not end an accumulation window
+    # the strategy's: DDP's forward (to training_step) or training_step; no-sync for micro-batches
     device, no_sync, step_fn = strategy.root_device, strategy.no_sync, strategy.step_fn
     h_start, h_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
-    h_before_bw, h_after_bw = hooks["on_before_backward"], hooks["on_after_backward"]
     accum, optimizer, num_batches = flags.accumulate_grad_batches, ctx.optimizers[0], data.num_train_batches
+    h_before_bw, h_after_bw = _backward_hooks(ctx, optimizer, accum, not module.automatic_optimization)
     on_cpu = device.type == "cpu"
     collect, step_end = ctx.adapted.collect_train_outputs, ctx.adapted.step_end  # the 1.x style (compat.py)
     watch = _nonfinite_check(ctx, prec, device)
-    log_every, val_every = flags.log_every_n_steps, data.val_every_batches
-    one_x = ctx.one_x  # 1.x automatic optimization over several optimizers (compat.py), or None
+    # one_x: 1.x automatic optimization over several optimizers (compat.py), or None
+    log_every, val_every, one_x = flags.log_every_n_steps, data.val_every_batches, ctx.one_x
     args_of = (lambda b, i: (b, i)) if takes_batch_idx(module.training_step) else (lambda b, i: (b,))
     autocast, manual = (prec.autocast if prec.is_mixed else None), not module.automatic_optimization
     convert = prec.convert_input if prec._true_dtype is not None else None
@@ -101,6 +137,8 @@ def train_epoch(ctx: LoopContext) -> None:
     iterator, step_fn, backward, opt_step = profiling.train_parts(ctx, *parts) if ctx.profiling else parts
     res.stage, res.in_step = "train", True
     skip_rest, steps_before, first_batch, returned_none = False, p.global_step, batch_idx, 0
+    hooked = (step_fn, autocast, step_end, watch, accum, backward, h_before_bw, h_after_bw) \
+        if ctx.opt_hooks.step is not None and not manual and one_x is None else None
 
     for batch in iterator if batch_idx < num_batches else ():
         if not on_cpu:
@@ -108,10 +146,7 @@ def train_epoch(ctx: LoopContext) -> None:
         if convert is not None:
             batch = convert(batch)
         res.set_batch(batch)
-        skip_rest = False
-        for fn in h_start:
-            if fn(batch, batch_idx) == -1:
-                skip_rest = True
+        skip_rest = any([fn(batch, batch_idx) == -1 for fn in h_start]) if h_start else False
         if skip_rest:  # Lightning: -1 skips the rest of THIS epoch; the next one runs as usual
             break
         is_last = batch_idx + 1 >= num_batches or (ahead is not None and ahead.last)
@@ -119,6 +154,9 @@ def train_epoch(ctx: LoopContext) -> None:
         loss = None
         if one_x is not None:  # steps its optimizers (and counts them) itself
             out = one_x.run_batch(ctx, args_of(batch, batch_idx), batch_idx, last_micro)
+        elif hooked is not None and last_micro:  # the module's optimizer_step runs the batch in its closure
+            out, loss = _hooked_window(ctx, optimizer, batch_idx, args_of(batch, batch_idx), hooked)
+            returned_none += loss is None
         else:
             with no_sync(model, last_micro):
                 if autocast is not None:
@@ -136,11 +174,11 @@ def train_epoch(ctx: LoopContext) -> None:
                     _backward(ctx, loss, watch, accum, backward, h_before_bw, h_after_bw)
         p.total_batches += 1
         if last_micro:
-            _end_step_window(ctx, p, optimizer, opt_step, loss is not None, log_every)
+            _end_step_window(ctx, p, optimizer, opt_step if hooked is None else _zero_grad_step, loss is not None,
+                             log_every)
         batch_idx += 1
         p.batches_done = batch_idx
-        if (h_end or collect) and isinstance(out, torch.Tensor):  # they get {"loss": ...}, as in Lightning
-            out = {"loss": out.detach()}
+        out = {"loss": out.detach()} if (h_end or collect) and isinstance(out, torch.Tensor) else out  # as in Lightning
         if collect:
             outputs.append(_detach(out))
         for fn in h_end:
@@ -154,8 +192,36 @@ def train_epoch(ctx: LoopContext) -> None:
     p.epoch_done = batch_idx >= num_batches or skip_rest or (ahead is not None and ahead.exhausted)
     if p.epoch_done and not manual and p.global_step == steps_before and batch_idx > first_batch:
         _warn_no_step(p.epoch, batch_idx - first_batch, returned_none)
-    if collect:
-        ctx.state.train_outputs = outputs
+    ctx.state.train_outputs = outputs  # (None unless collected for training_epoch_end)
+
+
+def _hooked_window(ctx: LoopContext, optimizer: torch.optim.Optimizer, batch_idx: int, args: tuple,
+                   parts: tuple) -> list[Any]:
+    """The last micro-batch of a window when the module overrides ``optimizer_step``: its
+    closure runs ``training_step`` and backward (again, with the gradients zeroed first, when an
+    optimizer such as LBFGS calls it several times). Returns [step output, loss]."""
+    step_fn, autocast, step_end, watch, accum, backward, before, after = parts
+    result: list[Any] = []
+
+    def closure() -> Any:
+        if result:
+            optimizer.zero_grad(set_to_none=True)
+        if autocast is not None:
+            with autocast():
+                out = step_fn(*args)
+        else:
+            out = step_fn(*args)
+        loss = _extract_loss(ctx, out)
+        if step_end is not None:
+            out = step_end(out)
+            loss = _extract_loss(ctx, out)
+        if loss is not None:
+            _backward(ctx, loss, watch, accum, backward, before, after)
+        result[:] = [out, loss]
+        return loss
+
+    optim_hooks.call_optimizer_step(ctx, optimizer, batch_idx, closure)
+    return result
 
 
 def _validate_in_epoch(ctx: LoopContext) -> bool:
@@ -230,6 +296,9 @@ def fit_loop(ctx: LoopContext) -> None:
     p, hooks, state, status, data = ctx.progress, ctx.hooks, ctx.state, ctx.status, ctx.data
     if ctx.sanity_steps is not None:
         _sanity_check(ctx)
+    if fit_done(ctx):  # a later fit of a finished Trainer: Lightning skips the training loop
+        ctx.stop_vote.close()
+        return
     for fn in hooks["on_train_start"]:
         fn()
     stopped_in_epoch = False
@@ -283,7 +352,6 @@ def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) ->
     _step_schedulers(ctx, "epoch", plateau=False)
     if validate and data.should_validate() and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0:
         run_eval(ctx, "validate", data.val_loaders, data.val_limits())
-    _step_schedulers(ctx, "epoch", plateau=True)
     res.stage, res.in_step = "train", False
     if ctx.adapted.collect_train_outputs:
         ret = ctx.module.training_epoch_end(state.train_outputs)
@@ -296,6 +364,8 @@ def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) ->
         ctx.writer.log_epoch(log)
     for fn in ctx.callback_hooks["on_train_epoch_end"]:
         fn()
+    # as in Lightning, after the epoch's hooks: a plateau scheduler may monitor a train epoch metric
+    _step_schedulers(ctx, "epoch", plateau=True)
     res.reset_metric_objects("train")
     res.in_step = True
     if vote:

@@ -14,7 +14,8 @@ are shared objects, not copies: the Trainer reads back what the loop writes (``L
                   callback), adapted (the 1.x style, compat.py), profiler, writer (loggers),
                   flags
     LoopContext   + progress, optimizers, schedulers, one_x, data (FitData), resume point,
-                  stop vote, state (LoopState), sanity steps, reload_dataloaders()
+                  stop vote, state (LoopState), sanity steps, reload_dataloaders(),
+                  opt_hooks (the module's overridden optimizer_step & co, optim_hooks.py)
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from distengine.data import apply_limit, loader_len
 from distengine.metric_writer import MetricWriter
 from distengine.metrics import Results
 from distengine.module import Module
+from distengine.optim_hooks import OptimHooks
 from distengine.precision import Precision
 from distengine.profilers.base import Profiler
 from distengine.state import Progress, ResumePoint, TrainerStatus
@@ -125,6 +127,7 @@ class LoopContext(EvalContext):
     sanity_steps: list[int] | None       # batches per val loader for the sanity check; None: none
     reload_dataloaders: Callable[[], None]  # calls the *_dataloader hooks again, refills ``data``
     step_counters: list[Any]             # optimizer hook handles, removed at the end of the run
+    opt_hooks: OptimHooks                # the module's overridden optimisation hooks (optim_hooks.py)
     timed_optimizers: set[int] = field(default_factory=set)  # profiling: manual steps timed
 
     @property

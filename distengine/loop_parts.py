@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from distengine import optim_hooks
 from distengine.compat import _log_returned
 from distengine.data import LookAhead
 from distengine.loop_context import LoopContext
@@ -87,9 +88,15 @@ def _step_schedulers(ctx: LoopContext, interval: str, plateau: bool | None) -> N
                     raise RuntimeError(f"ReduceLROnPlateau monitors {cfg.monitor!r}, which was not logged; "
                                        f"logged: {sorted(metrics)}")
                 continue
-            cfg.scheduler.step(float(metrics[cfg.monitor]))
+            metric = float(metrics[cfg.monitor])
         else:
+            metric = None
+        if ctx.opt_hooks.scheduler is not None:  # the module's lr_scheduler_step override
+            optim_hooks.scheduler_step(ctx.opt_hooks.scheduler, cfg.scheduler, metric)
+        elif metric is None:
             cfg.scheduler.step()
+        else:
+            cfg.scheduler.step(metric)
 
 
 # ------------------------------------------------------------------ data

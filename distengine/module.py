@@ -358,6 +358,24 @@ class Module(nn.Module):
         else:
             _clip(optimizer, gradient_clip_val, algorithm)
 
+    # the optimisation hooks a module may override (called as in Lightning: optim_hooks.py)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Step ``optimizer``; ``optimizer_closure`` runs this batch's ``training_step`` and backward.
+        An override must call ``optimizer.step(closure=optimizer_closure)`` (or the closure)."""
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad()
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Called before every optimizer step with the Trainer's clipping values."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step ``scheduler`` (override it for a scheduler with another ``step`` signature)."""
+        scheduler.step() if metric is None else scheduler.step(metric)
+
     def log_grad_norm(self, grad_norm_dict: dict[str, float]) -> None:
         """1.x hook (``Trainer(track_grad_norm=p)``): log the gradient norms of a step."""
         self.log_dict(grad_norm_dict, on_step=True, on_epoch=True, prog_bar=False, logger=True)

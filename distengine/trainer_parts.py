@@ -203,7 +203,7 @@ class CheckpointMixin:
         self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
         if manual:  # Lightning 2.x: global_step counts the optimizer.step() calls of training_step
             self._step_counters = [o.register_step_post_hook(self._count_manual_step) for o in self.optimizers]
-        self.progress.__init__()
+        _next_fit_position(self.progress)
 
     def _count_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.progress.global_step += 1
@@ -432,3 +432,14 @@ class CheckpointMixin:
         state = load_trainer_checkpoint(self, path, True) if sharded else safe_load(path, "cpu", mmap=True)
         check_weights(self._module, state["state_dict"], source=path)
         self._strategy.load_module_state_dict(self._module, state["state_dict"])
+
+
+def _next_fit_position(p: Any) -> None:
+    """A later ``fit`` of the same Trainer goes on from where the previous one ended, as in
+    Lightning: with ``max_epochs`` reached it trains nothing; with ``max_epochs`` raised it trains
+    the remaining epochs. An epoch the previous fit finished or cut short (a stop request,
+    ``max_steps``) counts as done, so the next fit starts the epoch after it."""
+    if p.epoch_done or p.batches_done:
+        p.epoch, p.batches_done, p.samples_done = p.epoch + 1, 0, 0
+        p.epoch_done = p.iter_started = False
+

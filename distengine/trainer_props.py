@@ -244,10 +244,45 @@ class TrainerProperties:
         return self._precision
 
     @property
+    def fit_loop(self) -> FitLoopLimits:
+        """Lightning's ``trainer.fit_loop`` for its limits only: ``trainer.fit_loop.max_epochs = 5``
+        before a second ``fit`` trains the epochs still missing (what tutorials do to train on)."""
+        return FitLoopLimits(self._flags)
+
+    @property
     def metric_results(self) -> Any:
         """Where ``self.log`` writes (step and epoch values, reduced across ranks when logged)."""
         return self._results
 
+
+class FitLoopLimits:
+    """The stop limits of the fit loop, read and written through to the Trainer's flags."""
+
+    __slots__ = ("_flags",)
+
+    def __init__(self, flags: LoopFlags) -> None:
+        self._flags = flags
+
+    def __repr__(self) -> str:
+        f = self._flags
+        return (f"FitLoopLimits(max_epochs={f.max_epochs}, min_epochs={f.min_epochs}, "
+                f"max_steps={f.max_steps}, min_steps={f.min_steps})")
+
+
+def _limit(name: str) -> property:
+    def get(self: FitLoopLimits) -> int:
+        return getattr(self._flags, name)
+
+    def set_(self: FitLoopLimits, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise TypeError(f"fit_loop.{name} takes an int, got {type(value).__name__}")
+        setattr(self._flags, name, -1 if value is None and name.startswith("max") else (value or 0))
+
+    return property(get, set_)
+
+
+for _name in ("max_epochs", "min_epochs", "max_steps", "min_steps"):
+    setattr(FitLoopLimits, _name, _limit(_name))
 
 for _name in LoopFlags.__dataclass_fields__:  # max_epochs, accumulate_grad_batches, ... (loop_context.py)
     setattr(TrainerProperties, _name, _Flag(_name))

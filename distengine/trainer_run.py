@@ -166,12 +166,15 @@ class RunMixin:
 
     def _loop_context(self) -> LoopContext:
         """The parts the fit loop uses, built once per ``fit`` after set-up and restore."""
+        from distengine.optim_hooks import OptimHooks
+
         return self._eval_context(
             progress=self.progress, optimizers=self.optimizers, schedulers=self.lr_scheduler_configs,
             has_step_schedulers=self._has_step_schedulers, one_x=self._one_x, data=self._data,
             resume=self._resume, stop_vote=self._stop_vote, state=self._loop_state,
             sanity_steps=self._sanity_steps if self._run_sanity_check else None,
-            reload_dataloaders=self._reload_dataloaders, step_counters=self._step_counters)
+            reload_dataloaders=self._reload_dataloaders, step_counters=self._step_counters,
+            opt_hooks=OptimHooks.of(self._module))
 
 
 class _RunContext:
