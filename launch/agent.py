@@ -39,7 +39,7 @@ from distengine.launch import procs
 from distengine.launch.config import LaunchOptions, rank_environment
 from distengine.launch.elastic_private import SupervisedAgent
 from distengine.launch.logs import RankLogs
-from distengine.launch.rendezvous import make_rendezvous
+from distengine.launch.rendezvous import StoreUnreachable, make_rendezvous
 from distengine.launch.report import RankOutcome, describe_exit, format_summary
 from torch.distributed import DistError
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerSpec, WorkerState
@@ -197,6 +197,19 @@ def _exit_status(outcomes: list[RankOutcome]) -> int:
     return code or 1
 
 
+def _keep_details(log_dir: str | None, text: str) -> str | None:
+    """Keep torch's own output about a launcher error in ``<log dir>/launcher.log``; its path."""
+    if not log_dir or not text:
+        return None
+    path = os.path.join(log_dir, "launcher.log")
+    try:
+        with open(path, "a") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    except OSError:
+        return None
+    return path
+
+
 def run_job(opts: LaunchOptions, store_socket) -> int:
     """Start ``opts.nproc`` ranks on this node, supervise them; return the launcher's exit status."""
     _quiet_torch_logs()
@@ -239,6 +252,10 @@ def run_job(opts: LaunchOptions, store_socket) -> int:
         print(format_summary(outcomes, attempts=agent.attempts, log_dir=log_dir), file=sys.stderr,
               flush=True)
         return status
+    except StoreUnreachable as exc:
+        kept = _keep_details(opts.log_dir, exc.details)
+        _say(f"{exc}{f' (torch: {kept})' if kept else ''}")
+        return 1
     except (RendezvousError, DistError) as exc:
         # e.g. node 0 went away, or nobody joined within --rdzv-timeout: one line, not a C++ trace.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
