@@ -211,8 +211,8 @@ class _Pump(threading.Thread):
         if rest.startswith((b" ", b"\t")) and len(stream.held) < _MAX_HELD_LINES:
             return []
         held, stream.held = stream.held, None
-        if looks_like_consequence(rest.strip().decode(errors="replace")):
-            return []
+        if looks_like_consequence(rest.strip().decode(errors="replace")) and stream.log.fh is not None:
+            return []  # the log has it (without a log file, the console is the only copy)
         return held
 
     def _echo(self, stream: _Stream, data: bytes) -> None:
@@ -240,8 +240,8 @@ class _Pump(threading.Thread):
                 if stream.held and stream.console is not None and self.console_enabled:
                     self._echo(stream, b"".join(stream.held))  # a traceback cut short: show it
                 stream.held = None
-                if not stream.line_start and stream.console is not None and self.console_enabled:
-                    self._echo(stream, b"\n")
+                if self._console.open_line is stream and stream.console is not None:
+                    self._echo(stream, b"\n")  # (even when muted) the launcher's report starts a line
                 os.close(fd)
                 del self._streams[fd]
 
