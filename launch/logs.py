@@ -36,6 +36,7 @@ from torch.distributed.elastic.multiprocessing.api import LogsDest, LogsSpecs
 IDLE_FLUSH_S = 0.5
 _TB_HEADER = b"Traceback (most recent call last):"
 _MAX_HELD_LINES = 400  # a "traceback" longer than this is shown after all
+_MAX_PENDING = 1 << 20
 
 
 def _say(message: str) -> None:
@@ -181,6 +182,8 @@ class _Pump(threading.Thread):
             return False
         stream.last_read = time.monotonic()
         whole, stream.pending = _split_whole(stream.pending + data)
+        if len(stream.pending) > _MAX_PENDING:  # one enormous line: written in pieces after all
+            whole, stream.pending = whole + stream.pending, b""
         self._emit(stream, whole)
         return True
 

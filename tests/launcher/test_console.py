@@ -33,8 +33,11 @@ def test_the_failing_rank_comes_first_and_a_lost_peer_stays_in_its_log(tmp_path,
     assert summary.index("ValueError: boom from rank 1") < summary.index("rank 0 (stopped by the launcher")
     assert "Garbage-collecting" not in err and "<no Python frame>" not in err
     rank0 = [line for line in summary.splitlines() if line.startswith("    it had stopped with")]
-    assert len(rank0) == 1 and "by peer" in rank0[0] and rank0[0].endswith("(because rank 1 failed)"), summary
-    assert "Traceback (most recent call last):" in (logs / "rank_0.log").read_text()
+    if rank0:  # rank 0 saw its peer go before the launcher stopped it (nearly always)
+        assert len(rank0) == 1 and "by peer" in rank0[0] and rank0[0].endswith("(because rank 1 failed)"), summary
+        assert "Traceback (most recent call last):" in (logs / "rank_0.log").read_text()
+    else:
+        assert 'was at: File "' in summary, summary
 
 
 def test_stdout_and_stderr_never_splice_mid_line(tmp_path, launched):
