@@ -18,7 +18,8 @@ methods; here only torch elastic's public API is used):
   ``--grace-period`` seconds whatever is left is killed. A second signal kills at once.
   The launcher exits with 128 + the signal number.
 * The job ends: a summary names the failed rank, its exit or signal, and the first lines of
-  its traceback (from the rank's error file if it used ``@record``, else from its log).
+  its traceback (from the rank's error file if it used ``@record``, else from its log), or,
+  for a rank killed by a signal (a C++ abort), its own last lines of output.
 
 Example::
 
