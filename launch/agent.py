@@ -20,7 +20,8 @@ methods; here only torch elastic's public API is used):
   it comes within 1 s of the first: then it is the same Ctrl-C delivered twice, and ignored.
   The launcher exits with 128 + the signal number.
 * The job ends: a summary names the failed rank, its exit or signal, and the first lines of
-  its traceback (from the rank's error file if it used ``@record``, else from its log).
+  its traceback (from the rank's error file if it used ``@record``, else from its log), or,
+  for a rank killed by a signal (a C++ abort), its own last lines of output.
 
 Example::
 
@@ -41,7 +42,7 @@ from distengine.launch import procs
 from distengine.launch.config import LaunchOptions, rank_environment
 from distengine.launch.elastic_private import SupervisedAgent
 from distengine.launch.logs import RankLogs
-from distengine.launch.rendezvous import make_rendezvous
+from distengine.launch.rendezvous import StoreUnreachable, make_rendezvous
 from distengine.launch.report import RankOutcome, describe_exit, format_summary
 from torch.distributed import DistError
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerSpec, WorkerState
@@ -212,6 +213,19 @@ def _exit_status(outcomes: list[RankOutcome]) -> int:
     return code or 1
 
 
+def _keep_details(log_dir: str | None, text: str) -> str | None:
+    """Keep torch's own output about a launcher error in ``<log dir>/launcher.log``; its path."""
+    if not log_dir or not text:
+        return None
+    path = os.path.join(log_dir, "launcher.log")
+    try:
+        with open(path, "a") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    except OSError:
+        return None
+    return path
+
+
 def run_job(opts: LaunchOptions, store_socket) -> int:
     """Start ``opts.nproc`` ranks on this node, supervise them; return the launcher's exit status."""
     _quiet_torch_logs()
@@ -255,6 +269,10 @@ def run_job(opts: LaunchOptions, store_socket) -> int:
         print(format_summary(outcomes, attempts=agent.attempts, log_dir=log_dir), file=sys.stderr,
               flush=True)
         return status
+    except StoreUnreachable as exc:
+        kept = _keep_details(opts.log_dir, exc.details)
+        _say(f"{exc}{f' (torch: {kept})' if kept else ''}")
+        return 1
     except (RendezvousError, DistError) as exc:
         # e.g. node 0 went away, or nobody joined within --rdzv-timeout: one line, not a C++ trace.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -28,6 +28,29 @@ def _error(prog: str, message: str) -> int:
     return 2
 
 
+def _note_launcher_flags_after_script(opts, prog: str) -> None:
+    """Everything after SCRIPT is the script's (as with torchrun). A one-rank job whose script
+    arguments hold a launcher flag (``distengine launch train.py --gpus 2``) most likely meant
+    it for the launcher: say where it went and how to give it to the launcher, in one line."""
+    if opts.nproc * opts.max_nodes != 1:
+        return
+    from distengine.launch.config import build_parser
+
+    takes_value = {s: a.nargs != 0 for a in build_parser(prog)._actions for s in a.option_strings
+                   if s not in ("-h", "--help")}
+    args = opts.script_args
+    for i, arg in enumerate(args):
+        flag = arg.split("=", 1)[0]
+        if flag not in takes_value:
+            continue
+        words = [arg] + (args[i + 1:i + 2] if takes_value[flag] and "=" not in arg else [])
+        given = " ".join(words)
+        print(f"{prog}: note: {given!r} comes after the script, so it was passed to {opts.script} "
+              f"(this job has one rank); to give it to the launcher, put it before the script: "
+              f"{prog} {given} {opts.script} ...", file=sys.stderr, flush=True)
+        return
+
+
 def launch_main(argv: list[str], prog: str = "distengine launch") -> int:
     """Run ``distengine launch`` with ``argv`` (the words after ``launch``); return the exit status."""
     from distengine.launch.config import UsageError, parse_launch_args, validate
@@ -40,6 +63,7 @@ def launch_main(argv: list[str], prog: str = "distengine launch") -> int:
         store_sock = validate(opts)
     except UsageError as exc:
         return _error(prog, str(exc))
+    _note_launcher_flags_after_script(opts, prog)
     if opts.debug:
         return run_in_process(opts)
     from distengine.launch.agent import run_job  # the first place torch is imported

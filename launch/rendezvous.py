@@ -19,14 +19,51 @@ Example::
 from __future__ import annotations
 
 import datetime
+import os
 import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch.distributed as dist
 from distengine.launch.config import DEFAULT_MASTER_PORT, LaunchOptions, bind_store_socket, split_endpoint
 from distengine.launch.elastic_private import BoundDynamicRendezvous
-from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousInfo, RendezvousStoreInfo
+from torch.distributed import DistError
+from torch.distributed.elastic.rendezvous import (
+    RendezvousError,
+    RendezvousHandler,
+    RendezvousInfo,
+    RendezvousStoreInfo,
+)
 from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import RendezvousTimeout
+
+
+class StoreUnreachable(RendezvousError):
+    """This node could not connect to the store that node 0 hosts. The message is one line;
+    ``details`` holds what torch printed meanwhile (C++ warnings with their stack frames)."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+@contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Send file descriptor 2 to a temporary file (torch's C++ logger writes there directly);
+    the list yielded holds what was written once the block ends."""
+    sys.stderr.flush()
+    saved, text = os.dup(2), []
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text.append(tmp.read().decode(errors="replace"))
 
 
 def _store(host: str, port: int, *, world_size: int | None, listen_socket: socket.socket | None,
@@ -35,9 +72,22 @@ def _store(host: str, port: int, *, world_size: int | None, listen_socket: socke
     if listen_socket is not None:
         # The store takes ownership of the descriptor (and closes it when it shuts down).
         kwargs["master_listen_fd"] = listen_socket.detach()
-    return dist.TCPStore(host, port, world_size, listen_socket is not None,
-                         datetime.timedelta(seconds=timeout), wait_for_workers=wait_for_workers,
-                         multi_tenant=False, **kwargs)
+        return dist.TCPStore(host, port, world_size, True, datetime.timedelta(seconds=timeout),
+                             wait_for_workers=wait_for_workers, multi_tenant=False, **kwargs)
+    # A client: while it retries, torch's C++ logger prints every failed try with ~40 lines of
+    # C++ frames. They are kept from the console; a failure is said in one line.
+    with _stderr_captured() as captured:
+        try:
+            return dist.TCPStore(host, port, world_size, False, datetime.timedelta(seconds=timeout),
+                                 wait_for_workers=wait_for_workers, multi_tenant=False)
+        except DistError as exc:
+            error = exc
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+    raise StoreUnreachable(
+        f"cannot reach the rendezvous store of node 0 at {host}:{port} within {timeout:g}s ({reason}); "
+        "start node 0 (--node-rank 0) first, or check the address and port (--master-addr/--master-port, "
+        "or --rdzv-endpoint) and that this machine can connect to it",
+        details="".join(captured) + str(error))
 
 
 class StaticRendezvous(RendezvousHandler):

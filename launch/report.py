@@ -62,15 +62,42 @@ def extract_error(text: str) -> tuple[str | None, list[str]]:
 
 
 def stack_top(text: str) -> str | None:
-    """Innermost frame of the last fault-handler stack dump in ``text`` (where a stopped rank was)."""
+    """Innermost Python frame of the last fault-handler stack dump in ``text`` (where a stopped
+    rank was). ``None`` when the dump has no frame: "Garbage-collecting" or "<no Python frame>"
+    say only that the rank was inside the interpreter, not what the program was doing."""
     marker = "(most recent call first):"
     at = text.rfind(marker)
     if at < 0:
         return None
     for line in text[at + len(marker):].splitlines():
-        if line.strip():
-            return line.strip()
+        line = line.strip()
+        if line.startswith('File "'):
+            return line
+        if line and line not in ("Garbage-collecting", "<no Python frame>"):
+            return None  # the end of the dump ("Extension modules: ...", the next thread)
     return None
+
+
+_ATTEMPT_MARK = "[distengine] attempt "
+
+
+def attempt_text(text: str) -> str:
+    """The part of a rank's log written in the last attempt (the log spans every restart)."""
+    at = text.rfind("\n" + _ATTEMPT_MARK)
+    return text[at + 1:] if at >= 0 else text
+
+
+def last_words(text: str, count: int = 3, width: int = 300) -> list[str]:
+    """A rank's own last lines before it died by a signal: what a C++ abort printed
+    ("terminate called after throwing ...", "what(): ... collective mismatch") and
+    Python's "Fatal Python error: ..." line; not the stack dump that follows."""
+    at = text.rfind("Fatal Python error:")
+    before = text[:at] if at >= 0 else text
+    lines = [line.rstrip() for line in before.splitlines()
+             if line.strip() and not line.startswith("[distengine]")][-count:]
+    if at >= 0:
+        lines.append(text[at:].splitlines()[0].rstrip())
+    return [line if len(line) <= width else line[:width - 3] + "..." for line in lines]
 
 
 # Errors a rank raises because a PEER died or stalled: a consequence, rarely the cause.
@@ -127,13 +154,24 @@ def _error_of(o: RankOutcome) -> tuple[str | None, list[str], str]:
     if o.log_path:
         try:
             with open(o.log_path, errors="replace") as f:
-                text = f.read()
+                text = attempt_text(f.read())
         except OSError:
             pass
     exc_line, tb = error_from_file(o.error_file_data)
     if exc_line is None:
         exc_line, tb = extract_error(text)
     return exc_line, tb, text
+
+
+def _stopped_rank_lines(exc_line: str | None, text: str, first: int) -> list[str]:
+    """What a rank the launcher stopped was doing: the error it had already raised (a lost
+    peer, said in one line: its traceback stays in its log), or where its stack dump says it was."""
+    if exc_line:
+        short = exc_line if len(exc_line) <= 200 else exc_line[:197] + "..."
+        why = f" (because rank {first} failed)" if looks_like_consequence(exc_line) else ""
+        return [f"    it had stopped with {short}{why}"]
+    where = stack_top(text)
+    return [f"    was at: {where}"] if where else []
 
 
 def format_summary(outcomes: list[RankOutcome], *, attempts: int, log_dir: str | None,
@@ -166,16 +204,22 @@ def format_summary(outcomes: list[RankOutcome], *, attempts: int, log_dir: str |
         pid = f", pid {o.pid}" if o.pid else ""
         lines.append(f"  rank {o.rank} ({role}{pid}): {describe_exit(o.exitcode)}")
         if not failed:
-            where = stack_top(text)
-            if where:
-                lines.append(f"    was at: {where}")
+            lines.extend(_stopped_rank_lines(exc_line, text, first.rank))
             continue
         if exc_line:
             lines.append(f"    {exc_line}")
         for tb_line in _traceback_excerpt(tb) if o is first else tb[-2:]:
             lines.append(f"    | {tb_line}")
-        if not exc_line and o.exitcode < 0:
-            lines.append(f"    (no Python traceback: the process was killed by {signal_name(-o.exitcode)})")
+        if not exc_line and (o.exitcode < 0 or o.exitcode > 128):
+            words = last_words(text)
+            if words:
+                lines.append("    its last output:")
+                lines.extend(f"    | {w}" for w in words)
+                where = stack_top(text)
+                if where:
+                    lines.append(f"    at: {where}")
+            elif o.exitcode < 0:
+                lines.append(f"    (no Python traceback: the process was killed by {signal_name(-o.exitcode)})")
     if log_dir:
         lines.append(f"  per-rank logs{' (kept)' if logs_kept else ''}: {log_dir}/rank_<K>.log "
                      "(stopped ranks have their stacks dumped there)")

@@ -18,9 +18,11 @@ from distengine.launch.config import (
 )
 from distengine.launch.report import (
     RankOutcome,
+    attempt_text,
     describe_exit,
     extract_error,
     format_summary,
+    last_words,
     stack_top,
 )
 
@@ -182,6 +184,20 @@ def test_summary_blames_the_real_failure_not_the_peer_that_noticed(tmp_path):
     assert text.index("ValueError: nan loss") < text.index("Connection closed by peer")
     killed = format_summary([RankOutcome(1, -9, 11, root_cause=True)], attempts=2, log_dir=None)
     assert "after 2 attempts: rank 1 killed by signal SIGKILL (9)" in killed
+
+
+def test_report_pieces_skip_interpreter_pseudo_frames_and_earlier_attempts():
+    shutdown = ("Fatal Python error: Aborted\n\nCurrent thread 0x1 (most recent call first):\n"
+                "  Garbage-collecting\n  <no Python frame>\n\nExtension modules: torch._C\n")
+    assert stack_top(shutdown) is None  # not "was at: Garbage-collecting"
+    log = ("[distengine] attempt 1: restart 0\nTraceback (most recent call last):\n  File \"t.py\"\n"
+           "ValueError: old\n[distengine] attempt 2: restart 1\nstep 3\n")
+    assert attempt_text(log) == "[distengine] attempt 2: restart 1\nstep 3\n"
+    abort = ("step 3\nterminate called after throwing an instance of 'gloo::EnforceNotMet'\n"
+             "  what():  collective mismatch\n[distengine] rank 0 failed\nFatal Python error: Aborted\n\n"
+             "Thread 0x1 (most recent call first):\n  File \"t.py\", line 9 in step\n")
+    assert last_words(abort) == ["step 3", "terminate called after throwing an instance of 'gloo::EnforceNotMet'",
+                                 "  what():  collective mismatch", "Fatal Python error: Aborted"]
 
 
 def test_slurm_subcommand_is_dispatched_lazily(monkeypatch, capsys):

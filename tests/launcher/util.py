@@ -28,10 +28,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(args: list[str], env: dict[str, str], cwd: Path = ROOT, cmd: list[str] = LAUNCH) -> subprocess.Popen:
+def start(args: list[str], env: dict[str, str], cwd: Path = ROOT, cmd: list[str] = LAUNCH,
+          **popen) -> subprocess.Popen:
     # Own session: the test can always clean up everything the launcher left, even on failure.
-    return subprocess.Popen(cmd + args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen(cmd + args, env=env, cwd=cwd, text=True, start_new_session=True, **popen)
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
