@@ -41,6 +41,7 @@ from distengine.checkpoint.temp_files import (  # noqa: F401 - re-exported (and 
     clean_stale_temp_files,
     is_temp_file,
 )
+from distengine.checkpoint.write_failures import disk_cause, free_after_removing, message, payload_bytes
 
 __all__ = [
     "CKPT_SUFFIX",
@@ -71,8 +72,11 @@ class CheckpointError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic_write(path: str, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the result, rename it to ``path``, fsync the folder."""
+def _atomic_write(path: str, write: Any, needed: Any = None) -> None:
+    """Call ``write(tmp_path)``, fsync the result, rename it to ``path``, fsync the folder.
+
+    A write that fails for want of disk space, quota or file size limit raises a one-line
+    :class:`CheckpointError` saying so (``write_failures.py``; ``needed()``: the bytes it needs)."""
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
@@ -93,13 +97,20 @@ def _atomic_write(path: str, write: Any) -> None:
             old = os.path.join(folder, f".{os.path.basename(path)}.old-{uuid.uuid4().hex[:8]}")
             os.rename(path, old)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        cause, written, free = None, 0, 0
+        if isinstance(exc, Exception) and os.path.isfile(tmp):  # before the partial file goes
+            written = os.path.getsize(tmp)
+            cause = disk_cause(exc, tmp)
+            free = free_after_removing(tmp) if cause else 0
         if old is not None and not os.path.lexists(path):
             os.rename(old, path)
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if cause is not None:
+            raise CheckpointError(message(cause, path, max(written, needed() if needed else 0), free)) from exc
         raise
     _fsync_dir(folder)
     if old is not None:
@@ -114,7 +125,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         atomic_save({"model": model.state_dict(), "step": 10}, "ckpts/step=10.ckpt")
     """
     # torch.save with a file *name* uses the C++ writer directly (faster than a Python file).
-    _atomic_write(os.fspath(path), lambda tmp: torch.save(obj, tmp))
+    _atomic_write(os.fspath(path), lambda tmp: torch.save(obj, tmp), lambda: payload_bytes(obj))
 
 
 def _write_text(tmp: str, text: str) -> None:
