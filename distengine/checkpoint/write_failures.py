@@ -140,7 +140,7 @@ def _mount(folder: str) -> str:
 
 
 def _mb(n: float) -> str:
-    return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e6:.1f} MB" if n >= 50_000 or n == 0 else f"{n / 1e3:.0f} kB"  # last.json: a few bytes
 
 
 def message(cause: int, target: str, needed: int, free: int) -> str:

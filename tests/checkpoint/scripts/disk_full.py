@@ -58,7 +58,7 @@ last = read_last_pointer(ckpts)
 out.update(files=sorted(os.listdir(ckpts)), last=last and os.path.basename(last), last_ok=bool(last) and
            is_valid_checkpoint(last, deep=True))
 if mode == "enospc":
-    from distengine.checkpoint.sharded import ShardedCheckpointer, load_consolidated
+    from distengine.checkpoint.sharded import ShardedCheckpointer
 
     with open(os.path.join(folder, "filler"), "wb") as f:  # leave ~0.5 MB of the file system free
         f.write(b"\0" * max(os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize - 500_000, 0))

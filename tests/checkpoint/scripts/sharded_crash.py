@@ -49,8 +49,8 @@ def main() -> None:
     data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
     ckpt = ModelCheckpoint(filename="model", save_top_k=1, save_last=True, every_n_train_steps=1)
     trainer = de.Trainer(max_steps=args.steps, accelerator="cpu", default_root_dir=args.root, callbacks=[ckpt],
-                         logger=CSVLogger(args.root, version=args.version) if args.logger else False, enable_progress_bar=False,
-                         enable_model_summary=False)
+                         logger=CSVLogger(args.root, version=args.version) if args.logger else False,
+                         enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.checkpoint_layout = args.layout
     model = Net()
     started = {}
