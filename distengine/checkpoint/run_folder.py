@@ -56,10 +56,12 @@ def continue_run_folder(trainer: Any, path: str, full: bool) -> str | None:
     if not full or root is None:  # the same on every rank: no collective then
         return None
 
-    def decide() -> str | None:
-        name = _version_folder(path, root)
-        if name is None or name == version_dir_name(trainer.loggers[0].version):
+    def decide() -> str | None:  # rank 0: only its loggers may have written already
+        first, name = trainer.loggers[0], _version_folder(path, root)
+        if name is None or name == version_dir_name(first.version):
             return None  # not in a version folder, or already in this run's own
+        if not isinstance(first, VersionedLogger) or not first.can_continue_version():
+            return None  # the first logger keeps the version it was given: so do the others and the checkpoints
         return os.path.join(root, name)
 
     target = on_rank_zero(decide, trainer.strategy, trainer.is_global_zero, "choosing the resumed run's folder")
@@ -68,10 +70,10 @@ def continue_run_folder(trainer: Any, path: str, full: bool) -> str | None:
     name = os.path.basename(target)
     match = _VERSION_DIR.match(name)
     version: int | str = int(match.group(1)) if match else name
-    moved = [lg for lg in trainer.loggers if isinstance(lg, VersionedLogger)
-             and _same(lg.root_dir, os.path.dirname(target)) and lg.continue_version(version)]
-    if not moved or moved[0] is not trainer.loggers[0]:
-        return None  # the first logger keeps the version it was given: so do the checkpoints
+    trainer.loggers[0].continue_version(version)  # rank 0 found it can: so can the others, which never write
+    for lg in trainer.loggers[1:]:
+        if isinstance(lg, VersionedLogger) and _same(lg.root_dir, os.path.dirname(target)):
+            lg.continue_version(version)
     for cb in _auto_checkpoints(trainer):
         old, cb.dirpath = cb.dirpath, os.path.join(target, "checkpoints")
         if trainer.is_global_zero:

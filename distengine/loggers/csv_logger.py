@@ -209,10 +209,14 @@ class VersionedLogger(Logger):
     def continue_version(self, version: int | str) -> bool:
         """Write into ``version``'s folder instead: a resumed run's own (``checkpoint/run_folder.py``).
         Refused (False) when the user gave a version or something was written already."""
-        if getattr(self, "_version_given", False) or self._started():
+        if not self.can_continue_version():
             return False
         self._version, self._continued = version, True
         return True
+
+    def can_continue_version(self) -> bool:
+        """No version was given and nothing was written yet (only global rank zero ever writes)."""
+        return not getattr(self, "_version_given", False) and not self._started()
 
     def _started(self) -> bool:
         return False
