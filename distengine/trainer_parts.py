@@ -390,6 +390,10 @@ class CheckpointMixin:
         # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
         # mapped (mmap): the ranks share the file's pages instead of each reading all of it
         ckpt = load_for_trainer(self, path) if os.path.isdir(path) else safe_load(path, "cpu", mmap=True)
+        from distengine.checkpoint.run_folder import continue_run_folder, resume_line
+
+        # before anything is written or restored: a resumed run goes on in its own version folder
+        moved_to = continue_run_folder(self, path, full="optimizer_states" in ckpt)
         full = self._checkpointer().restore(ckpt, path, self._module_hooks.get("on_load_checkpoint", ()),
                                             self._callback_hooks.get("on_load_checkpoint", ()))
         self._check_resume_agreement(path)  # every rank, weights-only or not: a collective
@@ -398,8 +402,9 @@ class CheckpointMixin:
         p = self.progress
         self._run_sanity_check = False
         if self.is_global_zero:
-            print(f"distengine: resumed from {path} (epoch {p.epoch}, step {p.global_step})",
-                  file=sys.stderr, flush=True)
+            where = resume_line(self, path, moved_to)
+            print(f"distengine: resumed from {path} (epoch {p.epoch}, step {p.global_step})"
+                  + (f"; {where}" if where else ""), file=sys.stderr, flush=True)
 
     def _resume_path(self, ckpt_path: Any, resolve: Any) -> str | None:
         """The checkpoint this rank loads, agreed across ranks (see checkpoint/agreement.py)."""

@@ -136,6 +136,7 @@ class ModelCheckpoint(Callback):
         self.best_model_score: torch.Tensor | None = None
         self.current_score: torch.Tensor | None = None
         self.version_root: str | None = None  # <save_dir>/<name> when dirpath follows the logger
+        self.resumed_from_dirpath: str | None = None  # the other folder a resumed checkpoint was saved in
         self.last_model_path = ""
         self._last_global_step_saved = -1
         self._time = TimeChecks()
@@ -168,10 +169,8 @@ class ModelCheckpoint(Callback):
         saved_dir = state_dict.get("dirpath")
         self.best_model_path = state_dict.get("best_model_path", "")
         if self.dirpath is not None and saved_dir is not None and \
-                os.path.abspath(saved_dir) != self.dirpath:
-            warnings.warn(f"ModelCheckpoint: the checkpoint folder changed from {saved_dir!r} to "
-                          f"{self.dirpath!r}; best-k tracking starts afresh in the new folder",
-                          UserWarning, stacklevel=2)
+                os.path.abspath(saved_dir) != self.dirpath:  # the Trainer's resume line says so, once
+            self.resumed_from_dirpath = os.path.abspath(saved_dir)  # best-k tracking starts afresh here
             return
         if self.dirpath is None and saved_dir is not None:
             self.dirpath = os.path.abspath(saved_dir)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from distengine import torch_private
-from distengine.checkpoint.io import atomic_save
+from distengine.checkpoint.io import CheckpointError, atomic_save
 
 __all__ = ["AsyncCheckpointWriter", "copy_state_to_cpu"]
 
@@ -192,7 +192,8 @@ class AsyncCheckpointWriter:
         with self._lock:
             err, self._error = self._error, None
         if err is not None:
-            raise RuntimeError(f"the background checkpoint write failed: {err}") from err
+            kind = CheckpointError if isinstance(err, CheckpointError) else RuntimeError  # disk full: one line
+            raise kind(f"the background checkpoint write failed: {err}") from err
 
     def release(self) -> None:
         """Wait for the write in flight, then free the kept host buffers."""

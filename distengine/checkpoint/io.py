@@ -24,8 +24,6 @@ import os
 import pickle
 import re
 import shutil
-import socket
-import tempfile
 import uuid
 import warnings
 import zipfile
@@ -34,6 +32,16 @@ from typing import Any
 import torch
 
 from distengine.checkpoint.mapped import copy_unmapped, load_file
+from distengine.checkpoint.temp_files import (  # noqa: F401 - re-exported (and used by sharded_files)
+    _TMP_SUFFIX,
+    _fsync_dir,
+    _host_tag,
+    _new_temp_file,
+    _pid_alive,
+    clean_stale_temp_files,
+    is_temp_file,
+)
+from distengine.checkpoint.write_failures import disk_cause, free_after_removing, message, payload_bytes
 
 __all__ = [
     "CKPT_SUFFIX",
@@ -56,7 +64,6 @@ __all__ = [
 LAST_POINTER = "last.json"
 #: Suffix of the checkpoint files that ``resolve_checkpoint("last", ...)`` considers.
 CKPT_SUFFIX = ".ckpt"
-_TMP_SUFFIX = ".tmp"
 _POINTER_VERSION = 1
 
 
@@ -65,41 +72,15 @@ class CheckpointError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- writing
-def _host_tag() -> str:
-    # only characters that are safe in a file name; used to tell our own stale files apart
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+def _atomic_write(path: str, write: Any, needed: Any = None) -> None:
+    """Call ``write(tmp_path)``, fsync the result, rename it to ``path``, fsync the folder.
 
-
-def is_temp_file(name: str) -> bool:
-    """True for the temporary names :func:`atomic_save` writes (readers must ignore them)."""
-    base = os.path.basename(name)
-    return base.startswith(".") and base.endswith(_TMP_SUFFIX)
-
-
-def _fsync_dir(dirpath: str) -> None:
-    # The rename is only durable once the directory entry is on disk. Some file systems refuse
-    # to open or fsync a directory; the data itself is already synced, so that is not fatal.
-    try:
-        fd = os.open(dirpath, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the result, rename it to ``path``, fsync the folder."""
+    A write that fails for want of disk space, quota or file size limit raises a one-line
+    :class:`CheckpointError` saying so (``write_failures.py``; ``needed()``: the bytes it needs)."""
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=folder, prefix=f".{os.path.basename(path)}.{_host_tag()}.{os.getpid()}.",
-        suffix=_TMP_SUFFIX)
-    os.close(fd)
+    tmp = _new_temp_file(folder, os.path.basename(path))
     old = None
     try:
         write(tmp)
@@ -116,13 +97,20 @@ def _atomic_write(path: str, write: Any) -> None:
             old = os.path.join(folder, f".{os.path.basename(path)}.old-{uuid.uuid4().hex[:8]}")
             os.rename(path, old)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        cause, written, free = None, 0, 0
+        if isinstance(exc, Exception) and os.path.isfile(tmp):  # before the partial file goes
+            written = os.path.getsize(tmp)
+            cause = disk_cause(exc, tmp)
+            free = free_after_removing(tmp) if cause else 0
         if old is not None and not os.path.lexists(path):
             os.rename(old, path)
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if cause is not None:
+            raise CheckpointError(message(cause, path, max(written, needed() if needed else 0), free)) from exc
         raise
     _fsync_dir(folder)
     if old is not None:
@@ -137,7 +125,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         atomic_save({"model": model.state_dict(), "step": 10}, "ckpts/step=10.ckpt")
     """
     # torch.save with a file *name* uses the C++ writer directly (faster than a Python file).
-    _atomic_write(os.fspath(path), lambda tmp: torch.save(obj, tmp))
+    _atomic_write(os.fspath(path), lambda tmp: torch.save(obj, tmp), lambda: payload_bytes(obj))
 
 
 def _write_text(tmp: str, text: str) -> None:
@@ -300,7 +288,7 @@ def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         return
 
     def write(tmp: str) -> None:
-        os.unlink(tmp)  # the placeholder mkstemp made; the link takes its name
+        os.unlink(tmp)  # the placeholder _new_temp_file made; the link takes its name
         try:
             os.link(src, tmp)
         except OSError:
@@ -377,47 +365,6 @@ def list_checkpoints(dirpath: str | os.PathLike) -> list[str]:
                 continue
     found.sort(reverse=True)
     return [full for _, _, full in found]
-
-
-def clean_stale_temp_files(dirpath: str | os.PathLike) -> list[str]:
-    """Remove temporary files in ``dirpath`` left by writers on this host that no longer run.
-
-    Files from other hosts, or from live processes, are left alone: they may still be written.
-    """
-    dirpath = os.fspath(dirpath)
-    removed = []
-    try:
-        names = os.listdir(dirpath)
-    except FileNotFoundError:
-        return removed
-    host = _host_tag()
-    for name in names:
-        if not is_temp_file(name):
-            continue
-        parts = name[:-len(_TMP_SUFFIX)].rsplit(".", 3)
-        # parts: [".<final>", host, pid, random]
-        if len(parts) != 4 or parts[1] != host or not parts[2].isdigit():
-            continue
-        if _pid_alive(int(parts[2])):
-            continue
-        try:
-            os.unlink(os.path.join(dirpath, name))
-            removed.append(name)
-        except OSError:
-            pass
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 # ----------------------------------------------------------------------------- resolving

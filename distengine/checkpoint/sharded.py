@@ -64,6 +64,7 @@ from distengine.checkpoint.sharded_files import (  # noqa: F401 - re-exported
     sharded_problem,
     write_manifest,
 )
+from distengine.checkpoint.write_failures import disk_cause, errno_in, free_after_removing, message, payload_bytes
 from distengine.dist.setup import new_gloo_group
 
 __all__ = ["MANIFEST", "META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
@@ -127,7 +128,13 @@ class ShardedCheckpointer:
             os.makedirs(tmp, exist_ok=True)
             atomic_save(meta or {}, os.path.join(tmp, META_FILE))
         if not async_save:
-            dcp.save(tensors, checkpoint_id=tmp)
+            try:
+                dcp.save(tensors, checkpoint_id=tmp)
+            except BaseException as exc:
+                full = _disk_failure(exc, tmp, final, tensors)
+                if full is None:
+                    raise
+                raise full from exc
             if _rank() == 0:
                 _publish(tmp, final)
                 if on_done is not None:
@@ -154,7 +161,7 @@ class ShardedCheckpointer:
                     if on_done is not None:
                         on_done(final)
             except BaseException as exc:  # noqa: BLE001 - raised by the next save/wait/close
-                self._error = exc
+                self._error = _disk_failure(exc, tmp, final, tensors) or exc
             finally:
                 finished.set()
 
@@ -217,6 +224,22 @@ class ShardedCheckpointer:
             group, self._group = self._group, None
             if group is not None and dist.is_initialized():
                 dist.destroy_process_group(group)
+
+
+def _disk_failure(exc: BaseException, tmp: str, final: str, tensors: dict[str, Any]) -> CheckpointError | None:
+    """A one-line error when the save into ``tmp`` failed for want of disk space, quota or file
+    size limit (DCP says only ``CheckpointException ranks:dict_keys([0, 1])``; see
+    ``write_failures.py``), None otherwise. Every rank that fails says so; the partial directory
+    is deleted by the next save (``remove_stale_temp_dirs``), so the free space counts it."""
+    try:
+        cause = disk_cause(exc, tmp) if os.path.isdir(tmp) else errno_in(exc)
+        if cause is None:
+            return None
+        world = dist.get_world_size() if _distributed() else 1
+        folder = tmp if os.path.isdir(tmp) else os.path.dirname(tmp)
+        return CheckpointError(message(cause, final, payload_bytes(tensors) * world, free_after_removing(folder)))
+    except Exception:  # noqa: BLE001 - the original error is raised instead
+        return None
 
 
 # ---------------------------------------------------------------------------- load

@@ -206,6 +206,21 @@ class VersionedLogger(Logger):
         """``save_dir/name``: the folder that holds the ``version_N`` folders (``--logdir``)."""
         return self._root_dir
 
+    def continue_version(self, version: int | str) -> bool:
+        """Write into ``version``'s folder instead: a resumed run's own (``checkpoint/run_folder.py``).
+        Refused (False) when the user gave a version or something was written already."""
+        if not self.can_continue_version():
+            return False
+        self._version, self._continued = version, True
+        return True
+
+    def can_continue_version(self) -> bool:
+        """No version was given and nothing was written yet (only global rank zero ever writes)."""
+        return not getattr(self, "_version_given", False) and not self._started()
+
+    def _started(self) -> bool:
+        return False
+
 
 class CSVLogger(VersionedLogger):
     """Log metrics to ``save_dir/name/version_N/metrics.csv`` and hyperparameters to
@@ -229,6 +244,7 @@ class CSVLogger(VersionedLogger):
         # flush_logs_every_n_steps: Lightning buffers rows and writes them every N steps; here
         # each row is on disk when log_metrics returns, so the value is accepted and has no effect
         self._save_dir, self._root_dir, self._version = resolve_layout(save_dir, name, version)
+        self._version_given, self._continued = version is not None, False
         self._name = name or ""
         self._prefix = str(prefix)
         self._columns: list[str] | None = None  # None until the existing file was read
@@ -242,6 +258,9 @@ class CSVLogger(VersionedLogger):
     @property
     def metrics_file(self) -> str:
         return os.path.join(self.log_dir, "metrics.csv")
+
+    def _started(self) -> bool:
+        return self._columns is not None
 
     @property
     def hparams(self) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class TensorBoardLogger(VersionedLogger):
                  log_graph: bool = False, prefix: str = "",
                  sub_dir: str | os.PathLike | None = None) -> None:
         self._save_dir, self._root_dir, self._version = resolve_layout(save_dir, name, version)
+        self._version_given, self._continued = version is not None, False
         self._name = name or ""
         self._default_hp_metric = bool(default_hp_metric)
         self._log_graph = bool(log_graph)
@@ -110,6 +111,9 @@ class TensorBoardLogger(VersionedLogger):
         self._writer = SummaryWriter(log_dir=self.log_dir)
         return self._writer
 
+    def _started(self) -> bool:
+        return self._writer is not None
+
     # writing ------------------------------------------------------------------------
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -134,7 +138,7 @@ class TensorBoardLogger(VersionedLogger):
         writer = self.experiment
         write_text_atomic(os.path.join(self.log_dir, "hparams.yaml"), to_yaml(self._hparams))
         if metrics is None:
-            if not self._default_hp_metric:
+            if not self._default_hp_metric or self._continued:  # a resumed run's folder has its hp_metric
                 return
             metrics = {"hp_metric": -1.0}
         from torch.utils.tensorboard.summary import hparams

@@ -67,16 +67,17 @@ def test_crash_at_every_point_of_a_publish_that_reuses_the_name(tmp_path, baseli
 def test_leftovers_in_older_version_folders_are_recovered_and_cleaned(tmp_path):
     """A crash in version_0 (at the second save of model.ckpt, its shards all written), plus the
     temporary directory of a save killed mid-write (meta.pt only); resumed runs write version_1
-    and version_2. The resume continues from the newest complete checkpoint (version_0's step 2)
-    and no leftover stays in version_0, though only the current folder is written to."""
+    and version_2 (given as the logger's version: without one a resumed run goes on in version_0,
+    test_resume_folder.py). The resume continues from the newest complete checkpoint (version_0's
+    step 2) and no leftover stays in version_0, though only the current folder is written to."""
     _job(tmp_path, "--steps", 4, "--logger", crash="before-move-old:2", expect=-signal.SIGKILL)
     v0 = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     half = v0 / ".epoch=0-step=3.ckpt.tmp-0123456789ab"
     half.mkdir()
     shutil.copy(v0 / "model.ckpt" / "meta.pt", half / "meta.pt")  # DCP's .metadata never written
-    out = _job(tmp_path, "--steps", 3, "--logger", "--resume", "--out", tmp_path / "v1.pt")
+    out = _job(tmp_path, "--steps", 3, "--logger", "--version", 1, "--resume", "--out", tmp_path / "v1.pt")
     assert torch.load(tmp_path / "v1.pt")["start"] == 2, out[-2000:]
-    out = _job(tmp_path, "--steps", 4, "--logger", "--resume", "--out", tmp_path / "v2.pt")
+    out = _job(tmp_path, "--steps", 4, "--logger", "--version", 2, "--resume", "--out", tmp_path / "v2.pt")
     assert torch.load(tmp_path / "v2.pt")["start"] == 3, out[-2000:]
     assert sorted(os.listdir(v0)) == ["last.ckpt", "last.json", "model.ckpt"]
     assert torch.load(v0 / "model.ckpt" / "meta.pt", weights_only=True)["global_step"] == 2

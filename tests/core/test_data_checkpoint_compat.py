@@ -243,13 +243,16 @@ def test_checkpoint_folder_follows_the_first_logger(tmp_path, make_logger, folde
 
 
 def test_resume_last_finds_the_previous_version(tmp_path):
-    # a restarted job gets a new logger version; "last" still finds the previous run's file
+    # a restarted job's logger picks a new version; "last" still finds the previous run's file,
+    # and the resumed run goes on in that run's own version folder (tests/checkpoint/test_resume_folder.py)
     first = _trainer(tmp_path, max_epochs=1, logger=True)
     first.fit(Tiny(), _tensors())
     second = _trainer(tmp_path, max_epochs=2, logger=True)
+    assert second.logger.version == 1
     second.fit(Tiny(), _tensors(), ckpt_path="last")
-    assert second.global_step == 4 and second.logger.version == 1
-    assert os.path.isfile(tmp_path / "lightning_logs/version_1/checkpoints/epoch=1-step=4.ckpt")
+    assert second.global_step == 4 and second.logger.version == 0
+    assert os.path.isfile(tmp_path / "lightning_logs/version_0/checkpoints/epoch=1-step=4.ckpt")
+    assert not os.path.exists(tmp_path / "lightning_logs/version_1")
 
 
 # ----------------------------------------------------------------------------- last.ckpt

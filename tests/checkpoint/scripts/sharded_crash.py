@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--layout", default="sharded")
     ap.add_argument("--out")
     ap.add_argument("--logger", action="store_true", help="a CSV logger: version_N run folders")
+    ap.add_argument("--version", type=int, help="the CSV logger's version (default: the next free one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     de.seed_everything(3)
@@ -48,8 +49,8 @@ def main() -> None:
     data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
     ckpt = ModelCheckpoint(filename="model", save_top_k=1, save_last=True, every_n_train_steps=1)
     trainer = de.Trainer(max_steps=args.steps, accelerator="cpu", default_root_dir=args.root, callbacks=[ckpt],
-                         logger=CSVLogger(args.root) if args.logger else False, enable_progress_bar=False,
-                         enable_model_summary=False)
+                         logger=CSVLogger(args.root, version=args.version) if args.logger else False,
+                         enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.checkpoint_layout = args.layout
     model = Net()
     started = {}
