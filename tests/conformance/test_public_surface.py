@@ -25,7 +25,7 @@ def _probe(python: str | Path, part: str, shim: bool) -> dict:
     return json.loads(line[-1][len("PROBE "):])
 
 
-@pytest.mark.parametrize("part", ["environments", "seed"])
+@pytest.mark.parametrize("part", ["environments", "seed", "utilities"])
 def test_same_as_lightning(part, reference_python):
     ours = _probe(sys.executable, part, shim=True)
     theirs = _probe(reference_python("2.x"), part, shim=False)

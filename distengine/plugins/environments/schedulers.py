@@ -9,7 +9,7 @@ import socket
 import sys
 from typing import Any
 
-from distengine.plugins.environments.base import ClusterEnvironment, _free_port, _ignored, _warn
+from distengine.plugins.environments.base import ClusterEnvironment, _free_port, _ignored
 
 __all__ = ["LSFEnvironment", "MPIEnvironment", "SLURMEnvironment"]
 
@@ -119,8 +119,12 @@ class SLURMEnvironment(ClusterEnvironment):
         if sys.platform == "win32" or shutil.which("srun") is None or _srun_used():
             return
         hint = " ".join(["srun", os.path.basename(sys.executable), *sys.argv])[:64]
-        _warn("The `srun` command is available on your system but is not used. HINT: If your intention is to run "
-              f"on SLURM, prepend your python command with `srun` like so: {hint} ...")
+        from distengine.dist.rank_zero import rank_zero_warn
+        from distengine.utilities.warnings import PossibleUserWarning
+
+        rank_zero_warn("The `srun` command is available on your system but is not used. HINT: If your intention is "
+                       f"to run on SLURM, prepend your python command with `srun` like so: {hint} ...",
+                       category=PossibleUserWarning)
 
     @staticmethod
     def _validate_srun_variables() -> None:

@@ -110,5 +110,72 @@ def seed():
     return res
 
 
+def utilities():
+    import collections
+    import dataclasses
+    import pickle
+    import warnings
+
+    from pytorch_lightning import utilities as U
+    from pytorch_lightning.utilities.enums import GradClipAlgorithmType as G
+    from pytorch_lightning.utilities.parameter_tying import find_shared_parameters, set_shared_parameters
+
+    @dataclasses.dataclass
+    class Box:
+        x: torch.Tensor
+        tag: str
+
+    pair = collections.namedtuple("pair", "a b")
+    batch = {"t": torch.ones(2), "l": [torch.zeros(1), "s", 3], "p": pair(torch.ones(1), None),
+             "d": collections.defaultdict(list, k=torch.ones(1)), "box": Box(torch.ones(1), "b")}
+    moved = U.move_data_to_device(batch, "meta")
+
+    def describe(o):
+        if isinstance(o, torch.Tensor):
+            return f"tensor@{o.device.type}"
+        if isinstance(o, dict):
+            return [type(o).__name__, {k: describe(v) for k, v in o.items()}]
+        if isinstance(o, (list, tuple)):
+            return [type(o).__name__, [describe(v) for v in o]]
+        if dataclasses.is_dataclass(o):
+            return [type(o).__name__, {f.name: describe(getattr(o, f.name)) for f in dataclasses.fields(o)}]
+        return repr(o)
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    net[2].weight = net[0].weight
+    shared = find_shared_parameters(net)
+    net[2].weight = torch.nn.Parameter(net[2].weight.detach().clone())
+    untied = find_shared_parameters(net)
+    set_shared_parameters(net, shared)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        U.disable_possible_user_warnings()
+        from pytorch_lightning.utilities.warnings import PossibleUserWarning
+
+        warnings.warn("possible", PossibleUserWarning)
+        warnings.warn("plain", UserWarning)
+    try:
+        G.from_str("bad")
+    except ValueError as e:
+        bad = str(e)
+    try:
+        U.suggested_max_num_workers(0)
+    except ValueError as e:
+        zero = str(e)
+    return {"moved": describe(moved), "shared": shared, "untied": untied, "retied": find_shared_parameters(net),
+            "warnings": [str(w.message) for w in caught],
+            "enum": [list(map(repr, G)), G.NORM == "NORM", G.from_str("value").value, G("norm").value,
+                     hash(G.NORM) == hash("norm"), str(G.VALUE), bad],
+            "workers": [U.suggested_max_num_workers(1) == max(1, len(os.sched_getaffinity(0)) - 1), zero],
+            "picklable": [U.is_picklable(1), U.is_picklable(lambda: 1), U.is_picklable(pickle)],
+            "shared_fs_one_process": U.is_shared_filesystem(object(), tempfile.gettempdir()),
+            "names": sorted(n for n in ("move_data_to_device", "is_shared_filesystem", "suggested_max_num_workers",
+                                        "find_shared_parameters", "set_shared_parameters",
+                                        "disable_possible_user_warnings", "GradClipAlgorithmType", "rank_zero_only",
+                                        "rank_zero_info", "rank_zero_warn", "AttributeDict") if hasattr(U, n)),
+            "callbacks": [hasattr(__import__("pytorch_lightning.callbacks", fromlist=["x"]), n)
+                          for n in ("LambdaCallback", "OnExceptionCheckpoint")]}
+
+
 if __name__ == "__main__":
     print("PROBE " + json.dumps(globals()[sys.argv[1]](), sort_keys=True))
