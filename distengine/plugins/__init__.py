@@ -49,6 +49,15 @@ def cluster_env_from_plugin(plugin: ClusterEnvironment, devices: Any, num_nodes:
     """The :class:`~distengine.dist.env.ClusterEnv` that ``plugin`` describes. An environment
     that did not start the processes (``creates_processes_externally`` False: a plain
     ``python train.py``) is one local process, which ``fit`` launches from as usual."""
+    try:
+        return _cluster_env(plugin, devices, num_nodes)
+    except KeyError as exc:  # an environment read outside its cluster: the variable is unset
+        name = type(plugin).__name__
+        raise ValueError(f"Trainer(plugins=[{name}()]): {name} reads the environment variable {exc.args[0]}, which "
+                         f"is not set; start the script under that cluster's launcher, or drop the plugin") from None
+
+
+def _cluster_env(plugin: ClusterEnvironment, devices: Any, num_nodes: int) -> Any:
     from distengine.dist.env import ClusterEnv, detect
 
     restart = detect().restart_count

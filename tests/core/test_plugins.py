@@ -58,3 +58,11 @@ def test_mpi_environment_without_mpi4py():
     with pytest.raises(ModuleNotFoundError, match=r"mpi4py.*pip install"):
         MPIEnvironment()
     assert MPIEnvironment.detect() is False
+
+
+def test_environment_outside_its_cluster_is_a_one_line_error(tmp_path, monkeypatch):
+    for k in ("SLURM_NTASKS", "SLURM_PROCID", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(ValueError, match=r"SLURMEnvironment reads the environment variable SLURM_NTASKS, which is "
+                                         r"not set; start the script under that cluster's launcher"):
+        _trainer(tmp_path, plugins=[SLURMEnvironment()])
