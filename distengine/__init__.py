@@ -32,10 +32,11 @@ _LAZY = {
     "profilers": None,
     "profiler": None,
     "utilities": None,
+    "plugins": None,
 }
 
 __all__ = ["Callback", "DataModule", "LightningDataModule", "LightningModule", "Module", "Trainer", "Tuner",
-           "__version__", "callbacks", "cli", "loggers", "profilers", "seed_everything", "utilities"]
+           "__version__", "callbacks", "cli", "loggers", "plugins", "profilers", "seed_everything", "utilities"]
 
 
 def __getattr__(name: str) -> Any:

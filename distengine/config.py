@@ -72,6 +72,7 @@ class TrainerConfig:
     find_unused_parameters: bool = False
     gpus: Any = None
     profiler: Any = None
+    plugins: Any = None
 
 
 def trial_flags(config: TrainerConfig, max_steps: int, callbacks: list[Any]) -> dict[str, Any]:
@@ -92,6 +93,7 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     from distengine.dist.devices import resolve_devices
     from distengine.dist.env import detect
     from distengine.flags import check_numeric_flags
+    from distengine.plugins import cluster_env_from_plugin, resolve_plugins
     from distengine.precision import normalize_precision
     from distengine.profilers import wiring as profiling
     from distengine.strategies import resolve_strategy
@@ -109,10 +111,16 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     fast_dev_run, detect_anomaly = f["fast_dev_run"], c.detect_anomaly
     if os.environ.get("DISTENGINE_DEBUG") == "1" and not fast_dev_run:
         fast_dev_run, detect_anomaly = 3, True
-    t.env = detect()
+    env_plugin, plugin_precision = resolve_plugins(c.plugins)
+    t.env = detect() if env_plugin is None else cluster_env_from_plugin(env_plugin, c.devices, int(c.num_nodes))
     t.accelerator, t._devices, t._gpu_ids = resolve_devices(c.accelerator, c.devices, c.gpus, t.env)
     t.num_nodes = int(c.num_nodes)
-    t.precision = normalize_precision(c.precision)
+    if env_plugin is not None and t.env.distributed:
+        env_plugin.validate_settings(t._devices, t.num_nodes)
+    if plugin_precision is not None and normalize_precision(c.precision) != "32-true":
+        raise ValueError(f"Trainer got both precision={c.precision!r} and a precision plugin "
+                         f"({plugin_precision!r}); choose one")
+    t.precision = normalize_precision(plugin_precision or c.precision)
     t._strategy = resolve_strategy(c.strategy, t.env.distributed, c.find_unused_parameters)
     t.fast_dev_run = int((1 if fast_dev_run is True else fast_dev_run) or 0)
     if max_epochs is None and max_steps == -1 and c.max_time is None:

@@ -132,13 +132,19 @@ class Module(nn.Module):
         params = dict(vars(hp) if isinstance(hp, Namespace) else hp)
         for k in ignore or ():
             params.pop(k, None)
-        self._hparams.update(copy.deepcopy({k: v for k, v in params.items() if not isinstance(v, nn.Module)}))
+        self._hparams.update(_copy_hparams(params))
         self._log_hyperparams = True
 
     def _hparams_checkpoint_entries(self) -> dict[str, Any]:
         """What checkpoints store about the hyperparameters: Lightning's ``hyper_parameters``
         (a plain dict) and ``hparams_name``, plus the container's type."""
-        out: dict[str, Any] = {"hyper_parameters": dict(self._hparams)}
+        hp = dict(self._hparams)
+        # an nn.Module argument is not plain data (the safe loader refuses pickled classes): its
+        # weights are in the state_dict, its name here, and load_from_checkpoint asks for it
+        modules = sorted(k for k, v in hp.items() if isinstance(v, nn.Module))
+        out: dict[str, Any] = {"hyper_parameters": {k: v for k, v in hp.items() if k not in modules}}
+        if modules:
+            out["hparams_modules"] = modules
         name = getattr(self, "_hparams_name", None)
         if name:
             out.update(hparams_name=name, hparams_type=self._hparams_type)
@@ -279,8 +285,7 @@ class Module(nn.Module):
                 raise ValueError(f"save_hyperparameters: {missing} are not arguments of __init__")
         for k in ignore:
             params.pop(k, None)
-        params = {k: v for k, v in params.items() if not isinstance(v, nn.Module)}
-        self._hparams.update(copy.deepcopy(params))
+        self._hparams.update(_copy_hparams(params))
         self._log_hyperparams = logger
 
     # ------------------------------------------------------------------ the science (override)
@@ -420,6 +425,13 @@ class Module(nn.Module):
         ckpt = safe_load(checkpoint_path, map_location=map_location, mmap=True)  # weights copied out
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.update(overrides)
+        missing = [k for k in ckpt.get("hparams_modules") or () if k not in hparams]
+        if missing:
+            given = ", ".join(f"{k}=..." for k in missing)
+            raise TypeError(f"{cls.__name__}.load_from_checkpoint: the __init__ argument(s) {missing} were "
+                            f"nn.Module objects, which the checkpoint does not pickle (their weights are in its "
+                            f"state_dict); pass them: {cls.__name__}.load_from_checkpoint(path, {given}), or "
+                            f"leave them out with save_hyperparameters(ignore={missing})")
         name = ckpt.get("hparams_name")
         if name and name in inspect.signature(cls.__init__).parameters:
             # the 1.x style: __init__(self, hparams) took one Namespace (or dict); hand it back
@@ -431,6 +443,18 @@ class Module(nn.Module):
         if type(model).on_load_checkpoint is not Module.on_load_checkpoint:
             model.on_load_checkpoint(ckpt)
         return model
+
+
+def _copy_hparams(params: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``params`` in which nn.Module values stay the objects given (as in
+    Lightning, which warns that they are saved with the weights anyway)."""
+    from distengine.dist.rank_zero import rank_zero_warn
+
+    modules = {k: v for k, v in params.items() if isinstance(v, nn.Module)}
+    for k in modules:
+        rank_zero_warn(f"Attribute {k!r} is an instance of `nn.Module` and is already saved during checkpointing."
+                       f" It is recommended to ignore them using `self.save_hyperparameters(ignore=[{k!r}])`.")
+    return copy.deepcopy(params, memo={id(m): m for m in modules.values()})
 
 
 def _map_collection(data: Any, fn: Any) -> Any:

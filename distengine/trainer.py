@@ -42,7 +42,8 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
     distengine-specific flags: ``on_nonfinite_loss`` ("error": stop with an error naming the
     step and rank; "skip": skip optimizer steps whose gradients are not finite; "ignore"),
     ``dist_timeout`` (process-group timeout in seconds; default ``DISTENGINE_TIMEOUT`` or
-    1800) and ``find_unused_parameters`` (passed to DDP).
+    1800) and ``find_unused_parameters`` (passed to DDP). ``plugins``: a cluster environment
+    and/or a precision plugin (:mod:`distengine.plugins`).
     """
 
     @accepts_1x_flags
@@ -63,7 +64,7 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
                  sync_batchnorm: bool = False, default_root_dir: str | None = None,
                  compile: bool = False, on_nonfinite_loss: str = "error",
                  dist_timeout: float | timedelta | None = None, find_unused_parameters: bool = False,
-                 gpus: Any = None, profiler: Any = None) -> None:
+                 gpus: Any = None, profiler: Any = None, plugins: Any = None) -> None:
         # the flags as given, kept whole: the tuner builds its trial Trainers from them
         self.config = TrainerConfig(**{k: v for k, v in locals().items() if k != "self"})
         self._flags = LoopFlags()  # the flags the loop reads (max_epochs, ...: see trainer_props._Flag)

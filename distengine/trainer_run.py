@@ -220,6 +220,7 @@ class _RunContext:
         for s, h in self._previous.items():
             signal.signal(s, h)
         failed = exc_type is not None and not (exc_type is SystemExit and t._status.stop_signal)
+        clearer = t._strategy.explain_error(exc) if failed else None
         if failed:
             for fn in t._hooks.get("on_exception", ()):
                 try:
@@ -249,5 +250,7 @@ class _RunContext:
             torch.autograd.set_detect_anomaly(self._anomaly)
             if t._profiling:
                 profiling.end_run(t._profiler, failed)
+        if clearer is not None:
+            raise clearer from exc  # torch's own message stays in the traceback, as the cause
         return False
 

@@ -23,6 +23,8 @@ _LAZY = {
     "StochasticWeightAveraging": "distengine.callbacks.swa",
     "LearningRateFinder": "distengine.callbacks.finders",
     "BatchSizeFinder": "distengine.callbacks.finders",
+    "LambdaCallback": "distengine.callbacks.lambda_function",
+    "OnExceptionCheckpoint": "distengine.callbacks.on_exception_checkpoint",
 }
 
 __all__ = ["Callback", *_LAZY]

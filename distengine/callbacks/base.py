@@ -69,7 +69,10 @@ del _name
 
 
 def overrides(obj: object, name: str, base: type) -> bool:
-    """True when ``obj``'s class defines ``name`` differently from ``base``."""
+    """True when ``obj``'s class defines ``name`` differently from ``base``, or ``obj`` itself
+    holds a callable ``name`` (a hook set on the instance, as :class:`LambdaCallback` does)."""
+    if callable(getattr(obj, "__dict__", {}).get(name)):
+        return True
     impl = getattr(type(obj), name, None)
     return impl is not None and impl is not getattr(base, name, None)
 

@@ -29,6 +29,10 @@ def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) 
     if accelerator == "auto":
         accelerator = forced if forced in ("cpu", "gpu") else ("gpu" if _gpu_count() > 0 else "cpu")
     ids: list[int] = []
+    if devices is None:
+        # Lightning 1.9.5's default (argparse scripts and 1.x configs pass it): "auto".
+        # 2.6.6 raises a TypeError for it; accepting it breaks no 2.x script.
+        devices = "auto"
     if isinstance(devices, str) and devices != "auto":
         devices = [int(x) for x in devices.split(",") if x.strip()] if "," in devices else int(devices)
     if isinstance(devices, (list, tuple)):

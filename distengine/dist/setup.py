@@ -76,8 +76,10 @@ def init_process_group(env: ClusterEnv, device: torch.device, timeout_s: float, 
     if not env.distributed or dist.is_initialized():
         return
     # env:// reads MASTER_ADDR/MASTER_PORT; a SLURM task may only have SLURM_* variables.
-    os.environ.setdefault("MASTER_ADDR", env.master_addr)
-    os.environ.setdefault("MASTER_PORT", str(env.master_port))
+    # An environment plugin (Trainer(plugins=[env])) names the main address itself: it wins.
+    put = os.environ.__setitem__ if env.source == "plugin" else os.environ.setdefault
+    put("MASTER_ADDR", env.master_addr)
+    put("MASTER_PORT", str(env.master_port))
     gloo_if = gloo_ifname_from_nccl(os.environ)
     if gloo_if is not None:
         # the stop vote runs on a gloo side group even under NCCL: same network as NCCL

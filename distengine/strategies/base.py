@@ -182,6 +182,10 @@ class Strategy:
                                   state: dict[str, Any]) -> None:
         optimizer.load_state_dict(state)
 
+    def explain_error(self, exc: BaseException) -> BaseException | None:
+        """A clearer error to raise (from ``exc``) when a run failed with ``exc``, or None."""
+        return None
+
     def teardown(self) -> None:
         """Called by the Trainer at the end of every stage (fit, validate, test, predict), after
         the callbacks' ``teardown``: release what ``setup_module`` built. ``model`` becomes the

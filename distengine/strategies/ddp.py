@@ -11,6 +11,7 @@ Example (bf16 gradient compression, the buckets of a large model)::
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Callable
 
 import torch
@@ -115,6 +116,23 @@ class DDPStrategy(Strategy):
     def prepare_for_backward(self, loss: torch.Tensor) -> None:
         if self.manual_step is not None:
             self.manual_step.prepare_for_backward(loss)
+
+    def explain_error(self, exc: BaseException) -> BaseException | None:
+        """DDP's "Expected to have finished reduction in the prior iteration" means parameters
+        that got no gradient: say which, and name the fix (torch's text stays in the cause)."""
+        text = str(exc)
+        if not isinstance(exc, RuntimeError) or "Expected to have finished reduction" not in text:
+            return None
+        unused = ""
+        found = re.search(r"did not receive grad for rank \d+: ([\d ]+)", text)
+        if found and self.module is not None:
+            trainable = [n for n, p in self.module.named_parameters() if p.requires_grad]
+            names = [trainable[int(i)] for i in found.group(1).split() if int(i) < len(trainable)]
+            unused = f" ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
+        return RuntimeError(
+            f"DDP: your module has parameters that were not used in producing the loss returned by "
+            f"training_step{unused}. If that is intended, set strategy='ddp_find_unused_parameters_true' "
+            f"(or Trainer(find_unused_parameters=True)); otherwise use or remove them. torch's error is above")
 
     def fresh(self) -> DDPStrategy:
         new = super().fresh()

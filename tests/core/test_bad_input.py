@@ -260,3 +260,11 @@ def test_valid_lightning_values_are_accepted(tmp_path, flags, expected):
     trainer = de.Trainer(accelerator="cpu", default_root_dir=str(tmp_path), logger=False, **flags)
     for name, value in expected.items():
         assert getattr(trainer, name) == value and type(getattr(trainer, name)) is type(value), name
+
+
+def test_devices_none_means_auto_as_in_lightning_1x(tmp_path):
+    # Lightning 1.9.5's default devices=None (what a 1.x argparse script passes) picks the
+    # devices automatically; it used to fail with int(None)'s raw TypeError here
+    auto = de.Trainer(devices="auto", accelerator="cpu", logger=False, default_root_dir=str(tmp_path))
+    none = de.Trainer(devices=None, accelerator="cpu", logger=False, default_root_dir=str(tmp_path))
+    assert (none.accelerator, none.num_devices) == (auto.accelerator, auto.num_devices) == ("cpu", 1)
