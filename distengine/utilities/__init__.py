@@ -1,7 +1,7 @@
 """Lightning's ``utilities`` names scripts import first: ``rank_zero_only`` (a decorator with a
-``.rank`` attribute), ``rank_zero_info``/``rank_zero_warn``/``rank_zero_debug``, ``grad_norm``
-and ``AttributeDict``. Importing this package loads no torch; ``grad_norm`` and
-``AttributeDict`` load on first use.
+``.rank`` attribute), ``rank_zero_info``/``rank_zero_warn``/``rank_zero_debug``, ``grad_norm``,
+``AttributeDict`` and ``CombinedLoader``. Importing this package loads no torch; ``grad_norm``,
+``AttributeDict`` and ``CombinedLoader`` load on first use.
 
 Example::
 
@@ -21,10 +21,11 @@ from distengine.dist.rank_zero import (
     rank_zero_warn,
 )
 
-_LAZY = {"grad_norm": "distengine.utilities.grads", "AttributeDict": "distengine.module",
+_LAZY = {"CombinedLoader": "distengine.utilities.combined_loader",
+         "grad_norm": "distengine.utilities.grads", "AttributeDict": "distengine.module",
          "seed_everything": "distengine.seed"}
 
-__all__ = ["AttributeDict", "global_rank", "grad_norm", "rank_zero_debug", "rank_zero_deprecation",
+__all__ = ["AttributeDict", "CombinedLoader", "global_rank", "grad_norm", "rank_zero_debug", "rank_zero_deprecation",
            "rank_zero_info", "rank_zero_only", "rank_zero_warn", "seed_everything"]
 
 
