@@ -123,3 +123,13 @@ def test_a_mid_epoch_resume_needs_the_same_loaders():
             samplers.check_resume(saved, 3)
         assert "\n" not in str(err.value)
     samplers.check_resume(None, 0)  # saved at an epoch's end: any loaders
+
+
+def test_a_min_size_combined_val_loader_is_one_loader_of_combined_batches():
+    model = _Net()
+    seen = []
+    model.validation_step = lambda batch, batch_idx, dataloader_idx=None: seen.append(
+        (sorted(batch), batch_idx, dataloader_idx))
+    _trainer(limit_val_batches=2).validate(model, CombinedLoader({"x": _loader(8), "y": _loader(6)}, "min_size"),
+                                           verbose=False)
+    assert seen == [(["x", "y"], 0, None), (["x", "y"], 1, None)]
