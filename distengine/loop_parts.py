@@ -13,6 +13,7 @@ from distengine.compat import _log_returned
 from distengine.data import LookAhead
 from distengine.loop_context import LoopContext
 from distengine.nonfinite import NonFiniteWatch
+from distengine.utilities.combined_loader import CombinedLoader
 
 
 # ------------------------------------------------------------------ the loss
@@ -110,9 +111,14 @@ def _epoch_iterator(ctx: LoopContext, batch_idx: int, num_batches: int | float) 
     # epoch start) before iter(), so the resumed run draws exactly what the original did.
     if resume.pending_rng is not None and not resume.rng_after_iter:
         _restore_pending_rng(resume)
-    iterator = iter(data.train_loader)
+    loader = data.train_loader
+    if isinstance(loader, CombinedLoader):  # yields (batch, batch_idx, dataloader_idx); iter() now
+        iterator = (batch for batch, _, _ in iter(loader))
+    else:
+        iterator = iter(loader)
     p.iter_started = True
-    if data.train_sampler is None and batch_idx:  # not resumable by position: skip what was done
+    positioned = data.train_sampler is not None and getattr(data.train_sampler, "resumable", True)
+    if not positioned and batch_idx:  # not resumable by position: skip what was done
         for _ in range(batch_idx):
             next(iterator)
     ahead = LookAhead(iterator) if math.isinf(num_batches) else None

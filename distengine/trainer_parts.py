@@ -162,8 +162,12 @@ class CheckpointMixin:
                 what = {"train": "training", "val": "validation", "test": "test", "predict": "predict"}[kind]
                 raise ValueError(f"no {what} data: pass it to the Trainer call or define {hook}() in the module")
             return []
-        loaders = list(source) if isinstance(source, (list, tuple)) else [source]
-        for i, loader in enumerate(loaders):
+        from distengine import data_combined as dc
+
+        # training: one loader, a container of them read together (CombinedLoader); evaluation: a list
+        loaders = [dc.train_source(source)] if kind == "train" else dc.eval_sources(source)
+        inner = [dl for loader in loaders for dl in dc.inner_loaders(loader)]
+        for i, loader in enumerate(inner):
             n = _safe_len(loader)
             if n == 0:
                 raise ValueError(f"the {kind} dataloader #{i} is empty (len 0): check the dataset and batch_size")
@@ -209,18 +213,15 @@ class CheckpointMixin:
         self.progress.global_step += 1
 
     def _set_fit_loaders(self, train: list[Any], val: list[Any]) -> None:
-        from distengine.data import prepare_eval_loader, prepare_train_loader
+        from distengine.data_combined import prepare_eval, prepare_train
 
         env, data = self.env, self._data  # refilled in place: the fit loop's context holds it
         self._raw_loaders = (train, val)
         shuffle = False if self.overfit_batches else None
-        data.train_loader, data.train_sampler = prepare_train_loader(
-            train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle)
-        data.val_loaders = [prepare_eval_loader(v, env.world_size, env.rank, self.use_distributed_sampler)
-                            for v in val]
+        data.train_loader, data.train_sampler, data.num_train_batches = prepare_train(
+            train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle, self.limits["train"])
+        data.val_loaders = [prepare_eval(v, env.world_size, env.rank, self.use_distributed_sampler) for v in val]
         data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
-        n = _safe_len(data.train_loader)
-        data.num_train_batches = _apply_limit(self.limits["train"], n, "train")
         if data.num_train_batches == 0:
             raise ValueError("limit_train_batches leaves no training batch; raise it")
         # Lightning: no validation_step, no validation batches (checkpoints then follow the epochs)
@@ -233,16 +234,17 @@ class CheckpointMixin:
         if not {"train", "val"} & set(hooks):
             return
         train, val = self._raw_loaders
+        from distengine import data_combined as dc
+
         if "train" in hooks:
-            train = [hooks["train"]()]
+            train = [dc.train_source(hooks["train"]())]
         if "val" in hooks:
-            source = hooks["val"]()
-            val = list(source) if isinstance(source, (list, tuple)) else [source]
+            val = dc.eval_sources(hooks["val"]())
         self._set_fit_loaders(train, val)
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
         from distengine import loop_eval
-        from distengine.data import prepare_eval_loader
+        from distengine.data_combined import prepare_eval
 
         model = model if model is not None else self._module
         if model is None:
@@ -255,8 +257,7 @@ class CheckpointMixin:
                 datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
             loaders = self._resolve_loader(dataloaders, datamodule, kind)
             env = self.env
-            loaders = [prepare_eval_loader(dl, env.world_size, env.rank, self.use_distributed_sampler)
-                       for dl in loaders]
+            loaders = [prepare_eval(dl, env.world_size, env.rank, self.use_distributed_sampler) for dl in loaders]
             device = self._strategy.root_device
             if self._precision is None or self._precision.device != device:
                 from distengine.precision import Precision

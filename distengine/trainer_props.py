@@ -102,8 +102,10 @@ class TrainerProperties:
 
     @property
     def train_dataloader(self) -> Any:
-        """The training loader of the current fit, as this rank iterates it (sharded)."""
-        return self._data.train_loader
+        """The training loader of the current fit, as this rank iterates it (sharded); several
+        loaders: in the structure they were given in (a dict, a list), as in Lightning."""
+        loader = self._data.train_loader
+        return loader.iterables if hasattr(loader, "flattened") else loader
 
     @property
     def model(self) -> Any:

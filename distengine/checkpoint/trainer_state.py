@@ -194,11 +194,24 @@ class DataPosition:
     def state_dict(self) -> dict[str, Any]:
         from distengine.data import global_seed
 
-        p = self.progress
-        return {"seed": global_seed(), "epoch": p.epoch, "samples_done": p.samples_done}
+        p, sampler = self.progress, self.sampler()
+        state = {"seed": global_seed(), "epoch": p.epoch, "samples_done": p.samples_done}
+        if hasattr(sampler, "start_at_batch"):  # a combined loader: every inner loader's position
+            state["combined"] = sampler.state(0 if p.epoch_done else p.batches_done)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         p, sampler = self.progress, self.sampler()
+        saved = state.get("combined")
+        if hasattr(sampler, "start_at_batch"):  # a combined loader: positioned by the batches done
+            k = p.batches_done  # (progress is restored first; 0 after an epoch's end)
+            sampler.check_resume(saved, k)
+            sampler.start_at_batch(k)
+            self.resume.epoch_start_sample, self.resume.epoch_start_batch = k * self.samples_per_batch(), k
+            return
+        if saved is not None and saved["batches_done"] and p.batches_done:
+            raise ValueError(f"the checkpoint was saved mid-epoch with {len(saved['samples'])} combined training "
+                             "loaders, but this fit has one; resume with the loaders it was saved with")
         samples = int(state.get("samples_done", p.samples_done))
         if sampler is not None and samples:
             sampler.set_start(samples)

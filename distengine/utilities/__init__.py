@@ -1,10 +1,10 @@
 """Lightning's ``utilities`` names scripts import: ``rank_zero_only`` (a decorator with a
 ``.rank`` attribute), ``rank_zero_info``/``rank_zero_warn``/``rank_zero_debug``, ``grad_norm``,
-``AttributeDict``, ``move_data_to_device``, ``is_shared_filesystem``,
+``AttributeDict``, ``CombinedLoader``, ``move_data_to_device``, ``is_shared_filesystem``,
 ``suggested_max_num_workers``, ``find_shared_parameters``/``set_shared_parameters``,
 ``disable_possible_user_warnings``, ``GradClipAlgorithmType``, ``is_picklable``; and the
-submodules ``seed``, ``enums``, ``parameter_tying``, ``warnings``, ``parsing``, ``apply_func``.
-Importing this package loads no torch; the rest loads on first use.
+submodules ``seed``, ``enums``, ``parameter_tying``, ``warnings``, ``parsing``, ``apply_func``,
+``combined_loader``. Importing this package loads no torch; the rest loads on first use.
 
 Example::
 
@@ -26,6 +26,7 @@ from distengine.dist.rank_zero import (
 
 _LAZY = {"grad_norm": "distengine.utilities.grads", "AttributeDict": "distengine.module",
          "seed_everything": "distengine.seed",
+         "CombinedLoader": "distengine.utilities.combined_loader",
          "move_data_to_device": "distengine.utilities.apply_func",
          "GradClipAlgorithmType": "distengine.utilities.enums", "LightningEnum": "distengine.utilities.enums",
          "find_shared_parameters": "distengine.utilities.parameter_tying",
@@ -35,10 +36,11 @@ _LAZY = {"grad_norm": "distengine.utilities.grads", "AttributeDict": "distengine
          "suggested_max_num_workers": "distengine.utilities.data",
          "is_shared_filesystem": "distengine.utilities.distributed"}
 
-__all__ = ["AttributeDict", "GradClipAlgorithmType", "LightningEnum", "disable_possible_user_warnings",
-           "find_shared_parameters", "global_rank", "grad_norm", "is_picklable", "is_shared_filesystem",
-           "move_data_to_device", "rank_zero_debug", "rank_zero_deprecation", "rank_zero_info", "rank_zero_only",
-           "rank_zero_warn", "seed_everything", "set_shared_parameters", "suggested_max_num_workers"]
+__all__ = ["AttributeDict", "CombinedLoader", "GradClipAlgorithmType", "LightningEnum",
+           "disable_possible_user_warnings", "find_shared_parameters", "global_rank", "grad_norm", "is_picklable",
+           "is_shared_filesystem", "move_data_to_device", "rank_zero_debug", "rank_zero_deprecation",
+           "rank_zero_info", "rank_zero_only", "rank_zero_warn", "seed_everything", "set_shared_parameters",
+           "suggested_max_num_workers"]
 
 
 def __getattr__(name: str) -> Any:
