@@ -20,16 +20,8 @@ def find_shared_parameters(module: nn.Module) -> list[list[str]]:
     """The names of each parameter reachable under more than one name, grouped, in
     registration order (the first name is where the parameter was first registered)."""
     names: dict[int, list[str]] = {}
-
-    def walk(m: nn.Module, prefix: str) -> None:
-        for name, p in m._parameters.items():
-            if p is not None:
-                names.setdefault(id(p), []).append(prefix + name)
-        for name, child in m._modules.items():
-            if child is not None:
-                walk(child, f"{prefix}{name}.")
-
-    walk(module, "")
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
     return [group for group in names.values() if len(group) > 1]
 
 
