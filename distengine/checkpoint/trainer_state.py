@@ -194,12 +194,19 @@ class DataPosition:
     def state_dict(self) -> dict[str, Any]:
         from distengine.data import global_seed
 
-        p = self.progress
-        return {"seed": global_seed(), "epoch": p.epoch, "samples_done": p.samples_done}
+        p, sampler = self.progress, self.sampler()
+        state = {"seed": global_seed(), "epoch": p.epoch, "samples_done": p.samples_done}
+        if sampler is not None and sampler.drawn is not None and p.iter_started and not p.epoch_done:
+            state["drawn"] = sampler.drawn  # this epoch's permutation: a seed or a generator state
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         p, sampler = self.progress, self.sampler()
         samples = int(state.get("samples_done", p.samples_done))
+        if sampler is not None and self.resume.rng_after_iter:
+            # the permutation was drawn before the checkpoint: take it again, draw nothing
+            # (the global generator is restored to its state at the checkpoint)
+            sampler.resume_epoch(state.get("drawn"))
         if sampler is not None and samples:
             sampler.set_start(samples)
             p.batches_done = samples // self.samples_per_batch()
