@@ -183,9 +183,11 @@ def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
         return loader, None  # sampling with replacement / another length: Lightning's order as it is
     shuffle = random if shuffle_override is None else shuffle_override
     # one process: Lightning leaves the RandomSampler alone, so it draws from the global RNG
-    # (or the loader's generator); several ranks: Lightning's DistributedSampler(seed + epoch)
+    # (or the loader's generator); several ranks: Lightning's DistributedSampler(seed + epoch),
+    # which pads every rank to the same count (its drop_last is left False) while the loader's
+    # drop_last drops each rank's incomplete last batch
     sampler = ResumableSampler(len(loader.dataset), shuffle=shuffle, seed=global_seed(),
-                               num_replicas=world_size, rank=rank, drop_last=loader.drop_last,
+                               num_replicas=world_size, rank=rank, drop_last=False,
                                draw=world_size == 1, generator=getattr(loader.sampler, "generator", None))
     return _rebuild(loader, sampler, loader.drop_last), sampler
 
