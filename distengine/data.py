@@ -92,7 +92,7 @@ class ResumableSampler(Sampler[int]):
             g = torch.Generator()
             g.manual_seed(self.drawn)
         else:  # the loader's generator, put back where it was before this epoch's permutation
-            g = self.generator if self.generator is not None else torch.Generator()
+            g = self.generator if self.draw and self.generator is not None else torch.Generator()
             g.set_state(self.drawn)
         return torch.randperm(self.num_samples, generator=g)
 
@@ -114,7 +114,7 @@ class ResumableSampler(Sampler[int]):
             rest = rest.repeat(reps)
         rest = rest[:total]
         yield from rest[self.rank::self.num_replicas].tolist()
-        if isinstance(self.drawn, torch.Tensor) and self.generator is not None:
+        if self.draw and self.generator is not None and isinstance(self.drawn, torch.Tensor):
             # RandomSampler then draws an empty second permutation from the loader's generator
             torch.randperm(self.num_samples, generator=self.generator)
 
@@ -178,8 +178,8 @@ def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
                 "Trainer(use_distributed_sampler=False)")
         return loader, None
     random = isinstance(loader.sampler, RandomSampler)
-    if world_size == 1 and random and (loader.sampler.replacement
-                                       or loader.sampler.num_samples != len(loader.dataset)):
+    if world_size == 1 and random and shuffle_override is None and (
+            loader.sampler.replacement or loader.sampler.num_samples != len(loader.dataset)):
         return loader, None  # sampling with replacement / another length: Lightning's order as it is
     shuffle = random if shuffle_override is None else shuffle_override
     # one process: Lightning leaves the RandomSampler alone, so it draws from the global RNG

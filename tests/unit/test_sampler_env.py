@@ -125,3 +125,12 @@ def test_one_process_shuffle_draws_as_random_sampler():
                 dl, _ = prepare_train_loader(dl, 1, 0, enabled=True)
             runs.append(([[b[0].tolist() for b in dl] for _ in range(3)], torch.rand(3)))
         assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1]), gen_seed
+
+
+def test_one_process_sampling_with_replacement_is_left_as_it_is():
+    """Lightning leaves it alone in one process; a permutation would silently drop the
+    replacement (and a num_samples of its own)."""
+    data = TensorDataset(torch.arange(10))
+    for sampler in (RandomSampler(data, replacement=True), RandomSampler(data, num_samples=25)):
+        dl = DataLoader(data, batch_size=4, sampler=sampler)
+        assert prepare_train_loader(dl, 1, 0, enabled=True) == (dl, None)
