@@ -4,7 +4,7 @@ The work is deliberately small (a 32-128-128-10 MLP, batch 64, in-memory data, o
 thread), so that per-step framework cost is visible rather than hidden behind compute.
 Every contender trains the same model (same seed, so the same initial weights) on the same
 data for the same number of optimizer steps; the hand-written loop is the natural PyTorch
-loop (DataLoader over a TensorDataset with a seeded per-epoch shuffle, zero_grad, forward,
+loop (DataLoader over a TensorDataset with shuffle=True after torch.manual_seed, zero_grad, forward,
 loss, backward, step). The clock covers what a user waits for: building the
 DataLoader/optimizer or the Trainer, and fit.
 
@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from benchmarks._harness import Clock, Row, diff_row, fresh_python, interleave, markdown_table, ratio_row
 from benchmarks._work import build_mlp, make_dataset
@@ -73,14 +73,13 @@ def run_loop(work: Work, data) -> tuple[Clock, nn.Module]:
     torch.manual_seed(work.seed)
     model = build_mlp(work.dim, work.hidden)
     with Clock() as clock:
-        # PyTorch's standard reproducible shuffle: a fresh permutation from seed + epoch (the
-        # Trainer's sampler draws the same ones, so both see the same batches in the same order)
-        sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=work.seed)
-        loader = DataLoader(data, batch_size=work.batch_size, sampler=sampler)
+        # a plain shuffled loader: each epoch draws its permutation's seed from torch's global
+        # generator (seeded above); the Trainer's one-process sampler draws the same ones, as
+        # Lightning's RandomSampler does, so both see the same batches in the same order
+        loader = DataLoader(data, batch_size=work.batch_size, shuffle=True)
         optimizer = torch.optim.SGD(model.parameters(), lr=work.lr)
         model.train()
-        for epoch in range(work.epochs):
-            sampler.set_epoch(epoch)
+        for _ in range(work.epochs):
             for x, y in loader:
                 optimizer.zero_grad()
                 loss = nn.functional.cross_entropy(model(x), y)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from benchmarks._harness import Clock, Row, interleave, markdown_table, ratio_row
 from benchmarks._work import TinyGPT, lm_loss, make_tokens
@@ -60,9 +60,8 @@ QUICK = LMWork(num_sequences=128)
 def run_loop(work: LMWork, data) -> Clock:
     model = work.model()
     with Clock() as clock:
-        # seeded shuffle, as the Trainer's sampler draws it (see overhead.run_loop)
-        sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=work.seed)
-        loader = DataLoader(data, batch_size=work.batch_size, sampler=sampler)
+        # a plain shuffled loader, whose permutation the Trainer draws alike (see overhead.run_loop)
+        loader = DataLoader(data, batch_size=work.batch_size, shuffle=True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=work.lr)
         model.train()
         for x, y in loader:

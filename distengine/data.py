@@ -2,13 +2,18 @@
 
 Training
     Every standard sampler (sequential or random) is replaced by :class:`ResumableSampler`.
-    It draws one permutation per epoch from ``seed + epoch`` (the seed of
-    :func:`distengine.seed_everything`, else 0), and rank ``r`` of ``R`` takes positions
-    ``r, r+R, r+2R, ...`` of it. After every rank has consumed ``n`` samples, exactly the
-    first ``n*R`` positions are used, so a checkpoint stores one number (samples consumed,
-    over all ranks) and a resumed run, at any world size, continues with the rest of the
-    same permutation: every sample of the epoch is visited exactly once. The tail is padded
-    with repeated samples so every rank runs the same number of steps (as DDP needs).
+    On several ranks it shuffles as the ``DistributedSampler`` Lightning puts in: one
+    permutation per epoch from ``seed + epoch`` (the seed of :func:`distengine.seed_everything`,
+    else 0), rank ``r`` of ``R`` taking positions ``r, r+R, r+2R, ...`` of it. In one process
+    it shuffles as torch's ``RandomSampler`` (which Lightning leaves alone there): each
+    iteration draws a seed from torch's global generator (or takes the permutation from the
+    loader's ``generator=``), so the data order and every later random draw are Lightning's.
+    After every rank has consumed ``n`` samples, exactly the first ``n*R`` positions are used,
+    so a checkpoint stores the samples consumed over all ranks and what the epoch's permutation
+    came from (the drawn seed or the generator's state), and a resumed run, at any world size,
+    continues with the rest of the same permutation without drawing again: every sample of the
+    epoch is visited exactly once. The tail is padded with repeated samples so every rank runs
+    the same number of steps (as DDP needs).
 
 Iterable datasets
     A loader over an ``IterableDataset`` is left as it is (as in Lightning): the dataset shards
@@ -36,16 +41,25 @@ def global_seed() -> int:
 
 
 class ResumableSampler(Sampler[int]):
-    """Sharded, seeded, resumable sampler for training. See the module docstring."""
+    """Sharded, seeded, resumable sampler for training. See the module docstring.
+
+    ``draw=True`` (one process, shuffled): RandomSampler's permutations. ``drawn`` is what the
+    current epoch's permutation came from: None (``seed + epoch``), the seed drawn from the
+    global generator, or the state ``generator`` had before the permutation."""
 
     def __init__(self, num_samples: int, shuffle: bool, seed: int = 0, num_replicas: int = 1,
-                 rank: int = 0, drop_last: bool = False) -> None:
+                 rank: int = 0, drop_last: bool = False, draw: bool = False,
+                 generator: torch.Generator | None = None) -> None:
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_last = drop_last
+        self.draw = draw and shuffle
+        self.generator = generator
+        self.drawn: int | torch.Tensor | None = None
+        self._reuse = False  # a resumed epoch: the next iteration takes ``drawn``, draws nothing
         self.epoch = 0
         self.start = 0  # global position (over all ranks) where the next iteration begins
 
@@ -56,12 +70,31 @@ class ResumableSampler(Sampler[int]):
         """Begin the next iteration at this position of the epoch's permutation."""
         self.start = max(0, min(int(global_position), self.num_samples))
 
+    def resume_epoch(self, drawn: int | torch.Tensor | None) -> None:
+        """The next iteration continues the permutation ``drawn`` (a checkpoint's) came from."""
+        self.drawn, self._reuse = drawn, True
+
     def _order(self) -> torch.Tensor:
-        if self.shuffle:
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        if self._reuse:
+            self._reuse = False
+        elif not self.draw:
+            self.drawn = None
+        elif self.generator is None:  # as RandomSampler.__iter__ draws its seed
+            self.drawn = int(torch.empty((), dtype=torch.int64).random_().item())
+        else:
+            self.drawn = self.generator.get_state()
+        if self.drawn is None:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
-            return torch.randperm(self.num_samples, generator=g)
-        return torch.arange(self.num_samples)
+        elif isinstance(self.drawn, int):
+            g = torch.Generator()
+            g.manual_seed(self.drawn)
+        else:  # the loader's generator, put back where it was before this epoch's permutation
+            g = self.generator if self.draw and self.generator is not None else torch.Generator()
+            g.set_state(self.drawn)
+        return torch.randperm(self.num_samples, generator=g)
 
     def _per_rank(self, remaining: int) -> int:
         if self.drop_last:
@@ -72,6 +105,7 @@ class ResumableSampler(Sampler[int]):
         return self._per_rank(self.num_samples - self.start)
 
     def __iter__(self) -> Iterator[int]:
+        # a generator, as RandomSampler's: the permutation is drawn at the first index asked for
         rest = self._order()[self.start:]
         per_rank = self._per_rank(len(rest))
         total = per_rank * self.num_replicas
@@ -79,7 +113,10 @@ class ResumableSampler(Sampler[int]):
             reps = -(-total // len(rest))
             rest = rest.repeat(reps)
         rest = rest[:total]
-        return iter(rest[self.rank::self.num_replicas].tolist())
+        yield from rest[self.rank::self.num_replicas].tolist()
+        if self.draw and self.generator is not None and isinstance(self.drawn, torch.Tensor):
+            # RandomSampler then draws an empty second permutation from the loader's generator
+            torch.randperm(self.num_samples, generator=self.generator)
 
 
 class EvalShardSampler(Sampler[int]):
@@ -140,9 +177,18 @@ def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
                 "distengine cannot shard; shard it yourself and pass "
                 "Trainer(use_distributed_sampler=False)")
         return loader, None
-    shuffle = isinstance(loader.sampler, RandomSampler) if shuffle_override is None else shuffle_override
+    random = isinstance(loader.sampler, RandomSampler)
+    if world_size == 1 and random and shuffle_override is None and (
+            loader.sampler.replacement or loader.sampler.num_samples != len(loader.dataset)):
+        return loader, None  # sampling with replacement / another length: Lightning's order as it is
+    shuffle = random if shuffle_override is None else shuffle_override
+    # one process: Lightning leaves the RandomSampler alone, so it draws from the global RNG
+    # (or the loader's generator); several ranks: Lightning's DistributedSampler(seed + epoch),
+    # which pads every rank to the same count (its drop_last is left False) while the loader's
+    # drop_last drops each rank's incomplete last batch
     sampler = ResumableSampler(len(loader.dataset), shuffle=shuffle, seed=global_seed(),
-                               num_replicas=world_size, rank=rank, drop_last=loader.drop_last)
+                               num_replicas=world_size, rank=rank, drop_last=False,
+                               draw=world_size == 1, generator=getattr(loader.sampler, "generator", None))
     return _rebuild(loader, sampler, loader.drop_last), sampler
 
 

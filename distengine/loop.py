@@ -314,6 +314,7 @@ def fit_loop(ctx: LoopContext) -> None:
         ctx.strategy.refresh_wrapping()  # (finetuning callbacks unfreeze layers at an epoch start: DDP is rebuilt)
         with ctx.profiler.profile("run_training_epoch"):
             train_epoch(ctx)
+        ctx.strategy.check_wrapping(p.epoch)
         if state.stop_now and status.stop_signal is not None:
             break  # every rank agreed to stop on a signal: save the exact position and exit
         # An epoch cut short (max_steps, or a should_stop request, mid-epoch) still ends as in

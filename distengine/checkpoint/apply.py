@@ -7,7 +7,8 @@ Layout (Lightning-compatible keys where they exist)::
     state_dict            the module's weights (unwrapped from DDP and torch.compile)
     optimizer_states, lr_schedulers, precision
     optimizer_classes     the class name of each optimizer (checked before a resume)
-    data                  {"seed", "epoch", "samples_done"} the sampler position over all ranks
+    data                  {"seed", "epoch", "samples_done", "drawn"?} the sampler position over all ranks
+                          and what the epoch's permutation came from (one process, mid-epoch)
     rng                   one entry per rank (torch CPU/CUDA, Python, NumPy)
     callbacks             {state_key: state}
     hyper_parameters      the module's saved hyperparameters

@@ -198,6 +198,8 @@ class DataPosition:
         state = {"seed": global_seed(), "epoch": p.epoch, "samples_done": p.samples_done}
         if hasattr(sampler, "start_at_batch"):  # a combined loader: every inner loader's position
             state["combined"] = sampler.state(0 if p.epoch_done else p.batches_done)
+        elif sampler is not None and sampler.drawn is not None and p.iter_started and not p.epoch_done:
+            state["drawn"] = sampler.drawn  # this epoch's permutation: a seed or a generator state
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -213,6 +215,10 @@ class DataPosition:
             raise ValueError(f"the checkpoint was saved mid-epoch with {len(saved['samples'])} combined training "
                              "loaders, but this fit has one; resume with the loaders it was saved with")
         samples = int(state.get("samples_done", p.samples_done))
+        if sampler is not None and self.resume.rng_after_iter:
+            # the permutation was drawn before the checkpoint: take it again, draw nothing
+            # (the global generator is restored to its state at the checkpoint)
+            sampler.resume_epoch(state.get("drawn"))
         if sampler is not None and samples:
             sampler.set_start(samples)
             p.batches_done = samples // self.samples_per_batch()

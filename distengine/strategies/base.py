@@ -35,7 +35,9 @@ Additions to the contract made while moving the Trainer onto it (issue 11 step 1
 * After ``setup_module``, ``strategy.step_fn`` is what the loop calls with ``(batch, batch_idx)``
   (``module.training_step``, or DDP's forward routed to it).
 * ``refresh_wrapping()`` at each epoch start (a finetuning callback changed which parameters
-  train: DDP is built again); ``prepare_for_backward(loss)`` before each ``manual_backward``.
+  train, or a callback added or replaced layers: DDP is built again), ``check_wrapping(epoch)``
+  after the epoch's batches (layers replaced mid-epoch: an error); ``prepare_for_backward(loss)``
+  before each ``manual_backward``.
 * ``reduce_boolean_decision``, ``reduce(..., reduce_op=...)`` (Lightning's spelling) and
   ``fresh()`` (an unused copy with the same options, for the tuner's trial Trainer).
 """
@@ -111,6 +113,10 @@ class Strategy:
         """Called at each epoch start, after the callbacks' ``on_train_epoch_start``; a wrapper
         that depends on which parameters train is rebuilt here. True when ``model`` changed."""
         return False
+
+    def check_wrapping(self, epoch: int) -> None:
+        """Called after each epoch's training batches: a wrapper that cannot follow parameters
+        added or replaced in the middle of an epoch refuses them here (one line)."""
 
     def prepare_for_backward(self, loss: torch.Tensor) -> None:
         """Called by ``Module.manual_backward`` before each backward (manual optimization)."""

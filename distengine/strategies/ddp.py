@@ -47,7 +47,7 @@ class DDPStrategy(Strategy):
         self.ddp_comm_hook, self.ddp_comm_state = ddp_comm_hook, ddp_comm_state
         self.ddp_kwargs = ddp_kwargs
         self.manual_step: Any = None  # dist.setup.ManualDDPStep under manual optimization
-        self._wrapped_trainable: list[bool] = []
+        self._wrapped: list[tuple[Any, bool]] = []  # (parameter, requires_grad) when DDP was built
 
     # ------------------------------------------------------------------ environment
     def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
@@ -94,19 +94,37 @@ class DDPStrategy(Strategy):
             self.step_fn = self.manual_step or self.model
         else:  # one process: nothing to synchronise
             self.model, self.manual_step, self.step_fn = module, None, module.training_step
-        self._wrapped_trainable = [p.requires_grad for p in module.parameters()]
+        self._wrapped = self._parameters_now()
         return self.model
 
+    def _parameters_now(self) -> list[tuple[Any, bool]]:
+        return [(p, p.requires_grad) for p in self.module.parameters()] if self.module is not None else []
+
+    def _unchanged(self) -> bool:
+        now = self._parameters_now()
+        return len(now) == len(self._wrapped) and all(
+            p is q and a == b for (p, a), (q, b) in zip(now, self._wrapped))
+
     def refresh_wrapping(self) -> bool:
-        """DDP reduces only the gradients of parameters that were trainable when it was built:
-        after a callback froze or unfroze some (finetuning), build it again (every rank does,
-        at the same epoch start, so its start-up broadcast pairs up)."""
-        if self.model is self.module or self.module is None:
-            return False
-        if [p.requires_grad for p in self.module.parameters()] == self._wrapped_trainable:
+        """DDP reduces only the gradients of the parameters that were trainable when it was
+        built: after a callback froze or unfroze some (finetuning), added a submodule or replaced
+        one, build it again (every rank does, at the same epoch start). Its start-up broadcast
+        copies rank 0's parameters and buffers to every rank, so layers each rank initialised
+        its own way start equal."""
+        if self.model is self.module or self.module is None or self._unchanged():
             return False
         self._wrap(self.module)
         return True
+
+    def check_wrapping(self, epoch: int) -> None:
+        if self.model is self.module or self.module is None:
+            return
+        now = self._parameters_now()  # (trainable flags may change: manual toggling, finetuning)
+        if len(now) != len(self._wrapped) or any(p is not q for (p, _), (q, _) in zip(now, self._wrapped)):
+            raise RuntimeError(
+                f"the module's parameters were replaced or added during epoch {epoch}, after DDP was "
+                "built: their gradients were not averaged and the ranks now differ; add or replace "
+                "layers in on_train_epoch_start (or setup), where distengine rebuilds DDP")
 
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         if last_micro_batch or model is self.module:
@@ -136,7 +154,7 @@ class DDPStrategy(Strategy):
 
     def fresh(self) -> DDPStrategy:
         new = super().fresh()
-        new.manual_step, new._wrapped_trainable = None, []
+        new.manual_step, new._wrapped = None, []
         return new
 
     def teardown(self) -> None:

@@ -232,3 +232,27 @@ def test_resumed_twice_in_consecutive_epochs_is_exact(work, tmp_path):
     epoch1 = sorted(i for r in _indices(out, "twice-b", 1) + _indices(out, "twice-c", 1)
                     if r["epoch"] == 1 for i in r["idx"])
     assert epoch1 == list(range(N_TRAIN)), "epoch 1 must visit every sample exactly once"
+
+
+@pytest.mark.parametrize("generator", [False, True])
+def test_one_process_shuffle_resumes_its_drawn_permutation(tmp_path, generator):
+    """One process, shuffled: each epoch's permutation comes from a seed drawn from torch's
+    global generator (or from the loader's generator=), as with Lightning's RandomSampler.
+    Killed in the middle of the second epoch (the generator has moved on since its seeding)
+    and resumed, the run takes the checkpoint's drawn seed (generator state)
+    again instead of drawing anew: the same samples, weights and random draws after the fit as
+    the uninterrupted run. (num_workers=0: the permutation is drawn at the first batch, after
+    the resumed run restored the RNG; the num_workers=2 case is test_exact_resume_after_sigkill.)"""
+    out = str(tmp_path / "out")
+    flags = ("--workers", "0", *(["--generator"] if generator else []))
+    _launch(1, str(tmp_path / "base"), out, "base", *flags)
+    root = str(tmp_path / "root")
+    _launch(1, root, out, "cut", "--kill-step", "14", *flags, killed=True)
+    _launch(1, root, out, "resumed", "--resume", *flags)
+    base_w = torch.load(os.path.join(out, "base-final.pt"))
+    got_w = torch.load(os.path.join(out, "resumed-final.pt"))
+    assert [k for k in base_w if not torch.equal(base_w[k], got_w[k])] == []
+    assert torch.equal(torch.load(os.path.join(out, "base-draw.pt")), torch.load(os.path.join(out, "resumed-draw.pt")))
+    order = [(r["step"], r["idx"]) for r in _indices(out, "base", 1)]
+    cut = [(r["step"], r["idx"]) for r in _indices(out, "cut", 1) if r["step"] <= 14]
+    assert cut + [(r["step"], r["idx"]) for r in _indices(out, "resumed", 1)] == order

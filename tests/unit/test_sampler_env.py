@@ -90,3 +90,47 @@ def test_single_task_slurm_job_reads_its_restart_count():
     assert (env.distributed, env.restart_count) == (False, 2)
     assert detect(dict(one_task, SLURM_JOB_NAME="bash")).restart_count == 0  # an interactive shell
     assert detect({"SLURM_RESTART_COUNT": "2"}).restart_count == 0  # not inside a job
+
+
+@pytest.mark.parametrize("n,world,batch,drop_last", [(30, 4, 8, True), (30, 4, 8, False), (44, 2, 8, True),
+                                                     (50, 4, 4, True), (7, 3, 2, False), (40, 2, 5, True)])
+def test_several_ranks_get_the_batches_of_lightnings_distributed_sampler(n, world, batch, drop_last):
+    """Lightning injects DistributedSampler(shuffle=True, seed=...) (its own drop_last left
+    False: it pads) and keeps the loader's batch-level drop_last: the same batches on every rank."""
+    from torch.utils.data import DistributedSampler
+
+    data = TensorDataset(torch.arange(n))
+    for rank in range(world):
+        theirs = DataLoader(data, batch_size=batch, drop_last=drop_last,
+                            sampler=DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=3))
+        theirs.sampler.set_epoch(2)
+        ours, sampler = prepare_train_loader(DataLoader(data, batch_size=batch, shuffle=True, drop_last=drop_last),
+                                             world, rank, enabled=True)
+        sampler.seed = 3
+        sampler.set_epoch(2)
+        assert [b[0].tolist() for b in ours] == [b[0].tolist() for b in theirs], (rank, len(ours), len(theirs))
+
+
+def test_one_process_shuffle_draws_as_random_sampler():
+    """One process: the permutations and the global generator's state after them are those of a
+    plain DataLoader(shuffle=True) (RandomSampler), with and without the loader's generator=."""
+    data = TensorDataset(torch.arange(13))
+    for gen_seed in (None, 4):
+        runs = []
+        for ours in (False, True):
+            torch.manual_seed(0)
+            gen = torch.Generator().manual_seed(gen_seed) if gen_seed is not None else None
+            dl = DataLoader(data, batch_size=4, shuffle=True, generator=gen)
+            if ours:
+                dl, _ = prepare_train_loader(dl, 1, 0, enabled=True)
+            runs.append(([[b[0].tolist() for b in dl] for _ in range(3)], torch.rand(3)))
+        assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1]), gen_seed
+
+
+def test_one_process_sampling_with_replacement_is_left_as_it_is():
+    """Lightning leaves it alone in one process; a permutation would silently drop the
+    replacement (and a num_samples of its own)."""
+    data = TensorDataset(torch.arange(10))
+    for sampler in (RandomSampler(data, replacement=True), RandomSampler(data, num_samples=25)):
+        dl = DataLoader(data, batch_size=4, sampler=sampler)
+        assert prepare_train_loader(dl, 1, 0, enabled=True) == (dl, None)

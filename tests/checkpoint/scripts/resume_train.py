@@ -10,6 +10,9 @@ rank logs the sample indices it trained on; rank zero's logger records every log
 checkpoint of step K is on disk, the next batch already fetched); ``--kill-epoch E`` does so
 at the start of epoch E. ``--term-steps 2,3`` sends SIGTERM to rank r right after step ``steps[r]`` (a graceful stop:
 the ranks agree, save one checkpoint and exit 143). ``--resume`` passes ``ckpt_path="last"``.
+``--workers N`` (default 2) sets the training loader's ``num_workers``, ``--generator`` gives it
+its own seeded ``generator=``. Rank zero saves the final
+weights and four ``torch.rand`` draws made after the fit.
 """
 import argparse
 import json
@@ -120,13 +123,16 @@ def main() -> None:
     ap.add_argument("--ckpt-every", choices=["steps", "epochs"], default="steps")
     ap.add_argument("--term-steps")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--generator", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
     os.makedirs(args.out, exist_ok=True)
     de.seed_everything(7)
-    train = DataLoader(Indexed(N_TRAIN, 0), batch_size=BATCH, shuffle=True, num_workers=2,
-                       persistent_workers=False)
+    train = DataLoader(Indexed(N_TRAIN, 0), batch_size=BATCH, shuffle=True,
+                       num_workers=args.workers, persistent_workers=False,
+                       generator=torch.Generator().manual_seed(3) if args.generator else None)
     val = DataLoader(Indexed(N_VAL, 1), batch_size=BATCH)
     ckpt = ModelCheckpoint(every_n_train_steps=1 if args.ckpt_every == "steps" else None,
                            every_n_epochs=1 if args.ckpt_every == "epochs" else None,
@@ -149,6 +155,7 @@ def main() -> None:
     trainer.fit(model, train, val, ckpt_path="last" if args.resume else None)
     if rank == 0:
         torch.save(model.state_dict(), os.path.join(args.out, f"{args.run}-final.pt"))
+        torch.save(torch.rand(4), os.path.join(args.out, f"{args.run}-draw.pt"))  # the RNG after the fit
 
 
 if __name__ == "__main__":

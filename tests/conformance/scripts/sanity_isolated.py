@@ -3,9 +3,8 @@
 A model with dropout, a validation step that draws random numbers (test-time noise), two
 sanity batches, and a step-triggered ModelCheckpoint that monitors val_loss. Lightning runs the
 sanity check in an isolated RNG state and forgets its metrics, so the dropout masks, the draw
-after the fit and the checkpoint names match a run without the check. (The training loader is
-not shuffled: distengine's sampler draws its permutation from the seed, not from torch's global
-generator; see the README's differences from Lightning.)
+after the fit and the checkpoint names match a run without the check. The training loader is
+shuffled: its permutations are drawn from torch's global generator, after the sanity check.
 
 style: 2.x
 """
@@ -46,7 +45,7 @@ if __name__ == "__main__":
                            filename="{step}-{val_loss:.3f}")
     trainer = pl.Trainer(max_epochs=2, num_sanity_val_steps=2, callbacks=[ckpt], enable_progress_bar=False,
                          log_every_n_steps=2)
-    trainer.fit(model, DataLoader(regression_data(48), batch_size=8),
+    trainer.fit(model, DataLoader(regression_data(48), batch_size=8, shuffle=True),
                 DataLoader(regression_data(16, seed=1), batch_size=8))
     saved = sorted(f for f in os.listdir(ckpt.dirpath) if f.endswith(".ckpt"))
     report(trainer, model, saved=saved, after_draw=float(torch.rand(())))
