@@ -139,8 +139,17 @@ class CombinedSamplers:
             s.set_start(start)
 
     def state(self, k: int) -> dict[str, Any]:
+        # each inner loader's current permutation (a drawn seed or generator state on one process)
+        drawn = [s.drawn if s is not None else None for s in self.samplers]
         return {"mode": self.mode, "world_size": self.world_size, "batches_done": k,
-                "samples": self.sample_positions(k)}
+                "samples": self.sample_positions(k), "drawn": drawn}
+
+    def resume_drawn(self, drawn: list[Any] | None) -> None:
+        """A mid-epoch resume: each inner loader continues the permutation it was in (a loader
+        that had run out draws its next pass afresh, as the uninterrupted run did)."""
+        for s, d in zip(self.samplers, drawn or ()):
+            if s is not None:
+                s.resume_epoch(d)
 
     def check_resume(self, saved: dict[str, Any] | None, k: int) -> None:
         """Refuse a mid-epoch resume whose combined loader is not the one that was saved."""

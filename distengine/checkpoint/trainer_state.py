@@ -208,6 +208,8 @@ class DataPosition:
         if hasattr(sampler, "start_at_batch"):  # a combined loader: positioned by the batches done
             k = p.batches_done  # (progress is restored first; 0 after an epoch's end)
             sampler.check_resume(saved, k)
+            if k and self.resume.rng_after_iter and saved is not None:
+                sampler.resume_drawn(saved.get("drawn"))
             sampler.start_at_batch(k)
             self.resume.epoch_start_sample, self.resume.epoch_start_batch = k * self.samples_per_batch(), k
             return
