@@ -25,6 +25,7 @@ _LAZY = {
     "BatchSizeFinder": "distengine.callbacks.finders",
     "LambdaCallback": "distengine.callbacks.lambda_function",
     "OnExceptionCheckpoint": "distengine.callbacks.on_exception_checkpoint",
+    "BasePredictionWriter": "distengine.callbacks.prediction_writer",
 }
 
 __all__ = ["Callback", *_LAZY]
