@@ -25,6 +25,8 @@ _LAZY = {
     "BatchSizeFinder": "distengine.callbacks.finders",
     "LambdaCallback": "distengine.callbacks.lambda_function",
     "OnExceptionCheckpoint": "distengine.callbacks.on_exception_checkpoint",
+    "Checkpoint": "distengine.callbacks.checkpoint",
+    "RichModelSummary": "distengine.callbacks.rich_model_summary",
     "BasePredictionWriter": "distengine.callbacks.prediction_writer",
 }
 
