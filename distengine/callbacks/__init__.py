@@ -26,6 +26,7 @@ _LAZY = {
     "LambdaCallback": "distengine.callbacks.lambda_function",
     "OnExceptionCheckpoint": "distengine.callbacks.on_exception_checkpoint",
     "Checkpoint": "distengine.callbacks.checkpoint",
+    "SpikeDetection": "distengine.callbacks.spike",
     "RichModelSummary": "distengine.callbacks.rich_model_summary",
     "BasePredictionWriter": "distengine.callbacks.prediction_writer",
 }
