@@ -32,7 +32,8 @@ class Scripted(de.Module):
 
 def _fit(tmp, losses, spike, batches=8):
     # "ignore": distengine's own non-finite check would otherwise raise before the callback runs
-    trainer = de.Trainer(default_root_dir=tmp, on_nonfinite_loss="ignore", max_epochs=1, accelerator="cpu", logger=False,
+    trainer = de.Trainer(default_root_dir=tmp, on_nonfinite_loss="ignore", max_epochs=1, accelerator="cpu",
+                         logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[spike])
     data = DataLoader(TensorDataset(torch.zeros(batches * trainer.world_size, 1)), batch_size=1)
