@@ -27,6 +27,8 @@ _LAZY = {
     "OnExceptionCheckpoint": "distengine.callbacks.on_exception_checkpoint",
     "Checkpoint": "distengine.callbacks.checkpoint",
     "SpikeDetection": "distengine.callbacks.spike",
+    "WeightAveraging": "distengine.callbacks.weight_averaging",
+    "EMAWeightAveraging": "distengine.callbacks.weight_averaging",
     "RichModelSummary": "distengine.callbacks.rich_model_summary",
     "BasePredictionWriter": "distengine.callbacks.prediction_writer",
 }
