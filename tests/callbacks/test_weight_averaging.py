@@ -53,7 +53,8 @@ def test_resume_is_exact_and_the_checkpoint_holds_the_average(tmp_path):
     assert "n_averaged" in ckpt["averaging_state"]
     assert not torch.equal(ckpt["state_dict"]["net.0.weight"], ckpt["current_model_state"]["net.0.weight"])
     resumed = BNModel()
-    _trainer(str(tmp_path / "b"), 4, _ema()).fit(resumed, _data(), _data(8), ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    last = str(tmp_path / "b" / "last.ckpt")
+    _trainer(str(tmp_path / "b"), 4, _ema()).fit(resumed, _data(), _data(8), ckpt_path=last)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 
