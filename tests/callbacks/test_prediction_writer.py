@@ -53,18 +53,27 @@ def _check_epoch_files(tmp, world, n):
     assert sorted(seen) == list(range(n)), "every sample written exactly once over the ranks"
 
 
-@pytest.mark.parametrize("n", [9, 1])
-def test_two_ranks_write_each_sample_once(tmp_path, n):
-    for out, kept in run_ranks(_predict, 2, str(tmp_path), "batch_and_epoch", n, False):
-        assert out is None and kept == [], "return_predictions=False: nothing gathered or kept"
-    _check_epoch_files(str(tmp_path), 2, n)
-    seen = []
-    for name in os.listdir(tmp_path):
-        if name.startswith("b_"):
-            d = torch.load(tmp_path / name)
-            assert d["pred"]["idx"].tolist() == d["idx"] and d["dl"] == 0
-            seen += d["idx"]
-    assert sorted(seen) == list(range(n))
+def _predict_both(rank, tmp):
+    """9 samples (uneven: 4 and 5 per rank) and 1 sample (rank 0 gets none), in one launch."""
+    return [_predict(rank, os.path.join(tmp, str(n)), "batch_and_epoch", n, False) for n in (9, 1)]
+
+
+def test_two_ranks_write_each_sample_once(tmp_path):
+    for n in (9, 1):
+        (tmp_path / str(n)).mkdir()
+    for per_rank in run_ranks(_predict_both, 2, str(tmp_path)):
+        for out, kept in per_rank:
+            assert out is None and kept == [], "return_predictions=False: nothing gathered or kept"
+    for n in (9, 1):
+        folder = tmp_path / str(n)
+        _check_epoch_files(str(folder), 2, n)
+        seen = []
+        for name in os.listdir(folder):
+            if name.startswith("b_"):
+                d = torch.load(folder / name)
+                assert d["pred"]["idx"].tolist() == d["idx"] and d["dl"] == 0
+                seen += d["idx"]
+        assert sorted(seen) == list(range(n))
 
 
 def test_one_process_shuffled_loader_reports_the_drawn_indices(tmp_path):
