@@ -110,6 +110,7 @@ class EvalContext:
     profiling: bool                      # the profiler records (not the PassThroughProfiler)
     writer: MetricWriter
     flags: LoopFlags
+    predict: Any = None                  # trainer.predict_loop (predict_state.py)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -72,6 +72,9 @@ def _run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int]
     # CUDA tensor would come back on the sender's device on every rank); one process keeps
     # them where predict_step put them (as Lightning does)
     keep = outputs_to_cpu if stage == "predict" and collectives.is_distributed() else (lambda o: o)
+    writing = ctx.predict if stage == "predict" and ctx.predict.track else None  # a prediction writer
+    if stage == "predict" and not ctx.predict.return_predictions:
+        collect = False  # predict(return_predictions=False): nothing kept, nothing gathered
     for fn in hooks[f"on_{name}_start"]:
         fn()
     for fn in hooks[f"on_{name}_epoch_start"]:
@@ -90,10 +93,14 @@ def _run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int]
                 if convert is not None:
                     batch = convert(batch)
                 res.set_batch(batch)
+                if writing is not None:
+                    writing.record(dl_idx, batch_idx)
                 for fn in hooks[f"on_{name}_batch_start"]:
                     fn(batch, batch_idx, *extra)
                 with prec.autocast():
                     out = step(batch, batch_idx, *extra) if takes_idx else step(batch, *extra)
+                if writing is not None:
+                    writing.keep(dl_idx, out)
                 for fn in hooks[f"on_{name}_batch_end"]:
                     fn(out, batch, batch_idx, *extra)
                 if write_steps:
@@ -104,13 +111,15 @@ def _run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int]
     res.dataloader_suffix = ""
     result: list[Any]
     if stage == "predict":
-        result = [_gather_in_order(o) for o in all_outputs]
+        result = [_gather_in_order(o) for o in all_outputs] if collect else [[] for _ in loaders]
         for fn in hooks["on_predict_epoch_end"]:
             fn()
     else:
         result = _end_eval_epoch(ctx, stage, name, all_outputs if collect else None, len(loaders), sanity)
     for fn in hooks[f"on_{name}_end"]:
         fn()
+    if stage == "predict":
+        ctx.predict.end()
     res.reset_metric_objects(stage)
     res.stage, res.in_step = prev_stage, prev_in_step
     if was_training:

@@ -139,6 +139,7 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
         """Return ``predict_step`` outputs in dataset order, gathered from every rank (a list
         per dataloader when there are several); ``None`` with ``return_predictions=False``
         (Lightning's flag, for runs whose callbacks write the predictions themselves)."""
+        self.predict_loop.return_predictions = return_predictions is not False  # False: no gather
         out = self._evaluate("predict", model, dataloaders, datamodule, ckpt_path)
         if return_predictions is False:
             return None

@@ -267,6 +267,8 @@ class CheckpointMixin:
             self._strategy.module_to_device(model)
             if ckpt_path is not None:
                 self._load_weights_only(ckpt_path)
+            if stage == "predict":  # a prediction writer's indices (predict_state.py)
+                loaders = self.predict_loop.begin(self.callbacks, loaders)
             limit = [_apply_limit(self.limits[kind], _safe_len(dl), kind) for dl in loaders]
             self._eval_batches = {stage: limit}
             if stage == "validate":

@@ -194,6 +194,17 @@ class TrainerProperties:
         return self._results.prog_bar_steps()
 
     @property
+    def predict_loop(self) -> Any:
+        """Lightning's ``trainer.predict_loop`` as prediction writers read it: this rank's
+        ``predictions`` and the dataset indices of its batches (see predict_state.py)."""
+        state = self.__dict__.get("_predict_loop")
+        if state is None:
+            from distengine.predict_state import PredictLoopState
+
+            state = self.__dict__["_predict_loop"] = PredictLoopState()
+        return state
+
+    @property
     def checkpoint_callbacks(self) -> list[Callback]:
         from distengine.callbacks.model_checkpoint import ModelCheckpoint
 

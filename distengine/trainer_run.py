@@ -162,7 +162,8 @@ class RunMixin:
         return kind(module=self._module, strategy=self._strategy, precision=self._precision, results=self._results,
                     status=self._status, hooks=self._hooks, module_hooks=self._module_hooks,
                     callback_hooks=self._callback_hooks, adapted=self._adapted, profiler=self._profiler,
-                    profiling=self._profiling, writer=self._writer, flags=self._flags, **fit_parts)
+                    profiling=self._profiling, writer=self._writer, flags=self._flags,
+                    predict=self.predict_loop, **fit_parts)
 
     def _loop_context(self) -> LoopContext:
         """The parts the fit loop uses, built once per ``fit`` after set-up and restore."""

@@ -25,6 +25,12 @@ _LAZY = {
     "BatchSizeFinder": "distengine.callbacks.finders",
     "LambdaCallback": "distengine.callbacks.lambda_function",
     "OnExceptionCheckpoint": "distengine.callbacks.on_exception_checkpoint",
+    "Checkpoint": "distengine.callbacks.checkpoint",
+    "SpikeDetection": "distengine.callbacks.spike",
+    "WeightAveraging": "distengine.callbacks.weight_averaging",
+    "EMAWeightAveraging": "distengine.callbacks.weight_averaging",
+    "RichModelSummary": "distengine.callbacks.rich_model_summary",
+    "BasePredictionWriter": "distengine.callbacks.prediction_writer",
 }
 
 __all__ = ["Callback", *_LAZY]

@@ -49,6 +49,8 @@ def build_callbacks(callbacks: Any, max_time: Any, checkpointing: bool, progress
 
     if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in cbs):
         cbs.append(ModelCheckpoint())
-    # checkpoints go last so that they capture the state other callbacks just updated
-    return [c for c in cbs if not isinstance(c, ModelCheckpoint)] + \
-           [c for c in cbs if isinstance(c, ModelCheckpoint)]
+    from distengine.callbacks.checkpoint import Checkpoint
+
+    # checkpoints (every Checkpoint subclass) go last so that they capture the state other
+    # callbacks just updated
+    return [c for c in cbs if not isinstance(c, Checkpoint)] + [c for c in cbs if isinstance(c, Checkpoint)]

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from distengine.callbacks.base import Callback
+from distengine.callbacks.checkpoint import Checkpoint
 from distengine.callbacks.checkpoint_names import _score, _to_float, format_checkpoint_name, tidy_checkpoint_folders
 from distengine.callbacks.time_checks import TimeChecks
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
@@ -35,7 +35,7 @@ from distengine.loggers.artifacts import checkpoint_notifier
 
 __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(Checkpoint):
     """Save checkpoints when a trigger fires; keep the ``save_top_k`` best by ``monitor``.
 
     Args:

@@ -130,7 +130,11 @@ class ModelSummary(Callback):
         # a DDP or compiled wrapper would add a "module."/"_orig_mod." level to every name
         target = getattr(target, "module", target) if isinstance(target, nn.parallel.DistributedDataParallel) \
             else torch_private.compiled_inner_module(target)
-        print(summarize(target, self.max_depth), flush=True)
+        self._show(target)
+
+    def _show(self, module: nn.Module) -> None:
+        print(summarize(module, self.max_depth), flush=True)
 
 
 __all__ = ["ModelSummary", "ParamTotals", "count_parameters", "summarize"]
+

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from distengine.callbacks.base import Callback
+from distengine.callbacks.checkpoint import Checkpoint
 
 __all__ = ["OnExceptionCheckpoint"]
 
 
-class OnExceptionCheckpoint(Callback):
+class OnExceptionCheckpoint(Checkpoint):
     """Save ``dirpath/filename.ckpt`` with ``trainer.save_checkpoint`` when the run raises (every
     rank calls it, as every rank's run fails together; rank 0 writes). As in Lightning, a run
     that ends without an exception removes that file, so one left behind is always from a failure."""

@@ -1,7 +1,7 @@
 """Lightning's ``utilities`` names scripts import: ``rank_zero_only`` (a decorator with a
 ``.rank`` attribute), ``rank_zero_info``/``rank_zero_warn``/``rank_zero_debug``, ``grad_norm``,
 ``AttributeDict``, ``CombinedLoader``, ``move_data_to_device``, ``is_shared_filesystem``,
-``suggested_max_num_workers``, ``find_shared_parameters``/``set_shared_parameters``,
+``suggested_max_num_workers``, ``measure_flops``, ``find_shared_parameters``/``set_shared_parameters``,
 ``disable_possible_user_warnings``, ``GradClipAlgorithmType``, ``is_picklable``; and the
 submodules ``seed``, ``enums``, ``parameter_tying``, ``warnings``, ``parsing``, ``apply_func``,
 ``combined_loader``. Importing this package loads no torch; the rest loads on first use.
@@ -34,11 +34,12 @@ _LAZY = {"grad_norm": "distengine.utilities.grads", "AttributeDict": "distengine
          "disable_possible_user_warnings": "distengine.utilities.warnings",
          "is_picklable": "distengine.utilities.parsing",
          "suggested_max_num_workers": "distengine.utilities.data",
-         "is_shared_filesystem": "distengine.utilities.distributed"}
+         "is_shared_filesystem": "distengine.utilities.distributed",
+         "measure_flops": "distengine.utilities.flops"}
 
 __all__ = ["AttributeDict", "CombinedLoader", "GradClipAlgorithmType", "LightningEnum",
            "disable_possible_user_warnings", "find_shared_parameters", "global_rank", "grad_norm", "is_picklable",
-           "is_shared_filesystem", "move_data_to_device", "rank_zero_debug", "rank_zero_deprecation",
+           "is_shared_filesystem", "measure_flops", "move_data_to_device", "rank_zero_debug", "rank_zero_deprecation",
            "rank_zero_info", "rank_zero_only", "rank_zero_warn", "seed_everything", "set_shared_parameters",
            "suggested_max_num_workers"]
 
