@@ -140,6 +140,8 @@ def stale(store: Path = STORE, scripts=None) -> list[str]:
         script, have = by_name.get(folder.parent.name), stored_key(folder)
         if script is None:
             found.append(f"{folder.parent.name}/{folder.name} (no such script)")
-        elif have is None or not folder.name.isdigit() or have["source"] != key(script, int(folder.name))["source"]:
+        elif not folder.name.isdigit() or int(folder.name) not in rank_counts(script):
+            found.append(f"{folder.parent.name}/{folder.name} (the script does not run on {folder.name} ranks)")
+        elif have is None or have["source"] != key(script, int(folder.name))["source"]:
             found.append(f"{folder.parent.name}/{folder.name}")
     return found

@@ -49,10 +49,13 @@ def main(argv=None) -> int:
         if not cache.enabled(style):
             parser.error(f"{envs.OVERRIDE[style]} or DISTENGINE_CONFORMANCE_CACHE=0 is set: results from "
                          "another interpreter are not stored; unset it")
-    names = {s.name for s in harness.corpus()}
-    for folder in sorted(p for p in cache.STORE.glob("*") if p.is_dir() and p.name not in names):
-        shutil.rmtree(folder)  # the script is gone
-        print(f"removed {folder.name} (no such script)")
+    counts = {s.name: {str(n) for n in cache.rank_counts(s)} for s in harness.corpus()}
+    gone = [p for p in cache.STORE.glob("*/*") if p.is_dir() and p.name not in counts.get(p.parent.name, ())]
+    for folder in sorted(gone):
+        shutil.rmtree(folder)  # the script is gone, or no longer runs on that many ranks
+        print(f"removed {folder.parent.name}/{folder.name}")
+        if not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
     for i, (script, ranks) in enumerate(todo, 1):
         begin = time.monotonic()
         folder = record(script, ranks)

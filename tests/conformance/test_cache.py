@@ -56,6 +56,9 @@ def test_an_edited_script_is_not_served_its_old_result_and_is_reported_stale(tmp
     assert cache.load(script, 1, store=store) is None
     assert cache.stale(store, [script]) == ["max_steps/1"]
     assert cache.stale(store, []) == ["max_steps/1 (no such script)"]
+    script.ranks = False
+    cache.save(script, 2, _run(tmp_path), store=store)
+    assert "max_steps/2 (the script does not run on 2 ranks)" in cache.stale(store, [script])
 
 
 def test_another_platform_or_cache_off_runs_lightning(tmp_path, monkeypatch):
