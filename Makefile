@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-range bench lint clean
+.PHONY: demo test test-fast test-range bench lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,16 +21,23 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(VENV)/bin/distengine launch --cpus 2 examples/digits.py --max-epochs 10
 
-# The whole suite (no PYTEST_ARGS) first starts building the two reference Lightning environments
-# of tests/conformance and the two torch-range environments of tests/torch_range.py in the
-# background (a few minutes of pip, mostly waiting on the network and the disk), so that they are
-# ready when needed. After the whole suite on the pinned torch, the torch-sensitive tests run again
-# on the oldest and the newest supported torch (tests/torch_range.py); either failing fails `make test`.
+# The whole suite (no PYTEST_ARGS) first starts building, in the background, the reference
+# Lightning environments of tests/conformance that are needed (only for scripts whose Lightning
+# result is not stored in tests/conformance/reference/; none when all are) and the two torch-range
+# environments of tests/torch_range.py (a few minutes of pip, mostly waiting on the network and
+# the disk), so that they are ready when needed. After the whole suite on the pinned torch, the
+# torch-sensitive tests run again on the oldest and the newest supported torch
+# (tests/torch_range.py); either failing fails `make test`.
 test: $(VENV)/.installed
-	@if [ -z "$(PYTEST_ARGS)" ]; then $(PY) -m tests.conformance.envs > /dev/null 2>&1 & \
+	@if [ -z "$(PYTEST_ARGS)" ]; then $(PY) -m tests.conformance.envs --needed > /dev/null 2>&1 & \
 	  $(PY) -m tests.torch_range build > /dev/null 2>&1 & fi; \
 	bash .ci/slurm-setup.sh && $(PY) -m pytest -q -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ -z "$(PYTEST_ARGS)" ]; then $(PY) -m tests.torch_range run || rc=1; fi; wait; exit $$rc
+
+# The suite without the tests marked slow (soak, chaos, the longest resume and Slurm requeue
+# runs): no Slurm set-up, no torch-range run. `make test` runs everything.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 # Only the torch-sensitive tests on the oldest and newest supported torch (tests/torch_range.py).
 test-range: $(VENV)/.installed

@@ -186,6 +186,7 @@ def test_resume_at_another_world_size_visits_each_sample_once(work, world, new_w
     assert min(r["step"] for r in resumed) == step + 1
 
 
+@pytest.mark.slow
 def test_sigterm_one_step_apart_stops_once_and_resumes_exactly(work, tmp_path):
     """SIGTERM reaches rank 1 after step 2 and rank 0 after step 3: the ranks agree to stop at
     one step boundary (the stop vote may land a step after the request), write ONE checkpoint,
@@ -215,6 +216,7 @@ def test_sigterm_one_step_apart_stops_once_and_resumes_exactly(work, tmp_path):
     assert merged == _keyed(_records(base_out, "base2"))
 
 
+@pytest.mark.slow
 def test_resumed_twice_in_consecutive_epochs_is_exact(work, tmp_path):
     """Killed mid-epoch 0, resumed, killed again mid-epoch 1, resumed: the epoch after a
     resumed one must save its own data position, not add the resumed epoch's starting offset

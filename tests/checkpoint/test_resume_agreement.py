@@ -108,6 +108,7 @@ def _soak_runs() -> int:
 _CASES = [(s, a, p) for s in ("fsdp", "ddp") for a in (True, False) for p in resume_job.POINTS]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _soak_runs(), reason="soak: set DISTENGINE_RESUME_SOAK_RUNS=N (N runs per case)")
 @pytest.mark.timeout(160 * max(_soak_runs(), 1) + 60)  # each run ends within its own 150 s
 @pytest.mark.parametrize("strategy,async_save,point", _CASES,

@@ -95,14 +95,17 @@ class Run:
     output: str
 
 
+# what every run gets; part of the stored reference results' key (cache.py)
+FIXED_ENV = {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1", "DISTENGINE_TIMEOUT": "60"}
+
+
 def _env(out: Path, distengine: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "RANK", "LOCAL_RANK",
                                                                     "WORLD_SIZE", "MASTER_", "SLURM_"))}
     paths = [str(HERE / "runtime")]
     if distengine:
         paths.insert(0, str(HERE / "shim"))
-    env.update({"PYTHONPATH": os.pathsep.join(paths), "CONFORMANCE_OUT": str(out), "PYTHONHASHSEED": "0",
-                "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1", "DISTENGINE_TIMEOUT": "60"})
+    env.update({"PYTHONPATH": os.pathsep.join(paths), "CONFORMANCE_OUT": str(out), **FIXED_ENV})
     return env
 
 
@@ -157,11 +160,22 @@ def collect(started, timeout: float = 240) -> Run:
     return Run(folder, results, weights, read_scalars(folder), checkpoint_files(folder), output)
 
 
-def run_both(script: Script, reference: Path | str, folder: Path, ranks: int = 1) -> tuple[Run, Run]:
-    """Run the script under distengine and under Lightning side by side; (ours, theirs)."""
+def run_both(script: Script, reference, folder: Path, ranks: int = 1) -> tuple[Run, Run]:
+    """Run the script under distengine and under Lightning side by side; (ours, theirs).
+
+    `reference`: style -> the Lightning interpreter, asked for only when the stored Lightning
+    result (cache.py) does not match the script; DISTENGINE_CONFORMANCE_RECORD=1 stores a new one."""
+    from tests.conformance import cache
+
+    stored = cache.load(script, ranks)
     ours = start(script, sys.executable, folder / "distengine", distengine=True, ranks=ranks)
-    theirs = start(script, reference, folder / "lightning", distengine=False, ranks=ranks)
-    return collect(ours), collect(theirs)
+    if stored is not None:
+        return collect(ours), stored
+    theirs = start(script, reference(script.style), folder / "lightning", distengine=False, ranks=ranks)
+    ours, theirs = collect(ours), collect(theirs)
+    if os.environ.get("DISTENGINE_CONFORMANCE_RECORD") == "1" and cache.enabled(script.style):
+        cache.save(script, ranks, theirs)
+    return ours, theirs
 
 
 def read_scalars(folder: Path) -> dict[tuple[str, str, int], float]:

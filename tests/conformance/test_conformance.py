@@ -22,7 +22,7 @@ def _check(script, found):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=IDS)
 def test_same_as_lightning(script, reference_python, tmp_path):
-    ours, theirs = harness.run_both(script, reference_python(script.style), tmp_path)
+    ours, theirs = harness.run_both(script, reference_python, tmp_path)
     found = harness.compare(ours, theirs)
     _check(script, found)
     stale = sorted(set(script.known) - set(found) - {"ranks"})
@@ -34,7 +34,7 @@ RANKED = [s for s in SCRIPTS if s.ranks]
 
 @pytest.mark.parametrize("script", RANKED, ids=[s.name for s in RANKED])
 def test_two_ranks(script, reference_python, tmp_path):
-    ours, theirs = harness.run_both(script, reference_python(script.style), tmp_path, ranks=2)
+    ours, theirs = harness.run_both(script, reference_python, tmp_path, ranks=2)
     problem = harness.compare_ranks(ours, theirs)
     found = {"ranks": problem} if problem else {}
     _check(script, found)

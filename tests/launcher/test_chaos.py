@@ -27,6 +27,8 @@ import torch
 from distengine.checkpoint.io import safe_load
 from tests.launcher.util import SCRIPTS, clean_env, finish, start, wait_for
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = SCRIPTS / "chaos_train.py"
 STEPS = 30  # 96 samples, batch 8 per rank, 2 ranks, 5 epochs
 TIMEOUT_S = 8  # --timeout: how long a rank waits for a hung peer

@@ -21,6 +21,8 @@ import pytest
 
 from tests.launcher.util import LAUNCH, ROOT, SCRIPTS, clean_env
 
+pytestmark = pytest.mark.slow
+
 RUNS = int(os.environ.get("DISTENGINE_SOAK_RUNS", "8"))
 
 

@@ -188,6 +188,7 @@ def test_preemption_checkpoints_requeues_and_matches_an_uninterrupted_run(refere
     assert _equal(tmp_path / "final.pt", ref_cwd / "final.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_single_task_job_resumes_after_a_requeue(cluster, tmp_path):
     """One task (SLURM_NTASKS=1): after a preemption requeue the Trainer must resume from the
@@ -210,6 +211,7 @@ def test_single_task_job_resumes_after_a_requeue(cluster, tmp_path):
     assert _equal(tmp_path / "final.pt", ref / "final.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_time_limit_checkpoints_before_the_limit_and_requeues(cluster, tmp_path):
     # --time 2 with --signal-delay 20: the wrapper signals 100 s into each run. The job needs
