@@ -88,11 +88,13 @@ class SpikeDetection(Callback):
 
     def _handle_spike(self, trainer: Any, batch_idx: int) -> None:
         self.bad_batches.extend([batch_idx - 1, batch_idx])
-        if trainer.global_rank == 0:
+        if trainer.global_rank == 0:  # whole or not at all: written aside, then renamed into place
             path = str(self.exclude_batches_path)
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(path, "w") as f:
+            with open(path + ".tmp", "w") as f:
                 json.dump(self.bad_batches, f, indent=4)
+            os.replace(path + ".tmp", path)
+        collectives.barrier()  # every rank decided alike (any_rank): none raises before the file is there
         raise TrainingSpikeException(batch_idx=batch_idx)
 
     def state_dict(self) -> dict[str, Any]:
