@@ -55,7 +55,11 @@ class Probe(Callback):
         ready_at = int(os.environ.get("READY_AT_STEP", "-1"))
         if trainer.global_rank == 0 and step == ready_at:
             open(os.path.join(OUT, "ready"), "w").close()
-        time.sleep(float(os.environ.get("STEP_SLEEP", "0")))
+        # in short sleeps, as a real step runs Python often: a signal the kernel hands to another
+        # thread is acted on within 0.1 s (one long sleep would hold it, and merge a second one)
+        end = time.monotonic() + float(os.environ.get("STEP_SLEEP", "0"))
+        while time.monotonic() < end:
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
 
 def main():
