@@ -22,4 +22,4 @@ if [ "$missing" = 1 ]; then
     apt-get install -y -qq slurm-wlm munge </dev/null >/dev/null
 fi
 
-exec slurm/testing/start-local-cluster.sh
+exec distengine/slurm/testing/start-local-cluster.sh

@@ -41,7 +41,7 @@ _told: set[str] = set()
 
 
 def _info(msg: str) -> None:
-    from distengine.dist.rank_zero import rank_zero_info
+    from distengine.distributed.rank_zero import rank_zero_info
 
     if msg not in _told:  # one line per flag and process
         _told.add(msg)

@@ -90,8 +90,8 @@ def trial_flags(config: TrainerConfig, max_steps: int, callbacks: list[Any]) -> 
 def apply_config(t: Any, c: TrainerConfig) -> None:
     """Check the flags (one-line errors, before anything runs) and set the Trainer's attributes."""
     from distengine.callbacks.build import build_callbacks, build_loggers
-    from distengine.dist.devices import resolve_devices
-    from distengine.dist.env import detect
+    from distengine.distributed.devices import resolve_devices
+    from distengine.distributed.env import detect
     from distengine.flags import check_numeric_flags
     from distengine.plugins import cluster_env_from_plugin, resolve_plugins
     from distengine.precision import normalize_precision

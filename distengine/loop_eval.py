@@ -26,7 +26,7 @@ import torch
 
 from distengine.compat import _detach, _log_returned, signature_params
 from distengine.data import move_to_device
-from distengine.dist import collectives
+from distengine.distributed import collectives
 from distengine.loop_context import EvalContext
 from distengine.module import module_overrides
 from distengine.profilers import wiring as profiling

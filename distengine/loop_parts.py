@@ -60,7 +60,7 @@ def _nonfinite_check(ctx: LoopContext, prec: Any, device: torch.device) -> Any:
 def _warn_no_step(epoch: int, batches: int, returned_none: int) -> None:
     """Lightning lets ``training_step`` return None to skip a batch; an epoch in which every
     batch was skipped trains nothing, which is almost always a forgotten ``return loss``."""
-    from distengine.dist.rank_zero import rank_zero_warn
+    from distengine.distributed.rank_zero import rank_zero_warn
 
     why = (f"training_step returned None for all {batches} batches" if returned_none == batches else
            f"training_step returned None for {returned_none} of its {batches} batches")

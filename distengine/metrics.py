@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from distengine import metric_objects
-from distengine.dist import collectives
+from distengine.distributed import collectives
 from distengine.metric_writer import forked_name
 
 _REDUCE = ("mean", "sum", "max", "min")

@@ -448,7 +448,7 @@ class Module(nn.Module):
 def _copy_hparams(params: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of ``params`` in which nn.Module values stay the objects given (as in
     Lightning, which warns that they are saved with the weights anyway)."""
-    from distengine.dist.rank_zero import rank_zero_warn
+    from distengine.distributed.rank_zero import rank_zero_warn
 
     modules = {k: v for k, v in params.items() if isinstance(v, nn.Module)}
     for k in modules:

@@ -16,7 +16,7 @@ import torch
 from distengine.data import apply_limit as _apply_limit
 from distengine.data import loader_len as _safe_len
 from distengine.data import val_every_batches
-from distengine.dist import collectives
+from distengine.distributed import collectives
 
 # How long StopVote.close waits for torch to free the last vote's tensor (normally microseconds).
 _RELEASE_WAIT_S = 10.0
@@ -33,7 +33,7 @@ class StopVote:
     """
 
     def __init__(self) -> None:
-        from distengine.dist import setup
+        from distengine.distributed import setup
 
         self.pending: tuple[Any, torch.Tensor] | None = None
         self.distributed = collectives.is_distributed()
@@ -115,7 +115,7 @@ class CheckpointMixin:
     def _setup_env(self) -> None:
         if self._setup_done:
             return
-        from distengine.dist import setup
+        from distengine.distributed import setup
 
         if self.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -14,7 +14,7 @@ import torch
 
 from distengine import compat
 from distengine.callbacks.base import CALLBACK_HOOKS, HookDispatcher
-from distengine.dist import collectives
+from distengine.distributed import collectives
 from distengine.module import MODULE_HOOKS, Module, module_overrides
 from distengine.profilers import wiring as profiling
 from distengine.trainer_parts import StopVote

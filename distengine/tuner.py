@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from distengine.callbacks.base import Callback
-from distengine.dist import collectives
+from distengine.distributed import collectives
 
 _OOM_MESSAGES = ("out of memory", "cudnn_status_not_supported", "can't allocate memory",
                  "cuda error: out of memory")

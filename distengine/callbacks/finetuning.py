@@ -116,7 +116,7 @@ class BaseFinetuning(Callback):
         out = [p for p in params if id(p) not in present]
         skipped = len(params) - len(out)
         if skipped:
-            from distengine.dist.rank_zero import rank_zero_warn
+            from distengine.distributed.rank_zero import rank_zero_warn
 
             rank_zero_warn(f"{skipped} parameter(s) to unfreeze are already in the optimizer and were skipped; "
                            "build it from the trainable parameters only, e.g. "
@@ -246,7 +246,7 @@ class BackboneFinetuning(BaseFinetuning):
         else:
             return
         if self.verbose:
-            from distengine.dist.rank_zero import rank_zero_info
+            from distengine.distributed.rank_zero import rank_zero_info
 
             rank_zero_info(f"epoch {epoch}: lr {round(current, self.rounding)}, "
                            f"backbone lr {round(self.previous_backbone_lr, self.rounding)}")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from distengine.callbacks.base import Callback
-from distengine.dist import collectives
+from distengine.distributed import collectives
 
 __all__ = ["SpikeDetection", "TrainingSpikeException"]
 

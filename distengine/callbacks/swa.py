@@ -26,7 +26,7 @@ import torch
 
 from distengine import torch_private
 from distengine.callbacks.base import Callback
-from distengine.dist import collectives
+from distengine.distributed import collectives
 
 
 class StochasticWeightAveraging(Callback):

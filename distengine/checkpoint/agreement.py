@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from distengine.checkpoint.io import CheckpointError
-from distengine.dist import collectives
+from distengine.distributed import collectives
 
 
 def agreed_checkpoint(ckpt_path: Any, resolve: Callable[[], str | None], strategy: Any,

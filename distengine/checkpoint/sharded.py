@@ -65,7 +65,7 @@ from distengine.checkpoint.sharded_files import (  # noqa: F401 - re-exported
     write_manifest,
 )
 from distengine.checkpoint.write_failures import disk_cause, errno_in, free_after_removing, message, payload_bytes
-from distengine.dist.setup import new_gloo_group
+from distengine.distributed.setup import new_gloo_group
 
 __all__ = ["MANIFEST", "META_FILE", "ShardedCheckpointer", "check_model_keys", "consolidate", "is_sharded_checkpoint",
            "load_consolidated", "load_sharded", "read_meta", "recover_interrupted_saves", "sharded_keys",

@@ -236,7 +236,7 @@ class RNGStates:
 
     def state_dict(self) -> list[Any]:
         from distengine.checkpoint.rng import capture_rng_state
-        from distengine.dist import collectives
+        from distengine.distributed import collectives
 
         return collectives.all_gather_object(capture_rng_state())
 

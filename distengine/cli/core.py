@@ -283,7 +283,7 @@ class LightningCLI:
             return  # no --optimizer given: the model's own configure_optimizers stays
         scheduler_init = self._class_init(parser._lr_schedulers, schedulers[0]) if schedulers else None
         if module_overrides(self.model, "configure_optimizers"):
-            from distengine.dist.rank_zero import rank_zero_warn
+            from distengine.distributed.rank_zero import rank_zero_warn
 
             rank_zero_warn(f"{type(self.model).__name__}.configure_optimizers is replaced by the optimizer "
                            f"from the config ({type(self).__name__}.configure_optimizers)")

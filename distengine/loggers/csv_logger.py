@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from distengine.dist.rank_zero import rank_zero_only
+from distengine.distributed.rank_zero import rank_zero_only
 from distengine.loggers.base import Logger
 
 # --------------------------------------------------------------------------- versions

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from distengine.dist.rank_zero import global_rank, rank_zero_only
+from distengine.distributed.rank_zero import global_rank, rank_zero_only
 from distengine.loggers.artifacts import CheckpointUploads, flatten_params, require
 from distengine.loggers.base import Logger, NoOpExperiment
 from distengine.loggers.csv_logger import to_yaml

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from distengine.dist.rank_zero import global_rank, rank_zero_only
+from distengine.distributed.rank_zero import global_rank, rank_zero_only
 from distengine.loggers.artifacts import CheckpointUploads, require
 from distengine.loggers.base import Logger, NoOpExperiment
 from distengine.loggers.csv_logger import params_to_dict

@@ -46,7 +46,7 @@ def resolve_plugins(plugins: Any) -> tuple[ClusterEnvironment | None, str | None
 
 
 def cluster_env_from_plugin(plugin: ClusterEnvironment, devices: Any, num_nodes: int) -> Any:
-    """The :class:`~distengine.dist.env.ClusterEnv` that ``plugin`` describes. An environment
+    """The :class:`~distengine.distributed.env.ClusterEnv` that ``plugin`` describes. An environment
     that did not start the processes (``creates_processes_externally`` False: a plain
     ``python train.py``) is one local process, which ``fit`` launches from as usual."""
     try:
@@ -58,7 +58,7 @@ def cluster_env_from_plugin(plugin: ClusterEnvironment, devices: Any, num_nodes:
 
 
 def _cluster_env(plugin: ClusterEnvironment, devices: Any, num_nodes: int) -> Any:
-    from distengine.dist.env import ClusterEnv, detect
+    from distengine.distributed.env import ClusterEnv, detect
 
     restart = detect().restart_count
     if not plugin.creates_processes_externally:
@@ -73,7 +73,7 @@ def _cluster_env(plugin: ClusterEnvironment, devices: Any, num_nodes: int) -> An
     if world <= 1:
         return ClusterEnv(restart_count=restart)
     local_world = _per_node(devices) or int(os.environ.get("LOCAL_WORLD_SIZE") or max(world // max(num_nodes, 1), 1))
-    from distengine.dist.rank_zero import rank_zero_only
+    from distengine.distributed.rank_zero import rank_zero_only
 
     rank = int(plugin.global_rank())
     rank_zero_only.rank = rank  # rank_zero_* helpers agree before the process group starts

@@ -151,6 +151,6 @@ def end_run(profiler: Profiler, failed: bool) -> None:
     except Exception as exc:  # noqa: BLE001 - the run's error matters more
         if not failed:
             raise
-        from distengine.dist.rank_zero import rank_zero_warn
+        from distengine.distributed.rank_zero import rank_zero_warn
 
         rank_zero_warn(f"profiler: the report of the failed run could not be written: {exc}")

@@ -165,7 +165,7 @@ class Strategy:
 
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         """``all=True``: True when every rank decided True; else True when any rank did."""
-        from distengine.dist import collectives
+        from distengine.distributed import collectives
 
         device = self.root_device if self.root_device.type == "cuda" else torch.device("cpu")
         if all:

@@ -51,7 +51,7 @@ class DDPStrategy(Strategy):
 
     # ------------------------------------------------------------------ environment
     def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
-        from distengine.dist import collectives, setup
+        from distengine.distributed import collectives, setup
 
         self.root_device = setup.select_device(accelerator, env, gpu_ids)
         setup.init_process_group(env, self.root_device, timeout_s)
@@ -82,7 +82,7 @@ class DDPStrategy(Strategy):
         return {**kwargs, **self.ddp_kwargs}
 
     def _wrap(self, module: nn.Module) -> nn.Module:
-        from distengine.dist import setup
+        from distengine.distributed import setup
 
         manual = not getattr(module, "automatic_optimization", True)
         if self.is_distributed:

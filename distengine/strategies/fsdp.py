@@ -174,7 +174,7 @@ class FSDPStrategy(Strategy):
 
     # ------------------------------------------------------------------ environment
     def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
-        from distengine.dist import setup
+        from distengine.distributed import setup
 
         self.root_device = setup.select_device(accelerator, env, gpu_ids)
         self._timeout_s = timeout_s
@@ -189,7 +189,7 @@ class FSDPStrategy(Strategy):
     def backend(self) -> str:
         """The default group's backend: ``"cpu:gloo,cuda:nccl"`` on CUDA with ``cpu_offload``
         (gradients and shards on the host are reduced over gloo), else NCCL on CUDA, gloo on CPU."""
-        from distengine.dist import setup
+        from distengine.distributed import setup
 
         return setup.process_group_backend(self.root_device, cpu_offload=self.cpu_offload)
 
@@ -203,7 +203,7 @@ class FSDPStrategy(Strategy):
             return
         from torch.distributed.device_mesh import init_device_mesh
 
-        from distengine.dist import setup
+        from distengine.distributed import setup
 
         self._own_group = setup.init_single_process_group(self.root_device, self._timeout_s, backend=self.backend())
         self.mesh = init_device_mesh(self.root_device.type, (1,))
@@ -338,7 +338,7 @@ class FSDPStrategy(Strategy):
                 ckpt.close()
         finally:
             if getattr(self, "_own_group", False):
-                from distengine.dist import setup
+                from distengine.distributed import setup
 
                 self._own_group = False
                 setup.destroy_single_process_group()

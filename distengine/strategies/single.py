@@ -17,7 +17,7 @@ class SingleDeviceStrategy(Strategy):
     name = "single_device"
 
     def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
-        from distengine.dist import setup
+        from distengine.distributed import setup
 
         if env.distributed:
             raise ValueError(f"strategy='single_device' runs one process, but this job has "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from distengine.dist.rank_zero import (
+from distengine.distributed.rank_zero import (
     global_rank,
     rank_zero_debug,
     rank_zero_deprecation,

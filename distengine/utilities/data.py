@@ -2,7 +2,7 @@
 each process on this machine can use without oversubscribing its cores."""
 from __future__ import annotations
 
-from distengine.dist.env import usable_cpu_count
+from distengine.distributed.env import usable_cpu_count
 
 __all__ = ["suggested_max_num_workers"]
 

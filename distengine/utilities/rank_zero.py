@@ -1,5 +1,5 @@
 """``from pytorch_lightning.utilities.rank_zero import rank_zero_only`` spelled for distengine."""
-from distengine.dist.rank_zero import (  # noqa: F401 - the public names of this module
+from distengine.distributed.rank_zero import (  # noqa: F401 - the public names of this module
     global_rank,
     rank_zero_debug,
     rank_zero_deprecation,

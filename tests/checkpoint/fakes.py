@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from distengine.checkpoint.io import atomic_save
-from distengine.dist import collectives
+from distengine.distributed import collectives
 
 
 class FakeStrategy:

@@ -429,7 +429,7 @@ def test_auto_lr_find_acts_in_fit_when_tune_was_not_called(tmp_path, capsys):
 def test_one_x_flags_translate(tmp_path, monkeypatch):
     from distengine.callbacks.model_summary import ModelSummary
     from distengine.compat_flags import translate
-    from distengine.dist.env import OVERSUBSCRIBE_VAR
+    from distengine.distributed.env import OVERSUBSCRIBE_VAR
 
     known = ["accelerator", "strategy", "devices", "log_every_n_steps", "enable_model_summary", "callbacks"]
     assert translate({"accelerator": "ddp"}, known)[0] == {"strategy": "ddp"}

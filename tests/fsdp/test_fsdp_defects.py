@@ -26,7 +26,7 @@ from tests.helpers import run_ranks
 
 
 def _strategy(model, **kw):
-    from distengine.dist.env import detect
+    from distengine.distributed.env import detect
     from distengine.strategies.fsdp import FSDPStrategy
 
     s = FSDPStrategy(**kw)

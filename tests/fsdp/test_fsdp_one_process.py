@@ -71,7 +71,7 @@ def test_one_process_matches_a_hand_written_fully_shard_loop(tmp_path):
     """The strategy's step equals ``fully_shard`` by hand on a 1-rank mesh (each block, then the root)."""
     from torch.distributed.fsdp import fully_shard
 
-    from distengine.dist import setup
+    from distengine.distributed import setup
 
     x, y = data(64)
     assert setup.init_single_process_group(torch.device("cpu"), 30)
@@ -151,8 +151,8 @@ def test_one_process_sharded_save_and_resume(tmp_path):
 def test_offload_on_cuda_asks_for_gloo_beside_nccl(monkeypatch):
     """cpu_offload keeps gradients and shards on the host: on CUDA the default group must
     reduce CPU tensors too (clipping, full_tensor, the fp16 inf check)."""
-    from distengine.dist import setup
-    from distengine.dist.env import ClusterEnv
+    from distengine.distributed import setup
+    from distengine.distributed.env import ClusterEnv
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert setup.process_group_backend(cpu) == setup.process_group_backend(cpu, cpu_offload=True) == "gloo"

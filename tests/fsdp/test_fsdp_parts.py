@@ -50,7 +50,7 @@ def _full(model):
 
 
 def _strategy(model, **kw):
-    from distengine.dist.env import detect
+    from distengine.distributed.env import detect
     from distengine.strategies.fsdp import FSDPStrategy
 
     s = FSDPStrategy(**kw)
@@ -348,9 +348,8 @@ def test_fp16_scaler_skips_on_every_rank_and_meta_init(job):
 
 
 def test_sharded_checkpoint_loads_in_one_process_and_consolidates(job, tmp_path, capsys):
-    from distengine.launch.cli import main
-
     from distengine.checkpoint.sharded import load_sharded
+    from distengine.launch.cli import main
 
     tmp, (r0, _) = job
     src = os.path.join(tmp, "step=2.ckpt")
@@ -425,9 +424,8 @@ def test_loading_a_sharded_checkpoint_runs_no_code_from_it(job, tmp_path):
 
 
 def test_bad_input_is_one_line_before_training(tmp_path, capsys):
-    from distengine.launch.cli import main
-
     from distengine.checkpoint.sharded import load_sharded
+    from distengine.launch.cli import main
     from distengine.strategies.fsdp import FSDPStrategy
 
     with pytest.raises(ValueError, match=r"auto_wrap_policy=\{<class 'torch.nn.modules.conv.Conv1d'>\} matches no"):

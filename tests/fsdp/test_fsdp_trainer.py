@@ -88,10 +88,9 @@ def test_sigkilled_fsdp_run_resumes_exactly(runs):
 
 
 def test_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(runs, tmp_path):
-    from distengine.launch.cli import main
-
     import distengine as de
     from distengine.checkpoint.io import CheckpointError, safe_load
+    from distengine.launch.cli import main
     from tests.fsdp.scripts.fsdp_train import Net
 
     base, _ = runs

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from distengine.dist import collectives
+from distengine.distributed import collectives
 from tests.core.models import Regressor, loader, quiet_trainer, regression_data
 from tests.helpers import run_ranks
 
@@ -217,8 +217,8 @@ def test_device_stats_reads_the_gpu_a_single_process_trains_on(monkeypatch):
 
 # ------------------------------------------------------------------ 7: one GPU bound per task
 def test_a_rank_that_sees_one_gpu_trains_on_cuda_0(monkeypatch):
-    from distengine.dist import setup
-    from distengine.dist.env import ClusterEnv
+    from distengine.distributed import setup
+    from distengine.distributed.env import ClusterEnv
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -251,7 +251,7 @@ def test_async_writer_thread_selects_the_copies_device_before_waiting(tmp_path, 
 
 # ------------------------------------------------------------------ 9: gloo follows NCCL's interface
 def test_gloo_interface_follows_nccl_only_when_it_names_real_interfaces():
-    from distengine.dist.env import gloo_ifname_from_nccl
+    from distengine.distributed.env import gloo_ifname_from_nccl
 
     ifs = ["lo", "eth0", "ib0"]
     assert gloo_ifname_from_nccl({"NCCL_SOCKET_IFNAME": "eth0"}, ifs) == "eth0"

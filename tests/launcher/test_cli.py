@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+
 from distengine.launch import cli
 from distengine.launch.config import (
     UsageError,
@@ -25,7 +26,6 @@ from distengine.launch.report import (
     last_words,
     stack_top,
 )
-
 from tests.launcher.util import CONSOLE, LAUNCH, ROOT, SCRIPTS, clean_env
 
 
@@ -342,7 +342,7 @@ def test_trainer_devices_beyond_the_cores_is_refused_before_any_process(tmp_path
 
 def test_oversubscription_is_accepted_when_asked_for(monkeypatch, tmp_path):
     import distengine as de
-    from distengine.dist.env import usable_cpu_count
+    from distengine.distributed.env import usable_cpu_count
 
     script = tmp_path / "t.py"
     script.write_text("")

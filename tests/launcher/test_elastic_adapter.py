@@ -23,16 +23,17 @@ import psutil
 import pytest
 import torch
 import torch.distributed as dist
-from distengine.launch import procs
-from distengine.launch.elastic_private import BoundDynamicRendezvous, SupervisedAgent, missing_private_names
-from distengine.launch.network import bind_store_socket
-from distengine.launch.rendezvous import StaticRendezvous
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec, WorkerState
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs
 from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import RendezvousTimeout
+
+from distengine.launch import procs
+from distengine.launch.elastic_private import BoundDynamicRendezvous, SupervisedAgent, missing_private_names
+from distengine.launch.network import bind_store_socket
+from distengine.launch.rendezvous import StaticRendezvous
 
 # What each rank runs (``python -c RANK_CODE MODE``); no torch import, so a rank starts fast.
 RANK_CODE = """

@@ -1,4 +1,4 @@
-"""Against a real single-node Slurm cluster on localhost (slurm/testing/start-local-cluster.sh).
+"""Against a real single-node Slurm cluster on localhost (distengine/slurm/testing/start-local-cluster.sh).
 
 Every job is ``tests/slurm/train_job.py`` on 2 CPU ranks (gloo), submitted with
 ``python -m distengine.slurm submit --cpus-per-node 2`` (or the sbatch template). After a
@@ -23,8 +23,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "slurm" / "train_job.py"
-START = REPO / "slurm" / "testing" / "start-local-cluster.sh"
-TEMPLATE = REPO / "slurm" / "templates" / "single_node.sbatch"
+START = REPO / "distengine" / "slurm" / "testing" / "start-local-cluster.sh"
+TEMPLATE = REPO / "distengine" / "slurm" / "templates" / "single_node.sbatch"
 
 pytestmark = pytest.mark.slurm
 

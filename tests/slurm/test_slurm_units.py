@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from distengine.slurm import jobs, task
 from distengine.slurm.cli import main
 from distengine.slurm.config import ConfigError, SubmitConfig, backstop_signal_delay, parse_time

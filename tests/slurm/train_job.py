@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import distengine as de
 from distengine.callbacks.base import Callback
-from distengine.dist import collectives
+from distengine.distributed import collectives
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--root", required=True, help="Trainer default_root_dir (checkpoints go here)")

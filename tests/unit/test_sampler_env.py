@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from distengine.data import EvalShardSampler, ResumableSampler, prepare_train_loader
-from distengine.dist.env import detect, expand_nodelist
+from distengine.distributed.env import detect, expand_nodelist
 
 
 def _epoch(n, world, start=0, shuffle=True, seed=3, epoch=1):
@@ -82,7 +82,7 @@ def test_expand_nodelist():
 
 
 def test_single_task_slurm_job_reads_its_restart_count():
-    from distengine.dist.env import detect
+    from distengine.distributed.env import detect
 
     one_task = {"SLURM_JOB_ID": "41", "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_RESTART_COUNT": "2",
                 "SLURM_JOB_NAME": "train"}

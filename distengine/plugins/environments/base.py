@@ -130,7 +130,7 @@ class LightningEnvironment(ClusterEnvironment):
         return self._global_rank
 
     def set_global_rank(self, rank: int) -> None:
-        from distengine.dist.rank_zero import rank_zero_only
+        from distengine.distributed.rank_zero import rank_zero_only
 
         self._global_rank = rank
         rank_zero_only.rank = rank
@@ -146,7 +146,7 @@ class LightningEnvironment(ClusterEnvironment):
 
 
 def _warn(msg: str) -> None:
-    from distengine.dist.rank_zero import rank_zero_warn
+    from distengine.distributed.rank_zero import rank_zero_warn
 
     rank_zero_warn(msg)
 

@@ -108,7 +108,7 @@ class SLURMEnvironment(ClusterEnvironment):
     @staticmethod
     def resolve_root_node_address(nodes: str) -> str:
         """The first host of a SLURM node list (``gpu[03-05],cpu1`` -> ``gpu03``)."""
-        from distengine.dist.env import expand_nodelist
+        from distengine.distributed.env import expand_nodelist
 
         first = nodes.split(" ")[0]
         hosts = expand_nodelist(first)
@@ -119,7 +119,7 @@ class SLURMEnvironment(ClusterEnvironment):
         if sys.platform == "win32" or shutil.which("srun") is None or _srun_used():
             return
         hint = " ".join(["srun", os.path.basename(sys.executable), *sys.argv])[:64]
-        from distengine.dist.rank_zero import rank_zero_warn
+        from distengine.distributed.rank_zero import rank_zero_warn
         from distengine.utilities.warnings import PossibleUserWarning
 
         rank_zero_warn("The `srun` command is available on your system but is not used. HINT: If your intention is "

@@ -5,8 +5,8 @@
 # Idempotent: when its slurm.conf is current, the daemons run and `sinfo` shows the node usable,
 # it changes nothing; otherwise it (re)starts only what is missing.
 #
-#   sudo slurm/testing/start-local-cluster.sh          # start (or confirm) the cluster
-#   sudo slurm/testing/stop-local-cluster.sh           # stop it again
+#   sudo distengine/slurm/testing/start-local-cluster.sh          # start (or confirm) the cluster
+#   sudo distengine/slurm/testing/stop-local-cluster.sh           # stop it again
 #
 # Environment:
 #   DISTENGINE_SLURM_CONF         where slurm.conf goes      (default /etc/slurm/slurm.conf;

@@ -1,4 +1,4 @@
 """Distributed helpers: environment detection, process-group setup, collectives, rank-zero tools."""
-from distengine.dist.env import ClusterEnv, detect
+from distengine.distributed.env import ClusterEnv, detect
 
 __all__ = ["ClusterEnv", "detect"]

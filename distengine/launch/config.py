@@ -19,10 +19,9 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from distengine.distributed.env import usable_cpu_count
 from distengine.launch.errors import UsageError  # noqa: F401 - imported from here by the launcher's modules
 from distengine.launch.network import _is_loopback, bind_store_socket, split_endpoint  # noqa: F401
-
-from distengine.dist.env import usable_cpu_count
 
 ENV_PREFIX = "DISTENGINE_"
 DEFAULT_MASTER_PORT = 29500  # torchrun's default, for multi-node jobs that name no port

@@ -23,7 +23,7 @@ log = logging.getLogger("distengine")
 
 
 def global_rank() -> int:
-    from distengine.dist import collectives
+    from distengine.distributed import collectives
 
     if collectives.is_distributed():
         return collectives.rank()

@@ -40,10 +40,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from distengine.distributed.env import expand_nodelist
 from distengine.slurm import jobs
 from distengine.slurm.config import END_ENV, START_ENV, WARNING_SIGNAL
-
-from distengine.dist.env import expand_nodelist
 
 _STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 _LAUNCHER_VARS = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from distengine.dist.env import OVERSUBSCRIBE_VAR, ClusterEnv, oversubscribe_allowed, usable_cpu_count
+from distengine.distributed.env import OVERSUBSCRIBE_VAR, ClusterEnv, oversubscribe_allowed, usable_cpu_count
 
 
 def _gpu_count() -> int:

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distengine import torch_private
-from distengine.dist.env import ClusterEnv, gloo_ifname_from_nccl
+from distengine.distributed.env import ClusterEnv, gloo_ifname_from_nccl
 
 DEFAULT_TIMEOUT_S = 1800.0
 _timeout_s: float | None = None  # the timeout the last Trainer set up its process group with

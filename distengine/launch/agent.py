@@ -38,17 +38,18 @@ import sys
 import tempfile
 import time
 
+from torch.distributed import DistError
+from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerSpec, WorkerState
+from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+from torch.distributed.elastic.rendezvous.api import RendezvousError
+
 from distengine.launch import procs
 from distengine.launch.config import LaunchOptions, rank_environment
 from distengine.launch.elastic_private import SupervisedAgent
 from distengine.launch.logs import RankLogs
 from distengine.launch.rendezvous import StoreUnreachable, make_rendezvous
 from distengine.launch.report import RankOutcome, describe_exit, format_summary
-from torch.distributed import DistError
-from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerSpec, WorkerState
-from torch.distributed.elastic.multiprocessing import SignalException
-from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
-from torch.distributed.elastic.rendezvous.api import RendezvousError
 
 # Time a torn-down rank gets to write its stacks after SIGABRT before it is killed.
 _ABORT_GRACE_S = 3.0

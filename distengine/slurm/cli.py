@@ -125,11 +125,12 @@ def submit(cfg: SubmitConfig) -> tuple[str, str]:
         job_id, folder = submit(cfg)
     """
     import submitit  # imported here: --help and argument errors should not pay for it
+
     from distengine.slurm.task import ScriptTask
 
     if shutil.which("sbatch") is None:
         raise ConfigError("sbatch not found: run this on a SLURM login node (or start a local test "
-                          "cluster with slurm/testing/start-local-cluster.sh)")
+                          "cluster with distengine/slurm/testing/start-local-cluster.sh)")
     os.makedirs(cfg.log_dir, exist_ok=True)
     executor = submitit.SlurmExecutor(folder=os.path.join(os.path.abspath(cfg.log_dir), "%j"),
                                       max_num_timeout=cfg.max_requeues)

@@ -27,8 +27,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch.distributed as dist
-from distengine.launch.config import DEFAULT_MASTER_PORT, LaunchOptions, bind_store_socket, split_endpoint
-from distengine.launch.elastic_private import BoundDynamicRendezvous
 from torch.distributed import DistError
 from torch.distributed.elastic.rendezvous import (
     RendezvousError,
@@ -38,6 +36,9 @@ from torch.distributed.elastic.rendezvous import (
 )
 from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import RendezvousTimeout
+
+from distengine.launch.config import DEFAULT_MASTER_PORT, LaunchOptions, bind_store_socket, split_endpoint
+from distengine.launch.elastic_private import BoundDynamicRendezvous
 
 
 class StoreUnreachable(RendezvousError):

@@ -28,8 +28,9 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from distengine.launch.report import looks_like_consequence
 from torch.distributed.elastic.multiprocessing.api import LogsDest, LogsSpecs
+
+from distengine.launch.report import looks_like_consequence
 
 # A rank's partial line (no newline yet) is held back this long before it is written anyway
 # (a prompt, a progress bar that is not redrawn): lines stay whole, output still shows up.
