@@ -9,13 +9,13 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast test-range bench lint clean
+.PHONY: demo test test-fast test-range bench lint docs clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[test,examples,tuner]"
+	$(PY) -m pip install --quiet -e ".[test,examples,tuner,docs]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -46,8 +46,13 @@ test-range: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks
 
+# The documentation site (mkdocs, Material theme, API pages from docstrings) into ./site;
+# --strict fails on a broken link or reference. `mkdocs serve` previews it while you edit.
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check distengine launch slurm tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
