@@ -157,7 +157,7 @@ class SubmitConfig:
 
     def submitit_parameters(self) -> dict:
         """Parameters for ``submitit.SlurmExecutor.update_parameters`` (each becomes one
-        ``#SBATCH`` line; see the README section "Running on SLURM" for the table)."""
+        ``#SBATCH`` line; see docs/slurm.md for the table)."""
         params: dict = {"nodes": self.nodes, "ntasks_per_node": self.tasks_per_node,
                         "time": self.time_limit_min, "job_name": self.name,
                         "signal_delay_s": backstop_signal_delay(self.signal_delay),

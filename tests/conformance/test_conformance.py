@@ -42,8 +42,9 @@ def test_two_ranks(script, reference_python, tmp_path):
         assert problem, f"{script.name} declares a 2-rank difference that no longer occurs (remove it)"
 
 
-def test_readme_table_is_generated_from_the_corpus():
-    assert table.current() == table.render(), "README table is stale: run python -m tests.conformance.table --write"
+def test_docs_table_is_generated_from_the_corpus():
+    assert table.current() == table.render(), \
+        "the table in docs/lightning.md is stale: run python -m tests.conformance.table --write"
 
 
 def test_harness_detects_a_changed_weight():

@@ -2,7 +2,7 @@
 logging details that differed silently from pytorch-lightning 2.6.6.
 
 The expected step indices and tags were measured with pytorch-lightning 2.6.6 (and 1.9.5 for
-the 1.x flags) on the same model and data; the README ("Coming from Lightning") lists them.
+the 1.x flags) on the same model and data; docs/lightning.md ("Coming from Lightning") lists them.
 """
 from __future__ import annotations
 

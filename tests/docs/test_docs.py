@@ -63,7 +63,7 @@ def test_markers_are_found():
     assert any(i.startswith("quickstart.md") for i in ids), ids
     assert any(i.startswith("fsdp.md") for i in ids), ids
     stray = [p for p in DOCS.rglob("*.md") if "incoming" not in p.parts
-             and p.read_text().count("<!-- runnable") != len(BLOCK.findall(p.read_text()))]
+             and len(re.findall(r"^<!-- runnable", p.read_text(), re.M)) != len(BLOCK.findall(p.read_text()))]
     assert not stray, f"a '<!-- runnable' marker not directly followed by a ```python block in {stray}"
 
 
@@ -92,3 +92,15 @@ def test_readme_shows_the_commands():
     assert len(readme.splitlines()) < 260, "README.md is the front page; put the details in docs/"
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert (ROOT / link).exists(), f"README links to a missing page {link}"
+
+
+def test_performance_table_is_generated_from_the_results():
+    """docs/performance.md holds ONE table, the newest results file of each benchmark; a new
+    file in benchmarks/results/ without a regenerated page fails here."""
+    from benchmarks import docs_table
+
+    assert docs_table.current() == docs_table.render(), \
+        "docs/performance.md is stale: run python -m benchmarks.docs_table --write"
+    page = docs_table.PAGE.read_text()
+    assert page.count("| benchmark | comparison |") == 1, \
+        "one performance table only; history goes to benchmarks/results/"

@@ -77,7 +77,7 @@ def test_synthetic_example_reports_fit(tmp_path):
 
 
 def test_synthetic_example_shows_its_progress_by_default(tmp_path):
-    # the README's `python examples/synthetic.py --max-epochs 2` trains with the Trainer's
+    # the quickstart's (docs/quickstart.md) `python examples/synthetic.py --max-epochs 2` trains with the Trainer's
     # defaults: a progress line per epoch on stdout (not a terminal: plain lines), logs and a
     # checkpoint; `--features off` prints no progress
     cmd = [sys.executable, SYNTHETIC, "--num-samples", "640", "--max-epochs", "2",

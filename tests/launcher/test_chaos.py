@@ -9,7 +9,7 @@ SIGTERM to the launcher, and SIGKILL to the launcher. After every run:
 and at the end the resumed chain's weights are ``torch.equal`` to an uninterrupted run.
 
 ``CHAOS_SEED`` picks another schedule (ranks and steps); the table of what each fault cost is
-printed (``pytest -s``) and is the source of the README's reliability table.
+printed (``pytest -s``) and is the source of the chaos table in docs/launching.md.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ runs here with torch's own ``LocalElasticAgent`` and ``DynamicRendezvousHandler`
 of :class:`SupervisedAgent` on a job that succeeds, one that fails once and restarts, and one
 stopped by a signal; :class:`BoundDynamicRendezvous` over two rounds; and the pid-based rank
 watching that replaced the agent's ``Popen`` objects. Run it on each supported torch
-(2.11.0 .. 2.14.1, see the README's launcher section).
+(2.11.0 .. 2.14.1, see docs/launching.md).
 """
 from __future__ import annotations
 
