@@ -35,6 +35,7 @@ from distengine.utilities.throughput import Throughput, get_available_flops
 
 _DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
            "16-true": torch.float16, "64-true": torch.float64}
+_RUNS = {"fit": ("train", "validate")}  # the stages a Trainer call runs, by the call (setup's stage)
 
 
 class ThroughputMonitor(Callback):
@@ -68,20 +69,22 @@ class ThroughputMonitor(Callback):
         self.available_flops = get_available_flops(device, _DTYPES.get(precision, torch.float32)) \
             if trainer.is_global_zero else None
         self._world_size = trainer.world_size
+        # each fit/validate/test/predict call measures with fresh windows (a later test or predict
+        # call still adds to the previous call's totals, as in Lightning)
+        for name in _RUNS.get(stage, (stage,)):
+            self._throughputs.pop(name, None)
 
     # ------------------------------------------------------------------ the measurements
     def _start(self, trainer: Any, stage: str) -> None:
         if stage not in self._throughputs:
             self._throughputs[stage] = Throughput(available_flops=self.available_flops,
                                                   world_size=self._world_size, **self.kwargs)
-        throughput = self._throughputs[stage]
         # within fit every run starts afresh (Lightning); a later test/predict call adds to the last
         if trainer.state.stage == "fit" or stage not in self._totals:
-            throughput.reset()
+            self._throughputs[stage].reset()
             self._totals[stage] = [0, 0, 0]
         self._run_batches[stage] = 0
-        # a continued stage goes on from its last time, so the times keep increasing
-        self._t0[stage] = time.perf_counter() - (throughput._time[-1] if throughput._time else 0.0)
+        self._t0[stage] = time.perf_counter()
 
     @torch.inference_mode()  # batch_size_fn / length_fn may compute on tensors
     def _update(self, trainer: Any, module: Any, stage: str, batch: Any) -> None:

@@ -30,7 +30,7 @@ def test_same_tags_and_steps_as_lightning(tmp_path, reference_python, ranks):
     ours, theirs = _run_both(tmp_path, reference_python, ranks)
     assert set(ours.scalars) == set(theirs.scalars), sorted(set(ours.scalars) ^ set(theirs.scalars))
     tags = {t for _, t, _ in ours.scalars}
-    for stage in ("train", "test"):
+    for stage in ("train", "test", "predict"):
         assert {f"{stage}/device/samples_per_sec", f"{stage}/device/flops_per_sec", f"{stage}/device/items_per_sec",
                 f"{stage}/samples"} <= tags
     assert ("train/samples_per_sec" in tags) == (ranks > 1)  # the global rates only on several ranks

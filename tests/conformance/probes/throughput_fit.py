@@ -1,4 +1,5 @@
-"""ThroughputMonitor during fit (with validation), then test: which (tag, step) pairs it logs.
+"""ThroughputMonitor during fit (validation, gradient accumulation with a last short window), then
+test, predict and test again: which (tag, step) pairs it logs.
 
 Run by tests/conformance/test_throughput.py under Lightning and under distengine (the values
 are timings, so that test compares the tags and steps, and checks the rates against the
@@ -38,6 +39,9 @@ class Regressor(pl.LightningModule):
         x, y = batch
         self.log("test_loss", nn.functional.mse_loss(self(x), y))
 
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0])
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
@@ -69,11 +73,13 @@ if __name__ == "__main__":
     monitor = ThroughputMonitor(batch_size_fn=lambda b: b[0].shape[0], length_fn=lambda b: 3 * b[0].shape[0],
                                 window_size=3)
     loggers = [TensorBoardLogger(".", name="tb"), CSVLogger(".", name="csv")]
-    trainer = pl.Trainer(max_epochs=2, log_every_n_steps=2, limit_val_batches=3, enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False, logger=loggers,
-                         callbacks=[monitor, clock])
+    trainer = pl.Trainer(max_epochs=2, log_every_n_steps=2, accumulate_grad_batches=2, limit_train_batches=9,
+                         limit_val_batches=3, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, logger=loggers, callbacks=[monitor, clock])
     data = regression_data(48)
     trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    trainer.test(model, DataLoader(data, batch_size=4), verbose=False)
+    trainer.predict(model, DataLoader(data, batch_size=4))
     trainer.test(model, DataLoader(data, batch_size=4), verbose=False)
     report(trainer, model, samples=clock.samples, seconds=clock.seconds, sleep=SLEEP,
            flops_per_batch=model.flops_per_batch)
