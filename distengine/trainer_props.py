@@ -182,6 +182,11 @@ class TrainerProperties:
         """Add values a callback computed (for example learning rates) to ``callback_metrics``."""
         self._results.epoch_values.update({k: torch.tensor(v) for k, v in values.items()})
 
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Write ``metrics`` to the loggers now (global rank zero), and to ``logged_metrics``;
+        with no ``step`` at the index the Trainer's own step values use, with ``epoch`` added."""
+        self._writer.log_to_loggers(metrics, step)
+
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
         """The values logged with ``prog_bar=True`` (the bar shows the step's loss beside them)."""

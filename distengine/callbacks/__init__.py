@@ -31,6 +31,8 @@ _LAZY = {
     "EMAWeightAveraging": "distengine.callbacks.weight_averaging",
     "RichModelSummary": "distengine.callbacks.rich_model_summary",
     "BasePredictionWriter": "distengine.callbacks.prediction_writer",
+    "ThroughputMonitor": "distengine.callbacks.throughput_monitor",
+    "ModelPruning": "distengine.callbacks.pruning",
 }
 
 __all__ = ["Callback", *_LAZY]

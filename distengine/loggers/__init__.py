@@ -1,8 +1,8 @@
 """Loggers: where metrics and hyperparameters go. They write on global rank zero only.
 
 ``Logger`` is the base class; ``TensorBoardLogger`` (the default), ``CSVLogger``,
-``MLFlowLogger`` and ``WandbLogger`` are loaded on first access, so
-``import distengine.loggers`` imports none of tensorboard, mlflow, wandb or the logger modules.
+``MLFlowLogger``, ``WandbLogger`` and ``CometLogger`` are loaded on first access, so
+``import distengine.loggers`` imports none of tensorboard, mlflow, wandb, comet_ml or the logger modules.
 
 Example::
 
@@ -17,18 +17,20 @@ from typing import TYPE_CHECKING, Any
 from distengine.loggers.base import Logger
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
+    from distengine.loggers.comet import CometLogger
     from distengine.loggers.csv_logger import CSVLogger
     from distengine.loggers.mlflow_logger import MLFlowLogger
     from distengine.loggers.tensorboard import TensorBoardLogger
     from distengine.loggers.wandb_logger import WandbLogger
 
-__all__ = ["CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger"]
+__all__ = ["CSVLogger", "CometLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger"]
 
 _LAZY = {
     "TensorBoardLogger": "distengine.loggers.tensorboard",
     "CSVLogger": "distengine.loggers.csv_logger",
     "MLFlowLogger": "distengine.loggers.mlflow_logger",
     "WandbLogger": "distengine.loggers.wandb_logger",
+    "CometLogger": "distengine.loggers.comet",
 }
 
 

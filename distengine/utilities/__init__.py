@@ -1,7 +1,8 @@
 """Lightning's ``utilities`` names scripts import: ``rank_zero_only`` (a decorator with a
 ``.rank`` attribute), ``rank_zero_info``/``rank_zero_warn``/``rank_zero_debug``, ``grad_norm``,
 ``AttributeDict``, ``CombinedLoader``, ``move_data_to_device``, ``is_shared_filesystem``,
-``suggested_max_num_workers``, ``measure_flops``, ``find_shared_parameters``/``set_shared_parameters``,
+``suggested_max_num_workers``, ``measure_flops``, ``Throughput``, ``get_available_flops``,
+``find_shared_parameters``/``set_shared_parameters``,
 ``disable_possible_user_warnings``, ``GradClipAlgorithmType``, ``is_picklable``; and the
 submodules ``seed``, ``enums``, ``parameter_tying``, ``warnings``, ``parsing``, ``apply_func``,
 ``combined_loader``. Importing this package loads no torch; the rest loads on first use.
@@ -35,13 +36,15 @@ _LAZY = {"grad_norm": "distengine.utilities.grads", "AttributeDict": "distengine
          "is_picklable": "distengine.utilities.parsing",
          "suggested_max_num_workers": "distengine.utilities.data",
          "is_shared_filesystem": "distengine.utilities.distributed",
-         "measure_flops": "distengine.utilities.flops"}
+         "measure_flops": "distengine.utilities.flops",
+         "Throughput": "distengine.utilities.throughput",
+         "get_available_flops": "distengine.utilities.throughput"}
 
 __all__ = ["AttributeDict", "CombinedLoader", "GradClipAlgorithmType", "LightningEnum",
            "disable_possible_user_warnings", "find_shared_parameters", "global_rank", "grad_norm", "is_picklable",
            "is_shared_filesystem", "measure_flops", "move_data_to_device", "rank_zero_debug", "rank_zero_deprecation",
            "rank_zero_info", "rank_zero_only", "rank_zero_warn", "seed_everything", "set_shared_parameters",
-           "suggested_max_num_workers"]
+           "suggested_max_num_workers", "Throughput", "get_available_flops"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,6 @@
-"""Lightning's public helpers (cluster environments, utilities.seed, ...) give what
-pytorch-lightning 2.6.6 gives: probes/public_surface.py prints the same JSON under both."""
+"""Lightning's public helpers (cluster environments, utilities.seed, ThroughputMonitor, ModelPruning,
+CometLogger, Throughput, ...) give what pytorch-lightning 2.6.6 gives: probes/public_surface.py
+prints the same JSON under both."""
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ def _probe(python: str | Path, part: str, shim: bool) -> dict:
     return json.loads(line[-1][len("PROBE "):])
 
 
-@pytest.mark.parametrize("part", ["environments", "seed", "utilities"])
+@pytest.mark.parametrize("part", ["environments", "seed", "utilities", "surface"])
 def test_same_as_lightning(part, reference_python):
     ours = _probe(sys.executable, part, shim=True)
     theirs = _probe(reference_python("2.x"), part, shim=False)

@@ -240,21 +240,23 @@ def test_import_distengine_and_utilities_stays_free_of_torch():
 
 def test_the_optional_packages_load_only_when_a_run_uses_them():
     """`import distengine` and the classes a script names must not import torchmetrics,
-    jsonargparse, rich, mlflow or wandb (import cost; they are optional extras)."""
+    jsonargparse, rich, mlflow, wandb or comet_ml (import cost; they are optional extras)."""
     import subprocess
     import sys
 
     code = ("import sys, distengine as de\n"
             "de.Trainer, de.Module, de.callbacks.ModelCheckpoint, de.callbacks.StochasticWeightAveraging\n"
             "de.callbacks.BackboneFinetuning, de.callbacks.LearningRateFinder\n"
+            "de.callbacks.ThroughputMonitor, de.callbacks.ModelPruning\n"
             "for name in ('RichProgressBar',):\n"
             "    getattr(de.callbacks, name, None)\n"
-            "for name in ('MLFlowLogger', 'WandbLogger'):\n"
+            "for name in ('MLFlowLogger', 'WandbLogger', 'CometLogger'):\n"
             "    getattr(de.loggers, name, None)\n"
             "import importlib.util\n"
             "if importlib.util.find_spec('distengine.cli'): import distengine.cli\n"
             "if importlib.util.find_spec('distengine.profilers'): import distengine.profilers\n"
-            "print(sorted(m for m in ('torchmetrics', 'jsonargparse', 'rich', 'mlflow', 'wandb') if m in sys.modules))")
+            "print(sorted(m for m in ('torchmetrics', 'jsonargparse', 'rich', 'mlflow', 'wandb', 'comet_ml')\n"
+            "             if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 

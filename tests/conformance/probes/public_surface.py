@@ -177,5 +177,40 @@ def utilities():
                           for n in ("LambdaCallback", "OnExceptionCheckpoint")]}
 
 
+def surface():
+    """ThroughputMonitor, ModelPruning, CometLogger at Lightning's module paths with its
+    constructor parameters, and Throughput's metrics for a fixed series of updates."""
+    import importlib
+    import inspect
+
+    def params(cls):
+        return [[p.name, str(p.kind), repr(p.default)] for p in inspect.signature(cls.__init__).parameters.values()]
+
+    res = {}
+    for module, name in (("pytorch_lightning.callbacks", "ThroughputMonitor"),
+                         ("pytorch_lightning.callbacks.throughput_monitor", "ThroughputMonitor"),
+                         ("pytorch_lightning.callbacks", "ModelPruning"),
+                         ("pytorch_lightning.callbacks.pruning", "ModelPruning"),
+                         ("pytorch_lightning.loggers", "CometLogger"),
+                         ("pytorch_lightning.loggers.comet", "CometLogger")):
+        cls = getattr(importlib.import_module(module), name)
+        res[f"{module}.{name}"] = params(cls)
+    res["PARAMETER_NAMES"] = importlib.import_module("pytorch_lightning.callbacks").ModelPruning.PARAMETER_NAMES
+    try:  # Lightning keeps these in lightning_fabric, distengine in its utilities
+        from lightning_fabric.utilities.throughput import Throughput, get_available_flops
+    except ImportError:
+        from pytorch_lightning.utilities.throughput import Throughput, get_available_flops
+    series = []
+    for world, window, lengths in ((1, 3, False), (4, 2, True), (2, 5, True)):
+        t = Throughput(available_flops=1e6, world_size=world, window_size=window, separator="|")
+        for i in range(1, 5):
+            t.update(time=0.5 * i + 0.01 * i * i, batches=i, samples=3 * i, lengths=7 * i if lengths else None,
+                     flops=1000 + i)
+            series.append({k: round(v, 9) for k, v in sorted(t.compute().items())})
+    res["throughput"] = series
+    res["cpu_flops"] = get_available_flops(torch.device("cpu"), torch.float32)
+    return res
+
+
 if __name__ == "__main__":
     print("PROBE " + json.dumps(globals()[sys.argv[1]](), sort_keys=True))
