@@ -25,7 +25,8 @@ import distengine as de
 class SpawnRegressor(de.Module):
     """A small MLP with dropout (the ranks' RNG matters) that can fail on one rank."""
 
-    def __init__(self, fail_rank: int = -1, fail_step: int = -1, sleep_rank: int = -1, pid_dir: str = ""):
+    def __init__(self, fail_rank: int = -1, fail_step: int = -1, sleep_rank: int = -1, pid_dir: str = "",
+                 step_sleep: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 1))
@@ -39,6 +40,8 @@ class SpawnRegressor(de.Module):
             raise ValueError(f"bad batch {batch_idx} on purpose")
         if self.global_step == hp.fail_step and self.global_rank == hp.sleep_rank:
             time.sleep(120)  # a rank busy in a long step: the launcher must not wait for it
+        for _ in range(int(hp.step_sleep / 0.05)):  # a slow step, in short sleeps as real work is
+            time.sleep(0.05)
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x), y)
         self.log("train_loss", loss)

@@ -212,3 +212,29 @@ print("fit done")
     assert "fit done" in out
     _assert_same_run(_report(tmp_path), launcher_report)
     _assert_ranks_gone(pids)
+
+
+@pytest.mark.slow  # about 28 s on a loaded 2-core machine: most of it until the ranks' first step
+def test_ctrl_c_stops_the_ranks_gracefully(tmp_path):
+    """SIGINT to the caller (a notebook's "interrupt") reaches the ranks: they stop at the next
+    step with a checkpoint, as under `distengine launch`; the caller raises KeyboardInterrupt."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    code = (f"import spawn_job; spawn_job.run('ddp_notebook', {str(tmp_path)!r}, pid_dir={str(pids)!r}, "
+            "step_sleep=0.5)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (pids / "rank1.pid").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (-2, 130), err[-3000:]  # Python ends an uncaught Ctrl-C by SIGINT
+    assert err.strip().splitlines()[-1] == "KeyboardInterrupt"
+    assert list(tmp_path.rglob("*-signal_2.ckpt")), err[-3000:]
+    _assert_ranks_gone(pids)
