@@ -121,7 +121,8 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
         raise ValueError(f"Trainer got both precision={c.precision!r} and a precision plugin "
                          f"({plugin_precision!r}); choose one")
     t.precision = normalize_precision(plugin_precision or c.precision)
-    t._strategy = resolve_strategy(c.strategy, t.env.distributed, c.find_unused_parameters)
+    t._strategy = resolve_strategy(c.strategy, t.env.distributed, c.find_unused_parameters,
+                                   t._devices if t.num_nodes == 1 else 1)
     t.fast_dev_run = int((1 if fast_dev_run is True else fast_dev_run) or 0)
     if max_epochs is None and max_steps == -1 and c.max_time is None:
         max_epochs = 1 if t.fast_dev_run else 1000

@@ -8,8 +8,10 @@ Example::
 Where it runs: inside a launched job (``distengine launch``, torchrun, SLURM) every process
 is one rank: the Trainer joins the process group, shards the data and wraps the model in
 DDP. Started with plain ``python train.py`` and ``devices=N>1``, ``fit`` re-runs the script
-under ``distengine launch`` (the code before ``fit`` runs once more in each rank). Otherwise
-it trains in this process on one device: the debugging mode where ``pdb`` works.
+under ``distengine launch`` (the code before ``fit`` runs once more in each rank); with
+``strategy="ddp_notebook"`` or ``"ddp_spawn"`` (a notebook, ``python -c``) it starts the ranks
+from this interpreter and brings rank 0's results back (trainer_processes.py). Otherwise it
+trains in this process on one device: the debugging mode where ``pdb`` works.
 """
 from __future__ import annotations
 
@@ -30,11 +32,12 @@ from distengine.precision import Precision
 from distengine.state import Progress, ResumePoint, TrainerStatus
 from distengine.strategies import Strategy
 from distengine.trainer_parts import CheckpointMixin, StopVote
+from distengine.trainer_processes import ProcessesMixin
 from distengine.trainer_props import TrainerProperties
 from distengine.trainer_run import RunMixin
 
 
-class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
+class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneXTrainerMixin):
     """Runs the loops for a :class:`distengine.Module`. Flags use Lightning 2.x names; ``gpus``
     and the other 1.x flags are translated by :mod:`distengine.compat_flags` (which also adds
     ``add_argparse_args``/``from_argparse_args``/``parse_argparser`` and ``trainer.tuner``).
@@ -94,7 +97,8 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
         the checkpoint folder; a fresh start when there is none). A restarted or requeued job
         resumes from ``"last"`` by itself."""
         self._check_module(model, "fit")
-        self._launch_if_needed()
+        if self._launch_if_needed():  # ddp_notebook/ddp_spawn: the ranks are started from here
+            return self._run_in_processes("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path))
         self._tune_in_fit(model, train_dataloaders, val_dataloaders, datamodule)
         run_finder_callbacks(self, model, train_dataloaders if datamodule is None else datamodule, val_dataloaders)
         ckpt_path = ckpt_path or self.resume_from_checkpoint

@@ -250,7 +250,8 @@ class CheckpointMixin:
         if model is None:
             raise ValueError(f"Trainer.{stage} needs a model: pass one, or call fit() first")
         self._check_module(model, stage)
-        self._launch_if_needed()
+        if self._launch_if_needed():  # ddp_notebook/ddp_spawn: the ranks are started from here
+            return self._run_in_processes("_evaluate", (stage, model, dataloaders, datamodule, ckpt_path))
         with self._run(stage, model):
             kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
             if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):

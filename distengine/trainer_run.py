@@ -15,6 +15,7 @@ import torch
 from distengine import compat
 from distengine.callbacks.base import CALLBACK_HOOKS, HookDispatcher
 from distengine.distributed import collectives
+from distengine.distributed.env import interactive
 from distengine.module import MODULE_HOOKS, Module, module_overrides
 from distengine.profilers import wiring as profiling
 from distengine.trainer_parts import StopVote
@@ -81,9 +82,13 @@ class RunMixin:
         if self._profiling:  # timed hooks; an unprofiled run calls the hooks themselves
             profiling.profiled_hooks(self._profiler, module, self._hooks, self._callback_hooks, self._module_hooks)
 
-    def _launch_if_needed(self) -> None:
+    def _launch_if_needed(self) -> bool:
+        """Start the other ranks when this process was not launched but ``devices`` asks for
+        several: True when the stage must run through ``_run_in_processes`` (the ranks are
+        started from this interpreter: ddp_notebook/ddp_fork/ddp_spawn); otherwise the script
+        re-runs itself under ``distengine launch`` (this process exits with its status)."""
         if self.env.distributed or (self._devices <= 1 and self.num_nodes <= 1):
-            return
+            return False
         if os.environ.get("DISTENGINE_DEBUG") == "1":
             # `distengine launch --debug`: one process, in place, whatever devices says; said once
             if os.environ.get(DEBUG_ANNOUNCED) != "1":
@@ -91,21 +96,34 @@ class RunMixin:
                 asked = f"devices={self._devices}" + (f", num_nodes={self.num_nodes}" if self.num_nodes > 1 else "")
                 print(f"distengine: --debug: Trainer({asked}) runs as 1 process here (rank 0 of 1); "
                       f"without --debug it starts {self._devices * self.num_nodes}", file=sys.stderr, flush=True)
-            return
+            return False
         if self.num_nodes > 1:
             raise RuntimeError(f"Trainer(num_nodes={self.num_nodes}) must be started on every node by "
                                "`distengine launch --nnodes N ...` or SLURM")
-        script = sys.argv[0] if sys.argv else ""
-        if not script or script == "-c" or not os.path.exists(script):
-            raise RuntimeError(f"Trainer(devices={self._devices}) needs {self._devices} processes; run it "
-                               f"as `distengine launch --{'gpus' if self.accelerator == 'gpu' else 'cpus'} "
-                               f"{self._devices} your_script.py` (this session has no script to re-run)")
+        if self._starts_processes():
+            return True
+        script = self._script_to_rerun()
         flag = ["--gpus", ",".join(map(str, self._gpu_ids))] if self.accelerator == "gpu" else \
             ["--cpus", str(self._devices)]
         cmd = [sys.executable, "-m", "distengine.launch", *flag, script, *sys.argv[1:]]
         sys.stdout.flush()
         sys.stderr.flush()
         sys.exit(_run_forwarding_signals(cmd))
+
+    def _script_to_rerun(self) -> str:
+        name = getattr(self._strategy, "name", "") or type(self._strategy).__name__
+        how = f"`distengine launch --{'gpus' if self.accelerator == 'gpu' else 'cpus'} {self._devices} your_script.py`"
+        if interactive():  # sys.argv[0] is the kernel's launcher there: never re-run it
+            raise RuntimeError(f"Trainer(strategy={name!r}, devices={self._devices}) re-runs the script in "
+                               f"{self._devices} processes, and an interactive session (a notebook, the prompt) "
+                               f"has none; use Trainer(strategy='ddp_notebook'), or run your code as a script "
+                               f"with {how}")
+        script = sys.argv[0] if sys.argv else ""
+        if not script or script == "-c" or not os.path.exists(script):
+            raise RuntimeError(f"Trainer(devices={self._devices}) needs {self._devices} processes and this "
+                               f"session has no script to re-run; use Trainer(strategy='ddp_notebook') or "
+                               f"strategy='ddp_spawn', or run it as {how}")
+        return script
 
     # ------------------------------------------------------------------ the run context
     def _run(self, stage: str, model: Module):

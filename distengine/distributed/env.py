@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass
 
 
@@ -167,3 +168,9 @@ def gloo_ifname_from_nccl(env: dict, interfaces: list[str] | None = None) -> str
     if not names or any(n not in interfaces for n in names):
         return None
     return ",".join(names)
+
+
+def interactive() -> bool:
+    """An interactive session: a Jupyter/IPython kernel or shell, the ``python`` prompt, or
+    ``python -i`` (Lightning's ``_IS_INTERACTIVE``). There is no script to re-run there."""
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive)

@@ -14,8 +14,13 @@ from distengine.strategies.base import Strategy
 STRATEGIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "single_device": ("distengine.strategies.single", "SingleDeviceStrategy", {}),
     "ddp": ("distengine.strategies.ddp", "DDPStrategy", {}),
-    "ddp_spawn": ("distengine.strategies.ddp", "DDPStrategy", {}),  # runs as "ddp" (processes are launched)
     "ddp_find_unused_parameters_true": ("distengine.strategies.ddp", "DDPStrategy", {"find_unused_parameters": True}),
+    # the ranks are started from this interpreter (distributed/processes.py): a notebook, `python -c`.
+    # Inside a launched job they run as "ddp" (the launcher started the processes already).
+    **{f"{name}{suffix}": ("distengine.strategies.ddp", "DDPStrategy", {"start_method": method, **unused})
+       for name, method in (("ddp_spawn", "spawn"), ("ddp_fork", "fork"), ("ddp_notebook", "fork"))
+       for suffix, unused in (("", {}), ("_find_unused_parameters_false", {}),
+                              ("_find_unused_parameters_true", {"find_unused_parameters": True}))},
     "fsdp": ("distengine.strategies.fsdp", "FSDPStrategy", {}),
 }
 
@@ -25,9 +30,14 @@ _LAZY = {"SingleDeviceStrategy": "distengine.strategies.single", "DDPStrategy": 
 __all__ = ["Strategy", "STRATEGIES", "resolve_strategy", *_LAZY]
 
 
-def resolve_strategy(strategy: Any, distributed: bool, find_unused_parameters: bool = False) -> Strategy:
+def resolve_strategy(strategy: Any, distributed: bool, find_unused_parameters: bool = False,
+                     devices: int = 1) -> Strategy:
     """The Strategy for the Trainer's ``strategy`` flag. ``"auto"`` (or None) is DDP in a
-    launched job of several ranks and one device otherwise."""
+    launched job of several ranks; with ``devices`` > 1 in an interactive session (a notebook,
+    ``python -i``) it is ``"ddp_fork"``, as in Lightning 2.6.6; one device otherwise (a script
+    then re-runs itself under ``distengine launch`` when ``fit`` starts)."""
+    from distengine.distributed.env import interactive
+
     if isinstance(strategy, Strategy):
         if find_unused_parameters:
             if not hasattr(strategy, "find_unused_parameters"):
@@ -36,9 +46,10 @@ def resolve_strategy(strategy: Any, distributed: bool, find_unused_parameters: b
             strategy.find_unused_parameters = True
         return strategy
     if strategy in ("auto", None):
-        strategy = "ddp" if distributed else "single_device"
+        forks = not distributed and devices > 1 and interactive()
+        strategy = "ddp" if distributed else "ddp_fork" if forks else "single_device"
         # the DDP flag means nothing in one process (as before strategies were explicit)
-        find_unused_parameters = find_unused_parameters and distributed
+        find_unused_parameters = find_unused_parameters and (distributed or forks)
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not supported; use 'auto', {', '.join(map(repr, STRATEGIES))} "
                          "or a distengine.strategies.Strategy instance")

@@ -20,6 +20,8 @@ from torch import nn
 from distengine import torch_private
 from distengine.strategies.base import _NO_CONTEXT, Strategy
 
+START_METHODS = ("popen", "spawn", "fork", "forkserver")
+
 
 class DDPStrategy(Strategy):
     """DDP over the ranks the launcher started (gloo on CPUs, NCCL on GPUs).
@@ -30,14 +32,24 @@ class DDPStrategy(Strategy):
     wrapper (``ddp_comm_hook(ddp_comm_state, bucket)``, e.g. ``default_hooks.fp16_compress_hook``
     or ``bf16_compress_hook``; ``ddp_comm_state`` defaults to None, the default process group).
     ``**ddp_kwargs`` go to DDP as they are. In one process (not launched) the module is not wrapped.
+
+    ``start_method``: how a Trainer that was not launched starts its ``devices`` ranks.
+    ``"popen"`` (``"ddp"``): ``fit`` re-runs the script under ``distengine launch``.
+    ``"fork"`` (``"ddp_notebook"``/``"ddp_fork"``) and ``"spawn"`` (``"ddp_spawn"``), also
+    ``"forkserver"``: the ranks are started from this interpreter and the stage's results come
+    back to it (:mod:`distengine.distributed.processes`), as Lightning's multiprocessing launcher.
     """
 
     name = "ddp"
 
     def __init__(self, find_unused_parameters: bool = False, static_graph: bool = False,
                  gradient_as_bucket_view: bool = False, bucket_cap_mb: float | None = None,
-                 ddp_comm_hook: Callable | None = None, ddp_comm_state: Any = None, **ddp_kwargs: Any) -> None:
+                 ddp_comm_hook: Callable | None = None, ddp_comm_state: Any = None,
+                 start_method: str = "popen", **ddp_kwargs: Any) -> None:
         super().__init__()
+        if start_method not in START_METHODS:
+            raise ValueError(f"DDPStrategy(start_method={start_method!r}) is not one of {', '.join(START_METHODS)}")
+        self.start_method = start_method
         if ddp_comm_hook is not None and not callable(ddp_comm_hook):
             raise TypeError(f"ddp_comm_hook must be a function (state, bucket) -> future, got "
                             f"{type(ddp_comm_hook).__name__}")
