@@ -33,6 +33,7 @@ import torch
 from distengine import metric_objects
 from distengine.distributed import collectives
 from distengine.metric_writer import forked_name
+from distengine.utilities.exceptions import ConfigError
 
 _REDUCE = ("mean", "sum", "max", "min")
 
@@ -208,16 +209,16 @@ class Results:
             fx = reduce_fx if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
             fx = {"avg": "mean", "amax": "max", "amin": "min"}.get(fx, fx)
         if fx not in _REDUCE:
-            raise ValueError(f"self.log({key!r}, reduce_fx={reduce_fx!r}) is not supported; "
-                             f"use one of {_REDUCE}")
+            raise ConfigError(f"self.log({key!r}, reduce_fx={reduce_fx!r}) is not supported; "
+                              f"use one of {_REDUCE}")
         per_step_default = self.stage == "train" and self.in_step
         on_step = per_step_default if on_step is None else bool(on_step)
         on_epoch = (not per_step_default) if on_epoch is None else bool(on_epoch)
         if self.stage != "train" and on_step and self.in_step is False:
             on_step = False
         if not on_step and not on_epoch:
-            raise ValueError(f"self.log({key!r}, on_step=False, on_epoch=False) records nothing; "
-                             "set one of them to True")
+            raise ConfigError(f"self.log({key!r}, on_step=False, on_epoch=False) records nothing; "
+                              "set one of them to True")
         entry = _Entry(key, prog_bar, logger, on_step, on_epoch, fx, sync_dist and not rank_zero_only,
                        bool(rank_zero_only))
         if attr is not None:

@@ -32,6 +32,7 @@ from distengine.strategies import Strategy
 from distengine.trainer_parts import CheckpointMixin, StopVote
 from distengine.trainer_props import TrainerProperties
 from distengine.trainer_run import RunMixin
+from distengine.utilities.exceptions import ConfigError
 
 
 class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
@@ -167,8 +168,8 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
             raise TypeError(f"Trainer.{stage} needs a distengine.Module (LightningModule), got {type(model).__name__}")
         need = {"fit": "training_step", "validate": "validation_step", "test": "test_step"}.get(stage)
         if need and not module_overrides(model, need):
-            raise ValueError(f"{type(model).__name__} does not define {need}(); Trainer.{stage} needs it")
+            raise ConfigError(f"{type(model).__name__} does not define {need}(); Trainer.{stage} needs it")
         if stage == "fit" and not module_overrides(model, "configure_optimizers"):
-            raise ValueError(f"{type(model).__name__} does not define configure_optimizers(); "
-                             "return an optimizer from it")
+            raise ConfigError(f"{type(model).__name__} does not define configure_optimizers(); "
+                              "return an optimizer from it")
 
