@@ -87,6 +87,8 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
         self._precision: Precision | None = None
         self._one_x = None  # compat.OneXOptimization for 1.x several-optimizer modules
         self._step_counters: list[Any] = []  # optimizer hooks counting manual steps
+        self._ckpt_path: str | None = None  # the checkpoint the current/last call loaded (trainer.ckpt_path)
+        self._ckpt_path_set: str | None = None  # `trainer.ckpt_path = ...`: the checkpoint the next calls load
 
     # ------------------------------------------------------------------ public entry points
     def fit(self, model: Module, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -98,7 +100,7 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
         self._launch_if_needed()
         self._tune_in_fit(model, train_dataloaders, val_dataloaders, datamodule)
         run_finder_callbacks(self, model, train_dataloaders if datamodule is None else datamodule, val_dataloaders)
-        ckpt_path = ckpt_path or self.resume_from_checkpoint
+        ckpt_path = ckpt_path or self._ckpt_path_set or self.resume_from_checkpoint
         if ckpt_path is None and self.env.restart_count > 0:
             ckpt_path = "last"
         with self._run("fit", model):

@@ -158,6 +158,7 @@ class CheckpointMixin:
         if source is None and self._module_overrides(hook):
             source = getattr(self._module, hook)()
             hooks[kind] = getattr(self._module, hook)
+        vars(self).setdefault("_given_loaders", {})[kind] = source  # as given: trainer.val_dataloaders...
         if source is None:
             if required:
                 what = {"train": "training", "val": "validation", "test": "test", "predict": "predict"}[kind]
@@ -266,12 +267,13 @@ class CheckpointMixin:
                 self._precision = Precision(self.precision, device)
             self._strategy.precision = self._precision
             self._strategy.module_to_device(model)
+            ckpt_path = ckpt_path if ckpt_path is not None else self._ckpt_path_set  # trainer.ckpt_path = ...
             if ckpt_path is not None:
                 self._load_weights_only(ckpt_path)
             if stage == "predict":  # a prediction writer's indices (predict_state.py)
                 loaders = self.predict_loop.begin(self.callbacks, loaders)
             limit = [_apply_limit(self.limits[kind], _safe_len(dl), kind) for dl in loaders]
-            self._eval_batches = {stage: limit}
+            vars(self).setdefault("_eval_batches", {})[stage] = limit  # kept per stage, as in Lightning
             if stage == "validate":
                 self._data.num_val_batches = limit
             result = loop_eval.run_eval(self._eval_context(), stage, loaders, limit)
@@ -381,6 +383,7 @@ class CheckpointMixin:
             return path
 
         path = self._resume_path(ckpt_path, resolve)
+        self._ckpt_path = path  # trainer.ckpt_path: the checkpoint this call loaded
         if path is None:
             if ckpt_path is None:
                 return
@@ -435,6 +438,7 @@ class CheckpointMixin:
         path = self._resume_path(ckpt_path, lambda: resolve_checkpoint(ckpt_path, self._checkpoint_dir()))
         if path is None:
             raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
+        self._ckpt_path = path
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint
 
         sharded = os.path.isdir(path)  # a sharded checkpoint: read into this rank's layout

@@ -186,7 +186,8 @@ class _RunContext:
 
     def __enter__(self) -> Any:
         t = self.t
-        t._status.stage = stage = self.stage
+        t._status.stage = t._status.last_fn = stage = self.stage
+        t._status.run_status, t._ckpt_path = "running", None
         t._loop_state.begin_stage()  # no stop requested, the first loss not checked yet
         t._results.reset_all()  # as in Lightning: callback_metrics hold this stage's values only
         t._writer.begin_stage()  # logged_metrics and the write counters start afresh
@@ -248,6 +249,8 @@ class _RunContext:
                 for lg in t._loggers:
                     lg.save()  # flush what validate/test wrote
             t._status.stage = None
+            # Lightning: any error or a stop signal leaves the Trainer interrupted
+            t._status.run_status = "interrupted" if exc_type is not None or t._status.stop_signal else "finished"
             torch.autograd.set_detect_anomaly(self._anomaly)
             if t._profiling:
                 profiling.end_run(t._profiler, failed)

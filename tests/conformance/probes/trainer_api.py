@@ -35,7 +35,7 @@ def _module_cls():
             self.log("train_loss", loss)
             return loss
 
-        def validation_step(self, batch, batch_idx):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
             x, y = batch
             self.log("val_loss", nn.functional.mse_loss(self.layer(x), y))
 
@@ -107,6 +107,90 @@ def exceptions(tmp):
         except Exception as e:  # noqa: BLE001 - the exception class is what is compared
             out[name] = isinstance(e, MisconfigurationException)
     return out
+
+
+_PROPS = ("val_dataloaders", "test_dataloaders", "predict_dataloaders", "train_dataloader", "num_val_batches",
+          "num_training_batches", "num_sanity_val_batches", "num_test_batches", "num_predict_batches",
+          "enable_validation", "ckpt_path", "is_last_batch", "estimated_stepping_batches", "interrupted",
+          "early_stopping_callbacks", "early_stopping_callback", "checkpoint_callback", "checkpoint_callbacks",
+          "progress_bar_callback", "lightning_module", "log_dir")
+
+
+def _snap(t, tmp, skip=()):
+    out = {}
+    for n in _PROPS:
+        if n in skip:
+            continue
+        v = getattr(t, n)
+        if n.endswith("dataloaders") or n == "train_dataloader":
+            v = None if v is None else (type(v).__name__, len(v) if isinstance(v, (list, dict)) else None)
+        elif n.endswith("callbacks"):
+            v = len(v)
+        elif n.endswith("callback") or n == "lightning_module":
+            v = v is not None
+        elif isinstance(v, float):
+            v = repr(v)
+        elif isinstance(v, str):
+            v = os.path.relpath(v, tmp)
+        out[n] = v
+    st = t.state
+    out["state"] = [str(st.fn), str(st.stage), str(st.status), st.finished, st.stopped]
+    return out
+
+
+def properties(tmp):
+    """Trainer properties and trainer.state at hook times, after each call, and after an error."""
+    from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.trainer.states import RunningStage, TrainerFn, TrainerStatus
+
+    class Rec(Callback):
+        def __init__(self):
+            self.s = {"batch_end": []}
+
+        def on_train_epoch_start(self, t, m):
+            self.s["train_epoch_start"] = _snap(t, tmp)
+
+        def on_train_batch_end(self, t, m, o, b, i):
+            self.s["batch_end"].append([t.is_last_batch, str(t.state.stage)])
+
+        def on_validation_epoch_start(self, t, m):
+            if not t.sanity_checking:
+                self.s["val_start"] = _snap(t, tmp)
+            else:
+                self.s["sanity_stage"] = str(t.state.stage)
+
+        def on_test_start(self, t, m):
+            self.s["test_start"] = _snap(t, tmp, skip=("estimated_stepping_batches",))
+
+        def on_predict_start(self, t, m):
+            self.s["predict_start"] = _snap(t, tmp, skip=("estimated_stepping_batches",))
+
+    rec = Rec()
+    t = _trainer(tmp, callbacks=[rec, EarlyStopping("train_loss"), ModelCheckpoint(dirpath=tmp)],
+                 enable_progress_bar=True, enable_checkpointing=True, num_sanity_val_steps=1, limit_val_batches=2)
+    res = {"init": _snap(t, tmp, skip=("estimated_stepping_batches", "log_dir"))}
+    model = _module_cls()()
+    t.fit(model, _data(), [_data(8), _data(8, seed=1)])
+    res["after_fit"] = _snap(t, tmp)
+    t.test(model, dataloaders=_data(8), ckpt_path="best", verbose=False)
+    res["after_test"] = _snap(t, tmp, skip=("estimated_stepping_batches",))
+    t.predict(model, dataloaders={"a": _data(8)})
+    res["after_predict"] = _snap(t, tmp, skip=("estimated_stepping_batches",))
+    res.update(rec.s)
+    res["enums"] = [TrainerFn.FITTING == "fit", RunningStage.SANITY_CHECKING.value, RunningStage.TESTING.evaluating,
+                    RunningStage.SANITY_CHECKING.dataloader_prefix, TrainerStatus.INTERRUPTED.stopped]
+
+    class Fails(_module_cls()):
+        def training_step(self, batch, batch_idx):
+            raise RuntimeError("boom")
+
+    t = _trainer(tmp, enable_progress_bar=False)
+    try:
+        t.fit(Fails(), _data())
+    except RuntimeError:
+        pass
+    res["after_error"] = [t.interrupted, str(t.state.status), str(t.state.fn), str(t.state.stage)]
+    return res
 
 
 if __name__ == "__main__":
