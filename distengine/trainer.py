@@ -32,6 +32,7 @@ from distengine.strategies import Strategy
 from distengine.trainer_parts import CheckpointMixin, StopVote
 from distengine.trainer_props import TrainerProperties
 from distengine.trainer_run import RunMixin
+from distengine.utilities.argparse import _defaults_from_env_vars
 from distengine.utilities.exceptions import ConfigError
 
 
@@ -47,6 +48,7 @@ class Trainer(TrainerProperties, RunMixin, CheckpointMixin, OneXTrainerMixin):
     and/or a precision plugin (:mod:`distengine.plugins`).
     """
 
+    @_defaults_from_env_vars  # PL_TRAINER_MAX_EPOCHS=3 etc. (utilities/argparse.py)
     @accepts_1x_flags
     def __init__(self, *, accelerator: str = "auto", strategy: str | Strategy = "auto", devices: Any = "auto",
                  num_nodes: int = 1, precision: Any = "32-true", logger: Any = True,

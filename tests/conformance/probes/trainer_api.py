@@ -193,6 +193,22 @@ def properties(tmp):
     return res
 
 
+def env_defaults(tmp):
+    """PL_TRAINER_* variables give Trainer defaults; arguments passed win."""
+    import pytorch_lightning as pl
+
+    os.environ.update({"PL_TRAINER_MAX_EPOCHS": "3", "PL_TRAINER_LIMIT_TRAIN_BATCHES": "2",
+                       "PL_TRAINER_ACCELERATOR": "cpu", "PL_TRAINER_ENABLE_PROGRESS_BAR": "False",
+                       "PL_TRAINER_LOGGER": "False", "PL_TRAINER_ENABLE_CHECKPOINTING": "", "PL_TRAINER_BOGUS": "1"})
+    t = pl.Trainer(default_root_dir=tmp, enable_model_summary=False)
+    t.fit(_module_cls()(), _data())
+    explicit = pl.Trainer(default_root_dir=tmp, max_epochs=1, enable_model_summary=False)
+    explicit.fit(_module_cls()(), _data())
+    return {"env": [t.max_epochs, t.global_step, t.current_epoch, t.progress_bar_callback is None,
+                    t.logger is None, t.checkpoint_callback is not None],
+            "explicit": [explicit.max_epochs, explicit.global_step]}
+
+
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     part = globals()[sys.argv[1]]
