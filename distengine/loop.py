@@ -365,6 +365,10 @@ def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) ->
         ctx.writer.log_epoch(log)
     for fn in ctx.callback_hooks["on_train_epoch_end"]:
         fn()
+    if ctx.callback_hooks["on_train_epoch_end"]:  # what those callbacks logged (as Lightning allows)
+        log, _ = res.collect_late("train")
+        if log:
+            ctx.writer.log_epoch(log)
     # as in Lightning, after the epoch's hooks: a plateau scheduler may monitor a train epoch metric
     _step_schedulers(ctx, "epoch", plateau=True)
     res.reset_metric_objects("train")

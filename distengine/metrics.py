@@ -152,6 +152,7 @@ class Results:
         self.batches_run = dict.fromkeys(self.entries, 0)
         self.module: Any = None  # the running module: where logged metric objects live
         self._step_layout: Any = None  # (names, synced names) the ranks last agreed on at a step log
+        self.no_log_hook: str | None = None  # the running hook where Lightning refuses self.log (trainer_run.py)
 
     # ---------------------------------------------------------------- hot path
     def set_batch(self, batch: Any) -> None:
@@ -324,6 +325,19 @@ class Results:
             self._publish(e, value, out, log)
             e.total, e.count = None, 0
         return log, out
+
+    def collect_late(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
+        """The epoch values logged after :meth:`collect_epoch`, by the callbacks' epoch-end hooks
+        (Lightning lets callbacks log there): reduced the same way. Every rank calls it."""
+        table = self.entries[stage]
+        late = {k: e for k, e in table.items() if e.on_epoch and (e.total is not None or e.count)}
+        if not late and not collectives.is_distributed():
+            return {}, {}  # distributed: every rank takes part, whatever it logged
+        self.entries[stage], self.batches_run[stage] = late, 1
+        try:
+            return self.collect_epoch(stage)
+        finally:
+            self.entries[stage], self.batches_run[stage] = table, 0
 
     def _agree(self, stage: str, names: list[str], ran: bool, mine: list[_Entry]) -> tuple[list, list]:
         """Ranks logged different names. A rank that ran no batch at all (an uneven validation

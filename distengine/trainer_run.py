@@ -74,6 +74,9 @@ class RunMixin:
                        for f in (dispatcher[name] if name in CALLBACK_HOOKS else ()))
             mod = compat.hook_methods(module, name) if name in MODULE_HOOKS else ()
             self._callback_hooks[name], self._module_hooks[name] = cb, mod
+            if name in NO_LOG_HOOKS:  # self.log there raises, as in Lightning
+                cb, mod = _no_log(name, cb, self._results), _no_log(name, mod, self._results)
+                self._callback_hooks[name], self._module_hooks[name] = cb, mod
             self._hooks[name] = cb + mod
         self._adapted = adapted = compat.adapt(module)  # the 1.x style, decided once per run
         self._step_hook, self._training_end = adapted.step_end, adapted.training_end
@@ -176,6 +179,31 @@ class RunMixin:
             sanity_steps=self._sanity_steps if self._run_sanity_check else None,
             reload_dataloaders=self._reload_dataloaders, step_counters=self._step_counters,
             opt_hooks=OptimHooks.of(self._module))
+
+
+# The hooks where Lightning's self.log raises (its _FxValidator): logging there has no step or
+# epoch to belong to. The module's and the callbacks' hooks alike; per-batch hooks are not
+# among them except predict's.
+NO_LOG_HOOKS = frozenset({
+    "setup", "teardown", "on_fit_start", "on_fit_end", "on_sanity_check_start", "on_sanity_check_end",
+    "on_train_end", "on_validation_end", "on_test_end", "on_predict_start", "on_predict_end",
+    "on_predict_epoch_start", "on_predict_epoch_end", "on_predict_batch_start", "on_predict_batch_end",
+    "on_exception", "on_save_checkpoint", "on_load_checkpoint"})
+
+
+def _no_log(name: str, fns: tuple, results: Any) -> tuple:
+    """``fns`` wrapped so that ``self.log`` inside them raises (see Module.log)."""
+    def guarded(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            previous, results.no_log_hook = results.no_log_hook, name
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                results.no_log_hook = previous
+        call.func = getattr(fn, "func", fn)  # the callback's method, as the profiler names it (profilers/wiring.py)
+        return call
+    return tuple(guarded(fn) for fn in fns)
 
 
 class _RunContext:

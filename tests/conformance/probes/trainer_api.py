@@ -209,6 +209,60 @@ def env_defaults(tmp):
             "explicit": [explicit.max_epochs, explicit.global_step]}
 
 
+def callback_log(tmp):
+    """pl_module.log from Callback hooks: the defaults of each hook, and the hooks that refuse it."""
+    from pytorch_lightning.callbacks import Callback
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    class Logs(Callback):
+        def on_train_batch_end(self, t, m, outputs, batch, batch_idx):
+            m.log("cb_train_batch", float(batch_idx))
+
+        def on_train_epoch_end(self, t, m):
+            m.log("cb_train_epoch", float(t.current_epoch) + 0.5)
+
+        def on_validation_batch_end(self, t, m, outputs, batch, batch_idx, dataloader_idx=0):
+            m.log("cb_val_batch", float(batch_idx))
+
+        def on_validation_epoch_end(self, t, m):
+            m.log("cb_val_epoch", 7.0, prog_bar=True)
+
+        def on_test_batch_end(self, t, m, outputs, batch, batch_idx, dataloader_idx=0):
+            m.log("cb_test_batch", float(batch_idx) * 2, on_step=True)
+
+    t = _trainer(tmp, callbacks=[Logs()], logger=CSVLogger(tmp, name="csv", version=0), max_epochs=2,
+                 log_every_n_steps=1, num_sanity_val_steps=0)
+    t.fit(_module_cls()(), _data(), _data(8))
+    fit_metrics = {k: round(float(v), 5) for k, v in t.callback_metrics.items() if k.startswith("cb_")}
+    t.test(t.lightning_module, _data(8), verbose=False)
+    test_metrics = {k: round(float(v), 5) for k, v in t.callback_metrics.items() if k.startswith("cb_")}
+    import csv
+    with open(os.path.join(tmp, "csv", "version_0", "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    logged = sorted({k for r in rows for k, v in r.items() if v and k.startswith("cb_")})
+
+    out = {"fit": fit_metrics, "test": test_metrics, "csv_columns": logged}
+    for hook in ("on_fit_start", "on_train_start", "on_sanity_check_start", "on_predict_batch_end"):
+        class Bad(Callback):
+            pass
+
+        def log_it(self, t, m, *args, **kwargs):
+            m.log("bad", 1.0)
+
+        setattr(Bad, hook, log_it)
+        try:
+            tr = _trainer(tmp, callbacks=[Bad()], num_sanity_val_steps=1)
+            if hook == "on_predict_batch_end":
+                tr.predict(_module_cls()(), _data(8))
+            else:
+                tr.fit(_module_cls()(), _data(), _data(8))
+            out[hook] = "no error"
+        except MisconfigurationException:
+            out[hook] = "MisconfigurationException"
+    return out
+
+
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     part = globals()[sys.argv[1]]
