@@ -26,7 +26,7 @@ def _probe(python: str | Path, part: str, shim: bool, env_extra: dict | None = N
     return json.loads(line[-1][len("PROBE "):])
 
 
-@pytest.mark.parametrize("part", ["exceptions", "properties", "env_defaults", "callback_log"])
+@pytest.mark.parametrize("part", ["exceptions", "properties", "env_defaults", "callback_log", "loggers"])
 def test_same_as_lightning(part, reference_python):
     ours = _probe(sys.executable, part, shim=True)
     theirs = _probe(reference_python("2.x"), part, shim=False)

@@ -263,6 +263,29 @@ def callback_log(tmp):
     return out
 
 
+def loggers(tmp):
+    """CSVLogger.experiment (Lightning's ExperimentWriter) and TensorBoardLogger.experiment."""
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    lg = CSVLogger(tmp, name="n", version=0)
+    w = lg.experiment
+    out = {"type": type(w).__name__, "same": lg.experiment is w, "dir": os.path.isdir(lg.log_dir),
+           "path": os.path.relpath(w.metrics_file_path, tmp), "log_dir": os.path.relpath(w.log_dir, tmp)}
+    w.log_metrics({"a": torch.tensor(1.5)}, step=3)
+    w.log_metrics({"b": 2.0})
+    out["kept"] = list(w.metrics)
+    w.save()
+    out["after_save"] = list(w.metrics)
+    w.log_hparams({"lr": 0.1})
+    out["hparams"] = [w.hparams, open(os.path.join(lg.log_dir, "hparams.yaml")).read().strip()]
+    with open(w.metrics_file_path) as f:
+        out["rows"] = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
+    out["tensorboard"] = [hasattr(TensorBoardLogger(tmp).experiment, n) for n in ("add_scalar", "add_image", "flush")]
+    return out
+
+
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     part = globals()[sys.argv[1]]
