@@ -125,6 +125,7 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     t.precision = normalize_precision(plugin_precision or c.precision)
     t._strategy = resolve_strategy(c.strategy, t.env.distributed, c.find_unused_parameters)
     t.fast_dev_run = int((1 if fast_dev_run is True else fast_dev_run) or 0)
+    t._max_epochs_defaulted = max_epochs is None and max_steps == -1 and c.max_time is None and not t.fast_dev_run
     if max_epochs is None and max_steps == -1 and c.max_time is None:
         max_epochs = 1 if t.fast_dev_run else 1000
     if min_epochs is not None and max_epochs is not None and max_epochs >= 0 and min_epochs > max_epochs:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from distengine import run_warnings
 from distengine.data import apply_limit as _apply_limit
 from distengine.data import loader_len as _safe_len
 from distengine.data import val_every_batches
@@ -184,6 +185,7 @@ class CheckpointMixin:
             raise ConfigError(f"fit takes one training dataloader, got {len(train)}")
         module = self._module
         self._set_fit_loaders(train, val)
+        run_warnings.warn_fit_setup(self, train, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
         self._run_sanity_check = self._data.should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
                               for n in self._data.num_val_batches]
@@ -258,6 +260,7 @@ class CheckpointMixin:
             if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):
                 datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
             loaders = self._resolve_loader(dataloaders, datamodule, kind)
+            run_warnings.warn_few_workers(self, loaders, kind)
             env = self.env
             loaders = [prepare_eval(dl, env.world_size, env.rank, self.use_distributed_sampler) for dl in loaders]
             device = self._strategy.root_device

@@ -14,11 +14,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-def _probe(python: str | Path, part: str, shim: bool, env_extra: dict | None = None) -> dict:
+def _probe(python: str | Path, part: str, shim: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("PL_TRAINER_")}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE / "shim"), str(REPO)] if shim else [])
     env["PATH"] = "/usr/bin:/bin"  # no `srun` on the PATH
-    env.update(env_extra or {})
     proc = subprocess.run([str(python), str(HERE / "probes" / "trainer_api.py"), part], env=env,
                           capture_output=True, text=True, timeout=120)
     line = [x for x in proc.stdout.splitlines() if x.startswith("PROBE ")]
@@ -26,7 +25,10 @@ def _probe(python: str | Path, part: str, shim: bool, env_extra: dict | None = N
     return json.loads(line[-1][len("PROBE "):])
 
 
-@pytest.mark.parametrize("part", ["exceptions", "properties", "env_defaults", "callback_log", "loggers"])
+PARTS = ["exceptions", "properties", "env_defaults", "callback_log", "loggers", "user_warnings"]
+
+
+@pytest.mark.parametrize("part", PARTS)
 def test_same_as_lightning(part, reference_python):
     ours = _probe(sys.executable, part, shim=True)
     theirs = _probe(reference_python("2.x"), part, shim=False)

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, TensorDataset
 os.environ.pop("PL_TRAINER_MAX_EPOCHS", None)
 
 
-def _data(n=16, bs=4, seed=0):
+def _data(n=16, bs=4, seed=0, num_workers=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=g)
-    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=bs)
+    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=bs, num_workers=num_workers)
 
 
 def _module_cls():
@@ -284,6 +284,35 @@ def loggers(tmp):
         out["rows"] = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
     out["tensorboard"] = [hasattr(TensorBoardLogger(tmp).experiment, n) for n in ("add_scalar", "add_image", "flush")]
     return out
+
+
+def user_warnings(tmp):
+    """Lightning's PossibleUserWarnings at the start of a run (on a machine with 8 usable cores),
+    and disable_possible_user_warnings silencing them."""
+    from pytorch_lightning.callbacks import Callback
+    from pytorch_lightning.utilities import disable_possible_user_warnings
+
+    os.sched_getaffinity = lambda pid: set(range(8))  # the worker advice depends on the cores
+
+    class StopAfterOneEpoch(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def run(disable):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if disable:
+                disable_possible_user_warnings()
+            t = _trainer(tmp, logger=True, max_epochs=None, limit_train_batches=2, callbacks=[StopAfterOneEpoch()])
+            t.fit(_module_cls()(), _data(), _data(8))
+            t.test(t.lightning_module, _data(8), verbose=False)
+            t = _trainer(tmp, max_epochs=None, max_steps=2)  # max_steps set: no max_epochs warning
+            t.fit(_module_cls()(), _data(num_workers=2))
+        keys = ("max_epochs", "workers", "logging interval")
+        return [[w.category.__name__, issubclass(w.category, UserWarning), str(w.message)] for w in caught
+                if any(k in str(w.message) for k in keys)]
+
+    return {"warnings": run(False), "disabled": run(True)}
 
 
 if __name__ == "__main__":
