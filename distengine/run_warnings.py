@@ -6,6 +6,8 @@ from global rank zero, with Lightning's text, so ``disable_possible_user_warning
 - ``max_epochs`` not set (and neither ``max_steps`` nor a time limit): the fit stops after 1000 epochs.
 - a DataLoader with fewer than 2 workers where this machine has cores for more.
 - fewer training batches per epoch than ``log_every_n_steps`` (with a logger): no step is logged.
+- validation data without a ``validation_step`` (a plain ``UserWarning``, as in Lightning), or a
+  ``validation_step`` without validation data: no validation runs.
 
 Lightning's advice to pass ``sync_dist=True`` for epoch-level values in a distributed run is
 not given: distengine always reduces epoch values across ranks.
@@ -16,6 +18,15 @@ from typing import Any
 
 from distengine.distributed.rank_zero import rank_zero_warn
 from distengine.utilities.warnings import PossibleUserWarning
+
+
+def warn_val_loop(has_val_loader: bool, has_val_step: bool) -> None:
+    """Validation data without ``validation_step``, or the other way round: no validation runs."""
+    if has_val_loader and not has_val_step:  # a plain UserWarning in Lightning
+        rank_zero_warn("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.")
+    if has_val_step and not has_val_loader:
+        rank_zero_warn("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.",
+                       category=PossibleUserWarning)
 
 
 def warn_fit_start(trainer: Any) -> None:
@@ -56,6 +67,7 @@ def warn_fit_setup(trainer: Any, train: list[Any], val: list[Any]) -> None:
     """The fit's warnings, in Lightning's order: max_epochs, the loaders' workers, the log interval."""
     from distengine.data_combined import inner_loaders
 
+    warn_val_loop(bool(val), trainer._data.has_val_step)
     warn_fit_start(trainer)
     if trainer._data.has_val_step:
         warn_few_workers(trainer, [dl for loader in val for dl in inner_loaders(loader)], "val")

@@ -62,3 +62,21 @@ def test_few_workers_on_a_machine_with_cores_to_spare(tmp_path, monkeypatch):
     assert "`num_workers=7`" in messages[0]
     assert _warnings(run, disable=True) == []
     assert not _warnings(lambda: de.Trainer(default_root_dir=str(tmp_path), logger=False))  # at fit, not before
+
+
+def test_validation_data_and_step_must_come_together(tmp_path):
+    class NoValidationStep(Regressor):
+        validation_step = de.Module.validation_step
+
+    def caught(module, *loaders):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            quiet_trainer(tmp_path, max_epochs=1).fit(module, *loaders)
+        return [(w.category, str(w.message)) for w in got if "Skipping val loop" in str(w.message)]
+
+    train, val = loader(regression_data(32)), loader(regression_data(16))
+    assert caught(NoValidationStep(), train, val) == [
+        (UserWarning, "You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.")]
+    assert caught(Regressor(), train) == [
+        (PossibleUserWarning, "You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.")]
+    assert caught(Regressor(), train, val) == []

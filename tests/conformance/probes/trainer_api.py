@@ -298,6 +298,9 @@ def user_warnings(tmp):
         def on_train_epoch_end(self, trainer, pl_module):
             trainer.should_stop = True
 
+    class NoValStep(_module_cls()):
+        validation_step = None
+
     def run(disable):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -307,8 +310,10 @@ def user_warnings(tmp):
             t.fit(_module_cls()(), _data(), _data(8))
             t.test(t.lightning_module, _data(8), verbose=False)
             t = _trainer(tmp, max_epochs=None, max_steps=2)  # max_steps set: no max_epochs warning
-            t.fit(_module_cls()(), _data(num_workers=2))
-        keys = ("max_epochs", "workers", "logging interval")
+            t.fit(_module_cls()(), _data(num_workers=2))  # a validation_step, no val loader
+            t = _trainer(tmp)
+            t.fit(NoValStep(), _data(num_workers=2), _data(8, num_workers=2))
+        keys = ("max_epochs", "workers", "logging interval", "Skipping val loop")
         return [[w.category.__name__, issubclass(w.category, UserWarning), str(w.message)] for w in caught
                 if any(k in str(w.message) for k in keys)]
 
