@@ -20,6 +20,8 @@ import functools
 import inspect
 from typing import Any, Callable
 
+from distengine.utilities.exceptions import ConfigError
+
 # 1.x flag -> its default; the argparse type of each is in _ARG_TYPES
 LEGACY_DEFAULTS: dict[str, Any] = {
     "weights_summary": "top", "distributed_backend": None, "num_processes": None, "row_log_interval": None,
@@ -85,7 +87,7 @@ def translate(kwargs: dict[str, Any], known: list[str]) -> tuple[dict[str, Any],
     if "weights_summary" in old:  # 1.x: None/"top"/"full"
         ws = old["weights_summary"]
         if ws not in (None, "top", "full"):
-            raise ValueError(f"Trainer(weights_summary={ws!r}): use None, 'top' or 'full'")
+            raise ConfigError(f"Trainer(weights_summary={ws!r}): use None, 'top' or 'full'")
         setdefault("enable_model_summary", ws is not None)
         if ws == "full":
             from distengine.callbacks.model_summary import ModelSummary
@@ -96,7 +98,7 @@ def translate(kwargs: dict[str, Any], known: list[str]) -> tuple[dict[str, Any],
         backend = backend or new.pop("accelerator")
     if backend is not None:
         if backend not in _BACKENDS:
-            raise ValueError(f"Trainer(distributed_backend={backend!r}): use 'ddp' (or 'ddp_spawn'/'ddp_cpu')")
+            raise ConfigError(f"Trainer(distributed_backend={backend!r}): use 'ddp' (or 'ddp_spawn'/'ddp_cpu')")
         if backend in ("ddp_cpu",):
             setdefault("accelerator", "cpu", "auto")
         if backend not in ("ddp", "ddp_spawn", "ddp_cpu"):
@@ -113,14 +115,14 @@ def translate(kwargs: dict[str, Any], known: list[str]) -> tuple[dict[str, Any],
     tgn = attrs["track_grad_norm"]
     if tgn != -1:
         if isinstance(tgn, bool) or not (tgn == "inf" or (isinstance(tgn, (int, float)) and float(tgn) > 0)):
-            raise ValueError(f"Trainer(track_grad_norm={tgn!r}): use a positive number, 'inf', or -1 (off)")
+            raise ConfigError(f"Trainer(track_grad_norm={tgn!r}): use a positive number, 'inf', or -1 (off)")
         from distengine.callbacks.grad_norm import GradNormTracker
 
         callbacks.append(GradNormTracker(tgn))
     reload = attrs["reload_dataloaders_every_n_epochs"]
     if isinstance(reload, bool) or not isinstance(reload, int) or reload < 0:
-        raise ValueError(f"Trainer(reload_dataloaders_every_n_epochs={reload!r}): use a whole number of epochs "
-                         ">= 0 (0: never)")
+        raise ConfigError(f"Trainer(reload_dataloaders_every_n_epochs={reload!r}): use a whole number of epochs "
+                          ">= 0 (0: never)")
     esc = old.get("early_stop_callback")
     if esc is not None and esc is not False:
         from distengine.callbacks.early_stopping import EarlyStopping

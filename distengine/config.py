@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from distengine.utilities.exceptions import ConfigError
+
 # the trial's own values (max_steps and callbacks are the tuner's arguments)
 TRIAL_OVERRIDES: dict[str, Any] = {
     "max_epochs": -1, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
@@ -118,28 +120,29 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     if env_plugin is not None and t.env.distributed:
         env_plugin.validate_settings(t._devices, t.num_nodes)
     if plugin_precision is not None and normalize_precision(c.precision) != "32-true":
-        raise ValueError(f"Trainer got both precision={c.precision!r} and a precision plugin "
-                         f"({plugin_precision!r}); choose one")
+        raise ConfigError(f"Trainer got both precision={c.precision!r} and a precision plugin "
+                          f"({plugin_precision!r}); choose one")
     t.precision = normalize_precision(plugin_precision or c.precision)
     t._strategy = resolve_strategy(c.strategy, t.env.distributed, c.find_unused_parameters,
                                    t._devices if t.num_nodes == 1 else 1)
     t.fast_dev_run = int((1 if fast_dev_run is True else fast_dev_run) or 0)
+    t._max_epochs_defaulted = max_epochs is None and max_steps == -1 and c.max_time is None and not t.fast_dev_run
     if max_epochs is None and max_steps == -1 and c.max_time is None:
         max_epochs = 1 if t.fast_dev_run else 1000
     if min_epochs is not None and max_epochs is not None and max_epochs >= 0 and min_epochs > max_epochs:
-        raise ValueError(f"min_epochs={min_epochs} is larger than max_epochs={max_epochs}; "
-                         "raise max_epochs or lower min_epochs")
+        raise ConfigError(f"min_epochs={min_epochs} is larger than max_epochs={max_epochs}; "
+                          "raise max_epochs or lower min_epochs")
     if min_steps is not None and max_steps >= 0 and min_steps > max_steps:
-        raise ValueError(f"min_steps={min_steps} is larger than max_steps={max_steps}; "
-                         "raise max_steps or lower min_steps")
+        raise ConfigError(f"min_steps={min_steps} is larger than max_steps={max_steps}; "
+                          "raise max_steps or lower min_steps")
     t.max_epochs = -1 if max_epochs is None else max_epochs
     t.min_epochs, t.max_steps, t.min_steps = max(min_epochs or 0, 0), max_steps, max(min_steps or 0, 0)
     t.accumulate_grad_batches = f["accumulate_grad_batches"]
     if c.gradient_clip_algorithm not in (None, "norm", "value"):
-        raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {c.gradient_clip_algorithm!r}")
+        raise ConfigError(f"gradient_clip_algorithm must be 'norm' or 'value', got {c.gradient_clip_algorithm!r}")
     t.gradient_clip_val, t.gradient_clip_algorithm = c.gradient_clip_val, c.gradient_clip_algorithm or "norm"
     if c.on_nonfinite_loss not in ("error", "skip", "ignore"):
-        raise ValueError(f"on_nonfinite_loss must be 'error', 'skip' or 'ignore', got {c.on_nonfinite_loss!r}")
+        raise ConfigError(f"on_nonfinite_loss must be 'error', 'skip' or 'ignore', got {c.on_nonfinite_loss!r}")
     t.on_nonfinite_loss = c.on_nonfinite_loss
     t.limits = {"train": f["limit_train_batches"], "val": f["limit_val_batches"],
                 "test": f["limit_test_batches"], "predict": f["limit_predict_batches"]}
@@ -161,6 +164,16 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     t.use_distributed_sampler, t.dist_timeout = c.use_distributed_sampler, c.dist_timeout
     t._profiler, t._profiling = profiling.resolve(c.profiler)
     t._loggers = build_loggers(logger, t.default_root_dir)
+    if c.enable_checkpointing is False and _has_checkpoint_callback(c.callbacks):  # Lightning refuses it too
+        raise ConfigError("Trainer(enable_checkpointing=False) but callbacks has a ModelCheckpoint; "
+                          "remove one of them")
     t.callbacks = build_callbacks(c.callbacks, c.max_time, enable_checkpointing is not False,
                                   c.enable_progress_bar is not False,
                                   c.enable_model_summary is not False and not t.fast_dev_run)
+
+
+def _has_checkpoint_callback(callbacks: Any) -> bool:
+    from distengine.callbacks.model_checkpoint import ModelCheckpoint
+
+    given = callbacks if isinstance(callbacks, (list, tuple)) else [callbacks]
+    return any(isinstance(cb, ModelCheckpoint) for cb in given)

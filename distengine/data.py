@@ -35,6 +35,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
+from distengine.utilities.exceptions import ConfigError
+
 
 def global_seed() -> int:
     return int(os.environ.get("DISTENGINE_SEED", os.environ.get("PL_GLOBAL_SEED", "0")) or 0)
@@ -220,13 +222,13 @@ def apply_limit(limit: Any, n: int | float, kind: str) -> int | float:
         return n
     if isinstance(limit, float) and (not limit.is_integer() or limit <= 1.0):
         if not 0.0 <= limit <= 1.0:
-            raise ValueError(f"limit_{kind}_batches={limit} must be a fraction in [0, 1] or a batch count")
+            raise ConfigError(f"limit_{kind}_batches={limit} must be a fraction in [0, 1] or a batch count")
         if math.isinf(n):
             if limit == 1.0:
                 return n
-            raise ValueError(f"limit_{kind}_batches={limit} is a fraction but the {kind} dataloader has no "
-                             f"length (an IterableDataset); use 1.0 or a whole number of batches, "
-                             f"for example limit_{kind}_batches=100")
+            raise ConfigError(f"limit_{kind}_batches={limit} is a fraction but the {kind} dataloader has no "
+                              f"length (an IterableDataset); use 1.0 or a whole number of batches, "
+                              f"for example limit_{kind}_batches=100")
         return int(n * limit)
     return min(int(limit), n)
 
@@ -238,9 +240,9 @@ def val_every_batches(val_check_interval: Any, num_batches: int | float) -> int:
         return 0
     if isinstance(vci, float):
         if math.isinf(num_batches):  # Lightning refuses it too: a fraction of an unknown length
-            raise ValueError(f"val_check_interval={vci} is a fraction of the epoch but the training "
-                             "dataloader has no length (an IterableDataset); use 1.0 or a whole number "
-                             "of batches, for example val_check_interval=100")
+            raise ConfigError(f"val_check_interval={vci} is a fraction of the epoch but the training "
+                              "dataloader has no length (an IterableDataset); use 1.0 or a whole number "
+                              "of batches, for example val_check_interval=100")
         return max(1, int(num_batches * vci))
     return int(vci)  # an int 1 validates after every batch, as in Lightning
 

@@ -20,6 +20,8 @@ import math
 from datetime import timedelta
 from typing import Any
 
+from distengine.utilities.exceptions import ConfigError, ConfigTypeError
+
 
 def _bad(flag: str, value: Any, rule: str, example: str) -> ValueError:
     return ValueError(f"Trainer({flag}={value!r}): {rule}; for example {flag}={example}")
@@ -62,9 +64,9 @@ def _val_check_interval(value: Any) -> int | float | None:
     if value is None:
         return None
     if isinstance(value, (str, dict, timedelta)):
-        raise ValueError(f"Trainer(val_check_interval={value!r}): a time-based interval is not supported by "
-                         "distengine; pass a fraction of the epoch in [0.0, 1.0] or a number of batches, for "
-                         "example val_check_interval=0.25")
+        raise ConfigError(f"Trainer(val_check_interval={value!r}): a time-based interval is not supported by "
+                          "distengine; pass a fraction of the epoch in [0.0, 1.0] or a number of batches, for "
+                          "example val_check_interval=0.25")
     rule = "must be a fraction of the epoch in [0.0, 1.0] or a whole number of batches >= 1"
     x = _number("val_check_interval", value, rule, "0.25")
     if isinstance(value, float) and 0.0 <= x <= 1.0:
@@ -83,8 +85,8 @@ def _max_time(value: Any) -> Any:
     try:
         parse_duration(value)
     except TypeError:
-        raise TypeError(f"Trainer(max_time={value!r}): expected 'DD:HH:MM:SS', a datetime.timedelta, a dict "
-                        f"such as {{'hours': 2}} or seconds; for example max_time={example}") from None
+        raise ConfigTypeError(f"Trainer(max_time={value!r}): expected 'DD:HH:MM:SS', a datetime.timedelta, a dict "
+                              f"such as {{'hours': 2}} or seconds; for example max_time={example}") from None
     except (ValueError, OverflowError) as exc:
         reason = "must be a positive duration" if "positive" in str(exc) else \
             "is not a duration ('DD:HH:MM:SS', a timedelta, a dict of timedelta fields, or seconds)"
@@ -144,5 +146,5 @@ def check_numeric_flags(*, max_epochs: Any = None, min_epochs: Any = None, max_s
 
 
 def _no_schedule(schedule: dict) -> int:
-    raise ValueError(f"Trainer(accumulate_grad_batches={schedule!r}): a per-epoch schedule (Lightning 1.x) "
-                     "is not supported; pass one whole number of batches, for example accumulate_grad_batches=4")
+    raise ConfigError(f"Trainer(accumulate_grad_batches={schedule!r}): a per-epoch schedule (Lightning 1.x) "
+                      "is not supported; pass one whole number of batches, for example accumulate_grad_batches=4")

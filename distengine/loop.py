@@ -135,7 +135,7 @@ def train_epoch(ctx: LoopContext) -> None:
     iterator, ahead = _epoch_iterator(ctx, batch_idx, num_batches)
     parts = (iterator, step_fn, prec.backward, _optimizer_step)  # timed when profiling, chosen once per epoch
     iterator, step_fn, backward, opt_step = profiling.train_parts(ctx, *parts) if ctx.profiling else parts
-    res.stage, res.in_step = "train", True
+    res.stage, res.in_step, ctx.state.is_last_batch = "train", True, False
     skip_rest, steps_before, first_batch, returned_none = False, p.global_step, batch_idx, 0
     hooked = (step_fn, autocast, step_end, watch, accum, backward, h_before_bw, h_after_bw) \
         if ctx.opt_hooks.step is not None and not manual and one_x is None else None
@@ -149,7 +149,7 @@ def train_epoch(ctx: LoopContext) -> None:
         skip_rest = any([fn(batch, batch_idx) == -1 for fn in h_start]) if h_start else False
         if skip_rest:  # Lightning: -1 skips the rest of THIS epoch; the next one runs as usual
             break
-        is_last = batch_idx + 1 >= num_batches or (ahead is not None and ahead.last)
+        is_last = ctx.state.is_last_batch = batch_idx + 1 >= num_batches or (ahead is not None and ahead.last)
         last_micro = (batch_idx + 1) % accum == 0 or is_last
         loss = None
         if one_x is not None:  # steps its optimizers (and counts them) itself
@@ -365,6 +365,10 @@ def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) ->
         ctx.writer.log_epoch(log)
     for fn in ctx.callback_hooks["on_train_epoch_end"]:
         fn()
+    if ctx.callback_hooks["on_train_epoch_end"]:  # what those callbacks logged (as Lightning allows)
+        log, _ = res.collect_late("train")
+        if log:
+            ctx.writer.log_epoch(log)
     # as in Lightning, after the epoch's hooks: a plateau scheduler may monitor a train epoch metric
     _step_schedulers(ctx, "epoch", plateau=True)
     res.reset_metric_objects("train")

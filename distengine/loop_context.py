@@ -69,6 +69,7 @@ class LoopState:
     skipped_nonfinite: Any = 0           # an int, or a device tensor for fused optimizers
     train_outputs: list[Any] | None = None  # the epoch's step outputs for training_epoch_end(outputs)
     nonfinite_watch: Any = None          # nonfinite.NonFiniteWatch on an accelerator, else None
+    is_last_batch: bool = False          # the running training batch is the epoch's last (trainer.is_last_batch)
 
     def begin_stage(self) -> None:
         self.should_stop = self.stop_now = self.loss_checked = False

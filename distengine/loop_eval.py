@@ -146,6 +146,11 @@ def _end_eval_epoch(ctx: EvalContext, stage: str, name: str, all_outputs: list[l
         ctx.writer.log_epoch(log)
     for fn in ctx.callback_hooks[f"on_{name}_epoch_end"]:
         fn()
+    if ctx.callback_hooks[f"on_{name}_epoch_end"]:  # what those callbacks logged (as Lightning allows)
+        log, late = res.collect_late(stage)
+        if log and not sanity:
+            ctx.writer.log_epoch(log)
+        values.update(late)
     return _split_by_loader(values, num_loaders)
 
 

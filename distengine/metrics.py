@@ -33,6 +33,7 @@ import torch
 from distengine import metric_objects
 from distengine.distributed import collectives
 from distengine.metric_writer import forked_name
+from distengine.utilities.exceptions import ConfigError
 
 _REDUCE = ("mean", "sum", "max", "min")
 
@@ -151,6 +152,7 @@ class Results:
         self.batches_run = dict.fromkeys(self.entries, 0)
         self.module: Any = None  # the running module: where logged metric objects live
         self._step_layout: Any = None  # (names, synced names) the ranks last agreed on at a step log
+        self.no_log_hook: str | None = None  # the running hook where Lightning refuses self.log (trainer_run.py)
 
     # ---------------------------------------------------------------- hot path
     def set_batch(self, batch: Any) -> None:
@@ -208,16 +210,16 @@ class Results:
             fx = reduce_fx if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
             fx = {"avg": "mean", "amax": "max", "amin": "min"}.get(fx, fx)
         if fx not in _REDUCE:
-            raise ValueError(f"self.log({key!r}, reduce_fx={reduce_fx!r}) is not supported; "
-                             f"use one of {_REDUCE}")
+            raise ConfigError(f"self.log({key!r}, reduce_fx={reduce_fx!r}) is not supported; "
+                              f"use one of {_REDUCE}")
         per_step_default = self.stage == "train" and self.in_step
         on_step = per_step_default if on_step is None else bool(on_step)
         on_epoch = (not per_step_default) if on_epoch is None else bool(on_epoch)
         if self.stage != "train" and on_step and self.in_step is False:
             on_step = False
         if not on_step and not on_epoch:
-            raise ValueError(f"self.log({key!r}, on_step=False, on_epoch=False) records nothing; "
-                             "set one of them to True")
+            raise ConfigError(f"self.log({key!r}, on_step=False, on_epoch=False) records nothing; "
+                              "set one of them to True")
         entry = _Entry(key, prog_bar, logger, on_step, on_epoch, fx, sync_dist and not rank_zero_only,
                        bool(rank_zero_only))
         if attr is not None:
@@ -323,6 +325,19 @@ class Results:
             self._publish(e, value, out, log)
             e.total, e.count = None, 0
         return log, out
+
+    def collect_late(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
+        """The epoch values logged after :meth:`collect_epoch`, by the callbacks' epoch-end hooks
+        (Lightning lets callbacks log there): reduced the same way. Every rank calls it."""
+        table = self.entries[stage]
+        late = {k: e for k, e in table.items() if e.on_epoch and (e.total is not None or e.count)}
+        if not late and not collectives.is_distributed():
+            return {}, {}  # distributed: every rank takes part, whatever it logged
+        self.entries[stage], self.batches_run[stage] = late, 1
+        try:
+            return self.collect_epoch(stage)
+        finally:
+            self.entries[stage], self.batches_run[stage] = table, 0
 
     def _agree(self, stage: str, names: list[str], ran: bool, mine: list[_Entry]) -> tuple[list, list]:
         """Ranks logged different names. A rank that ran no batch at all (an uneven validation

@@ -235,6 +235,12 @@ class Module(nn.Module):
         trainer = self._trainer
         if trainer is None:
             return
+        if trainer.metric_results.no_log_hook is not None:
+            from distengine.utilities.exceptions import ConfigError
+
+            hook = trainer.metric_results.no_log_hook
+            raise ConfigError(f"self.log({name!r}) inside `{hook}` is not allowed (as in Lightning): log from a "
+                              "step, batch or epoch hook, or write to self.logger.experiment directly")
         trainer.metric_results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
                                    sync_dist, batch_size, rank_zero_only)
 

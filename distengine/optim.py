@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from distengine.utilities.exceptions import ConfigError
+
 
 @dataclass
 class LRSchedulerConfig:
@@ -28,22 +30,22 @@ _HELP = ("configure_optimizers must return an optimizer, a list of optimizers, a
 def _scheduler_config(item: Any) -> LRSchedulerConfig:
     if isinstance(item, dict):
         if "scheduler" not in item:
-            raise ValueError(f"an lr_scheduler dict needs a 'scheduler' key, got keys {sorted(item)}")
+            raise ConfigError(f"an lr_scheduler dict needs a 'scheduler' key, got keys {sorted(item)}")
         unknown = set(item) - {"scheduler", "interval", "frequency", "monitor", "strict", "name",
                                "reduce_on_plateau"}
         if unknown:
-            raise ValueError(f"unknown lr_scheduler keys {sorted(unknown)}")
+            raise ConfigError(f"unknown lr_scheduler keys {sorted(unknown)}")
         cfg = LRSchedulerConfig(item["scheduler"], item.get("interval", "epoch"), int(item.get("frequency", 1)),
                                 item.get("monitor"), item.get("strict", True), item.get("name"))
     else:
         cfg = LRSchedulerConfig(item)
     if cfg.interval not in ("epoch", "step"):
-        raise ValueError(f"lr_scheduler interval must be 'epoch' or 'step', got {cfg.interval!r}")
+        raise ConfigError(f"lr_scheduler interval must be 'epoch' or 'step', got {cfg.interval!r}")
     if not hasattr(cfg.scheduler, "step"):
-        raise ValueError(f"lr_scheduler {type(cfg.scheduler).__name__} has no step() method")
+        raise ConfigError(f"lr_scheduler {type(cfg.scheduler).__name__} has no step() method")
     if cfg.reduce_on_plateau and cfg.monitor is None:
-        raise ValueError("ReduceLROnPlateau needs a metric: return "
-                         "{'optimizer': opt, 'lr_scheduler': {'scheduler': sched, 'monitor': 'val_loss'}}")
+        raise ConfigError("ReduceLROnPlateau needs a metric: return "
+                          "{'optimizer': opt, 'lr_scheduler': {'scheduler': sched, 'monitor': 'val_loss'}}")
     return cfg
 
 
@@ -51,13 +53,13 @@ def parse_optimizers(returned: Any) -> tuple[list[torch.optim.Optimizer], list[L
     optimizers: list[Any] = []
     schedulers: list[Any] = []
     if returned is None:
-        raise ValueError("configure_optimizers returned None; " + _HELP)
+        raise ConfigError("configure_optimizers returned None; " + _HELP)
     if isinstance(returned, torch.optim.Optimizer):
         optimizers = [returned]
     elif isinstance(returned, dict):
         if "optimizer" not in returned:
-            raise ValueError(f"configure_optimizers returned a dict without 'optimizer' "
-                             f"(keys: {sorted(returned)}); " + _HELP)
+            raise ConfigError(f"configure_optimizers returned a dict without 'optimizer' "
+                              f"(keys: {sorted(returned)}); " + _HELP)
         optimizers = [returned["optimizer"]]
         if returned.get("lr_scheduler") is not None:
             sched = returned["lr_scheduler"]
@@ -79,11 +81,11 @@ def parse_optimizers(returned: Any) -> tuple[list[torch.optim.Optimizer], list[L
             else:
                 optimizers.append(item)
     else:
-        raise ValueError(f"configure_optimizers returned {type(returned).__name__}; " + _HELP)
+        raise ConfigError(f"configure_optimizers returned {type(returned).__name__}; " + _HELP)
     if not optimizers:
-        raise ValueError("configure_optimizers returned no optimizer; " + _HELP)
+        raise ConfigError("configure_optimizers returned no optimizer; " + _HELP)
     for opt in optimizers:
         if not isinstance(opt, torch.optim.Optimizer):
-            raise ValueError(f"configure_optimizers returned {type(opt).__name__}, which is not a "
-                             "torch.optim.Optimizer; " + _HELP)
+            raise ConfigError(f"configure_optimizers returned {type(opt).__name__}, which is not a "
+                              "torch.optim.Optimizer; " + _HELP)
     return optimizers, [_scheduler_config(s) for s in schedulers]

@@ -44,6 +44,8 @@ class TrainerStatus:
     stage: str | None = None     # "fit", "validate", "test", "predict" or None
     sanity_checking: bool = False
     stop_signal: int | None = None
+    last_fn: str | None = None   # the stage of the last call, kept after it returns (state.fn)
+    run_status: str = "initializing"  # "running", "finished" or "interrupted" (state.status)
 
 
 @dataclass

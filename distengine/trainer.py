@@ -35,6 +35,8 @@ from distengine.trainer_parts import CheckpointMixin, StopVote
 from distengine.trainer_processes import ProcessesMixin
 from distengine.trainer_props import TrainerProperties
 from distengine.trainer_run import RunMixin
+from distengine.utilities.argparse import _defaults_from_env_vars
+from distengine.utilities.exceptions import ConfigError
 
 
 class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneXTrainerMixin):
@@ -49,6 +51,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
     and/or a precision plugin (:mod:`distengine.plugins`).
     """
 
+    @_defaults_from_env_vars  # PL_TRAINER_MAX_EPOCHS=3 etc. (utilities/argparse.py)
     @accepts_1x_flags
     def __init__(self, *, accelerator: str = "auto", strategy: str | Strategy = "auto", devices: Any = "auto",
                  num_nodes: int = 1, precision: Any = "32-true", logger: Any = True,
@@ -89,6 +92,8 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
         self._precision: Precision | None = None
         self._one_x = None  # compat.OneXOptimization for 1.x several-optimizer modules
         self._step_counters: list[Any] = []  # optimizer hooks counting manual steps
+        self._ckpt_path: str | None = None  # the checkpoint the current/last call loaded (trainer.ckpt_path)
+        self._ckpt_path_set: str | None = None  # `trainer.ckpt_path = ...`: the checkpoint the next calls load
 
     # ------------------------------------------------------------------ public entry points
     def fit(self, model: Module, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -101,7 +106,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
             return self._run_in_processes("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path))
         self._tune_in_fit(model, train_dataloaders, val_dataloaders, datamodule)
         run_finder_callbacks(self, model, train_dataloaders if datamodule is None else datamodule, val_dataloaders)
-        ckpt_path = ckpt_path or self.resume_from_checkpoint
+        ckpt_path = ckpt_path or self._ckpt_path_set or self.resume_from_checkpoint
         if ckpt_path is None and self.env.restart_count > 0:
             ckpt_path = "last"
         with self._run("fit", model):
@@ -171,8 +176,8 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
             raise TypeError(f"Trainer.{stage} needs a distengine.Module (LightningModule), got {type(model).__name__}")
         need = {"fit": "training_step", "validate": "validation_step", "test": "test_step"}.get(stage)
         if need and not module_overrides(model, need):
-            raise ValueError(f"{type(model).__name__} does not define {need}(); Trainer.{stage} needs it")
+            raise ConfigError(f"{type(model).__name__} does not define {need}(); Trainer.{stage} needs it")
         if stage == "fit" and not module_overrides(model, "configure_optimizers"):
-            raise ValueError(f"{type(model).__name__} does not define configure_optimizers(); "
-                             "return an optimizer from it")
+            raise ConfigError(f"{type(model).__name__} does not define configure_optimizers(); "
+                              "return an optimizer from it")
 

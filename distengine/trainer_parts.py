@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
+from distengine import run_warnings
 from distengine.data import apply_limit as _apply_limit
 from distengine.data import loader_len as _safe_len
 from distengine.data import val_every_batches
 from distengine.distributed import collectives
+from distengine.utilities.exceptions import ConfigError
 
 # How long StopVote.close waits for torch to free the last vote's tensor (normally microseconds).
 _RELEASE_WAIT_S = 10.0
@@ -157,10 +159,11 @@ class CheckpointMixin:
         if source is None and self._module_overrides(hook):
             source = getattr(self._module, hook)()
             hooks[kind] = getattr(self._module, hook)
+        vars(self).setdefault("_given_loaders", {})[kind] = source  # as given: trainer.val_dataloaders...
         if source is None:
             if required:
                 what = {"train": "training", "val": "validation", "test": "test", "predict": "predict"}[kind]
-                raise ValueError(f"no {what} data: pass it to the Trainer call or define {hook}() in the module")
+                raise ConfigError(f"no {what} data: pass it to the Trainer call or define {hook}() in the module")
             return []
         from distengine import data_combined as dc
 
@@ -170,7 +173,7 @@ class CheckpointMixin:
         for i, loader in enumerate(inner):
             n = _safe_len(loader)
             if n == 0:
-                raise ValueError(f"the {kind} dataloader #{i} is empty (len 0): check the dataset and batch_size")
+                raise ConfigError(f"the {kind} dataloader #{i} is empty (len 0): check the dataset and batch_size")
         return loaders
 
     def _setup_fit(self, train: list[Any], val: list[Any]) -> None:
@@ -179,9 +182,10 @@ class CheckpointMixin:
         from distengine.precision import Precision
 
         if len(train) != 1:
-            raise ValueError(f"fit takes one training dataloader, got {len(train)}")
+            raise ConfigError(f"fit takes one training dataloader, got {len(train)}")
         module = self._module
         self._set_fit_loaders(train, val)
+        run_warnings.warn_fit_setup(self, train, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
         self._run_sanity_check = self._data.should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
                               for n in self._data.num_val_batches]
@@ -190,10 +194,10 @@ class CheckpointMixin:
         self._loop_state.nonfinite_watch = None
         manual = not module.automatic_optimization
         if manual and self.precision == "16-mixed":
-            raise ValueError("manual optimization with precision='16-mixed' is not supported; use 'bf16-mixed'")
+            raise ConfigError("manual optimization with precision='16-mixed' is not supported; use 'bf16-mixed'")
         if manual and self.accumulate_grad_batches > 1:  # Lightning 2.x refuses it as well
-            raise ValueError("accumulate_grad_batches is not supported with manual optimization; accumulate in "
-                             "training_step (step the optimizer every N batches) or use automatic optimization")
+            raise ConfigError("accumulate_grad_batches is not supported with manual optimization; accumulate in "
+                              "training_step (step the optimizer every N batches) or use automatic optimization")
         strategy.precision, strategy.sync_batchnorm = self._precision, self.sync_batchnorm
         strategy.one_x_mode = compat.one_x_mode(module)
         strategy.setup_module(module)
@@ -223,7 +227,7 @@ class CheckpointMixin:
         data.val_loaders = [prepare_eval(v, env.world_size, env.rank, self.use_distributed_sampler) for v in val]
         data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
         if data.num_train_batches == 0:
-            raise ValueError("limit_train_batches leaves no training batch; raise it")
+            raise ConfigError("limit_train_batches leaves no training batch; raise it")
         # Lightning: no validation_step, no validation batches (checkpoints then follow the epochs)
         data.num_val_batches = data.val_limits() if data.has_val_step else []
         data.val_every_batches = val_every_batches(self.val_check_interval, data.num_train_batches)
@@ -257,6 +261,7 @@ class CheckpointMixin:
             if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):
                 datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
             loaders = self._resolve_loader(dataloaders, datamodule, kind)
+            run_warnings.warn_few_workers(self, loaders, kind)
             env = self.env
             loaders = [prepare_eval(dl, env.world_size, env.rank, self.use_distributed_sampler) for dl in loaders]
             device = self._strategy.root_device
@@ -266,12 +271,13 @@ class CheckpointMixin:
                 self._precision = Precision(self.precision, device)
             self._strategy.precision = self._precision
             self._strategy.module_to_device(model)
+            ckpt_path = ckpt_path if ckpt_path is not None else self._ckpt_path_set  # trainer.ckpt_path = ...
             if ckpt_path is not None:
                 self._load_weights_only(ckpt_path)
             if stage == "predict":  # a prediction writer's indices (predict_state.py)
                 loaders = self.predict_loop.begin(self.callbacks, loaders)
             limit = [_apply_limit(self.limits[kind], _safe_len(dl), kind) for dl in loaders]
-            self._eval_batches = {stage: limit}
+            vars(self).setdefault("_eval_batches", {})[stage] = limit  # kept per stage, as in Lightning
             if stage == "validate":
                 self._data.num_val_batches = limit
             result = loop_eval.run_eval(self._eval_context(), stage, loaders, limit)
@@ -381,6 +387,7 @@ class CheckpointMixin:
             return path
 
         path = self._resume_path(ckpt_path, resolve)
+        self._ckpt_path = path  # trainer.ckpt_path: the checkpoint this call loaded
         if path is None:
             if ckpt_path is None:
                 return
@@ -428,13 +435,14 @@ class CheckpointMixin:
         if ckpt_path == "best":  # Lightning: the best checkpoint the ModelCheckpoint callback kept
             best = getattr(self.checkpoint_callback, "best_model_path", "")
             if not best:
-                raise ValueError('ckpt_path="best" needs a ModelCheckpoint that has saved a checkpoint in '
-                                 "this Trainer; pass a file path or 'last' instead")
+                raise ConfigError('ckpt_path="best" needs a ModelCheckpoint that has saved a checkpoint in '
+                                  "this Trainer; pass a file path or 'last' instead")
             ckpt_path = best
         # validate/test(ckpt_path="last") right after an async fit: as for a resume, rank 0 decides
         path = self._resume_path(ckpt_path, lambda: resolve_checkpoint(ckpt_path, self._checkpoint_dir()))
         if path is None:
             raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
+        self._ckpt_path = path
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint
 
         sharded = os.path.isdir(path)  # a sharded checkpoint: read into this rank's layout

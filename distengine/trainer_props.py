@@ -9,8 +9,8 @@ import torch
 from distengine.callbacks.base import Callback
 from distengine.loop_context import LoopFlags
 from distengine.module import Module
-from distengine.state import TrainerStatus
 from distengine.strategies import Strategy
+from distengine.trainer_states import TrainerState
 
 
 class _Flag:
@@ -102,10 +102,60 @@ class TrainerProperties:
 
     @property
     def train_dataloader(self) -> Any:
-        """The training loader of the current fit, as this rank iterates it (sharded); several
-        loaders: in the structure they were given in (a dict, a list), as in Lightning."""
+        """The training loader of the current (or last) fit, as this rank iterates it (sharded);
+        several loaders: in the structure they were given in (a dict, a list), as in Lightning.
+        ``None`` before a fit and once another call (``test``...) ran after it."""
+        if self._status.last_fn != "fit":
+            return None
         loader = self._data.train_loader
         return loader.iterables if hasattr(loader, "flattened") else loader
+
+    def _given(self, kind: str, *calls: str) -> Any:
+        return self.__dict__.get("_given_loaders", {}).get(kind) if self._status.last_fn in calls else None
+
+    @property
+    def val_dataloaders(self) -> Any:
+        """The validation loader(s) of the current or last ``fit``/``validate``, as given; else ``None``."""
+        return self._given("val", "fit", "validate")
+
+    @property
+    def test_dataloaders(self) -> Any:
+        """The test loader(s) of the current or last ``test``, as given; else ``None``."""
+        return self._given("test", "test")
+
+    @property
+    def predict_dataloaders(self) -> Any:
+        """The predict loader(s) of the current or last ``predict``, as given; else ``None``."""
+        return self._given("predict", "predict")
+
+    @property
+    def enable_validation(self) -> bool:
+        """Whether the current (or last) ``fit`` validates: it has validation data, the module a
+        ``validation_step``, and ``limit_val_batches`` is not 0."""
+        limit = getattr(self, "limits", {}).get("val")
+        return (self._status.last_fn == "fit" and bool(self._data.val_loaders) and self._data.has_val_step
+                and limit != 0)
+
+    @property
+    def is_last_batch(self) -> bool:
+        """Whether the running (or last run) training batch is the last of its epoch."""
+        return self._loop_state.is_last_batch
+
+    @property
+    def ckpt_path(self) -> str | None:
+        """The checkpoint the current (or last) ``fit``/``validate``/``test``/``predict`` loaded;
+        ``None`` when it loaded none. Set it to have the next calls load that checkpoint when they
+        are given no ``ckpt_path`` (set it back to ``None`` yourself, as in Lightning)."""
+        return self._ckpt_path if self._ckpt_path is not None else self._ckpt_path_set
+
+    @ckpt_path.setter
+    def ckpt_path(self, path: str | None) -> None:
+        self._ckpt_path_set = self._ckpt_path = None if path is None else str(path)
+
+    @property
+    def interrupted(self) -> bool:
+        """The last call stopped on an error, Ctrl-C or a stop signal (``state.status`` is INTERRUPTED)."""
+        return self._status.run_status == "interrupted"
 
     @property
     def model(self) -> Any:
@@ -221,14 +271,27 @@ class TrainerProperties:
         return cbs[0] if cbs else None
 
     @property
-    def early_stopping_callback(self) -> Callback | None:
+    def early_stopping_callbacks(self) -> list[Callback]:
         from distengine.callbacks.early_stopping import EarlyStopping
 
-        return next((c for c in self.callbacks if isinstance(c, EarlyStopping)), None)
+        return [c for c in self.callbacks if isinstance(c, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> Callback | None:
+        cbs = self.early_stopping_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def progress_bar_callback(self) -> Callback | None:
+        """The progress bar among the callbacks (``None`` with ``enable_progress_bar=False``)."""
+        from distengine.callbacks.progress import ProgressBar
+
+        return next((c for c in self.callbacks if isinstance(c, ProgressBar)), None)
 
     @property
     def num_training_batches(self) -> int | float:
-        return self._data.num_train_batches
+        # Lightning: inf until a training loader is loaded
+        return float("inf") if self._data.train_loader is None else self._data.num_train_batches
 
     @property
     def num_val_batches(self) -> list[int]:
@@ -253,8 +316,9 @@ class TrainerProperties:
         return estimated_steps(self.num_training_batches, self.accumulate_grad_batches, self.max_epochs, self.max_steps)
 
     @property
-    def state(self) -> TrainerStatus:
-        return self._status
+    def state(self) -> TrainerState:
+        """Lightning's ``trainer.state``: ``fn``, ``stage``, ``status``, ``finished`` (trainer_states.py)."""
+        return TrainerState(self._status, self._results)
 
     @property
     def precision_plugin(self) -> Any:

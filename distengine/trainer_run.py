@@ -75,6 +75,9 @@ class RunMixin:
                        for f in (dispatcher[name] if name in CALLBACK_HOOKS else ()))
             mod = compat.hook_methods(module, name) if name in MODULE_HOOKS else ()
             self._callback_hooks[name], self._module_hooks[name] = cb, mod
+            if name in NO_LOG_HOOKS:  # self.log there raises, as in Lightning
+                cb, mod = _no_log(name, cb, self._results), _no_log(name, mod, self._results)
+                self._callback_hooks[name], self._module_hooks[name] = cb, mod
             self._hooks[name] = cb + mod
         self._adapted = adapted = compat.adapt(module)  # the 1.x style, decided once per run
         self._step_hook, self._training_end = adapted.step_end, adapted.training_end
@@ -196,6 +199,31 @@ class RunMixin:
             opt_hooks=OptimHooks.of(self._module))
 
 
+# The hooks where Lightning's self.log raises (its _FxValidator): logging there has no step or
+# epoch to belong to. The module's and the callbacks' hooks alike; per-batch hooks are not
+# among them except predict's.
+NO_LOG_HOOKS = frozenset({
+    "setup", "teardown", "on_fit_start", "on_fit_end", "on_sanity_check_start", "on_sanity_check_end",
+    "on_train_end", "on_validation_end", "on_test_end", "on_predict_start", "on_predict_end",
+    "on_predict_epoch_start", "on_predict_epoch_end", "on_predict_batch_start", "on_predict_batch_end",
+    "on_exception", "on_save_checkpoint", "on_load_checkpoint"})
+
+
+def _no_log(name: str, fns: tuple, results: Any) -> tuple:
+    """``fns`` wrapped so that ``self.log`` inside them raises (see Module.log)."""
+    def guarded(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            previous, results.no_log_hook = results.no_log_hook, name
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                results.no_log_hook = previous
+        call.func = getattr(fn, "func", fn)  # the callback's method, as the profiler names it (profilers/wiring.py)
+        return call
+    return tuple(guarded(fn) for fn in fns)
+
+
 class _RunContext:
     """Sets up a stage, installs signal handlers, and always tears down (hooks, loggers, writes)."""
 
@@ -204,7 +232,8 @@ class _RunContext:
 
     def __enter__(self) -> Any:
         t = self.t
-        t._status.stage = stage = self.stage
+        t._status.stage = t._status.last_fn = stage = self.stage
+        t._status.run_status, t._ckpt_path = "running", None
         t._loop_state.begin_stage()  # no stop requested, the first loss not checked yet
         t._results.reset_all()  # as in Lightning: callback_metrics hold this stage's values only
         t._writer.begin_stage()  # logged_metrics and the write counters start afresh
@@ -266,6 +295,8 @@ class _RunContext:
                 for lg in t._loggers:
                     lg.save()  # flush what validate/test wrote
             t._status.stage = None
+            # Lightning: any error or a stop signal leaves the Trainer interrupted
+            t._status.run_status = "interrupted" if exc_type is not None or t._status.stop_signal else "finished"
             torch.autograd.set_detect_anomaly(self._anomaly)
             if t._profiling:
                 profiling.end_run(t._profiler, failed)

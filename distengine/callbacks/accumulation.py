@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from distengine.callbacks.base import Callback
+from distengine.utilities.exceptions import ConfigError
 
 
 class GradientAccumulationScheduler(Callback):
@@ -22,16 +23,16 @@ class GradientAccumulationScheduler(Callback):
 
     def __init__(self, scheduling: dict[int, int]) -> None:
         if not isinstance(scheduling, dict) or not scheduling:
-            raise ValueError(f"GradientAccumulationScheduler(scheduling={scheduling!r}): pass a non-empty dict "
-                             "{epoch: batches}, for example {0: 1, 4: 4}")
+            raise ConfigError(f"GradientAccumulationScheduler(scheduling={scheduling!r}): pass a non-empty dict "
+                              "{epoch: batches}, for example {0: 1, 4: 4}")
         bad_keys = [k for k in scheduling if not isinstance(k, int) or isinstance(k, bool) or k < 0]
         if bad_keys:
-            raise ValueError(f"GradientAccumulationScheduler: epochs must be integers >= 0 (epochs count from 0), "
-                             f"got {bad_keys}")
+            raise ConfigError(f"GradientAccumulationScheduler: epochs must be integers >= 0 (epochs count from 0), "
+                              f"got {bad_keys}")
         bad_values = [v for v in scheduling.values() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
         if bad_values:
-            raise ValueError(f"GradientAccumulationScheduler: accumulation factors must be integers >= 1, "
-                             f"got {bad_values}")
+            raise ConfigError(f"GradientAccumulationScheduler: accumulation factors must be integers >= 1, "
+                              f"got {bad_values}")
         self.scheduling = {0: 1, **scheduling} if 0 not in scheduling else dict(scheduling)
         self.epochs = sorted(self.scheduling)
         self._last_set: int | None = None  # the factor this callback last wrote into the Trainer
@@ -51,11 +52,11 @@ class GradientAccumulationScheduler(Callback):
         if stage != "fit":
             return
         if not module.automatic_optimization:
-            raise ValueError("GradientAccumulationScheduler needs automatic optimization; under manual "
-                             "optimization accumulate in training_step, or remove the callback")
+            raise ConfigError("GradientAccumulationScheduler needs automatic optimization; under manual "
+                              "optimization accumulate in training_step, or remove the callback")
         if trainer.accumulate_grad_batches not in (1, self._last_set):
-            raise ValueError(f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) and "
-                             "GradientAccumulationScheduler both set the accumulation; remove one of them")
+            raise ConfigError(f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) and "
+                              "GradientAccumulationScheduler both set the accumulation; remove one of them")
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         self._last_set = trainer.accumulate_grad_batches = self.get_accumulate_grad_batches(trainer.current_epoch)

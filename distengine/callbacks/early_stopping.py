@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from distengine.callbacks.base import Callback
+from distengine.utilities.exceptions import ConfigError
 
 #: Short codes stored in :attr:`EarlyStopping.stopping_reason`.
 STOP_REASONS = ("not_finite", "stopping_threshold", "divergence_threshold", "patience_exhausted")
@@ -69,15 +70,15 @@ class EarlyStopping(Callback):
         log_rank_zero_only: bool = False,
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"EarlyStopping(monitor={monitor!r}): monitor must be a metric name such "
-                             "as 'val_loss'")
+            raise ConfigError(f"EarlyStopping(monitor={monitor!r}): monitor must be a metric name such "
+                              "as 'val_loss'")
         if mode not in ("min", "max"):
-            raise ValueError(f"EarlyStopping(mode={mode!r}): mode must be 'min' or 'max'")
+            raise ConfigError(f"EarlyStopping(mode={mode!r}): mode must be 'min' or 'max'")
         if not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping(patience={patience!r}): patience must be an integer >= 0")
+            raise ConfigError(f"EarlyStopping(patience={patience!r}): patience must be an integer >= 0")
         if min_delta < 0:
-            raise ValueError(f"EarlyStopping(min_delta={min_delta!r}): min_delta must be >= 0; the "
-                             "direction comes from mode")
+            raise ConfigError(f"EarlyStopping(min_delta={min_delta!r}): min_delta must be >= 0; the "
+                              "direction comes from mode")
         self.monitor = monitor
         self.min_delta = float(min_delta)
         self.patience = patience

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from distengine.callbacks.base import Callback
+from distengine.utilities.exceptions import ConfigError
 
 
 class LearningRateMonitor(Callback):
@@ -38,8 +39,8 @@ class LearningRateMonitor(Callback):
     def __init__(self, logging_interval: str | None = None, log_momentum: bool = False,
                  log_weight_decay: bool = False) -> None:
         if logging_interval not in (None, "step", "epoch"):
-            raise ValueError(f"LearningRateMonitor(logging_interval={logging_interval!r}): use "
-                             "'step', 'epoch' or None")
+            raise ConfigError(f"LearningRateMonitor(logging_interval={logging_interval!r}): use "
+                              "'step', 'epoch' or None")
         self.logging_interval = logging_interval
         self.log_momentum = log_momentum
         self.log_weight_decay = log_weight_decay

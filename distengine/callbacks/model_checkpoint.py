@@ -32,6 +32,7 @@ from distengine.callbacks.time_checks import TimeChecks
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
 from distengine.checkpoint.io import CKPT_SUFFIX, link_atomic, write_last_pointer
 from distengine.loggers.artifacts import checkpoint_notifier
+from distengine.utilities.exceptions import ConfigError
 
 __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
 
@@ -81,35 +82,35 @@ class ModelCheckpoint(Checkpoint):
                  auto_insert_metric_name: bool = True, filepath: str | os.PathLike | None = None) -> None:
         if filepath is not None:  # 0.x/1.x: one path, split into dirpath + filename as Lightning 1.1 did
             if dirpath is not None or filename is not None:
-                raise ValueError("ModelCheckpoint: pass filepath= (the 1.x form) or dirpath=/filename=, not both")
+                raise ConfigError("ModelCheckpoint: pass filepath= (the 1.x form) or dirpath=/filename=, not both")
             filepath = os.fspath(filepath)
             dirpath, filename = (filepath, None) if os.path.isdir(filepath) else \
                 os.path.split(os.path.realpath(filepath))
             filename = filename or None
         if mode not in ("min", "max"):
-            raise ValueError(f"ModelCheckpoint(mode={mode!r}) is not valid; use 'min' or 'max'")
+            raise ConfigError(f"ModelCheckpoint(mode={mode!r}) is not valid; use 'min' or 'max'")
         if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ValueError(f"ModelCheckpoint(save_top_k={save_top_k!r}) must be an int >= -1 "
-                             "(-1 keeps every checkpoint)")
+            raise ConfigError(f"ModelCheckpoint(save_top_k={save_top_k!r}) must be an int >= -1 "
+                              "(-1 keeps every checkpoint)")
         for name, val in (("every_n_train_steps", every_n_train_steps),
                           ("every_n_epochs", every_n_epochs)):
             if val is not None and (not isinstance(val, int) or val < 0):
-                raise ValueError(f"ModelCheckpoint({name}={val!r}) must be a non-negative int")
+                raise ConfigError(f"ModelCheckpoint({name}={val!r}) must be a non-negative int")
         if isinstance(train_time_interval, (int, float)) and not isinstance(train_time_interval, bool):
             train_time_interval = datetime.timedelta(seconds=float(train_time_interval))
         if train_time_interval is not None and (
                 not isinstance(train_time_interval, datetime.timedelta)
                 or train_time_interval.total_seconds() <= 0):
-            raise ValueError(f"ModelCheckpoint(train_time_interval={train_time_interval!r}) must "
-                             "be a positive timedelta or number of seconds")
+            raise ConfigError(f"ModelCheckpoint(train_time_interval={train_time_interval!r}) must "
+                              "be a positive timedelta or number of seconds")
         chosen = [n for n, v in (("every_n_train_steps", every_n_train_steps),
                                  ("every_n_epochs", every_n_epochs),
                                  ("train_time_interval", train_time_interval)) if v]
         if len(chosen) > 1:
-            raise ValueError(f"ModelCheckpoint: {' and '.join(chosen)} are both set; choose one "
-                             "trigger")
+            raise ConfigError(f"ModelCheckpoint: {' and '.join(chosen)} are both set; choose one "
+                              "trigger")
         if filename is not None and not isinstance(filename, str):
-            raise ValueError(f"ModelCheckpoint(filename={filename!r}) must be a string template")
+            raise ConfigError(f"ModelCheckpoint(filename={filename!r}) must be a string template")
 
         self.dirpath: str | None = os.path.abspath(os.fspath(dirpath)) if dirpath else None
         self.filename = filename[:-len(CKPT_SUFFIX)] if filename and filename.endswith(
@@ -375,7 +376,7 @@ class ModelCheckpoint(Checkpoint):
                    f"{sorted(k for k in metrics if k not in ('epoch', 'step'))}. Log it with "
                    f"self.log({self.monitor!r}, value) in the module")
             if from_validation or self._val_has_run:
-                raise ValueError(msg)
+                raise ConfigError(msg)
             if not self._missing_warned:
                 warnings.warn(msg + "; skipping the top-k check until it is logged",
                               UserWarning, stacklevel=2)

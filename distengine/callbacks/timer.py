@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from distengine.callbacks.base import Callback
+from distengine.utilities.exceptions import ConfigError, ConfigTypeError
 
 #: The stages a Timer measures (Lightning's running-stage names).
 STAGES = ("train", "sanity_check", "validate", "test", "predict")
@@ -39,23 +40,23 @@ def parse_duration(duration: str | timedelta | dict[str, float] | float | None) 
     elif isinstance(duration, str):
         m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*", duration)
         if not m:
-            raise ValueError(f"Timer duration {duration!r} is not in the form 'DD:HH:MM:SS' "
-                             "(days:hours:minutes:seconds, e.g. '00:12:00:00')")
+            raise ConfigError(f"Timer duration {duration!r} is not in the form 'DD:HH:MM:SS' "
+                              "(days:hours:minutes:seconds, e.g. '00:12:00:00')")
         days, hours, minutes, seconds = m.groups()
         result = timedelta(days=int(days), hours=int(hours), minutes=int(minutes), seconds=float(seconds))
     elif isinstance(duration, dict):
         try:
             result = timedelta(**duration)
         except TypeError as exc:
-            raise ValueError(f"Timer duration {duration!r}: the keys must be timedelta fields "
-                             f"(days, hours, minutes, seconds, ...): {exc}") from None
+            raise ConfigError(f"Timer duration {duration!r}: the keys must be timedelta fields "
+                              f"(days, hours, minutes, seconds, ...): {exc}") from None
     elif isinstance(duration, (int, float)) and not isinstance(duration, bool):
         result = timedelta(seconds=duration)
     else:
-        raise TypeError(f"Timer duration of type {type(duration).__name__} is not supported; pass "
-                        "'DD:HH:MM:SS', a datetime.timedelta, a dict such as {'hours': 2}, or seconds")
+        raise ConfigTypeError(f"Timer duration of type {type(duration).__name__} is not supported; pass "
+                              "'DD:HH:MM:SS', a datetime.timedelta, a dict such as {'hours': 2}, or seconds")
     if result is not None and result.total_seconds() <= 0:
-        raise ValueError(f"Timer duration {duration!r} must be positive")
+        raise ConfigError(f"Timer duration {duration!r} must be positive")
     return result
 
 
@@ -71,7 +72,7 @@ class Timer(Callback):
     def __init__(self, duration: str | timedelta | dict[str, float] | None = None,
                  interval: str = "step", verbose: bool = True) -> None:
         if interval not in ("step", "epoch"):
-            raise ValueError(f"Timer(interval={interval!r}): interval must be 'step' or 'epoch'")
+            raise ConfigError(f"Timer(interval={interval!r}): interval must be 'step' or 'epoch'")
         self.duration = parse_duration(duration)
         self.interval = interval
         self.verbose = verbose
@@ -189,5 +190,5 @@ def _check_stage(stage: Any) -> str:
     if stage == "validation":
         stage = "validate"
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     return stage

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from distengine.distributed.env import OVERSUBSCRIBE_VAR, ClusterEnv, oversubscribe_allowed, usable_cpu_count
+from distengine.utilities.exceptions import ConfigError
 
 
 def _gpu_count() -> int:
@@ -24,7 +25,7 @@ def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) 
             accelerator, devices = "gpu", gpus
     accelerator = {"cuda": "gpu"}.get(str(accelerator).lower(), str(accelerator).lower())
     if accelerator not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"accelerator={accelerator!r} is not supported; use 'auto', 'cpu' or 'gpu'")
+        raise ConfigError(f"accelerator={accelerator!r} is not supported; use 'auto', 'cpu' or 'gpu'")
     forced = os.environ.get("DISTENGINE_ACCELERATOR")
     if accelerator == "auto":
         accelerator = forced if forced in ("cpu", "gpu") else ("gpu" if _gpu_count() > 0 else "cpu")
@@ -45,15 +46,15 @@ def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) 
         if count == -1:
             count = _gpu_count() if accelerator == "gpu" else usable_cpu_count()
     if count < 1:
-        raise ValueError(f"devices={devices!r} asks for no device; use devices=1 or more")
+        raise ConfigError(f"devices={devices!r} asks for no device; use devices=1 or more")
     if accelerator == "cpu" and count > 1 and not env.distributed:
         # fit() would start one process per device: more than the cores is refused here, before
         # anything runs, unless asked for (a devices=999 typo once took a machine down)
         cores = usable_cpu_count()
         if count > cores and not oversubscribe_allowed():
-            raise ValueError(f"Trainer(devices={count}) on CPU would start {count} processes but this machine "
-                             f"gives this process {cores} CPU core(s); use devices={cores} or fewer, or set "
-                             f"{OVERSUBSCRIBE_VAR}=1 to run more processes than cores")
+            raise ConfigError(f"Trainer(devices={count}) on CPU would start {count} processes but this machine "
+                              f"gives this process {cores} CPU core(s); use devices={cores} or fewer, or set "
+                              f"{OVERSUBSCRIBE_VAR}=1 to run more processes than cores")
     if accelerator == "gpu":
         available = _gpu_count()
         wanted = max(ids) + 1 if ids else count
@@ -64,10 +65,10 @@ def resolve_devices(accelerator: str, devices: Any, gpus: Any, env: ClusterEnv) 
             # with gpus=..., accelerator='cpu' would not help: gpus overrides it (as in 1.x)
             fix = f"remove gpus={gpus!r} (or set gpus=0 or None) to train on the CPU" if gpus is not None \
                 else "use accelerator='cpu' or fewer devices"
-            raise ValueError(f"asked for {what} but {available} GPU(s) are available "
-                             f"(torch.cuda.device_count()={available}); {fix}")
+            raise ConfigError(f"asked for {what} but {available} GPU(s) are available "
+                              f"(torch.cuda.device_count()={available}); {fix}")
         ids = ids or list(range(count))
     if env.distributed and devices != "auto" and count != env.local_world_size:
-        raise ValueError(f"Trainer(devices={count}) contradicts the launched job, which runs "
-                         f"{env.local_world_size} process(es) per node; use devices='auto' or launch {count}")
+        raise ConfigError(f"Trainer(devices={count}) contradicts the launched job, which runs "
+                          f"{env.local_world_size} process(es) per node; use devices='auto' or launch {count}")
     return accelerator, count, ids

@@ -18,8 +18,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from distengine.distributed.rank_zero import rank_zero_only
-from distengine.loggers.base import Logger
+from distengine.distributed.rank_zero import global_rank, rank_zero_only
+from distengine.loggers.base import Logger, NoOpExperiment
 
 # --------------------------------------------------------------------------- versions
 
@@ -249,6 +249,7 @@ class CSVLogger(VersionedLogger):
         self._prefix = str(prefix)
         self._columns: list[str] | None = None  # None until the existing file was read
         self._hparams: dict[str, Any] = {}
+        self._experiment: ExperimentWriter | None = None
 
     # properties ---------------------------------------------------------------------
     @property
@@ -261,6 +262,19 @@ class CSVLogger(VersionedLogger):
 
     def _started(self) -> bool:
         return self._columns is not None
+
+    @property
+    def experiment(self) -> Any:
+        """Lightning's ``ExperimentWriter`` for this logger (``metrics``, ``metrics_file_path``,
+        ``log_metrics``, ``log_hparams``, ``save``), created on first use with the log folder; a
+        do-nothing stand-in on non-zero ranks, so ``logger.experiment`` is safe everywhere."""
+        if self._experiment is not None:
+            return self._experiment
+        if global_rank() != 0:
+            return NoOpExperiment()
+        os.makedirs(self.log_dir, exist_ok=True)
+        self._experiment = ExperimentWriter(self)
+        return self._experiment
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -322,3 +336,51 @@ class CSVLogger(VersionedLogger):
 
     def finalize(self, status: str) -> None:
         """Nothing to flush or close."""
+
+
+class ExperimentWriter:
+    """``CSVLogger.experiment``, as Lightning's: ``log_metrics`` keeps rows in ``metrics`` until
+    ``save`` writes them to ``metrics_file_path`` (through the logger, so the file keeps one
+    header); ``log_hparams`` merges into ``hparams`` and rewrites ``hparams.yaml``. The rows the
+    Trainer logs do not pass through ``metrics``: the logger writes each one at once.
+
+    Example::
+
+        writer = trainer.logger.experiment
+        writer.log_metrics({"extra": 1.0}, step=10)
+        writer.save()
+    """
+
+    NAME_METRICS_FILE = "metrics.csv"
+    NAME_HPARAMS_FILE = "hparams.yaml"
+
+    def __init__(self, logger: CSVLogger) -> None:
+        self._logger = logger
+        self.metrics: list[dict[str, float]] = []
+
+    @property
+    def log_dir(self) -> str:
+        return self._logger.log_dir
+
+    @property
+    def metrics_file_path(self) -> str:
+        return self._logger.metrics_file
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return self._logger.hparams
+
+    def log_metrics(self, metrics_dict: Mapping[str, Any], step: int | None = None) -> None:
+        """Keep one row (``step`` defaults to the number of rows kept so far)."""
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics_dict.items()}
+        row["step"] = len(self.metrics) if step is None else step
+        self.metrics.append(row)
+
+    def log_hparams(self, params: Mapping[str, Any]) -> None:
+        self._logger.log_hyperparams(dict(params))
+
+    def save(self) -> None:
+        """Write the kept rows to ``metrics.csv`` and forget them."""
+        rows, self.metrics = self.metrics, []
+        for row in rows:
+            self._logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])

@@ -17,6 +17,7 @@ from typing import Any
 from distengine.plugins import environments
 from distengine.plugins.environments import ClusterEnvironment
 from distengine.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+from distengine.utilities.exceptions import ConfigError
 
 __all__ = ["ClusterEnvironment", "DoublePrecision", "HalfPrecision", "MixedPrecision", "Precision", "environments",
            "resolve_plugins"]
@@ -31,17 +32,17 @@ def resolve_plugins(plugins: Any) -> tuple[ClusterEnvironment | None, str | None
     for p in plugins if isinstance(plugins, (list, tuple)) else [plugins]:
         if isinstance(p, ClusterEnvironment):
             if env is not None:
-                raise ValueError(f"Trainer(plugins=...) has two cluster environments, {type(env).__name__} and "
-                                 f"{type(p).__name__}; pass one")
+                raise ConfigError(f"Trainer(plugins=...) has two cluster environments, {type(env).__name__} and "
+                                  f"{type(p).__name__}; pass one")
             env = p
         elif isinstance(p, Precision):
             if precision is not None:
-                raise ValueError("Trainer(plugins=...) has two precision plugins; pass one")
+                raise ConfigError("Trainer(plugins=...) has two precision plugins; pass one")
             precision = p.precision
         else:
-            raise ValueError(f"Trainer(plugins=[{type(p).__name__}]) is not supported by distengine: it takes a "
-                             "ClusterEnvironment (distengine.plugins.environments) or MixedPrecision/HalfPrecision/"
-                             "DoublePrecision; remove it")
+            raise ConfigError(f"Trainer(plugins=[{type(p).__name__}]) is not supported by distengine: it takes a "
+                              "ClusterEnvironment (distengine.plugins.environments) or MixedPrecision/HalfPrecision/"
+                              "DoublePrecision; remove it")
     return env, precision
 
 
@@ -53,8 +54,8 @@ def cluster_env_from_plugin(plugin: ClusterEnvironment, devices: Any, num_nodes:
         return _cluster_env(plugin, devices, num_nodes)
     except KeyError as exc:  # an environment read outside its cluster: the variable is unset
         name = type(plugin).__name__
-        raise ValueError(f"Trainer(plugins=[{name}()]): {name} reads the environment variable {exc.args[0]}, which "
-                         f"is not set; start the script under that cluster's launcher, or drop the plugin") from None
+        raise ConfigError(f"Trainer(plugins=[{name}()]): {name} reads the environment variable {exc.args[0]}, which "
+                          f"is not set; start the script under that cluster's launcher, or drop the plugin") from None
 
 
 def _cluster_env(plugin: ClusterEnvironment, devices: Any, num_nodes: int) -> Any:

@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from distengine.strategies.base import Strategy
+from distengine.utilities.exceptions import ConfigError
 
 STRATEGIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "single_device": ("distengine.strategies.single", "SingleDeviceStrategy", {}),
@@ -41,8 +42,8 @@ def resolve_strategy(strategy: Any, distributed: bool, find_unused_parameters: b
     if isinstance(strategy, Strategy):
         if find_unused_parameters:
             if not hasattr(strategy, "find_unused_parameters"):
-                raise ValueError(f"Trainer(find_unused_parameters=True) is a DDP option, but strategy is "
-                                 f"{type(strategy).__name__}; drop the flag")
+                raise ConfigError(f"Trainer(find_unused_parameters=True) is a DDP option, but strategy is "
+                                  f"{type(strategy).__name__}; drop the flag")
             strategy.find_unused_parameters = True
         return strategy
     if strategy in ("auto", None):
@@ -51,14 +52,14 @@ def resolve_strategy(strategy: Any, distributed: bool, find_unused_parameters: b
         # the DDP flag means nothing in one process (as before strategies were explicit)
         find_unused_parameters = find_unused_parameters and (distributed or forks)
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is not supported; use 'auto', {', '.join(map(repr, STRATEGIES))} "
-                         "or a distengine.strategies.Strategy instance")
+        raise ConfigError(f"strategy={strategy!r} is not supported; use 'auto', {', '.join(map(repr, STRATEGIES))} "
+                          "or a distengine.strategies.Strategy instance")
     module, cls, kwargs = STRATEGIES[strategy]
     if find_unused_parameters and "DDP" in cls:
         kwargs = {**kwargs, "find_unused_parameters": True}
     elif find_unused_parameters:
-        raise ValueError(f"Trainer(find_unused_parameters=True) is a DDP option, but strategy={strategy!r}; "
-                         "drop the flag")
+        raise ConfigError(f"Trainer(find_unused_parameters=True) is a DDP option, but strategy={strategy!r}; "
+                          "drop the flag")
     out = getattr(importlib.import_module(module), cls)(**kwargs)
     out.name = strategy
     return out

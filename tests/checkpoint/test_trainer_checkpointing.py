@@ -13,6 +13,7 @@ import distengine as de
 from distengine.callbacks.model_checkpoint import ModelCheckpoint
 from distengine.checkpoint.io import read_last_pointer, safe_load
 from distengine.loggers.base import Logger
+from distengine.utilities.warnings import PossibleUserWarning
 from tests.core.models import Regressor
 
 
@@ -105,6 +106,7 @@ def test_last_with_nothing_saved_starts_fresh(tmp_path):
     trainer = _trainer(tmp_path, [], epochs=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no fallback warning: nothing to fall back to
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)  # advice (workers...), not checked here
         trainer.fit(Reg(), _loaders()[0], ckpt_path="last")
     assert trainer.global_step == 4
     assert os.path.exists(Path(tmp_path) / "checkpoints" / "last.json")

@@ -15,6 +15,7 @@ import torch
 
 import distengine as de
 from distengine.loggers.base import Logger
+from distengine.utilities.warnings import PossibleUserWarning
 from tests.core.models import loader, quiet_trainer, regression_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -250,6 +251,7 @@ def test_one_x_style_trains_without_any_warning(tmp_path):
     ds = regression_data()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)  # advice (workers...), not checked here
         trainer = de.Trainer(gpus=0, max_epochs=2, logger=logger, checkpoint_callback=False,
                              progress_bar_refresh_rate=0, default_root_dir=str(tmp_path), log_every_n_steps=2,
                              num_sanity_val_steps=0, enable_model_summary=False)
@@ -285,6 +287,7 @@ def test_one_x_trainer_flags_all_at_once(tmp_path):
     first.save_checkpoint(str(path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)  # advice (workers...), not checked here
         trainer = de.Trainer(gpus=0, max_epochs=2, resume_from_checkpoint=str(path), checkpoint_callback=False,
                              progress_bar_refresh_rate=0, terminate_on_nan=True, replace_sampler_ddp=False,
                              weights_save_path=str(tmp_path / "w"), logger=False, enable_model_summary=False,

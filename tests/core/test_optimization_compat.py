@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import distengine as de
+from distengine.utilities.warnings import PossibleUserWarning
 from tests.core.models import Regressor, loader, quiet_trainer, regression_data
 
 N, BS, EPOCHS = 40, 4, 2  # 10 batches per epoch: 10 % 3 != 0 exercises the frequency cycle's restart
@@ -138,6 +139,7 @@ def test_one_x_on_two_optimizers_trains_without_warnings(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)  # advice (workers...), not checked here
         quiet_trainer(tmp_path, max_epochs=1).fit(OneXGAN("plain"), DataLoader(gan_data(), batch_size=BS))
 
 

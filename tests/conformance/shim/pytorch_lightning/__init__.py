@@ -13,6 +13,10 @@ import sys
 import distengine
 
 _PREFIX = "pytorch_lightning."
+# Lightning module paths whose distengine module has another name (distengine.trainer is a module,
+# not a package, so `pytorch_lightning.trainer.states` cannot map by name)
+_RENAMED = {"trainer.states": "trainer_states", "trainer.trainer": "trainer"}
+_PACKAGES = {"trainer"}  # served as packages that read their names from the distengine module
 
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -27,7 +31,13 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module):
-        target = "distengine." + module.__name__[len(_PREFIX):]
+        rest = module.__name__[len(_PREFIX):]
+        if rest in _PACKAGES:  # keep this module (a package) and read names from distengine's
+            inner = importlib.import_module("distengine." + rest)
+            module.__path__ = []
+            module.__getattr__ = lambda name: getattr(inner, name)
+            return
+        target = "distengine." + _RENAMED.get(rest, rest)
         # the import system returns whatever sys.modules holds after exec_module
         sys.modules[module.__name__] = importlib.import_module(target)
 
