@@ -61,7 +61,7 @@ def test_ctrl_c_to_a_script_that_relaunched_itself_stops_gracefully(tmp_path):
     assert "KeyboardInterrupt" not in err and "stopped by signal SIGINT at step" in err, err[-3000:]
 
 
-@pytest.mark.parametrize("gap, graceful", [(0.05, True), (1.5, False)])
+@pytest.mark.parametrize("gap, graceful", [(0.05, True), (3.0, False)])
 def test_one_process_coalesces_a_double_ctrl_c_and_a_later_one_interrupts(tmp_path, gap, graceful):
     proc = subprocess.Popen([sys.executable, TRAIN], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=clean_env(OUT_DIR=str(tmp_path), EPOCHS="100000", READY_AT_STEP="2",
@@ -79,6 +79,7 @@ def test_one_process_coalesces_a_double_ctrl_c_and_a_later_one_interrupts(tmp_pa
     if graceful:
         assert proc.returncode == 130 and "KeyboardInterrupt" not in err, err
         assert "stopped by signal SIGINT at step" in err and _stop_checkpoints(tmp_path), err
-    else:  # a second Ctrl-C 1.5 s later, inside a 10 s step (no step boundary between the two signals,
+    else:  # a second Ctrl-C 3 s later (the 1 s window is measured when each handler runs, which a loaded
+        # machine can delay by a second: 1.5 s was coalesced once at load 10), inside a 10 s step (no step boundary between the two signals,
         # even on a loaded machine): interrupted, no stop checkpoint
         assert "KeyboardInterrupt" in err and not _stop_checkpoints(tmp_path), err
