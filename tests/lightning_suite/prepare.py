@@ -17,7 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tests.lightning_suite import SUPPORT
+from tests.lightning_suite import EXCLUDE, SUPPORT
 
 _REWRITE = re.compile(r"(?<![\w.])lightning\.(pytorch|fabric)\b")
 _TARGET = {"pytorch": "pytorch_lightning", "fabric": "lightning_fabric"}
@@ -67,7 +67,7 @@ def _copy_tree(src: Path, dest: Path, transform) -> None:
 
 
 _INI = """[pytest]
-addopts = -p lsuite_plugin -p no:cacheprovider -p no:timeout -p no:randomly
+addopts = -p lsuite_plugin -p no:cacheprovider -p no:timeout -p no:randomly --continue-on-collection-errors
 """
 
 
@@ -90,8 +90,8 @@ def build(suite: Path, side: str, dest: Path) -> Path:
 
 def content_key(suite: Path, rel: str) -> str:
     """What a file's Lightning result depends on in the suite: the file, its shared helpers
-    (conftests, helpers/, demos/, package __init__s) and our plugin."""
-    digest = hashlib.sha256()
+    (conftests, helpers/, demos/, package __init__s), our plugin and the excluded ids."""
+    digest = hashlib.sha256(repr(EXCLUDE).encode())
     shared = sorted(p for p in (suite / "tests_pytorch").rglob("*.py")
                     if p.name in ("conftest.py", "__init__.py") or "helpers" in p.parts)
     shared += sorted((suite / "demos").rglob("*.py")) + [SUPPORT / "lsuite_plugin.py"]

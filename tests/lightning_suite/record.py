@@ -8,6 +8,7 @@ the suite's shared helpers, our plugin, and the Lightning and torch versions) is
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import time
 from tests.lightning_suite import ENV_VAR, EXPECTED, FILES, STATE, prepare, runner, suite_root
 from tests.lightning_suite.classify import apply_overrides, classify
 from tests.lightning_suite.overrides import OVERRIDES
+
+TEST_TIMEOUT = 60  # seconds per test, both sides: a test slower than that on Lightning is no use to the gate
 
 # the Lightning side's test-only packages (pytest, and what the suite's tests import), at the
 # versions distengine's own environment has, installed next to the reference Lightning
@@ -43,6 +46,10 @@ def lightning_side():
     return python, deps, versions
 
 
+def _cache(key):
+    return STATE / "lightning-cache" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+
 def _load():
     return json.loads(EXPECTED.read_text()) if EXPECTED.exists() else {"files": {}, "tests": {}}
 
@@ -64,12 +71,28 @@ def main(argv=None) -> int:
     light = {i: {"outcome": r["lightning"], "seconds": r.get("lightning_seconds", 0.0)}
              for i, r in old["tests"].items() if i.split("::")[0][14:] in FILES and i.split("::")[0][14:] not in stale}
     light_errors = {}
+    for f in list(stale):
+        cached = _cache(keys[f])
+        if cached.exists() and not args.lightning:
+            got = json.loads(cached.read_text())
+            light.update(got["results"])
+            light_errors.update(got["errors"])
+            stale.remove(f)
     if stale:
         print(f"Lightning side: {len(stale)} file(s) to run", flush=True)
         weights = {f: (suite / "tests_pytorch" / f).stat().st_size for f in stale}
-        res, light_errors = runner.run_side("lightning", suite, stale, python=python, extra_path=[str(deps)],
-                                            weights=weights, workers=args.workers, keep=STATE / "runs")
+        res, errs = runner.run_side("lightning", suite, stale, python=python, extra_path=[str(deps)],
+                                    weights=weights, workers=args.workers, test_timeout=TEST_TIMEOUT,
+                                    keep=STATE / "runs")
         light.update(res)
+        light_errors.update(errs)
+        for f in stale:  # kept per file, so a record that stops later does not run Lightning again
+            node = f"tests_pytorch/{f}"
+            _cache(keys[f]).parent.mkdir(parents=True, exist_ok=True)
+            _cache(keys[f]).write_text(json.dumps({
+                "results": {i: {"outcome": r["outcome"], "seconds": r.get("seconds", 0.0)} for i, r in res.items()
+                            if i.split("::")[0] == node},
+                "errors": {k: v for k, v in errs.items() if k == node}}))
     t1 = time.monotonic()
     passing = sorted(i for i, r in light.items() if r["outcome"] == "passed")
     print(f"Lightning side: {t1 - t0:.0f} s; distengine side: {len(passing)} test(s)", flush=True)
@@ -78,7 +101,7 @@ def main(argv=None) -> int:
         f = i.split("::")[0][14:]
         weights[f] = weights.get(f, 0.0) + 2.0 + light[i].get("seconds", 0.0)
     de, _ = runner.run_side("distengine", suite, FILES, select=passing, weights=weights, workers=args.workers,
-                            keep=STATE / "runs")
+                            test_timeout=TEST_TIMEOUT, keep=STATE / "runs")
     t2 = time.monotonic()
     data = _compose(old, keys, light, light_errors, de, versions)
     EXPECTED.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

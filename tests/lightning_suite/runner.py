@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.lightning_suite import REPO, prepare
+from tests.lightning_suite import EXCLUDE, REPO, prepare
 
 SHIM = REPO / "tests" / "conformance" / "shim"
 _DROP_ENV = ("PL_", "DISTENGINE_", "LSUITE_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_", "SLURM_",
@@ -28,7 +28,8 @@ def _env(side: str, work: Path, extra_path: list[str]) -> dict:
     if side == "distengine":
         paths.append(str(SHIM))
     env.update(PYTHONPATH=os.pathsep.join(paths), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
+               CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0",
+               LSUITE_EXCLUDE="\n".join(EXCLUDE))
     return env
 
 
@@ -66,7 +67,7 @@ def _run_group(python, side, work, files, select, env, timeout, deadline, result
                 rc = proc.returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
-        collected, started = [], None
+        collected, started, last, got = [], None, None, 0
         for rec in _read(out):
             if rec["event"] == "collected":
                 collected = rec["ids"]
@@ -76,19 +77,22 @@ def _run_group(python, side, work, files, select, env, timeout, deadline, result
                 started = rec["id"]
             elif rec["event"] == "result":
                 results[rec["id"]] = rec
-                started = None
-        if started is not None:
-            tail = (work.parent / f"{tag}-{attempt}.log").read_text()[-3000:]
-            why = "the whole run's time limit" if rc == "timeout" else f"the test process ending (rc {rc})"
-            results[started] = {"id": started, "outcome": "crashed", "seconds": 0.0,
-                                "message": f"lightning_suite: stopped by {why}", "text": tail}
+                started, last, got = None, rec["id"], got + 1
         remaining = [i for i in collected if i not in results]
-        if rc == "timeout" or not remaining or started is None:
+        if rc == "timeout" or not remaining or (started is None and not got):
             for i in remaining:
                 results[i] = {"id": i, "outcome": "not run", "seconds": 0.0,
-                              "message": "lightning_suite: not run (the run's time limit was reached)"}
+                              "message": f"lightning_suite: not run (the test process ended: rc {rc})"}
             return
-        pending = set(remaining)
+        # the process ended with tests left: the one it was in (or, when it ended between tests, as
+        # a KeyboardInterrupt escaping a test does, the last one reported) is marked, the rest rerun
+        culprit = started or last
+        log_tail = (work.parent / f"{tag}-{attempt}.log").read_text()[-3000:]
+        why = f"rc {rc}; " + (log_tail.strip().splitlines() or [""])[-1][:200]
+        results[culprit] = dict(results.get(culprit, {}), id=culprit, outcome="crashed",
+                                message=f"lightning_suite: the test process ended in or after this test ({why})",
+                                text=log_tail)
+        pending = set(remaining) - {culprit}
 
 
 def _split(files: list[str], weights: dict[str, float], workers: int) -> list[list[str]]:

@@ -26,6 +26,9 @@ def test_lenient_imports_keep_line_numbers_and_fail_only_on_use(tmp_path):
         )
         from pytorch_lightning.no_such_module import _private
         from pytorch_lightning.utilities.imports import _TORCH_GREATER_EQUAL_2_0
+        from pytorch_lightning.no_such_module import Stage
+
+        PARAMS = [Stage.TESTING.value]
 
         class Sub(_private):
             pass
@@ -43,6 +46,12 @@ def test_lenient_imports_keep_line_numbers_and_fail_only_on_use(tmp_path):
             mod.use()
         except ImportError as e:
             assert "NoSuchThing" in str(e), e
+        else:
+            raise SystemExit("no ImportError")
+        try:
+            mod.PARAMS[0] == "test"
+        except ImportError as e:
+            assert "no_such_module" in str(e), e
         else:
             raise SystemExit("no ImportError")
         try:

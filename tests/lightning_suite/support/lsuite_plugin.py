@@ -1,6 +1,7 @@
 """pytest plugin loaded on both sides of the Lightning-suite gate (copied into the run folder).
 
 - LSUITE_SELECT: a file of test ids, one a line: only those run (the rest are deselected).
+- LSUITE_EXCLUDE: fnmatch patterns of test ids, one a line, deselected on both sides.
 - LSUITE_RESULTS: a JSON-lines file; one "start" record before each test and one "result"
   record after it (outcome, seconds, failure message, traceback tail), written at once, so a
   process that dies mid-test still leaves what it had done, and which test it died in.
@@ -8,6 +9,7 @@
   `LsuiteTimeout` raised into it; one that does not return within 30 s more ends the process.
 """
 import faulthandler
+import fnmatch
 import json
 import os
 import signal
@@ -17,6 +19,7 @@ import pytest
 
 _RESULTS = os.environ["LSUITE_RESULTS"]
 _SELECT = os.environ.get("LSUITE_SELECT")
+_EXCLUDE = [p for p in os.environ.get("LSUITE_EXCLUDE", "").splitlines() if p]
 _TIMEOUT = float(os.environ.get("LSUITE_TIMEOUT", "120"))
 _state = {}
 
@@ -32,14 +35,20 @@ def _write(record):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
+    wanted = None
     if _SELECT:
         with open(_SELECT) as f:
             wanted = {line.rstrip("\n") for line in f if line.strip()}
-        keep = [item for item in items if item.nodeid in wanted]
-        dropped = [item for item in items if item.nodeid not in wanted]
-        if dropped:
-            config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
+
+    def chosen(item):
+        if wanted is not None and item.nodeid not in wanted:
+            return False
+        return not any(fnmatch.fnmatchcase(item.nodeid, p) for p in _EXCLUDE)
+
+    dropped = [item for item in items if not chosen(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if chosen(item)]
     _write({"event": "collected", "ids": [item.nodeid for item in items]})
 
 

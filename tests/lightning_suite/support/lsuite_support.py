@@ -70,22 +70,22 @@ def _fact(name):
 
 
 class _MissingMeta(type):
+    """A missing name: using it raises the original ImportError. Attribute access gives another
+    placeholder, so that module-level `RunningStage.TESTING.value` in a parametrize list still
+    collects and only the tests given that value fail; comparing, calling, truth-testing,
+    iterating or isinstance with it raises."""
+
     def _fail(cls, *args, **kwargs):
         raise ImportError(cls._lsuite_error)
 
-    __call__ = _fail
-    __instancecheck__ = _fail
-    __subclasscheck__ = _fail
-    __bool__ = _fail
-    __iter__ = _fail
-    __len__ = _fail
-    __getitem__ = _fail
-    __enter__ = _fail
+    __call__ = __instancecheck__ = __subclasscheck__ = __bool__ = __iter__ = __len__ = _fail
+    __getitem__ = __enter__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __contains__ = _fail
+    __hash__ = type.__hash__
 
     def __getattr__(cls, attr):
         if attr.startswith("__") or attr == "_lsuite_error":
             raise AttributeError(attr)
-        raise ImportError(cls._lsuite_error)
+        return _MissingMeta(f"{cls.__name__}.{attr}", (), {"_lsuite_error": cls._lsuite_error})
 
 
 def _missing(name, error):
