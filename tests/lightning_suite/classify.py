@@ -46,7 +46,7 @@ def classify(record: dict) -> tuple[str, str]:
     """(class, cause) of a failing distengine result record (message + traceback text)."""
     msg = (record.get("message") or "").strip()
     text = record.get("text") or ""
-    if "ReachesLightningInternals" in text or "ReachesLightningInternals" in msg:
+    if "ReachesLightningInternals" in text or "patches Lightning's private modules" in msg:
         return "A", "suite fixture patches Lightning internals"
     m = re.search(r"cannot import name '([^']+)' from '([^']+)'", msg)
     if m:
@@ -65,6 +65,12 @@ def classify(record: dict) -> tuple[str, str]:
         owner, attr = m[1] or m[2] or m[3], m[4]
         cls = "A" if attr.startswith("_") or attr in INTERNAL_ATTRS else "B"
         return cls, f"attribute {owner}.{attr}"
+    m = re.search(r"property '(\w+)' of '(\w+)' object has no setter", msg)
+    if m:
+        return "B", f"setter {m[2]}.{m[1]}"
+    m = re.search(r"(\w+) got an unknown flag '([^']+)'", msg)  # distengine's Trainer on an unknown keyword
+    if m:
+        return "B", f"keyword {m[1]}({m[2]}=)"
     m = re.search(r"([\w.]+)\(\) got an unexpected keyword argument '([^']+)'", msg)
     if m:
         return ("A" if m[2].startswith("_") else "B"), f"keyword {m[1]}({m[2]}=)"

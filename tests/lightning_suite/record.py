@@ -24,7 +24,7 @@ TEST_TIMEOUT = 60  # seconds per test, both sides: a test slower than that on Li
 # versions distengine's own environment has, installed next to the reference Lightning
 TEST_DEPS = ["pytest==9.2.0", "iniconfig==2.3.1", "pluggy==1.7.0", "cloudpickle==3.1.3", "scikit-learn==1.9.1",
              "scipy==1.17.1", "joblib==1.6.0", "threadpoolctl==3.8.0", "rich==15.0.0", "markdown-it-py==4.3.0",
-             "mdurl==0.1.2", "pygments==2.21.0", "jsonargparse==4.53.0", "psutil==7.2.2"]
+             "mdurl==0.1.2", "pygments==2.21.0", "jsonargparse==4.53.0", "psutil==7.2.2", "narwhals==2.29.0"]
 
 
 def lightning_side():
@@ -58,14 +58,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lightning", action="store_true", help="run the Lightning side even where stored")
     ap.add_argument("--workers", type=int, default=2, choices=(1, 2))
+    ap.add_argument("--reclassify", action="store_true",
+                    help="only apply classify.py and overrides.py again to the stored failures (runs nothing)")
     args = ap.parse_args(argv)
+    if args.reclassify:
+        return _reclassify()
     suite = suite_root()
     if suite is None:
         print(f"Lightning's test suite not found: set {ENV_VAR} to the folder holding tests_pytorch/ and demos/")
         return 2
     old = _load()
     python, deps, versions = lightning_side()
-    keys = {f: f"{prepare.content_key(suite, f)}|{versions}" for f in FILES}
+    deps_key = hashlib.sha256(repr(TEST_DEPS).encode()).hexdigest()[:8]
+    keys = {f: f"{prepare.content_key(suite, f)}|{versions}|deps {deps_key}" for f in FILES}
     stale = [f for f in FILES if args.lightning or old["files"].get(f, {}).get("key") != keys[f]]
     t0 = time.monotonic()
     light = {i: {"outcome": r["lightning"], "seconds": r.get("lightning_seconds", 0.0)}
@@ -101,7 +106,7 @@ def main(argv=None) -> int:
         f = i.split("::")[0][14:]
         weights[f] = weights.get(f, 0.0) + 2.0 + light[i].get("seconds", 0.0)
     de, _ = runner.run_side("distengine", suite, FILES, select=passing, weights=weights, workers=args.workers,
-                            test_timeout=TEST_TIMEOUT, keep=STATE / "runs")
+                            test_timeout=TEST_TIMEOUT, keep=STATE / "runs", all_ids=sorted(light))
     t2 = time.monotonic()
     data = _compose(old, keys, light, light_errors, de, versions)
     EXPECTED.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -134,6 +139,21 @@ def _compose(old, keys, light, light_errors, de, versions):
         tests[i] = entry
     return {"lightning": versions, "files": files, "tests": tests,
             "note": "written by `python -m tests.lightning_suite.record`; see docs/incoming/gate.md"}
+
+
+def _reclassify() -> int:
+    data = _load()
+    for test_id, entry in data["tests"].items():
+        if entry.get("class"):
+            cls, cause = classify({"message": entry["message"]})
+            cls, cause, reason = apply_overrides(test_id, cls, cause, OVERRIDES)
+            entry.update({"class": cls, "cause": cause})
+            entry.pop("reason", None)
+            if reason:
+                entry["reason"] = reason
+    EXPECTED.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(f"reclassified the stored failures in {EXPECTED}")
+    return 0
 
 
 def _debug(de):

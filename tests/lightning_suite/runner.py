@@ -45,7 +45,7 @@ def _read(path: Path) -> list[dict]:
     return out
 
 
-def _run_group(python, side, work, files, select, env, timeout, deadline, results, errors, tag):
+def _run_group(python, side, work, files, select, env, timeout, deadline, results, errors, tag):  # noqa: C901
     """Run `files` (only the ids in `select` when given) until every collected test has a result."""
     pending = None if select is None else set(select)
     attempt = 0
@@ -107,7 +107,7 @@ def _split(files: list[str], weights: dict[str, float], workers: int) -> list[li
 
 def run_side(side: str, suite: Path, files: list[str], *, python=None, select=None, weights=None,
              workers: int = 2, test_timeout: float = 120, total_timeout: float = 3600,
-             extra_path=(), keep: Path | None = None) -> tuple[dict, dict]:
+             extra_path=(), keep: Path | None = None, all_ids=None) -> tuple[dict, dict]:
     """Run `files` (tests_pytorch-relative) on `side`; return (results by id, collection errors).
 
     With `select` (ids), only those run, and an id that is never collected gets an "error" result
@@ -121,6 +121,9 @@ def run_side(side: str, suite: Path, files: list[str], *, python=None, select=No
     tmp = Path(tempfile.mkdtemp(prefix=f"lsuite-{side}-", dir=keep))
     work = prepare.build(suite, side, tmp)
     env = _env(side, work, list(extra_path))
+    if all_ids:  # Lightning's ids, to match parametrized ids that differ here (lsuite_plugin.py)
+        (tmp / "all-ids").write_text("".join(i + "\n" for i in all_ids))
+        env["LSUITE_ALL"] = str(tmp / "all-ids")
     deadline = time.monotonic() + total_timeout
     results, errors, threads = {}, {}, []
     for n, group in enumerate(_split(files, weights, workers)):

@@ -80,17 +80,19 @@ class _MissingMeta(type):
 
     __call__ = __instancecheck__ = __subclasscheck__ = __bool__ = __iter__ = __len__ = _fail
     __getitem__ = __enter__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __contains__ = _fail
+    __fspath__ = __index__ = __int__ = __float__ = _fail
     __hash__ = type.__hash__
 
     def __getattr__(cls, attr):
         if attr.startswith("__") or attr == "_lsuite_error":
             raise AttributeError(attr)
-        return _MissingMeta(f"{cls.__name__}.{attr}", (), {"_lsuite_error": cls._lsuite_error})
+        return _MissingMeta(f"{cls.__name__}.{attr}", (Exception,), {"_lsuite_error": cls._lsuite_error})
 
 
 def _missing(name, error):
-    # a class, so that a module-level `class Custom(Missing)` still defines (and fails when used)
-    return _MissingMeta(name, (), {"_lsuite_error": f"{error} (deferred until use by the gate)"})
+    # a class, so that a module-level `class Custom(Missing)` still defines (and fails when used);
+    # an Exception, so that `pytest.raises(Missing)` fails on the ImportError, not on its argument
+    return _MissingMeta(name, (Exception,), {"_lsuite_error": f"{error} (deferred until use by the gate)"})
 
 
 def lenient(module, names):
