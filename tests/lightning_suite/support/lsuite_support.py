@@ -73,14 +73,14 @@ class _MissingMeta(type):
     """A missing name: using it raises the original ImportError. Attribute access gives another
     placeholder, so that module-level `RunningStage.TESTING.value` in a parametrize list still
     collects and only the tests given that value fail; comparing, calling, truth-testing,
-    iterating or isinstance with it raises."""
+    iterating, formatting or isinstance with it raises (repr and __name__ work, for pytest)."""
 
     def _fail(cls, *args, **kwargs):
         raise ImportError(cls._lsuite_error)
 
     __call__ = __instancecheck__ = __subclasscheck__ = __bool__ = __iter__ = __len__ = _fail
     __getitem__ = __enter__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __contains__ = _fail
-    __fspath__ = __index__ = __int__ = __float__ = _fail
+    __fspath__ = __index__ = __int__ = __float__ = __str__ = __format__ = _fail
     __hash__ = type.__hash__
 
     def __getattr__(cls, attr):
