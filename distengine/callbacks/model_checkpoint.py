@@ -18,15 +18,11 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import re
-import shutil
-import sys
 import warnings
 from typing import Any
 
 import torch
 
-from distengine.callbacks.checkpoint import Checkpoint
 from distengine.callbacks.checkpoint_names import (
     _score,
     _to_float,
@@ -35,14 +31,14 @@ from distengine.callbacks.checkpoint_names import (
     versioned_path,
 )
 from distengine.callbacks.model_checkpoint_args import checked_arguments
+from distengine.callbacks.model_checkpoint_write import CheckpointWrites
 from distengine.callbacks.time_checks import TimeChecks
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
-from distengine.checkpoint.io import CKPT_SUFFIX, link_atomic, write_last_pointer
-from distengine.loggers.artifacts import checkpoint_notifier
+from distengine.checkpoint.io import CKPT_SUFFIX
 
 __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
 
-class ModelCheckpoint(Checkpoint):
+class ModelCheckpoint(CheckpointWrites):
     """Save checkpoints when a trigger fires; keep the ``save_top_k`` best by ``monitor``.
 
     Args:
@@ -249,6 +245,10 @@ class ModelCheckpoint(Checkpoint):
 
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
         self._run_failed = True
+        if self.save_on_exception and self._fitting and not getattr(trainer, "sanity_checking", False) \
+                and not getattr(trainer, "fast_dev_run", 0) and trainer.global_step > 0 \
+                and self._last_global_step_saved != trainer.global_step:
+            self._save_on_exception(trainer, exception)  # not when this step's state is on disk already
 
     def teardown(self, trainer: Any, module: Any, stage: str) -> None:
         self._fitting = False
@@ -263,61 +263,7 @@ class ModelCheckpoint(Checkpoint):
             warnings.warn(f"ModelCheckpoint: {exc}", UserWarning, stacklevel=2)
         self._run_failed = False
 
-    def wait(self) -> None:
-        """Block until a background write (``async_save=True``) is on disk."""
-        if self._writer is not None:
-            self._writer.wait()
-        if self._sharded is not None:
-            self._sharded.wait()
-
-    # ------------------------------------------------------------------ graceful stop
-    def save_now(self, trainer: Any, reason: str) -> str:
-        """Write a full checkpoint now (every rank calls this), outside the top-k accounting.
-
-        Used by the Trainer for a graceful stop on a signal. ``last.json`` then points at it, and
-        the previous checkpoint kept only as "last" is deleted. Returns the path written.
-        Example: ``path = ckpt_cb.save_now(trainer, "sigterm")``.
-        """
-        self.resolve_dirpath(trainer)
-        self.wait()
-        tag = re.sub(r"[^A-Za-z0-9_]+", "_", str(reason)).strip("_") or "stop"
-
-        def decide() -> dict[str, Any]:
-            name = format_checkpoint_name(self.filename or "{epoch}-{step}",
-                                          self._candidates(trainer), self.auto_insert_metric_name)
-            path = versioned_path(self.dirpath, f"{name}-{tag}", self._ours(), set(), self._enable_version_counter)
-            link = self._last_name(self._candidates(trainer)) if self.save_last else ""
-            return {"path": path, "delete": [p for p in self._superseded_last(path, self.best_k_models) if p != link],
-                    "link": link}
-
-        decision = self._agree(trainer, decide)
-        self.last_model_path = self._last_written = decision["path"]
-        self._last_link_path = decision["link"] or self._last_link_path
-        # a full state regardless of save_weights_only: this file exists to resume from
-        notify = checkpoint_notifier(trainer, self)
-        trainer.save_checkpoint(decision["path"])
-        if trainer.is_global_zero:
-            self._after_durable(decision["path"], decision["delete"], notify, decision["link"])
-        return decision["path"]
-
     # ------------------------------------------------------------------ decisions
-    @staticmethod
-    def _agree(trainer: Any, decide: Any) -> dict[str, Any]:
-        """Run ``decide()`` on rank zero and hand its result (or its failure) to every rank."""
-        error: BaseException | None = None
-        decision: dict[str, Any] | None = None
-        if trainer.is_global_zero:
-            try:
-                decision = decide()
-            except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
-                error, decision = exc, {"error": f"{type(exc).__name__}: {exc}"}
-        decision = trainer.strategy.broadcast(decision, src=0)
-        if "error" in decision:
-            if error is not None:
-                raise error
-            raise RuntimeError(f"ModelCheckpoint failed on rank 0: {decision['error']}")
-        return decision
-
     def _skip(self, trainer: Any) -> bool:
         return (not self._fitting or getattr(trainer, "sanity_checking", False)
                 or self._last_global_step_saved == trainer.global_step
@@ -461,41 +407,3 @@ class ModelCheckpoint(Checkpoint):
         metrics.setdefault("epoch", trainer.current_epoch)
         metrics.setdefault("step", trainer.global_step)
         return metrics
-
-    # ------------------------------------------------------------------ writing
-    def _write(self, trainer: Any, path: str, delete: list[str], link: str) -> None:
-        notify = checkpoint_notifier(trainer, self)  # the loggers' after_save_checkpoint
-        if getattr(trainer.strategy, "checkpoint_layout", "full") == "sharded":  # a directory: each rank writes
-            from distengine.checkpoint.sharded_trainer import save_trainer_checkpoint
-
-            self._sharded = save_trainer_checkpoint(trainer, path, self.save_weights_only, self._writer is not None,
-                                                    on_done=lambda p: self._after_durable(p, delete, notify, link))
-            return
-        if self._writer is None:
-            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
-            if trainer.is_global_zero:
-                self._after_durable(path, delete, notify, link)
-            return
-        # every rank takes part in gathering (it is a collective); rank zero gets the dict
-        state = trainer.dump_checkpoint(weights_only=self.save_weights_only)
-        if trainer.is_global_zero:
-            self._writer.submit(state, path, on_done=lambda p: self._after_durable(p, delete, notify, link))
-
-    def _after_durable(self, path: str, delete: list[str], notify: Any = None, link: str = "") -> None:
-        """Rank zero, once ``path`` is on disk: repoint last.json (and ``link``, the ``last.ckpt``
-        of ``save_last``), tell the loggers (``notify``), then delete superseded files."""
-        write_last_pointer(self.dirpath, path)
-        if link and link != path:  # a hard link to a file (save_last="link": a relative symlink)
-            link_atomic(path, link, symbolic=self.save_last == "link")
-        if self.verbose:
-            print(f"distengine: saved checkpoint {path}", file=sys.stderr, flush=True)
-        if notify is not None:
-            notify()
-        for old in delete:
-            # never delete what is tracked again (a name reused after the decision was taken)
-            if old in (path, link, self.last_model_path, self._last_link_path) or old in self.best_k_models:
-                continue
-            try:
-                shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
-            except FileNotFoundError:
-                pass
