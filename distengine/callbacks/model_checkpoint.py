@@ -130,10 +130,30 @@ class ModelCheckpoint(CheckpointWrites):
     # ------------------------------------------------------------------ identity and state
     @property
     def state_key(self) -> str:
-        # two instances with different settings must not overwrite each other's state
-        return (f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, "
+        # Lightning's key: two instances with different settings do not overwrite each other's state
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode,
+                                        every_n_train_steps=self.every_n_train_steps,
+                                        every_n_epochs=self.every_n_epochs,
+                                        train_time_interval=self.train_time_interval)
+
+    @property
+    def _legacy_state_keys(self) -> tuple[str, ...]:
+        return (f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, "  # distengine before 2026-12
                 f"every_n_train_steps={self.every_n_train_steps}, every_n_epochs="
-                f"{self.every_n_epochs}, train_time_interval={self.train_time_interval}}}")
+                f"{self.every_n_epochs}, train_time_interval={self.train_time_interval}}}",)
+
+    def to_yaml(self, filepath: str | os.PathLike | None = None) -> None:
+        """Write ``best_k_models`` (path -> score) to ``filepath``, default
+        ``<dirpath>/best_k_models.yaml``, as Lightning does. Example: ``ckpt.to_yaml()``."""
+        from distengine.loggers.csv_logger import to_yaml, write_text_atomic
+
+        if filepath is None:
+            if self.dirpath is None:
+                raise ValueError("ModelCheckpoint.to_yaml(): no dirpath yet (it is set when fit starts); "
+                                 "pass a filepath")
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        write_text_atomic(os.path.expanduser(os.fspath(filepath)),
+                          to_yaml({k: float(v) for k, v in self.best_k_models.items()}))
 
     def state_dict(self) -> dict[str, Any]:
         return {
