@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from distengine.callbacks.checkpoint_names import (
+    STARTING_VERSION,
     _score,
     _to_float,
     format_checkpoint_name,
@@ -77,6 +78,7 @@ class ModelCheckpoint(CheckpointWrites):
 
     FILE_EXTENSION = CKPT_SUFFIX
     CHECKPOINT_NAME_LAST = "last"
+    STARTING_VERSION = STARTING_VERSION  # the first suffix a name in use gets: epoch=0-v1.ckpt
 
     def __init__(self, dirpath: str | os.PathLike | None = None, filename: str | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1,

@@ -61,3 +61,18 @@ def test_a_name_in_use_is_not_overwritten(tmp_path):
     assert torch.load(tmp_path / "exception.ckpt") == {"mine": 1}
     assert safe_load(tmp_path / "exception-v1.ckpt")["global_step"] == 3
     assert os.path.exists(tmp_path / "exception-v1.ckpt")
+
+
+def _rank_fails(rank, folder):
+    torch.set_num_threads(1)
+    cb = _failing_fit(folder, 3, filename="exception", every_n_epochs=7)
+    return cb._last_global_step_saved
+
+
+def test_two_ranks_that_fail_together_save_one_file(tmp_path):
+    from tests.helpers import run_ranks
+
+    torch.save({"mine": 1}, tmp_path / "exception.ckpt")  # rank 0 sees it: both ranks use -v1
+    assert run_ranks(_rank_fails, 2, str(tmp_path), timeout=120) == [3, 3]
+    assert _files(tmp_path) == ["exception-v1.ckpt", "exception.ckpt"]
+    assert safe_load(tmp_path / "exception-v1.ckpt")["global_step"] == 3
