@@ -119,6 +119,7 @@ class ModelCheckpoint(CheckpointWrites):
         self.resumed_from_dirpath: str | None = None  # the other folder a resumed checkpoint was saved in
         self.last_model_path = ""
         self._last_link_path = ""  # the <dirpath>/last[-vN].ckpt this run (or the run it resumes) writes
+        self._link_restored = False
         self._last_written = ""  # the newest file this callback wrote (save_last="link" links to it)
         self._last_global_step_saved = -1
         self._time = TimeChecks()
@@ -184,9 +185,11 @@ class ModelCheckpoint(CheckpointWrites):
         self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
         self.kth_value = _score(state_dict.get("kth_value", self._worst_value()))
         self.last_model_path = state_dict.get("last_model_path", "")
-        # the last.ckpt the resumed run wrote is this run's to replace (before the key existed: last.ckpt)
-        self._last_link_path = state_dict.get("last_link_path",
-                                              os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + CKPT_SUFFIX))
+        # the last.ckpt the resumed run wrote (before the key existed: last.ckpt); this run replaces
+        # it only if it holds the state resumed from (on_train_start checks)
+        self._last_link_path = state_dict.get("last_link_path", os.path.join(
+            self.dirpath, self.CHECKPOINT_NAME_LAST + CKPT_SUFFIX) if self.dirpath else "")
+        self._link_restored = True
         self._last_global_step_saved = int(state_dict.get("last_global_step_saved", -1))
 
     # ------------------------------------------------------------------ hooks
@@ -231,6 +234,14 @@ class ModelCheckpoint(CheckpointWrites):
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         self._time.start()
+        if self._link_restored:
+            # resumed from an older checkpoint than last.ckpt holds (fit(ckpt_path="epoch=0.ckpt")):
+            # that last.ckpt is kept and this run writes last-v1.ckpt, as Lightning does. Resumed
+            # from last.ckpt (or "last", the file it links to), it is replaced: nothing is lost.
+            # Only rank zero's answer is used (it names the files).
+            self._link_restored = False
+            if self._last_link_path and not _same_file(getattr(trainer, "ckpt_path", None), self._last_link_path):
+                self._last_link_path = ""
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -372,6 +383,8 @@ class ModelCheckpoint(CheckpointWrites):
         delete += [p for p in self._superseded_last(path, kept) if p not in delete and p != link]
         if self._last_link_path and link and self._last_link_path not in (link, path, *kept, *delete):
             delete.append(self._last_link_path)  # a last name with fields ("last-{epoch}") moved on
+        resumed = getattr(trainer, "ckpt_path", None)  # as in Lightning: the file this fit resumed from stays
+        delete = [p for p in delete if not (resumed and os.path.abspath(p) == os.path.abspath(resumed))]
         return {"save": True, "score": score, "topk": topk, "path": path, "delete": delete, "link": link}
 
     def _ours(self) -> set[str]:
@@ -429,3 +442,10 @@ class ModelCheckpoint(CheckpointWrites):
         metrics.setdefault("epoch", trainer.current_epoch)
         metrics.setdefault("step", trainer.global_step)
         return metrics
+
+
+def _same_file(a: str | None, b: str) -> bool:
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:  # one of them is gone
+        return False

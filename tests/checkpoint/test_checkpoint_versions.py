@@ -116,3 +116,28 @@ def test_two_ranks_agree_on_the_versioned_names(tmp_path):
     results = run_ranks(_rank_second_run, 2, str(tmp_path), timeout=120)
     assert [r[:2] for r in results] == [("epoch=0-v1.ckpt", "last-v1.ckpt")] * 2
     assert results[0][2] == ["epoch=0-v1.ckpt", "epoch=0.ckpt", "last-v1.ckpt", "last.ckpt"]
+
+
+def test_resuming_a_checkpoint_from_before_last_link_path_reuses_its_last_ckpt(tmp_path):
+    cb = _fit(tmp_path, 1)
+    ckpt = torch.load(cb.best_model_path, weights_only=False)
+    del ckpt["callbacks"][cb.state_key]["last_link_path"]  # as an earlier distengine wrote it
+    torch.save(ckpt, cb.best_model_path)
+    _fit(tmp_path, 2, ckpt_path=cb.best_model_path)
+    # its last.ckpt, replaced: no last-v1; the file it resumed from stays (Lightning: never deleted)
+    assert _files(tmp_path) == ["epoch=0.ckpt", "epoch=1.ckpt", "last.ckpt"]
+
+
+def test_resuming_an_older_checkpoint_keeps_the_newer_last_ckpt(tmp_path):
+    _fit(tmp_path, 2, save_top_k=-1)
+    newer = _digests(tmp_path)
+    _fit(tmp_path, 3, save_top_k=-1, ckpt_path=str(tmp_path / "epoch=0.ckpt"))
+    # Lightning 2.6.6: the resumed branch writes epoch=1-v1 (epoch=1.ckpt is the first branch's) and
+    # last-v1; last.ckpt keeps the first branch's newer state
+    assert _files(tmp_path) == ["epoch=0.ckpt", "epoch=1-v1.ckpt", "epoch=1.ckpt", "epoch=2.ckpt",
+                                "last-v1.ckpt", "last.ckpt"]
+    assert {f: d for f, d in _digests(tmp_path).items() if f in newer} == newer
+    _fit(tmp_path, 4, save_top_k=-1, ckpt_path=str(tmp_path / "last.ckpt"))  # its own last.ckpt: replaced
+    assert _files(tmp_path) == ["epoch=0.ckpt", "epoch=1-v1.ckpt", "epoch=1.ckpt", "epoch=2-v1.ckpt",
+                                "epoch=2.ckpt", "epoch=3.ckpt", "last-v1.ckpt", "last.ckpt"]
+    assert safe_load(tmp_path / "last.ckpt")["global_step"] == 8
