@@ -155,7 +155,7 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     # Lightning: 0 writes no step metrics at all (they still reach callback_metrics)
     t.log_every_n_steps = 50 if f["log_every_n_steps"] is None else f["log_every_n_steps"]
     # "~/runs" is the user's home, as in Lightning
-    t.ckpt_path = None  # the checkpoint the latest fit resumed from (Lightning's trainer.ckpt_path)
+    t.ckpt_path = t._ckpt_path_asked = None  # the checkpoint the latest fit resumed from (and the fit's argument)
     t.default_root_dir = os.path.normpath(os.path.expanduser(os.fspath(c.default_root_dir or os.getcwd())))
     t.deterministic, t.benchmark, t.detect_anomaly = c.deterministic, c.benchmark, detect_anomaly
     t.inference_mode, t.sync_batchnorm, t.compile = c.inference_mode, c.sync_batchnorm, c.compile

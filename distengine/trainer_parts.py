@@ -370,6 +370,7 @@ class CheckpointMixin:
 
         self._resume.epoch_start_sample, self._resume.epoch_start_batch = 0, 0
         self.ckpt_path = None  # Lightning's trainer.ckpt_path: the checkpoint this fit resumed from
+        self._ckpt_path_asked = ckpt_path  # "last": the run's own newest, which ModelCheckpoint may supersede
         if ckpt_path is None and not collectives.is_distributed():
             return
 

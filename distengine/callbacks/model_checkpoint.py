@@ -383,7 +383,9 @@ class ModelCheckpoint(CheckpointWrites):
         delete += [p for p in self._superseded_last(path, kept) if p not in delete and p != link]
         if self._last_link_path and link and self._last_link_path not in (link, path, *kept, *delete):
             delete.append(self._last_link_path)  # a last name with fields ("last-{epoch}") moved on
-        resumed = getattr(trainer, "ckpt_path", None)  # as in Lightning: the file this fit resumed from stays
+        # as in Lightning, the file a fit was asked to resume from stays; with ckpt_path="last" (how a
+        # preempted job resumes, over and over) it is the run's own newest and is superseded as usual
+        resumed = getattr(trainer, "ckpt_path", None) if getattr(trainer, "_ckpt_path_asked", None) != "last" else None
         delete = [p for p in delete if not (resumed and os.path.abspath(p) == os.path.abspath(resumed))]
         return {"save": True, "score": score, "topk": topk, "path": path, "delete": delete, "link": link}
 
