@@ -158,7 +158,9 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     t.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
     # Lightning: 0 writes no step metrics at all (they still reach callback_metrics)
     t.log_every_n_steps = 50 if f["log_every_n_steps"] is None else f["log_every_n_steps"]
-    t.default_root_dir = os.fspath(c.default_root_dir or os.getcwd())
+    # "~/runs" is the user's home, as in Lightning
+    t.ckpt_path = t._ckpt_path_asked = None  # the checkpoint the latest fit resumed from (and the fit's argument)
+    t.default_root_dir = os.path.normpath(os.path.expanduser(os.fspath(c.default_root_dir or os.getcwd())))
     t.deterministic, t.benchmark, t.detect_anomaly = c.deterministic, c.benchmark, detect_anomaly
     t.inference_mode, t.sync_batchnorm, t.compile = c.inference_mode, c.sync_batchnorm, c.compile
     t.use_distributed_sampler, t.dist_timeout = c.use_distributed_sampler, c.dist_timeout

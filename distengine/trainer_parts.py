@@ -376,6 +376,8 @@ class CheckpointMixin:
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint as load_for_trainer
 
         self._resume.epoch_start_sample, self._resume.epoch_start_batch = 0, 0
+        self.ckpt_path = None  # Lightning's trainer.ckpt_path: the checkpoint this fit resumed from
+        self._ckpt_path_asked = ckpt_path  # "last": the run's own newest, which ModelCheckpoint may supersede
         if ckpt_path is None and not collectives.is_distributed():
             return
 
@@ -401,6 +403,7 @@ class CheckpointMixin:
         # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
         # mapped (mmap): the ranks share the file's pages instead of each reading all of it
         ckpt = load_for_trainer(self, path) if os.path.isdir(path) else safe_load(path, "cpu", mmap=True)
+        self.ckpt_path = path
         from distengine.checkpoint.run_folder import continue_run_folder, resume_line
 
         # before anything is written or restored: a resumed run goes on in its own version folder

@@ -52,6 +52,16 @@ class Callback:
     def state_key(self) -> str:
         return type(self).__qualname__
 
+    @property
+    def _legacy_state_keys(self) -> tuple[str, ...]:
+        """Keys earlier distengine versions saved this callback's state under: still restored."""
+        return ()
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        """Lightning's form of a :attr:`state_key` that tells instances apart by their settings:
+        ``ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min'}``."""
+        return f"{type(self).__qualname__}{kwargs!r}"
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

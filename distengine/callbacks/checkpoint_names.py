@@ -7,7 +7,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["format_checkpoint_name", "scanned_folders", "tidy_checkpoint_folders"]
+__all__ = ["format_checkpoint_name", "scanned_folders", "tidy_checkpoint_folders", "versioned_path"]
+
+#: the first version a name in use gets: ``epoch=0-v1.ckpt`` (as Lightning's ``STARTING_VERSION``)
+STARTING_VERSION = 1
+CKPT_SUFFIX = ".ckpt"
 
 _FIELD = re.compile(r"\{([^{}:!]+)(![rsa])?(:[^{}]*)?\}")
 
@@ -42,6 +46,25 @@ def format_checkpoint_name(template: str, metrics: dict[str, Any], auto_insert_m
         return f"{name.replace('/', '_').replace(os.sep, '_')}={text}"
 
     return _FIELD.sub(fill, template)
+
+
+def versioned_path(dirpath: str, name: str, ours: set[str], replaced: set[str] = frozenset(),
+                   enabled: bool = True) -> str:
+    """``<dirpath>/<name>.ckpt``, or ``<name>-v1.ckpt``, ``-v2``... while that name is taken: by a
+    file or link on disk, or by one of ``ours`` (paths this run still keeps). Only a path in
+    ``replaced`` (one of ours that this save replaces) may be reused, so a second run into the same
+    folder never overwrites the first run's files (Lightning's ``enable_version_counter``;
+    ``enabled=False``: always the plain name). Rank zero decides; the ranks are then told.
+
+    Example: ``versioned_path("ckpts", "epoch=0", set())`` -> ``ckpts/epoch=0-v1.ckpt`` when
+    ``ckpts/epoch=0.ckpt`` exists.
+    """
+    path = os.path.join(dirpath, name + CKPT_SUFFIX)
+    version = STARTING_VERSION
+    while enabled and path not in replaced and (path in ours or os.path.lexists(path)):
+        path = os.path.join(dirpath, f"{name}-v{version}{CKPT_SUFFIX}")
+        version += 1
+    return path
 
 
 def _score(value: Any) -> torch.Tensor | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
+from enum import Enum
 from typing import Any
 
 import torch
@@ -26,8 +27,36 @@ import torch
 from distengine.callbacks.base import Callback
 from distengine.utilities.exceptions import ConfigError
 
-#: Short codes stored in :attr:`EarlyStopping.stopping_reason`.
-STOP_REASONS = ("not_finite", "stopping_threshold", "divergence_threshold", "patience_exhausted")
+__all__ = ["EarlyStopping", "EarlyStoppingReason"]
+
+
+class EarlyStoppingReason(Enum):
+    """Why :class:`EarlyStopping` stopped a fit (``early_stopping.stopping_reason``), as in Lightning.
+
+    Example: ``if stopper.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED: ...``
+    """
+
+    NOT_STOPPED = 0
+    STOPPING_THRESHOLD = 1
+    DIVERGENCE_THRESHOLD = 2
+    PATIENCE_EXHAUSTED = 3
+    NON_FINITE_METRIC = 4
+
+
+#: the short codes checkpoints of earlier distengine versions hold (restored as the enum)
+STOP_REASONS = {"not_finite": EarlyStoppingReason.NON_FINITE_METRIC,
+                "stopping_threshold": EarlyStoppingReason.STOPPING_THRESHOLD,
+                "divergence_threshold": EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+                "patience_exhausted": EarlyStoppingReason.PATIENCE_EXHAUSTED}
+
+
+def _reason(saved: Any) -> EarlyStoppingReason:
+    """A saved ``stopping_reason``: Lightning's int, an older distengine's code, or nothing."""
+    if saved is None:
+        return EarlyStoppingReason.NOT_STOPPED
+    if isinstance(saved, EarlyStoppingReason):
+        return saved
+    return STOP_REASONS[saved] if isinstance(saved, str) else EarlyStoppingReason(int(saved))
 
 
 class EarlyStopping(Callback):
@@ -51,8 +80,9 @@ class EarlyStopping(Callback):
         log_rank_zero_only: with ``verbose``, print only on global rank zero (otherwise each
             rank prints its own decision, prefixed with its rank).
 
-    After a stop, :attr:`stopped_epoch` holds the epoch, :attr:`stopping_reason` one of
-    :data:`STOP_REASONS` and :attr:`stopping_reason_message` a readable sentence.
+    After a stop, :attr:`stopped_epoch` holds the epoch, :attr:`stopping_reason` an
+    :class:`EarlyStoppingReason` (``NOT_STOPPED`` until then) and :attr:`stopping_reason_message`
+    a readable sentence (None until then).
     """
 
     def __init__(
@@ -94,7 +124,7 @@ class EarlyStopping(Callback):
         self.wait_count = 0
         self.stopped_epoch = 0
         self.best_score = torch.tensor(math.inf if mode == "min" else -math.inf, dtype=torch.float64)
-        self.stopping_reason: str | None = None
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
         self.stopping_reason_message: str | None = None
         self._fitting = False
         self._validation_ran = False
@@ -112,7 +142,8 @@ class EarlyStopping(Callback):
             "stopped_epoch": self.stopped_epoch,
             "best_score": self.best_score.clone(),
             "patience": self.patience,
-            "stopping_reason": self.stopping_reason,
+            "stopping_reason": self.stopping_reason.value,  # Lightning's form: the enum's int
+            "stopping_reason_message": self.stopping_reason_message,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -120,7 +151,8 @@ class EarlyStopping(Callback):
         self.stopped_epoch = int(state_dict["stopped_epoch"])
         self.best_score = torch.as_tensor(state_dict["best_score"], dtype=torch.float64).clone()
         self.patience = int(state_dict.get("patience", self.patience))
-        self.stopping_reason = state_dict.get("stopping_reason")
+        self.stopping_reason = _reason(state_dict.get("stopping_reason"))
+        self.stopping_reason_message = state_dict.get("stopping_reason_message")
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Any, module: Any) -> None:
@@ -176,8 +208,8 @@ class EarlyStopping(Callback):
         if message and self.verbose:
             self._say(trainer, message)
 
-    def evaluate(self, current: torch.Tensor | float) -> tuple[bool, str | None, str | None]:
-        """Update the counters with one new value; return ``(stop, reason_code, message)``.
+    def evaluate(self, current: torch.Tensor | float) -> tuple[bool, EarlyStoppingReason | None, str | None]:
+        """Update the counters with one new value; return ``(stop, reason, message)``.
 
         Pure bookkeeping, no trainer involved, so it is easy to test and to reuse.
         """
@@ -186,16 +218,16 @@ class EarlyStopping(Callback):
         best = float(self.best_score)
         better = (lambda a, b: a < b) if self.mode == "min" else (lambda a, b: a > b)
         if self.check_finite and not math.isfinite(cur):
-            return True, "not_finite", (
+            return True, EarlyStoppingReason.NON_FINITE_METRIC, (
                 f"Monitored metric {self.monitor} = {cur} is not finite; the best value was "
                 f"{best:.6g}. Requesting a stop.")
         if self.stopping_threshold is not None and better(cur, self.stopping_threshold):
-            return True, "stopping_threshold", (
+            return True, EarlyStoppingReason.STOPPING_THRESHOLD, (
                 f"Stopping threshold reached: {self.monitor} = {cur:.6g} is "
                 f"{'below' if self.mode == 'min' else 'above'} {self.stopping_threshold}. "
                 "Requesting a stop.")
         if self.divergence_threshold is not None and better(self.divergence_threshold, cur):
-            return True, "divergence_threshold", (
+            return True, EarlyStoppingReason.DIVERGENCE_THRESHOLD, (
                 f"Divergence threshold reached: {self.monitor} = {cur:.6g} is "
                 f"{'above' if self.mode == 'min' else 'below'} {self.divergence_threshold}. "
                 "Requesting a stop.")
@@ -211,7 +243,7 @@ class EarlyStopping(Callback):
             return False, None, msg
         self.wait_count += 1
         if self.wait_count >= self.patience:
-            return True, "patience_exhausted", (
+            return True, EarlyStoppingReason.PATIENCE_EXHAUSTED, (
                 f"Monitored metric {self.monitor} did not improve in the last {self.wait_count} "
                 f"checks; the best value was {best:.6g}. Requesting a stop.")
         return False, None, None

@@ -1,9 +1,13 @@
 """Log the learning rate (and optionally momentum and weight decay) of every optimizer.
 
-Keys are ``lr-<OptimizerClass>`` for an optimizer with one parameter group and
-``lr-<OptimizerClass>-pg<i>`` (i from 1) for several groups; a group with a ``"name"`` entry
-uses that name instead of ``pg<i>``, and a scheduler config with a ``name`` replaces
-``lr-<OptimizerClass>``. Two optimizers of the same class get ``-1``, ``-2``... suffixes.
+Keys, as in Lightning 2.6.6: ``lr-<OptimizerClass>`` for an optimizer with one parameter group
+and ``lr-<OptimizerClass>/pg<i>`` (i from 1) for several groups; a group with a ``"name"``
+entry uses that name instead of ``pg<i>`` (``lr-SGD/encoder``), and a scheduler config with a
+``name`` replaces ``lr-<OptimizerClass>``. The second optimizer of a class gets ``-1``, the
+third ``-2`` (``lr-SGD``, ``lr-SGD-1``); ``-momentum`` and ``-weight_decay`` follow a key.
+Every optimizer is logged, in automatic and in manual optimization, every
+``log_every_n_steps`` batches that stepped (not optimizer steps: two optimizers stepping in
+one batch are one logging step).
 Values go straight to the loggers on global rank zero (no collective: every rank holds the
 same learning rates); every rank keeps the history in :attr:`LearningRateMonitor.lrs`.
 
@@ -16,6 +20,7 @@ Example::
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -45,6 +50,8 @@ class LearningRateMonitor(Callback):
         self.log_momentum = log_momentum
         self.log_weight_decay = log_weight_decay
         self.lrs: dict[str, list[float]] = {}
+        self.last_momentum_values: dict[str, float | None] = {}
+        self.last_weight_decay_values: dict[str, float | None] = {}
         self._last_step_logged: int | None = None
 
     def on_fit_start(self, trainer: Any, module: Any) -> None:
@@ -53,14 +60,27 @@ class LearningRateMonitor(Callback):
                                "logger=True (TensorBoard) or e.g. logger=CSVLogger('logs') to the Trainer, "
                                "or remove the callback.")
 
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        # the keys, known before the first value (Lightning fills lrs here too)
+        self.lrs = {name: [] for opt, names in _named(trainer) for name in names}
+        self.last_momentum_values = {f"{n}-momentum": None for n in self.lrs}
+        self.last_weight_decay_values = {f"{n}-weight_decay": None for n in self.lrs}
+        if self.log_momentum and not all("momentum" in opt.defaults or "betas" in opt.defaults
+                                         for opt, _ in _named(trainer)):
+            warnings.warn("You have set log_momentum=True, but some optimizers do not have momentum. "
+                          "This will log a value 0 for the momentum.", RuntimeWarning, stacklevel=2)
+
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
         if self.logging_interval == "epoch":
             return
-        step = int(trainer.global_step)
-        every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
+        # Lightning's cadence and step index: batches that closed an optimizer step, not
+        # global_step (which counts every optimizer's step in manual optimization)
+        step = int(getattr(getattr(trainer, "progress", None), "batches_stepped", trainer.global_step))
+        every = int(getattr(trainer, "log_every_n_steps", 1) or 0)
         # the learning rate seen here is the one the optimizer step about to run will use; log it
         # under that batch's index, where the Trainer logs the loss of the same step (Lightning)
-        if (step + 1) % every != 0 or self._last_step_logged == step:
+        if not every or ((step + 1) % every != 0 and not getattr(trainer, "should_stop", False)) \
+                or self._last_step_logged == step:
             return  # not a logging step, or a later micro-batch of an accumulated step
         self._last_step_logged = step
         self._log(trainer, "step" if self.logging_interval is None else "any", step)
@@ -68,42 +88,34 @@ class LearningRateMonitor(Callback):
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         if self.logging_interval == "step":
             return
-        self._log(trainer, "epoch" if self.logging_interval is None else "any", int(trainer.global_step))
+        step = int(getattr(getattr(trainer, "progress", None), "batches_stepped", trainer.global_step))
+        self._log(trainer, "epoch" if self.logging_interval is None else "any", step)
 
     # ------------------------------------------------------------------ collection
     def extract(self, trainer: Any, interval: str = "any") -> dict[str, float]:
-        """The current values for schedulers with ``interval`` (or all with ``"any"``)."""
-        optimizers = list(getattr(trainer, "optimizers", None) or [])
-        configs = list(getattr(trainer, "lr_scheduler_configs", None) or [])
-        names = _names(optimizers, configs)
-        with_scheduler: dict[int, str] = {}
-        for config in configs:
-            opt = getattr(config.scheduler, "optimizer", None)
-            if opt is not None:
-                with_scheduler[id(opt)] = getattr(config, "interval", "epoch")
+        """The current values: optimizers with a scheduler of ``interval`` (all with ``"any"``),
+        then those without one (always)."""
+        intervals = {id(c.scheduler.optimizer): getattr(c, "interval", "epoch")
+                     for c in list(getattr(trainer, "lr_scheduler_configs", None) or [])}
         stats: dict[str, float] = {}
-        for opt, name in zip(optimizers, names):
-            sched_interval = with_scheduler.get(id(opt))
+        for opt, names in _named(trainer):
+            sched_interval = intervals.get(id(opt))
             if sched_interval is not None and interval not in ("any", sched_interval):
                 continue
-            stats.update(self._optimizer_stats(opt, name))
+            stats.update(self._optimizer_stats(opt, names))
         return stats
 
-    def _optimizer_stats(self, opt: torch.optim.Optimizer, name: str) -> dict[str, float]:
-        groups = opt.param_groups
+    def _optimizer_stats(self, opt: torch.optim.Optimizer, names: list[str]) -> dict[str, float]:
         out: dict[str, float] = {}
-        for i, group in enumerate(groups):
-            key = name
-            if len(groups) > 1:
-                key = f"{name}-{group['name']}" if isinstance(group.get("name"), str) else f"{name}-pg{i + 1}"
-            out[key] = float(group["lr"])
+        use_betas = "betas" in opt.defaults
+        for group, key in zip(opt.param_groups, names):
+            out[key] = _number(group["lr"])
             if self.log_momentum:
-                if "betas" in group:
-                    out[f"{key}-momentum"] = float(group["betas"][0])
-                else:
-                    out[f"{key}-momentum"] = float(group.get("momentum", 0.0))
+                momentum = group["betas"][0] if use_betas else group.get("momentum", 0)
+                out[f"{key}-momentum"] = self.last_momentum_values[f"{key}-momentum"] = _number(momentum)
             if self.log_weight_decay:
-                out[f"{key}-weight_decay"] = float(group.get("weight_decay", 0.0))
+                decay = _number(group.get("weight_decay", 0))
+                out[f"{key}-weight_decay"] = self.last_weight_decay_values[f"{key}-weight_decay"] = decay
         return out
 
     def _log(self, trainer: Any, interval: str, step: int) -> None:
@@ -111,7 +123,8 @@ class LearningRateMonitor(Callback):
         if not stats:
             return
         for key, value in stats.items():
-            self.lrs.setdefault(key, []).append(value)
+            if not key.endswith(("-momentum", "-weight_decay")) or key in self.lrs:
+                self.lrs.setdefault(key, []).append(value)
         record = getattr(trainer, "record_callback_metrics", None)
         if record is not None:  # as in Lightning, monitors and schedulers can read them
             record(stats)
@@ -120,22 +133,47 @@ class LearningRateMonitor(Callback):
                 lg.log_metrics(dict(stats), step=step)
 
 
-def _names(optimizers: list[Any], configs: list[Any]) -> list[str]:
-    """One base key per optimizer: a scheduler's ``name`` or ``lr-<Class>``, made unique."""
-    custom = {}
-    for config in configs:
-        opt = getattr(config.scheduler, "optimizer", None)
-        cname = getattr(config, "name", None)
-        if opt is not None and cname:
-            custom[id(opt)] = str(cname)
-    bases = [custom.get(id(opt), f"lr-{type(opt).__name__}") for opt in optimizers]
-    total = Counter(bases)
-    seen: Counter[str] = Counter()
-    names = []
-    for base in bases:
-        if total[base] > 1:
-            names.append(base if seen[base] == 0 else f"{base}-{seen[base]}")
-            seen[base] += 1
-        else:
-            names.append(base)
-    return names
+def _number(value: Any) -> float:
+    """A hyperparameter as Lightning logs it: the number itself (a tensor's value)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else float(value)
+
+
+def _named(trainer: Any) -> list[tuple[Any, list[str]]]:
+    """Each optimizer with the key of each of its parameter groups, in Lightning's order and
+    naming: optimizers with a scheduler first (the scheduler config's ``name``, else
+    ``lr-<Class>``), then the others (``lr-<Class>``); the second optimizer of a class gets
+    ``-1``, the third ``-2``; several groups get ``/<group name>`` or ``/pg<i>``."""
+    configs = list(getattr(trainer, "lr_scheduler_configs", None) or [])
+    seen_types: Counter[type] = Counter()
+    out: list[tuple[Any, list[str]]] = []
+    for opt, cname in [(c.scheduler.optimizer, getattr(c, "name", None)) for c in configs] + \
+            [(o, None) for o in _plain_optimizers(trainer, configs)]:
+        if cname is None:
+            seen_types[type(opt)] += 1
+        base = str(cname) if cname is not None else f"lr-{type(opt).__name__}"
+        count = seen_types.get(type(opt), 0)
+        if count > 1:
+            base = f"{base}-{count - 1}"
+        out.append((opt, _group_names(base, opt.param_groups)))
+    return out
+
+
+def _plain_optimizers(trainer: Any, configs: list[Any]) -> list[Any]:
+    with_scheduler = {id(c.scheduler.optimizer) for c in configs}
+    found = []
+    for opt in list(getattr(trainer, "optimizers", None) or []):
+        opt = getattr(opt, "optimizer", opt) if not isinstance(opt, torch.optim.Optimizer) else opt
+        if id(opt) not in with_scheduler:
+            found.append(opt)
+    return found
+
+
+def _group_names(base: str, groups: list[dict[str, Any]]) -> list[str]:
+    names = [g.get("name", f"pg{i}") for i, g in enumerate(groups, start=1)]
+    twice = sorted({str(n) for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"LearningRateMonitor: {base} has parameter groups with the same name {twice}; "
+                         "give each parameter group of one optimizer its own 'name'")
+    if len(groups) > 1:
+        return [f"{base}/{n}" for n in names]
+    return [f"{base}/{groups[0]['name']}" if groups[0].get("name") else base]

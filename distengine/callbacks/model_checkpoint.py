@@ -18,25 +18,29 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import re
-import shutil
-import sys
 import warnings
 from typing import Any
 
 import torch
 
-from distengine.callbacks.checkpoint import Checkpoint
-from distengine.callbacks.checkpoint_names import _score, _to_float, format_checkpoint_name, tidy_checkpoint_folders
+from distengine.callbacks.checkpoint_names import (
+    STARTING_VERSION,
+    _score,
+    _to_float,
+    format_checkpoint_name,
+    tidy_checkpoint_folders,
+    versioned_path,
+)
+from distengine.callbacks.model_checkpoint_args import checked_arguments
+from distengine.callbacks.model_checkpoint_write import CheckpointWrites
 from distengine.callbacks.time_checks import TimeChecks
 from distengine.checkpoint.async_writer import AsyncCheckpointWriter
-from distengine.checkpoint.io import CKPT_SUFFIX, link_atomic, write_last_pointer
-from distengine.loggers.artifacts import checkpoint_notifier
+from distengine.checkpoint.io import CKPT_SUFFIX
 from distengine.utilities.exceptions import ConfigError
 
 __all__ = ["ModelCheckpoint", "format_checkpoint_name"]
 
-class ModelCheckpoint(Checkpoint):
+class ModelCheckpoint(CheckpointWrites):
     """Save checkpoints when a trigger fires; keep the ``save_top_k`` best by ``monitor``.
 
     Args:
@@ -49,9 +53,13 @@ class ModelCheckpoint(Checkpoint):
             ``save_top_k`` most recent.
         mode: ``"min"`` or ``"max"``: which values of ``monitor`` are better.
         save_top_k: how many to keep; -1 keeps all, 0 keeps none (see ``save_last``).
-        save_last: also write a checkpoint at every trigger that does not make the top k, and keep
-            the newest such one (the older one is deleted once the new one is on disk);
-            ``<dirpath>/last.ckpt`` is always the newest checkpoint, as in Lightning.
+        save_last: also keep the newest state as ``<dirpath>/last.ckpt``: a hard link to the newest
+            checkpoint when it is a top-k one, else a file of its own written there (as in Lightning,
+            which also writes it at the end of a run in which no trigger fired); ``"link"``: a
+            relative symbolic link to the newest top-k file instead.
+        enable_version_counter: a name already on disk that this run did not write (another run's
+            ``epoch=0.ckpt`` or ``last.ckpt`` in the same folder) gets ``-v1``, ``-v2``... instead
+            of being overwritten; ``False`` overwrites, as in Lightning.
         every_n_train_steps / every_n_epochs / train_time_interval: the trigger (one of them;
             default every epoch). ``train_time_interval`` is a ``timedelta`` or seconds; rank
             zero's clock decides, asked only every few batches (more often as the interval
@@ -71,63 +79,35 @@ class ModelCheckpoint(Checkpoint):
 
     FILE_EXTENSION = CKPT_SUFFIX
     CHECKPOINT_NAME_LAST = "last"
+    STARTING_VERSION = STARTING_VERSION  # the first suffix a name in use gets: epoch=0-v1.ckpt
 
     def __init__(self, dirpath: str | os.PathLike | None = None, filename: str | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1,
-                 save_last: bool | None = None, every_n_train_steps: int | None = None,
+                 save_last: bool | str | None = None, every_n_train_steps: int | None = None,
                  every_n_epochs: int | None = None,
                  train_time_interval: datetime.timedelta | float | None = None,
                  save_on_train_epoch_end: bool | None = None, async_save: bool = False,
                  save_weights_only: bool = False, verbose: bool = False,
-                 auto_insert_metric_name: bool = True, filepath: str | os.PathLike | None = None) -> None:
-        if filepath is not None:  # 0.x/1.x: one path, split into dirpath + filename as Lightning 1.1 did
-            if dirpath is not None or filename is not None:
-                raise ConfigError("ModelCheckpoint: pass filepath= (the 1.x form) or dirpath=/filename=, not both")
-            filepath = os.fspath(filepath)
-            dirpath, filename = (filepath, None) if os.path.isdir(filepath) else \
-                os.path.split(os.path.realpath(filepath))
-            filename = filename or None
-        if mode not in ("min", "max"):
-            raise ConfigError(f"ModelCheckpoint(mode={mode!r}) is not valid; use 'min' or 'max'")
-        if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ConfigError(f"ModelCheckpoint(save_top_k={save_top_k!r}) must be an int >= -1 "
-                              "(-1 keeps every checkpoint)")
-        for name, val in (("every_n_train_steps", every_n_train_steps),
-                          ("every_n_epochs", every_n_epochs)):
-            if val is not None and (not isinstance(val, int) or val < 0):
-                raise ConfigError(f"ModelCheckpoint({name}={val!r}) must be a non-negative int")
-        if isinstance(train_time_interval, (int, float)) and not isinstance(train_time_interval, bool):
-            train_time_interval = datetime.timedelta(seconds=float(train_time_interval))
-        if train_time_interval is not None and (
-                not isinstance(train_time_interval, datetime.timedelta)
-                or train_time_interval.total_seconds() <= 0):
-            raise ConfigError(f"ModelCheckpoint(train_time_interval={train_time_interval!r}) must "
-                              "be a positive timedelta or number of seconds")
-        chosen = [n for n, v in (("every_n_train_steps", every_n_train_steps),
-                                 ("every_n_epochs", every_n_epochs),
-                                 ("train_time_interval", train_time_interval)) if v]
-        if len(chosen) > 1:
-            raise ConfigError(f"ModelCheckpoint: {' and '.join(chosen)} are both set; choose one "
-                              "trigger")
-        if filename is not None and not isinstance(filename, str):
-            raise ConfigError(f"ModelCheckpoint(filename={filename!r}) must be a string template")
-
-        self.dirpath: str | None = os.path.abspath(os.fspath(dirpath)) if dirpath else None
-        self.filename = filename[:-len(CKPT_SUFFIX)] if filename and filename.endswith(
-            CKPT_SUFFIX) else filename
+                 auto_insert_metric_name: bool = True, filepath: str | os.PathLike | None = None,
+                 enable_version_counter: bool = True, save_on_exception: bool = False) -> None:
+        args = checked_arguments(dirpath, filename, filepath, mode, save_top_k, save_last,
+                                 every_n_train_steps, every_n_epochs, train_time_interval)
+        self.dirpath: str | None = args["dirpath"]
+        self.filename = args["filename"]
         self.monitor = monitor
         self.mode = mode
         self.save_top_k = save_top_k
         self.save_last = save_last
-        self.every_n_train_steps = every_n_train_steps or 0
-        self.every_n_epochs = every_n_epochs if every_n_epochs is not None else (
-            0 if chosen else 1)
-        self.train_time_interval = train_time_interval
+        self.every_n_train_steps = args["every_n_train_steps"]
+        self.every_n_epochs = args["every_n_epochs"]
+        self.train_time_interval = args["train_time_interval"]
         self.save_on_train_epoch_end = save_on_train_epoch_end
         self.async_save = async_save
         self.save_weights_only = save_weights_only
         self.verbose = verbose
         self.auto_insert_metric_name = auto_insert_metric_name
+        self.save_on_exception = save_on_exception
+        self._enable_version_counter = enable_version_counter
 
         # scores are 0-dim tensors, as in Lightning
         self.best_k_models: dict[str, torch.Tensor] = {}
@@ -139,6 +119,9 @@ class ModelCheckpoint(Checkpoint):
         self.version_root: str | None = None  # <save_dir>/<name> when dirpath follows the logger
         self.resumed_from_dirpath: str | None = None  # the other folder a resumed checkpoint was saved in
         self.last_model_path = ""
+        self._last_link_path = ""  # the <dirpath>/last[-vN].ckpt this run (or the run it resumes) writes
+        self._link_restored = False
+        self._last_written = ""  # the newest file this callback wrote (save_last="link" links to it)
         self._last_global_step_saved = -1
         self._time = TimeChecks()
         self._fitting = False
@@ -151,10 +134,30 @@ class ModelCheckpoint(Checkpoint):
     # ------------------------------------------------------------------ identity and state
     @property
     def state_key(self) -> str:
-        # two instances with different settings must not overwrite each other's state
-        return (f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, "
+        # Lightning's key: two instances with different settings do not overwrite each other's state
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode,
+                                        every_n_train_steps=self.every_n_train_steps,
+                                        every_n_epochs=self.every_n_epochs,
+                                        train_time_interval=self.train_time_interval)
+
+    @property
+    def _legacy_state_keys(self) -> tuple[str, ...]:
+        return (f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, "  # distengine before 2026-12
                 f"every_n_train_steps={self.every_n_train_steps}, every_n_epochs="
-                f"{self.every_n_epochs}, train_time_interval={self.train_time_interval}}}")
+                f"{self.every_n_epochs}, train_time_interval={self.train_time_interval}}}",)
+
+    def to_yaml(self, filepath: str | os.PathLike | None = None) -> None:
+        """Write ``best_k_models`` (path -> score) to ``filepath``, default
+        ``<dirpath>/best_k_models.yaml``, as Lightning does. Example: ``ckpt.to_yaml()``."""
+        from distengine.loggers.csv_logger import to_yaml, write_text_atomic
+
+        if filepath is None:
+            if self.dirpath is None:
+                raise ValueError("ModelCheckpoint.to_yaml(): no dirpath yet (it is set when fit starts); "
+                                 "pass a filepath")
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        write_text_atomic(os.path.expanduser(os.fspath(filepath)),
+                          to_yaml({k: float(v) for k, v in self.best_k_models.items()}))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -162,7 +165,7 @@ class ModelCheckpoint(Checkpoint):
             "best_model_score": self.best_model_score, "best_model_path": self.best_model_path,
             "current_score": self.current_score, "best_k_models": dict(self.best_k_models),
             "kth_best_model_path": self.kth_best_model_path, "kth_value": self.kth_value,
-            "last_model_path": self.last_model_path,
+            "last_model_path": self.last_model_path, "last_link_path": self._last_link_path,
             "last_global_step_saved": self._last_global_step_saved,
         }
 
@@ -183,6 +186,11 @@ class ModelCheckpoint(Checkpoint):
         self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
         self.kth_value = _score(state_dict.get("kth_value", self._worst_value()))
         self.last_model_path = state_dict.get("last_model_path", "")
+        # the last.ckpt the resumed run wrote (before the key existed: last.ckpt); this run replaces
+        # it only if it holds the state resumed from (on_train_start checks)
+        self._last_link_path = state_dict.get("last_link_path", os.path.join(
+            self.dirpath, self.CHECKPOINT_NAME_LAST + CKPT_SUFFIX) if self.dirpath else "")
+        self._link_restored = True
         self._last_global_step_saved = int(state_dict.get("last_global_step_saved", -1))
 
     # ------------------------------------------------------------------ hooks
@@ -211,8 +219,8 @@ class ModelCheckpoint(Checkpoint):
             strategy = getattr(trainer, "strategy", None)
             if strategy is not None:
                 path, version_root = strategy.broadcast((path, version_root), src=0)
-            self.dirpath = os.path.abspath(path)
-            self.version_root = os.path.abspath(version_root) if version_root else None
+            self.dirpath = os.path.abspath(os.path.expanduser(path))  # a custom logger's "~/logs" too
+            self.version_root = os.path.abspath(os.path.expanduser(version_root)) if version_root else None
         return self.dirpath
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
@@ -227,6 +235,14 @@ class ModelCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         self._time.start()
+        if self._link_restored:
+            # resumed from an older checkpoint than last.ckpt holds (fit(ckpt_path="epoch=0.ckpt")):
+            # that last.ckpt is kept and this run writes last-v1.ckpt, as Lightning does. Resumed
+            # from last.ckpt (or "last", the file it links to), it is replaced: nothing is lost.
+            # Only rank zero's answer is used (it names the files).
+            self._link_restored = False
+            if self._last_link_path and not _same_file(getattr(trainer, "ckpt_path", None), self._last_link_path):
+                self._last_link_path = ""
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -251,11 +267,22 @@ class ModelCheckpoint(Checkpoint):
         if self._epoch_trigger(trainer) and not self._on_train_epoch_end(trainer):
             self._save_topk_and_last(trainer, from_validation=True)
 
+    def on_train_end(self, trainer: Any, module: Any) -> None:
+        # save_last: a run in which no trigger fired (saving after validation, with no validation)
+        # still leaves last.ckpt, as in Lightning
+        if self.save_last and self._fitting and not self._last_written and \
+                self._last_global_step_saved != trainer.global_step:
+            self._save_topk_and_last(trainer, last_only=True)
+
     def on_fit_end(self, trainer: Any, module: Any) -> None:
         self.wait()
 
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
         self._run_failed = True
+        if self.save_on_exception and self._fitting and not getattr(trainer, "sanity_checking", False) \
+                and not getattr(trainer, "fast_dev_run", 0) and trainer.global_step > 0 \
+                and self._last_global_step_saved != trainer.global_step:
+            self._save_on_exception(trainer, exception)  # not when this step's state is on disk already
 
     def teardown(self, trainer: Any, module: Any, stage: str) -> None:
         self._fitting = False
@@ -270,58 +297,7 @@ class ModelCheckpoint(Checkpoint):
             warnings.warn(f"ModelCheckpoint: {exc}", UserWarning, stacklevel=2)
         self._run_failed = False
 
-    def wait(self) -> None:
-        """Block until a background write (``async_save=True``) is on disk."""
-        if self._writer is not None:
-            self._writer.wait()
-        if self._sharded is not None:
-            self._sharded.wait()
-
-    # ------------------------------------------------------------------ graceful stop
-    def save_now(self, trainer: Any, reason: str) -> str:
-        """Write a full checkpoint now (every rank calls this), outside the top-k accounting.
-
-        Used by the Trainer for a graceful stop on a signal. ``last.json`` then points at it, and
-        the previous checkpoint kept only as "last" is deleted. Returns the path written.
-        Example: ``path = ckpt_cb.save_now(trainer, "sigterm")``.
-        """
-        self.resolve_dirpath(trainer)
-        self.wait()
-        tag = re.sub(r"[^A-Za-z0-9_]+", "_", str(reason)).strip("_") or "stop"
-
-        def decide() -> dict[str, Any]:
-            name = format_checkpoint_name(self.filename or "{epoch}-{step}",
-                                          self._candidates(trainer), self.auto_insert_metric_name)
-            path = self._unique_path(f"{name}-{tag}")
-            return {"path": path, "delete": self._superseded_last(path, self.best_k_models)}
-
-        decision = self._agree(trainer, decide)
-        self.last_model_path = decision["path"]
-        # a full state regardless of save_weights_only: this file exists to resume from
-        notify = checkpoint_notifier(trainer, self)
-        trainer.save_checkpoint(decision["path"])
-        if trainer.is_global_zero:
-            self._after_durable(decision["path"], decision["delete"], notify)
-        return decision["path"]
-
     # ------------------------------------------------------------------ decisions
-    @staticmethod
-    def _agree(trainer: Any, decide: Any) -> dict[str, Any]:
-        """Run ``decide()`` on rank zero and hand its result (or its failure) to every rank."""
-        error: BaseException | None = None
-        decision: dict[str, Any] | None = None
-        if trainer.is_global_zero:
-            try:
-                decision = decide()
-            except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not hang
-                error, decision = exc, {"error": f"{type(exc).__name__}: {exc}"}
-        decision = trainer.strategy.broadcast(decision, src=0)
-        if "error" in decision:
-            if error is not None:
-                raise error
-            raise RuntimeError(f"ModelCheckpoint failed on rank 0: {decision['error']}")
-        return decision
-
     def _skip(self, trainer: Any) -> bool:
         return (not self._fitting or getattr(trainer, "sanity_checking", False)
                 or self._last_global_step_saved == trainer.global_step
@@ -345,9 +321,9 @@ class ModelCheckpoint(Checkpoint):
         vci = getattr(trainer, "val_check_interval", 1.0)
         return vci is None or vci == 1.0
 
-    def _save_topk_and_last(self, trainer: Any, from_validation: bool = False) -> None:
+    def _save_topk_and_last(self, trainer: Any, from_validation: bool = False, last_only: bool = False) -> None:
         self.resolve_dirpath(trainer)
-        decision = self._agree(trainer, lambda: self._decide(trainer, from_validation))
+        decision = self._agree(trainer, lambda: self._decide(trainer, from_validation, last_only))
         self.current_score = _score(decision["score"])
         if not decision["save"]:
             return
@@ -358,41 +334,46 @@ class ModelCheckpoint(Checkpoint):
             self.best_k_models.pop(old, None)
         self._update_best()
         self.last_model_path = path
+        self._last_link_path = decision["link"] or self._last_link_path
+        self._last_written = path
         self._last_global_step_saved = trainer.global_step
-        self._write(trainer, path, decision["delete"])
+        self._write(trainer, path, decision["delete"], decision["link"])
 
-    def _decide(self, trainer: Any, from_validation: bool) -> dict[str, Any]:
-        """Rank zero only: which file to write, whether it is top-k, what to delete."""
-        metrics = self._candidates(trainer)
-        score: float | None
-        if self.monitor is None:
-            score = float(trainer.global_step)  # keep the most recent: larger step is better
-        elif self.monitor in metrics and _to_float(metrics[self.monitor]) is not None:
+    def _monitored_score(self, metrics: dict[str, Any], from_validation: bool) -> float | None:
+        if self.monitor in metrics and _to_float(metrics[self.monitor]) is not None:
             score = _to_float(metrics[self.monitor])
-            if math.isnan(score):
-                score = self._worst_value()  # a NaN never beats a real value
-        else:
-            msg = (f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged: "
-                   f"{sorted(k for k in metrics if k not in ('epoch', 'step'))}. Log it with "
-                   f"self.log({self.monitor!r}, value) in the module")
-            if from_validation or self._val_has_run:
-                raise ConfigError(msg)
-            if not self._missing_warned:
-                warnings.warn(msg + "; skipping the top-k check until it is logged",
-                              UserWarning, stacklevel=2)
-                self._missing_warned = True
-            score = None
+            return self._worst_value() if math.isnan(score) else score  # a NaN never beats a real value
+        msg = (f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged: "
+               f"{sorted(k for k in metrics if k not in ('epoch', 'step'))}. Log it with "
+               f"self.log({self.monitor!r}, value) in the module")
+        if from_validation or self._val_has_run:
+            raise ConfigError(msg)
+        if not self._missing_warned:
+            warnings.warn(msg + "; skipping the top-k check until it is logged", UserWarning, stacklevel=3)
+            self._missing_warned = True
+        return None
+
+    def _decide(self, trainer: Any, from_validation: bool, last_only: bool = False) -> dict[str, Any]:
+        """Rank zero only: which file to write, whether it is top-k, what to delete, where last.ckpt is."""
+        metrics = self._candidates(trainer)
+        score = None if last_only else float(trainer.global_step) if self.monitor is None \
+            else self._monitored_score(metrics, from_validation)  # no monitor: the newest is the best
         topk = self._is_topk(score)
-        if not topk and not self.save_last:
+        # save_last="link": last.ckpt already links to the newest top-k file (Lightning saves nothing new)
+        linked = self.save_last == "link" and self.save_top_k != 0 and bool(self._last_written)
+        if not topk and (not self.save_last or linked):
             return {"save": False, "score": score}
         kept = dict(self.best_k_models)
-        # a file this save replaces may keep its name (overwritten atomically), as in Lightning:
-        # a fixed filename with save_top_k=1 stays one file instead of growing -v1, -v2, ...
-        evicted = {self._worst_path(kept)} if topk and self.save_top_k != -1 and len(kept) >= self.save_top_k \
-            else set()
-        path = self._unique_path(format_checkpoint_name(self.filename or "{epoch}-{step}", metrics,
-                                                        self.auto_insert_metric_name),
-                                 reusable=evicted | set(self._superseded_last("", kept)))
+        link = self._last_name(metrics) if self.save_last else ""
+        if not topk:  # kept only as the newest: written straight to last.ckpt, as in Lightning
+            path = link
+        else:
+            # a file this save replaces may keep its name (overwritten atomically), as in Lightning:
+            # a fixed filename with save_top_k=1 stays one file instead of growing -v1, -v2, ...
+            evicted = {self._worst_path(kept)} if self.save_top_k != -1 and len(kept) >= self.save_top_k else set()
+            name = format_checkpoint_name(self.filename or "{epoch}-{step}", metrics, self.auto_insert_metric_name)
+            path = versioned_path(self.dirpath, name, self._ours(),
+                                  evicted | set(self._superseded_last("", kept)), self._enable_version_counter)
         delete: list[str] = []
         if topk:
             kept[path] = score
@@ -400,8 +381,24 @@ class ModelCheckpoint(Checkpoint):
                 worst = self._worst_path(kept)
                 kept.pop(worst)
                 delete.append(worst)
-        delete += [p for p in self._superseded_last(path, kept) if p not in delete]
-        return {"save": True, "score": score, "topk": topk, "path": path, "delete": delete}
+        delete += [p for p in self._superseded_last(path, kept) if p not in delete and p != link]
+        if self._last_link_path and link and self._last_link_path not in (link, path, *kept, *delete):
+            delete.append(self._last_link_path)  # a last name with fields ("last-{epoch}") moved on
+        # as in Lightning, the file a fit was asked to resume from stays; with ckpt_path="last" (how a
+        # preempted job resumes, over and over) it is the run's own newest and is superseded as usual
+        resumed = getattr(trainer, "ckpt_path", None) if getattr(trainer, "_ckpt_path_asked", None) != "last" else None
+        delete = [p for p in delete if not (resumed and os.path.abspath(p) == os.path.abspath(resumed))]
+        return {"save": True, "score": score, "topk": topk, "path": path, "delete": delete, "link": link}
+
+    def _ours(self) -> set[str]:
+        """The files this run keeps (or the run it resumes in this folder kept)."""
+        return (set(self.best_k_models) | {self.last_model_path, self._last_link_path}) - {""}
+
+    def _last_name(self, metrics: dict[str, Any]) -> str:
+        """``<dirpath>/last.ckpt``, or ``last-v1.ckpt``... when another run's last.ckpt is there."""
+        name = format_checkpoint_name(self.CHECKPOINT_NAME_LAST, metrics, self.auto_insert_metric_name)
+        return versioned_path(self.dirpath, name, set(), {self._last_link_path, self.last_model_path} - {""},
+                              self._enable_version_counter)
 
     def _is_topk(self, score: float | None) -> bool:
         if self.save_top_k == 0 or score is None:
@@ -449,52 +446,9 @@ class ModelCheckpoint(Checkpoint):
         metrics.setdefault("step", trainer.global_step)
         return metrics
 
-    def _unique_path(self, name: str, reusable: set[str] = frozenset()) -> str:
-        """``<dirpath>/<name>.ckpt``, versioned ``-v1``... if that name is still in use by us
-        (a file in ``reusable`` is about to be replaced: its name is free)."""
-        assert self.dirpath is not None
-        used = (set(self.best_k_models) | {self.last_model_path}) - set(reusable)
-        path = os.path.join(self.dirpath, name + CKPT_SUFFIX)
-        version = 1
-        while path in used:
-            path = os.path.join(self.dirpath, f"{name}-v{version}{CKPT_SUFFIX}")
-            version += 1
-        return path
 
-    # ------------------------------------------------------------------ writing
-    def _write(self, trainer: Any, path: str, delete: list[str]) -> None:
-        notify = checkpoint_notifier(trainer, self)  # the loggers' after_save_checkpoint
-        if getattr(trainer.strategy, "checkpoint_layout", "full") == "sharded":  # a directory: each rank writes
-            from distengine.checkpoint.sharded_trainer import save_trainer_checkpoint
-
-            self._sharded = save_trainer_checkpoint(trainer, path, self.save_weights_only, self._writer is not None,
-                                                    on_done=lambda p: self._after_durable(p, delete, notify))
-            return
-        if self._writer is None:
-            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
-            if trainer.is_global_zero:
-                self._after_durable(path, delete, notify)
-            return
-        # every rank takes part in gathering (it is a collective); rank zero gets the dict
-        state = trainer.dump_checkpoint(weights_only=self.save_weights_only)
-        if trainer.is_global_zero:
-            self._writer.submit(state, path, on_done=lambda p: self._after_durable(p, delete, notify))
-
-    def _after_durable(self, path: str, delete: list[str], notify: Any = None) -> None:
-        """Rank zero, once ``path`` is on disk: repoint last.json (and ``last.ckpt`` with
-        ``save_last``), tell the loggers (``notify``), then delete superseded files."""
-        write_last_pointer(self.dirpath, path)
-        if self.save_last:  # a hard link to a file; a relative symlink to a sharded directory
-            link_atomic(path, os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + CKPT_SUFFIX))
-        if self.verbose:
-            print(f"distengine: saved checkpoint {path}", file=sys.stderr, flush=True)
-        if notify is not None:
-            notify()
-        for old in delete:
-            # never delete what is tracked again (a name reused after the decision was taken)
-            if old == path or old in self.best_k_models or old == self.last_model_path:
-                continue
-            try:
-                shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
-            except FileNotFoundError:
-                pass
+def _same_file(a: str | None, b: str) -> bool:
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:  # one of them is gone
+        return False

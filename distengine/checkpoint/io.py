@@ -255,8 +255,9 @@ def _loads_on_cpu(path: str, raise_refusal: bool = False) -> bool:
     return isinstance(obj, dict)
 
 
-def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+def link_atomic(src: str | os.PathLike, dst: str | os.PathLike, symbolic: bool = False) -> None:
     """Make ``dst`` the same checkpoint as ``src``. Atomic: a crash leaves the previous ``dst`` whole.
+    ``symbolic``: a relative symbolic link for a file too (``ModelCheckpoint(save_last="link")``).
 
     A file gets a hard link (no extra disk space), or a copy where the file system has no hard
     links. A directory (a sharded checkpoint) gets a relative symbolic link, so the folder can
@@ -267,11 +268,11 @@ def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """
     src = os.fspath(src)
     dst = os.path.abspath(os.fspath(dst))
-    if os.path.isdir(src):
+    if os.path.isdir(src) or symbolic:
         target = os.path.relpath(os.path.abspath(src), os.path.dirname(dst))
         tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.{_host_tag()}.{os.getpid()}."
                                                   f"{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
-        os.symlink(target, tmp, target_is_directory=True)
+        os.symlink(target, tmp, target_is_directory=os.path.isdir(src))
         old = None
         if os.path.isdir(dst) and not os.path.islink(dst):  # a copy made by following the link (cp -L)
             # a name the next sharded save's clean-up removes should we crash before rmtree below

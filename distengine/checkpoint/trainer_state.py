@@ -104,8 +104,11 @@ class CallbackStates:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for cb in self.callbacks:
-            if state.get(cb.state_key) is not None:
-                cb.load_state_dict(state[cb.state_key])
+            # a checkpoint of an earlier distengine version: the key it used then
+            for key in (cb.state_key, *getattr(cb, "_legacy_state_keys", ())):
+                if state.get(key) is not None:
+                    cb.load_state_dict(state[key])
+                    break
 
 
 class Checkpointer:

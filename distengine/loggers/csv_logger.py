@@ -54,7 +54,8 @@ def resolve_layout(save_dir: str | os.PathLike, name: str | None,
         raise TypeError(f"version must be an int, a str or None, got {version!r}")
     if isinstance(version, int) and version < 0:
         raise ValueError(f"version must be >= 0, got {version}")
-    save_dir = os.fspath(save_dir)
+    # "~/logs": the user's home, where Lightning's loggers write too (their file system layer expands it)
+    save_dir = os.path.expanduser(os.fspath(save_dir))
     root_dir = os.path.join(save_dir, name) if name else save_dir
     if version is None:
         version = next_version(root_dir)

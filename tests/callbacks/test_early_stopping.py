@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from distengine.callbacks.early_stopping import EarlyStopping
+from distengine.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
 from tests.callbacks.fakes import FakeTrainer
 
 
@@ -26,7 +26,7 @@ def test_patience_counts_checks_without_improvement():
     cb = EarlyStopping("val_loss", patience=2)
     assert feed(cb, [1.0, 0.9, 0.95, 0.91, 0.5]) == 3
     assert cb.stopped_epoch == 3
-    assert cb.stopping_reason == "patience_exhausted"
+    assert cb.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
     assert "did not improve in the last 2" in cb.stopping_reason_message
     assert float(cb.best_score) == pytest.approx(0.9)
     assert cb.wait_count == 2
@@ -57,7 +57,7 @@ def test_mode_max():
 def test_non_finite_stops_at_once(bad):
     cb = EarlyStopping("val_loss", patience=10)
     assert feed(cb, [1.0, bad]) == 1
-    assert cb.stopping_reason == "not_finite"
+    assert cb.stopping_reason == EarlyStoppingReason.NON_FINITE_METRIC
     assert "not finite" in cb.stopping_reason_message
 
 
@@ -70,13 +70,13 @@ def test_non_finite_ignored_without_check_finite():
 def test_stopping_threshold():
     cb = EarlyStopping("val_loss", patience=10, stopping_threshold=0.1)
     assert feed(cb, [1.0, 0.5, 0.09, 0.01]) == 2
-    assert cb.stopping_reason == "stopping_threshold"
+    assert cb.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD
 
 
 def test_divergence_threshold():
     cb = EarlyStopping("val_loss", patience=10, divergence_threshold=5.0)
     assert feed(cb, [1.0, 2.0, 6.0]) == 2
-    assert cb.stopping_reason == "divergence_threshold"
+    assert cb.stopping_reason == EarlyStoppingReason.DIVERGENCE_THRESHOLD
     cb = EarlyStopping("acc", mode="max", patience=10, divergence_threshold=0.2)
     assert feed(cb, [0.5, 0.1], key="acc") == 1
 
@@ -183,3 +183,22 @@ def test_non_scalar_metric_is_an_error():
     cb.on_fit_start(trainer, None)
     with pytest.raises(ValueError, match="single number"):
         cb.on_validation_end(trainer, None)
+
+
+def test_stopping_reason_state_old_and_new_forms():
+    cb = EarlyStopping("val_loss", patience=3)
+    assert cb.stopping_reason is EarlyStoppingReason.NOT_STOPPED and cb.stopping_reason_message is None
+    cb.stopping_reason, cb.stopping_reason_message = EarlyStoppingReason.PATIENCE_EXHAUSTED, "Test message"
+    state = cb.state_dict()
+    assert state["stopping_reason"] == 3  # Lightning 2.6.6 saves the enum's value
+    new = EarlyStopping("val_loss", patience=3)
+    new.load_state_dict(state)
+    assert (new.stopping_reason, new.stopping_reason_message) == (EarlyStoppingReason.PATIENCE_EXHAUSTED,
+                                                                  "Test message")
+    base = {"wait_count": 2, "stopped_epoch": 5, "best_score": torch.tensor(0.5), "patience": 3}
+    new.load_state_dict(dict(base))  # a state without a reason (Lightning before 2.6)
+    assert new.stopping_reason is EarlyStoppingReason.NOT_STOPPED and new.stopping_reason_message is None
+    new.load_state_dict({**base, "stopping_reason": "not_finite"})  # an earlier distengine's code
+    assert new.stopping_reason is EarlyStoppingReason.NON_FINITE_METRIC
+    new.load_state_dict({**base, "stopping_reason": None})
+    assert new.stopping_reason is EarlyStoppingReason.NOT_STOPPED

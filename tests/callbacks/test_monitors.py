@@ -55,10 +55,10 @@ def test_lr_monitor_follows_scheduler_values_and_param_groups():
         cb.on_train_batch_start(trainer, None, None, i)
         opt.step()
         sched.step()
-    assert [c[1]["lr-SGD-pg1"] for c in lg.calls] == [1.0, 0.5, 0.25]
-    assert [c[1]["lr-SGD-pg2"] for c in lg.calls] == [2.0, 1.0, 0.5]
-    assert lg.calls[0][1]["lr-SGD-pg1-momentum"] == 0.9
-    assert cb.lrs["lr-SGD-pg2"] == [2.0, 1.0, 0.5]
+    assert [c[1]["lr-SGD/pg1"] for c in lg.calls] == [1.0, 0.5, 0.25]
+    assert [c[1]["lr-SGD/pg2"] for c in lg.calls] == [2.0, 1.0, 0.5]
+    assert lg.calls[0][1]["lr-SGD/pg1-momentum"] == 0.9
+    assert cb.lrs["lr-SGD/pg2"] == [2.0, 1.0, 0.5]
 
 
 def test_lr_monitor_epoch_interval_and_names():
@@ -72,6 +72,18 @@ def test_lr_monitor_epoch_interval_and_names():
     cb.on_train_epoch_start(trainer, None)
     assert lg.calls == [(7, {"lr-Adam": 0.01, "lr-Adam-momentum": 0.8, "lr-Adam-weight_decay": 0.0,
                              "lr-Adam-1": 0.02, "lr-Adam-1-momentum": 0.9, "lr-Adam-1-weight_decay": 0.0})]
+
+
+def test_lr_monitor_group_names_as_lightning():
+    lg = RecordingLogger()
+    named = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "name": "enc"}], lr=0.1)
+    trainer = FakeTrainer(loggers=[lg], log_every_n_steps=1, optimizers=[named])
+    LearningRateMonitor().on_train_epoch_start(trainer, None)
+    assert lg.calls == [(0, {"lr-SGD/enc": 0.1})]  # one named group: /<name> (Lightning 2.6.6)
+    twice = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "name": "x"},
+                             {"params": [torch.nn.Parameter(torch.zeros(1))], "name": "x"}], lr=0.1)
+    with pytest.raises(ValueError, match="same name"):
+        LearningRateMonitor().on_train_epoch_start(FakeTrainer(loggers=[lg], optimizers=[twice]), None)
 
 
 def test_lr_monitor_logs_nothing_off_rank_zero():

@@ -69,7 +69,7 @@ def test_early_stopping_in_a_real_fit():
     trainer = make_trainer(max_epochs=10, callbacks=[stop])
     trainer.fit(model, loader(), loader())
     # epochs 0, 1 improve; 2 and 3 do not -> stop after epoch 3
-    assert stop.stopped_epoch == 3 and stop.stopping_reason == "patience_exhausted"
+    assert stop.stopped_epoch == 3 and stop.stopping_reason.name == "PATIENCE_EXHAUSTED"
     assert model.epochs_started == 4
     assert trainer.global_step == 4 * 4
     assert float(stop.best_score) == 0.5
@@ -164,7 +164,7 @@ def _rank_early_stopping():
     stop = EarlyStopping("rank_metric", patience=2, check_on_train_epoch_end=True)
     trainer = make_trainer(max_epochs=10, callbacks=[stop])
     trainer.fit(RankMetric(), loader(n=32), None)
-    return (trainer.current_epoch, trainer.global_step, stop.stopped_epoch, stop.stopping_reason,
+    return (trainer.current_epoch, trainer.global_step, stop.stopped_epoch, stop.stopping_reason.name,
             stop.wait_count)
 
 
@@ -195,8 +195,8 @@ def test_two_ranks_stop_together_when_only_rank_one_asks():
     # EarlyStopping's criterion fires on rank 1 only, at the end of epoch 2
     # same epoch and same global step on both ranks; the epoch it stopped in counts as finished
     assert es0[:2] == es1[:2] == (3, 3 * 4)
-    assert es1[2:] == (2, "patience_exhausted", 2)
-    assert es0[2:] == (0, None, 0)  # rank 0's own criterion never fired
+    assert es1[2:] == (2, "PATIENCE_EXHAUSTED", 2)
+    assert es0[2:] == (0, "NOT_STOPPED", 0)  # rank 0's own criterion never fired
 
     # the LR finder on 2 ranks: rank zero's curve is broadcast, so both ranks set the same lr
     assert lr0 == lr1

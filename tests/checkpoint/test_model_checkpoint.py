@@ -89,11 +89,11 @@ def test_save_last_keeps_newest_non_top_k(tmp_path):
     for loss in [3, 5, 6, 1, 7]:
         t.train_step()
         t.end_epoch({"val_loss": loss})
-    # best (1) and the newest (7); the non-top-k 'last' files 5 and 6 were removed in turn
-    # and last.ckpt, Lightning's name for the newest (a hard link to it)
-    assert ckpt_files(tmp_path) == ["epoch=3-val_loss=1.ckpt", "epoch=4-val_loss=7.ckpt", "last.ckpt"]
-    assert os.path.samefile(tmp_path / "last.ckpt", tmp_path / "epoch=4-val_loss=7.ckpt")
-    assert read_last_pointer(tmp_path) == str(tmp_path / "epoch=4-val_loss=7.ckpt")
+    # best (1) and the newest (7): a save outside the top k goes straight to last.ckpt, as in
+    # Lightning, replacing the earlier non-top-k states (5 and 6) there
+    assert ckpt_files(tmp_path) == ["epoch=3-val_loss=1.ckpt", "last.ckpt"]
+    assert safe_load(tmp_path / "last.ckpt")["global_step"] == 5
+    assert read_last_pointer(tmp_path) == str(tmp_path / "last.ckpt")
     assert len(t.saves) == 5  # a save at every trigger
 
 
@@ -103,7 +103,8 @@ def test_save_top_k_zero_with_save_last(tmp_path):
     t.fit_setup()
     for _ in range(6):
         t.train_step()
-    assert ckpt_files(tmp_path) == ["epoch=0-step=6.ckpt", "last.ckpt"]
+    assert ckpt_files(tmp_path) == ["last.ckpt"]  # as in Lightning: only last.ckpt, a file of its own
+    assert safe_load(tmp_path / "last.ckpt")["global_step"] == 6
     assert cb.best_k_models == {}
 
 

@@ -74,9 +74,12 @@ def test_sigkilled_fsdp_run_resumes_exactly(runs):
     assert last is not None and os.path.isdir(last)
     assert os.path.basename(last) in {f"epoch=0-step={s}.ckpt" for s in (KILL_STEP - 1, KILL_STEP)}
     after = sorted(os.listdir(base / "resume" / "checkpoints"))  # save_top_k=1: older directories deleted
-    assert after == ["epoch=1-step=6.ckpt", "last.ckpt", "last.json"], after
-    # save_last: last.ckpt is a relative link to the newest directory (no copy of the shards)
-    link = base / "resume" / "checkpoints" / "last.ckpt"
+    # the folder is a copy: the checkpoint's state names another dirpath, so the copied files are not this
+    # run's; they stay, and last.ckpt is not overwritten: the run's own is last-v1.ckpt (as in Lightning)
+    assert after == sorted([os.path.basename(last), "epoch=1-step=6.ckpt", "last-v1.ckpt", "last.ckpt",
+                            "last.json"]), after
+    # save_last: last-v1.ckpt is a relative link to the newest directory (no copy of the shards)
+    link = base / "resume" / "checkpoints" / "last-v1.ckpt"
     assert os.path.islink(link) and os.readlink(link) == "epoch=1-step=6.ckpt"
     want = torch.load(os.path.join(out, "base-final.pt"))
     got = torch.load(os.path.join(out, "resume-final.pt"))
@@ -145,8 +148,11 @@ def test_sharded_checkpoint_reshards_onto_three_fsdp_ranks(runs):
     # (or 2) per rank, 2 steps (or 1) with accumulation 2; epoch 1 is 4 batches of 4 per rank, 2 steps
     assert start["global_step"] in (1, 2)
     kept = os.path.basename(src)  # the copied folder's own checkpoint: tracking starts afresh there
-    assert sorted(os.listdir(root / "checkpoints")) == sorted([kept, "epoch=1-step=5.ckpt", "last.ckpt", "last.json"])
-    assert os.readlink(root / "checkpoints" / "last.ckpt") == "epoch=1-step=5.ckpt"
+    # and its last.ckpt (the link resumed from) is not this run's either: this run's is last-v1.ckpt
+    assert sorted(os.listdir(root / "checkpoints")) == sorted([kept, "epoch=1-step=5.ckpt", "last-v1.ckpt",
+                                                               "last.ckpt", "last.json"])
+    assert os.readlink(root / "checkpoints" / "last-v1.ckpt") == "epoch=1-step=5.ckpt"
+    assert os.readlink(root / "checkpoints" / "last.ckpt") == kept
     # exact data coverage: the batches of the steps the checkpoint holds (from the uninterrupted
     # run, identical up to the kill) and the 3 ranks' rest of epoch 0 see every sample once
     step = start["global_step"]
