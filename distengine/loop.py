@@ -136,9 +136,9 @@ def train_epoch(ctx: LoopContext) -> None:
     parts = (iterator, step_fn, prec.backward, _optimizer_step)  # timed when profiling, chosen once per epoch
     iterator, step_fn, backward, opt_step = profiling.train_parts(ctx, *parts) if ctx.profiling else parts
     res.stage, res.in_step = "train", True
-    skip_rest, steps_before, first_batch, returned_none = False, p.global_step, batch_idx, 0
+    skip_rest, first_batch, returned_none, automatic = False, batch_idx, 0, not manual and one_x is None
     hooked = (step_fn, autocast, step_end, watch, accum, backward, h_before_bw, h_after_bw) \
-        if ctx.opt_hooks.step is not None and not manual and one_x is None else None
+        if ctx.opt_hooks.step is not None and automatic else None
 
     for batch in iterator if batch_idx < num_batches else ():
         if not on_cpu:
@@ -173,9 +173,9 @@ def train_epoch(ctx: LoopContext) -> None:
                 if loss is not None:
                     _backward(ctx, loss, watch, accum, backward, h_before_bw, h_after_bw)
         p.total_batches += 1
-        if last_micro:
-            _end_step_window(ctx, p, optimizer, opt_step if hooked is None else _zero_grad_step, loss is not None,
-                             log_every)
+        if last_micro:  # (Lightning steps even when training_step returned None: backward alone is skipped)
+            _end_step_window(ctx, p, optimizer, opt_step if hooked is None else _zero_grad_step, automatic,
+                             log_every, loss is None and hooked is None)
         batch_idx += 1
         p.batches_done = batch_idx
         out = {"loss": out.detach()} if (h_end or collect) and isinstance(out, torch.Tensor) else out  # as in Lightning
@@ -190,8 +190,8 @@ def train_epoch(ctx: LoopContext) -> None:
             break
     # a loader without a length (an iterable dataset) ends its epoch when it is exhausted
     p.epoch_done = batch_idx >= num_batches or skip_rest or (ahead is not None and ahead.exhausted)
-    if p.epoch_done and not manual and p.global_step == steps_before and batch_idx > first_batch:
-        _warn_no_step(p.epoch, batch_idx - first_batch, returned_none)
+    if p.epoch_done and returned_none and returned_none == batch_idx - first_batch:
+        _warn_no_step(p.epoch, returned_none)
     ctx.state.train_outputs = outputs  # (None unless collected for training_epoch_end)
 
 
@@ -256,11 +256,19 @@ def _backward(ctx: LoopContext, loss: torch.Tensor, watch: Any, accum: int, back
 
 
 def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer, opt_step: Any, stepped: bool,
-                     log_every: int) -> None:
-    """The last micro-batch of an accumulation window: step (when a loss was returned; manual
-    optimization counts the user's own steps), step-interval schedulers, the logging clock."""
+                     log_every: int, no_loss: bool = False) -> None:
+    """The last micro-batch of an accumulation window: step (automatic optimization; manual
+    optimization counts the user's own steps), step-interval schedulers, the logging clock.
+
+    As in Lightning, a window whose last ``training_step`` returned None (``no_loss``) still
+    steps, with the gradients earlier micro-batches left (none: the parameters stay as they
+    are), and counts in ``global_step`` and the schedulers; under a GradScaler Lightning skips
+    that step (and the scale update) but still counts it."""
     if stepped:
-        opt_step(ctx, optimizer)
+        if no_loss and ctx.precision.scaler is not None:
+            _step_skipped_by_scaler(ctx, optimizer)
+        else:
+            opt_step(ctx, optimizer)
         p.global_step += 1
         if ctx.has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
             _step_schedulers(ctx, "step", plateau=None)
@@ -269,6 +277,18 @@ def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer,
     p.batches_stepped += 1
     if log_every and p.batches_stepped % log_every == 0:  # 0: no step values, as in Lightning
         ctx.writer.write_train_step()
+
+
+def _step_skipped_by_scaler(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
+    """Lightning's mixed-precision step after a skipped backward: unscale,
+    ``on_before_optimizer_step``, clip, zero the gradients; no ``scaler.step``/``update``."""
+    ctx.precision.unscale(optimizer)
+    for fn in ctx.hooks["on_before_optimizer_step"]:
+        fn(optimizer)
+    if ctx.flags.gradient_clip_val or ctx.opt_hooks.clip is not None:
+        optim_hooks.clip(ctx, optimizer)
+    if ctx.opt_hooks.zero_grad is None:
+        _zero_grad(ctx, optimizer)
 
 
 def _sanity_check(ctx: LoopContext) -> None:
