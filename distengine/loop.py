@@ -319,6 +319,7 @@ def fit_loop(ctx: LoopContext) -> None:
     if fit_done(ctx):  # a later fit of a finished Trainer: Lightning skips the training loop
         ctx.stop_vote.close()
         return
+    _warn_modules_in_eval_mode(ctx.module)  # (Lightning 2.x leaves each submodule's mode to the user)
     for fn in hooks["on_train_start"]:
         fn()
     stopped_in_epoch = False
@@ -328,7 +329,6 @@ def fit_loop(ctx: LoopContext) -> None:
             ctx.reload_dataloaders()  # refills ctx.data in place
         if data.train_sampler is not None:
             data.train_sampler.set_epoch(p.epoch)
-        ctx.module.train()
         for fn in hooks["on_train_epoch_start"]:
             fn()
         ctx.strategy.refresh_wrapping()  # (finetuning callbacks unfreeze layers at an epoch start: DDP is rebuilt)
@@ -364,6 +364,17 @@ def fit_loop(ctx: LoopContext) -> None:
         ctx.adapted.training_end()
     for fn in hooks["on_train_end"]:
         fn()
+
+
+def _warn_modules_in_eval_mode(module: torch.nn.Module) -> None:
+    n = sum(not m.training for m in module.modules())
+    if n:
+        from distengine.distributed.rank_zero import rank_zero_warn
+        from distengine.utilities.warnings import PossibleUserWarning
+
+        rank_zero_warn(f"Found {n} module(s) in eval mode at the start of training. This may lead to unexpected "
+                       "behavior during training. If this is intentional, you can ignore this warning.",
+                       category=PossibleUserWarning)
 
 
 def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) -> None:
