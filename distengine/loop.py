@@ -226,12 +226,23 @@ def _hooked_window(ctx: LoopContext, optimizer: torch.optim.Optimizer, batch_idx
 
 def _validate_in_epoch(ctx: LoopContext) -> bool:
     """Validation every ``val_check_interval`` batches; True when the ranks then voted to stop."""
-    data = ctx.data
+    data = _val_data(ctx)
     if not data.should_validate():
         return False
     run_eval(ctx, "validate", data.val_loaders, data.val_limits())
     ctx.results.stage, ctx.results.in_step = "train", True
     return vote_step(ctx)
+
+
+def _val_data(ctx: LoopContext) -> Any:
+    """``ctx.data`` with the validation loaders Lightning has when a validation runs: loaded
+    at the first one that needs them, reloaded every ``reload_dataloaders_every_n_epochs``
+    epochs after the last load (counted at validation runs, not epoch starts)."""
+    data, every, epoch = ctx.data, ctx.flags.reload_dataloaders_every_n_epochs, ctx.progress.epoch
+    if data.val_pending or (every and epoch - data.val_loaded_epoch >= every):
+        ctx.reload_dataloaders("val")
+        data.val_loaded_epoch = epoch
+    return data
 
 
 def _backward(ctx: LoopContext, loss: torch.Tensor, watch: Any, accum: int, backward: Any, before: tuple,
@@ -297,6 +308,8 @@ def _sanity_check(ctx: LoopContext) -> None:
     exactly what it would without the check), and its logged values are forgotten afterwards
     (``callback_metrics``, the progress bar and a monitoring ModelCheckpoint see training's own)."""
     rng = capture_rng_state()
+    if (ctx.progress.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0:
+        ctx.data.val_loaded_epoch = ctx.progress.epoch  # Lightning: a load for that epoch's validation
     try:
         ctx.status.sanity_checking = True
         for fn in ctx.hooks["on_sanity_check_start"]:
@@ -319,14 +332,20 @@ def fit_loop(ctx: LoopContext) -> None:
     if fit_done(ctx):  # a later fit of a finished Trainer: Lightning skips the training loop
         ctx.stop_vote.close()
         return
+    ctx.data.train_loaded_epoch = p.epoch  # (Lightning loads the training data after the sanity check)
+    if ctx.sanity_steps is None and not ctx.data.val_pending:
+        ctx.data.val_loaded_epoch = p.epoch  # loaded at the start of training, no sanity check
+    if ctx.data.val_pending and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0:
+        _val_data(ctx)  # Lightning: at the start of training when its first epoch validates
     _warn_modules_in_eval_mode(ctx.module)  # (Lightning 2.x leaves each submodule's mode to the user)
     for fn in hooks["on_train_start"]:
         fn()
     stopped_in_epoch = False
     while not fit_done(ctx):
-        every = ctx.flags.reload_dataloaders_every_n_epochs  # Lightning: at epochs n, 2n, ... (not mid-epoch)
-        if every and p.epoch and p.epoch % every == 0 and not p.batches_done:
-            ctx.reload_dataloaders()  # refills ctx.data in place
+        every = ctx.flags.reload_dataloaders_every_n_epochs  # Lightning: n epochs after the last load
+        if every and p.epoch - data.train_loaded_epoch >= every and not p.batches_done:
+            ctx.reload_dataloaders("train")  # refills ctx.data in place
+            data.train_loaded_epoch = p.epoch
         if data.train_sampler is not None:
             data.train_sampler.set_epoch(p.epoch)
         for fn in hooks["on_train_epoch_start"]:
@@ -382,7 +401,7 @@ def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) ->
     ctx.writer.raise_if_nonfinite()
     ctx.writer.flush_train_step()  # the epoch's last step values, if not written yet
     _step_schedulers(ctx, "epoch", plateau=False)
-    if validate and data.should_validate() and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0:
+    if validate and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0 and _val_data(ctx).should_validate():
         run_eval(ctx, "validate", data.val_loaders, data.val_limits())
     res.stage, res.in_step = "train", False
     if ctx.adapted.collect_train_outputs:
