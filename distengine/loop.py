@@ -32,9 +32,8 @@ import torch
 from distengine import optim_hooks
 from distengine.checkpoint.rng import capture_rng_state, restore_rng_state
 from distengine.compat import _detach, _log_returned
-from distengine.data import move_to_device
 from distengine.loop_context import LoopContext
-from distengine.loop_eval import run_eval, takes_batch_idx
+from distengine.loop_eval import batch_mover, run_eval, takes_batch_idx
 from distengine.loop_parts import (  # (compat.py calls _extract_loss, _check_first_loss through this module)
     _check_first_loss,
     _epoch_iterator,
@@ -122,7 +121,7 @@ def train_epoch(ctx: LoopContext) -> None:
     h_start, h_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
     accum, optimizer, num_batches = flags.accumulate_grad_batches, ctx.optimizers[0], data.num_train_batches
     h_before_bw, h_after_bw = _backward_hooks(ctx, optimizer, accum, not module.automatic_optimization)
-    on_cpu = device.type == "cpu"
+    move = batch_mover(module, device)  # None on the CPU without transfer hooks
     collect, step_end = ctx.adapted.collect_train_outputs, ctx.adapted.step_end  # the 1.x style (compat.py)
     watch = _nonfinite_check(ctx, prec, device)
     # one_x: 1.x automatic optimization over several optimizers (compat.py), or None
@@ -141,8 +140,8 @@ def train_epoch(ctx: LoopContext) -> None:
         if ctx.opt_hooks.step is not None and automatic else None
 
     for batch in iterator if batch_idx < num_batches else ():
-        if not on_cpu:
-            batch = move_to_device(batch, device)
+        if move is not None:
+            batch = move(batch, 0)
         if convert is not None:
             batch = convert(batch)
         res.set_batch(batch)

@@ -45,6 +45,20 @@ def takes_batch_idx(step: Any) -> bool:
     return len(params) >= 2
 
 
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def batch_mover(module: Any, device: torch.device) -> Any:
+    """``move(batch, dataloader_idx)`` for a loop, chosen once: the module's
+    ``on_before_batch_transfer`` -> ``transfer_batch_to_device`` -> ``on_after_batch_transfer``
+    where it overrides any of them (as in Lightning, on the CPU too); else a plain move to the
+    device, or None on the CPU (nothing to do per batch)."""
+    if not any(module_overrides(module, name) for name in _TRANSFER_HOOKS):
+        return None if device.type == "cpu" else (lambda batch, idx: move_to_device(batch, device))
+    before, transfer, after = (getattr(module, name) for name in _TRANSFER_HOOKS)
+    return lambda batch, idx: after(transfer(before(batch, idx), device, idx), idx)
+
+
 def run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int], sanity: bool = False) -> list[dict]:
     """Run validation/test/predict over ``loaders``; return per-loader metrics (or predictions)."""
     with ctx.profiler.profile("run_sanity_check" if sanity else f"run_{_EVAL_NAMES[stage]}"):
@@ -86,7 +100,7 @@ def _eval_stage(ctx: EvalContext, stage: str, name: str, loaders: list[Any], lim
     res.stage, res.in_step = stage, True
     res.reset_stage(stage)
     collect = ctx.adapted.collect_eval_outputs[stage]  # 1.x *_epoch_end(outputs)
-    device, convert = strategy.root_device, (prec.convert_input if prec._true_dtype is not None else None)
+    move, convert = batch_mover(module, strategy.root_device), (prec.convert_input if prec._true_dtype else None)
     many = len(loaders) > 1
     write_steps = not sanity and stage != "predict"  # on_step values, after every batch (Lightning)
     write_eval_step = ctx.writer.write_eval_step
@@ -109,7 +123,8 @@ def _eval_stage(ctx: EvalContext, stage: str, name: str, loaders: list[Any], lim
         # range first: zip stops at the limit without fetching one more batch from the loader
         n = limit[dl_idx]  # inf: a loader without a length, read until it is exhausted
         for batch_idx, batch in enumerate(loader) if math.isinf(n) else zip(range(n), loader):
-            batch = move_to_device(batch, device)
+            if move is not None:
+                batch = move(batch, dl_idx)
             if convert is not None:
                 batch = convert(batch)
             res.set_batch(batch)
