@@ -290,9 +290,8 @@ def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer,
 
 
 def _step_skipped_by_scaler(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
-    """Lightning's mixed-precision step after a skipped backward: unscale,
-    ``on_before_optimizer_step``, clip, zero the gradients; no ``scaler.step``/``update``."""
-    ctx.precision.unscale(optimizer)
+    """Lightning's mixed-precision step after a skipped backward: ``on_before_optimizer_step``,
+    clip, zero the gradients; no unscale, ``scaler.step`` or ``update``."""
     for fn in ctx.hooks["on_before_optimizer_step"]:
         fn(optimizer)
     if ctx.flags.gradient_clip_val or ctx.opt_hooks.clip is not None:

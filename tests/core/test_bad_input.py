@@ -267,3 +267,13 @@ def test_devices_none_means_auto_as_in_lightning_1x(tmp_path):
     auto = de.Trainer(devices="auto", accelerator="cpu", logger=False, default_root_dir=str(tmp_path))
     none = de.Trainer(devices=None, accelerator="cpu", logger=False, default_root_dir=str(tmp_path))
     assert (none.accelerator, none.num_devices) == (auto.accelerator, auto.num_devices) == ("cpu", 1)
+
+
+def test_returning_none_under_a_grad_scaler_skips_the_step_but_counts_it(tmp_path):
+    """Lightning's MixedPrecision.optimizer_step: after a skipped backward no scaler.step /
+    update (the window's earlier gradients are dropped), yet global_step counts the step."""
+    module = SkipsBatches(lambda i: i % 2 == 1)  # the last micro-batch of every window
+    messages, unchanged, trainer = _no_step_warnings(tmp_path, module, accumulate_grad_batches=2,
+                                                     precision="16-mixed")
+    assert unchanged and trainer.global_step == 6 and messages == []
+    assert trainer._precision.scaler.get_scale() == 2.0 ** 16  # never updated
