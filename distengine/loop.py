@@ -32,9 +32,8 @@ import torch
 from distengine import optim_hooks
 from distengine.checkpoint.rng import capture_rng_state, restore_rng_state
 from distengine.compat import _detach, _log_returned
-from distengine.data import move_to_device
 from distengine.loop_context import LoopContext
-from distengine.loop_eval import run_eval, takes_batch_idx
+from distengine.loop_eval import batch_mover, run_eval, takes_batch_idx
 from distengine.loop_parts import (  # (compat.py calls _extract_loss, _check_first_loss through this module)
     _check_first_loss,
     _epoch_iterator,
@@ -122,7 +121,7 @@ def train_epoch(ctx: LoopContext) -> None:
     h_start, h_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
     accum, optimizer, num_batches = flags.accumulate_grad_batches, ctx.optimizers[0], data.num_train_batches
     h_before_bw, h_after_bw = _backward_hooks(ctx, optimizer, accum, not module.automatic_optimization)
-    on_cpu = device.type == "cpu"
+    move = batch_mover(module, device)  # None on the CPU without transfer hooks
     collect, step_end = ctx.adapted.collect_train_outputs, ctx.adapted.step_end  # the 1.x style (compat.py)
     watch = _nonfinite_check(ctx, prec, device)
     # one_x: 1.x automatic optimization over several optimizers (compat.py), or None
@@ -136,13 +135,13 @@ def train_epoch(ctx: LoopContext) -> None:
     parts = (iterator, step_fn, prec.backward, _optimizer_step)  # timed when profiling, chosen once per epoch
     iterator, step_fn, backward, opt_step = profiling.train_parts(ctx, *parts) if ctx.profiling else parts
     res.stage, res.in_step, ctx.state.is_last_batch = "train", True, False
-    skip_rest, steps_before, first_batch, returned_none = False, p.global_step, batch_idx, 0
+    skip_rest, first_batch, returned_none, automatic = False, batch_idx, 0, not manual and one_x is None
     hooked = (step_fn, autocast, step_end, watch, accum, backward, h_before_bw, h_after_bw) \
-        if ctx.opt_hooks.step is not None and not manual and one_x is None else None
+        if ctx.opt_hooks.step is not None and automatic else None
 
     for batch in iterator if batch_idx < num_batches else ():
-        if not on_cpu:
-            batch = move_to_device(batch, device)
+        if move is not None:
+            batch = move(batch, 0)
         if convert is not None:
             batch = convert(batch)
         res.set_batch(batch)
@@ -173,9 +172,9 @@ def train_epoch(ctx: LoopContext) -> None:
                 if loss is not None:
                     _backward(ctx, loss, watch, accum, backward, h_before_bw, h_after_bw)
         p.total_batches += 1
-        if last_micro:
-            _end_step_window(ctx, p, optimizer, opt_step if hooked is None else _zero_grad_step, loss is not None,
-                             log_every)
+        if last_micro:  # (Lightning steps even when training_step returned None: backward alone is skipped)
+            _end_step_window(ctx, p, optimizer, opt_step if hooked is None else _zero_grad_step, automatic,
+                             log_every, loss is None and hooked is None)
         batch_idx += 1
         p.batches_done = batch_idx
         out = {"loss": out.detach()} if (h_end or collect) and isinstance(out, torch.Tensor) else out  # as in Lightning
@@ -190,8 +189,8 @@ def train_epoch(ctx: LoopContext) -> None:
             break
     # a loader without a length (an iterable dataset) ends its epoch when it is exhausted
     p.epoch_done = batch_idx >= num_batches or skip_rest or (ahead is not None and ahead.exhausted)
-    if p.epoch_done and not manual and p.global_step == steps_before and batch_idx > first_batch:
-        _warn_no_step(p.epoch, batch_idx - first_batch, returned_none)
+    if p.epoch_done and returned_none and returned_none == batch_idx - first_batch:
+        _warn_no_step(p.epoch, returned_none)
     ctx.state.train_outputs = outputs  # (None unless collected for training_epoch_end)
 
 
@@ -226,12 +225,23 @@ def _hooked_window(ctx: LoopContext, optimizer: torch.optim.Optimizer, batch_idx
 
 def _validate_in_epoch(ctx: LoopContext) -> bool:
     """Validation every ``val_check_interval`` batches; True when the ranks then voted to stop."""
-    data = ctx.data
+    data = _val_data(ctx)
     if not data.should_validate():
         return False
     run_eval(ctx, "validate", data.val_loaders, data.val_limits())
     ctx.results.stage, ctx.results.in_step = "train", True
     return vote_step(ctx)
+
+
+def _val_data(ctx: LoopContext) -> Any:
+    """``ctx.data`` with the validation loaders Lightning has when a validation runs: loaded
+    at the first one that needs them, reloaded every ``reload_dataloaders_every_n_epochs``
+    epochs after the last load (counted at validation runs, not epoch starts)."""
+    data, every, epoch = ctx.data, ctx.flags.reload_dataloaders_every_n_epochs, ctx.progress.epoch
+    if data.val_pending or (every and epoch - data.val_loaded_epoch >= every):
+        ctx.reload_dataloaders("val")
+        data.val_loaded_epoch = epoch
+    return data
 
 
 def _backward(ctx: LoopContext, loss: torch.Tensor, watch: Any, accum: int, backward: Any, before: tuple,
@@ -256,11 +266,19 @@ def _backward(ctx: LoopContext, loss: torch.Tensor, watch: Any, accum: int, back
 
 
 def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer, opt_step: Any, stepped: bool,
-                     log_every: int) -> None:
-    """The last micro-batch of an accumulation window: step (when a loss was returned; manual
-    optimization counts the user's own steps), step-interval schedulers, the logging clock."""
+                     log_every: int, no_loss: bool = False) -> None:
+    """The last micro-batch of an accumulation window: step (automatic optimization; manual
+    optimization counts the user's own steps), step-interval schedulers, the logging clock.
+
+    As in Lightning, a window whose last ``training_step`` returned None (``no_loss``) still
+    steps, with the gradients earlier micro-batches left (none: the parameters stay as they
+    are), and counts in ``global_step`` and the schedulers; under a GradScaler Lightning skips
+    that step (and the scale update) but still counts it."""
     if stepped:
-        opt_step(ctx, optimizer)
+        if no_loss and ctx.precision.scaler is not None:
+            _step_skipped_by_scaler(ctx, optimizer)
+        else:
+            opt_step(ctx, optimizer)
         p.global_step += 1
         if ctx.has_step_schedulers:  # a step-interval ReduceLROnPlateau reads the step's metrics
             _step_schedulers(ctx, "step", plateau=None)
@@ -271,12 +289,25 @@ def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer,
         ctx.writer.write_train_step()
 
 
+def _step_skipped_by_scaler(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
+    """Lightning's mixed-precision step after a skipped backward: ``on_before_optimizer_step``,
+    clip, zero the gradients; no unscale, ``scaler.step`` or ``update``."""
+    for fn in ctx.hooks["on_before_optimizer_step"]:
+        fn(optimizer)
+    if ctx.flags.gradient_clip_val or ctx.opt_hooks.clip is not None:
+        optim_hooks.clip(ctx, optimizer)
+    if ctx.opt_hooks.zero_grad is None:
+        _zero_grad(ctx, optimizer)
+
+
 def _sanity_check(ctx: LoopContext) -> None:
     """A few validation batches before training, as in Lightning: inside an isolated RNG state
     (the random numbers its loaders, dropout or hooks draw are given back, so training draws
     exactly what it would without the check), and its logged values are forgotten afterwards
     (``callback_metrics``, the progress bar and a monitoring ModelCheckpoint see training's own)."""
     rng = capture_rng_state()
+    if (ctx.progress.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0:
+        ctx.data.val_loaded_epoch = ctx.progress.epoch  # Lightning: a load for that epoch's validation
     try:
         ctx.status.sanity_checking = True
         for fn in ctx.hooks["on_sanity_check_start"]:
@@ -299,16 +330,22 @@ def fit_loop(ctx: LoopContext) -> None:
     if fit_done(ctx):  # a later fit of a finished Trainer: Lightning skips the training loop
         ctx.stop_vote.close()
         return
+    ctx.data.train_loaded_epoch = p.epoch  # (Lightning loads the training data after the sanity check)
+    if ctx.sanity_steps is None and not ctx.data.val_pending:
+        ctx.data.val_loaded_epoch = p.epoch  # loaded at the start of training, no sanity check
+    if ctx.data.val_pending and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0:
+        _val_data(ctx)  # Lightning: at the start of training when its first epoch validates
+    _warn_modules_in_eval_mode(ctx.module)  # (Lightning 2.x leaves each submodule's mode to the user)
     for fn in hooks["on_train_start"]:
         fn()
     stopped_in_epoch = False
     while not fit_done(ctx):
-        every = ctx.flags.reload_dataloaders_every_n_epochs  # Lightning: at epochs n, 2n, ... (not mid-epoch)
-        if every and p.epoch and p.epoch % every == 0 and not p.batches_done:
-            ctx.reload_dataloaders()  # refills ctx.data in place
+        every = ctx.flags.reload_dataloaders_every_n_epochs  # Lightning: n epochs after the last load
+        if every and p.epoch - data.train_loaded_epoch >= every and not p.batches_done:
+            ctx.reload_dataloaders("train")  # refills ctx.data in place
+            data.train_loaded_epoch = p.epoch
         if data.train_sampler is not None:
             data.train_sampler.set_epoch(p.epoch)
-        ctx.module.train()
         for fn in hooks["on_train_epoch_start"]:
             fn()
         ctx.strategy.refresh_wrapping()  # (finetuning callbacks unfreeze layers at an epoch start: DDP is rebuilt)
@@ -346,12 +383,23 @@ def fit_loop(ctx: LoopContext) -> None:
         fn()
 
 
+def _warn_modules_in_eval_mode(module: torch.nn.Module) -> None:
+    n = sum(not m.training for m in module.modules())
+    if n:
+        from distengine.distributed.rank_zero import rank_zero_warn
+        from distengine.utilities.warnings import PossibleUserWarning
+
+        rank_zero_warn(f"Found {n} module(s) in eval mode at the start of training. This may lead to unexpected "
+                       "behavior during training. If this is intentional, you can ignore this warning.",
+                       category=PossibleUserWarning)
+
+
 def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) -> None:
     p, res, data, state = ctx.progress, ctx.results, ctx.data, ctx.state
     ctx.writer.raise_if_nonfinite()
     ctx.writer.flush_train_step()  # the epoch's last step values, if not written yet
     _step_schedulers(ctx, "epoch", plateau=False)
-    if validate and data.should_validate() and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0:
+    if validate and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0 and _val_data(ctx).should_validate():
         run_eval(ctx, "validate", data.val_loaders, data.val_limits())
     res.stage, res.in_step = "train", False
     if ctx.adapted.collect_train_outputs:

@@ -87,6 +87,11 @@ class FitData:
     val_every_batches: int = 0           # validation every this many batches (0: at epoch ends)
     limits: dict[str, Any] = field(default_factory=dict)  # the Trainer's limit_*_batches
     has_val_step: bool = False           # the module defines validation_step
+    # Lightning's reload clocks: the epoch each kind was last loaded at (-inf: not yet, or only
+    # by a sanity check outside a validation epoch); a validation hook not called yet
+    train_loaded_epoch: float = 0
+    val_loaded_epoch: float = float("-inf")
+    val_pending: bool = False
 
     def val_limits(self) -> list[int]:
         return [apply_limit(self.limits["val"], loader_len(dl), "val") for dl in self.val_loaders]
@@ -127,7 +132,7 @@ class LoopContext(EvalContext):
     stop_vote: Any                       # trainer_parts.StopVote
     state: LoopState
     sanity_steps: list[int] | None       # batches per val loader for the sanity check; None: none
-    reload_dataloaders: Callable[[], None]  # calls the *_dataloader hooks again, refills ``data``
+    reload_dataloaders: Callable[[str], None]  # calls a *_dataloader hook again ("train"/"val"), refills ``data``
     step_counters: list[Any]             # optimizer hook handles, removed at the end of the run
     opt_hooks: OptimHooks                # the module's overridden optimisation hooks (optim_hooks.py)
     timed_optimizers: set[int] = field(default_factory=set)  # profiling: manual steps timed

@@ -2,8 +2,9 @@
 
 ``run_eval(ctx, stage, loaders, limit)``::
 
-    module.eval(); on_{stage}_start, on_{stage}_epoch_start
-    under inference_mode (and the strategy's evaluation context), for each loader and batch:
+    under inference_mode (inside the strategy's evaluation context), all of it:
+    capture each submodule's mode; on_{stage}_model_eval; on_{stage}_start, on_{stage}_epoch_start
+    for each loader and batch:
         move to device -> on_{stage}_batch_start -> {stage}_step (autocast) ->
         on_{stage}_batch_end -> write its on_step values
     predict: gather every rank's predictions in rank order (dataset order); on several ranks
@@ -11,7 +12,7 @@
         never pickles CUDA tensors of one rank's GPU into every other rank
     otherwise: 1.x *_epoch_end(outputs) -> module's on_{stage}_epoch_end -> reduce the epoch
         values over the ranks -> loggers -> callbacks' on_{stage}_epoch_end
-    on_{stage}_end; the module's training mode as it was
+    on_{stage}_end; on_{stage}_model_train where overridden, else each submodule's mode as it was
 
 It runs on the unwrapped module, so ranks with different numbers of batches never meet in a
 collective until the epoch-end reduce. ``ctx`` is an :class:`~distengine.loop_context.EvalContext`.
@@ -27,7 +28,7 @@ import torch
 from distengine.compat import _detach, _log_returned, signature_params
 from distengine.data import move_to_device
 from distengine.distributed import collectives
-from distengine.loop_context import EvalContext
+from distengine.loop_context import EvalContext, LoopContext
 from distengine.module import module_overrides
 from distengine.profilers import wiring as profiling
 
@@ -44,6 +45,20 @@ def takes_batch_idx(step: Any) -> bool:
     return len(params) >= 2
 
 
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def batch_mover(module: Any, device: torch.device) -> Any:
+    """``move(batch, dataloader_idx)`` for a loop, chosen once: the module's
+    ``on_before_batch_transfer`` -> ``transfer_batch_to_device`` -> ``on_after_batch_transfer``
+    where it overrides any of them (as in Lightning, on the CPU too); else a plain move to the
+    device, or None on the CPU (nothing to do per batch)."""
+    if not any(module_overrides(module, name) for name in _TRANSFER_HOOKS):
+        return None if device.type == "cpu" else (lambda batch, idx: move_to_device(batch, device))
+    before, transfer, after = (getattr(module, name) for name in _TRANSFER_HOOKS)
+    return lambda batch, idx: after(transfer(before(batch, idx), device, idx), idx)
+
+
 def run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int], sanity: bool = False) -> list[dict]:
     """Run validation/test/predict over ``loaders``; return per-loader metrics (or predictions)."""
     with ctx.profiler.profile("run_sanity_check" if sanity else f"run_{_EVAL_NAMES[stage]}"):
@@ -52,19 +67,40 @@ def run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int],
 
 @torch.no_grad()
 def _run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int], sanity: bool) -> list[dict]:
+    """As in Lightning 2.x the whole run, its start/end hooks and the mode switch included, is
+    under ``torch.inference_mode`` in ``validate``/``test``/``predict`` and under ``no_grad``
+    inside ``fit`` (its tensors may meet training's), with ``Trainer(inference_mode=False)``, and
+    over gloo; entered inside the strategy's evaluation context, whose gathered parameters
+    training reuses. Each submodule's train/eval mode is captured before ``on_{stage}_model_eval``
+    and restored afterwards (a submodule the user froze in eval mode stays so), unless the module
+    overrides ``on_{validation,test}_model_train``."""
+    module, name = ctx.module, _EVAL_NAMES[stage]
+    inference = ctx.flags.inference_mode and not isinstance(ctx, LoopContext) and not collectives.on_gloo()
+    mode = torch.inference_mode() if inference else contextlib.nullcontext()  # (no_grad: the decorator)
+    with ctx.strategy.evaluation_context(module), mode:
+        modes = [(m, m.training) for m in module.modules()]
+        getattr(module, f"on_{name}_model_eval")()
+        result = _eval_stage(ctx, stage, name, loaders, limit, sanity)
+        if stage != "predict" and module_overrides(module, f"on_{name}_model_train"):
+            getattr(module, f"on_{name}_model_train")()
+        else:
+            for m, training in modes:
+                m.training = training
+    return result
+
+
+def _eval_stage(ctx: EvalContext, stage: str, name: str, loaders: list[Any], limit: list[int],
+                sanity: bool) -> list[Any]:
     module, hooks, res, prec, strategy = ctx.module, ctx.hooks, ctx.results, ctx.precision, ctx.strategy
-    name = _EVAL_NAMES[stage]
     step = getattr(module, f"{name}_step")
     takes_idx = takes_batch_idx(step)
     if ctx.profiling:  # timed step and batch fetches, chosen once per run
         step, loaders = profiling.eval_parts(ctx, name, step, loaders)
-    was_training = module.training
-    module.eval()
     prev_stage, prev_in_step = res.stage, res.in_step
     res.stage, res.in_step = stage, True
     res.reset_stage(stage)
     collect = ctx.adapted.collect_eval_outputs[stage]  # 1.x *_epoch_end(outputs)
-    device, convert = strategy.root_device, (prec.convert_input if prec._true_dtype is not None else None)
+    move, convert = batch_mover(module, strategy.root_device), (prec.convert_input if prec._true_dtype else None)
     many = len(loaders) > 1
     write_steps = not sanity and stage != "predict"  # on_step values, after every batch (Lightning)
     write_eval_step = ctx.writer.write_eval_step
@@ -80,34 +116,33 @@ def _run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int]
     for fn in hooks[f"on_{name}_epoch_start"]:
         fn()
     all_outputs: list[list[Any]] = []
-    mode = torch.inference_mode() if ctx.flags.inference_mode else contextlib.nullcontext()
-    with strategy.evaluation_context(module), mode:  # gathered outside inference mode: reused in training
-        for dl_idx, loader in enumerate(loaders):
-            res.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if many else ""
-            outputs: list[Any] = []
-            extra = (dl_idx,) if many else ()
-            # range first: zip stops at the limit without fetching one more batch from the loader
-            n = limit[dl_idx]  # inf: a loader without a length, read until it is exhausted
-            for batch_idx, batch in enumerate(loader) if math.isinf(n) else zip(range(n), loader):
-                batch = move_to_device(batch, device)
-                if convert is not None:
-                    batch = convert(batch)
-                res.set_batch(batch)
-                if writing is not None:
-                    writing.record(dl_idx, batch_idx)
-                for fn in hooks[f"on_{name}_batch_start"]:
-                    fn(batch, batch_idx, *extra)
-                with prec.autocast():
-                    out = step(batch, batch_idx, *extra) if takes_idx else step(batch, *extra)
-                if writing is not None:
-                    writing.keep(dl_idx, out)
-                for fn in hooks[f"on_{name}_batch_end"]:
-                    fn(out, batch, batch_idx, *extra)
-                if write_steps:
-                    write_eval_step(stage, dl_idx)
-                if collect:
-                    outputs.append(_detach(out) if stage != "predict" else keep(out))
-            all_outputs.append(outputs)
+    for dl_idx, loader in enumerate(loaders):
+        res.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if many else ""
+        outputs: list[Any] = []
+        extra = (dl_idx,) if many else ()
+        # range first: zip stops at the limit without fetching one more batch from the loader
+        n = limit[dl_idx]  # inf: a loader without a length, read until it is exhausted
+        for batch_idx, batch in enumerate(loader) if math.isinf(n) else zip(range(n), loader):
+            if move is not None:
+                batch = move(batch, dl_idx)
+            if convert is not None:
+                batch = convert(batch)
+            res.set_batch(batch)
+            if writing is not None:
+                writing.record(dl_idx, batch_idx)
+            for fn in hooks[f"on_{name}_batch_start"]:
+                fn(batch, batch_idx, *extra)
+            with prec.autocast():
+                out = step(batch, batch_idx, *extra) if takes_idx else step(batch, *extra)
+            if writing is not None:
+                writing.keep(dl_idx, out)
+            for fn in hooks[f"on_{name}_batch_end"]:
+                fn(out, batch, batch_idx, *extra)
+            if write_steps:
+                write_eval_step(stage, dl_idx)
+            if collect:
+                outputs.append(_detach(out) if stage != "predict" else keep(out))
+        all_outputs.append(outputs)
     res.dataloader_suffix = ""
     result: list[Any]
     if stage == "predict":
@@ -122,8 +157,6 @@ def _run_eval(ctx: EvalContext, stage: str, loaders: list[Any], limit: list[int]
         ctx.predict.end()
     res.reset_metric_objects(stage)
     res.stage, res.in_step = prev_stage, prev_in_step
-    if was_training:
-        module.train()
     return result
 
 

@@ -57,15 +57,15 @@ def _nonfinite_check(ctx: LoopContext, prec: Any, device: torch.device) -> Any:
     return state.nonfinite_watch
 
 
-def _warn_no_step(epoch: int, batches: int, returned_none: int) -> None:
-    """Lightning lets ``training_step`` return None to skip a batch; an epoch in which every
-    batch was skipped trains nothing, which is almost always a forgotten ``return loss``."""
+def _warn_no_step(epoch: int, batches: int) -> None:
+    """Lightning lets ``training_step`` return None to skip a batch (the optimizer step is still
+    taken and counted, without gradients); an epoch in which every batch was skipped trains
+    nothing, which is almost always a forgotten ``return loss``."""
     from distengine.distributed.rank_zero import rank_zero_warn
 
-    why = (f"training_step returned None for all {batches} batches" if returned_none == batches else
-           f"training_step returned None for {returned_none} of its {batches} batches")
-    rank_zero_warn(f"epoch {epoch} took no optimizer step ({why}), so it trained nothing; return the loss "
-                   "from training_step (None skips a batch, which is meant for a few batches, not all)")
+    rank_zero_warn(f"epoch {epoch} trained nothing (training_step returned None for all {batches} batches); "
+                   "return the loss from training_step (None skips a batch, which is meant for a few batches, "
+                   "not all)")
 
 
 # ------------------------------------------------------------------ schedulers

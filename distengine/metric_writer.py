@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 
 class MetricWriter:
     """Writes logged values to the loggers (on global rank zero) at Lightning's step indices.
@@ -40,7 +42,7 @@ class MetricWriter:
         self.loggers, self.profiler, self.results = loggers, profiler, results
         self.progress, self.status, self.state, self.flags, self.env = progress, status, state, flags, env
         self.precision: Any = None
-        self.logged_metrics: dict[str, float] = {}
+        self.logged_metrics: dict[str, torch.Tensor] = {}
         self.eval_log_steps: dict[tuple[str, int], int] = {}
         self.step_writes = 0  # regular writes (every log_every_n_steps); flushes are not counted
         self.last_step_written = 0
@@ -68,7 +70,8 @@ class MetricWriter:
     def log_to_loggers(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Write ``metrics`` on global rank zero; with no ``step``, at :meth:`logger_step` and with
         the ``epoch`` scalar added (Lightning adds it only to writes without an explicit step)."""
-        self.logged_metrics.update(metrics)
+        # tensors, as Lightning keeps them (the loggers get floats); only as often as values are written
+        self.logged_metrics.update({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()})
         if step is None:
             metrics = dict(metrics)
             metrics["epoch"] = float(self.progress.epoch + self.state.stopped_in_epoch)  # current_epoch

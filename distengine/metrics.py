@@ -279,6 +279,11 @@ class Results:
         (``Trainer.callback_metrics``)."""
         out = self.step_metrics_now()
         out.update(self.epoch_values)
+        # as in Lightning, while a training epoch runs the bare name of an on_step + on_epoch
+        # value is its latest step value; its epoch reduce (count back to 0) replaces it
+        for e in self.entries["train"].values():
+            if e.on_step and e.on_epoch and e.count and e.step_value is not None:
+                out[e.name] = _as_float_tensor(e.step_value).float()
         return out
 
     def prog_bar_now(self) -> dict[str, float]:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from distengine.callbacks.base import CALLBACK_HOOKS
+from distengine.module_hooks import ModelHooks
 
 #: Hooks of the module that take no ``trainer, module`` arguments; the Trainer only calls the
 #: ones a subclass overrides.
@@ -57,7 +58,7 @@ class AttributeDict(dict):
         self[key] = value
 
 
-class Module(nn.Module):
+class Module(ModelHooks, nn.Module):
     """A ``torch.nn.Module`` with training hooks. See the module docstring for an example."""
 
     #: Set to False in ``__init__`` to call ``self.optimizers()``, ``self.manual_backward(loss)``

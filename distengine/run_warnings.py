@@ -67,7 +67,7 @@ def warn_fit_setup(trainer: Any, train: list[Any], val: list[Any]) -> None:
     """The fit's warnings, in Lightning's order: max_epochs, the loaders' workers, the log interval."""
     from distengine.data_combined import inner_loaders
 
-    warn_val_loop(bool(val), trainer._data.has_val_step)
+    warn_val_loop(bool(val) or trainer._data.val_pending, trainer._data.has_val_step)  # pending: loaded later
     warn_fit_start(trainer)
     if trainer._data.has_val_step:
         warn_few_workers(trainer, [dl for loader in val for dl in inner_loaders(loader)], "val")

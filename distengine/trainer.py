@@ -113,7 +113,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
             if datamodule is None and hasattr(train_dataloaders, "train_dataloader"):
                 datamodule, train_dataloaders = train_dataloaders, None  # fit(model, dm), as Lightning allows
             train = self._resolve_loader(train_dataloaders, datamodule, "train")
-            val = self._resolve_loader(val_dataloaders, datamodule, "val", required=False)
+            val = self._resolve_loader(val_dataloaders, datamodule, "val", required=False, defer=self._defer_val())
             self._setup_fit(train, val)
             self._restore(ckpt_path)
             if self.is_global_zero:

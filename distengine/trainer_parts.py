@@ -129,7 +129,16 @@ class CheckpointMixin:
         self._setup_done = True
 
     # ------------------------------------------------------------------ data
-    def _resolve_loader(self, given: Any, datamodule: Any, kind: str, required: bool = True) -> list[Any]:
+    def _defer_val(self) -> bool:
+        """Lightning calls ``val_dataloader()`` in the sanity check, else at the first epoch that
+        validates (never without ``validation_step`` or validation batches): fit defers the call
+        when no sanity check will run and validation does not run every epoch, or never runs."""
+        if not self._module_overrides("validation_step") or self.limits["val"] == 0:
+            return True
+        return self.num_sanity_val_steps == 0 and self.check_val_every_n_epoch != 1
+
+    def _resolve_loader(self, given: Any, datamodule: Any, kind: str, required: bool = True,
+                        defer: bool = False) -> list[Any]:
         hook = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
                 "predict": "predict_dataloader"}[kind]
         source = given
@@ -154,11 +163,13 @@ class CheckpointMixin:
                 datamodule.setup(stage)
             done.add(stage)
             if hasattr(datamodule, hook):
-                source = getattr(datamodule, hook)()
                 hooks[kind] = getattr(datamodule, hook)
-        if source is None and self._module_overrides(hook):
-            source = getattr(self._module, hook)()
+                source = None if defer else hooks[kind]()
+        if source is None and kind not in hooks and self._module_overrides(hook):
             hooks[kind] = getattr(self._module, hook)
+            source = None if defer else hooks[kind]()
+        if defer and kind in hooks:  # called when a validation first needs it (loop._val_data)
+            return []
         vars(self).setdefault("_given_loaders", {})[kind] = source  # as given: trainer.val_dataloaders...
         if source is None:
             if required:
@@ -185,6 +196,9 @@ class CheckpointMixin:
             raise ConfigError(f"fit takes one training dataloader, got {len(train)}")
         module = self._module
         self._set_fit_loaders(train, val)
+        data = self._data
+        data.val_pending = "val" in getattr(self, "_loader_hooks", {}) and not val
+        data.train_loaded_epoch, data.val_loaded_epoch = 0, float("-inf")  # (set again in fit_loop)
         run_warnings.warn_fit_setup(self, train, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
         self._run_sanity_check = self._data.should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
@@ -217,34 +231,41 @@ class CheckpointMixin:
         self.progress.global_step += 1
 
     def _set_fit_loaders(self, train: list[Any], val: list[Any]) -> None:
-        from distengine.data_combined import prepare_eval, prepare_train
+        from distengine.data_combined import prepare_train
 
         env, data = self.env, self._data  # refilled in place: the fit loop's context holds it
         self._raw_loaders = (train, val)
         shuffle = False if self.overfit_batches else None
         data.train_loader, data.train_sampler, data.num_train_batches = prepare_train(
             train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle, self.limits["train"])
-        data.val_loaders = [prepare_eval(v, env.world_size, env.rank, self.use_distributed_sampler) for v in val]
         data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
         if data.num_train_batches == 0:
             raise ConfigError("limit_train_batches leaves no training batch; raise it")
+        data.val_every_batches = val_every_batches(self.val_check_interval, data.num_train_batches)
+        self._set_val_loaders(val)
+
+    def _set_val_loaders(self, val: list[Any]) -> None:
+        from distengine.data_combined import prepare_eval
+
+        env, data = self.env, self._data
+        self._raw_loaders = (self._raw_loaders[0], val)
+        data.val_loaders = [prepare_eval(v, env.world_size, env.rank, self.use_distributed_sampler) for v in val]
         # Lightning: no validation_step, no validation batches (checkpoints then follow the epochs)
         data.num_val_batches = data.val_limits() if data.has_val_step else []
-        data.val_every_batches = val_every_batches(self.val_check_interval, data.num_train_batches)
 
-    def _reload_dataloaders(self) -> None:
-        """Call the ``*_dataloader`` hooks again (loaders passed to ``fit`` stay, as in Lightning)."""
-        hooks = getattr(self, "_loader_hooks", {})
-        if not {"train", "val"} & set(hooks):
+    def _reload_dataloaders(self, kind: str) -> None:
+        """Call the ``train_dataloader``/``val_dataloader`` hook again (loaders passed to ``fit``
+        stay, as in Lightning); the validation one only refills the validation loaders."""
+        hook = getattr(self, "_loader_hooks", {}).get(kind)
+        if hook is None:
             return
-        train, val = self._raw_loaders
         from distengine import data_combined as dc
 
-        if "train" in hooks:
-            train = [dc.train_source(hooks["train"]())]
-        if "val" in hooks:
-            val = dc.eval_sources(hooks["val"]())
-        self._set_fit_loaders(train, val)
+        if kind == "train":
+            self._set_fit_loaders([dc.train_source(hook())], self._raw_loaders[1])
+        else:
+            self._data.val_pending = False
+            self._set_val_loaders(dc.eval_sources(hook()))
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
         from distengine import loop_eval

@@ -39,8 +39,8 @@ class TrainerProperties:
         self._loop_state.should_stop = value
 
     @property
-    def logged_metrics(self) -> dict[str, float]:
-        """The values written to the loggers in this stage."""
+    def logged_metrics(self) -> dict[str, torch.Tensor]:
+        """The values written to the loggers in this stage (float32 tensors, as in Lightning)."""
         return self._writer.logged_metrics
 
     # the loop's state under the names the Trainer used to keep it by (the tests read them)

@@ -85,6 +85,29 @@ class RunMixin:
         if self._profiling:  # timed hooks; an unprofiled run calls the hooks themselves
             profiling.profiled_hooks(self._profiler, module, self._hooks, self._callback_hooks, self._module_hooks)
 
+    def _attach_model_callbacks(self) -> None:
+        """The module's ``configure_callbacks()``, as in Lightning: each replaces the Trainer's
+        callbacks of a type it is (a subclass of), then checkpoint callbacks are moved last (and
+        the finders first). ``trainer.callbacks`` keeps the result."""
+        from collections.abc import Sequence
+
+        from distengine.callbacks.base import Callback
+        from distengine.callbacks.checkpoint import Checkpoint
+        from distengine.callbacks.finders import BatchSizeFinder, LearningRateFinder
+
+        if not module_overrides(self._module, "configure_callbacks"):
+            return
+        returned = self._module.configure_callbacks()
+        if not returned:
+            return
+        mine = list(returned) if isinstance(returned, Sequence) else [returned]
+        theirs = {type(c) for c in self.callbacks} - {Callback}
+        replaced = {t for m in {type(c) for c in mine} for t in theirs if issubclass(m, t)}
+        callbacks = [c for c in self.callbacks if type(c) not in replaced] + mine
+        finders = [c for c in callbacks if isinstance(c, (BatchSizeFinder, LearningRateFinder))]
+        last = [c for c in callbacks if isinstance(c, Checkpoint) and c not in finders]
+        self.callbacks = finders + [c for c in callbacks if c not in finders and c not in last] + last
+
     def _launch_if_needed(self) -> bool:
         """Start the other ranks when this process was not launched but ``devices`` asks for
         several: True when the stage must run through ``_run_in_processes`` (the ranks are
@@ -243,6 +266,7 @@ class _RunContext:
         if stage == "fit":
             t._stop_vote = StopVote()  # closed at the end of the fit loop
             t._loop_state.stopped_in_epoch = False
+        t._attach_model_callbacks()
         t._build_hooks()
         if t._profiling:
             profiling.begin_run(t._profiler, stage, t.log_dir, t.root_device.type,
@@ -258,6 +282,8 @@ class _RunContext:
         self.model.setup(key)
         for fn in t._callback_hooks["setup"]:
             fn(key)
+        if module_overrides(self.model, "configure_model"):  # Lightning: after setup, before configure_optimizers
+            t._strategy.configure_model(self.model)
         # anomaly mode is scoped to the run, as in Lightning: it slows every later backward
         self._anomaly = torch.is_anomaly_enabled()
         torch.autograd.set_detect_anomaly(bool(t.detect_anomaly) or self._anomaly)

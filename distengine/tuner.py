@@ -133,6 +133,13 @@ class _LRSweep(Callback):
         self._losses: list[float] = []  # micro-batch losses of the step in progress
         self._lr = finder.min_lr
 
+    def on_fit_start(self, trainer: Any, module: Any) -> None:
+        # Lightning checks once configure_optimizers has run, before any batch (a manual
+        # module with two optimizers would otherwise sweep forever: nothing it steps is counted)
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"`model.configure_optimizers()` returned {len(trainer.optimizers)}, but learning rate "
+                             "finder only works with single optimizer; tune each optimizer's lr separately")
+
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
         # set on every micro-batch: a user scheduler that stepped in between is overridden
         self._lr = self.finder.lr_at(int(trainer.global_step))

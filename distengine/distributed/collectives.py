@@ -15,6 +15,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def on_gloo() -> bool:
+    """Distributed over the gloo backend (CPU ranks)."""
+    return is_distributed() and dist.get_backend() == "gloo"
+
+
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 

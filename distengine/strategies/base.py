@@ -102,6 +102,13 @@ class Strategy:
         calls ``forward`` on (the module itself, a DDP wrapper, or the FSDP-sharded module)."""
         raise NotImplementedError
 
+    def configure_model(self, module: nn.Module) -> None:
+        """Call the module's ``configure_model()`` (where overridden) as Lightning does, once per
+        stage before ``configure_optimizers``: with this rank's device as the default device,
+        so the layers it builds are created there."""
+        with self.root_device:
+            module.configure_model()
+
     def module_to_device(self, module: nn.Module) -> None:
         """Move ``module`` to this rank's device and convert it to the precision's dtype
         (also what evaluation uses: it runs on the unwrapped module)."""

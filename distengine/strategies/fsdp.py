@@ -279,6 +279,9 @@ class FSDPStrategy(Strategy):
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         return _gradient_sync(model, last_micro_batch)
 
+    def configure_model(self, module: nn.Module) -> None:
+        """Nothing here: ``setup_module`` calls ``configure_model()`` itself, before sharding."""
+
     def evaluation_context(self, model: nn.Module) -> contextlib.AbstractContextManager:
         """Around a whole validation/test/predict run: see :func:`gathered`."""
         return gathered(model)

@@ -170,27 +170,26 @@ def _no_step_warnings(tmp_path, module, **kw):
         trainer = quiet_trainer(tmp_path, max_epochs=2, **kw)
         trainer.fit(module, loader(regression_data()))
     unchanged = all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
-    return [str(w.message) for w in caught if "took no optimizer step" in str(w.message)], unchanged, trainer
+    return [str(w.message) for w in caught if "trained nothing" in str(w.message)], unchanged, trainer
 
 
 def test_training_step_returning_none_on_every_batch_warns_once_per_epoch(tmp_path):
     messages, unchanged, trainer = _no_step_warnings(tmp_path, SkipsBatches(lambda i: True))
-    assert unchanged and trainer.global_step == 0
+    # Lightning 2.6: the optimizer step is still taken (without gradients) and counted
+    assert unchanged and trainer.global_step == 12
     assert len(messages) == 2, messages  # one per epoch, not one per batch
-    assert messages[0].startswith("epoch 0 took no optimizer step (training_step returned None for all 6 "
+    assert messages[0].startswith("epoch 0 trained nothing (training_step returned None for all 6 "
                                   "batches)") and messages[1].startswith("epoch 1 ")
     assert "return the loss" in messages[0] and "\n" not in messages[0]
 
 
 def test_returning_none_for_some_batches_is_a_quiet_skip(tmp_path):
     messages, unchanged, trainer = _no_step_warnings(tmp_path, SkipsBatches(lambda i: i % 2 == 0))
+    assert messages == [] and not unchanged and trainer.global_step == 12
+    # accumulation: a window whose last micro-batch is skipped steps with the first one's gradients
+    messages, unchanged, trainer = _no_step_warnings(tmp_path, SkipsBatches(lambda i: i % 2 == 1),
+                                                     accumulate_grad_batches=2)
     assert messages == [] and not unchanged and trainer.global_step == 6
-    # accumulation: an epoch whose every optimizer step falls on a skipped micro-batch is reported
-    messages, unchanged, _ = _no_step_warnings(tmp_path, SkipsBatches(lambda i: i % 2 == 1),
-                                               accumulate_grad_batches=2)
-    assert unchanged and len(messages) == 2
-    assert "training_step returned None for 3 of its 6 batches" in messages[0]
-
 
 
 # Every numeric flag: values Lightning 2.x refuses (or that would run forever, like
@@ -268,3 +267,13 @@ def test_devices_none_means_auto_as_in_lightning_1x(tmp_path):
     auto = de.Trainer(devices="auto", accelerator="cpu", logger=False, default_root_dir=str(tmp_path))
     none = de.Trainer(devices=None, accelerator="cpu", logger=False, default_root_dir=str(tmp_path))
     assert (none.accelerator, none.num_devices) == (auto.accelerator, auto.num_devices) == ("cpu", 1)
+
+
+def test_returning_none_under_a_grad_scaler_skips_the_step_but_counts_it(tmp_path):
+    """Lightning's MixedPrecision.optimizer_step: after a skipped backward no scaler.step /
+    update (the window's earlier gradients are dropped), yet global_step counts the step."""
+    module = SkipsBatches(lambda i: i % 2 == 1)  # the last micro-batch of every window
+    messages, unchanged, trainer = _no_step_warnings(tmp_path, module, accumulate_grad_batches=2,
+                                                     precision="16-mixed")
+    assert unchanged and trainer.global_step == 6 and messages == []
+    assert trainer._precision.scaler.get_scale() == 2.0 ** 16  # never updated

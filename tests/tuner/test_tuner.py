@@ -133,6 +133,27 @@ def test_lr_find_bad_arguments(kw, match):
         Tuner(fast_trainer()).lr_find(Regression(), **kw)
 
 
+def test_lr_find_with_two_optimizers_raises_before_training(tmp_path):
+    """Lightning's tuner/test_lr_finder.py::test_error_with_multiple_optimizers: a manual
+    module with two optimizers raises "only works with single optimizer" (it used to hang)."""
+    class TwoOptimizers(Regression):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            self.calls += 1
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.parameters(), lr=self.lr), torch.optim.Adam(self.parameters(), lr=self.lr)]
+
+    model = TwoOptimizers()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="returned 2, but learning rate finder only works with single optimizer"):
+        Tuner(fast_trainer(default_root_dir=tmp_path, max_epochs=1)).lr_find(model)
+    assert_same(before, model)  # no batch ran (calls is a buffer), and the weights are as they were
+
+
 def test_suggestion_is_steepest_descent_and_handles_short_or_nan_curves():
     f = LRFinder("exponential", 1e-3, 1.0, 5)
     f.results = {"lr": [1e-3, 1e-2, 1e-1, 1.0, 10.0], "loss": [5.0, 4.9, 3.0, 2.9, float("nan")]}
