@@ -218,9 +218,10 @@ class CheckpointMixin:
         env, data = self.env, self._data  # refilled in place: the fit loop's context holds it
         self._raw_loaders = (train, val)
         shuffle = False if self.overfit_batches else None
+        replicas, rank = self._strategy.data_parallel(env)  # model parallel: one tensor-parallel group, one split
         data.train_loader, data.train_sampler, data.num_train_batches = prepare_train(
-            train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle, self.limits["train"])
-        data.val_loaders = [prepare_eval(v, env.world_size, env.rank, self.use_distributed_sampler) for v in val]
+            train[0], replicas, rank, self.use_distributed_sampler, shuffle, self.limits["train"])
+        data.val_loaders = [prepare_eval(v, replicas, rank, self.use_distributed_sampler) for v in val]
         data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
         if data.num_train_batches == 0:
             raise ValueError("limit_train_batches leaves no training batch; raise it")
@@ -257,7 +258,8 @@ class CheckpointMixin:
                 datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
             loaders = self._resolve_loader(dataloaders, datamodule, kind)
             env = self.env
-            loaders = [prepare_eval(dl, env.world_size, env.rank, self.use_distributed_sampler) for dl in loaders]
+            loaders = [prepare_eval(dl, *self._strategy.data_parallel(env), self.use_distributed_sampler)
+                       for dl in loaders]
             device = self._strategy.root_device
             if self._precision is None or self._precision.device != device:
                 from distengine.precision import Precision

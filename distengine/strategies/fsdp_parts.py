@@ -247,17 +247,23 @@ def gathered(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
     """Reduce-scatter gradients in this backward only when ``sync``; otherwise they accumulate
-    unsharded on each rank until the last micro-batch's backward reduces the sum."""
+    unsharded on each rank until the last micro-batch's backward reduces the sum. Under HSDP
+    (a 2-D mesh) the flag covers the all-reduce across replicas too: one per optimizer step.
+    A root that is not sharded itself (``ModelParallelStrategy``: the user sharded submodules)
+    sets the flag on every shard unit."""
     from torch.distributed.fsdp import FSDPModule
 
-    if not isinstance(model, FSDPModule):
+    if sync:
         yield
         return
-    model.set_requires_gradient_sync(sync)
+    units = [model] if isinstance(model, FSDPModule) else [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_requires_gradient_sync(False)
     try:
         yield
     finally:
-        model.set_requires_gradient_sync(True)
+        for unit in units:
+            unit.set_requires_gradient_sync(True)
 
 
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
