@@ -208,27 +208,34 @@ class FSDPStrategy(Strategy):
 
         self.root_device = setup.select_device(accelerator, env, gpu_ids)
         self._timeout_s = timeout_s
+        self._local_world_size = env.local_world_size
+        self._mesh_shape(env.world_size if env.distributed else 1)  # bad sizes: refused before any group starts
         setup.init_process_group(env, self.root_device, timeout_s, backend=self.backend())
         self._one_process = not env.distributed
-        self._local_world_size = env.local_world_size
         self._ensure_group()
         if self.mesh is None:
             self.mesh = self._build_mesh()
 
-    def _build_mesh(self) -> Any:
+    def _mesh_shape(self, world: int) -> tuple[int, ...]:
         """FULL_SHARD: one dimension of all ranks. HYBRID_SHARD: ``(replicate, shard)``, shards
         within each group of ``shard`` ranks (default: the ranks of one node) and replicas across."""
-        from torch.distributed.device_mesh import init_device_mesh
-
-        world = self.world_size
         if self._mesh_spec is None:
-            return init_device_mesh(self.root_device.type, (world,))
+            return (world,)
+        if self._mesh_spec == "given":
+            return tuple(self.mesh.shape)
         local = max(min(self._local_world_size, world), 1)
         shape = self._mesh_spec if isinstance(self._mesh_spec, tuple) else (world // local, local)
         if shape[0] * shape[1] != world:
             raise ValueError(f"FSDPStrategy(device_mesh={shape}): replicate x shard = {shape[0] * shape[1]} but the "
                              f"job has {world} ranks; choose sizes that multiply to {world}")
-        return init_device_mesh(self.root_device.type, shape, mesh_dim_names=("replicate", "shard"))
+        return shape
+
+    def _build_mesh(self) -> Any:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        shape = self._mesh_shape(self.world_size)
+        names = ("replicate", "shard") if len(shape) == 2 else None
+        return init_device_mesh(self.root_device.type, shape, mesh_dim_names=names)
 
     def backend(self) -> str:
         """The default group's backend: ``"cpu:gloo,cuda:nccl"`` on CUDA with ``cpu_offload``
@@ -245,13 +252,10 @@ class FSDPStrategy(Strategy):
 
         if not self._one_process or dist.is_initialized():
             return
-        from torch.distributed.device_mesh import init_device_mesh
-
         from distengine.distributed import setup
 
         self._own_group = setup.init_single_process_group(self.root_device, self._timeout_s, backend=self.backend())
-        self.mesh = init_device_mesh(self.root_device.type, (1,)) if self._mesh_spec is None else \
-            init_device_mesh(self.root_device.type, (1, 1), mesh_dim_names=("replicate", "shard"))
+        self.mesh = self._build_mesh()
 
     # ------------------------------------------------------------------ the model
     def _fsdp_kwargs(self) -> dict[str, Any]:

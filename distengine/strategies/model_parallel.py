@@ -84,26 +84,22 @@ class ModelParallelStrategy(FSDPStrategy):
     def setup_environment(self, accelerator: str, env: Any, gpu_ids: list[int] | None, timeout_s: float) -> None:
         super().setup_environment(accelerator, env, gpu_ids, timeout_s if self._timeout is None else self._timeout)
 
-    def _build_mesh(self) -> Any:
-        from torch.distributed.device_mesh import init_device_mesh
-
-        world = self.world_size
+    def _mesh_shape(self, world: int) -> tuple[int, ...]:
+        """Lightning's ``"auto"``: nodes (data parallel) x ranks per node (tensor parallel)."""
         local = max(min(self._local_world_size, world), 1)
         dp = world // local if self._data_parallel_size == "auto" else self._data_parallel_size
         tp = local if self._tensor_parallel_size == "auto" else self._tensor_parallel_size
         if dp * tp != world:
             raise ValueError(f"ModelParallelStrategy: data_parallel_size={dp} x tensor_parallel_size={tp} = {dp * tp}, "
                              f"but the job has {world} ranks; choose sizes that multiply to {world}")
-        self._device_mesh = init_device_mesh(self.root_device.type, (dp, tp),
+        return dp, tp
+
+    def _build_mesh(self) -> Any:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        self._device_mesh = init_device_mesh(self.root_device.type, self._mesh_shape(self.world_size),
                                              mesh_dim_names=("data_parallel", "tensor_parallel"))
         return self._device_mesh
-
-    def _ensure_group(self) -> None:
-        import torch.distributed as dist
-
-        if self._one_process and not dist.is_initialized():
-            super()._ensure_group()  # a 1-rank group; the mesh follows it
-            self.mesh = self._build_mesh()
 
     def data_parallel(self, env: Any) -> tuple[int, int]:
         """The loaders are split over the ``data_parallel`` dimension: one tensor-parallel group

@@ -1,0 +1,76 @@
+"""``ModelParallelStrategy`` and HSDP in one process (a 1-rank group of the strategy's own):
+the same scripts run unlaunched, with Lightning's errors for bad sizes and a module that does
+not parallelize itself. The 4-rank checks are in test_model_parallel.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from distengine.strategies import FSDPStrategy, ModelParallelStrategy
+from tests.fsdp.llama import Llama, ParallelLlama, data, reference_losses
+
+
+def _fit(model, strategy, **kw):
+    import distengine as de
+
+    loader = torch.utils.data.DataLoader(data(), batch_size=4)
+    trainer = de.Trainer(accelerator="cpu", strategy=strategy, max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, **kw)
+    trainer.fit(model, loader)
+    return trainer
+
+
+def test_one_process_tp_by_fsdp_equals_plain_training():
+    model = ParallelLlama()
+    _fit(model, ModelParallelStrategy())
+    torch.testing.assert_close(model.losses, reference_losses(4, 8), rtol=0, atol=1e-5)
+    assert model.blocks[0].attn.wq.weight.device_mesh.mesh_dim_names == ("data_parallel", "tensor_parallel")
+    assert not dist.is_initialized()  # the strategy's own group is gone after the stage
+
+
+def test_one_process_hybrid_shard_equals_plain_training():
+    model = Llama()
+    strategy = FSDPStrategy(sharding_strategy="HYBRID_SHARD")
+    _fit(model, strategy, accumulate_grad_batches=2)
+    torch.testing.assert_close(model.losses, reference_losses(4, 8, accumulate=2), rtol=0, atol=1e-5)
+    assert strategy.mesh.mesh_dim_names == ("replicate", "shard")
+
+
+def test_sizes_that_do_not_multiply_to_the_world_size_are_refused():
+    with pytest.raises(ValueError, match=r"data_parallel_size=2 x tensor_parallel_size=2 = 4, but the job has 1 "
+                                         r"ranks; choose sizes that multiply to 1"):
+        _fit(ParallelLlama(), ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=2))
+    with pytest.raises(ValueError, match=r"replicate x shard = 4 but the job has 1 ranks"):
+        _fit(Llama(), FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(2, 2)))
+    assert not dist.is_initialized()
+
+
+def test_module_without_configure_model_is_refused():
+    with pytest.raises(TypeError, match=r"Llama must override configure_model\(\) and parallelize itself there"):
+        _fit(Llama(), ModelParallelStrategy())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"data_parallel_size": 0}, r"data_parallel_size=0\) must be 'auto' or a positive int"),
+    ({"tensor_parallel_size": "2"}, r"tensor_parallel_size='2'\) must be 'auto' or a positive int"),
+])
+def test_bad_sizes_are_refused_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelParallelStrategy(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sharding_strategy": "SHARD_GRAD_OP"}, r"not supported; .*reshard_after_forward=False"),
+    ({"sharding_strategy": "NO_SHARD"}, r"not supported; .*strategy='ddp'"),
+    ({"device_mesh": (2, 2)}, r"pass sharding_strategy='HYBRID_SHARD' with it"),
+    ({"sharding_strategy": "HYBRID_SHARD", "device_mesh": (2,)}, r"must be a tuple \(replicate size, shard size\)"),
+])
+def test_bad_hybrid_options_are_refused_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FSDPStrategy(**kwargs)
+
+
+def test_device_mesh_before_setup_says_when_it_exists():
+    with pytest.raises(RuntimeError, match=r"use it in configure_model\(\), not before"):
+        ModelParallelStrategy().device_mesh
