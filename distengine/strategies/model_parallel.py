@@ -42,6 +42,10 @@ from distengine.strategies.fsdp import STEP_METHODS, FSDPStrategy, _overrides_co
 from distengine.strategies.fsdp_parts import has_meta_tensors, materialize, register_uncast_step_method
 
 
+class MeshSizeError(ValueError, RuntimeError):
+    """Sizes that do not multiply to the world size (a RuntimeError too: Lightning raises one)."""
+
+
 def _size(value: Any, what: str) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         return value
@@ -90,7 +94,7 @@ class ModelParallelStrategy(FSDPStrategy):
         dp = world // local if self._data_parallel_size == "auto" else self._data_parallel_size
         tp = local if self._tensor_parallel_size == "auto" else self._tensor_parallel_size
         if dp * tp != world:
-            raise ValueError(f"ModelParallelStrategy: data_parallel_size={dp} x tensor_parallel_size={tp} = {dp * tp}, "
+            raise MeshSizeError(f"ModelParallelStrategy: data_parallel_size={dp} x tensor_parallel_size={tp} = {dp * tp}, "
                              f"but the job has {world} ranks; choose sizes that multiply to {world}")
         return dp, tp
 
