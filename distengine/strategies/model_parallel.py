@@ -94,8 +94,8 @@ class ModelParallelStrategy(FSDPStrategy):
         dp = world // local if self._data_parallel_size == "auto" else self._data_parallel_size
         tp = local if self._tensor_parallel_size == "auto" else self._tensor_parallel_size
         if dp * tp != world:
-            raise MeshSizeError(f"ModelParallelStrategy: data_parallel_size={dp} x tensor_parallel_size={tp} = {dp * tp}, "
-                             f"but the job has {world} ranks; choose sizes that multiply to {world}")
+            raise MeshSizeError(f"ModelParallelStrategy: data_parallel_size={dp} x tensor_parallel_size={tp} = "
+                                f"{dp * tp}, but the job has {world} ranks; choose sizes that multiply to {world}")
         return dp, tp
 
     def _build_mesh(self) -> Any:
