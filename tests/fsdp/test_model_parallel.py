@@ -8,7 +8,8 @@ One job of 4 real gloo ranks runs everything on a small Llama-style model (tests
   over the data-parallel groups) one process on the global batches;
 * a fresh Trainer resumed from the epoch-0 checkpoint on the same mesh ends with weights
   ``torch.equal`` to the uninterrupted run's;
-* HSDP 2 x 2 with gradient accumulation: losses equal one process, replicas end equal.
+* HSDP 2 x 2 with gradient accumulation: losses equal one process, replicas end equal, and the
+  gradients are all-reduced across replicas once per optimizer step (not per micro-batch).
 """
 from __future__ import annotations
 
@@ -84,13 +85,29 @@ def _hand_loop(rank, out):
 
 
 def _hybrid(rank, tmp, out):
+    import torch.distributed as dist
+
     from distengine.strategies import FSDPStrategy
+    from tests.fsdp.llama import Block
 
     loader = torch.utils.data.DataLoader(data(), batch_size=2)  # 4 replicas x shards: global micro-batch 8
-    model, strategy = Llama(), FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(2, 2))
-    _trainer(tmp, strategy, max_epochs=1, accumulate_grad_batches=2).fit(model, loader)
+    model = Llama()
+    strategy = FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(2, 2), auto_wrap_policy={Block})
+    calls, all_reduce = [], dist.all_reduce
+
+    def counting(tensor, *args, **kwargs):  # FSDP2 all-reduces each unit's gradient across replicas with it
+        calls.append(kwargs.get("group", args[1] if len(args) > 1 else None))
+        return all_reduce(tensor, *args, **kwargs)
+
+    dist.all_reduce = counting
+    try:
+        _trainer(tmp, strategy, max_epochs=1, accumulate_grad_batches=2).fit(model, loader)
+    finally:
+        dist.all_reduce = all_reduce
+    replicate = strategy.mesh["replicate"].get_group()
     out.update(hsdp_losses=model.losses, hsdp_state=_local_state(model),
-               hsdp_mesh=(strategy.mesh.mesh_dim_names, tuple(strategy.mesh.shape)))
+               hsdp_mesh=(strategy.mesh.mesh_dim_names, tuple(strategy.mesh.shape)),
+               replica_all_reduces=sum(g is replicate for g in calls))
 
 
 def _job(rank, tmp):
@@ -137,6 +154,8 @@ def test_hybrid_shard_with_accumulation_equals_one_process(job):
     assert job[0]["hsdp_mesh"] == (("replicate", "shard"), (2, 2))
     mean = [sum(r["hsdp_losses"][i] for r in job) / 4 for i in range(4)]
     torch.testing.assert_close(mean, reference_losses(8, 4, accumulate=2), rtol=0, atol=1e-5)
+    # 3 shard units (2 blocks, the root) x 2 optimizer steps: one all-reduce per unit and step, not per micro-batch
+    assert [r["replica_all_reduces"] for r in job] == [6] * 4
     for a, b in ((0, 2), (1, 3)):  # the same shard on both replicas: gradients were all-reduced across them
         for name, t in job[a]["hsdp_state"].items():
             assert torch.equal(t, job[b]["hsdp_state"][name]), name
