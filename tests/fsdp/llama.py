@@ -95,7 +95,8 @@ def data(n: int = 32) -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(x, x.sum(-1, keepdim=True).sin())
 
 
-def reference_losses(batch: int, steps: int, accumulate: int = 1, epochs: int = 1) -> list[float]:
+def reference_losses(batch: int, steps: int, accumulate: int = 1, epochs: int = 1,
+                     clip: float | None = None) -> list[float]:
     """Per-micro-batch losses of one process on the global batches (no parallelism)."""
     model = Llama()
     opt = model.configure_optimizers()
@@ -107,6 +108,8 @@ def reference_losses(batch: int, steps: int, accumulate: int = 1, epochs: int = 
             losses.append(loss.item())
             (loss / accumulate).backward()
             if (i + 1) % accumulate == 0:
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 opt.step()
                 opt.zero_grad()
     return losses[:steps]

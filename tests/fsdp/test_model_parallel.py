@@ -3,7 +3,8 @@
 
 One job of 4 real gloo ranks runs everything on a small Llama-style model (tests/fsdp/llama.py):
 
-* TP 2 x DP 2 through the Trainer, 2 epochs with a sharded (DCP) checkpoint after each: per-step
+* TP 2 x DP 2 through the Trainer (gradient clipping on), 2 epochs with a sharded (DCP)
+  checkpoint after each: per-step
   losses equal a hand-written loop applying the same ``parallelize_module`` plan, and (averaged
   over the data-parallel groups) one process on the global batches;
 * a fresh Trainer resumed from the epoch-0 checkpoint on the same mesh ends with weights
@@ -25,6 +26,7 @@ from tests.helpers import run_ranks
 pytestmark = pytest.mark.slow  # one 4-rank job: ~40 s on a loaded 2-core machine
 
 BATCH = 4  # per data-parallel group: a global batch of 8, 4 steps per epoch
+CLIP = 0.05  # below the gradient norm of every step: clipping changes each step
 
 
 def _trainer(tmp, strategy, **kw):
@@ -48,7 +50,7 @@ def _tensor_parallel(rank, tmp, out):
     loader = torch.utils.data.DataLoader(data(), batch_size=BATCH)
     model, strategy = ParallelLlama(), ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=2)
     ckpts = os.path.join(tmp, "ckpts")
-    _trainer(tmp, strategy, max_epochs=2, enable_checkpointing=True,
+    _trainer(tmp, strategy, max_epochs=2, enable_checkpointing=True, gradient_clip_val=CLIP,
              callbacks=[ModelCheckpoint(dirpath=ckpts, save_top_k=-1)]).fit(model, loader)
     mesh = strategy.device_mesh
     first = os.path.join(ckpts, "epoch=0-step=4.ckpt")
@@ -58,7 +60,7 @@ def _tensor_parallel(rank, tmp, out):
                wq_mesh=model.blocks[0].attn.wq.weight.device_mesh.mesh_dim_names,
                wq_placements=[(type(p).__name__, p.dim) for p in model.blocks[0].attn.wq.weight.placements])
     resumed = ParallelLlama()
-    _trainer(tmp, ModelParallelStrategy(2, 2), max_epochs=2).fit(
+    _trainer(tmp, ModelParallelStrategy(2, 2), max_epochs=2, gradient_clip_val=CLIP).fit(
         resumed, loader, ckpt_path=first)
     out.update(resumed_losses=resumed.losses, resumed_state=_local_state(resumed))
 
@@ -78,6 +80,9 @@ def _hand_loop(rank, out):
         b = mine[step * BATCH:(step + 1) * BATCH]
         loss = F.mse_loss(model(x[b]), y[b])
         loss.backward()
+        norm = sum(p.grad.full_tensor().pow(2).sum() for p in model.parameters()).sqrt()  # every shard, every mesh
+        for p in model.parameters():
+            p.grad.mul_((CLIP / (norm + 1e-6)).clamp(max=1.0))
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
@@ -136,7 +141,7 @@ def test_tp_dp_losses_equal_hand_written_loop_and_one_process(job):
         torch.testing.assert_close(r["tp_losses"][:4], r["hand_losses"], rtol=0, atol=1e-5)
     assert job[0]["tp_losses"] == job[1]["tp_losses"]  # one tensor-parallel group reads the same batches
     mean = [(a + b) / 2 for a, b in zip(job[0]["tp_losses"], job[2]["tp_losses"])]
-    torch.testing.assert_close(mean, reference_losses(2 * BATCH, 8, epochs=2), rtol=0, atol=1e-5)
+    torch.testing.assert_close(mean, reference_losses(2 * BATCH, 8, epochs=2, clip=CLIP), rtol=0, atol=1e-5)
 
 
 def test_sharded_checkpoint_resumes_exactly_on_the_same_mesh(job):

@@ -29,6 +29,14 @@ def test_one_process_tp_by_fsdp_equals_plain_training():
     assert not dist.is_initialized()  # the strategy's own group is gone after the stage
 
 
+def test_clipping_tensor_parallel_and_data_parallel_gradients_on_two_meshes():
+    """TP layers' gradients live on the 2-D mesh, the norms' (fully_shard only) on its dp sub-mesh:
+    torch's clip_grad_norm_ refused to stack their norms ("must have the same mesh")."""
+    model = ParallelLlama()
+    _fit(model, ModelParallelStrategy(), gradient_clip_val=0.05)
+    torch.testing.assert_close(model.losses, reference_losses(4, 8, clip=0.05), rtol=0, atol=1e-5)
+
+
 def test_one_process_hybrid_shard_equals_plain_training():
     model = Llama()
     strategy = FSDPStrategy(sharding_strategy="HYBRID_SHARD")
