@@ -48,13 +48,16 @@ def _tensor_parallel(rank, tmp, out):
     from distengine.strategies import ModelParallelStrategy
 
     loader = torch.utils.data.DataLoader(data(), batch_size=BATCH)
+    # 9 validation samples: the data-parallel groups run 2 and 1 batches (uneven, as evaluation shards)
+    val = torch.utils.data.DataLoader(torch.utils.data.Subset(data(), range(9)), batch_size=4)
     model, strategy = ParallelLlama(), ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=2)
     ckpts = os.path.join(tmp, "ckpts")
     _trainer(tmp, strategy, max_epochs=2, enable_checkpointing=True, gradient_clip_val=CLIP,
-             callbacks=[ModelCheckpoint(dirpath=ckpts, save_top_k=-1)]).fit(model, loader)
+             callbacks=[ModelCheckpoint(dirpath=ckpts, save_top_k=-1)]).fit(model, loader, val)
     mesh = strategy.device_mesh
     first = os.path.join(ckpts, "epoch=0-step=4.ckpt")
-    out.update(tp_losses=model.losses, tp_state=_local_state(model), ckpts=sorted(os.listdir(ckpts)),
+    out.update(tp_losses=model.losses, val_loss=float(model.trainer.callback_metrics["val_loss"]),
+               tp_state=_local_state(model), ckpts=sorted(os.listdir(ckpts)),
                first_ckpt=sorted(os.listdir(first)),
                dp_rank=mesh["data_parallel"].get_local_rank(), tp_rank=mesh["tensor_parallel"].get_local_rank(),
                wq_mesh=model.blocks[0].attn.wq.weight.device_mesh.mesh_dim_names,
@@ -140,6 +143,7 @@ def test_tp_dp_losses_equal_hand_written_loop_and_one_process(job):
         assert len(r["tp_losses"]) == 8
         torch.testing.assert_close(r["tp_losses"][:4], r["hand_losses"], rtol=0, atol=1e-5)
     assert job[0]["tp_losses"] == job[1]["tp_losses"]  # one tensor-parallel group reads the same batches
+    assert len({r["val_loss"] for r in job}) == 1 and 0 < job[0]["val_loss"] < 10
     mean = [(a + b) / 2 for a, b in zip(job[0]["tp_losses"], job[2]["tp_losses"])]
     torch.testing.assert_close(mean, reference_losses(2 * BATCH, 8, epochs=2, clip=CLIP), rtol=0, atol=1e-5)
 
