@@ -83,3 +83,19 @@ def test_bad_hybrid_options_are_refused_at_construction(kwargs, message):
 def test_device_mesh_before_setup_says_when_it_exists():
     with pytest.raises(RuntimeError, match=r"use it in configure_model\(\), not before"):
         ModelParallelStrategy().device_mesh
+
+
+def test_save_distributed_checkpoint_false_writes_one_file_of_complete_tensors(tmp_path):
+    """Lightning's ``save_distributed_checkpoint=False``: complete tensors gathered into one
+    ``.ckpt`` file, which loads into the plain model (no parallelism)."""
+    model = ParallelLlama()
+    trainer = _fit(model, ModelParallelStrategy(save_distributed_checkpoint=False))
+    path = tmp_path / "full.ckpt"
+    trainer.save_checkpoint(path)
+    assert path.is_file()
+    plain = Llama()
+    plain.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    x = data().tensors[0][:3]
+    with torch.no_grad():  # the trained weights: the parallel module (1 rank) computes what the plain one does
+        torch.testing.assert_close(plain(x), model(x), rtol=0, atol=1e-6)
+    assert not torch.equal(plain.head.weight, Llama().head.weight)
