@@ -19,6 +19,14 @@ Example::
                             mixed_precision="bf16-mixed", reshard_after_forward=True)
     trainer = de.Trainer(strategy=strategy, max_epochs=3)
 
+HSDP (Lightning's names): ``FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(2, 4))``
+builds a 2-D mesh ``("replicate", "shard")`` (default without ``device_mesh``: nodes x ranks per
+node); each parameter is sharded within a group of 4 ranks and replicated across 2 such groups,
+its gradient reduce-scattered in the group and all-reduced across the replicas. Under gradient
+accumulation neither runs before the last micro-batch (``set_requires_gradient_sync``): one
+all-reduce per unit and optimizer step. ``"SHARD_GRAD_OP"``/``"NO_SHARD"`` are refused with the
+FSDP2 equivalent (``reshard_after_forward=False``; DDP). Tensor parallelism: ``ModelParallelStrategy``.
+
 Choices:
 
 * One process works (as in Lightning and torchtitan): a device mesh of one rank, so the same
