@@ -65,7 +65,7 @@ def _tensor_parallel(rank, tmp, out):
     resumed = ParallelLlama()
     _trainer(tmp, ModelParallelStrategy(2, 2), max_epochs=2, gradient_clip_val=CLIP).fit(
         resumed, loader, ckpt_path=first)
-    out.update(resumed_losses=resumed.losses, resumed_state=_local_state(resumed))
+    out.update(resumed_losses=resumed.losses, resumed_state=_local_state(resumed), first_path=first)
 
 
 def _hand_loop(rank, out):
@@ -168,3 +168,16 @@ def test_hybrid_shard_with_accumulation_equals_one_process(job):
     for a, b in ((0, 2), (1, 3)):  # the same shard on both replicas: gradients were all-reduced across them
         for name, t in job[a]["hsdp_state"].items():
             assert torch.equal(t, job[b]["hsdp_state"][name]), name
+
+
+def test_tp_dp_checkpoint_resumes_in_one_process_without_parallelism(job, tmp_path):
+    """DCP reshards: the TP 2 x DP 2 checkpoint (model and AdamW state) resumes a plain module in
+    one process, which continues as the 4 ranks did (global batch 8: both data-parallel halves)."""
+    import distengine as de
+
+    plain = Llama()
+    de.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+               enable_checkpointing=False, gradient_clip_val=CLIP, default_root_dir=str(tmp_path)).fit(
+        plain, torch.utils.data.DataLoader(data(), batch_size=2 * BATCH), ckpt_path=job[0]["first_path"])
+    mean = [(a + b) / 2 for a, b in zip(job[0]["tp_losses"][4:], job[2]["tp_losses"][4:])]
+    torch.testing.assert_close(plain.losses, mean, rtol=0, atol=1e-5)
