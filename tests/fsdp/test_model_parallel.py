@@ -9,6 +9,8 @@ One job of 4 real gloo ranks runs everything on a small Llama-style model (tests
   over the data-parallel groups) one process on the global batches;
 * a fresh Trainer resumed from the epoch-0 checkpoint on the same mesh ends with weights
   ``torch.equal`` to the uninterrupted run's;
+* that checkpoint resumed in another layout: plain FSDP2 on the 4 ranks, and (in the test
+  process) a plain module in one process, both continuing with the same losses;
 * HSDP 2 x 2 with gradient accumulation: losses equal one process, replicas end equal, and the
   gradients are all-reduced across replicas once per optimizer step (not per micro-batch).
 """
@@ -118,9 +120,20 @@ def _hybrid(rank, tmp, out):
                replica_all_reduces=sum(g is replicate for g in calls))
 
 
+def _fsdp_from_tp_checkpoint(rank, tmp, out):
+    """The TP 2 x DP 2 checkpoint resumed by plain FSDP2 over the 4 ranks (another layout)."""
+    from distengine.strategies import FSDPStrategy
+
+    model = Llama()
+    _trainer(tmp, FSDPStrategy(), max_epochs=2, gradient_clip_val=CLIP).fit(
+        model, torch.utils.data.DataLoader(data(), batch_size=BATCH // 2), ckpt_path=out["first_path"])
+    out["fsdp_resumed_losses"] = model.losses
+
+
 def _job(rank, tmp):
     out: dict[str, object] = {}
     _tensor_parallel(rank, tmp, out)
+    _fsdp_from_tp_checkpoint(rank, tmp, out)
     _hand_loop(rank, out)
     _hybrid(rank, tmp, out)
     return out
@@ -181,3 +194,10 @@ def test_tp_dp_checkpoint_resumes_in_one_process_without_parallelism(job, tmp_pa
         plain, torch.utils.data.DataLoader(data(), batch_size=2 * BATCH), ckpt_path=job[0]["first_path"])
     mean = [(a + b) / 2 for a, b in zip(job[0]["tp_losses"][4:], job[2]["tp_losses"][4:])]
     torch.testing.assert_close(plain.losses, mean, rtol=0, atol=1e-5)
+
+
+def test_tp_dp_checkpoint_resumes_under_fsdp_on_four_ranks(job):
+    """Another layout on the same ranks: 1-D FSDP2 over 4 ranks (global batch 8 again) continues as TP x DP did."""
+    mean_tp = [(a + b) / 2 for a, b in zip(job[0]["tp_losses"][4:], job[2]["tp_losses"][4:])]
+    mean_fsdp = [sum(r["fsdp_resumed_losses"][i] for r in job) / 4 for i in range(4)]
+    torch.testing.assert_close(mean_fsdp, mean_tp, rtol=0, atol=1e-5)
