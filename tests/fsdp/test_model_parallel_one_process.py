@@ -99,3 +99,19 @@ def test_save_distributed_checkpoint_false_writes_one_file_of_complete_tensors(t
     with torch.no_grad():  # the trained weights: the parallel module (1 rank) computes what the plain one does
         torch.testing.assert_close(plain(x), model(x), rtol=0, atol=1e-6)
     assert not torch.equal(plain.head.weight, Llama().head.weight)
+
+
+def test_validate_without_fit_parallelizes_the_module_first():
+    import distengine as de
+
+    loader = torch.utils.data.DataLoader(data(), batch_size=8)
+    from torch.distributed.tensor import DTensor
+
+    results, parallel = [], ParallelLlama()
+    for model, strategy in ((parallel, ModelParallelStrategy()), (Llama(), "auto")):
+        trainer = de.Trainer(accelerator="cpu", strategy=strategy, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        results.append(trainer.validate(model, loader, verbose=False)[0]["val_loss"])
+    assert isinstance(parallel.blocks[0].attn.wq.weight, DTensor)  # configure_model ran
+    assert not isinstance(model.blocks[0].attn.wq.weight, DTensor)
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
