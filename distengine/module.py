@@ -92,6 +92,11 @@ class Module(ModelHooks, nn.Module):
         return torch.device("cpu")
 
     @property
+    def device_mesh(self) -> Any:
+        """The strategy's ``DeviceMesh`` (``ModelParallelStrategy``: for ``configure_model``), else None."""
+        return getattr(self._trainer.strategy, "device_mesh", None) if self._trainer is not None else None
+
+    @property
     def global_rank(self) -> int:
         return self._trainer.global_rank if self._trainer is not None else 0
 

@@ -236,8 +236,9 @@ class CheckpointMixin:
         env, data = self.env, self._data  # refilled in place: the fit loop's context holds it
         self._raw_loaders = (train, val)
         shuffle = False if self.overfit_batches else None
+        replicas, rank = self._strategy.data_parallel(env)  # model parallel: one tensor-parallel group, one split
         data.train_loader, data.train_sampler, data.num_train_batches = prepare_train(
-            train[0], env.world_size, env.rank, self.use_distributed_sampler, shuffle, self.limits["train"])
+            train[0], replicas, rank, self.use_distributed_sampler, shuffle, self.limits["train"])
         data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
         if data.num_train_batches == 0:
             raise ConfigError("limit_train_batches leaves no training batch; raise it")
@@ -247,9 +248,10 @@ class CheckpointMixin:
     def _set_val_loaders(self, val: list[Any]) -> None:
         from distengine.data_combined import prepare_eval
 
-        env, data = self.env, self._data
+        data = self._data
         self._raw_loaders = (self._raw_loaders[0], val)
-        data.val_loaders = [prepare_eval(v, env.world_size, env.rank, self.use_distributed_sampler) for v in val]
+        replicas, rank = self._strategy.data_parallel(self.env)  # model parallel: split over data_parallel only
+        data.val_loaders = [prepare_eval(v, replicas, rank, self.use_distributed_sampler) for v in val]
         # Lightning: no validation_step, no validation batches (checkpoints then follow the epochs)
         data.num_val_batches = data.val_limits() if data.has_val_step else []
 
@@ -284,7 +286,8 @@ class CheckpointMixin:
             loaders = self._resolve_loader(dataloaders, datamodule, kind)
             run_warnings.warn_few_workers(self, loaders, kind)
             env = self.env
-            loaders = [prepare_eval(dl, env.world_size, env.rank, self.use_distributed_sampler) for dl in loaders]
+            loaders = [prepare_eval(dl, *self._strategy.data_parallel(env), self.use_distributed_sampler)
+                       for dl in loaders]
             device = self._strategy.root_device
             if self._precision is None or self._precision.device != device:
                 from distengine.precision import Precision

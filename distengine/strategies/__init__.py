@@ -1,4 +1,4 @@
-"""Strategies: how a rank holds the model (one device, DDP, FSDP2). See ``base.py``.
+"""Strategies: how a rank holds the model (one device, DDP, FSDP2, TP x FSDP2). See ``base.py``.
 
 ``Trainer(strategy=...)`` takes a name from :data:`STRATEGIES` or a :class:`Strategy`
 instance. A name maps to (module path, class name, constructor arguments) and is imported only
@@ -26,7 +26,8 @@ STRATEGIES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 _LAZY = {"SingleDeviceStrategy": "distengine.strategies.single", "DDPStrategy": "distengine.strategies.ddp",
-         "FSDPStrategy": "distengine.strategies.fsdp"}
+         "FSDPStrategy": "distengine.strategies.fsdp",
+         "ModelParallelStrategy": "distengine.strategies.model_parallel"}
 
 __all__ = ["Strategy", "STRATEGIES", "resolve_strategy", *_LAZY]
 

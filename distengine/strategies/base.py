@@ -96,6 +96,11 @@ class Strategy:
     def global_rank(self) -> int:
         return torch.distributed.get_rank() if self.is_distributed else 0
 
+    def data_parallel(self, env: Any) -> tuple[int, int]:
+        """``(replicas, this rank's index)`` the data loaders are split by: every rank by default;
+        ``ModelParallelStrategy``: the ``data_parallel`` mesh dimension (called after setup)."""
+        return env.world_size, env.rank
+
     # ------------------------------------------------------------------ the model
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Move (or shard) ``module`` onto this rank's device and return the model the loop

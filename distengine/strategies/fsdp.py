@@ -19,6 +19,14 @@ Example::
                             mixed_precision="bf16-mixed", reshard_after_forward=True)
     trainer = de.Trainer(strategy=strategy, max_epochs=3)
 
+HSDP (Lightning's names): ``FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(2, 4))``
+builds a 2-D mesh ``("replicate", "shard")`` (default without ``device_mesh``: nodes x ranks per
+node); each parameter is sharded within a group of 4 ranks and replicated across 2 such groups,
+its gradient reduce-scattered in the group and all-reduced across the replicas. Under gradient
+accumulation neither runs before the last micro-batch (``set_requires_gradient_sync``): one
+all-reduce per unit and optimizer step. ``"SHARD_GRAD_OP"``/``"NO_SHARD"`` are refused with the
+FSDP2 equivalent (``reshard_after_forward=False``; DDP). Tensor parallelism: ``ModelParallelStrategy``.
+
 Choices:
 
 * One process works (as in Lightning and torchtitan): a device mesh of one rank, so the same
@@ -109,6 +117,32 @@ def _precision_name(value: Any) -> str:
     return normalize_precision(value)
 
 
+_SHARDING = ("FULL_SHARD", "HYBRID_SHARD")
+
+
+def hybrid_mesh_spec(sharding_strategy: Any, device_mesh: Any) -> tuple[str, Any]:
+    """Check Lightning's ``sharding_strategy``/``device_mesh`` pair; returns the strategy's name
+    and the mesh to build: None (1-D), "hybrid" (nodes x ranks per node), a ``(replicate, shard)``
+    tuple, or "given" (a ``DeviceMesh`` passed in)."""
+    name = getattr(sharding_strategy, "name", sharding_strategy)
+    if name not in _SHARDING:
+        hint = {"SHARD_GRAD_OP": "FSDPStrategy(reshard_after_forward=False)", "NO_SHARD": "strategy='ddp'"}.get(name)
+        raise ValueError(f"FSDPStrategy(sharding_strategy={sharding_strategy!r}) is not supported; use "
+                         f"{' or '.join(map(repr, _SHARDING))}" + (f" (for {name}: {hint})" if hint else ""))
+    if device_mesh is None:
+        return name, ("hybrid" if name == "HYBRID_SHARD" else None)
+    if hasattr(device_mesh, "mesh_dim_names"):  # a DeviceMesh
+        return name, "given"
+    if not (isinstance(device_mesh, tuple) and len(device_mesh) == 2 and
+            all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in device_mesh)):
+        raise ValueError(f"FSDPStrategy(device_mesh={device_mesh!r}) must be a tuple (replicate size, shard size) "
+                         "of positive ints or a DeviceMesh")
+    if name != "HYBRID_SHARD":
+        raise ValueError(f"FSDPStrategy(device_mesh={device_mesh}) is a hybrid (replicate, shard) layout; pass "
+                         "sharding_strategy='HYBRID_SHARD' with it")
+    return name, device_mesh
+
+
 def _class_set(policy: Any, what: str) -> Callable[[nn.Module], bool] | None:
     """A predicate from a set/list of module classes, one class, or a ``module -> bool`` callable."""
     if policy is None:
@@ -145,8 +179,10 @@ class FSDPStrategy(Strategy):
 
     def __init__(self, auto_wrap_policy: Any = None, activation_checkpointing_policy: Any = None,
                  reshard_after_forward: bool | int = True, cpu_offload: bool = False,
-                 mixed_precision: Any = None, state_dict_type: str = "sharded") -> None:
+                 mixed_precision: Any = None, state_dict_type: str = "sharded",
+                 sharding_strategy: Any = "FULL_SHARD", device_mesh: Any = None) -> None:
         super().__init__()
+        self.sharding_strategy, self._mesh_spec = hybrid_mesh_spec(sharding_strategy, device_mesh)
         if state_dict_type not in ("sharded", "full"):
             raise ValueError(f"state_dict_type must be 'sharded' or 'full', got {state_dict_type!r}")
         self._wrap = _class_set(auto_wrap_policy, "auto_wrap_policy")
@@ -160,15 +196,17 @@ class FSDPStrategy(Strategy):
         self.mixed_precision = mixed_precision
         self.state_dict_type = state_dict_type
         self.checkpoint_layout = state_dict_type
-        self.mesh: Any = None
+        self.mesh: Any = device_mesh if self._mesh_spec == "given" else None
         self.sharded_checkpointer: Any = None  # made by the first sharded save (checkpoint/sharded_trainer.py)
         self._one_process = False  # not launched: the strategy runs a 1-rank group of its own
         self._timeout_s = 1800.0
+        self._local_world_size = 1
         self._own_group = False  # that group is up now (destroyed by teardown)
 
     def fresh(self) -> FSDPStrategy:
         new = super().fresh()
-        new.mesh, new.sharded_checkpointer = None, None
+        new.mesh = self.mesh if self._mesh_spec == "given" else None
+        new.sharded_checkpointer = None
         new._one_process = new._own_group = False
         return new
 
@@ -178,13 +216,34 @@ class FSDPStrategy(Strategy):
 
         self.root_device = setup.select_device(accelerator, env, gpu_ids)
         self._timeout_s = timeout_s
+        self._local_world_size = env.local_world_size
+        self._mesh_shape(env.world_size if env.distributed else 1)  # bad sizes: refused before any group starts
         setup.init_process_group(env, self.root_device, timeout_s, backend=self.backend())
         self._one_process = not env.distributed
         self._ensure_group()
         if self.mesh is None:
-            from torch.distributed.device_mesh import init_device_mesh
+            self.mesh = self._build_mesh()
 
-            self.mesh = init_device_mesh(self.root_device.type, (self.world_size,))
+    def _mesh_shape(self, world: int) -> tuple[int, ...]:
+        """FULL_SHARD: one dimension of all ranks. HYBRID_SHARD: ``(replicate, shard)``, shards
+        within each group of ``shard`` ranks (default: the ranks of one node) and replicas across."""
+        if self._mesh_spec is None:
+            return (world,)
+        if self._mesh_spec == "given":
+            return tuple(self.mesh.shape)
+        local = max(min(self._local_world_size, world), 1)
+        shape = self._mesh_spec if isinstance(self._mesh_spec, tuple) else (world // local, local)
+        if shape[0] * shape[1] != world:
+            raise ValueError(f"FSDPStrategy(device_mesh={shape}): replicate x shard = {shape[0] * shape[1]} but the "
+                             f"job has {world} ranks; choose sizes that multiply to {world}")
+        return shape
+
+    def _build_mesh(self) -> Any:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        shape = self._mesh_shape(self.world_size)
+        names = ("replicate", "shard") if len(shape) == 2 else None
+        return init_device_mesh(self.root_device.type, shape, mesh_dim_names=names)
 
     def backend(self) -> str:
         """The default group's backend: ``"cpu:gloo,cuda:nccl"`` on CUDA with ``cpu_offload``
@@ -201,12 +260,10 @@ class FSDPStrategy(Strategy):
 
         if not self._one_process or dist.is_initialized():
             return
-        from torch.distributed.device_mesh import init_device_mesh
-
         from distengine.distributed import setup
 
         self._own_group = setup.init_single_process_group(self.root_device, self._timeout_s, backend=self.backend())
-        self.mesh = init_device_mesh(self.root_device.type, (1,))
+        self.mesh = self._build_mesh()
 
     # ------------------------------------------------------------------ the model
     def _fsdp_kwargs(self) -> dict[str, Any]:

@@ -247,50 +247,65 @@ def gathered(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
     """Reduce-scatter gradients in this backward only when ``sync``; otherwise they accumulate
-    unsharded on each rank until the last micro-batch's backward reduces the sum."""
+    unsharded on each rank until the last micro-batch's backward reduces the sum. Under HSDP
+    (a 2-D mesh) the flag covers the all-reduce across replicas too: one per optimizer step.
+    A root that is not sharded itself (``ModelParallelStrategy``: the user sharded submodules)
+    sets the flag on every shard unit."""
     from torch.distributed.fsdp import FSDPModule
 
-    if not isinstance(model, FSDPModule):
+    if sync:
         yield
         return
-    model.set_requires_gradient_sync(sync)
+    units = [model] if isinstance(model, FSDPModule) else [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_requires_gradient_sync(False)
     try:
         yield
     finally:
-        model.set_requires_gradient_sync(True)
+        for unit in units:
+            unit.set_requires_gradient_sync(True)
 
 
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
-    """``clip_grad_norm_`` over gradients sharded on dim 0 over one mesh, with one all-reduce:
-    each rank sums ``|g|**p`` over its local shards (``max`` for the inf-norm), one all-reduce
-    over the mesh's group gives the total, and every rank scales its shards by the same
-    coefficient (torch's formula, ``max_norm / (norm + 1e-6)`` clamped at 1). Returns the total
-    norm as a plain tensor, equal on every rank. Torch's ``clip_grad_norm_`` on DTensor
-    gradients leaves the reductions to DTensor's sharding propagation: depending on the torch
-    version the norm comes back partial and the caller reduces it again, one collective more
-    per step. Any other layout (several meshes, replicated dims) takes that path."""
+    """``clip_grad_norm_`` over sharded gradients with the fewest collectives: each rank sums
+    ``|g|**p`` over its local shards (``max`` for the inf-norm), grouped by mesh and by the mesh
+    dimensions the gradients are sharded over; each group is all-reduced over those dimensions
+    only (a replicated dimension already holds the whole value: HSDP's replicas, and a
+    ``fully_shard(mesh=dp)`` layer beside tensor-parallel ones, which every tensor-parallel rank
+    holds). Every rank then scales its shards by the same coefficient (torch's formula,
+    ``max_norm / (norm + 1e-6)`` clamped at 1). Returns the total norm as a plain tensor, equal
+    on every rank. One all-reduce per step for FSDP on one mesh dimension and for HSDP; torch's
+    ``clip_grad_norm_`` on DTensor gradients leaves the reductions to DTensor's sharding
+    propagation (a partial norm reduced again with some torch versions) and refuses gradients
+    on different meshes (tensor parallel x FSDP2). Partial gradients take torch's path."""
     from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in params if p.grad is not None]
-    sharded = [g for g in grads if isinstance(g, DTensor)]
-    meshes = {g.device_mesh for g in sharded}
-    if len(sharded) != len(grads) or len(meshes) != 1 or next(iter(meshes)).ndim != 1 or \
-            not all(pl.is_shard() for g in sharded for pl in g.placements):
+    if not grads or any(pl.is_partial() for g in grads if isinstance(g, DTensor) for pl in g.placements):
         return full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type))
     norm_type = float(norm_type)
-    local = [g.to_local() for g in sharded]
-    device = local[0].device
-    parts = [torch.linalg.vector_norm(t, norm_type, dtype=torch.float32).to(device) for t in local]
-    if norm_type == float("inf"):
-        total = torch.stack(parts).max()
-        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX, group=next(iter(meshes)).get_group())
-    else:
-        total = torch.stack(parts).pow(norm_type).sum()
-        torch.distributed.all_reduce(total, group=next(iter(meshes)).get_group())
-        total = total.pow(1.0 / norm_type)
+    groups: dict[tuple[Any, tuple[int, ...]], list[torch.Tensor]] = {}  # in parameter order: same on every rank
+    for g in grads:
+        if isinstance(g, DTensor):
+            dims = tuple(i for i, pl in enumerate(g.placements) if not pl.is_replicate())
+            groups.setdefault((g.device_mesh, dims), []).append(g.to_local())
+        else:
+            groups.setdefault((None, ()), []).append(g)
+    inf = norm_type == float("inf")
+    device = next(iter(groups.values()))[0].device
+    totals = []
+    for (mesh, dims), local in groups.items():
+        parts = torch.stack([torch.linalg.vector_norm(t, norm_type, dtype=torch.float32).to(device) for t in local])
+        total = parts.max() if inf else parts.pow(norm_type).sum()
+        for dim in dims:
+            torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX if inf else
+                                         torch.distributed.ReduceOp.SUM, group=mesh.get_group(dim))
+        totals.append(total)
+    total = torch.stack(totals).max() if inf else torch.stack(totals).sum().pow(1.0 / norm_type)
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for t in local:
-        t.mul_(coef.to(t.dtype))
+    for local in groups.values():
+        for t in local:
+            t.mul_(coef.to(t.dtype))
     return total
 
 

@@ -1,0 +1,117 @@
+"""``ModelParallelStrategy`` and HSDP in one process (a 1-rank group of the strategy's own):
+the same scripts run unlaunched, with Lightning's errors for bad sizes and a module that does
+not parallelize itself. The 4-rank checks are in test_model_parallel.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from distengine.strategies import FSDPStrategy, ModelParallelStrategy
+from tests.fsdp.llama import Llama, ParallelLlama, data, reference_losses
+
+
+def _fit(model, strategy, **kw):
+    import distengine as de
+
+    loader = torch.utils.data.DataLoader(data(), batch_size=4)
+    trainer = de.Trainer(accelerator="cpu", strategy=strategy, max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, **kw)
+    trainer.fit(model, loader)
+    return trainer
+
+
+def test_one_process_tp_by_fsdp_equals_plain_training():
+    model = ParallelLlama()
+    _fit(model, ModelParallelStrategy())
+    torch.testing.assert_close(model.losses, reference_losses(4, 8), rtol=0, atol=1e-5)
+    assert model.blocks[0].attn.wq.weight.device_mesh.mesh_dim_names == ("data_parallel", "tensor_parallel")
+    assert not dist.is_initialized()  # the strategy's own group is gone after the stage
+
+
+def test_clipping_tensor_parallel_and_data_parallel_gradients_on_two_meshes():
+    """TP layers' gradients live on the 2-D mesh, the norms' (fully_shard only) on its dp sub-mesh:
+    torch's clip_grad_norm_ refused to stack their norms ("must have the same mesh")."""
+    model = ParallelLlama()
+    _fit(model, ModelParallelStrategy(), gradient_clip_val=0.05)
+    torch.testing.assert_close(model.losses, reference_losses(4, 8, clip=0.05), rtol=0, atol=1e-5)
+
+
+def test_one_process_hybrid_shard_equals_plain_training():
+    model = Llama()
+    strategy = FSDPStrategy(sharding_strategy="HYBRID_SHARD")
+    _fit(model, strategy, accumulate_grad_batches=2)
+    torch.testing.assert_close(model.losses, reference_losses(4, 8, accumulate=2), rtol=0, atol=1e-5)
+    assert strategy.mesh.mesh_dim_names == ("replicate", "shard")
+
+
+def test_sizes_that_do_not_multiply_to_the_world_size_are_refused():
+    # a RuntimeError as in Lightning, and a ValueError (what it is)
+    with pytest.raises(RuntimeError, match=r"data_parallel_size=2 x tensor_parallel_size=2 = 4, but the job has 1 "
+                                         r"ranks; choose sizes that multiply to 1"):
+        _fit(ParallelLlama(), ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=2))
+    with pytest.raises(ValueError, match=r"replicate x shard = 4 but the job has 1 ranks"):
+        _fit(Llama(), FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(2, 2)))
+    assert not dist.is_initialized()
+
+
+def test_module_without_configure_model_is_refused():
+    with pytest.raises(TypeError, match=r"Llama must override configure_model\(\) and parallelize itself there"):
+        _fit(Llama(), ModelParallelStrategy())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"data_parallel_size": 0}, r"data_parallel_size=0\) must be 'auto' or a positive int"),
+    ({"tensor_parallel_size": "2"}, r"tensor_parallel_size='2'\) must be 'auto' or a positive int"),
+])
+def test_bad_sizes_are_refused_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelParallelStrategy(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sharding_strategy": "SHARD_GRAD_OP"}, r"not supported; .*reshard_after_forward=False"),
+    ({"sharding_strategy": "NO_SHARD"}, r"not supported; .*strategy='ddp'"),
+    ({"device_mesh": (2, 2)}, r"pass sharding_strategy='HYBRID_SHARD' with it"),
+    ({"sharding_strategy": "HYBRID_SHARD", "device_mesh": (2,)}, r"must be a tuple \(replicate size, shard size\)"),
+])
+def test_bad_hybrid_options_are_refused_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FSDPStrategy(**kwargs)
+
+
+def test_device_mesh_before_setup_says_when_it_exists():
+    with pytest.raises(RuntimeError, match=r"use it in configure_model\(\), not before"):
+        ModelParallelStrategy().device_mesh
+
+
+def test_save_distributed_checkpoint_false_writes_one_file_of_complete_tensors(tmp_path):
+    """Lightning's ``save_distributed_checkpoint=False``: complete tensors gathered into one
+    ``.ckpt`` file, which loads into the plain model (no parallelism)."""
+    model = ParallelLlama()
+    trainer = _fit(model, ModelParallelStrategy(save_distributed_checkpoint=False))
+    path = tmp_path / "full.ckpt"
+    trainer.save_checkpoint(path)
+    assert path.is_file()
+    plain = Llama()
+    plain.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    x = data().tensors[0][:3]
+    with torch.no_grad():  # the trained weights: the parallel module (1 rank) computes what the plain one does
+        torch.testing.assert_close(plain(x), model(x), rtol=0, atol=1e-6)
+    assert not torch.equal(plain.head.weight, Llama().head.weight)
+
+
+def test_validate_without_fit_parallelizes_the_module_first():
+    import distengine as de
+
+    loader = torch.utils.data.DataLoader(data(), batch_size=8)
+    from torch.distributed.tensor import DTensor
+
+    results, parallel = [], ParallelLlama()
+    for model, strategy in ((parallel, ModelParallelStrategy()), (Llama(), "auto")):
+        trainer = de.Trainer(accelerator="cpu", strategy=strategy, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        results.append(trainer.validate(model, loader, verbose=False)[0]["val_loss"])
+    assert isinstance(parallel.blocks[0].attn.wq.weight, DTensor)  # configure_model ran
+    assert not isinstance(model.blocks[0].attn.wq.weight, DTensor)
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
