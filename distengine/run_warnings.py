@@ -73,3 +73,11 @@ def warn_fit_setup(trainer: Any, train: list[Any], val: list[Any]) -> None:
         warn_few_workers(trainer, [dl for loader in val for dl in inner_loaders(loader)], "val")
     warn_few_workers(trainer, [dl for loader in train for dl in inner_loaders(loader)], "train")
     warn_log_interval(trainer, trainer._data.num_train_batches)
+
+
+def warn_best_model_used(stage: str) -> None:
+    """``test()``/``validate()``/``predict()`` without a model on a Trainer that has one: the best
+    checkpoint of the earlier ``fit`` is loaded, as Lightning does."""
+    rank_zero_warn(f"`.{stage}(ckpt_path=None)` was called without a model. The best model of the previous `fit` "
+                   f"call will be used (distengine loads the ModelCheckpoint's best file); pass "
+                   f"`.{stage}(ckpt_path='best')` or `.{stage}(ckpt_path='last')` to choose and silence this warning.")

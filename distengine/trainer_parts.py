@@ -273,7 +273,8 @@ class CheckpointMixin:
         from distengine import loop_eval
         from distengine.data_combined import prepare_eval
 
-        model = model if model is not None else self._module
+        provided, connected = model is not None, self._module is not None
+        model = model if provided else self._module
         if model is None:
             raise ValueError(f"Trainer.{stage} needs a model: pass one, or call fit() first")
         self._check_module(model, stage)
@@ -296,6 +297,9 @@ class CheckpointMixin:
             self._strategy.precision = self._precision
             self._strategy.module_to_device(model)
             ckpt_path = ckpt_path if ckpt_path is not None else self._ckpt_path_set  # trainer.ckpt_path = ...
+            if ckpt_path is None and not provided and connected:  # Lightning: the previous fit's best
+                ckpt_path = "best"
+                run_warnings.warn_best_model_used(stage)
             if ckpt_path is not None:
                 self._load_weights_only(ckpt_path)
             if stage == "predict":  # a prediction writer's indices (predict_state.py)
@@ -460,6 +464,9 @@ class CheckpointMixin:
         from distengine.checkpoint.io import resolve_checkpoint, safe_load
 
         if ckpt_path == "best":  # Lightning: the best checkpoint the ModelCheckpoint callback kept
+            if self.checkpoint_callback is None:
+                raise ConfigError('ckpt_path="best" needs a ModelCheckpoint, and this Trainer has none '
+                                  "(enable_checkpointing=False?); pass the model, a file path or 'last'")
             best = getattr(self.checkpoint_callback, "best_model_path", "")
             if not best:
                 raise ConfigError('ckpt_path="best" needs a ModelCheckpoint that has saved a checkpoint in '

@@ -104,7 +104,9 @@ def run(versions=VERSIONS, suite=SUITE, extra=()) -> int:
         print(f"\n=== torch {version}: {' '.join(suite)}", flush=True)
         # the exit soak runs its job 4 times per torch here (8 in the main suite)
         env = dict(os.environ, DISTENGINE_SOAK_RUNS=os.environ.get("DISTENGINE_SOAK_RUNS", "4"))
+        # its own temporary folder: the main suite's pytest may be running beside it (make test)
         code = subprocess.call([str(python), "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
+                                f"--basetemp={ROOT / ('tmp-' + version)}", "--durations=15",
                                 *suite, *extra], cwd=REPO, env=env)
         print(f"=== torch {version}: exit {code} in {time.monotonic() - start:.0f}s", flush=True)
         if code != 0:
