@@ -83,6 +83,13 @@ class Module(ModelHooks, nn.Module):
         """The Trainer running this module (``None`` outside ``fit``/``validate``/...)."""
         return self._trainer
 
+    @trainer.setter
+    def trainer(self, trainer) -> None:  # Lightning allows it; child LightningModules follow
+        for child in self.children():
+            if isinstance(child, Module):
+                child.trainer = trainer
+        self._trainer = trainer
+
     @property
     def device(self) -> torch.device:
         if self._trainer is not None:

@@ -15,8 +15,10 @@ import distengine
 _PREFIX = "pytorch_lightning."
 # Lightning module paths whose distengine module has another name (distengine.trainer is a module,
 # not a package, so `pytorch_lightning.trainer.states` cannot map by name)
-_RENAMED = {"trainer.states": "trainer_states", "trainer.trainer": "trainer"}
-_PACKAGES = {"trainer"}  # served as packages that read their names from the distengine module
+_RENAMED = {"trainer.states": "trainer_states", "trainer.trainer": "trainer", "tuner.tuning": "tuner",
+            "core.module": "module", "core.datamodule": "datamodule"}
+# served as packages that read their names from a distengine module ("" is distengine itself)
+_PACKAGES = {"trainer": "trainer", "tuner": "tuner", "core": ""}
 
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -33,7 +35,7 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module):
         rest = module.__name__[len(_PREFIX):]
         if rest in _PACKAGES:  # keep this module (a package) and read names from distengine's
-            inner = importlib.import_module("distengine." + rest)
+            inner = importlib.import_module("distengine" + ("." + _PACKAGES[rest] if _PACKAGES[rest] else ""))
             module.__path__ = []
             module.__getattr__ = lambda name: getattr(inner, name)
             return
