@@ -34,7 +34,8 @@ def _data():
     torch.manual_seed(0)
     x = torch.randn(64, 4)
     y = x.sum(1, keepdim=True)
-    return DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x[:16] * 3, y[:16] * 3), batch_size=16)
+    val = TensorDataset(x[:16] * 3, y[:16] * 3)
+    return DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(val, batch_size=16)
 
 
 def _trainer(tmp_path, **kw):
