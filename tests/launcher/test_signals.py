@@ -79,7 +79,7 @@ def test_one_process_coalesces_a_double_ctrl_c_and_a_later_one_interrupts(tmp_pa
     if graceful:
         assert proc.returncode == 130 and "KeyboardInterrupt" not in err, err
         assert "stopped by signal SIGINT at step" in err and _stop_checkpoints(tmp_path), err
-    else:  # a second Ctrl-C 3 s later (the 1 s window is measured when each handler runs, which a loaded
-        # machine can delay by a second: 1.5 s was coalesced once at load 10), inside a 10 s step (no step boundary between the two signals,
-        # even on a loaded machine): interrupted, no stop checkpoint
+    else:  # a second Ctrl-C 3 s later (the 1 s window is measured when each handler runs, which a
+        # loaded machine can delay by a second: 1.5 s was coalesced once at load 10), inside a 10 s
+        # step (no step boundary between the two signals): interrupted, no stop checkpoint
         assert "KeyboardInterrupt" in err and not _stop_checkpoints(tmp_path), err
