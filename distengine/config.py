@@ -129,12 +129,7 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     t._max_epochs_defaulted = max_epochs is None and max_steps == -1 and c.max_time is None and not t.fast_dev_run
     if max_epochs is None and max_steps == -1 and c.max_time is None:
         max_epochs = 1 if t.fast_dev_run else 1000
-    if min_epochs is not None and max_epochs is not None and max_epochs >= 0 and min_epochs > max_epochs:
-        raise ConfigError(f"min_epochs={min_epochs} is larger than max_epochs={max_epochs}; "
-                          "raise max_epochs or lower min_epochs")
-    if min_steps is not None and max_steps >= 0 and min_steps > max_steps:
-        raise ConfigError(f"min_steps={min_steps} is larger than max_steps={max_steps}; "
-                          "raise max_steps or lower min_steps")
+    _check_min_max(min_epochs, max_epochs, min_steps, max_steps)
     t.max_epochs = -1 if max_epochs is None else max_epochs
     t.min_epochs, t.max_steps, t.min_steps = max(min_epochs or 0, 0), max_steps, max(min_steps or 0, 0)
     t.accumulate_grad_batches = f["accumulate_grad_batches"]
@@ -172,6 +167,15 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     t.callbacks = build_callbacks(c.callbacks, c.max_time, enable_checkpointing is not False,
                                   c.enable_progress_bar is not False,
                                   c.enable_model_summary is not False and not t.fast_dev_run)
+
+
+def _check_min_max(min_epochs: Any, max_epochs: Any, min_steps: Any, max_steps: int) -> None:
+    if min_epochs is not None and max_epochs is not None and max_epochs >= 0 and min_epochs > max_epochs:
+        raise ConfigError(f"min_epochs={min_epochs} is larger than max_epochs={max_epochs}; "
+                          "raise max_epochs or lower min_epochs")
+    if min_steps is not None and max_steps >= 0 and min_steps > max_steps:
+        raise ConfigError(f"min_steps={min_steps} is larger than max_steps={max_steps}; "
+                          "raise max_steps or lower min_steps")
 
 
 def _has_checkpoint_callback(callbacks: Any) -> bool:

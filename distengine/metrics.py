@@ -335,7 +335,8 @@ class Results:
         """The epoch values logged after :meth:`collect_epoch`, by the callbacks' epoch-end hooks
         (Lightning lets callbacks log there): reduced the same way. Every rank calls it."""
         table = self.entries[stage]
-        late = {k: e for k, e in table.items() if e.on_epoch and (e.total is not None or e.count)}
+        # plain values only: a torchmetrics object keeps its count after collect_epoch computed it
+        late = {k: e for k, e in table.items() if e.on_epoch and e.metric is None and (e.total is not None or e.count)}
         if not late and not collectives.is_distributed():
             return {}, {}  # distributed: every rank takes part, whatever it logged
         self.entries[stage], self.batches_run[stage] = late, 1

@@ -25,7 +25,6 @@ and ``test_epoch_end(outputs)`` receive the detached step outputs of the epoch o
 """
 from __future__ import annotations
 
-import copy
 import inspect
 from argparse import Namespace
 from typing import Any, Mapping
@@ -34,6 +33,8 @@ import torch
 from torch import nn
 
 from distengine.callbacks.base import CALLBACK_HOOKS
+from distengine.module_helpers import copy_hparams as _copy_hparams
+from distengine.module_helpers import map_collection as _map_collection
 from distengine.module_hooks import ModelHooks
 
 #: Hooks of the module that take no ``trainer, module`` arguments; the Trainer only calls the
@@ -462,26 +463,6 @@ class Module(ModelHooks, nn.Module):
         if type(model).on_load_checkpoint is not Module.on_load_checkpoint:
             model.on_load_checkpoint(ckpt)
         return model
-
-
-def _copy_hparams(params: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``params`` in which nn.Module values stay the objects given (as in
-    Lightning, which warns that they are saved with the weights anyway)."""
-    from distengine.distributed.rank_zero import rank_zero_warn
-
-    modules = {k: v for k, v in params.items() if isinstance(v, nn.Module)}
-    for k in modules:
-        rank_zero_warn(f"Attribute {k!r} is an instance of `nn.Module` and is already saved during checkpointing."
-                       f" It is recommended to ignore them using `self.save_hyperparameters(ignore=[{k!r}])`.")
-    return copy.deepcopy(params, memo={id(m): m for m in modules.values()})
-
-
-def _map_collection(data: Any, fn: Any) -> Any:
-    if isinstance(data, Mapping):
-        return type(data)({k: _map_collection(v, fn) for k, v in data.items()})
-    if isinstance(data, (list, tuple)) and not hasattr(data, "_fields"):
-        return type(data)(_map_collection(v, fn) for v in data)
-    return fn(data)
 
 
 def _noop(self, *args, **kwargs):

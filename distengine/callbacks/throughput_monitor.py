@@ -80,7 +80,7 @@ class ThroughputMonitor(Callback):
             self._throughputs[stage] = Throughput(available_flops=self.available_flops,
                                                   world_size=self._world_size, **self.kwargs)
         # within fit every run starts afresh (Lightning); a later test/predict call adds to the last
-        if trainer.state.stage == "fit" or stage not in self._totals:
+        if trainer.state.fn == "fit" or stage not in self._totals:
             self._throughputs[stage].reset()
             self._totals[stage] = [0, 0, 0]
         self._run_batches[stage] = 0
@@ -143,7 +143,7 @@ class ThroughputMonitor(Callback):
             self._eval_batch(trainer, module, "validate", batch)
 
     def on_validation_end(self, trainer: Any, module: Any) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking or trainer.state.stage != "fit":
+        if not trainer.is_global_zero or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         if "train" not in self._t0:
             return

@@ -335,7 +335,8 @@ def test_trainer_devices_beyond_the_cores_is_refused_before_any_process(tmp_path
                          cwd=tmp_path, timeout=120)
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("ValueError: Trainer(devices=999) on CPU would start 999 processes"), out.stderr
+    assert last.startswith("distengine.utilities.exceptions.ConfigError: Trainer(devices=999) on CPU would start "
+                           "999 processes"), out.stderr  # ConfigError: a ValueError and a MisconfigurationException
     assert "DISTENGINE_OVERSUBSCRIBE=1" in last
     assert not record.exists(), record.read_text()  # no launcher, no rank: nothing was started
 

@@ -1,0 +1,31 @@
+"""Helpers of :class:`distengine.module.Module` that need no module: copying hyperparameters,
+mapping a function over nested batches."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+__all__ = ["copy_hparams", "map_collection"]
+
+
+def copy_hparams(params: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``params`` in which nn.Module values stay the objects given (as in
+    Lightning, which warns that they are saved with the weights anyway)."""
+    from distengine.distributed.rank_zero import rank_zero_warn
+
+    modules = {k: v for k, v in params.items() if isinstance(v, nn.Module)}
+    for k in modules:
+        rank_zero_warn(f"Attribute {k!r} is an instance of `nn.Module` and is already saved during checkpointing."
+                       f" It is recommended to ignore them using `self.save_hyperparameters(ignore=[{k!r}])`.")
+    return copy.deepcopy(params, memo={id(m): m for m in modules.values()})
+
+
+def map_collection(data: Any, fn: Any) -> Any:
+    if isinstance(data, Mapping):
+        return type(data)({k: map_collection(v, fn) for k, v in data.items()})
+    if isinstance(data, (list, tuple)) and not hasattr(data, "_fields"):
+        return type(data)(map_collection(v, fn) for v in data)
+    return fn(data)
