@@ -96,6 +96,9 @@ def content_key(suite: Path, rel: str) -> str:
                     if p.name in ("conftest.py", "__init__.py") or "helpers" in p.parts)
     shared += sorted((suite / "demos").rglob("*.py")) + [SUPPORT / "lsuite_plugin.py"]
     for path in [suite / "tests_pytorch" / rel, *shared]:
-        digest.update(str(path.relative_to(path.parents[len(path.parents) - 1])).encode())
+        # names relative to the suite (or to our support folder): the key must not depend on where
+        # the suite or this clone lies (a CI clone is elsewhere)
+        base = SUPPORT if path.is_relative_to(SUPPORT) else suite
+        digest.update(path.relative_to(base).as_posix().encode())
         digest.update(path.read_bytes() if path.exists() else b"<missing>")
     return digest.hexdigest()[:16]
