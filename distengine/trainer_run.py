@@ -169,9 +169,14 @@ class RunMixin:
             if first_at and now - first_at[0] < SIGNAL_COALESCE_S:
                 return  # the same Ctrl-C delivered twice (process group + a forwarding wrapper)
             if first_at and signum == signal.SIGINT:  # a second Ctrl-C, later: interrupt at once
-                signal.signal(signal.SIGINT, previous.get(signal.SIGINT, signal.default_int_handler))
-                signal.raise_signal(signal.SIGINT)
-                return
+                before = previous.get(signal.SIGINT)
+                signal.signal(signal.SIGINT, before if before is not None else signal.default_int_handler)
+                if callable(before) and before is not signal.default_int_handler:
+                    signal.raise_signal(signal.SIGINT)  # the program's own handler decides
+                    return
+                # Python's default, or SIGINT ignored when the process started (a background job of a
+                # non-interactive shell): re-raising would be lost, so interrupt here
+                raise KeyboardInterrupt
             first_at[:] = [now]
             self._status.stop_signal = signum
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -100,6 +101,12 @@ def range_python(version: str, log=None) -> Path:
     return python
 
 
+def _default_sigint() -> None:  # in the child, before exec
+    # `make test` starts this run as a background job, which a non-interactive shell starts with
+    # SIGINT ignored (inherited through exec): give pytest and its processes Python's default back
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(versions=VERSIONS, suite=SUITE, extra=()) -> int:
     """Run ``suite`` on each torch in ``versions``; the exit status is non-zero if any failed."""
     failed = []
@@ -112,7 +119,8 @@ def run(versions=VERSIONS, suite=SUITE, extra=()) -> int:
         # its own temporary folder: the main suite's pytest may be running beside it (make test)
         code = subprocess.call([str(python), "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
                                 f"--basetemp={ROOT / ('tmp-' + version)}", "--durations=15",
-                                *DESELECT.get(version, ()), *suite, *extra], cwd=REPO, env=env)
+                                *DESELECT.get(version, ()), *suite, *extra], cwd=REPO, env=env,
+                               preexec_fn=_default_sigint)
         print(f"=== torch {version}: exit {code} in {time.monotonic() - start:.0f}s", flush=True)
         if code != 0:
             failed.append(version)
