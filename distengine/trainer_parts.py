@@ -278,6 +278,9 @@ class CheckpointMixin:
         if model is None:
             raise ValueError(f"Trainer.{stage} needs a model: pass one, or call fit() first")
         self._check_module(model, stage)
+        if ckpt_path is None and self._ckpt_path_set is None and not provided and connected:
+            ckpt_path = "best"  # Lightning: the previous fit's best (decided here, before ranks are started)
+            run_warnings.warn_best_model_used(stage)
         if self._launch_if_needed():  # ddp_notebook/ddp_spawn: the ranks are started from here
             return self._run_in_processes("_evaluate", (stage, model, dataloaders, datamodule, ckpt_path))
         with self._run(stage, model):
@@ -297,9 +300,6 @@ class CheckpointMixin:
             self._strategy.precision = self._precision
             self._strategy.module_to_device(model)
             ckpt_path = ckpt_path if ckpt_path is not None else self._ckpt_path_set  # trainer.ckpt_path = ...
-            if ckpt_path is None and not provided and connected:  # Lightning: the previous fit's best
-                ckpt_path = "best"
-                run_warnings.warn_best_model_used(stage)
             if ckpt_path is not None:
                 self._load_weights_only(ckpt_path)
             if stage == "predict":  # a prediction writer's indices (predict_state.py)
