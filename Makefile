@@ -56,7 +56,7 @@ docs: $(VENV)/.installed
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check distengine launch slurm tests benchmarks examples
+	$(VENV)/bin/ruff check distengine tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) build site *.egg-info

@@ -46,6 +46,15 @@ def test_expected_json_matches_the_file_list():
         "run `python -m tests.lightning_suite.record`"
 
 
+def test_docs_table_is_current():
+    """docs/lightning-tests.md shows the table of the committed expected.json."""
+    from tests.lightning_suite import table
+
+    doc = table.DOC.read_text()
+    assert table.spliced(doc, table.render(_data())) == doc, \
+        "docs/lightning-tests.md is stale: run `python -m tests.lightning_suite.table --write`"
+
+
 @pytest.mark.slow
 def test_lightning_suite_gate():
     suite = suite_root()
