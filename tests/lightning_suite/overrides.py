@@ -1,9 +1,9 @@
 """Declared differences: suite tests whose distengine failure is a documented choice.
 
 Each entry is (test-id pattern (fnmatch), class, reason); a pattern ``"cause:<pattern>"`` matches
-the cause of a failure of that class instead (used for class-B names declared out of scope). The class replaces the automatic one
-(classify.py); the reason is printed in the table and stored in expected.json. Keep the reason
-to one line that says what distengine does instead and why.
+the cause of a failure of that class instead (used for class-B names declared out of scope).
+The class replaces the automatic one (classify.py); the reason is printed in the table and
+stored in expected.json. Keep the reason to one line that says what distengine does instead and why.
 """
 _LAST_JSON = ("distengine's ModelCheckpoint also writes <dirpath>/last.json, the pointer to the newest checkpoint "
               "that resume and Slurm requeue follow (a documented choice), so a listing of dirpath has one more file")
@@ -17,7 +17,8 @@ _INTERNALS = ("out of scope: Lightning's loop and connector internals (trainer.f
               "total_batch_idx, trainer.connectors, patched private module attributes)")
 _FABRIC = "out of scope: Lightning Fabric is a separate product; distengine offers the Trainer only"
 _ACCELERATORS = ("out of scope: Accelerator objects (CPUAccelerator, CUDAAccelerator); distengine takes "
-                 "accelerator= as a name ('cpu', 'gpu', 'cuda', 'auto') and trainer.strategy.root_device tells the device")
+                 "accelerator= as a name ('cpu', 'gpu', 'cuda', 'auto') and trainer.strategy.root_device "
+                 "tells the device")
 
 OUT_OF_SCOPE_B: list[tuple[str, str, str]] = [
     ("cause:attribute *Strategy.connect", "B", _STRATEGY_API),
