@@ -11,8 +11,13 @@ committed, under `tests/conformance/reference/<script>/<ranks>/`:
 The key has two parts. `source`: a hash of the script's bytes, every file in runtime/, the
 reference recipe (Lightning and torch versions, envs.RECIPES), the rank count, the command shape
 and the environment variables the harness gives the Lightning side (and any PL_*/LIGHTNING_* ones
-inherited). `platform`: the machine, torch's CPU capability and the Python version (float kernels
-differ across CPUs, and weights are compared with torch.equal). An entry is used only when both
+inherited). `platform`: the machine, torch's CPU capability, the Python version and `kernels`, a
+hash of the exact bits a few float operations give here (matrix products of several shapes, a
+linear layer's backward, convolution, normalisation, softmax, the elementwise functions an
+optimizer uses), on one thread as the harness runs. Float kernels differ across CPUs, and weights
+are compared with torch.equal: two CPUs of the same capability (AVX512 with and without AMX, say)
+round a matrix product differently, so the capability alone is not enough (found when a fresh
+machine read results stored on another one and every script differed in the 8th digit). An entry is used only when both
 parts match; otherwise the harness runs Lightning as before (building its environment on first
 use). A stale entry (its script, runtime/ or recipe changed since) is never used, and
 test_reference_entries_match_their_scripts fails until it is refreshed:
@@ -26,6 +31,7 @@ Lightning); so does naming another interpreter with DISTENGINE_CONFORMANCE_PL1/P
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -68,9 +74,42 @@ def source_parts(script: harness.Script, ranks: int) -> dict:
             "reference": envs.RECIPES[script.style], "ranks": ranks, **_invocation(script, ranks)}
 
 
+@functools.lru_cache(maxsize=1)
+def kernels_fingerprint() -> str:
+    """A hash of the bits of float results that depend on how this CPU's kernels round (one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(1234)
+        outs = []
+        for m, k, n in ((3, 7, 5), (16, 32, 8), (64, 64, 64), (257, 129, 33), (1000, 20, 1)):
+            a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+            outs += [a @ b, a.t().contiguous().t() @ b, torch.addmm(torch.randn(n, generator=g), a, b)]
+        x = torch.randn(32, 20, generator=g, requires_grad=True)
+        lin = torch.nn.Linear(20, 16)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(16, 20, generator=g))
+            lin.bias.copy_(torch.randn(16, generator=g))
+        y = torch.nn.functional.gelu(lin(x))
+        loss = torch.nn.functional.cross_entropy(y, torch.arange(32) % 16) + y.pow(2).mean()
+        loss.backward()
+        outs += [y, loss, x.grad, lin.weight.grad, lin.bias.grad]
+        img = torch.randn(2, 3, 12, 12, generator=g)
+        outs += [torch.nn.functional.conv2d(img, torch.randn(4, 3, 3, 3, generator=g), padding=1)]
+        v = torch.randn(4096, generator=g)
+        outs += [torch.nn.functional.layer_norm(v.view(64, 64), (64,)), torch.softmax(v, 0), v.exp(), v.tanh(),
+                 v.sigmoid(), v.abs().sqrt(), torch.log1p(v.abs()), v.sum(), v.square().mean(), v.norm()]
+        h = hashlib.sha256()
+        for t in outs:
+            h.update(t.detach().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def platform_parts() -> dict:
     return {"machine": platform.machine(), "cpu": torch.backends.cpu.get_cpu_capability(),
-            "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+            "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "kernels": kernels_fingerprint()}
 
 
 def key(script: harness.Script, ranks: int) -> dict:

@@ -71,11 +71,16 @@ def test_another_platform_or_cache_off_runs_lightning(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTENGINE_CONFORMANCE_PL2", sys.executable)  # another interpreter than the recipe's
     assert cache.load(script, 1, store=store) is None
     monkeypatch.delenv("DISTENGINE_CONFORMANCE_PL2")
-    key = cache.stored_key(folder)
-    key["platform"]["cpu"] = "another CPU"
-    (folder / "key.json").write_text(__import__("json").dumps(key))
-    assert cache.load(script, 1, store=store) is None
-    assert cache.stale(store, [script]) == []  # not stale: the script did not change
+    assert cache.load(script, 1, store=store) is not None
+    for part, other in (("cpu", "another CPU"), ("kernels", "0123456789abcdef")):
+        key = cache.stored_key(folder)
+        good = dict(key["platform"])
+        key["platform"][part] = other  # the same capability with other rounding counts as another platform
+        (folder / "key.json").write_text(__import__("json").dumps(key))
+        assert cache.load(script, 1, store=store) is None, part
+        assert cache.stale(store, [script]) == []  # not stale: the script did not change
+        key["platform"] = good
+        (folder / "key.json").write_text(__import__("json").dumps(key))
 
 
 def test_reference_entries_match_their_scripts():
