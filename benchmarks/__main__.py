@@ -8,7 +8,8 @@ Usage::
     python -m benchmarks --out /tmp/results
 
 Each benchmark also runs alone: ``python -m benchmarks.overhead`` (and ``ddp``,
-``transformer``, ``launch``, ``checkpoint``, ``fsdp``). A benchmark that fails is reported in the JSON
+``transformer``, ``launch``, ``checkpoint``, ``fsdp``,
+``model_parallel``). A benchmark that fails is reported in the JSON
 with its error, and the others still run; the exit status is 1 when any failed.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
     "launch": ("benchmarks.launch", False),
     "checkpoint": ("benchmarks.checkpoint", False),
     "fsdp": ("benchmarks.fsdp", True),
+    "model_parallel": ("benchmarks.model_parallel", True),
 }
 #: rounds for modules whose run() has no quick mode
 _FOREIGN_ROUNDS = {False: 3, True: 1}

@@ -236,3 +236,23 @@ def test_gpu_check_two_gpu_fsdp_skips_on_one_gpu(monkeypatch):
     for act_ckpt in (False, True):
         ok, msg, _ = _gpu_fsdp.check_fsdp(Setup(False, 1), act_ckpt=act_ckpt)
         assert ok is None and msg.startswith("needs 2 GPUs") and "fsdp1-*" in msg
+
+
+@pytest.mark.slow  # 4 gloo ranks: ~30 s on a loaded 2-core machine
+def test_model_parallel_benchmark_quick_measures_equal_work():
+    """``python -m benchmarks --only model_parallel --quick`` on 4 gloo ranks: the Trainer under
+    ``ModelParallelStrategy(2, 2)`` and the hand-written loop with the same plan train to the same
+    losses and hold the same bytes on every rank (timings are not asserted)."""
+    from benchmarks import model_parallel
+
+    result = model_parallel.run(quick=True)
+    rows = {r.comparison: r for r in result["rows"]}
+    assert rows["TP 2 x DP 2: loss per step, Trainer vs loop (mean rel. diff)"].ok
+    b, n = result["details"]["bytes_per_rank"], result["details"]["num_params"]
+    assert b["tp_trainer"] == b["tp_loop"]
+    assert rows["memory: params+grads+AdamW, TP 2 x DP 2 Trainer / hand-written loop"].value == 1.0
+    # fp32: a quarter of the model a rank, 4 bytes each (the norms: a half, replicated over tensor
+    # parallel), plus FSDP2's padding
+    assert all(n <= r["params"] <= n + 4 * 64 * 64 for r in b["tp_loop"]), (n, b["tp_loop"])
+    losses = result["details"]["losses"]
+    torch.testing.assert_close(losses["fsdp_trainer"], losses["tp_loop"], rtol=1e-4, atol=1e-5)

@@ -11,6 +11,8 @@ One job of 4 real gloo ranks runs everything on a small Llama-style model (tests
   ``torch.equal`` to the uninterrupted run's;
 * that checkpoint resumed in another layout: plain FSDP2 on the 4 ranks, and (in the test
   process) a plain module in one process, both continuing with the same losses;
+* then (2 ranks, a job of its own) that checkpoint resumed under DDP, continuing with the same
+  losses, and ``distengine checkpoint consolidate`` of the last one loading into the plain module;
 * HSDP 2 x 2 with gradient accumulation: losses equal one process, replicas end equal, and the
   gradients are all-reduced across replicas once per optimizer step (not per micro-batch).
 """
@@ -39,6 +41,14 @@ def _trainer(tmp, strategy, **kw):
                       enable_model_summary=False, default_root_dir=tmp, **kw)
 
 
+def _full_state(module):
+    """Complete tensors (a collective: every rank calls it)."""
+    from torch.distributed.tensor import DTensor
+
+    return {n: (t.full_tensor() if isinstance(t, DTensor) else t).detach().clone()
+            for n, t in module.state_dict().items()}
+
+
 def _local_state(module):
     from torch.distributed.tensor import DTensor
 
@@ -58,6 +68,7 @@ def _tensor_parallel(rank, tmp, out):
              callbacks=[ModelCheckpoint(dirpath=ckpts, save_top_k=-1)]).fit(model, loader, val)
     mesh = strategy.device_mesh
     first = os.path.join(ckpts, "epoch=0-step=4.ckpt")
+    out.update(full_state=_full_state(model), last_path=os.path.join(ckpts, "epoch=1-step=8.ckpt"))
     out.update(tp_losses=model.losses, val_loss=float(model.trainer.callback_metrics["val_loss"]),
                tp_state=_local_state(model), ckpts=sorted(os.listdir(ckpts)),
                first_ckpt=sorted(os.listdir(first)),
@@ -128,6 +139,14 @@ def _fsdp_from_tp_checkpoint(rank, tmp, out):
     _trainer(tmp, FSDPStrategy(), max_epochs=2, gradient_clip_val=CLIP).fit(
         model, torch.utils.data.DataLoader(data(), batch_size=BATCH // 2), ckpt_path=out["first_path"])
     out["fsdp_resumed_losses"] = model.losses
+
+
+def _ddp_from_tp_checkpoint(rank, tmp, path):
+    """The TP 2 x DP 2 checkpoint resumed by DDP over 2 ranks (global batch 8: 4 a rank)."""
+    model = Llama()
+    _trainer(tmp, "ddp", max_epochs=2, gradient_clip_val=CLIP).fit(
+        model, torch.utils.data.DataLoader(data(), batch_size=BATCH), ckpt_path=path)
+    return model.losses
 
 
 def _job(rank, tmp):
@@ -201,3 +220,33 @@ def test_tp_dp_checkpoint_resumes_under_fsdp_on_four_ranks(job):
     mean_tp = [(a + b) / 2 for a, b in zip(job[0]["tp_losses"][4:], job[2]["tp_losses"][4:])]
     mean_fsdp = [sum(r["fsdp_resumed_losses"][i] for r in job) / 4 for i in range(4)]
     torch.testing.assert_close(mean_fsdp, mean_tp, rtol=0, atol=1e-5)
+
+
+def test_tp_dp_checkpoint_resumes_under_ddp_on_two_ranks(job, tmp_path):
+    """Fewer ranks and no sharding: DDP over 2 ranks (2 processes, after the 4-rank job) continues as TP x DP did."""
+    ddp = run_ranks(_ddp_from_tp_checkpoint, 2, str(tmp_path), job[0]["first_path"], timeout=180)
+    mean_tp = [(a + b) / 2 for a, b in zip(job[0]["tp_losses"][4:], job[2]["tp_losses"][4:])]
+    assert len(ddp[0]) == len(ddp[1]) == 4
+    torch.testing.assert_close([(a + b) / 2 for a, b in zip(*ddp)], mean_tp, rtol=0, atol=1e-5)
+
+
+def test_consolidated_tp_dp_checkpoint_loads_into_the_plain_module(job, tmp_path):
+    """``distengine checkpoint consolidate`` (the console script) of the last TP 2 x DP 2 checkpoint: one file
+    whose weights are the gathered weights of the end of training, loading into the unparallelized module."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dst = tmp_path / "full.ckpt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTENGINE_", "TORCHELASTIC_"))}
+    out = subprocess.run([str(Path(sys.executable).parent / "distengine"), "checkpoint", "consolidate",
+                          job[0]["last_path"], str(dst)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert dst.is_file()
+    plain = Llama()
+    plain.load_state_dict(torch.load(dst, weights_only=True)["state_dict"])
+    full = job[0]["full_state"]
+    assert plain.state_dict().keys() == full.keys()
+    for name, t in plain.state_dict().items():
+        assert torch.equal(t, full[name]), name
+    assert all(torch.equal(t, job[3]["full_state"][name]) for name, t in full.items())  # every rank gathered the same
