@@ -93,6 +93,7 @@ class Run:
     scalars: dict[tuple[str, str, int], float]
     checkpoints: list[str]
     output: str
+    approx: bool = False  # a stored Lightning result from a CPU that rounds otherwise: weights compared within REL_TOL
 
 
 # what every run gets; part of the stored reference results' key (cache.py)
@@ -239,10 +240,18 @@ def _dict_diff(ours: dict, theirs: dict, limit: int = 6) -> str | None:
     return "; ".join(lines[:limit]) + more
 
 
-def weights_diff(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str | None:
+def weights_diff(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], approx: bool = False) -> str | None:
+    """None when every tensor is equal: bit for bit, or with `approx` within REL_TOL (and 1e-6 absolute)."""
     if ours.keys() != theirs.keys():
         return f"state dict keys differ: {sorted(set(ours) ^ set(theirs))}"
-    bad = [k for k in ours if not torch.equal(ours[k], theirs[k])]
+
+    def same(a, b):
+        if not approx:
+            return torch.equal(a, b)
+        return a.shape == b.shape and a.dtype == b.dtype and torch.allclose(a, b, rtol=REL_TOL, atol=1e-6,
+                                                                          equal_nan=True)
+
+    bad = [k for k in ours if not same(ours[k], theirs[k])]
     if not bad:
         return None
     k = bad[0]
@@ -269,7 +278,7 @@ def compare(ours: Run, theirs: Run) -> dict[str, str]:
     """category -> what differs, for every category that differs (rank 0 of each run)."""
     a, b = ours.results[0], theirs.results[0]
     found = {
-        "weights": weights_diff(ours.weights[0], theirs.weights[0]),
+        "weights": weights_diff(ours.weights[0], theirs.weights[0], approx=theirs.approx),
         "global_step": None if a["global_step"] == b["global_step"]
         else f"distengine {a['global_step']} != Lightning {b['global_step']}",
         "current_epoch": None if a["current_epoch"] == b["current_epoch"]

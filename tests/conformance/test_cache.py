@@ -72,15 +72,36 @@ def test_another_platform_or_cache_off_runs_lightning(tmp_path, monkeypatch):
     assert cache.load(script, 1, store=store) is None
     monkeypatch.delenv("DISTENGINE_CONFORMANCE_PL2")
     assert cache.load(script, 1, store=store) is not None
-    for part, other in (("cpu", "another CPU"), ("kernels", "0123456789abcdef")):
+    key = cache.stored_key(folder)
+    good = dict(key["platform"])
+    key["platform"]["cpu"] = "another CPU"
+    (folder / "key.json").write_text(__import__("json").dumps(key))
+    assert cache.load(script, 1, store=store) is None
+    assert cache.stale(store, [script]) == []  # not stale: the script did not change
+    key["platform"] = good
+    (folder / "key.json").write_text(__import__("json").dumps(key))
+    assert cache.load(script, 1, store=store).approx is False
+
+
+def test_a_cpu_that_rounds_otherwise_compares_within_tolerance(tmp_path):
+    """The same capability with other kernels (AMX or not): the stored 1-process result is used with
+    its weights compared within tolerance, a 2-rank one as it is; a real slip still shows."""
+    script = _copy(tmp_path)
+    store = tmp_path / "store"
+    for ranks in (1, 2):
+        folder = cache.save(script, ranks, _run(tmp_path), store=store)
         key = cache.stored_key(folder)
-        good = dict(key["platform"])
-        key["platform"][part] = other  # the same capability with other rounding counts as another platform
+        key["platform"]["kernels"] = "0123456789abcdef"
         (folder / "key.json").write_text(__import__("json").dumps(key))
-        assert cache.load(script, 1, store=store) is None, part
-        assert cache.stale(store, [script]) == []  # not stale: the script did not change
-        key["platform"] = good
-        (folder / "key.json").write_text(__import__("json").dumps(key))
+    assert cache.load(script, 1, store=store).approx is True
+    assert cache.load(script, 2, store=store).approx is False
+    assert cache.missing([script], store=store) == []
+    w = {"w": torch.tensor([0.5, -1.25, 2.0])}
+    rounded = {"w": w["w"] + torch.tensor([3e-8, 0.0, -1e-7])}
+    slipped = {"w": w["w"] - 1e-3 * torch.tensor([0.3, 0.1, -0.2])}  # one more SGD step's worth
+    assert harness.weights_diff(w, rounded) is not None
+    assert harness.weights_diff(w, rounded, approx=True) is None
+    assert "1 of 1 tensors differ" in harness.weights_diff(w, slipped, approx=True)
 
 
 def test_reference_entries_match_their_scripts():

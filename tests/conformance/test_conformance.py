@@ -24,8 +24,12 @@ def _check(script, found):
 def test_same_as_lightning(script, reference_python, tmp_path):
     ours, theirs = harness.run_both(script, reference_python, tmp_path)
     found = harness.compare(ours, theirs)
+    if theirs.approx:  # stored on a CPU that rounds otherwise: weights within tolerance (cache.py)
+        print(f"{script.name}: Lightning's stored result comes from another CPU; weights compared within "
+              f"{harness.REL_TOL}")
     _check(script, found)
-    stale = sorted(set(script.known) - set(found) - {"ranks"})
+    # a declared weights difference may be within tolerance: not called stale on another CPU
+    stale = sorted(set(script.known) - set(found) - {"ranks"} - ({"weights"} if theirs.approx else set()))
     assert not stale, f"{script.name} declares differences that no longer occur: {stale} (remove them)"
 
 
