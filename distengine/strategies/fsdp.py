@@ -174,6 +174,7 @@ class FSDPStrategy(Strategy):
     """Fully sharded data parallel (FSDP2) over all ranks of the default process group."""
 
     name = "fsdp"
+    lightning_distributed = True
     #: ``optimizer_state_dict`` keys parameters by name (``get_optimizer_state_dict``), not by number
     optimizer_state_keyed_by_name = True
 
