@@ -6,13 +6,15 @@ splits q/k/v and the MLP's first layer by columns and the output projections by 
 data-parallel sub-mesh. The strategy's sizes are left "auto": one process is a 1 x 1 mesh, 2 ranks
 are tensor parallel 2 x data parallel 1 (both ranks read the same batches). A shuffled training
 loader (Lightning puts in DistributedSampler(seed + epoch) under this strategy, even on one device),
-AdamW, a validation loader; the weights are gathered into a plain module for the report.
+AdamW, a validation loader, ModelCheckpoint(dirpath=...); a second Trainer resumes from the sharded
+checkpoint (a directory) for a third epoch; the weights are gathered into a plain module for the report.
 
 style: 2.x
 """
 import pytorch_lightning as pl
 import torch
 from conformance_report import report
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -86,13 +88,19 @@ def sequences(n, seed):
 
 if __name__ == "__main__":
     pl.seed_everything(5)
+    train, val = sequences(48, 0), sequences(16, 1)
     model = TinyTransformer()
     trainer = pl.Trainer(strategy=ModelParallelStrategy(), max_epochs=2, log_every_n_steps=2,
-                         enable_progress_bar=False, enable_checkpointing=False)
-    trainer.fit(model, DataLoader(sequences(48, 0), batch_size=8, shuffle=True),
-                DataLoader(sequences(16, 1), batch_size=8))
+                         enable_progress_bar=False, callbacks=[ModelCheckpoint(dirpath="ckpts")])
+    trainer.fit(model, DataLoader(train, batch_size=8, shuffle=True), DataLoader(val, batch_size=8))
+    # a third epoch from the sharded checkpoint (a directory: each rank wrote its shards)
+    resumed = TinyTransformer()
+    trainer = pl.Trainer(strategy=ModelParallelStrategy(), max_epochs=3, log_every_n_steps=2,
+                         enable_progress_bar=False, callbacks=[ModelCheckpoint(dirpath="ckpts")])
+    trainer.fit(resumed, DataLoader(train, batch_size=8, shuffle=True), DataLoader(val, batch_size=8),
+                ckpt_path="ckpts/epoch=1-step=12.ckpt")
     # the parameters are DTensors (shards): gather them into a plain module, as for an export
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    full = get_model_state_dict(resumed, options=StateDictOptions(full_state_dict=True))
     plain = TinyTransformer()
     plain.load_state_dict(full)
     report(trainer, plain)
