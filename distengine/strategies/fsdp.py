@@ -382,9 +382,14 @@ class FSDPStrategy(Strategy):
 
     def load_optimizer_state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                                   state: dict[str, Any]) -> None:
+        """This rank's shards keyed by name, or complete tensors keyed by name or, as a plain or DDP
+        run's checkpoint holds them, by number (``optimizer.state_dict()``'s form)."""
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+        from distengine.checkpoint.sharded import indexed_to_name_keyed
+
         full = not _has_dtensor(state)
+        state = indexed_to_name_keyed(state, module, optimizer)
         set_optimizer_state_dict(module, optimizer, state, options=self._options(full))
 
     def teardown(self) -> None:
