@@ -162,9 +162,12 @@ def _is_standard(loader: DataLoader) -> bool:
 
 
 def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
-                         shuffle_override: bool | None = None) -> tuple[Any, ResumableSampler | None]:
+                         shuffle_override: bool | None = None,
+                         distributed: bool = False) -> tuple[Any, ResumableSampler | None]:
     """Return ``(loader, sampler)``: the loader rebuilt on a :class:`ResumableSampler` when it
-    uses a standard sampler, else unchanged with ``None``."""
+    uses a standard sampler, else unchanged with ``None``. ``distributed``: the strategy is one
+    Lightning counts as distributed (DDP, FSDP, model parallel) even with one replica, so a
+    shuffled loader gets DistributedSampler's ``seed + epoch`` order there, not RandomSampler's draw."""
     if not enabled or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         # Lightning injects no sampler into an IterableDataset loader either: the dataset shards
         # itself (by torch.distributed rank and get_worker_info()) and yields the same number
@@ -180,17 +183,18 @@ def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
                 "Trainer(use_distributed_sampler=False)")
         return loader, None
     random = isinstance(loader.sampler, RandomSampler)
-    if world_size == 1 and random and shuffle_override is None and (
+    single = world_size == 1 and not distributed
+    if single and random and shuffle_override is None and (
             loader.sampler.replacement or loader.sampler.num_samples != len(loader.dataset)):
         return loader, None  # sampling with replacement / another length: Lightning's order as it is
     shuffle = random if shuffle_override is None else shuffle_override
-    # one process: Lightning leaves the RandomSampler alone, so it draws from the global RNG
-    # (or the loader's generator); several ranks: Lightning's DistributedSampler(seed + epoch),
+    # one process (no distributed strategy): Lightning leaves the RandomSampler alone, so it draws
+    # from the global RNG (or the loader's generator); several ranks, or a distributed strategy: Lightning's DistributedSampler(seed + epoch),
     # which pads every rank to the same count (its drop_last is left False) while the loader's
     # drop_last drops each rank's incomplete last batch
     sampler = ResumableSampler(len(loader.dataset), shuffle=shuffle, seed=global_seed(),
                                num_replicas=world_size, rank=rank, drop_last=False,
-                               draw=world_size == 1, generator=getattr(loader.sampler, "generator", None))
+                               draw=single, generator=getattr(loader.sampler, "generator", None))
     return _rebuild(loader, sampler, loader.drop_last), sampler
 
 

@@ -170,19 +170,20 @@ class CombinedSamplers:
 
 
 def prepare_train(source: Any, world_size: int, rank: int, enabled: bool,
-                  shuffle_override: bool | None, limit: Any) -> tuple[Any, Any, int | float]:
+                  shuffle_override: bool | None, limit: Any,
+                  distributed: bool = False) -> tuple[Any, Any, int | float]:
     """``(loader, sampler, num_batches)`` for training: ``sampler`` is a ResumableSampler, a
     :class:`CombinedSamplers`, or None (not positioned: a resume skips batches)."""
     from distengine.data import apply_limit
 
     if not isinstance(source, CombinedLoader):
-        loader, sampler = prepare_train_loader(source, world_size, rank, enabled, shuffle_override)
+        loader, sampler = prepare_train_loader(source, world_size, rank, enabled, shuffle_override, distributed)
         return loader, sampler, apply_limit(limit, loader_len(loader), "train")
     if source.mode == "sequential":
         raise ValueError(f"fit does not support CombinedLoader(mode='sequential') for training; use one of "
                          f"{[m for m in MODES if m != 'sequential']}")
     source = _copy(source)
-    prepared = [prepare_train_loader(dl, world_size, rank, enabled, shuffle_override) for dl in source.flattened]
+    prepared = [prepare_train_loader(dl, world_size, rank, enabled, shuffle_override, distributed) for dl in source.flattened]
     source.flattened = [dl for dl, _ in prepared]
     samplers = CombinedSamplers(source, [s for _, s in prepared], world_size)
     lengths = [loader_len(dl) for dl in source.flattened]

@@ -238,7 +238,8 @@ class CheckpointMixin:
         shuffle = False if self.overfit_batches else None
         replicas, rank = self._strategy.data_parallel(env)  # model parallel: one tensor-parallel group, one split
         data.train_loader, data.train_sampler, data.num_train_batches = prepare_train(
-            train[0], replicas, rank, self.use_distributed_sampler, shuffle, self.limits["train"])
+            train[0], replicas, rank, self.use_distributed_sampler, shuffle, self.limits["train"],
+            self._strategy.lightning_distributed)
         data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
         if data.num_train_batches == 0:
             raise ConfigError("limit_train_batches leaves no training batch; raise it")

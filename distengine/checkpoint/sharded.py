@@ -395,3 +395,19 @@ def name_keyed_to_indexed(osd: dict[str, Any]) -> dict[str, Any]:
         if name in index:
             state[index[name]] = value
     return {"state": state, "param_groups": groups}
+
+
+def indexed_to_name_keyed(osd: dict[str, Any], module: Any, optimizer: Any) -> dict[str, Any]:
+    """The inverse for loading: ``optimizer.state_dict()``'s form (a checkpoint of a plain or DDP
+    run) -> parameters named by FQN, as ``set_optimizer_state_dict`` takes it. The numbers are
+    matched to ``optimizer``'s parameters group by group (the groups were checked to agree)."""
+    groups = osd.get("param_groups", [])
+    if not any(isinstance(p, int) for g in groups for p in g.get("params", [])):
+        return osd  # already keyed by name
+    names = {id(p): n for n, p in module.named_parameters()}
+    index: dict[int, str] = {}
+    for saved, current in zip(groups, optimizer.param_groups):
+        for i, p in zip(saved["params"], current["params"]):
+            index[i] = names[id(p)]
+    return {"state": {index[int(i)]: v for i, v in osd.get("state", {}).items() if int(i) in index},
+            "param_groups": [{**g, "params": [index[i] for i in g["params"]]} for g in groups]}

@@ -61,6 +61,9 @@ class Strategy:
     #: how checkpoints are written: "full" (one ``.ckpt`` file written by rank 0) or
     #: "sharded" (a torch.distributed.checkpoint directory, each rank writing its shards)
     checkpoint_layout: str = "full"
+    #: Lightning counts this strategy as distributed even on one device (DDP, FSDP, model
+    #: parallel): a shuffled training loader then gets DistributedSampler(seed + epoch) order
+    lightning_distributed: bool = False
 
     def __init__(self) -> None:
         self.root_device: torch.device = torch.device("cpu")

@@ -41,6 +41,7 @@ class DDPStrategy(Strategy):
     """
 
     name = "ddp"
+    lightning_distributed = True
 
     def __init__(self, find_unused_parameters: bool = False, static_graph: bool = False,
                  gradient_as_bucket_view: bool = False, bucket_cap_mb: float | None = None,

@@ -174,6 +174,7 @@ class FSDPStrategy(Strategy):
     """Fully sharded data parallel (FSDP2) over all ranks of the default process group."""
 
     name = "fsdp"
+    lightning_distributed = True
     #: ``optimizer_state_dict`` keys parameters by name (``get_optimizer_state_dict``), not by number
     optimizer_state_keyed_by_name = True
 
@@ -381,9 +382,14 @@ class FSDPStrategy(Strategy):
 
     def load_optimizer_state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                                   state: dict[str, Any]) -> None:
+        """This rank's shards keyed by name, or complete tensors keyed by name or, as a plain or DDP
+        run's checkpoint holds them, by number (``optimizer.state_dict()``'s form)."""
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+        from distengine.checkpoint.sharded import indexed_to_name_keyed
+
         full = not _has_dtensor(state)
+        state = indexed_to_name_keyed(state, module, optimizer)
         set_optimizer_state_dict(module, optimizer, state, options=self._options(full))
 
     def teardown(self) -> None:

@@ -115,3 +115,40 @@ def test_validate_without_fit_parallelizes_the_module_first():
     assert isinstance(parallel.blocks[0].attn.wq.weight, DTensor)  # configure_model ran
     assert not isinstance(model.blocks[0].attn.wq.weight, DTensor)
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
+
+
+def test_shuffled_loader_in_one_process_gets_lightnings_distributed_sampler_order():
+    """Lightning 2.6.6 injects DistributedSampler(shuffle=True, seed=PL_GLOBAL_SEED) under
+    ModelParallelStrategy even on one device; distengine drew RandomSampler's seed from the
+    global generator there, so the batches (and the weights) differed from Lightning's."""
+    import distengine as de
+    from torch.distributed.fsdp import fully_shard
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    class Recorder(de.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer, self.seen = torch.nn.Linear(1, 1), []
+
+        def configure_model(self):
+            fully_shard(self, mesh=self.device_mesh["data_parallel"])
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch[0].flatten().long().tolist())
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    de.seed_everything(3)
+    data = TensorDataset(torch.arange(10.0).unsqueeze(1))
+    model = Recorder()
+    trainer = de.Trainer(accelerator="cpu", strategy=ModelParallelStrategy(), max_epochs=2, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(model, DataLoader(data, batch_size=4, shuffle=True))
+    expected = []
+    for epoch in range(2):
+        theirs = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=3))
+        theirs.sampler.set_epoch(epoch)
+        expected += [b[0].flatten().long().tolist() for b in theirs]
+    assert model.seen == expected

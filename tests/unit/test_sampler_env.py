@@ -134,3 +134,26 @@ def test_one_process_sampling_with_replacement_is_left_as_it_is():
     for sampler in (RandomSampler(data, replacement=True), RandomSampler(data, num_samples=25)):
         dl = DataLoader(data, batch_size=4, sampler=sampler)
         assert prepare_train_loader(dl, 1, 0, enabled=True) == (dl, None)
+
+
+def test_one_replica_of_a_distributed_strategy_shuffles_as_lightnings_distributed_sampler():
+    """Lightning counts DDP, FSDP and ModelParallelStrategy as distributed even with one replica
+    (one process, or one tensor-parallel group): it puts in DistributedSampler(seed + epoch), so
+    the order does not come from the global generator (nor does a replacement sampler stay)."""
+    from torch.utils.data import DistributedSampler
+
+    data = TensorDataset(torch.arange(13))
+    for loader in (DataLoader(data, batch_size=4, shuffle=True),
+                   DataLoader(data, batch_size=4, sampler=RandomSampler(data, replacement=True))):
+        theirs = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=3))
+        ours, sampler = prepare_train_loader(loader, 1, 0, enabled=True, distributed=True)
+        sampler.seed = 3
+        for epoch in range(3):
+            theirs.sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            state = torch.get_rng_state()
+            expected = [b[0].tolist() for b in theirs]
+            after = torch.get_rng_state()  # the loader's own base-seed draw
+            torch.set_rng_state(state)
+            assert [b[0].tolist() for b in ours] == expected, epoch
+            assert torch.equal(torch.get_rng_state(), after)  # the sampler draws nothing from it
