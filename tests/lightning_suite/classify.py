@@ -90,7 +90,7 @@ def _fold(msg: str) -> str:
 
 def apply_overrides(test_id: str, cls: str, cause: str, overrides) -> tuple[str, str, str | None]:
     """The (class, cause, reason) after the first matching override (pattern, class, reason)."""
-    for pattern, new_cls, reason in overrides:
-        if fnmatch.fnmatchcase(test_id, pattern):
+    for pattern, new_cls, reason in overrides:  # an exact id first: "[1]" in a pattern is a character class
+        if test_id == pattern or fnmatch.fnmatchcase(test_id, pattern):
             return new_cls, cause, reason
     return cls, cause, None
