@@ -19,7 +19,7 @@ import datetime
 import math
 import os
 import warnings
-from typing import Any
+from typing import Any, Literal, get_type_hints
 
 import torch
 
@@ -83,7 +83,7 @@ class ModelCheckpoint(CheckpointWrites):
 
     def __init__(self, dirpath: str | os.PathLike | None = None, filename: str | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1,
-                 save_last: bool | str | None = None, every_n_train_steps: int | None = None,
+                 save_last: bool | Literal["link"] | None = None, every_n_train_steps: int | None = None,
                  every_n_epochs: int | None = None,
                  train_time_interval: datetime.timedelta | float | None = None,
                  save_on_train_epoch_end: bool | None = None, async_save: bool = False,
@@ -445,6 +445,11 @@ class ModelCheckpoint(CheckpointWrites):
         metrics.setdefault("epoch", trainer.current_epoch)
         metrics.setdefault("step", trainer.global_step)
         return metrics
+
+
+# real types, not the strings of postponed annotations: inspect.signature(ModelCheckpoint) is what
+# argument parsers (jsonargparse, LightningCLI) read, e.g. to turn "--save_last link" into "link"
+ModelCheckpoint.__init__.__annotations__.update(get_type_hints(ModelCheckpoint.__init__))
 
 
 def _same_file(a: str | None, b: str) -> bool:
