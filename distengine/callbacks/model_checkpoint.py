@@ -173,8 +173,11 @@ class ModelCheckpoint(CheckpointWrites):
         saved_dir = state_dict.get("dirpath")
         self.best_model_path = state_dict.get("best_model_path", "")
         if self.dirpath is not None and saved_dir is not None and \
-                os.path.abspath(saved_dir) != self.dirpath:  # the Trainer's resume line says so, once
+                os.path.abspath(saved_dir) != self.dirpath:  # the Trainer's resume line says so too
             self.resumed_from_dirpath = os.path.abspath(saved_dir)  # best-k tracking starts afresh here
+            warnings.warn(f"ModelCheckpoint: the checkpoint was saved with dirpath {saved_dir!r}, this callback "
+                          f"writes to {self.dirpath!r}; only best_model_path is restored, best-k scores and "
+                          "last_model_path start afresh (pass the old dirpath to keep them)", UserWarning, stacklevel=2)
             return
         if self.dirpath is None and saved_dir is not None:
             self.dirpath = os.path.abspath(saved_dir)

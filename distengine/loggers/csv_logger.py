@@ -251,6 +251,7 @@ class CSVLogger(VersionedLogger):
         self._columns: list[str] | None = None  # None until the existing file was read
         self._hparams: dict[str, Any] = {}
         self._experiment: ExperimentWriter | None = None
+        self._rows = 0  # rows written by this logger: the step of a row logged without one
 
     # properties ---------------------------------------------------------------------
     @property
@@ -290,8 +291,9 @@ class CSVLogger(VersionedLogger):
         write_text_atomic(os.path.join(self.log_dir, "hparams.yaml"), to_yaml(self._hparams))
 
     @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Write one row. ``step`` fills the ``step`` column (a ``"step"`` metric is ignored)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Write one row. ``step`` fills the ``step`` column (a ``"step"`` metric is ignored);
+        without one, the number of rows this logger wrote before, as in Lightning."""
         row = {(f"{self._prefix}-{k}" if self._prefix else k): to_float(k, v)
                for k, v in metrics.items() if k != "step"}
         if not row:
@@ -303,7 +305,9 @@ class CSVLogger(VersionedLogger):
             self._columns.extend(new)
             self._rewrite_with_header()
         with open(self.metrics_file, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=self._columns).writerow({"step": int(step), **row})
+            csv.DictWriter(f, fieldnames=self._columns).writerow({"step": self._rows if step is None else int(step),
+                                                                  **row})
+        self._rows += 1
 
     def _read_header(self) -> list[str]:
         # Resuming into an existing version folder appends to its metrics.csv.

@@ -1,0 +1,40 @@
+"""Callbacks and loggers behave as Lightning's do where a user can see it (found by Lightning's own
+tests, ``tests/lightning_suite``): parsed arguments, warnings, files on disk, logged values."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from distengine.callbacks import ModelCheckpoint
+from distengine.loggers import CSVLogger
+
+
+@pytest.mark.parametrize("text, value", [("True", True), ("false", False), ("yes", True), ("link", "link")])
+def test_model_checkpoint_save_last_annotation_parses_on_the_command_line(text, value):
+    jsonargparse = pytest.importorskip("jsonargparse")
+    annotation = inspect.signature(ModelCheckpoint).parameters["save_last"].annotation
+    assert not isinstance(annotation, str)
+    parser = jsonargparse.ArgumentParser()
+    parser.add_argument("--save_last", type=annotation)
+    assert parser.parse_args(["--save_last", text]).save_last == value
+
+
+def test_model_checkpoint_restored_into_another_dirpath_warns(tmp_path):
+    saved = ModelCheckpoint(dirpath=tmp_path / "a", save_top_k=-1)
+    saved.best_model_path = str(tmp_path / "a" / "epoch=1.ckpt")
+    saved.best_k_models = {saved.best_model_path: torch.tensor(1.0)}
+    restored = ModelCheckpoint(dirpath=tmp_path / "b")
+    with pytest.warns(UserWarning, match="dirpath"):
+        restored.load_state_dict(saved.state_dict())
+    assert restored.best_model_path == saved.best_model_path and restored.best_k_models == {}
+
+
+def test_csv_logger_log_metrics_without_a_step_numbers_the_rows(tmp_path):
+    logger = CSVLogger(tmp_path)
+    logger.log_metrics({"a": 1.0})
+    logger.log_metrics({"a": 2.0}, None)
+    logger.log_metrics({"a": 3.0}, step=7)
+    assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines() == [
+        "step,a", "0,1.0", "1,2.0", "7,3.0"]
