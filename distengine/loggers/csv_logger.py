@@ -204,8 +204,9 @@ class VersionedLogger(Logger):
 
     @property
     def root_dir(self) -> str:
-        """``save_dir/name``: the folder that holds the ``version_N`` folders (``--logdir``)."""
-        return self._root_dir
+        """``save_dir/name``: the folder that holds the ``version_N`` folders (``--logdir``). Read
+        through ``save_dir``/``name``, so a subclass that overrides those properties moves it."""
+        return os.path.join(self.save_dir, self.name) if self.name else self.save_dir
 
     def continue_version(self, version: int | str) -> bool:
         """Write into ``version``'s folder instead: a resumed run's own (``checkpoint/run_folder.py``).
@@ -256,7 +257,7 @@ class CSVLogger(VersionedLogger):
     # properties ---------------------------------------------------------------------
     @property
     def log_dir(self) -> str:
-        return os.path.join(self._root_dir, version_dir_name(self._version))
+        return os.path.join(self.root_dir, version_dir_name(self.version))
 
     @property
     def metrics_file(self) -> str:

@@ -89,7 +89,7 @@ class TensorBoardLogger(VersionedLogger):
     @property
     def log_dir(self) -> str:
         """``save_dir/name/version_N[/sub_dir]``: where the event files go."""
-        path = os.path.join(self._root_dir, version_dir_name(self._version))
+        path = os.path.join(self.root_dir, version_dir_name(self.version))
         return os.path.join(path, self._sub_dir) if self._sub_dir else path
 
     @property

@@ -3,12 +3,13 @@ tests, ``tests/lightning_suite``): parsed arguments, warnings, files on disk, lo
 from __future__ import annotations
 
 import inspect
+import os
 
 import pytest
 import torch
 
 from distengine.callbacks import ModelCheckpoint
-from distengine.loggers import CSVLogger
+from distengine.loggers import CSVLogger, TensorBoardLogger
 
 
 @pytest.mark.parametrize("text, value", [("True", True), ("false", False), ("yes", True), ("link", "link")])
@@ -38,3 +39,18 @@ def test_csv_logger_log_metrics_without_a_step_numbers_the_rows(tmp_path):
     logger.log_metrics({"a": 3.0}, step=7)
     assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines() == [
         "step,a", "0,1.0", "1,2.0", "7,3.0"]
+
+
+@pytest.mark.parametrize("kind", [CSVLogger, TensorBoardLogger])
+def test_logger_subclass_overriding_name_and_version_moves_log_dir(tmp_path, kind):
+    class Fixed(kind):
+        @property
+        def name(self):
+            return "name"
+
+        @property
+        def version(self):
+            return "version"
+
+    assert Fixed(tmp_path).log_dir == os.path.join(tmp_path, "name", "version")
+    assert Fixed(tmp_path).root_dir == os.path.join(tmp_path, "name")
