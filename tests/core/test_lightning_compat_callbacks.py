@@ -3,6 +3,7 @@ tests, ``tests/lightning_suite``): parsed arguments, warnings, files on disk, lo
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 from distengine.callbacks import ModelCheckpoint
 from distengine.loggers import CSVLogger, TensorBoardLogger
+from distengine.utilities.exceptions import MisconfigurationException
+from tests.core.models import Regressor, loader, quiet_trainer, regression_data
 
 
 @pytest.mark.parametrize("text, value", [("True", True), ("false", False), ("yes", True), ("link", "link")])
@@ -54,3 +57,32 @@ def test_logger_subclass_overriding_name_and_version_moves_log_dir(tmp_path, kin
 
     assert Fixed(tmp_path).log_dir == os.path.join(tmp_path, "name", "version")
     assert Fixed(tmp_path).root_dir == os.path.join(tmp_path, "name")
+
+
+def test_swa_argument_errors_are_config_errors():
+    from distengine.callbacks import StochasticWeightAveraging
+    for kwargs in ({"swa_epoch_start": 0}, {"swa_epoch_start": 1.5}, {"swa_epoch_start": 5, "swa_lrs": [0.2, -1]}):
+        with pytest.raises(MisconfigurationException, match="StochasticWeightAveraging"):
+            StochasticWeightAveraging(**{"swa_lrs": 0.1, **kwargs})
+
+
+class _StepScheduled(Regressor):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1),
+                                                   "interval": "step"}}
+
+
+def test_swa_replacing_a_per_step_scheduler_warns_and_says_so(tmp_path, caplog):
+    from distengine.callbacks import StochasticWeightAveraging
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[StochasticWeightAveraging(swa_lrs=0.01)])
+    with caplog.at_level(logging.INFO), pytest.warns(UserWarning, match="interval='step'"):
+        trainer.fit(_StepScheduled(), loader(regression_data(32)))
+    assert "Swapping scheduler `StepLR` for `SWALR`" in caplog.text
+
+
+def test_lr_monitor_without_a_logger_is_a_config_error(tmp_path):
+    from distengine.callbacks import LearningRateMonitor
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[LearningRateMonitor()])
+    with pytest.raises(MisconfigurationException, match="logger"):
+        trainer.fit(Regressor(), loader(regression_data(32)))
