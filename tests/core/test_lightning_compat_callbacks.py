@@ -86,3 +86,9 @@ def test_lr_monitor_without_a_logger_is_a_config_error(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[LearningRateMonitor()])
     with pytest.raises(MisconfigurationException, match="logger"):
         trainer.fit(Regressor(), loader(regression_data(32)))
+
+
+def test_model_checkpoint_survives_pickling_unchanged(tmp_path):
+    import pickle
+    ckpt = ModelCheckpoint(dirpath=tmp_path, train_time_interval=60.0)
+    assert vars(pickle.loads(pickle.dumps(ckpt))) == vars(ckpt)

@@ -51,4 +51,16 @@ OVERRIDES: list[tuple[str, str, str]] = [
     (_CSV + "test_manual_versioning_file_exists", "C",
      "distengine's CSVLogger appends to an existing version folder's metrics.csv (a rerun or resume with the same "
      "version continues its log, tests/loggers/test_csv.py) instead of warning and deleting the old file"),
+    ("tests_pytorch/callbacks/test_stochastic_weight_avg.py::test_swa_raises", "C", _WORDING),
+    ("tests_pytorch/callbacks/test_stochastic_weight_avg.py::test_swa_warns", "C", _WORDING),
+    ("tests_pytorch/callbacks/test_stochastic_weight_avg.py::test_swa_deepcopy", "A",
+     "reads the private _average_model as Lightning builds it (a copy of the LightningModule made in setup); "
+     "distengine's is a torch AveragedModel made at fit start"),
+    ("tests_pytorch/callbacks/test_lr_monitor.py::test_lr_monitor_no_logger", "C", _WORDING),
+    ("tests_pytorch/callbacks/test_lr_monitor.py::test_lr_monitor_duplicate_custom_pg_names", "C", _WORDING),
+    ("tests_pytorch/callbacks/test_finetuning_callback.py::test_finetuning_callback_warning", "C", _WORDING),
+    ("tests_pytorch/callbacks/test_finetuning_callback.py::test_unfreeze_and_add_param_group_function", "C",
+     _WORDING),
+    ("tests_pytorch/loggers/test_tensorboard.py::test_tensorboard_log_graph_warning_no_example_input_array", "C",
+     _WORDING),
 ]
