@@ -44,7 +44,7 @@ class CheckpointWrites(Checkpoint):
         decision = self._agree(trainer, decide)
         path, self._last_link_path = decision["path"], decision["link"] or self._last_link_path
         notify = checkpoint_notifier(trainer, self)
-        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+        trainer.save_checkpoint(path, self.save_weights_only)  # positional, as Lightning calls it
         self._last_global_step_saved = trainer.global_step
         if trainer.is_global_zero:
             self._after_durable(path, [], notify, decision["link"])
@@ -108,7 +108,7 @@ class CheckpointWrites(Checkpoint):
                                                     on_done=lambda p: self._after_durable(p, delete, notify, link))
             return
         if self._writer is None:
-            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            trainer.save_checkpoint(path, self.save_weights_only)  # positional, as Lightning calls it
             if trainer.is_global_zero:
                 self._after_durable(path, delete, notify, link)
             return

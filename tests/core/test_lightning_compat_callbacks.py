@@ -92,3 +92,11 @@ def test_model_checkpoint_survives_pickling_unchanged(tmp_path):
     import pickle
     ckpt = ModelCheckpoint(dirpath=tmp_path, train_time_interval=60.0)
     assert vars(pickle.loads(pickle.dumps(ckpt))) == vars(ckpt)
+
+
+def test_model_checkpoint_calls_save_checkpoint_as_lightning_does(tmp_path):
+    from unittest import mock
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[ModelCheckpoint(dirpath=tmp_path / "c")])
+    with mock.patch.object(trainer, "save_checkpoint", wraps=trainer.save_checkpoint) as save:
+        trainer.fit(Regressor(), loader(regression_data(32)))
+    save.assert_has_calls([mock.call(str(tmp_path / "c" / "epoch=0-step=2.ckpt"), False)])
