@@ -100,3 +100,13 @@ def test_model_checkpoint_calls_save_checkpoint_as_lightning_does(tmp_path):
     with mock.patch.object(trainer, "save_checkpoint", wraps=trainer.save_checkpoint) as save:
         trainer.fit(Regressor(), loader(regression_data(32)))
     save.assert_has_calls([mock.call(str(tmp_path / "c" / "epoch=0-step=2.ckpt"), False)])
+
+
+def test_resume_without_a_callback_whose_state_is_in_the_checkpoint_warns(tmp_path):
+    by_epoch, by_loss = ModelCheckpoint(monitor="epoch", dirpath=tmp_path), ModelCheckpoint(monitor="train_loss",
+                                                                                              dirpath=tmp_path)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[by_epoch, by_loss])
+    trainer.fit(Regressor(), loader(regression_data(32)))
+    again = quiet_trainer(tmp_path, max_epochs=2, callbacks=[ModelCheckpoint(monitor="train_loss", dirpath=tmp_path)])
+    with pytest.warns(UserWarning, match="monitor': 'epoch'"):
+        again.fit(Regressor(), loader(regression_data(32)), ckpt_path=by_loss.best_model_path)
