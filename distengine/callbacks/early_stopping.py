@@ -169,7 +169,7 @@ class EarlyStopping(Callback):
         self._validation_ran = True
         if self.check_on_train_epoch_end:
             return
-        self._run_check(trainer)
+        self._run_early_stopping_check(trainer)
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if not self._fitting or getattr(trainer, "sanity_checking", False):
@@ -178,10 +178,10 @@ class EarlyStopping(Callback):
             return
         if self.check_on_train_epoch_end is None and _has_validation(trainer, module, self._validation_ran):
             return
-        self._run_check(trainer)
+        self._run_early_stopping_check(trainer)
 
     # ------------------------------------------------------------------ the decision
-    def _run_check(self, trainer: Any) -> None:
+    def _run_early_stopping_check(self, trainer: Any) -> None:  # Lightning's name: subclasses override it
         metrics = getattr(trainer, "callback_metrics", {}) or {}
         if self.monitor not in metrics:
             available = ", ".join(sorted(metrics)) or "none"

@@ -110,3 +110,16 @@ def test_resume_without_a_callback_whose_state_is_in_the_checkpoint_warns(tmp_pa
     again = quiet_trainer(tmp_path, max_epochs=2, callbacks=[ModelCheckpoint(monitor="train_loss", dirpath=tmp_path)])
     with pytest.warns(UserWarning, match="monitor': 'epoch'"):
         again.fit(Regressor(), loader(regression_data(32)), ckpt_path=by_loss.best_model_path)
+
+
+def test_early_stopping_check_has_lightnings_overridable_name(tmp_path):
+    from distengine.callbacks import EarlyStopping
+    calls = []
+
+    class Counting(EarlyStopping):
+        def _run_early_stopping_check(self, trainer):
+            calls.append(trainer.current_epoch)
+
+    trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[Counting(monitor="train_loss")])
+    trainer.fit(Regressor(), loader(regression_data(32)))
+    assert calls == [0, 1, 2]
