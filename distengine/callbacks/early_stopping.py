@@ -133,8 +133,13 @@ class EarlyStopping(Callback):
     # ------------------------------------------------------------------ identity / state
     @property
     def state_key(self) -> str:
-        # two EarlyStopping callbacks on different metrics must not share a checkpoint slot
-        return f"EarlyStopping{{'monitor': {self.monitor!r}, 'mode': {self.mode!r}}}"
+        # two EarlyStopping callbacks on different metrics must not share a checkpoint slot; a
+        # subclass has its own class name in it, as in Lightning
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+
+    @property
+    def _legacy_state_keys(self) -> tuple[str, ...]:  # a subclass's key before 2026-12
+        return (f"EarlyStopping{{'monitor': {self.monitor!r}, 'mode': {self.mode!r}}}",)
 
     def state_dict(self) -> dict[str, Any]:
         return {

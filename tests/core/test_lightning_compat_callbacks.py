@@ -123,3 +123,14 @@ def test_early_stopping_check_has_lightnings_overridable_name(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[Counting(monitor="train_loss")])
     trainer.fit(Regressor(), loader(regression_data(32)))
     assert calls == [0, 1, 2]
+
+
+def test_early_stopping_subclass_state_key_names_the_subclass():
+    from distengine.callbacks import EarlyStopping
+
+    class MyStopping(EarlyStopping):
+        pass
+
+    assert MyStopping(monitor="loss").state_key == (
+        "test_early_stopping_subclass_state_key_names_the_subclass.<locals>.MyStopping{'monitor': 'loss', 'mode': 'min'}")
+    assert EarlyStopping(monitor="loss").state_key == "EarlyStopping{'monitor': 'loss', 'mode': 'min'}"
