@@ -131,6 +131,6 @@ def test_early_stopping_subclass_state_key_names_the_subclass():
     class MyStopping(EarlyStopping):
         pass
 
-    assert MyStopping(monitor="loss").state_key == (
-        "test_early_stopping_subclass_state_key_names_the_subclass.<locals>.MyStopping{'monitor': 'loss', 'mode': 'min'}")
+    assert MyStopping(monitor="loss").state_key == (MyStopping.__qualname__ + "{'monitor': 'loss', 'mode': 'min'}")
+    assert MyStopping.__qualname__.endswith("<locals>.MyStopping")
     assert EarlyStopping(monitor="loss").state_key == "EarlyStopping{'monitor': 'loss', 'mode': 'min'}"
