@@ -134,3 +134,17 @@ def test_early_stopping_subclass_state_key_names_the_subclass():
     assert MyStopping(monitor="loss").state_key == (MyStopping.__qualname__ + "{'monitor': 'loss', 'mode': 'min'}")
     assert MyStopping.__qualname__.endswith("<locals>.MyStopping")
     assert EarlyStopping(monitor="loss").state_key == "EarlyStopping{'monitor': 'loss', 'mode': 'min'}"
+
+
+def test_an_overridden_module_backward_is_what_the_trainer_calls(tmp_path):
+    seen = []
+
+    class OwnBackward(Regressor):
+        def backward(self, loss, *args, **kwargs):
+            seen.append(float(loss))
+            loss.backward(*args, **kwargs)
+
+    model = OwnBackward()
+    before = [p.detach().clone() for p in model.parameters()]
+    quiet_trainer(tmp_path, max_epochs=1).fit(model, loader(regression_data(32)))
+    assert len(seen) == 2 and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
