@@ -148,3 +148,13 @@ def test_an_overridden_module_backward_is_what_the_trainer_calls(tmp_path):
     before = [p.detach().clone() for p in model.parameters()]
     quiet_trainer(tmp_path, max_epochs=1).fit(model, loader(regression_data(32)))
     assert len(seen) == 2 and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_mock_callback_receives_every_hook(tmp_path):
+    from unittest import mock
+
+    from distengine.callbacks import Callback
+    spy = mock.Mock(spec=Callback)
+    quiet_trainer(tmp_path, max_epochs=1, callbacks=[spy]).fit(Regressor(), loader(regression_data(32)))
+    names = [c[0] for c in spy.method_calls]
+    assert names[:2] == ["setup", "on_fit_start"] and "on_train_batch_end" in names and names[-1] == "teardown"
