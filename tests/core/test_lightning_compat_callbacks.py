@@ -158,3 +158,25 @@ def test_a_mock_callback_receives_every_hook(tmp_path):
     quiet_trainer(tmp_path, max_epochs=1, callbacks=[spy]).fit(Regressor(), loader(regression_data(32)))
     names = [c[0] for c in spy.method_calls]
     assert names[:2] == ["setup", "on_fit_start"] and "on_train_batch_end" in names and names[-1] == "teardown"
+
+
+def test_backbone_finetuning_default_doubles_the_backbone_rate_until_aligned(tmp_path):
+    from distengine.callbacks import BackboneFinetuning
+    seen = []
+
+    class WithBackbone(Regressor):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Linear(6, 6)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+    class Watch(BackboneFinetuning):
+        def on_train_epoch_start(self, trainer, module):
+            super().on_train_epoch_start(trainer, module)
+            seen.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+    quiet_trainer(tmp_path, max_epochs=7, callbacks=[Watch(unfreeze_backbone_at_epoch=2)]).fit(
+        WithBackbone(), loader(regression_data(16)))
+    assert [round(lrs[-1], 6) for lrs in seen[2:]] == [0.01, 0.02, 0.04, 0.08, 0.1]
