@@ -376,7 +376,8 @@ class ModelCheckpoint(CheckpointWrites):
             evicted = {self._worst_path(kept)} if self.save_top_k != -1 and len(kept) >= self.save_top_k else set()
             name = format_checkpoint_name(self.filename or "{epoch}-{step}", metrics, self.auto_insert_metric_name)
             path = versioned_path(self.dirpath, name, self._ours(),
-                                  evicted | set(self._superseded_last("", kept)), self._enable_version_counter)
+                                  evicted | set(self._superseded_last("", kept)), self._enable_version_counter,
+                                  self.STARTING_VERSION)
         delete: list[str] = []
         if topk:
             kept[path] = score
@@ -401,7 +402,7 @@ class ModelCheckpoint(CheckpointWrites):
         """``<dirpath>/last.ckpt``, or ``last-v1.ckpt``... when another run's last.ckpt is there."""
         name = format_checkpoint_name(self.CHECKPOINT_NAME_LAST, metrics, self.auto_insert_metric_name)
         return versioned_path(self.dirpath, name, set(), {self._last_link_path, self.last_model_path} - {""},
-                              self._enable_version_counter)
+                              self._enable_version_counter, self.STARTING_VERSION)
 
     def _is_topk(self, score: float | None) -> bool:
         if self.save_top_k == 0 or score is None:

@@ -38,7 +38,8 @@ class CheckpointWrites(Checkpoint):
         def decide() -> dict[str, Any]:
             metrics = self._candidates(trainer)
             name = format_checkpoint_name(self.filename or "{epoch}-{step}", metrics, self.auto_insert_metric_name)
-            return {"path": versioned_path(self.dirpath, name, self._ours(), set(), self._enable_version_counter),
+            return {"path": versioned_path(self.dirpath, name, self._ours(), set(), self._enable_version_counter,
+                                           self.STARTING_VERSION),
                     "link": self._last_name(metrics) if self.save_last else ""}
 
         decision = self._agree(trainer, decide)
@@ -67,7 +68,8 @@ class CheckpointWrites(Checkpoint):
         def decide() -> dict[str, Any]:
             name = format_checkpoint_name(self.filename or "{epoch}-{step}",
                                           self._candidates(trainer), self.auto_insert_metric_name)
-            path = versioned_path(self.dirpath, f"{name}-{tag}", self._ours(), set(), self._enable_version_counter)
+            path = versioned_path(self.dirpath, f"{name}-{tag}", self._ours(), set(), self._enable_version_counter,
+                                  self.STARTING_VERSION)
             link = self._last_name(self._candidates(trainer)) if self.save_last else ""
             return {"path": path, "delete": [p for p in self._superseded_last(path, self.best_k_models) if p != link],
                     "link": link}

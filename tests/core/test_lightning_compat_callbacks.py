@@ -180,3 +180,12 @@ def test_backbone_finetuning_default_doubles_the_backbone_rate_until_aligned(tmp
     quiet_trainer(tmp_path, max_epochs=7, callbacks=[Watch(unfreeze_backbone_at_epoch=2)]).fit(
         WithBackbone(), loader(regression_data(16)))
     assert [round(lrs[-1], 6) for lrs in seen[2:]] == [0.01, 0.02, 0.04, 0.08, 0.1]
+
+
+def test_model_checkpoint_starting_version_set_on_the_instance_is_used(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "epoch=0-step=2.ckpt").write_bytes(b"another run's")
+    mc = ModelCheckpoint(dirpath=tmp_path / "c")
+    mc.STARTING_VERSION = 9
+    quiet_trainer(tmp_path, max_epochs=1, callbacks=[mc]).fit(Regressor(), loader(regression_data(32)))
+    assert os.path.basename(mc.best_model_path) == "epoch=0-step=2-v9.ckpt"
