@@ -75,7 +75,7 @@ class CheckpointWrites(Checkpoint):
                     "link": link}
 
         decision = self._agree(trainer, decide)
-        self.last_model_path = self._last_written = decision["path"]
+        self._newest_path = self._last_written = decision["path"]
         self._last_link_path = decision["link"] or self._last_link_path
         # a full state regardless of save_weights_only: this file exists to resume from
         notify = checkpoint_notifier(trainer, self)
@@ -131,7 +131,7 @@ class CheckpointWrites(Checkpoint):
             notify()
         for old in delete:
             # never delete what is tracked again (a name reused after the decision was taken)
-            if old in (path, link, self.last_model_path, self._last_link_path) or old in self.best_k_models:
+            if old in (path, link, self._newest_path, self._last_link_path) or old in self.best_k_models:
                 continue
             try:
                 shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)

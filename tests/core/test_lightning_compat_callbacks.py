@@ -189,3 +189,13 @@ def test_model_checkpoint_starting_version_set_on_the_instance_is_used(tmp_path)
     mc.STARTING_VERSION = 9
     quiet_trainer(tmp_path, max_epochs=1, callbacks=[mc]).fit(Regressor(), loader(regression_data(32)))
     assert os.path.basename(mc.best_model_path) == "epoch=0-step=2-v9.ckpt"
+
+
+def test_model_checkpoint_last_model_path_is_last_ckpt_with_save_last(tmp_path):
+    mc = ModelCheckpoint(dirpath=tmp_path / "c", monitor="train_loss", save_top_k=3, save_last=True)
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[mc]).fit(Regressor(), loader(regression_data(32)))
+    assert mc.last_model_path == str(tmp_path / "c" / "last.ckpt")
+    assert torch.load(mc.last_model_path, weights_only=True)["global_step"] == 4
+    restored = ModelCheckpoint(dirpath=tmp_path / "c", monitor="train_loss", save_top_k=3, save_last=True)
+    restored.load_state_dict(mc.state_dict())
+    assert restored.last_model_path == mc.last_model_path and restored.best_k_models == mc.best_k_models
