@@ -199,3 +199,13 @@ def test_model_checkpoint_last_model_path_is_last_ckpt_with_save_last(tmp_path):
     restored = ModelCheckpoint(dirpath=tmp_path / "c", monitor="train_loss", save_top_k=3, save_last=True)
     restored.load_state_dict(mc.state_dict())
     assert restored.last_model_path == mc.last_model_path and restored.best_k_models == mc.best_k_models
+
+
+def test_resuming_a_checkpoint_saved_past_max_epochs_is_refused(tmp_path):
+    mc = ModelCheckpoint(dirpath=tmp_path / "c")
+    quiet_trainer(tmp_path, max_epochs=3, callbacks=[mc]).fit(Regressor(), loader(regression_data(32)))
+    with pytest.raises(MisconfigurationException, match="max_epochs=1"):
+        quiet_trainer(tmp_path, max_epochs=1).fit(Regressor(), loader(regression_data(32)), ckpt_path=mc.best_model_path)
+    again = quiet_trainer(tmp_path, max_epochs=2)  # saved in epoch 2 (index): finished, as in Lightning
+    again.fit(Regressor(), loader(regression_data(32)), ckpt_path=mc.best_model_path)
+    assert again.global_step == 6
