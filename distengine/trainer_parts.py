@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from distengine import run_warnings
-from distengine.utilities.exceptions import ConfigError
 from distengine.data import apply_limit as _apply_limit
 from distengine.data import loader_len as _safe_len
 from distengine.data import val_every_batches
@@ -399,13 +398,6 @@ class CheckpointMixin:
             return None
         return cb.save_now(self, reason=f"signal {signum}")
 
-    def _check_resume_epoch(self, ckpt: dict, path: str) -> None:
-        """Lightning's rule: a full checkpoint saved in an epoch past ``max_epochs`` is refused."""
-        saved, limit = ckpt.get("epoch"), self.max_epochs
-        if "optimizer_states" in ckpt and isinstance(saved, int) and limit not in (None, -1) and saved > limit:
-            raise ConfigError(f"{path} was saved in epoch {saved}, past Trainer(max_epochs={limit}); raise "
-                              "max_epochs to resume it, or load only its weights")
-
     def _restore(self, ckpt_path: str | None) -> None:
         """Restore the full training state from ``ckpt_path`` (a file or ``"last"``)."""
         from distengine.checkpoint.io import resolve_checkpoint, resolve_last_in_versions, safe_load
@@ -440,8 +432,10 @@ class CheckpointMixin:
         # mapped (mmap): the ranks share the file's pages instead of each reading all of it
         ckpt = load_for_trainer(self, path) if os.path.isdir(path) else safe_load(path, "cpu", mmap=True)
         self.ckpt_path = path
-        self._check_resume_epoch(ckpt, path)
+        from distengine.checkpoint.apply import check_resume_epoch
         from distengine.checkpoint.run_folder import continue_run_folder, resume_line
+
+        check_resume_epoch(ckpt, path, self.max_epochs)
 
         # before anything is written or restored: a resumed run goes on in its own version folder
         moved_to = continue_run_folder(self, path, full="optimizer_states" in ckpt)
