@@ -209,3 +209,9 @@ def test_resuming_a_checkpoint_saved_past_max_epochs_is_refused(tmp_path):
     again = quiet_trainer(tmp_path, max_epochs=2)  # saved in epoch 2 (index): finished, as in Lightning
     again.fit(Regressor(), loader(regression_data(32)), ckpt_path=mc.best_model_path)
     assert again.global_step == 6
+
+
+def test_tensorboard_log_dir_expands_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("DE_TB_ROOT", str(tmp_path))
+    logger = TensorBoardLogger("$DE_TB_ROOT/tb", name="n", version=1, sub_dir="s")
+    assert logger.log_dir == os.path.join(tmp_path, "tb", "n", "version_1", "s")
