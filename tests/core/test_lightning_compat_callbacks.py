@@ -215,3 +215,12 @@ def test_tensorboard_log_dir_expands_environment_variables(tmp_path, monkeypatch
     monkeypatch.setenv("DE_TB_ROOT", str(tmp_path))
     logger = TensorBoardLogger("$DE_TB_ROOT/tb", name="n", version=1, sub_dir="s")
     assert logger.log_dir == os.path.join(tmp_path, "tb", "n", "version_1", "s")
+
+
+def test_csv_logger_has_lightnings_module_path(tmp_path):
+    from distengine.loggers.csv_logs import CSVLogger as FromLightningPath
+    from distengine.loggers.csv_logs import ExperimentWriter
+    logger = FromLightningPath(tmp_path)
+    logger.log_metrics({"a": 1.0}, 10)
+    assert FromLightningPath is CSVLogger
+    assert os.path.isfile(os.path.join(logger.log_dir, ExperimentWriter.NAME_METRICS_FILE))
