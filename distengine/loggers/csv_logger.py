@@ -20,6 +20,7 @@ from typing import Any
 
 from distengine.distributed.rank_zero import global_rank, rank_zero_only
 from distengine.loggers.base import Logger, NoOpExperiment
+from distengine.utilities.exceptions import ConfigError
 
 # --------------------------------------------------------------------------- versions
 
@@ -245,6 +246,11 @@ class CSVLogger(VersionedLogger):
                  version: int | str | None = None, prefix: str = "", flush_logs_every_n_steps: int = 100) -> None:
         # flush_logs_every_n_steps: Lightning buffers rows and writes them every N steps; here
         # each row is on disk when log_metrics returns, so the value is accepted and has no effect
+        if isinstance(save_dir, str) and "://" in save_dir:
+            if not save_dir.startswith("file://"):  # it would become a local folder named "memory:"/"s3:"
+                raise ConfigError(f"CSVLogger(save_dir={save_dir!r}): a remote URL; CSVLogger writes local files, "
+                                  "so give a local or mounted folder (TensorBoardLogger takes s3:// and gs://)")
+            save_dir = save_dir[len("file://"):]
         self._save_dir, self._root_dir, self._version = resolve_layout(save_dir, name, version)
         self._version_given, self._continued = version is not None, False
         self._name = name or ""

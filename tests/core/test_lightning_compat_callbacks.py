@@ -224,3 +224,11 @@ def test_csv_logger_has_lightnings_module_path(tmp_path):
     logger.log_metrics({"a": 1.0}, 10)
     assert FromLightningPath is CSVLogger
     assert os.path.isfile(os.path.join(logger.log_dir, ExperimentWriter.NAME_METRICS_FILE))
+
+
+def test_csv_logger_refuses_a_remote_url_instead_of_a_local_folder_named_after_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MisconfigurationException, match="memory://x"):
+        CSVLogger("memory://x")
+    assert not os.path.exists("memory:")
+    assert CSVLogger(f"file://{tmp_path}/logs").log_dir == os.path.join(tmp_path, "logs", "lightning_logs", "version_0")
