@@ -25,6 +25,7 @@ evaluation (validate/test/predict, and validation inside fit) in :mod:`distengin
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -132,7 +133,7 @@ def train_epoch(ctx: LoopContext) -> None:
 
     batch_idx, outputs = p.batches_done, ([] if collect else None)
     iterator, ahead = _epoch_iterator(ctx, batch_idx, num_batches)
-    parts = (iterator, step_fn, prec.backward, _optimizer_step)  # timed when profiling, chosen once per epoch
+    parts = (iterator, step_fn, partial(prec.backward, module=module), _optimizer_step)  # via module.backward
     iterator, step_fn, backward, opt_step = profiling.train_parts(ctx, *parts) if ctx.profiling else parts
     res.stage, res.in_step, ctx.state.is_last_batch = "train", True, False
     skip_rest, first_batch, returned_none, automatic = False, batch_idx, 0, not manual and one_x is None

@@ -351,13 +351,19 @@ class Module(ModelHooks, nn.Module):
             return None
         return cfgs[0].scheduler if len(cfgs) == 1 else [c.scheduler for c in cfgs]
 
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's hook: the Trainer's backward of ``loss`` (already scaled under mixed
+        precision), in automatic optimization and in ``manual_backward``. Override it to change
+        how, e.g. ``loss.backward(retain_graph=True)``."""
+        loss.backward(*args, **kwargs)
+
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """``loss.backward()`` through the Trainer's precision (use with manual optimization).
         Under DDP it first prepares DDP's reducer for this loss, so each call's gradients are
         averaged over the ranks before it returns."""
         trainer = self._trainer
         trainer.strategy.prepare_for_backward(loss)  # DDP: ready its reducer for this loss
-        trainer.precision_plugin.backward(loss, *args, **kwargs)
+        trainer.precision_plugin.backward(loss, *args, module=self, **kwargs)
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:

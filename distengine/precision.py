@@ -92,9 +92,13 @@ class Precision:
     def convert_input(self, batch: Any) -> Any:
         return _cast_floats(batch, self._true_dtype) if self._true_dtype is not None else batch
 
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+    def backward(self, loss: torch.Tensor, *args: Any, module: Any = None, **kwargs: Any) -> None:
+        """``loss.backward()``, the loss scaled first with a grad scaler; through ``module.backward``
+        (the LightningModule's hook, which a user may override) when a module is given."""
         if self.scaler is not None:
-            self.scaler.scale(loss).backward(*args, **kwargs)
+            loss = self.scaler.scale(loss)
+        if module is not None:
+            module.backward(loss, *args, **kwargs)
         else:
             loss.backward(*args, **kwargs)
 

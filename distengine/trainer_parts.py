@@ -433,7 +433,10 @@ class CheckpointMixin:
         # mapped (mmap): the ranks share the file's pages instead of each reading all of it
         ckpt = load_for_trainer(self, path) if os.path.isdir(path) else safe_load(path, "cpu", mmap=True)
         self.ckpt_path = path
+        from distengine.checkpoint.apply import check_resume_epoch
         from distengine.checkpoint.run_folder import continue_run_folder, resume_line
+
+        check_resume_epoch(ckpt, path, self.max_epochs)
 
         # before anything is written or restored: a resumed run goes on in its own version folder
         moved_to = continue_run_folder(self, path, full="optimizer_states" in ckpt)

@@ -49,18 +49,19 @@ def format_checkpoint_name(template: str, metrics: dict[str, Any], auto_insert_m
 
 
 def versioned_path(dirpath: str, name: str, ours: set[str], replaced: set[str] = frozenset(),
-                   enabled: bool = True) -> str:
+                   enabled: bool = True, start: int = STARTING_VERSION) -> str:
     """``<dirpath>/<name>.ckpt``, or ``<name>-v1.ckpt``, ``-v2``... while that name is taken: by a
     file or link on disk, or by one of ``ours`` (paths this run still keeps). Only a path in
     ``replaced`` (one of ours that this save replaces) may be reused, so a second run into the same
     folder never overwrites the first run's files (Lightning's ``enable_version_counter``;
-    ``enabled=False``: always the plain name). Rank zero decides; the ranks are then told.
+    ``enabled=False``: always the plain name; ``start``: the first suffix, the callback's
+    ``STARTING_VERSION``). Rank zero decides; the ranks are then told.
 
     Example: ``versioned_path("ckpts", "epoch=0", set())`` -> ``ckpts/epoch=0-v1.ckpt`` when
     ``ckpts/epoch=0.ckpt`` exists.
     """
     path = os.path.join(dirpath, name + CKPT_SUFFIX)
-    version = STARTING_VERSION
+    version = start
     while enabled and path not in replaced and (path in ours or os.path.lexists(path)):
         path = os.path.join(dirpath, f"{name}-v{version}{CKPT_SUFFIX}")
         version += 1

@@ -27,6 +27,7 @@ import sys
 from typing import Any
 
 from distengine.callbacks.base import Callback
+from distengine.utilities.exceptions import ConfigError
 
 _GB = 1024 ** 3
 PREFIX = "device_stats/"
@@ -58,9 +59,9 @@ class DeviceStatsMonitor(Callback):
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Any, module: Any) -> None:
         if not getattr(trainer, "loggers", None):
-            raise RuntimeError("DeviceStatsMonitor needs a logger, but the Trainer has none. Pass "
-                               "logger=True (TensorBoard) or e.g. logger=CSVLogger('logs') to the Trainer, "
-                               "or remove the callback.")
+            raise ConfigError("DeviceStatsMonitor needs a logger, but the Trainer has none. Pass "
+                              "logger=True (TensorBoard) or e.g. logger=CSVLogger('logs') to the Trainer, "
+                              "or remove the callback.")
         if getattr(trainer, "is_global_zero", True):
             import psutil
 

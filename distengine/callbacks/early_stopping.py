@@ -133,8 +133,13 @@ class EarlyStopping(Callback):
     # ------------------------------------------------------------------ identity / state
     @property
     def state_key(self) -> str:
-        # two EarlyStopping callbacks on different metrics must not share a checkpoint slot
-        return f"EarlyStopping{{'monitor': {self.monitor!r}, 'mode': {self.mode!r}}}"
+        # two EarlyStopping callbacks on different metrics must not share a checkpoint slot; a
+        # subclass has its own class name in it, as in Lightning
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+
+    @property
+    def _legacy_state_keys(self) -> tuple[str, ...]:  # a subclass's key before 2026-12
+        return (f"EarlyStopping{{'monitor': {self.monitor!r}, 'mode': {self.mode!r}}}",)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -169,7 +174,7 @@ class EarlyStopping(Callback):
         self._validation_ran = True
         if self.check_on_train_epoch_end:
             return
-        self._run_check(trainer)
+        self._run_early_stopping_check(trainer)
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if not self._fitting or getattr(trainer, "sanity_checking", False):
@@ -178,10 +183,10 @@ class EarlyStopping(Callback):
             return
         if self.check_on_train_epoch_end is None and _has_validation(trainer, module, self._validation_ran):
             return
-        self._run_check(trainer)
+        self._run_early_stopping_check(trainer)
 
     # ------------------------------------------------------------------ the decision
-    def _run_check(self, trainer: Any) -> None:
+    def _run_early_stopping_check(self, trainer: Any) -> None:  # Lightning's name: subclasses override it
         metrics = getattr(trainer, "callback_metrics", {}) or {}
         if self.monitor not in metrics:
             available = ", ".join(sorted(metrics)) or "none"

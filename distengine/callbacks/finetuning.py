@@ -42,8 +42,8 @@ Modules = nn.Module | Iterable[Any]
 
 
 def multiplicative(epoch: int) -> float:
-    """BackboneFinetuning's default ``lambda_func``: the backbone's rate grows 1.5x per epoch."""
-    return 1.5
+    """BackboneFinetuning's default ``lambda_func``: the backbone's rate doubles each epoch (as in Lightning)."""
+    return 2.0
 
 
 class BaseFinetuning(Callback):

@@ -56,7 +56,7 @@ class LearningRateMonitor(Callback):
 
     def on_fit_start(self, trainer: Any, module: Any) -> None:
         if not getattr(trainer, "loggers", None):
-            raise RuntimeError("LearningRateMonitor needs a logger, but the Trainer has none. Pass "
+            raise ConfigError("LearningRateMonitor needs a logger, but the Trainer has none. Pass "
                                "logger=True (TensorBoard) or e.g. logger=CSVLogger('logs') to the Trainer, "
                                "or remove the callback.")
 
@@ -172,7 +172,7 @@ def _group_names(base: str, groups: list[dict[str, Any]]) -> list[str]:
     names = [g.get("name", f"pg{i}") for i, g in enumerate(groups, start=1)]
     twice = sorted({str(n) for n in names if names.count(n) > 1})
     if twice:
-        raise ValueError(f"LearningRateMonitor: {base} has parameter groups with the same name {twice}; "
+        raise ConfigError(f"LearningRateMonitor: {base} has parameter groups with the same name {twice}; "
                          "give each parameter group of one optimizer its own 'name'")
     if len(groups) > 1:
         return [f"{base}/{n}" for n in names]

@@ -19,7 +19,7 @@ import datetime
 import math
 import os
 import warnings
-from typing import Any
+from typing import Any, Literal, get_type_hints
 
 import torch
 
@@ -83,7 +83,7 @@ class ModelCheckpoint(CheckpointWrites):
 
     def __init__(self, dirpath: str | os.PathLike | None = None, filename: str | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1,
-                 save_last: bool | str | None = None, every_n_train_steps: int | None = None,
+                 save_last: bool | Literal["link"] | None = None, every_n_train_steps: int | None = None,
                  every_n_epochs: int | None = None,
                  train_time_interval: datetime.timedelta | float | None = None,
                  save_on_train_epoch_end: bool | None = None, async_save: bool = False,
@@ -118,7 +118,7 @@ class ModelCheckpoint(CheckpointWrites):
         self.current_score: torch.Tensor | None = None
         self.version_root: str | None = None  # <save_dir>/<name> when dirpath follows the logger
         self.resumed_from_dirpath: str | None = None  # the other folder a resumed checkpoint was saved in
-        self.last_model_path = ""
+        self._newest_path = ""  # the newest checkpoint this run wrote (last_model_path without save_last)
         self._last_link_path = ""  # the <dirpath>/last[-vN].ckpt this run (or the run it resumes) writes
         self._link_restored = False
         self._last_written = ""  # the newest file this callback wrote (save_last="link" links to it)
@@ -146,6 +146,16 @@ class ModelCheckpoint(CheckpointWrites):
                 f"every_n_train_steps={self.every_n_train_steps}, every_n_epochs="
                 f"{self.every_n_epochs}, train_time_interval={self.train_time_interval}}}",)
 
+    @property
+    def last_model_path(self) -> str:
+        """As in Lightning: ``<dirpath>/last.ckpt`` with ``save_last`` (once written); without it,
+        the newest checkpoint this run wrote (Lightning leaves it empty)."""
+        return self._last_link_path if self.save_last and self._last_link_path else self._newest_path
+
+    @last_model_path.setter
+    def last_model_path(self, path: str) -> None:
+        self._newest_path = path
+
     def to_yaml(self, filepath: str | os.PathLike | None = None) -> None:
         """Write ``best_k_models`` (path -> score) to ``filepath``, default
         ``<dirpath>/best_k_models.yaml``, as Lightning does. Example: ``ckpt.to_yaml()``."""
@@ -166,6 +176,7 @@ class ModelCheckpoint(CheckpointWrites):
             "current_score": self.current_score, "best_k_models": dict(self.best_k_models),
             "kth_best_model_path": self.kth_best_model_path, "kth_value": self.kth_value,
             "last_model_path": self.last_model_path, "last_link_path": self._last_link_path,
+            "newest_model_path": self._newest_path,
             "last_global_step_saved": self._last_global_step_saved,
         }
 
@@ -173,8 +184,11 @@ class ModelCheckpoint(CheckpointWrites):
         saved_dir = state_dict.get("dirpath")
         self.best_model_path = state_dict.get("best_model_path", "")
         if self.dirpath is not None and saved_dir is not None and \
-                os.path.abspath(saved_dir) != self.dirpath:  # the Trainer's resume line says so, once
+                os.path.abspath(saved_dir) != self.dirpath:  # the Trainer's resume line says so too
             self.resumed_from_dirpath = os.path.abspath(saved_dir)  # best-k tracking starts afresh here
+            warnings.warn(f"ModelCheckpoint: the checkpoint was saved with dirpath {saved_dir!r}, this callback "
+                          f"writes to {self.dirpath!r}; only best_model_path is restored, best-k scores and "
+                          "last_model_path start afresh (pass the old dirpath to keep them)", UserWarning, stacklevel=2)
             return
         if self.dirpath is None and saved_dir is not None:
             self.dirpath = os.path.abspath(saved_dir)
@@ -185,7 +199,8 @@ class ModelCheckpoint(CheckpointWrites):
                               state_dict.get("best_k_models", {}).items()}
         self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
         self.kth_value = _score(state_dict.get("kth_value", self._worst_value()))
-        self.last_model_path = state_dict.get("last_model_path", "")
+        # (before "newest_model_path" existed, last_model_path was the newest file)
+        self._newest_path = state_dict.get("newest_model_path", state_dict.get("last_model_path", ""))
         # the last.ckpt the resumed run wrote (before the key existed: last.ckpt); this run replaces
         # it only if it holds the state resumed from (on_train_start checks)
         self._last_link_path = state_dict.get("last_link_path", os.path.join(
@@ -333,7 +348,7 @@ class ModelCheckpoint(CheckpointWrites):
         for old in decision["delete"]:
             self.best_k_models.pop(old, None)
         self._update_best()
-        self.last_model_path = path
+        self._newest_path = path
         self._last_link_path = decision["link"] or self._last_link_path
         self._last_written = path
         self._last_global_step_saved = trainer.global_step
@@ -373,7 +388,8 @@ class ModelCheckpoint(CheckpointWrites):
             evicted = {self._worst_path(kept)} if self.save_top_k != -1 and len(kept) >= self.save_top_k else set()
             name = format_checkpoint_name(self.filename or "{epoch}-{step}", metrics, self.auto_insert_metric_name)
             path = versioned_path(self.dirpath, name, self._ours(),
-                                  evicted | set(self._superseded_last("", kept)), self._enable_version_counter)
+                                  evicted | set(self._superseded_last("", kept)), self._enable_version_counter,
+                                  self.STARTING_VERSION)
         delete: list[str] = []
         if topk:
             kept[path] = score
@@ -392,13 +408,13 @@ class ModelCheckpoint(CheckpointWrites):
 
     def _ours(self) -> set[str]:
         """The files this run keeps (or the run it resumes in this folder kept)."""
-        return (set(self.best_k_models) | {self.last_model_path, self._last_link_path}) - {""}
+        return (set(self.best_k_models) | {self._newest_path, self._last_link_path}) - {""}
 
     def _last_name(self, metrics: dict[str, Any]) -> str:
         """``<dirpath>/last.ckpt``, or ``last-v1.ckpt``... when another run's last.ckpt is there."""
         name = format_checkpoint_name(self.CHECKPOINT_NAME_LAST, metrics, self.auto_insert_metric_name)
-        return versioned_path(self.dirpath, name, set(), {self._last_link_path, self.last_model_path} - {""},
-                              self._enable_version_counter)
+        return versioned_path(self.dirpath, name, set(), {self._last_link_path, self._newest_path} - {""},
+                              self._enable_version_counter, self.STARTING_VERSION)
 
     def _is_topk(self, score: float | None) -> bool:
         if self.save_top_k == 0 or score is None:
@@ -437,7 +453,7 @@ class ModelCheckpoint(CheckpointWrites):
 
     def _superseded_last(self, new_path: str, kept: dict[str, float]) -> list[str]:
         # the previous checkpoint that was kept only because it was the newest
-        old = self.last_model_path
+        old = self._newest_path
         return [old] if old and old != new_path and old not in kept else []
 
     def _candidates(self, trainer: Any) -> dict[str, Any]:
@@ -445,6 +461,11 @@ class ModelCheckpoint(CheckpointWrites):
         metrics.setdefault("epoch", trainer.current_epoch)
         metrics.setdefault("step", trainer.global_step)
         return metrics
+
+
+# real types, not the strings of postponed annotations: inspect.signature(ModelCheckpoint) is what
+# argument parsers (jsonargparse, LightningCLI) read, e.g. to turn "--save_last link" into "link"
+ModelCheckpoint.__init__.__annotations__.update(get_type_hints(ModelCheckpoint.__init__))
 
 
 def _same_file(a: str | None, b: str) -> bool:

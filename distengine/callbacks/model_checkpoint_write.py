@@ -38,13 +38,14 @@ class CheckpointWrites(Checkpoint):
         def decide() -> dict[str, Any]:
             metrics = self._candidates(trainer)
             name = format_checkpoint_name(self.filename or "{epoch}-{step}", metrics, self.auto_insert_metric_name)
-            return {"path": versioned_path(self.dirpath, name, self._ours(), set(), self._enable_version_counter),
+            return {"path": versioned_path(self.dirpath, name, self._ours(), set(), self._enable_version_counter,
+                                           self.STARTING_VERSION),
                     "link": self._last_name(metrics) if self.save_last else ""}
 
         decision = self._agree(trainer, decide)
         path, self._last_link_path = decision["path"], decision["link"] or self._last_link_path
         notify = checkpoint_notifier(trainer, self)
-        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+        trainer.save_checkpoint(path, self.save_weights_only)  # positional, as Lightning calls it
         self._last_global_step_saved = trainer.global_step
         if trainer.is_global_zero:
             self._after_durable(path, [], notify, decision["link"])
@@ -67,13 +68,14 @@ class CheckpointWrites(Checkpoint):
         def decide() -> dict[str, Any]:
             name = format_checkpoint_name(self.filename or "{epoch}-{step}",
                                           self._candidates(trainer), self.auto_insert_metric_name)
-            path = versioned_path(self.dirpath, f"{name}-{tag}", self._ours(), set(), self._enable_version_counter)
+            path = versioned_path(self.dirpath, f"{name}-{tag}", self._ours(), set(), self._enable_version_counter,
+                                  self.STARTING_VERSION)
             link = self._last_name(self._candidates(trainer)) if self.save_last else ""
             return {"path": path, "delete": [p for p in self._superseded_last(path, self.best_k_models) if p != link],
                     "link": link}
 
         decision = self._agree(trainer, decide)
-        self.last_model_path = self._last_written = decision["path"]
+        self._newest_path = self._last_written = decision["path"]
         self._last_link_path = decision["link"] or self._last_link_path
         # a full state regardless of save_weights_only: this file exists to resume from
         notify = checkpoint_notifier(trainer, self)
@@ -108,7 +110,7 @@ class CheckpointWrites(Checkpoint):
                                                     on_done=lambda p: self._after_durable(p, delete, notify, link))
             return
         if self._writer is None:
-            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            trainer.save_checkpoint(path, self.save_weights_only)  # positional, as Lightning calls it
             if trainer.is_global_zero:
                 self._after_durable(path, delete, notify, link)
             return
@@ -129,7 +131,7 @@ class CheckpointWrites(Checkpoint):
             notify()
         for old in delete:
             # never delete what is tracked again (a name reused after the decision was taken)
-            if old in (path, link, self.last_model_path, self._last_link_path) or old in self.best_k_models:
+            if old in (path, link, self._newest_path, self._last_link_path) or old in self.best_k_models:
                 continue
             try:
                 shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)

@@ -20,6 +20,7 @@ example EarlyStopping) keeps its own weights, as in Lightning.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import torch
@@ -27,6 +28,8 @@ import torch
 from distengine import torch_private
 from distengine.callbacks.base import Callback
 from distengine.distributed import collectives
+from distengine.distributed.rank_zero import rank_zero_only, rank_zero_warn
+from distengine.utilities.exceptions import ConfigError
 
 
 class StochasticWeightAveraging(Callback):
@@ -44,16 +47,16 @@ class StochasticWeightAveraging(Callback):
         if isinstance(swa_epoch_start, bool) or not (
                 (isinstance(swa_epoch_start, int) and swa_epoch_start >= 1)
                 or (isinstance(swa_epoch_start, float) and 0 < swa_epoch_start <= 1)):
-            raise ValueError(f"StochasticWeightAveraging(swa_epoch_start={swa_epoch_start!r}): use an epoch >= 1 "
+            raise ConfigError(f"StochasticWeightAveraging(swa_epoch_start={swa_epoch_start!r}): use an epoch >= 1 "
                              "or a fraction of max_epochs in (0, 1]")
         lrs = swa_lrs if isinstance(swa_lrs, (list, tuple)) else [swa_lrs]
         if not lrs or any(isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0 for lr in lrs):
-            raise ValueError(f"StochasticWeightAveraging(swa_lrs={swa_lrs!r}): use a learning rate > 0 or a list "
+            raise ConfigError(f"StochasticWeightAveraging(swa_lrs={swa_lrs!r}): use a learning rate > 0 or a list "
                              "of them, one per parameter group")
         if not isinstance(annealing_epochs, int) or annealing_epochs < 1:
-            raise ValueError(f"StochasticWeightAveraging(annealing_epochs={annealing_epochs!r}): use an integer >= 1")
+            raise ConfigError(f"StochasticWeightAveraging(annealing_epochs={annealing_epochs!r}): use an integer >= 1")
         if annealing_strategy not in ("cos", "linear"):
-            raise ValueError(f"StochasticWeightAveraging(annealing_strategy={annealing_strategy!r}): "
+            raise ConfigError(f"StochasticWeightAveraging(annealing_strategy={annealing_strategy!r}): "
                              "use 'cos' or 'linear'")
         self._swa_lrs = swa_lrs
         self._swa_epoch_start = swa_epoch_start
@@ -80,7 +83,7 @@ class StochasticWeightAveraging(Callback):
         if stage != "fit":
             return
         if isinstance(self._swa_epoch_start, float) and trainer.max_epochs < 0:
-            raise ValueError("StochasticWeightAveraging(swa_epoch_start=<fraction>) needs Trainer(max_epochs=N); "
+            raise ConfigError("StochasticWeightAveraging(swa_epoch_start=<fraction>) needs Trainer(max_epochs=N); "
                              "pass swa_epoch_start as an epoch number instead")
         self._max_epochs = trainer.max_epochs
         self._start = int(trainer.max_epochs * self._swa_epoch_start) if isinstance(self._swa_epoch_start, float) \
@@ -90,10 +93,10 @@ class StochasticWeightAveraging(Callback):
         from torch.optim.swa_utils import AveragedModel
 
         if len(trainer.optimizers) != 1:
-            raise ValueError(f"StochasticWeightAveraging works with one optimizer; configure_optimizers returned "
+            raise ConfigError(f"StochasticWeightAveraging works with one optimizer; configure_optimizers returned "
                              f"{len(trainer.optimizers)}")
         if len(trainer.lr_scheduler_configs) > 1:
-            raise ValueError("StochasticWeightAveraging replaces the learning-rate scheduler and supports at most "
+            raise ConfigError("StochasticWeightAveraging replaces the learning-rate scheduler and supports at most "
                              f"one; configure_optimizers returned {len(trainer.lr_scheduler_configs)}")
         self._average_model = AveragedModel(module, device=self._device or module.device, avg_fn=self._avg_fn)
         self._swa_scheduler = None
@@ -119,7 +122,7 @@ class StochasticWeightAveraging(Callback):
         lrs = self._swa_lrs if isinstance(self._swa_lrs, (list, tuple)) else [self._swa_lrs] * len(
             optimizer.param_groups)
         if len(lrs) != len(optimizer.param_groups):
-            raise ValueError(f"StochasticWeightAveraging got {len(lrs)} swa_lrs for {len(optimizer.param_groups)} "
+            raise ConfigError(f"StochasticWeightAveraging got {len(lrs)} swa_lrs for {len(optimizer.param_groups)} "
                              "parameter groups; pass one float or one per group")
         for lr, group in zip(lrs, optimizer.param_groups):
             group["initial_lr"] = lr
@@ -133,9 +136,20 @@ class StochasticWeightAveraging(Callback):
             self._scheduler_state = None
         config = LRSchedulerConfig(self._swa_scheduler)  # stepped once per epoch
         if trainer.lr_scheduler_configs:
+            self._announce_swap(trainer.lr_scheduler_configs[0])
             trainer.lr_scheduler_configs[0] = config
         else:
             trainer.lr_scheduler_configs.append(config)
+
+    def _announce_swap(self, old: Any) -> None:
+        if old.interval != "epoch" or old.frequency != 1:
+            rank_zero_warn(f"StochasticWeightAveraging steps its SWALR schedule once per epoch; the scheduler it "
+                           f"replaces stepped with interval={old.interval!r}, frequency={old.frequency}",
+                           UserWarning)
+        if rank_zero_only.rank == 0:  # a log record, as Lightning's (caplog and logging handlers see it)
+            name = type(old.scheduler).__name__
+            logging.getLogger("distengine").info(f"StochasticWeightAveraging: Swapping scheduler `{name}` for `SWALR` "
+                                                 "from this epoch on")
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         epoch = trainer.current_epoch

@@ -99,3 +99,14 @@ def check_optimizer_states(optimizers: list[torch.optim.Optimizer], ckpt: dict[s
                 raise RuntimeError(f"cannot resume from {source}: the saved state of {which}lacks {missing}, "
                                    f"which {now} needs, so it was saved with another optimizer class; return "
                                    f"the optimizer it was saved with{fresh}")
+
+
+def check_resume_epoch(ckpt: dict[str, Any], path: str, max_epochs: int | None) -> None:
+    """Lightning's rule, before anything is restored: a full checkpoint saved in an epoch past
+    ``max_epochs`` is refused (one saved in epoch ``max_epochs`` resumes a finished run)."""
+    from distengine.utilities.exceptions import ConfigError
+
+    saved = ckpt.get("epoch")
+    if "optimizer_states" in ckpt and isinstance(saved, int) and max_epochs not in (None, -1) and saved > max_epochs:
+        raise ConfigError(f"{path} was saved in epoch {saved}, past Trainer(max_epochs={max_epochs}); raise "
+                          "max_epochs to resume it, or load only its weights")

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 
+from distengine.distributed.rank_zero import rank_zero_warn
 from distengine.state import Stateful
 
 # weights and metadata: what a weights-only checkpoint holds (file order)
@@ -103,12 +104,19 @@ class CallbackStates:
         return {cb.state_key: cb.state_dict() for cb in self.callbacks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        used: set[str] = set()
         for cb in self.callbacks:
             # a checkpoint of an earlier distengine version: the key it used then
             for key in (cb.state_key, *getattr(cb, "_legacy_state_keys", ())):
                 if state.get(key) is not None:
                     cb.load_state_dict(state[key])
+                    used.add(key)
                     break
+        left = sorted(k for k, v in state.items() if k not in used and v)  # an empty state loses nothing
+        if left:
+            rank_zero_warn(f"the checkpoint holds the state of callbacks this Trainer does not have: {left}; "
+                           "pass them in Trainer(callbacks=...) to restore it (their state is not restored now)",
+                           UserWarning)
 
 
 class Checkpointer:

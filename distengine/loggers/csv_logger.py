@@ -20,6 +20,7 @@ from typing import Any
 
 from distengine.distributed.rank_zero import global_rank, rank_zero_only
 from distengine.loggers.base import Logger, NoOpExperiment
+from distengine.utilities.exceptions import ConfigError
 
 # --------------------------------------------------------------------------- versions
 
@@ -204,8 +205,9 @@ class VersionedLogger(Logger):
 
     @property
     def root_dir(self) -> str:
-        """``save_dir/name``: the folder that holds the ``version_N`` folders (``--logdir``)."""
-        return self._root_dir
+        """``save_dir/name``: the folder that holds the ``version_N`` folders (``--logdir``). Read
+        through ``save_dir``/``name``, so a subclass that overrides those properties moves it."""
+        return os.path.join(self.save_dir, self.name) if self.name else self.save_dir
 
     def continue_version(self, version: int | str) -> bool:
         """Write into ``version``'s folder instead: a resumed run's own (``checkpoint/run_folder.py``).
@@ -244,6 +246,11 @@ class CSVLogger(VersionedLogger):
                  version: int | str | None = None, prefix: str = "", flush_logs_every_n_steps: int = 100) -> None:
         # flush_logs_every_n_steps: Lightning buffers rows and writes them every N steps; here
         # each row is on disk when log_metrics returns, so the value is accepted and has no effect
+        if isinstance(save_dir, str) and "://" in save_dir:
+            if not save_dir.startswith("file://"):  # it would become a local folder named "memory:"/"s3:"
+                raise ConfigError(f"CSVLogger(save_dir={save_dir!r}): a remote URL; CSVLogger writes local files, "
+                                  "so give a local or mounted folder (TensorBoardLogger takes s3:// and gs://)")
+            save_dir = save_dir[len("file://"):]
         self._save_dir, self._root_dir, self._version = resolve_layout(save_dir, name, version)
         self._version_given, self._continued = version is not None, False
         self._name = name or ""
@@ -251,11 +258,12 @@ class CSVLogger(VersionedLogger):
         self._columns: list[str] | None = None  # None until the existing file was read
         self._hparams: dict[str, Any] = {}
         self._experiment: ExperimentWriter | None = None
+        self._rows = 0  # rows written by this logger: the step of a row logged without one
 
     # properties ---------------------------------------------------------------------
     @property
     def log_dir(self) -> str:
-        return os.path.join(self._root_dir, version_dir_name(self._version))
+        return os.path.join(self.root_dir, version_dir_name(self.version))
 
     @property
     def metrics_file(self) -> str:
@@ -290,8 +298,9 @@ class CSVLogger(VersionedLogger):
         write_text_atomic(os.path.join(self.log_dir, "hparams.yaml"), to_yaml(self._hparams))
 
     @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Write one row. ``step`` fills the ``step`` column (a ``"step"`` metric is ignored)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Write one row. ``step`` fills the ``step`` column (a ``"step"`` metric is ignored);
+        without one, the number of rows this logger wrote before, as in Lightning."""
         row = {(f"{self._prefix}-{k}" if self._prefix else k): to_float(k, v)
                for k, v in metrics.items() if k != "step"}
         if not row:
@@ -303,7 +312,9 @@ class CSVLogger(VersionedLogger):
             self._columns.extend(new)
             self._rewrite_with_header()
         with open(self.metrics_file, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=self._columns).writerow({"step": int(step), **row})
+            csv.DictWriter(f, fieldnames=self._columns).writerow({"step": self._rows if step is None else int(step),
+                                                                  **row})
+        self._rows += 1
 
     def _read_header(self) -> list[str]:
         # Resuming into an existing version folder appends to its metrics.csv.

@@ -88,9 +88,10 @@ class TensorBoardLogger(VersionedLogger):
     # properties ---------------------------------------------------------------------
     @property
     def log_dir(self) -> str:
-        """``save_dir/name/version_N[/sub_dir]``: where the event files go."""
-        path = os.path.join(self._root_dir, version_dir_name(self._version))
-        return os.path.join(path, self._sub_dir) if self._sub_dir else path
+        """``save_dir/name/version_N[/sub_dir]``: where the event files go (``$VAR`` expanded, as in
+        Lightning)."""
+        path = os.path.join(self.root_dir, version_dir_name(self.version))
+        return os.path.expandvars(os.path.join(path, self._sub_dir) if self._sub_dir else path)
 
     @property
     def hparams(self) -> dict[str, Any]:

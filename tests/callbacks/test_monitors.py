@@ -9,6 +9,7 @@ import torch
 from distengine.callbacks.device_stats import DeviceStatsMonitor
 from distengine.callbacks.lr_monitor import LearningRateMonitor
 from distengine.callbacks.model_summary import ModelSummary, count_parameters, summarize
+from distengine.utilities.exceptions import MisconfigurationException
 from tests.callbacks.fakes import FakeTrainer, RecordingLogger
 
 
@@ -27,7 +28,7 @@ def _run_steps(cb, trainer, steps):
 
 
 def test_lr_monitor_needs_a_logger():
-    with pytest.raises(RuntimeError, match="needs a logger"):
+    with pytest.raises(MisconfigurationException, match="needs a logger"):
         LearningRateMonitor().on_fit_start(FakeTrainer(), None)
 
 
@@ -197,7 +198,7 @@ def test_device_stats_with_fake_nvml(monkeypatch):
 
 
 def test_device_stats_needs_a_logger():
-    with pytest.raises(RuntimeError, match="needs a logger"):
+    with pytest.raises(MisconfigurationException, match="needs a logger"):
         DeviceStatsMonitor().on_fit_start(FakeTrainer(), None)
     with pytest.raises(ValueError, match="positive integer"):
         DeviceStatsMonitor(every_n_steps=0)

@@ -373,7 +373,7 @@ def _two_rank_topk(rank: int, root: str) -> dict:
 def test_two_ranks_agree_on_top_k(tmp_path):
     r0, r1 = run_ranks(_two_rank_topk, 2, str(tmp_path), timeout=90)
     assert r0["best_k"] == r1["best_k"] == ["epoch=3-step=4.ckpt", "epoch=4-step=5.ckpt"]
-    assert r0["last"] == r1["last"] == "epoch=4-step=5.ckpt"
+    assert r0["last"] == r1["last"] == "last.ckpt"  # save_last: last_model_path is last.ckpt, as in Lightning
     assert r0["saves"] == r1["saves"] == 5
     assert r0["files"] == ["epoch=3-step=4.ckpt", "epoch=4-step=5.ckpt", "last.ckpt"]
     assert r0["error"] == "ValueError" and r1["error"] == "RuntimeError"

@@ -91,13 +91,13 @@ def _fold(msg: str) -> str:
 def apply_overrides(test_id: str, cls: str, cause: str, overrides) -> tuple[str, str, str | None]:
     """The (class, cause, reason) after the first matching override (pattern, class, reason).
 
-    A pattern is matched against the test id, or, written ``"cause:<pattern>"``, against the
-    cause of a failure of the override's class (a class-B name declared out of scope for every
-    test that misses it)."""
+    A pattern is matched against the test id (the id itself first: "[1]" in a pattern is a
+    character class), or, written ``"cause:<pattern>"``, against the cause of a failure of the
+    override's class (a class-B name declared out of scope for every test that misses it)."""
     for pattern, new_cls, reason in overrides:
         if pattern.startswith("cause:"):
             if cls == new_cls and fnmatch.fnmatchcase(cause, pattern[len("cause:"):]):
                 return new_cls, cause, reason
-        elif fnmatch.fnmatchcase(test_id, pattern):
+        elif test_id == pattern or fnmatch.fnmatchcase(test_id, pattern):
             return new_cls, cause, reason
     return cls, cause, None

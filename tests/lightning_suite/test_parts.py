@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 from tests.lightning_suite import REPO, SUPPORT
-from tests.lightning_suite.classify import classify
+from tests.lightning_suite.classify import apply_overrides, classify
 from tests.lightning_suite.prepare import lenient_imports, rewrite_imports
 
 
@@ -84,3 +84,9 @@ def test_classify_sorts_failures_into_a_b_c():
     assert _cls("AttributeError: 'NoneType' object has no attribute 'step'")[0] == "C"
     assert _cls("AssertionError: assert 3 == 4") == ("C", "AssertionError: assert N == N")
     assert _cls("boom", "lsuite_support.ReachesLightningInternals: the suite's fixture")[0] == "A"
+
+
+def test_override_ids_with_brackets_match_exactly():
+    rules = [("f.py::t[1]", "C", "why"), ("g.py::u*", "A", "wild")]
+    assert apply_overrides("f.py::t[1]", "B", "c", rules) == ("C", "c", "why")
+    assert apply_overrides("g.py::u[x]", "C", "c", rules) == ("A", "c", "wild")
