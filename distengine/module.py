@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from distengine.barebones import warn_log_ignored
 from distengine.callbacks.base import CALLBACK_HOOKS
 from distengine.module_helpers import copy_hparams as _copy_hparams
 from distengine.module_helpers import map_collection as _map_collection
@@ -249,6 +250,8 @@ class Module(ModelHooks, nn.Module):
         trainer = self._trainer
         if trainer is None:
             return
+        if getattr(trainer, "barebones", False):
+            return warn_log_ignored(name)  # (barebones.py)
         if trainer.metric_results.no_log_hook is not None:
             from distengine.utilities.exceptions import ConfigError
 

@@ -54,7 +54,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
     @_defaults_from_env_vars  # PL_TRAINER_MAX_EPOCHS=3 etc. (utilities/argparse.py)
     @accepts_1x_flags
     def __init__(self, *, accelerator: str = "auto", strategy: str | Strategy = "auto", devices: Any = "auto",
-                 num_nodes: int = 1, precision: Any = "32-true", logger: Any = True,
+                 num_nodes: int = 1, precision: Any = "32-true", logger: Any = None,
                  callbacks: Any = None, fast_dev_run: Any = False, max_epochs: int | None = None,
                  min_epochs: int | None = None, max_steps: int = -1, min_steps: int | None = None,
                  max_time: Any = None, limit_train_batches: Any = None, limit_val_batches: Any = None,
@@ -70,7 +70,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
                  sync_batchnorm: bool = False, default_root_dir: str | None = None,
                  compile: bool = False, on_nonfinite_loss: str = "error",
                  dist_timeout: float | timedelta | None = None, find_unused_parameters: bool = False,
-                 gpus: Any = None, profiler: Any = None, plugins: Any = None) -> None:
+                 gpus: Any = None, profiler: Any = None, plugins: Any = None, barebones: bool = False) -> None:
         # the flags as given, kept whole: the tuner builds its trial Trainers from them
         self.config = TrainerConfig(**{k: v for k, v in locals().items() if k != "self"})
         self._flags = LoopFlags()  # the flags the loop reads (max_epochs, ...: see trainer_props._Flag)

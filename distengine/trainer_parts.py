@@ -16,9 +16,9 @@ import torch
 from distengine import run_warnings
 from distengine.data import apply_limit as _apply_limit
 from distengine.data import loader_len as _safe_len
-from distengine.data import val_every_batches
 from distengine.distributed import collectives
 from distengine.utilities.exceptions import ConfigError
+from distengine.val_schedule import build_schedule
 
 # How long StopVote.close waits for torch to free the last vote's tensor (normally microseconds).
 _RELEASE_WAIT_S = 10.0
@@ -202,7 +202,7 @@ class CheckpointMixin:
         run_warnings.warn_fit_setup(self, train, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
         self._run_sanity_check = self._data.should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
-                              for n in self._data.num_val_batches]
+                              for n in self._data.num_val_batches]  # (-1 is inf; < 0: set by hand)
         strategy = self._strategy
         self._precision = Precision(self.precision, strategy.root_device)
         self._loop_state.nonfinite_watch = None
@@ -242,7 +242,10 @@ class CheckpointMixin:
         data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
         if data.num_train_batches == 0:
             raise ConfigError("limit_train_batches leaves no training batch; raise it")
-        data.val_every_batches = val_every_batches(self.val_check_interval, data.num_train_batches)
+        old = data.val_schedule  # (a reload keeps the time-based clock running)
+        data.val_schedule = build_schedule(self.val_check_interval, self.check_val_every_n_epoch,
+                                           data.num_train_batches, self.limits["val"] != 0)
+        data.val_schedule.last_time = old.last_time
         self._set_val_loaders(val)
 
     def _set_val_loaders(self, val: list[Any]) -> None:

@@ -315,6 +315,8 @@ class ModelCheckpoint(CheckpointWrites):
         # or several times per epoch, where saving follows the validation runs
         if getattr(trainer, "check_val_every_n_epoch", 1) != 1:
             return False
+        if isinstance(getattr(trainer, "val_check_interval", None), (str, dict, datetime.timedelta)):
+            return False  # a time-based interval: saving follows the validation runs
         nval = getattr(trainer, "num_val_batches", 0) or 0
         if not (sum(nval) if isinstance(nval, (list, tuple)) else nval):
             return True
