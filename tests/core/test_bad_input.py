@@ -206,7 +206,7 @@ BAD_FLAG_VALUES = [
     ("limit_predict_batches", -2), ("limit_predict_batches", 1.01),
     ("overfit_batches", -1), ("overfit_batches", 1.5),
     ("val_check_interval", -0.5), ("val_check_interval", 1.5), ("val_check_interval", 0),
-    ("val_check_interval", -3), ("val_check_interval", "00:00:10:00"),
+    ("val_check_interval", -3), ("val_check_interval", "00:00:xx:00"),
     ("check_val_every_n_epoch", 0), ("check_val_every_n_epoch", -1), ("check_val_every_n_epoch", 1.5),
     ("log_every_n_steps", -1), ("log_every_n_steps", 2.5),
     ("accumulate_grad_batches", 0), ("accumulate_grad_batches", -2), ("accumulate_grad_batches", 1.5),
@@ -242,12 +242,12 @@ GOOD_FLAG_VALUES = [
      dict(limits={"train": 1.0, "val": 0.0, "test": 5, "predict": 1})),
     (dict(val_check_interval=1), dict(val_check_interval=1)),
     (dict(val_check_interval=100.0), dict(val_check_interval=100)),
-    (dict(check_val_every_n_epoch=None), dict(check_val_every_n_epoch=1)),
+    (dict(check_val_every_n_epoch=None), dict(check_val_every_n_epoch=None)),  # Lightning: no epoch gate
     (dict(log_every_n_steps=0), dict(log_every_n_steps=0)),
     (dict(log_every_n_steps=None), dict(log_every_n_steps=50)),
     (dict(accumulate_grad_batches=4.0), dict(accumulate_grad_batches=4)),
     (dict(gradient_clip_val=0), dict(gradient_clip_val=0)), (dict(gradient_clip_val=1), dict(gradient_clip_val=1)),
-    (dict(num_sanity_val_steps=-1), dict(num_sanity_val_steps=-1)),
+    (dict(num_sanity_val_steps=-1), dict(num_sanity_val_steps=float("inf"))),  # as Lightning reads it back
     (dict(max_time="00:12:00:00"), {}), (dict(max_time={"days": 1, "hours": 2}), {}),
     (dict(max_time=datetime.timedelta(minutes=5)), {}), (dict(max_time=90.5), {}),
     (dict(fast_dev_run=2), dict(fast_dev_run=2)), (dict(fast_dev_run=True), dict(fast_dev_run=1)),

@@ -1,0 +1,145 @@
+"""Trainer flags behave as in Lightning 2.6: errors, read-back values, info lines,
+``barebones``, and when ``fit`` validates (``val_check_interval``, ``check_val_every_n_epoch``)."""
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+from unittest import mock
+
+import pytest
+import torch
+
+import distengine as de
+from distengine.trainer_states import TrainerFn
+from distengine.utilities.exceptions import MisconfigurationException
+from tests.core.models import Regressor, loader, quiet_trainer, regression_data
+
+
+@pytest.mark.parametrize("flags", [dict(max_epochs=-100), dict(max_steps=-2), dict(check_val_every_n_epoch=1.2),
+                                   dict(limit_val_batches=-1), dict(val_check_interval=0.5,
+                                                                    check_val_every_n_epoch=None)])
+def test_bad_flags_raise_misconfiguration(tmp_path, flags):
+    with pytest.raises(MisconfigurationException, match=next(iter(flags))):
+        quiet_trainer(tmp_path, **flags)
+
+
+def test_num_sanity_val_steps_minus_one_reads_inf_and_runs_every_batch(tmp_path):
+    seen = []
+
+    class M(Regressor):
+        def validation_step(self, batch, batch_idx):
+            if self.trainer.sanity_checking:
+                seen.append(batch_idx)
+
+    trainer = quiet_trainer(tmp_path, num_sanity_val_steps=-1, max_steps=1)
+    assert trainer.num_sanity_val_steps == math.inf
+    trainer.fit(M(), loader(regression_data()), loader(regression_data(n=48), batch_size=8))
+    assert seen == list(range(6)) and trainer.num_sanity_val_batches == [6]
+
+
+@pytest.mark.parametrize("flag", ["limit_train_batches", "limit_val_batches", "limit_test_batches",
+                                  "limit_predict_batches", "overfit_batches", "val_check_interval"])
+@pytest.mark.parametrize("value", [1, 1.0])
+def test_batch_flag_given_as_one_logs_which_one(tmp_path, caplog, flag, value):
+    with caplog.at_level(logging.INFO):
+        quiet_trainer(tmp_path, **{flag: value})
+    assert f"`Trainer({flag}={value})` was configured so" in caplog.text
+    assert ("(an int counts batches)" if isinstance(value, int) else "(a float is a fraction)") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        quiet_trainer(tmp_path)
+    assert "was configured so" not in caplog.text
+
+
+def test_device_ids(tmp_path):
+    assert quiet_trainer(tmp_path).device_ids == [0]
+    assert quiet_trainer(tmp_path, devices=2).device_ids == [0, 1]
+
+
+def test_state_fn_can_be_set_between_calls(tmp_path):
+    trainer = quiet_trainer(tmp_path)
+    assert trainer.state.fn is None
+    trainer.state.fn = TrainerFn.TESTING
+    assert trainer.state.fn == TrainerFn.TESTING and trainer.state.stage is None
+    trainer.state.fn = "fit"
+    assert trainer.state.fn == TrainerFn.FITTING
+
+
+def test_logger_none_is_the_default_logger(tmp_path):
+    assert len(de.Trainer(default_root_dir=str(tmp_path)).loggers) == 1
+    assert len(de.Trainer(default_root_dir=str(tmp_path), logger=None).loggers) == 1
+    assert de.Trainer(default_root_dir=str(tmp_path), logger=False).loggers == []
+
+
+def test_barebones_turns_the_extras_off(tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        trainer = de.Trainer(barebones=True, max_epochs=1, default_root_dir=str(tmp_path))
+    assert "`Trainer(barebones=True)` mode" in caplog.text
+    assert trainer.barebones and not trainer.loggers and not trainer.checkpoint_callbacks
+    assert trainer.progress_bar_callback is None and trainer.callbacks == []
+    assert trainer.log_every_n_steps == 0 and trainer.num_sanity_val_steps == 0 and not trainer.fast_dev_run
+    model = Regressor()
+    with pytest.warns(UserWarning, match=r"barebones=True\)` is configured"):
+        trainer.fit(model, loader(regression_data()))
+    assert trainer.global_step == 6 and "train_loss" not in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("flags", [dict(enable_checkpointing=True), dict(logger=True), dict(enable_progress_bar=True),
+                                   dict(enable_model_summary=True), dict(log_every_n_steps=1),
+                                   dict(num_sanity_val_steps=1), dict(fast_dev_run=1), dict(detect_anomaly=True),
+                                   dict(profiler="simple")])
+def test_barebones_refuses_what_it_turns_off(flags):
+    (name, value), = flags.items()
+    with pytest.raises(ValueError, match=rf"barebones=True, {name}={value!r}\)` was passed"):
+        de.Trainer(barebones=True, **flags)
+
+
+class _ValAt(Regressor):
+    def __init__(self):
+        super().__init__()
+        self.at = []
+
+    def validation_step(self, batch, batch_idx):
+        if batch_idx == 0 and not self.trainer.sanity_checking:
+            self.at.append((self.trainer.current_epoch, self.trainer.global_step))
+
+
+def _val_steps(tmp_path, **flags):
+    model = _ValAt()
+    trainer = quiet_trainer(tmp_path, max_epochs=2, num_sanity_val_steps=0, **flags)
+    trainer.fit(model, loader(regression_data(n=10), batch_size=1), loader(regression_data(n=10), batch_size=5))
+    return model.at
+
+
+# the steps Lightning 2.6.6 validates at (10 batches per epoch)
+@pytest.mark.parametrize(("flags", "expected"), [
+    (dict(val_check_interval=1 / 3), [(0, 3), (0, 6), (0, 9), (1, 13), (1, 16), (1, 19)]),
+    (dict(val_check_interval=4), [(0, 4), (0, 8), (1, 14), (1, 18)]),
+    (dict(val_check_interval=0.5), [(0, 5), (0, 10), (1, 15), (1, 20)]),
+    (dict(val_check_interval=3, check_val_every_n_epoch=None), [(0, 3), (0, 6), (0, 9), (1, 12), (1, 15), (1, 18)]),
+    (dict(val_check_interval=0.5, check_val_every_n_epoch=2), [(1, 15), (1, 20)]),
+])
+def test_validation_runs_where_lightning_runs_it(tmp_path, flags, expected):
+    assert _val_steps(tmp_path, **flags) == expected
+
+
+def test_val_check_interval_longer_than_the_epoch_raises(tmp_path):
+    with pytest.raises(ValueError, match="must be less than or equal to the number of the training batches"):
+        _val_steps(tmp_path, val_check_interval=100)
+    assert _val_steps(tmp_path, val_check_interval=12, check_val_every_n_epoch=None) == [(1, 12)]
+
+
+@pytest.mark.parametrize("interval", ["00:00:00:04", {"seconds": 4}, datetime.timedelta(seconds=4)])
+def test_time_based_val_check_interval(tmp_path, interval):
+    clock = iter(range(1000))  # one second per reading of the clock
+    with mock.patch("distengine.val_schedule.time.monotonic", side_effect=lambda: next(clock)):
+        steps = _val_steps(tmp_path, val_check_interval=interval)
+    # start at 0; a reading after each batch; a validation resets the clock (one more reading)
+    assert steps == [(0, 4), (0, 8), (1, 12), (1, 16), (1, 20)]
+
+
+def test_bad_time_based_val_check_interval(tmp_path):
+    with pytest.raises(MisconfigurationException, match="val_check_interval"):
+        quiet_trainer(tmp_path, val_check_interval="00:00:xx:00")
+    torch.manual_seed(0)
