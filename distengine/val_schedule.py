@@ -36,8 +36,9 @@ def interval_seconds(value: Any) -> float | None:
     try:
         return parse_duration(value).total_seconds()
     except (ConfigError, TypeError, ValueError, OverflowError):
-        raise ConfigError(f"Trainer(val_check_interval={value!r}) is not a positive duration; pass "
-                          "'DD:HH:MM:SS', a datetime.timedelta or a dict such as {'minutes': 30}") from None
+        raise ConfigError(f"Trainer(val_check_interval={value!r}): a time-based interval must be a positive "
+                          "duration ('DD:HH:MM:SS', a datetime.timedelta or a dict of timedelta fields); for "
+                          "example val_check_interval='00:00:30:00'") from None
 
 
 @dataclass(slots=True)
