@@ -143,3 +143,22 @@ def test_bad_time_based_val_check_interval(tmp_path):
     with pytest.raises(MisconfigurationException, match="val_check_interval"):
         quiet_trainer(tmp_path, val_check_interval="00:00:xx:00")
     torch.manual_seed(0)
+
+
+def test_overrides_taking_args_kwargs_get_the_2x_arguments(tmp_path):
+    """``configure_gradient_clipping(self, *args, **kwargs)`` / ``optimizer_step(self, *args,
+    **kwargs)`` that call ``super()`` receive the 2.x arguments (no 1.x ``optimizer_idx``)."""
+    norms, steps = [], []
+
+    class M(Regressor):
+        def configure_gradient_clipping(self, *args, **kwargs):
+            super().configure_gradient_clipping(*args, **kwargs)
+            norms.append(torch.norm(torch.stack([p.grad.norm() for p in self.parameters()])).item())
+
+        def optimizer_step(self, *args, **kwargs):
+            steps.append(len(args))
+            return super().optimizer_step(*args, **kwargs)
+
+    trainer = quiet_trainer(tmp_path, max_steps=2, gradient_clip_val=0.05, gradient_clip_algorithm="norm")
+    trainer.fit(M(), loader(regression_data()))
+    assert norms == pytest.approx([0.05, 0.05], rel=1e-4) and steps == [4, 4]
