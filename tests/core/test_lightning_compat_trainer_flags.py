@@ -162,3 +162,28 @@ def test_overrides_taking_args_kwargs_get_the_2x_arguments(tmp_path):
     trainer = quiet_trainer(tmp_path, max_steps=2, gradient_clip_val=0.05, gradient_clip_algorithm="norm")
     trainer.fit(M(), loader(regression_data()))
     assert norms == pytest.approx([0.05, 0.05], rel=1e-4) and steps == [4, 4]
+
+
+class _HP(Regressor):
+    def __init__(self, lr: float = 0.05, width: int = 6):
+        super().__init__(lr=lr)
+        self.save_hyperparameters()
+
+
+def test_load_from_checkpoint_hparams_file_and_strict(tmp_path):
+    model = _HP(lr=0.5)
+    model.extra = torch.nn.Linear(2, 2)  # a layer the class does not build
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(model, loader(regression_data()))
+    path = str(tmp_path / "m.ckpt")
+    trainer.save_checkpoint(path)
+    with pytest.raises(Exception):
+        _HP.load_from_checkpoint(path)
+    assert _HP.load_from_checkpoint(path, strict=False).hparams["lr"] == 0.5
+    (tmp_path / "hp.yaml").write_text("lr: 0.25\nwidth: 6\n")
+    (tmp_path / "hp.csv").write_text("key,value\nlr,0.125\n")
+    assert _HP.load_from_checkpoint(path, hparams_file=tmp_path / "hp.yaml", strict=False).hparams["lr"] == 0.25
+    assert _HP.load_from_checkpoint(path, hparams_file=str(tmp_path / "hp.csv"), strict=False).lr == 0.125
+    with pytest.warns(RuntimeWarning, match="does not exist"):
+        loaded = _HP.load_from_checkpoint(path, hparams_file=str(tmp_path / "none.yaml"), strict=False)
+    assert loaded.hparams["lr"] == 0.05  # the class defaults: the file replaces the checkpoint's values
