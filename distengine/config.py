@@ -136,10 +136,8 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
                                    t._devices if t.num_nodes == 1 else 1)
     t.fast_dev_run = int((1 if fast_dev_run is True else fast_dev_run) or 0)
     t._max_epochs_defaulted = max_epochs is None and max_steps == -1 and c.max_time is None and not t.fast_dev_run
-    if max_epochs is None and max_steps == -1 and c.max_time is None:
-        max_epochs = 1 if t.fast_dev_run else 1000
     _check_min_max(min_epochs, max_epochs, min_steps, max_steps)
-    t.max_epochs = -1 if max_epochs is None else max_epochs
+    t.max_epochs = 1 if t.fast_dev_run else max_epochs  # None (not given) is decided when a fit starts
     t.min_epochs, t.max_steps, t.min_steps = max(min_epochs or 0, 0), max_steps, max(min_steps or 0, 0)
     t.accumulate_grad_batches = f["accumulate_grad_batches"]
     if c.gradient_clip_algorithm not in (None, "norm", "value"):
@@ -183,6 +181,17 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     t.callbacks = build_callbacks(c.callbacks, c.max_time, enable_checkpointing is not False,
                                   c.enable_progress_bar is not False,
                                   c.enable_model_summary is not False and not t.fast_dev_run)
+
+
+def resolve_max_epochs(t: Any) -> None:
+    """Lightning decides a ``max_epochs`` left unset when a fit starts (until then the Trainer
+    reads it back as None): 1000 epochs (with a warning, run_warnings.py), or no epoch limit
+    (-1) when ``max_steps`` or a Timer (``max_time``) bounds the run."""
+    if t.max_epochs is None:
+        from distengine.callbacks.timer import Timer
+
+        timer = any(isinstance(cb, Timer) for cb in t.callbacks)
+        t.max_epochs = 1000 if t.max_steps == -1 and not timer else -1
 
 
 def _check_min_max(min_epochs: Any, max_epochs: Any, min_steps: Any, max_steps: int) -> None:

@@ -23,7 +23,7 @@ import torch
 from distengine import loop
 from distengine.callbacks.finders import run_finder_callbacks
 from distengine.compat_flags import OneXTrainerMixin, accepts_1x_flags
-from distengine.config import TrainerConfig, apply_config
+from distengine.config import TrainerConfig, apply_config, resolve_max_epochs
 from distengine.loop_context import FitData, LoopFlags, LoopState
 from distengine.metric_writer import MetricWriter
 from distengine.metrics import Results
@@ -102,6 +102,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
         the checkpoint folder; a fresh start when there is none). A restarted or requeued job
         resumes from ``"last"`` by itself."""
         self._check_module(model, "fit")
+        resolve_max_epochs(self)  # max_epochs=None: 1000 or -1, decided now as in Lightning
         if self._launch_if_needed():  # ddp_notebook/ddp_spawn: the ranks are started from here
             return self._run_in_processes("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path))
         self._tune_in_fit(model, train_dataloaders, val_dataloaders, datamodule)

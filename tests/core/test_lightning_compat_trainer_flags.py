@@ -187,3 +187,19 @@ def test_load_from_checkpoint_hparams_file_and_strict(tmp_path):
     with pytest.warns(RuntimeWarning, match="does not exist"):
         loaded = _HP.load_from_checkpoint(path, hparams_file=str(tmp_path / "none.yaml"), strict=False)
     assert loaded.hparams["lr"] == 0.05  # the class defaults: the file replaces the checkpoint's values
+
+
+@pytest.mark.parametrize(("flags", "at_fit"), [({}, 1000), (dict(max_steps=2), -1), (dict(max_time="00:00:10:00"), -1),
+                                               (dict(callbacks=[de.callbacks.Timer("00:00:10:00")]), -1)])
+def test_max_epochs_unset_reads_none_until_fit(tmp_path, flags, at_fit):
+    seen = []
+
+    class M(Regressor):
+        def on_fit_start(self):
+            seen.append(self.trainer.max_epochs)
+            self.trainer.should_stop = True
+
+    trainer = quiet_trainer(tmp_path, limit_train_batches=1, **flags)
+    assert trainer.max_epochs is None and trainer.max_steps == flags.get("max_steps", -1)
+    trainer.fit(M(), loader(regression_data()))
+    assert seen == [at_fit] and trainer.max_epochs == at_fit
