@@ -152,7 +152,11 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     num_sanity_val_steps, logger, enable_checkpointing = f["num_sanity_val_steps"], c.logger, c.enable_checkpointing
     if t.fast_dev_run:
         t.limits = dict.fromkeys(t.limits, t.fast_dev_run)
-        num_sanity_val_steps, logger, t.max_epochs, enable_checkpointing = 0, False, 1, False
+        num_sanity_val_steps, t.max_epochs, t.max_steps, enable_checkpointing = 0, 1, t.fast_dev_run, False
+        if logger is not False and logger not in ([], ()):  # Lightning: a logger that writes nothing
+            from distengine.loggers.logger import DummyLogger
+
+            logger = [DummyLogger()]
     if t.overfit_batches:
         t.limits["train"] = t.limits["val"] = t.overfit_batches
     t.val_check_interval = 1.0 if t.fast_dev_run else f["val_check_interval"]

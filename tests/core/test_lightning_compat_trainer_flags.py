@@ -203,3 +203,27 @@ def test_max_epochs_unset_reads_none_until_fit(tmp_path, flags, at_fit):
     assert trainer.max_epochs is None and trainer.max_steps == flags.get("max_steps", -1)
     trainer.fit(M(), loader(regression_data()))
     assert seen == [at_fit] and trainer.max_epochs == at_fit
+
+
+def test_fast_dev_run_dummy_logger_limits_and_skipped_tuner(tmp_path):
+    from distengine.loggers import CSVLogger
+    from distengine.loggers.logger import DummyLogger
+    from distengine.tuner import Tuner
+
+    class M(Regressor):
+        def training_step(self, batch, batch_idx):
+            self.logger.experiment.add_histogram("w", self.net[0].weight)  # any experiment call
+            return super().training_step(batch, batch_idx)
+
+    trainer = quiet_trainer(tmp_path, fast_dev_run=2, logger=CSVLogger(str(tmp_path)), val_check_interval=2)
+    assert isinstance(trainer.logger, DummyLogger) and trainer.max_steps == 2 and trainer.max_epochs == 1
+    assert trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
+    trainer.fit(M(), loader(regression_data()), loader(regression_data()))
+    assert trainer.global_step == 2 and not list(tmp_path.glob("lightning_logs*"))
+    assert quiet_trainer(tmp_path, fast_dev_run=True, logger=False).loggers == []
+    model = M()
+    model.lr = 0.1
+    with pytest.warns(UserWarning, match="fast_dev_run"):
+        assert Tuner(trainer).lr_find(model) is None
+    with pytest.warns(UserWarning, match="fast_dev_run"):
+        assert Tuner(trainer).scale_batch_size(model) is None
