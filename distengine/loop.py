@@ -329,7 +329,8 @@ def fit_loop(ctx: LoopContext) -> None:
     p, hooks, state, status, data = ctx.progress, ctx.hooks, ctx.state, ctx.status, ctx.data
     if ctx.sanity_steps is not None:
         _sanity_check(ctx)
-    if fit_done(ctx):  # a later fit of a finished Trainer: Lightning skips the training loop
+    # a later fit of a finished Trainer, or limit_train_batches=0: Lightning skips the training loop
+    if fit_done(ctx) or not data.num_train_batches:
         ctx.stop_vote.close()
         return
     ctx.data.train_loaded_epoch = p.epoch  # (Lightning loads the training data after the sanity check)

@@ -240,11 +240,11 @@ class CheckpointMixin:
         data.train_loader, data.train_sampler, data.num_train_batches = prepare_train(
             train[0], replicas, rank, self.use_distributed_sampler, shuffle, self.limits["train"])
         data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
-        if data.num_train_batches == 0:
+        if data.num_train_batches == 0 and self.limits["train"] != 0:  # (limit 0: fit trains nothing, as Lightning)
             raise ConfigError("limit_train_batches leaves no training batch; raise it")
         old = data.val_schedule  # (a reload keeps the time-based clock running)
         data.val_schedule = build_schedule(self.val_check_interval, self.check_val_every_n_epoch,
-                                           data.num_train_batches, self.limits["val"] != 0)
+                                           data.num_train_batches or 1, self.limits["val"] != 0)
         data.val_schedule.last_time = old.last_time
         self._set_val_loaders(val)
 
@@ -279,7 +279,7 @@ class CheckpointMixin:
         provided, connected = model is not None, self._module is not None
         model = model if provided else self._module
         if model is None:
-            raise ValueError(f"Trainer.{stage} needs a model: pass one, or call fit() first")
+            raise TypeError(f"Trainer.{stage} needs a model: pass one, or call fit() first")  # (as Lightning)
         self._check_module(model, stage)
         if ckpt_path is None and self._ckpt_path_set is None and not provided and connected:
             ckpt_path = "best"  # Lightning: the previous fit's best (decided here, before ranks are started)
@@ -383,6 +383,8 @@ class CheckpointMixin:
         file atomically (a temporary file, fsync, rename) and every rank waits for it."""
         from distengine.checkpoint.io import atomic_save
 
+        if self._module is None:  # (an AttributeError, as in Lightning)
+            raise AttributeError("Trainer.save_checkpoint needs a model: call fit/validate/test/predict with one first")
         with self.profiler.profile("save_checkpoint"):
             if self._strategy.checkpoint_layout == "sharded":  # a directory; every rank writes its shards
                 from distengine.checkpoint.sharded_trainer import save_trainer_checkpoint
@@ -424,10 +426,7 @@ class CheckpointMixin:
         if path is None:
             if ckpt_path is None:
                 return
-            if self.is_global_zero:
-                print(f"distengine: no checkpoint in {self._checkpoint_dir()} yet; starting fresh",
-                      file=sys.stderr, flush=True)
-            return
+            return run_warnings.warn_no_last(self._checkpoint_dir(), "training starts from the model as it is")
         # Load on the CPU and let each load_state_dict place its tensors: weights are copied
         # into the parameters where they live, and the optimizers keep Adam's ``step`` counters
         # on the CPU. Loaded onto a GPU, those counters would stay there, and the default
@@ -477,8 +476,8 @@ class CheckpointMixin:
             ckpt_path = best
         # validate/test(ckpt_path="last") right after an async fit: as for a resume, rank 0 decides
         path = self._resume_path(ckpt_path, lambda: resolve_checkpoint(ckpt_path, self._checkpoint_dir()))
-        if path is None:
-            raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
+        if path is None:  # ("last" with nothing saved) Lightning warns and runs the model as it is
+            return run_warnings.warn_no_last(self._checkpoint_dir(), "the model is used as it is")
         self._ckpt_path = path
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint
 

@@ -227,3 +227,36 @@ def test_fast_dev_run_dummy_logger_limits_and_skipped_tuner(tmp_path):
         assert Tuner(trainer).lr_find(model) is None
     with pytest.warns(UserWarning, match="fast_dev_run"):
         assert Tuner(trainer).scale_batch_size(model) is None
+
+
+def test_ckpt_path_missing_file_and_last_with_nothing_saved(tmp_path):
+    model = Regressor()
+    checkpoint = de.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "c"))
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[checkpoint])
+    with pytest.warns(UserWarning, match="ckpt_path='last' found no checkpoint"):
+        trainer.fit(model, loader(regression_data()), ckpt_path="last")
+    assert trainer.ckpt_path is None and trainer.global_step == 1
+    with pytest.raises(FileNotFoundError, match="random.ckpt"):
+        trainer.validate(model, loader(regression_data()), ckpt_path="random.ckpt")
+    fresh = quiet_trainer(tmp_path / "f")
+    with pytest.warns(UserWarning, match="ckpt_path='last' found no checkpoint"):
+        out = fresh.validate(model, loader(regression_data()), ckpt_path="last", verbose=False)
+    assert "val_loss" in out[0] and fresh.ckpt_path is None
+
+
+def test_limit_train_batches_zero_trains_nothing(tmp_path):
+    model = Regressor()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=0.0, limit_val_batches=0.2)
+    trainer.fit(model, loader(regression_data()), loader(regression_data()))
+    assert trainer.state.finished and trainer.current_epoch == 0 and trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_no_model_errors(tmp_path):
+    trainer = quiet_trainer(tmp_path)
+    for fn in (trainer.validate, trainer.test, trainer.predict):
+        with pytest.raises(TypeError, match="needs a model"):
+            fn()
+    with pytest.raises(AttributeError, match="save_checkpoint needs a model"):
+        trainer.save_checkpoint(str(tmp_path / "x.ckpt"))
