@@ -8,6 +8,11 @@ _LAST_JSON = ("distengine's ModelCheckpoint also writes <dirpath>/last.json, the
               "that resume and Slurm requeue follow (a documented choice), so a listing of dirpath has one more file")
 
 _MC = "tests_pytorch/checkpointing/test_model_checkpoint.py::"
+_TT = "tests_pytorch/trainer/test_trainer.py::"
+_WORDING = "messages are distengine's own wording; same exception type and moment"
+_LAST_IS_NEWEST = ("ckpt_path='last' loads the checkpoint <dirpath>/last.json points at, the newest one written "
+                   "(so resume and Slurm requeue work without save_last=True; a documented choice), not only a "
+                   "file named last.ckpt")
 
 OVERRIDES: list[tuple[str, str, str]] = [
     (_MC + "test_check_val_every_n_epochs_top_k_integration", "C", _LAST_JSON),
@@ -27,4 +32,18 @@ OVERRIDES: list[tuple[str, str, str]] = [
     (_MC + "test_save_last_versioning", "C", _LAST_JSON),
     (_MC + "test_val_check_interval_checkpoint_files", "C", _LAST_JSON),
     ("tests_pytorch/loggers/test_tensorboard.py::test_tensorboard_hparams_reload", "C", _LAST_JSON),
+    # trainer/ flags and checkpoint paths (branch c-trainer)
+    *[(_TT + name, "C", _WORDING) for name in (
+        "test_invalid_gradient_clip_algo", "test_invalid_gradient_clip_value",
+        "test_trainer_error_when_input_not_lightning_module", "test_trainer_subclassing",
+        "test_trainer_save_checkpoint_no_model_attached", "test_exception_when_lightning_module_is_not_set_on_trainer*",
+        "test_trainer_max_steps_and_epochs_validation*", "test_check_val_every_n_epoch_exception",
+        "test_checkpoint_path_input[[]*-0-best]", "test_tested_checkpoint_path_best[[]*-False]",
+        "test_checkpoint_path_input_last[[]fit-*-last]")],
+    ("tests_pytorch/trainer/flags/test_val_check_interval.py::"
+     "test_val_check_interval_float_with_none_check_val_every_n_epoch", "C", _WORDING),
+    ("tests_pytorch/trainer/flags/test_fast_dev_run.py::test_skip_on_fast_dev_run_tuner", "C", _WORDING),
+    (_TT + "test_checkpoint_path_input[[]*-1-specific]", "C", _LAST_JSON),
+    (_TT + "test_checkpoint_find_last", "C", _LAST_IS_NEWEST),
+    (_TT + "test_checkpoint_path_input_last[[]validate-False-last]", "C", _LAST_IS_NEWEST),
 ]
