@@ -260,3 +260,10 @@ def test_no_model_errors(tmp_path):
             fn()
     with pytest.raises(AttributeError, match="save_checkpoint needs a model"):
         trainer.save_checkpoint(str(tmp_path / "x.ckpt"))
+
+
+def test_fast_dev_run_does_not_check_early_stopping(tmp_path):
+    stopper = de.callbacks.EarlyStopping(monitor="not_logged")  # would fail: the metric does not exist
+    trainer = quiet_trainer(tmp_path, fast_dev_run=2, callbacks=[stopper])
+    trainer.fit(Regressor(), loader(regression_data()), loader(regression_data()))
+    assert trainer.global_step == 2 and not trainer.should_stop
