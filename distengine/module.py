@@ -187,17 +187,17 @@ class Module(ModelHooks, nn.Module):
         return self.device.type == "cuda"
 
     # ------------------------------------------------------------------ freezing
-    def freeze(self) -> None:
-        """Stop training every parameter and switch to eval mode (for inference)."""
+    def freeze(self) -> Module:
+        """Stop training every parameter and switch to eval mode (for inference); returns the module."""
         for p in self.parameters():
             p.requires_grad = False
-        self.eval()
+        return self.eval()
 
-    def unfreeze(self) -> None:
-        """Undo :meth:`freeze`: every parameter trainable again, train mode."""
+    def unfreeze(self) -> Module:
+        """Undo :meth:`freeze`: every parameter trainable again, train mode; returns the module."""
         for p in self.parameters():
             p.requires_grad = True
-        self.train()
+        return self.train()
 
     # ------------------------------------------------------------------ collectives
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:

@@ -267,3 +267,11 @@ def test_fast_dev_run_does_not_check_early_stopping(tmp_path):
     trainer = quiet_trainer(tmp_path, fast_dev_run=2, callbacks=[stopper])
     trainer.fit(Regressor(), loader(regression_data()), loader(regression_data()))
     assert trainer.global_step == 2 and not trainer.should_stop
+
+
+def test_freeze_and_unfreeze_return_the_module():
+    model = Regressor()
+    assert model.freeze() is model and not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert model.unfreeze() is model and model.training
+    assert all(p.requires_grad for p in model.parameters())
