@@ -46,4 +46,14 @@ OVERRIDES: list[tuple[str, str, str]] = [
     (_TT + "test_checkpoint_path_input[[]*-1-specific]", "C", _LAST_JSON),
     (_TT + "test_checkpoint_find_last", "C", _LAST_IS_NEWEST),
     (_TT + "test_checkpoint_path_input_last[[]validate-False-last]", "C", _LAST_IS_NEWEST),
+    *[(_TT + name, "A", "the test calls trainer._checkpoint_connector._parse_ckpt_path, a Lightning internal (the "
+      "AttributeError is raised inside its pytest.warns block)") for name in (
+        "test_best_ckpt_evaluate_raises_warning_with_multiple_ckpt_callbacks",
+        "test_checkpoint_path_input_last_fault_tolerant*",
+        "test_exception_when_testing_or_validating_with_fast_dev_run")],
+    (_TT + "test_trainer_predict_no_return", "A", "the test's helper reads trainer.strategy.launcher and "
+     "_MultiProcessingLauncher, Lightning internals (raised inside its pytest.warns block)"),
+    (_TT + "test_detect_anomaly_nan", "C", "distengine checks the loss before backward by default "
+     "(Trainer(on_nonfinite_loss='error'), a documented flag) and stops with a FloatingPointError naming the step and "
+     "rank, so torch's anomaly mode never reaches the NaN in backward"),
 ]
