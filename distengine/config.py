@@ -153,24 +153,10 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     if t.fast_dev_run:
         t.limits = dict.fromkeys(t.limits, t.fast_dev_run)
         num_sanity_val_steps, t.max_epochs, t.max_steps, enable_checkpointing = 0, 1, t.fast_dev_run, False
-        if logger is not False and logger not in ([], ()):  # Lightning: a logger that writes nothing
-            from distengine.loggers.logger import DummyLogger
-
-            logger = [DummyLogger()]
+        logger = _fast_dev_run_logger(logger)
     if t.overfit_batches:
         t.limits["train"] = t.limits["val"] = t.overfit_batches
-    t.val_check_interval = 1.0 if t.fast_dev_run else f["val_check_interval"]
-    # None: no epoch gate, val_check_interval counts batches over the run (a fraction makes no sense then)
-    t.check_val_every_n_epoch = 1 if t.fast_dev_run else f["check_val_every_n_epoch"]
-    if t.check_val_every_n_epoch is None and isinstance(t.val_check_interval, float):
-        raise ConfigError(f"Trainer(val_check_interval={t.val_check_interval}, check_val_every_n_epoch=None): "
-                          "without an epoch gate the interval must be a whole number of batches or a duration; "
-                          "for example val_check_interval=1000")
-    # Lightning: -1 (every validation batch) reads back as float("inf")
-    t.num_sanity_val_steps = 2 if num_sanity_val_steps is None else \
-        float("inf") if num_sanity_val_steps == -1 else num_sanity_val_steps
-    # Lightning: 0 writes no step metrics at all (they still reach callback_metrics)
-    t.log_every_n_steps = 50 if f["log_every_n_steps"] is None else f["log_every_n_steps"]
+    _set_eval_flags(t, f, num_sanity_val_steps)
     # "~/runs" is the user's home, as in Lightning
     t.ckpt_path = t._ckpt_path_asked = None  # the checkpoint the latest fit resumed from (and the fit's argument)
     t.default_root_dir = os.path.normpath(os.path.expanduser(os.fspath(c.default_root_dir or os.getcwd())))
@@ -185,6 +171,31 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     t.callbacks = build_callbacks(c.callbacks, c.max_time, enable_checkpointing is not False,
                                   c.enable_progress_bar is not False,
                                   c.enable_model_summary is not False and not t.fast_dev_run)
+
+
+def _fast_dev_run_logger(logger: Any) -> Any:
+    """Lightning: under fast_dev_run a logger that writes nothing stands in for the loggers."""
+    if logger is False or logger in ([], ()):
+        return False
+    from distengine.loggers.logger import DummyLogger
+
+    return [DummyLogger()]
+
+
+def _set_eval_flags(t: Any, f: dict[str, Any], num_sanity_val_steps: Any) -> None:
+    """val_check_interval, check_val_every_n_epoch (fast_dev_run: every epoch, at its end; None:
+    no epoch gate, the interval counts batches over the run, so a fraction makes no sense),
+    num_sanity_val_steps (-1 reads back as float("inf"), as in Lightning) and log_every_n_steps
+    (0 writes no step metrics; they still reach callback_metrics)."""
+    t.val_check_interval = 1.0 if t.fast_dev_run else f["val_check_interval"]
+    t.check_val_every_n_epoch = 1 if t.fast_dev_run else f["check_val_every_n_epoch"]
+    if t.check_val_every_n_epoch is None and isinstance(t.val_check_interval, float):
+        raise ConfigError(f"Trainer(val_check_interval={t.val_check_interval}, check_val_every_n_epoch=None): "
+                          "without an epoch gate the interval must be a whole number of batches or a duration; "
+                          "for example val_check_interval=1000")
+    t.num_sanity_val_steps = 2 if num_sanity_val_steps is None else \
+        float("inf") if num_sanity_val_steps == -1 else num_sanity_val_steps
+    t.log_every_n_steps = 50 if f["log_every_n_steps"] is None else f["log_every_n_steps"]
 
 
 def resolve_max_epochs(t: Any) -> None:

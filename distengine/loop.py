@@ -125,8 +125,7 @@ def train_epoch(ctx: LoopContext) -> None:
     collect, step_end = ctx.adapted.collect_train_outputs, ctx.adapted.step_end  # the 1.x style (compat.py)
     watch = _nonfinite_check(ctx, prec, device)
     # one_x: 1.x automatic optimization over several optimizers (compat.py), or None
-    log_every, sched, one_x = flags.log_every_n_steps, data.val_schedule, ctx.one_x
-    val_in_epoch = bool(sched.every_batches) or sched.seconds is not None  # (val_schedule.py)
+    log_every, sched, one_x = flags.log_every_n_steps, data.val_schedule, ctx.one_x  # (val_schedule.py)
     args_of = (lambda b, i: (b, i)) if takes_batch_idx(module.training_step) else (lambda b, i: (b,))
     autocast, manual = (prec.autocast if prec.is_mixed else None), not module.automatic_optimization
     convert = prec.convert_input if prec._true_dtype is not None else None
@@ -183,7 +182,7 @@ def train_epoch(ctx: LoopContext) -> None:
             outputs.append(_detach(out))
         for fn in h_end:
             fn(out, batch, batch_idx - 1)
-        if vote_step(ctx) or (val_in_epoch and not is_last and sched.due_in_epoch(p.epoch, batch_idx, p.total_batches)
+        if vote_step(ctx) or (not is_last and sched.in_epoch and sched.due_in_epoch(p.epoch, batch_idx, p.total_batches)
                               and _validate_in_epoch(ctx)):
             return
         if 0 <= flags.max_steps <= p.global_step or batch_idx >= num_batches:

@@ -334,10 +334,9 @@ class Tuner:
         ``"power"`` doubles from ``init_val`` until a trial fails and keeps the last success;
         ``"binsearch"`` then bisects between the last success and the first failure. Each
         trial runs ``steps_per_trial`` optimizer steps from the same initial weights. The
-        module's ``train_dataloader()`` must build its loader from ``self.<batch_arg_name>``
-        (or ``self.hparams.<batch_arg_name>``); the found value is left there. Growth stops at
-        the dataset size. Single-process jobs only: an OOM on one rank would strand the others.
-        """
+        module's ``train_dataloader()`` must build its loader from ``self.<batch_arg_name>`` (or
+        ``self.hparams.<batch_arg_name>``); the found value is left there; growth stops at the
+        dataset size. Single-process jobs only (an OOM on one rank would strand the others)."""
         if _skipped_in_fast_dev_run(self.trainer, "scale_batch_size"):
             return None
         if mode not in ("power", "binsearch"):

@@ -49,6 +49,11 @@ class ValSchedule:
     infinite: bool = False              # the training loader has no length
     last_time: float = 0.0              # when training started or the last validation ended
 
+    @property
+    def in_epoch(self) -> bool:
+        """Whether it can validate before an epoch's end (a batch count or a duration)."""
+        return bool(self.every_batches) or self.seconds is not None
+
     def epoch_validates(self, epoch: int) -> bool:
         return self.every_n_epochs is None or (epoch + 1) % self.every_n_epochs == 0
 
