@@ -262,11 +262,12 @@ def test_no_model_errors(tmp_path):
         trainer.save_checkpoint(str(tmp_path / "x.ckpt"))
 
 
-def test_fast_dev_run_does_not_check_early_stopping(tmp_path):
+def test_fast_dev_run_does_not_check_early_stopping_nor_make_the_checkpoint_folder(tmp_path):
     stopper = de.callbacks.EarlyStopping(monitor="not_logged")  # would fail: the metric does not exist
-    trainer = quiet_trainer(tmp_path, fast_dev_run=2, callbacks=[stopper])
+    checkpoint = de.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpts"))
+    trainer = quiet_trainer(tmp_path, fast_dev_run=2, callbacks=[stopper, checkpoint])
     trainer.fit(Regressor(), loader(regression_data()), loader(regression_data()))
-    assert trainer.global_step == 2 and not trainer.should_stop
+    assert trainer.global_step == 2 and not trainer.should_stop and not (tmp_path / "ckpts").exists()
 
 
 def test_freeze_and_unfreeze_return_the_module():
