@@ -237,20 +237,6 @@ def apply_limit(limit: Any, n: int | float, kind: str) -> int | float:
     return min(int(limit), n)
 
 
-def val_every_batches(val_check_interval: Any, num_batches: int | float) -> int:
-    """Validate after every this many training batches; 0: at the end of the epoch only."""
-    vci = val_check_interval  # checked by the Trainer: a fraction in [0, 1] or a batch count
-    if vci is None or (isinstance(vci, float) and vci == 1.0):
-        return 0
-    if isinstance(vci, float):
-        if math.isinf(num_batches):  # Lightning refuses it too: a fraction of an unknown length
-            raise ConfigError(f"val_check_interval={vci} is a fraction of the epoch but the training "
-                              "dataloader has no length (an IterableDataset); use 1.0 or a whole number "
-                              "of batches, for example val_check_interval=100")
-        return max(1, int(num_batches * vci))
-    return int(vci)  # an int 1 validates after every batch, as in Lightning
-
-
 def estimated_steps(num_batches: int | float, accumulate: int, max_epochs: int, max_steps: int) -> int | float:
     """``Trainer.estimated_stepping_batches``, computed as Lightning 2.6.6 does: a loader without
     a length gives ``max_steps`` (``-1`` when that is not set either)."""

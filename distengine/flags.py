@@ -3,11 +3,12 @@
 Every flag accepts what Lightning 2.x accepts, with the same meaning, so valid Lightning code
 is never refused: ``-1`` means "no limit" for ``max_epochs``/``max_steps`` and "all batches"
 for ``num_sanity_val_steps``; ``limit_*_batches`` and ``overfit_batches`` take a fraction in
-``[0.0, 1.0]`` or a whole number of batches; ``val_check_interval`` a fraction of the epoch or
-a batch count; ``max_time`` ``"DD:HH:MM:SS"``, a ``timedelta`` or a dict such as
+``[0.0, 1.0]`` or a whole number of batches; ``val_check_interval`` a fraction of the epoch,
+a batch count or a duration like ``max_time``; ``max_time`` ``"DD:HH:MM:SS"``, a ``timedelta`` or a dict such as
 ``{"hours": 2}``. Whole numbers may also be given as integral floats (``5.0``). Anything else
-(``max_epochs=-5`` would train forever) raises a one-line ``ValueError`` (or ``TypeError`` for
-a value of the wrong kind) naming the flag, the value and what to pass instead.
+(``max_epochs=-5`` would train forever) raises a one-line ``ConfigError`` (a ``ValueError``;
+``ConfigTypeError``, a ``TypeError``, for a value of the wrong kind) naming the flag, the value
+and what to pass instead.
 
 Example::
 
@@ -23,14 +24,14 @@ from typing import Any
 from distengine.utilities.exceptions import ConfigError, ConfigTypeError
 
 
-def _bad(flag: str, value: Any, rule: str, example: str) -> ValueError:
-    return ValueError(f"Trainer({flag}={value!r}): {rule}; for example {flag}={example}")
+def _bad(flag: str, value: Any, rule: str, example: str) -> ConfigError:
+    return ConfigError(f"Trainer({flag}={value!r}): {rule}; for example {flag}={example}")
 
 
 def _number(flag: str, value: Any, rule: str, example: str) -> float:
     """``value`` as a float, or TypeError when it is not a (real, non-boolean) number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"Trainer({flag}={value!r}): expected a number, got {type(value).__name__}; "
+        raise ConfigTypeError(f"Trainer({flag}={value!r}): expected a number, got {type(value).__name__}; "
                         f"{rule}; for example {flag}={example}")
     if math.isnan(value):
         raise _bad(flag, value, rule, example)
@@ -63,10 +64,11 @@ def _batches(flag: str, value: Any, example: str = "0.25") -> int | float | None
 def _val_check_interval(value: Any) -> int | float | None:
     if value is None:
         return None
-    if isinstance(value, (str, dict, timedelta)):
-        raise ConfigError(f"Trainer(val_check_interval={value!r}): a time-based interval is not supported by "
-                          "distengine; pass a fraction of the epoch in [0.0, 1.0] or a number of batches, for "
-                          "example val_check_interval=0.25")
+    if isinstance(value, (str, dict, timedelta)):  # a duration (val_schedule.py)
+        from distengine.val_schedule import interval_seconds
+
+        interval_seconds(value)
+        return value
     rule = "must be a fraction of the epoch in [0.0, 1.0] or a whole number of batches >= 1"
     x = _number("val_check_interval", value, rule, "0.25")
     if isinstance(value, float) and 0.0 <= x <= 1.0:
@@ -103,7 +105,7 @@ def check_numeric_flags(*, max_epochs: Any = None, min_epochs: Any = None, max_s
                         gradient_clip_val: Any = None, num_sanity_val_steps: Any = None,
                         fast_dev_run: Any = False) -> dict[str, Any]:
     """Check every numeric Trainer flag; return them normalised (whole numbers as ``int``,
-    ``max_steps=None`` as ``-1``). Raises a one-line ``ValueError``/``TypeError`` on bad input."""
+    ``max_steps=None`` as ``-1``). Raises a one-line ``ConfigError``/``ConfigTypeError`` on bad input."""
     out: dict[str, Any] = {}
     out["max_epochs"] = _whole("max_epochs", max_epochs, -1,
                                "must be a whole number >= 0, or -1 for no epoch limit", "10")
@@ -148,3 +150,33 @@ def check_numeric_flags(*, max_epochs: Any = None, min_epochs: Any = None, max_s
 def _no_schedule(schedule: dict) -> int:
     raise ConfigError(f"Trainer(accumulate_grad_batches={schedule!r}): a per-epoch schedule (Lightning 1.x) "
                       "is not supported; pass one whole number of batches, for example accumulate_grad_batches=4")
+
+
+_ONE_MEANS = {  # what an int 1 / a float 1.0 means for each batch flag (a frequent int/float mix-up)
+    "limit_train_batches": ("1 batch per epoch is trained (an int counts batches)", "100% of each epoch's batches are "
+                            "trained (a float is a fraction)"),
+    "val_check_interval": ("validation will run after every training batch (an int counts batches)",
+                           "validation will run once, at the end of each training epoch (a float is a fraction)"),
+}
+
+
+def log_batch_flag_choices(flags: dict[str, Any]) -> None:
+    """On rank zero, an INFO line on the ``distengine`` logger for each batch flag given as
+    exactly ``1`` or ``1.0``, saying which of the two it is (one batch vs. all of them)."""
+    import logging
+
+    from distengine.distributed.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    for flag, value in flags.items():
+        if isinstance(value, bool) or value is None or value != 1:
+            continue
+        as_int = isinstance(value, int)
+        one, whole = _ONE_MEANS.get(flag, ("1 batch of each dataloader is used (an int counts batches)",
+                                           "100% of the batches are used (a float is a fraction)"))
+        other = "1.0 for all of them" if as_int else "1 for a single batch"
+        if flag == "val_check_interval":
+            other = "1.0 to validate once per epoch" if as_int else "1 to validate after every batch"
+        logging.getLogger("distengine").info("`Trainer(%s=%r)` was configured so %s; pass %s", flag, value,
+                                             one if as_int else whole, other)

@@ -126,7 +126,7 @@ def train_epoch(ctx: LoopContext) -> None:
     collect, step_end = ctx.adapted.collect_train_outputs, ctx.adapted.step_end  # the 1.x style (compat.py)
     watch = _nonfinite_check(ctx, prec, device)
     # one_x: 1.x automatic optimization over several optimizers (compat.py), or None
-    log_every, val_every, one_x = flags.log_every_n_steps, data.val_every_batches, ctx.one_x
+    log_every, sched, one_x = flags.log_every_n_steps, data.val_schedule, ctx.one_x  # (val_schedule.py)
     args_of = (lambda b, i: (b, i)) if takes_batch_idx(module.training_step) else (lambda b, i: (b,))
     autocast, manual = (prec.autocast if prec.is_mixed else None), not module.automatic_optimization
     convert = prec.convert_input if prec._true_dtype is not None else None
@@ -183,7 +183,7 @@ def train_epoch(ctx: LoopContext) -> None:
             outputs.append(_detach(out))
         for fn in h_end:
             fn(out, batch, batch_idx - 1)
-        if vote_step(ctx) or (val_every and batch_idx % val_every == 0 and not is_last
+        if vote_step(ctx) or (not is_last and sched.in_epoch and sched.due_in_epoch(p.epoch, batch_idx, p.total_batches)
                               and _validate_in_epoch(ctx)):
             return
         if 0 <= flags.max_steps <= p.global_step or batch_idx >= num_batches:
@@ -230,6 +230,7 @@ def _validate_in_epoch(ctx: LoopContext) -> bool:
     if not data.should_validate():
         return False
     run_eval(ctx, "validate", data.val_loaders, data.val_limits())
+    data.val_schedule.validated()
     ctx.results.stage, ctx.results.in_step = "train", True
     return vote_step(ctx)
 
@@ -307,7 +308,7 @@ def _sanity_check(ctx: LoopContext) -> None:
     exactly what it would without the check), and its logged values are forgotten afterwards
     (``callback_metrics``, the progress bar and a monitoring ModelCheckpoint see training's own)."""
     rng = capture_rng_state()
-    if (ctx.progress.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0:
+    if ctx.data.val_schedule.epoch_validates(ctx.progress.epoch):
         ctx.data.val_loaded_epoch = ctx.progress.epoch  # Lightning: a load for that epoch's validation
     try:
         ctx.status.sanity_checking = True
@@ -328,15 +329,17 @@ def fit_loop(ctx: LoopContext) -> None:
     p, hooks, state, status, data = ctx.progress, ctx.hooks, ctx.state, ctx.status, ctx.data
     if ctx.sanity_steps is not None:
         _sanity_check(ctx)
-    if fit_done(ctx):  # a later fit of a finished Trainer: Lightning skips the training loop
+    # a later fit of a finished Trainer, or limit_train_batches=0: Lightning skips the training loop
+    if fit_done(ctx) or not data.num_train_batches:
         ctx.stop_vote.close()
         return
     ctx.data.train_loaded_epoch = p.epoch  # (Lightning loads the training data after the sanity check)
     if ctx.sanity_steps is None and not ctx.data.val_pending:
         ctx.data.val_loaded_epoch = p.epoch  # loaded at the start of training, no sanity check
-    if ctx.data.val_pending and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0:
+    if ctx.data.val_pending and data.val_schedule.epoch_validates(p.epoch):
         _val_data(ctx)  # Lightning: at the start of training when its first epoch validates
     _warn_modules_in_eval_mode(ctx.module)  # (Lightning 2.x leaves each submodule's mode to the user)
+    data.val_schedule.start()  # a time-based val_check_interval counts from here
     for fn in hooks["on_train_start"]:
         fn()
     stopped_in_epoch = False
@@ -360,7 +363,8 @@ def fit_loop(ctx: LoopContext) -> None:
         # a stop request. The position stays mid-epoch, so a resume goes on from there.
         cut_short = not p.epoch_done
         # (no stop vote then: the fit ends anyway, and the last vote stays the one close() settles)
-        _end_of_epoch(ctx, validate=not cut_short or state.stop_now, vote=not cut_short)
+        val = not cut_short and data.val_schedule.due_at_epoch_end(p.epoch, p.batches_done, p.total_batches)
+        _end_of_epoch(ctx, validate=val or state.stop_now, vote=not cut_short)
         if state.stop_now or cut_short:
             stopped_in_epoch = True
             break
@@ -400,8 +404,9 @@ def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) ->
     ctx.writer.raise_if_nonfinite()
     ctx.writer.flush_train_step()  # the epoch's last step values, if not written yet
     _step_schedulers(ctx, "epoch", plateau=False)
-    if validate and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0 and _val_data(ctx).should_validate():
+    if validate and data.val_schedule.epoch_validates(p.epoch) and _val_data(ctx).should_validate():
         run_eval(ctx, "validate", data.val_loaders, data.val_limits())
+        data.val_schedule.validated()
     res.stage, res.in_step = "train", False
     if ctx.adapted.collect_train_outputs:
         ret = ctx.module.training_epoch_end(state.train_outputs)

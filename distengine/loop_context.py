@@ -34,6 +34,7 @@ from distengine.precision import Precision
 from distengine.profilers.base import Profiler
 from distengine.state import Progress, ResumePoint, TrainerStatus
 from distengine.strategies import Strategy
+from distengine.val_schedule import ValSchedule
 
 Hooks = dict[str, tuple[Callable[..., Any], ...]]
 
@@ -52,7 +53,7 @@ class LoopFlags:
     gradient_clip_algorithm: str = "norm"
     on_nonfinite_loss: str = "error"
     log_every_n_steps: int = 50
-    check_val_every_n_epoch: int = 1
+    check_val_every_n_epoch: int | None = 1
     reload_dataloaders_every_n_epochs: int = 0
     inference_mode: bool = True
 
@@ -84,7 +85,7 @@ class FitData:
     val_loaders: list[Any] = field(default_factory=list)
     num_train_batches: int | float = 0
     num_val_batches: list[int] = field(default_factory=list)
-    val_every_batches: int = 0           # validation every this many batches (0: at epoch ends)
+    val_schedule: ValSchedule = field(default_factory=ValSchedule)  # when fit validates (val_schedule.py)
     limits: dict[str, Any] = field(default_factory=dict)  # the Trainer's limit_*_batches
     has_val_step: bool = False           # the module defines validation_step
     # Lightning's reload clocks: the epoch each kind was last loaded at (-inf: not yet, or only

@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from distengine.barebones import warn_log_ignored
 from distengine.callbacks.base import CALLBACK_HOOKS
 from distengine.module_helpers import copy_hparams as _copy_hparams
 from distengine.module_helpers import map_collection as _map_collection
@@ -186,17 +187,17 @@ class Module(ModelHooks, nn.Module):
         return self.device.type == "cuda"
 
     # ------------------------------------------------------------------ freezing
-    def freeze(self) -> None:
-        """Stop training every parameter and switch to eval mode (for inference)."""
+    def freeze(self) -> Module:
+        """Stop training every parameter and switch to eval mode (for inference); returns the module."""
         for p in self.parameters():
             p.requires_grad = False
-        self.eval()
+        return self.eval()
 
-    def unfreeze(self) -> None:
-        """Undo :meth:`freeze`: every parameter trainable again, train mode."""
+    def unfreeze(self) -> Module:
+        """Undo :meth:`freeze`: every parameter trainable again, train mode; returns the module."""
         for p in self.parameters():
             p.requires_grad = True
-        self.train()
+        return self.train()
 
     # ------------------------------------------------------------------ collectives
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
@@ -249,6 +250,8 @@ class Module(ModelHooks, nn.Module):
         trainer = self._trainer
         if trainer is None:
             return
+        if getattr(trainer, "barebones", False):
+            return warn_log_ignored(name)  # (barebones.py)
         if trainer.metric_results.no_log_hook is not None:
             from distengine.utilities.exceptions import ConfigError
 
@@ -438,37 +441,18 @@ class Module(ModelHooks, nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str, map_location: Any = "cpu", strict: bool = True,
-                             **overrides: Any) -> Module:
-        """Build the module from a checkpoint's hyperparameters (updated by ``overrides``) and
-        load its weights. No training state is restored. Loading is always ``weights_only``.
+    def load_from_checkpoint(cls, checkpoint_path: str, map_location: Any = "cpu", hparams_file: Any = None,
+                             strict: bool = True, **overrides: Any) -> Module:
+        """Build the module from a checkpoint's hyperparameters (or ``hparams_file``'s, a .yaml
+        or .csv file; updated by ``overrides``) and load its weights (``strict=False``: keys the
+        module lacks or the checkpoint lacks are left out). No training state is restored.
+        Loading is always ``weights_only`` (distengine/module_loading.py).
 
         Example: ``model = Classifier.load_from_checkpoint("checkpoints/last.ckpt", lr=0.01)``
         """
-        from distengine.checkpoint.apply import load_weights
-        from distengine.checkpoint.io import safe_load
+        from distengine.module_loading import load_module
 
-        ckpt = safe_load(checkpoint_path, map_location=map_location, mmap=True)  # weights copied out
-        hparams = dict(ckpt.get("hyper_parameters") or {})
-        hparams.update(overrides)
-        missing = [k for k in ckpt.get("hparams_modules") or () if k not in hparams]
-        if missing:
-            given = ", ".join(f"{k}=..." for k in missing)
-            raise TypeError(f"{cls.__name__}.load_from_checkpoint: the __init__ argument(s) {missing} were "
-                            f"nn.Module objects, which the checkpoint does not pickle (their weights are in its "
-                            f"state_dict); pass them: {cls.__name__}.load_from_checkpoint(path, {given}), or "
-                            f"leave them out with save_hyperparameters(ignore={missing})")
-        name = ckpt.get("hparams_name")
-        if name and name in inspect.signature(cls.__init__).parameters:
-            # the 1.x style: __init__(self, hparams) took one Namespace (or dict); hand it back
-            model = cls(**{name: Namespace(**hparams) if ckpt.get("hparams_type") == "Namespace"
-                           else hparams})
-        else:
-            model = cls(**hparams)
-        load_weights(model, ckpt["state_dict"], strict=strict, source=checkpoint_path)
-        if type(model).on_load_checkpoint is not Module.on_load_checkpoint:
-            model.on_load_checkpoint(ckpt)
-        return model
+        return load_module(cls, checkpoint_path, map_location, hparams_file, strict, overrides)
 
 
 def _noop(self, *args, **kwargs):

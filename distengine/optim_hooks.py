@@ -61,6 +61,15 @@ def _takes(fn: Callable, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def _one_x(fn: Callable) -> bool:
+    """A 1.x hook signature: it names ``optimizer_idx``. An override taking ``(*args, **kwargs)``
+    passes them on to the 2.x base method (``super()``), so it gets the 2.x arguments."""
+    try:
+        return "optimizer_idx" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def call_optimizer_step(ctx: Any, optimizer: torch.optim.Optimizer, batch_idx: int, closure: Callable[[], Any],
                         optimizer_idx: int = 0) -> None:
     """Call the module's ``optimizer_step`` with an optimizer whose ``step(closure)`` runs the
@@ -74,7 +83,7 @@ def call_optimizer_step(ctx: Any, optimizer: torch.optim.Optimizer, batch_idx: i
         return closure()
 
     wrapped = HookedOptimizer(ctx, optimizer)
-    if _takes(hook, "optimizer_idx"):  # 1.x: (epoch, batch_idx, optimizer, optimizer_idx, optimizer_closure, ...)
+    if _one_x(hook):  # 1.x: (epoch, batch_idx, optimizer, optimizer_idx, optimizer_closure, ...)
         extra = {k: v for k, v in (("on_tpu", False), ("using_native_amp", ctx.precision.scaler is not None),
                                    ("using_lbfgs", isinstance(optimizer, torch.optim.LBFGS))) if _takes(hook, k)}
         hook(ctx.progress.epoch, batch_idx, wrapped, optimizer_idx, optimizer_closure, **extra)
@@ -122,7 +131,7 @@ def clip(ctx: Any, optimizer: torch.optim.Optimizer) -> None:
     flags, hook = ctx.flags, ctx.opt_hooks.clip
     if hook is not None:
         ctx.precision.unscale_once(optimizer)
-        args = (optimizer, 0) if _takes(hook, "optimizer_idx") else (optimizer,)
+        args = (optimizer, 0) if _one_x(hook) else (optimizer,)
         algorithm = flags.gradient_clip_algorithm if flags.gradient_clip_val is not None else None  # as Lightning
         hook(*args, gradient_clip_val=flags.gradient_clip_val, gradient_clip_algorithm=algorithm)
     elif flags.gradient_clip_val:
@@ -133,7 +142,7 @@ def zero_grad(ctx: Any, optimizer: torch.optim.Optimizer, batch_idx: int) -> Non
     hook = ctx.opt_hooks.zero_grad
     if hook is None:
         optimizer.zero_grad(set_to_none=True)
-    elif _takes(hook, "optimizer_idx"):
+    elif _one_x(hook):
         hook(ctx.progress.epoch, batch_idx, optimizer, 0)
     else:
         hook(ctx.progress.epoch, batch_idx, optimizer)
@@ -142,7 +151,7 @@ def zero_grad(ctx: Any, optimizer: torch.optim.Optimizer, batch_idx: int) -> Non
 def scheduler_step(hook: Callable, scheduler: Any, metric: Any) -> None:
     """The module's ``lr_scheduler_step`` (2.x ``(scheduler, metric)``, 1.x ``(scheduler,
     optimizer_idx, metric)``)."""
-    if _takes(hook, "optimizer_idx"):
+    if _one_x(hook):
         hook(scheduler, 0, metric)
     else:
         hook(scheduler, metric)

@@ -81,3 +81,8 @@ def warn_best_model_used(stage: str) -> None:
     rank_zero_warn(f"`.{stage}(ckpt_path=None)` was called without a model. The best model of the previous `fit` "
                    f"call will be used (distengine loads the ModelCheckpoint's best file); pass "
                    f"`.{stage}(ckpt_path='best')` or `.{stage}(ckpt_path='last')` to choose and silence this warning.")
+
+
+def warn_no_last(dirpath: Any, then: str) -> None:
+    """``ckpt_path="last"`` with no checkpoint saved yet: Lightning warns and goes on without one."""
+    rank_zero_warn(f"ckpt_path='last' found no checkpoint in {dirpath}; {then}", category=UserWarning)

@@ -23,7 +23,7 @@ import torch
 from distengine import loop
 from distengine.callbacks.finders import run_finder_callbacks
 from distengine.compat_flags import OneXTrainerMixin, accepts_1x_flags
-from distengine.config import TrainerConfig, apply_config
+from distengine.config import TrainerConfig, apply_config, resolve_max_epochs
 from distengine.loop_context import FitData, LoopFlags, LoopState
 from distengine.metric_writer import MetricWriter
 from distengine.metrics import Results
@@ -54,7 +54,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
     @_defaults_from_env_vars  # PL_TRAINER_MAX_EPOCHS=3 etc. (utilities/argparse.py)
     @accepts_1x_flags
     def __init__(self, *, accelerator: str = "auto", strategy: str | Strategy = "auto", devices: Any = "auto",
-                 num_nodes: int = 1, precision: Any = "32-true", logger: Any = True,
+                 num_nodes: int = 1, precision: Any = "32-true", logger: Any = None,
                  callbacks: Any = None, fast_dev_run: Any = False, max_epochs: int | None = None,
                  min_epochs: int | None = None, max_steps: int = -1, min_steps: int | None = None,
                  max_time: Any = None, limit_train_batches: Any = None, limit_val_batches: Any = None,
@@ -70,7 +70,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
                  sync_batchnorm: bool = False, default_root_dir: str | None = None,
                  compile: bool = False, on_nonfinite_loss: str = "error",
                  dist_timeout: float | timedelta | None = None, find_unused_parameters: bool = False,
-                 gpus: Any = None, profiler: Any = None, plugins: Any = None) -> None:
+                 gpus: Any = None, profiler: Any = None, plugins: Any = None, barebones: bool = False) -> None:
         # the flags as given, kept whole: the tuner builds its trial Trainers from them
         self.config = TrainerConfig(**{k: v for k, v in locals().items() if k != "self"})
         self._flags = LoopFlags()  # the flags the loop reads (max_epochs, ...: see trainer_props._Flag)
@@ -102,6 +102,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
         the checkpoint folder; a fresh start when there is none). A restarted or requeued job
         resumes from ``"last"`` by itself."""
         self._check_module(model, "fit")
+        resolve_max_epochs(self)  # max_epochs=None: 1000 or -1, decided now as in Lightning
         if self._launch_if_needed():  # ddp_notebook/ddp_spawn: the ranks are started from here
             return self._run_in_processes("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path))
         self._tune_in_fit(model, train_dataloaders, val_dataloaders, datamodule)

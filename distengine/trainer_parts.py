@@ -16,9 +16,9 @@ import torch
 from distengine import run_warnings
 from distengine.data import apply_limit as _apply_limit
 from distengine.data import loader_len as _safe_len
-from distengine.data import val_every_batches
 from distengine.distributed import collectives
 from distengine.utilities.exceptions import ConfigError
+from distengine.val_schedule import build_schedule
 
 # How long StopVote.close waits for torch to free the last vote's tensor (normally microseconds).
 _RELEASE_WAIT_S = 10.0
@@ -202,7 +202,7 @@ class CheckpointMixin:
         run_warnings.warn_fit_setup(self, train, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
         self._run_sanity_check = self._data.should_validate() and self.num_sanity_val_steps != 0
         self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
-                              for n in self._data.num_val_batches]
+                              for n in self._data.num_val_batches]  # (-1 is inf; < 0: set by hand)
         strategy = self._strategy
         self._precision = Precision(self.precision, strategy.root_device)
         self._loop_state.nonfinite_watch = None
@@ -241,9 +241,12 @@ class CheckpointMixin:
             train[0], replicas, rank, self.use_distributed_sampler, shuffle, self.limits["train"],
             self._strategy.lightning_distributed)
         data.limits, data.has_val_step = self.limits, self._module_overrides("validation_step")
-        if data.num_train_batches == 0:
+        if data.num_train_batches == 0 and self.limits["train"] != 0:  # (limit 0: fit trains nothing, as Lightning)
             raise ConfigError("limit_train_batches leaves no training batch; raise it")
-        data.val_every_batches = val_every_batches(self.val_check_interval, data.num_train_batches)
+        old = data.val_schedule  # (a reload keeps the time-based clock running)
+        data.val_schedule = build_schedule(self.val_check_interval, self.check_val_every_n_epoch,
+                                           data.num_train_batches or 1, self.limits["val"] != 0)
+        data.val_schedule.last_time = old.last_time
         self._set_val_loaders(val)
 
     def _set_val_loaders(self, val: list[Any]) -> None:
@@ -277,7 +280,7 @@ class CheckpointMixin:
         provided, connected = model is not None, self._module is not None
         model = model if provided else self._module
         if model is None:
-            raise ValueError(f"Trainer.{stage} needs a model: pass one, or call fit() first")
+            raise TypeError(f"Trainer.{stage} needs a model: pass one, or call fit() first")  # (as Lightning)
         self._check_module(model, stage)
         if ckpt_path is None and self._ckpt_path_set is None and not provided and connected:
             ckpt_path = "best"  # Lightning: the previous fit's best (decided here, before ranks are started)
@@ -381,6 +384,8 @@ class CheckpointMixin:
         file atomically (a temporary file, fsync, rename) and every rank waits for it."""
         from distengine.checkpoint.io import atomic_save
 
+        if self._module is None:  # (an AttributeError, as in Lightning)
+            raise AttributeError("Trainer.save_checkpoint needs a model: call fit/validate/test/predict with one first")
         with self.profiler.profile("save_checkpoint"):
             if self._strategy.checkpoint_layout == "sharded":  # a directory; every rank writes its shards
                 from distengine.checkpoint.sharded_trainer import save_trainer_checkpoint
@@ -422,10 +427,7 @@ class CheckpointMixin:
         if path is None:
             if ckpt_path is None:
                 return
-            if self.is_global_zero:
-                print(f"distengine: no checkpoint in {self._checkpoint_dir()} yet; starting fresh",
-                      file=sys.stderr, flush=True)
-            return
+            return run_warnings.warn_no_last(self._checkpoint_dir(), "training starts from the model as it is")
         # Load on the CPU and let each load_state_dict place its tensors: weights are copied
         # into the parameters where they live, and the optimizers keep Adam's ``step`` counters
         # on the CPU. Loaded onto a GPU, those counters would stay there, and the default
@@ -478,8 +480,8 @@ class CheckpointMixin:
             ckpt_path = best
         # validate/test(ckpt_path="last") right after an async fit: as for a resume, rank 0 decides
         path = self._resume_path(ckpt_path, lambda: resolve_checkpoint(ckpt_path, self._checkpoint_dir()))
-        if path is None:
-            raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint found in {self._checkpoint_dir()}")
+        if path is None:  # ("last" with nothing saved) Lightning warns and runs the model as it is
+            return run_warnings.warn_no_last(self._checkpoint_dir(), "the model is used as it is")
         self._ckpt_path = path
         from distengine.checkpoint.sharded_trainer import load_trainer_checkpoint
 

@@ -93,6 +93,12 @@ class TrainerProperties:
         return self._devices
 
     @property
+    def device_ids(self) -> list[int]:
+        """The indices of the devices this Trainer uses on each node (``devices=[0, 2]`` ->
+        ``[0, 2]``; ``devices=2`` -> ``[0, 1]``), as Lightning's ``trainer.device_ids``."""
+        return list(self._gpu_ids) if self._gpu_ids else list(range(self._devices))
+
+    @property
     def is_global_zero(self) -> bool:
         return self.env.rank == 0
 

@@ -74,6 +74,14 @@ class TrainerState:
         fn = self._status.stage or self._status.last_fn
         return None if fn is None else TrainerFn(fn)
 
+    @fn.setter
+    def fn(self, value: TrainerFn | str | None) -> None:
+        """Lightning code (and its tests) set ``trainer.state.fn`` by hand; between calls it is
+        the call the Trainer reports until the next one starts."""
+        if self._status.stage is not None:
+            raise RuntimeError(f"trainer.state.fn cannot be set while Trainer.{self._status.stage} runs")
+        self._status.last_fn = None if value is None else TrainerFn(value).value
+
     @property
     def stage(self) -> RunningStage | None:
         s = self._status

@@ -297,6 +297,8 @@ class Tuner:
         The model and the RNG states are restored afterwards. In a multi-rank job every rank
         calls it; rank zero's measurements are broadcast so all ranks agree on the result.
         """
+        if _skipped_in_fast_dev_run(self.trainer, "lr_find"):
+            return None
         if mode not in ("exponential", "linear"):
             raise ValueError(f"lr_find(mode={mode!r}): use 'exponential' or 'linear'")
         if not (0 < min_lr < max_lr):
@@ -332,10 +334,11 @@ class Tuner:
         ``"power"`` doubles from ``init_val`` until a trial fails and keeps the last success;
         ``"binsearch"`` then bisects between the last success and the first failure. Each
         trial runs ``steps_per_trial`` optimizer steps from the same initial weights. The
-        module's ``train_dataloader()`` must build its loader from ``self.<batch_arg_name>``
-        (or ``self.hparams.<batch_arg_name>``); the found value is left there. Growth stops at
-        the dataset size. Single-process jobs only: an OOM on one rank would strand the others.
-        """
+        module's ``train_dataloader()`` must build its loader from ``self.<batch_arg_name>`` (or
+        ``self.hparams.<batch_arg_name>``); the found value is left there; growth stops at the
+        dataset size. Single-process jobs only (an OOM on one rank would strand the others)."""
+        if _skipped_in_fast_dev_run(self.trainer, "scale_batch_size"):
+            return None
         if mode not in ("power", "binsearch"):
             raise ValueError(f"scale_batch_size(mode={mode!r}): use 'power' or 'binsearch'")
         for name, value in (("steps_per_trial", steps_per_trial), ("init_val", init_val),
@@ -465,3 +468,16 @@ def tune(trainer: Any, model: Any, train_dataloaders: Any = None, val_dataloader
 
 
 __all__ = ["LRFinder", "Tuner", "is_oom_error", "tune"]
+
+
+def _skipped_in_fast_dev_run(trainer: Any, name: str) -> bool:
+    """Lightning skips the finders under ``fast_dev_run`` (a few batches cannot measure anything),
+    with a UserWarning; they return None."""
+    if not getattr(trainer, "fast_dev_run", 0):
+        return False
+    from distengine.distributed.rank_zero import rank_zero_warn
+
+    what = "learning rate finder" if name == "lr_find" else "batch size scaler"
+    rank_zero_warn(f"Tuner.{name}() does nothing under Trainer(fast_dev_run=...): the {what} needs a real run; "
+                   "it returns None", category=UserWarning)
+    return True

@@ -187,6 +187,8 @@ class EarlyStopping(Callback):
 
     # ------------------------------------------------------------------ the decision
     def _run_early_stopping_check(self, trainer: Any) -> None:  # Lightning's name: subclasses override it
+        if getattr(trainer, "fast_dev_run", 0):  # Lightning: no early stopping in a fast_dev_run
+            return
         metrics = getattr(trainer, "callback_metrics", {}) or {}
         if self.monitor not in metrics:
             available = ", ".join(sorted(metrics)) or "none"

@@ -243,7 +243,7 @@ class ModelCheckpoint(CheckpointWrites):
         if not self._fitting:
             return
         self.resolve_dirpath(trainer)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not getattr(trainer, "fast_dev_run", 0):  # (it saves nothing then)
             tidy_checkpoint_folders(self.dirpath, self.version_root)
         # no rank resolves ckpt_path="last" before the folders are put right
         getattr(getattr(trainer, "strategy", None), "barrier", lambda: None)()
@@ -315,6 +315,7 @@ class ModelCheckpoint(CheckpointWrites):
     # ------------------------------------------------------------------ decisions
     def _skip(self, trainer: Any) -> bool:
         return (not self._fitting or getattr(trainer, "sanity_checking", False)
+                or bool(getattr(trainer, "fast_dev_run", 0))  # Lightning: nothing is saved in a fast_dev_run
                 or self._last_global_step_saved == trainer.global_step
                 or (self.save_top_k == 0 and not self.save_last))
 
@@ -330,6 +331,8 @@ class ModelCheckpoint(CheckpointWrites):
         # or several times per epoch, where saving follows the validation runs
         if getattr(trainer, "check_val_every_n_epoch", 1) != 1:
             return False
+        if isinstance(getattr(trainer, "val_check_interval", None), (str, dict, datetime.timedelta)):
+            return False  # a time-based interval: saving follows the validation runs
         nval = getattr(trainer, "num_val_batches", 0) or 0
         if not (sum(nval) if isinstance(nval, (list, tuple)) else nval):
             return True

@@ -47,6 +47,7 @@ __all__ = [
     "CKPT_SUFFIX",
     "LAST_POINTER",
     "CheckpointError",
+    "CheckpointNotFoundError",
     "atomic_save",
     "clean_stale_temp_files",
     "is_temp_file",
@@ -69,6 +70,10 @@ _POINTER_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt, or not plain data."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """``ckpt_path`` names a file that does not exist (also a ``FileNotFoundError``, as Lightning raises)."""
 
 
 # ----------------------------------------------------------------------------- writing
@@ -389,7 +394,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
     ckpt_path = os.fspath(ckpt_path)
     if ckpt_path != "last":
         if not os.path.isfile(ckpt_path) and not os.path.isdir(ckpt_path):  # a directory: sharded
-            raise CheckpointError(
+            raise CheckpointNotFoundError(
                 f"checkpoint file {ckpt_path!r} does not exist; pass an existing file, "
                 "'last', or None")
         return os.path.abspath(ckpt_path)

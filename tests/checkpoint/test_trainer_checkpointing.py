@@ -13,7 +13,6 @@ import distengine as de
 from distengine.callbacks.model_checkpoint import ModelCheckpoint
 from distengine.checkpoint.io import read_last_pointer, safe_load
 from distengine.loggers.base import Logger
-from distengine.utilities.warnings import PossibleUserWarning
 from tests.core.models import Regressor
 
 
@@ -104,10 +103,12 @@ def test_last_falls_back_when_newest_is_truncated(tmp_path, capfd):
 
 def test_last_with_nothing_saved_starts_fresh(tmp_path):
     trainer = _trainer(tmp_path, [], epochs=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # no fallback warning: nothing to fall back to
-        warnings.filterwarnings("ignore", category=PossibleUserWarning)  # advice (workers...), not checked here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer.fit(Reg(), _loaders()[0], ckpt_path="last")
+    # Lightning's warning that no checkpoint is loaded; no fallback warning (nothing to fall back to)
+    user = [str(w.message) for w in caught if w.category is UserWarning]
+    assert len(user) == 1 and user[0].startswith("ckpt_path='last' found no checkpoint in"), user
     assert trainer.global_step == 4
     assert os.path.exists(Path(tmp_path) / "checkpoints" / "last.json")
 
