@@ -328,8 +328,9 @@ class CheckpointMixin:
 
         module, p, strategy = self._module, self.progress, self._strategy
 
-        def samples_per_batch() -> int:
-            return (getattr(self._data.train_loader, "batch_size", None) or 1) * self.world_size
+        def samples_per_batch() -> int:  # over the data-parallel replicas (model parallel: not every rank)
+            replicas = strategy.data_parallel(self.env)[0]
+            return (getattr(self._data.train_loader, "batch_size", None) or 1) * replicas
 
         weights: dict[str, Any] = {
             "format_version": ts.Value(lambda: FORMAT_VERSION),
