@@ -28,6 +28,9 @@ the speed/memory targets are reported but not judged):
   RoPE buffer, cpu_offload (pinned shards), sharded save -> FSDP / one process / consolidate
   (``torch.equal``), three async sharded saves of a 1B model (<= 10% of a sync save), predict
   memory flat. SKIP while the Trainer refuses one rank.
+- ``mp1-tp-fsdp`` (benchmarks/_gpu_mp.py): ``ModelParallelStrategy(1, 1)`` on ONE GPU, a Llama-style
+  model parallelizing itself (TP plan + ``fully_shard``): fp32 losses equal a hand-written loop with
+  the same plan within 1e-5, bf16-mixed losses finite; prints what needs 2+ GPUs (TP > 1, HSDP replicas).
 - ``fsdp-bf16-mixed``, ``fsdp-act-ckpt``: ``Trainer(strategy="fsdp")`` against a hand-written
   ``fully_shard`` loop (and DDP) on 2 ranks, one per GPU (SKIP with one GPU), bf16, the second
   with activation checkpointing: losses, step time, peak memory, sharded saves
@@ -79,7 +82,7 @@ from benchmarks._work import TinyGPT, lm_loss, make_tokens  # noqa: E402
 FSDP1_CHECKS = ("fsdp1-target-dtype", "fsdp1-meta-init", "fsdp1-clip", "fsdp1-accumulate", "fsdp1-cpu-offload",
                 "fsdp1-sharded-ckpt", "fsdp1-predict-memory", "fsdp1-16-mixed-inf", "fsdp1-act-ckpt", "fsdp1-bf16",
                 "fsdp1-async-ckpt")
-CHECKS = ("launch-nccl", "device-stats", "checkpoint-resume", "sync-free", *FSDP1_CHECKS, "precision-32",
+CHECKS = ("launch-nccl", "device-stats", "checkpoint-resume", "sync-free", *FSDP1_CHECKS, "mp1-tp-fsdp", "precision-32",
           "precision-16-mixed", "precision-bf16-mixed", "sigkill-resume", "async-checkpoint", "fsdp-bf16-mixed",
           "fsdp-act-ckpt", "compile")
 PRECISION_TOL = {"32-true": 1e-3, "16-mixed": 2e-2, "bf16-mixed": 2e-2}  # mean relative loss diff
@@ -412,7 +415,7 @@ def check_sync_free(s: Setup) -> Result:
 # --------------------------------------------------------------------------- main
 def run_checks(s: Setup, names: list[str], save: Callable[[list], None] = lambda r: None) -> list[dict[str, Any]]:
     from benchmarks import _gpu_extra as extra
-    from benchmarks import _gpu_fsdp, _gpu_fsdp1
+    from benchmarks import _gpu_fsdp, _gpu_fsdp1, _gpu_mp
 
     table: dict[str, Callable[[], Result]] = {
         "precision-32": lambda: check_precision(s, "32-true"),
@@ -427,6 +430,7 @@ def run_checks(s: Setup, names: list[str], save: Callable[[list], None] = lambda
         "async-checkpoint": lambda: extra.check_async_checkpoint(s),
         "fsdp-bf16-mixed": lambda: _gpu_fsdp.check_fsdp(s, act_ckpt=False),
         "fsdp-act-ckpt": lambda: _gpu_fsdp.check_fsdp(s, act_ckpt=True),
+        "mp1-tp-fsdp": lambda: _gpu_mp.check_mp1(s),
     }
     table.update({name: functools.partial(_gpu_fsdp1.CHECKS[name], s) for name in FSDP1_CHECKS})
     results = []

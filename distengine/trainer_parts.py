@@ -237,6 +237,7 @@ class CheckpointMixin:
         self._raw_loaders = (train, val)
         shuffle = False if self.overfit_batches else None
         replicas, rank = self._strategy.data_parallel(env)  # model parallel: one tensor-parallel group, one split
+        self._train_replicas = replicas  # the checkpoint's data position counts samples over these
         data.train_loader, data.train_sampler, data.num_train_batches = prepare_train(
             train[0], replicas, rank, self.use_distributed_sampler, shuffle, self.limits["train"],
             self._strategy.lightning_distributed)
@@ -331,8 +332,9 @@ class CheckpointMixin:
 
         module, p, strategy = self._module, self.progress, self._strategy
 
-        def samples_per_batch() -> int:
-            return (getattr(self._data.train_loader, "batch_size", None) or 1) * self.world_size
+        def samples_per_batch() -> int:  # over the data-parallel replicas (model parallel: not every rank)
+            replicas = getattr(self, "_train_replicas", None) or self.world_size  # as the fit's loaders were split
+            return (getattr(self._data.train_loader, "batch_size", None) or 1) * replicas
 
         weights: dict[str, Any] = {
             "format_version": ts.Value(lambda: FORMAT_VERSION),

@@ -192,13 +192,14 @@ def test_state_bytes_counts_each_storage_once():
 
 
 def test_gpu_check_dry_run_fsdp_one_process(tmp_path):
-    """The one-GPU FSDP2 checks (benchmarks/_gpu_fsdp1.py) on the CPU: ``Trainer(strategy="fsdp")``
-    in this process on a mesh of 1, each check a PASS on what the dry run judges."""
+    """The one-GPU FSDP2 checks (benchmarks/_gpu_fsdp1.py) and ``ModelParallelStrategy(1, 1)``
+    (benchmarks/_gpu_mp.py) on the CPU: ``Trainer(strategy="fsdp")`` in this process on a mesh of 1,
+    each check a PASS on what the dry run judges."""
     import torch.distributed as dist
 
     from benchmarks import gpu_check
 
-    names = list(gpu_check.FSDP1_CHECKS)
+    names = [*gpu_check.FSDP1_CHECKS, "mp1-tp-fsdp"]
     rc = gpu_check.main(["--dry-run-cpu", "--only", ",".join(names), "--out", str(tmp_path)])
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [c["check"] for c in result["checks"]] == names
@@ -211,6 +212,8 @@ def test_gpu_check_dry_run_fsdp_one_process(tmp_path):
     counts = by_name["fsdp1-accumulate"]["data"]["counts"]
     assert counts["4"]["foreach_reduce"] * 4 == counts["1"]["foreach_reduce"]  # one reduction per window
     assert len(by_name["fsdp1-async-ckpt"]["data"]["blocked_s"]) == 3
+    mp = by_name["mp1-tp-fsdp"]  # fp32 equal to the hand-written TP x FSDP2 loop; bf16-mixed really bf16
+    assert mp["data"]["max_abs_diff"] <= 1e-5 and mp["data"]["bf16_gap"] > 0 and "HSDP across replicas" in mp["message"]
 
 
 def test_gpu_check_fsdp_one_process_refused_is_a_skip(monkeypatch):

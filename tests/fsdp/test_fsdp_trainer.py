@@ -55,20 +55,21 @@ def _log(out: str, run: str) -> dict:
         return {(r["step"], k): v for line in f for r in [json.loads(line)] for k, v in r["metrics"].items()}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("fsdp_resume")
+def _kill_and_resume(base, *extra: str) -> str:
+    """The uninterrupted run, the run SIGKILLed after optimizer step KILL_STEP, and its resume from
+    ``last`` (in a copy; ``pristine`` keeps the killed run's folder): returns the output folder."""
     out = str(base / "out")
-    _launch(str(base / "base"), out, "base")
-    _launch(str(base / "kill"), out, "kill", "--kill-step", str(KILL_STEP), killed=True)
+    _launch(str(base / "base"), out, "base", *extra)
+    _launch(str(base / "kill"), out, "kill", "--kill-step", str(KILL_STEP), *extra, killed=True)
     shutil.copytree(base / "kill", base / "pristine", symlinks=True)  # last.ckpt stays a link
     shutil.copytree(base / "kill", base / "resume", symlinks=True)
-    _launch(str(base / "resume"), out, "resume", "--resume")
-    return base, out
+    _launch(str(base / "resume"), out, "resume", "--resume", *extra)
+    return out
 
 
-def test_sigkilled_fsdp_run_resumes_exactly(runs):
-    base, out = runs
+def _assert_exact_resume(base, out: str, steps: int = 6) -> None:
+    """Weights, optimizer state, logged metrics and the batches each rank saw: the killed run up to
+    its checkpoint plus the resumed run are ``torch.equal`` to (the same as) the uninterrupted run."""
     last = read_last_pointer(base / "pristine" / "checkpoints")
     # the async save of step KILL_STEP may still have been in flight: then the one before counts
     assert last is not None and os.path.isdir(last)
@@ -76,18 +77,46 @@ def test_sigkilled_fsdp_run_resumes_exactly(runs):
     after = sorted(os.listdir(base / "resume" / "checkpoints"))  # save_top_k=1: older directories deleted
     # the folder is a copy: the checkpoint's state names another dirpath, so the copied files are not this
     # run's; they stay, and last.ckpt is not overwritten: the run's own is last-v1.ckpt (as in Lightning)
-    assert after == sorted([os.path.basename(last), "epoch=1-step=6.ckpt", "last-v1.ckpt", "last.ckpt",
-                            "last.json"]), after
+    end = f"epoch=1-step={steps}.ckpt"  # 48 samples in batches of 4 per replica, accumulation 2, 2 epochs
+    assert after == sorted([os.path.basename(last), end, "last-v1.ckpt", "last.ckpt", "last.json"]), after
     # save_last: last-v1.ckpt is a relative link to the newest directory (no copy of the shards)
     link = base / "resume" / "checkpoints" / "last-v1.ckpt"
-    assert os.path.islink(link) and os.readlink(link) == "epoch=1-step=6.ckpt"
+    assert os.path.islink(link) and os.readlink(link) == end
     want = torch.load(os.path.join(out, "base-final.pt"))
     got = torch.load(os.path.join(out, "resume-final.pt"))
+    assert sorted(want) == sorted(got) and any(k.startswith("optim.") and k.endswith("exp_avg") for k in want)
     differ = [k for k in want if not torch.equal(want[k], got[k])]
-    assert not differ, f"final weights differ from the uninterrupted run in {differ}"
+    assert not differ, f"final weights / optimizer state differ from the uninterrupted run in {differ}"
     base_log, merged = _log(out, "base"), _log(out, "kill")
     merged.update(_log(out, "resume"))
     assert merged == base_log
+    # data position: the resumed run sees exactly the uninterrupted run's batches from its start step
+    # on (same samples, order, epoch), and with the killed run's batches before it, as many in all
+    start = torch.load(os.path.join(out, "resume-start.pt"))["global_step"]
+    for rank in range(2):
+        base_rows, resumed = _seen(out, "base", 2, rank), _seen(out, "resume", 2, rank)
+        killed = [r for r in _seen(out, "kill", 2, rank) if r["step"] < start]
+        assert resumed == [r for r in base_rows if r["step"] >= start], f"rank {rank}: other batches after resume"
+        assert killed + resumed == base_rows, f"rank {rank}: batches seen differ from the uninterrupted run"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fsdp_resume")
+    return base, _kill_and_resume(base)
+
+
+def test_sigkilled_fsdp_run_resumes_exactly(runs):
+    _assert_exact_resume(*runs)
+
+
+@pytest.mark.slow  # 3 jobs of 2 ranks: ~60 s on a loaded 2-core machine
+@pytest.mark.parametrize("strategy", ["mp", "hsdp"])
+def test_sigkilled_2d_run_resumes_exactly(strategy, tmp_path):
+    """Issue 23: the same SIGKILL exact resume (async sharded saves) for ``ModelParallelStrategy``
+    (tensor parallel 2 x data parallel 1) and HSDP (``device_mesh=(2, 1)``: 2 replicas of 1 shard)."""
+    # one data-parallel replica under ModelParallelStrategy: 12 batches an epoch, 6 steps; 2 otherwise
+    _assert_exact_resume(tmp_path, _kill_and_resume(tmp_path, "--strategy", strategy), 12 if strategy == "mp" else 6)
 
 
 def test_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(runs, tmp_path):
@@ -165,9 +194,9 @@ def test_sharded_checkpoint_reshards_onto_three_fsdp_ranks(runs):
     assert sorted(i for r in _seen(out, "three", 3) if r["epoch"] == 1 for i in r["index"]) == list(range(48))
 
 
-def _seen(out: str, run: str, world: int) -> list[dict]:
+def _seen(out: str, run: str, world: int, rank: int | None = None) -> list[dict]:
     rows = []
-    for rank in range(world):
+    for rank in range(world) if rank is None else [rank]:
         with open(os.path.join(out, f"{run}-seen-{rank}.jsonl")) as f:
             rows += [json.loads(line) for line in f]
     return rows

@@ -1,14 +1,20 @@
 """Training job for the FSDP exact-resume test (one process per rank; RANK/WORLD_SIZE from the env).
 
     python fsdp_train.py --root DIR --out DIR --run NAME [--kill-step K] [--resume | --resume-from CKPT]
-                         [--strategy fsdp|auto]
+                         [--strategy fsdp|mp|hsdp|auto]
 
 Blocks with dropout (the RNG state matters), AdamW with an LR schedule, gradient accumulation
 and clipping, a shuffled 48-sample dataset, validation with 2 batches on rank 0 and 1 on rank 1,
 a sharded checkpoint after every optimizer step (asynchronous). ``--kill-step K`` SIGKILLs every
 rank at the start of the batch after optimizer step K. Rank 0 writes the complete final weights
-(``<run>-final.pt``), those it resumed from (``<run>-start.pt``, with the step) and every logged
+and optimizer state by parameter name (``<run>-final.pt``), those it resumed from (``<run>-start.pt``, with the step) and every logged
 metric (``<run>-log.jsonl``); every rank the samples of each batch (``<run>-seen-<rank>.jsonl``).
+
+``--strategy mp`` runs ``ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=WORLD_SIZE)``
+(each block's fc1 column-wise, fc2 row-wise, then FSDP2 over the data-parallel dimension; the
+dropout between them acts on each rank's slice); ``--strategy hsdp`` runs
+``FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(WORLD_SIZE, 1))`` (every rank a
+replica); ``--strategy hsdp-shard`` the mesh ``(1, WORLD_SIZE)``.
 """
 import argparse
 import json
@@ -70,6 +76,44 @@ class Net(de.Module):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=0.02)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.7)}
+
+
+class TensorParallelNet(Net):
+    """``Net`` parallelizing itself on ``ModelParallelStrategy``'s mesh."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        tp, dp = self.device_mesh["tensor_parallel"], self.device_mesh["data_parallel"]
+        for block in self.blocks:
+            parallelize_module(block, tp, {"fc1": ColwiseParallel(), "fc2": RowwiseParallel()})
+            fully_shard(block, mesh=dp)
+        fully_shard(self, mesh=dp)
+
+
+def complete_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Complete weights and optimizer state (by parameter name): a collective, every rank calls it."""
+    from distengine.strategies.fsdp import full_tensor
+
+    weights = {k: full_tensor(v).detach().clone() for k, v in model.state_dict().items()}
+    optim = {f"optim.{name}.{k}": full_tensor(v).detach().clone()
+             for name, p in model.named_parameters() for k, v in optimizer.state[p].items()}
+    return {**weights, **optim}
+
+
+def make_strategy(name: str, world: int):
+    from distengine.strategies.fsdp import FSDPStrategy
+    from distengine.strategies.model_parallel import ModelParallelStrategy
+
+    if name == "fsdp":
+        return FSDPStrategy(auto_wrap_policy={Block})
+    if name == "mp":
+        return ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=world)
+    if name in ("hsdp", "hsdp-shard"):
+        mesh = (world, 1) if name == "hsdp" else (1, world)
+        return FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=mesh, auto_wrap_policy={Block})
+    return name
 
 
 class JsonlLogger(Logger):
@@ -138,20 +182,14 @@ def main() -> None:
                  SeenSamples(os.path.join(args.out, f"{args.run}-seen"), data)]
     if args.kill_step is not None:
         callbacks.append(Killer(args.kill_step))
-    strategy = args.strategy
-    if strategy == "fsdp":
-        from distengine.strategies.fsdp import FSDPStrategy
-
-        strategy = FSDPStrategy(auto_wrap_policy={Block})
+    strategy = make_strategy(args.strategy, int(os.environ.get("WORLD_SIZE", "1")))
     trainer = de.Trainer(max_epochs=2, accelerator="cpu", strategy=strategy, default_root_dir=args.root,
                          callbacks=callbacks, log_every_n_steps=1, accumulate_grad_batches=2,
                          gradient_clip_val=0.5, logger=JsonlLogger(os.path.join(args.out, f"{args.run}-log.jsonl")),
                          enable_progress_bar=False, enable_model_summary=False)
-    model = Net()
+    model = TensorParallelNet() if args.strategy == "mp" else Net()
     trainer.fit(model, train, val, ckpt_path="last" if args.resume else args.resume_from)
-    from distengine.strategies.fsdp import full_tensor
-
-    final = {k: full_tensor(v) for k, v in model.state_dict().items()}  # every rank gathers
+    final = complete_state(model, trainer.optimizers[0])
     if trainer.global_rank == 0:
         torch.save(final, os.path.join(args.out, f"{args.run}-final.pt"))
 
