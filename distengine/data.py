@@ -189,7 +189,8 @@ def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
         return loader, None  # sampling with replacement / another length: Lightning's order as it is
     shuffle = random if shuffle_override is None else shuffle_override
     # one process (no distributed strategy): Lightning leaves the RandomSampler alone, so it draws
-    # from the global RNG (or the loader's generator); several ranks, or a distributed strategy: Lightning's DistributedSampler(seed + epoch),
+    # from the global RNG (or the loader's generator); several ranks, or a distributed strategy:
+    # Lightning's DistributedSampler(seed + epoch),
     # which pads every rank to the same count (its drop_last is left False) while the loader's
     # drop_last drops each rank's incomplete last batch
     sampler = ResumableSampler(len(loader.dataset), shuffle=shuffle, seed=global_seed(),

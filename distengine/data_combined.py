@@ -183,7 +183,8 @@ def prepare_train(source: Any, world_size: int, rank: int, enabled: bool,
         raise ValueError(f"fit does not support CombinedLoader(mode='sequential') for training; use one of "
                          f"{[m for m in MODES if m != 'sequential']}")
     source = _copy(source)
-    prepared = [prepare_train_loader(dl, world_size, rank, enabled, shuffle_override, distributed) for dl in source.flattened]
+    prepared = [prepare_train_loader(dl, world_size, rank, enabled, shuffle_override, distributed)
+                for dl in source.flattened]
     source.flattened = [dl for dl, _ in prepared]
     samplers = CombinedSamplers(source, [s for _, s in prepared], world_size)
     lengths = [loader_len(dl) for dl in source.flattened]

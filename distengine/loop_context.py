@@ -130,7 +130,7 @@ class LoopContext(EvalContext):
     one_x: OneXOptimization | None       # 1.x automatic optimization over several optimizers
     data: FitData
     resume: ResumePoint
-    stop_vote: Any                       # trainer_parts.StopVote
+    stop_vote: Any                       # stop_vote.StopVote
     state: LoopState
     sanity_steps: list[int] | None       # batches per val loader for the sanity check; None: none
     reload_dataloaders: Callable[[str], None]  # calls a *_dataloader hook again ("train"/"val"), refills ``data``

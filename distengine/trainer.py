@@ -30,8 +30,9 @@ from distengine.metrics import Results
 from distengine.module import Module, module_overrides
 from distengine.precision import Precision
 from distengine.state import Progress, ResumePoint, TrainerStatus
+from distengine.stop_vote import StopVote
 from distengine.strategies import Strategy
-from distengine.trainer_parts import CheckpointMixin, StopVote
+from distengine.trainer_parts import CheckpointMixin
 from distengine.trainer_processes import ProcessesMixin
 from distengine.trainer_props import TrainerProperties
 from distengine.trainer_run import RunMixin

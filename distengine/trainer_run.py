@@ -18,7 +18,7 @@ from distengine.distributed import collectives
 from distengine.distributed.env import interactive
 from distengine.module import MODULE_HOOKS, Module, module_overrides
 from distengine.profilers import wiring as profiling
-from distengine.trainer_parts import StopVote
+from distengine.stop_vote import StopVote
 
 if TYPE_CHECKING:
     from distengine.loop_context import EvalContext, LoopContext

@@ -205,7 +205,8 @@ def test_resuming_a_checkpoint_saved_past_max_epochs_is_refused(tmp_path):
     mc = ModelCheckpoint(dirpath=tmp_path / "c")
     quiet_trainer(tmp_path, max_epochs=3, callbacks=[mc]).fit(Regressor(), loader(regression_data(32)))
     with pytest.raises(MisconfigurationException, match="max_epochs=1"):
-        quiet_trainer(tmp_path, max_epochs=1).fit(Regressor(), loader(regression_data(32)), ckpt_path=mc.best_model_path)
+        quiet_trainer(tmp_path, max_epochs=1).fit(Regressor(), loader(regression_data(32)),
+                                                  ckpt_path=mc.best_model_path)
     again = quiet_trainer(tmp_path, max_epochs=2)  # saved in epoch 2 (index): finished, as in Lightning
     again.fit(Regressor(), loader(regression_data(32)), ckpt_path=mc.best_model_path)
     assert again.global_step == 6

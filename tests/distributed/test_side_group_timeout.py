@@ -17,7 +17,7 @@ def _side_groups(rank, tmp):
 
     import distengine as de
     from distengine.checkpoint.sharded import ShardedCheckpointer
-    from distengine.trainer_parts import StopVote
+    from distengine.stop_vote import StopVote
 
     trainer = de.Trainer(accelerator="cpu", devices=2, dist_timeout=TIMEOUT_S, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp)

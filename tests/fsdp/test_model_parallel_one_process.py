@@ -121,9 +121,10 @@ def test_shuffled_loader_in_one_process_gets_lightnings_distributed_sampler_orde
     """Lightning 2.6.6 injects DistributedSampler(shuffle=True, seed=PL_GLOBAL_SEED) under
     ModelParallelStrategy even on one device; distengine drew RandomSampler's seed from the
     global generator there, so the batches (and the weights) differed from Lightning's."""
-    import distengine as de
     from torch.distributed.fsdp import fully_shard
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    import distengine as de
 
     class Recorder(de.Module):
         def __init__(self):

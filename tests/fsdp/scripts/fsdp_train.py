@@ -7,7 +7,8 @@ Blocks with dropout (the RNG state matters), AdamW with an LR schedule, gradient
 and clipping, a shuffled 48-sample dataset, validation with 2 batches on rank 0 and 1 on rank 1,
 a sharded checkpoint after every optimizer step (asynchronous). ``--kill-step K`` SIGKILLs every
 rank at the start of the batch after optimizer step K. Rank 0 writes the complete final weights
-and optimizer state by parameter name (``<run>-final.pt``), those it resumed from (``<run>-start.pt``, with the step) and every logged
+and optimizer state by parameter name (``<run>-final.pt``), those it resumed from
+(``<run>-start.pt``, with the step) and every logged
 metric (``<run>-log.jsonl``); every rank the samples of each batch (``<run>-seen-<rank>.jsonl``).
 
 ``--strategy mp`` runs ``ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=WORLD_SIZE)``
