@@ -474,9 +474,17 @@ for _name in MODULE_HOOKS:
 del _name
 
 
-def module_overrides(module: Module, name: str) -> bool:
+def module_overrides(module: Module, name: str, unwrap: bool = False) -> bool:
+    """True when ``module`` has its own ``name``. ``unwrap``: a function set on the instance
+    that only wraps (``functools.wraps``, a partial) the default does not count, as in
+    Lightning's ``is_overridden``."""
     if name in getattr(module, "__dict__", ()):  # set on the instance (LightningCLI's configure_optimizers)
-        return callable(module.__dict__[name])
+        attr = module.__dict__[name]
+        if not callable(attr):
+            return False
+        while unwrap and hasattr(attr, "__wrapped__"):
+            attr = attr.__wrapped__
+        return not unwrap or getattr(attr, "__func__", attr) is not getattr(Module, name, None)
     impl = getattr(type(module), name, None)
     return impl is not None and impl is not getattr(Module, name, None)
 

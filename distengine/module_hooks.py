@@ -59,6 +59,10 @@ class ModelHooks:
         return batch
 
     # ------------------------------------------------------------------ set-up
+    def prepare_data(self) -> None:
+        """Download or write data to disk: called once per node (``prepare_data_per_node``)
+        before ``setup``, only when overridden; do not set state here."""
+
     def configure_callbacks(self) -> Any:
         """Callbacks this module brings along: a callback or a list of them. They replace the
         Trainer's callbacks of the same type; checkpoint callbacks run last."""

@@ -123,6 +123,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
                         lg.log_hyperparams(hp)
             for fn in self._hooks["on_fit_start"]:
                 fn()
+            self._module.zero_grad()  # as Lightning does before a stage's loop
             loop.fit_loop(self._loop_context())
             self._finish_signal_stop()
             for fn in self._hooks["on_fit_end"]:

@@ -160,7 +160,7 @@ class CheckpointMixin:
                     collectives.barrier()
             stage = self._status.stage or "fit"
             if stage not in done and hasattr(datamodule, "setup"):  # Lightning: setup(stage) per stage
-                datamodule.setup(stage)
+                datamodule.setup(stage=stage)
             done.add(stage)
             if hasattr(datamodule, hook):
                 hooks[kind] = getattr(datamodule, hook)
@@ -284,7 +284,10 @@ class CheckpointMixin:
         if self._launch_if_needed():  # ddp_notebook/ddp_spawn: the ranks are started from here
             return self._run_in_processes("_evaluate", (stage, model, dataloaders, datamodule, ckpt_path))
         with self._run(stage, model):
+            model.zero_grad()  # as Lightning does before a stage's loop
             kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+            if stage != "predict" and self.limits[kind] == 0:  # Lightning: no dataloader, no hooks, no results
+                return []
             if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):
                 datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
             loaders = self._resolve_loader(dataloaders, datamodule, kind)

@@ -284,9 +284,9 @@ class _RunContext:
                     else t.global_rank) == 0:
                 self.model.prepare_data()
             collectives.barrier()
-        self.model.setup(key)
-        for fn in t._callback_hooks["setup"]:
-            fn(key)
+        for fn in t._callback_hooks["setup"]:  # Lightning: the callbacks first, `stage` by keyword
+            fn(stage=key)
+        self.model.setup(stage=key)
         if module_overrides(self.model, "configure_model"):  # Lightning: after setup, before configure_optimizers
             t._strategy.configure_model(self.model)
         # anomaly mode is scoped to the run, as in Lightning: it slows every later backward
@@ -312,8 +312,8 @@ class _RunContext:
         t._step_counters = []
         try:
             for fn in t._callback_hooks["teardown"]:
-                fn(key)
-            self.model.teardown(key)
+                fn(stage=key)
+            self.model.teardown(stage=key)
         finally:
             # after the callbacks' teardown (ModelCheckpoint waits for its saves there): the
             # strategy unwraps the model and releases what it built for this stage

@@ -1,0 +1,114 @@
+"""Hook order and arguments as Lightning 2.x gives them (its tests_pytorch/models/test_hooks.py):
+setup/teardown with ``stage=`` by keyword, the callbacks' before the module's; the module's
+``zero_grad()`` before a stage's loop; the evaluation epoch end (callbacks, then the module);
+``limit_*_batches=0`` skipping the evaluation; ``prepare_data`` a module hook."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+import distengine as de
+from tests.core.models import Regressor, loader, quiet_trainer, regression_data
+
+
+class Recorder(de.Callback):
+    def __init__(self, calls):
+        self.calls = calls
+
+    def setup(self, trainer, pl_module, stage):
+        self.calls.append(("Callback.setup", stage))
+
+    def teardown(self, trainer, pl_module, stage):
+        self.calls.append(("Callback.teardown", stage))
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.calls.append(("Callback.on_validation_epoch_end", float(trainer.callback_metrics["step_val"])))
+
+
+class Model(Regressor):
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    def prepare_data(self):
+        self.calls.append(("prepare_data",))
+
+    def setup(self, stage):  # a keyword-only caller would still match this name
+        self.calls.append(("setup", stage))
+
+    def teardown(self, stage):
+        self.calls.append(("teardown", stage))
+
+    def validation_step(self, batch, batch_idx):
+        self.log("step_val", 2.0)
+        return super().validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self):
+        self.calls.append(("on_validation_epoch_end",))
+        self.log("late_val", 3.0)
+
+
+def test_setup_teardown_order_and_stage_keyword(tmp_path):
+    calls = []
+
+    def kw_only(*, stage):  # Lightning passes stage by keyword
+        calls.append(("kw", stage))
+
+    model = Model(calls)
+    model.setup = functools.partial(kw_only)
+    trainer = quiet_trainer(tmp_path, callbacks=[Recorder(calls)], limit_val_batches=1)
+    trainer.validate(model, loader(regression_data()), verbose=False)
+    names = [c[0] for c in calls]
+    assert names[:3] == ["prepare_data", "Callback.setup", "kw"]
+    assert calls[2] == ("kw", "validate")
+    assert names[-2:] == ["Callback.teardown", "teardown"]
+
+
+def test_eval_epoch_end_callbacks_first_and_late_logs_kept(tmp_path):
+    calls = []
+    trainer = quiet_trainer(tmp_path, callbacks=[Recorder(calls)], limit_val_batches=2)
+    out = trainer.validate(Model(calls), loader(regression_data()), verbose=False)
+    ends = [c for c in calls if c[0].endswith("on_validation_epoch_end")]
+    # the callbacks' hook first, already seeing the epoch value of what the steps logged
+    assert ends == [("Callback.on_validation_epoch_end", 2.0), ("on_validation_epoch_end",)]
+    assert out[0]["late_val"] == 3.0 and out[0]["step_val"] == 2.0
+
+
+def test_zero_grad_before_stage_loop(tmp_path):
+    model = Regressor()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    quiet_trainer(tmp_path, limit_val_batches=1).validate(model, loader(regression_data()), verbose=False)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_zero_limit_skips_evaluation(tmp_path):
+    called = []
+
+    class M(Regressor):
+        def val_dataloader(self):
+            called.append("val_dataloader")
+            return loader(regression_data())
+
+        def on_validation_start(self):
+            called.append("on_validation_start")
+
+    assert quiet_trainer(tmp_path, limit_val_batches=0).validate(M(), verbose=False) == []
+    assert called == []
+
+
+def test_wrapped_default_one_x_hook_is_not_called(tmp_path):
+    """A wrapper around the default 1.x ``on_epoch_start`` (which Lightning 2.x lacks) is no override."""
+    called = []
+    model = Regressor()
+    base = model.on_epoch_start
+
+    def record(*a, **k):
+        called.append("on_epoch_start")
+        return base(*a, **k)
+
+    model.on_epoch_start = functools.update_wrapper(functools.partial(record), base)
+    quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(
+        model, loader(regression_data()))
+    assert called == []
