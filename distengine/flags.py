@@ -24,13 +24,13 @@ from distengine.utilities.exceptions import ConfigError, ConfigTypeError
 
 
 def _bad(flag: str, value: Any, rule: str, example: str) -> ValueError:
-    return ValueError(f"Trainer({flag}={value!r}): {rule}; for example {flag}={example}")
+    return ConfigError(f"Trainer({flag}={value!r}): {rule}; for example {flag}={example}")
 
 
 def _number(flag: str, value: Any, rule: str, example: str) -> float:
     """``value`` as a float, or TypeError when it is not a (real, non-boolean) number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"Trainer({flag}={value!r}): expected a number, got {type(value).__name__}; "
+        raise ConfigTypeError(f"Trainer({flag}={value!r}): expected a number, got {type(value).__name__}; "
                         f"{rule}; for example {flag}={example}")
     if math.isnan(value):
         raise _bad(flag, value, rule, example)

@@ -1,0 +1,74 @@
+"""Flag checks and the LR finder as Lightning 2.x behaves (tests_pytorch/trainer/test_dataloaders.py,
+tuner/test_lr_finder.py): a bad batch limit is a ConfigError (MisconfigurationException);
+``fast_dev_run=1`` reads back as True; lr_find takes num_training=1, a max_lr below min_lr,
+and records a NaN loss for a step whose training_step returned None."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import distengine as de
+from distengine.utilities.exceptions import ConfigError, MisconfigurationException
+from tests.core.models import Regressor, loader, quiet_trainer, regression_data
+
+
+@pytest.mark.parametrize("flag", ["limit_train_batches", "limit_val_batches", "val_check_interval", "overfit_batches"])
+@pytest.mark.parametrize("value", [-0.1, 1.2])
+def test_bad_batch_limit_is_config_error(tmp_path, flag, value):
+    with pytest.raises(MisconfigurationException, match=flag):
+        quiet_trainer(tmp_path, **{flag: value})
+    with pytest.raises(ValueError):  # still a ValueError
+        quiet_trainer(tmp_path, **{flag: value})
+
+
+def test_fast_dev_run_one_reads_back_true(tmp_path):
+    t = quiet_trainer(tmp_path, fast_dev_run=1)
+    assert t.fast_dev_run is True and t.limit_train_batches == 1 and t.max_epochs == 1
+    assert quiet_trainer(tmp_path, fast_dev_run=3).fast_dev_run == 3
+    with pytest.raises(ConfigError):
+        quiet_trainer(tmp_path, fast_dev_run=-1)
+
+
+class LrModel(Regressor):
+    def __init__(self, none_steps=()):
+        super().__init__(optimizer="sgd", lr=0.01)
+        self.none_steps = none_steps
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step in self.none_steps:
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+def _tuner(tmp_path):
+    return de.Tuner(quiet_trainer(tmp_path, max_epochs=50))
+
+
+def test_lr_find_none_step_is_nan_point(tmp_path):
+    torch.manual_seed(0)
+    finder = _tuner(tmp_path).lr_find(LrModel(none_steps=(5, 12)), loader(regression_data(), batch_size=8),
+                                      num_training=20, early_stop_threshold=None)
+    assert len(finder.results["lr"]) == len(finder.results["loss"]) == 20
+    assert math.isnan(finder.results["loss"][5]) and math.isnan(finder.results["loss"][12])
+    assert math.isfinite(finder.results["loss"][13])
+
+
+def test_lr_find_one_step_and_downward_sweep(tmp_path):
+    model = LrModel()
+    finder = _tuner(tmp_path).lr_find(model, loader(regression_data()), num_training=1, update_attr=True)
+    assert finder.suggestion() is None and model.lr == 0.01  # too few points: unchanged
+    finder = _tuner(tmp_path).lr_find(LrModel(), loader(regression_data()), min_lr=1.0, max_lr=1e-8, num_training=3)
+    assert all(1e-8 <= lr <= 1.0 for lr in finder.results["lr"])
+
+
+def test_lr_find_two_optimizers_is_config_error(tmp_path):
+    class Two(LrModel):
+        automatic_optimization = False
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.SGD(self.parameters(), lr=0.1)]
+
+    with pytest.raises(MisconfigurationException, match="single optimizer"):
+        _tuner(tmp_path).lr_find(Two(), loader(regression_data()))
