@@ -313,7 +313,10 @@ def _sanity_check(ctx: LoopContext) -> None:
         for fn in ctx.hooks["on_sanity_check_start"]:
             fn()
         try:
-            run_eval(ctx, "validate", ctx.data.val_loaders, ctx.sanity_steps, sanity=True)
+            if ctx.data.val_pending:  # Lightning loads val_dataloader() here (fills ctx.sanity_steps)
+                ctx.reload_dataloaders("val")
+            if ctx.data.should_validate():
+                run_eval(ctx, "validate", ctx.data.val_loaders, ctx.sanity_steps, sanity=True)
         finally:
             ctx.status.sanity_checking = False
         for fn in ctx.hooks["on_sanity_check_end"]:

@@ -130,12 +130,11 @@ class CheckpointMixin:
 
     # ------------------------------------------------------------------ data
     def _defer_val(self) -> bool:
-        """Lightning calls ``val_dataloader()`` in the sanity check, else at the first epoch that
-        validates (never without ``validation_step`` or validation batches): fit defers the call
-        when no sanity check will run and validation does not run every epoch, or never runs."""
-        if not self._module_overrides("validation_step") or self.limits["val"] == 0:
-            return True
-        return self.num_sanity_val_steps == 0 and self.check_val_every_n_epoch != 1
+        """Lightning calls ``val_dataloader()`` in the sanity check (after
+        ``on_sanity_check_start``, with ``trainer.sanity_checking`` set), else at the start of
+        training when the first epoch validates, else at the first epoch that validates (never
+        without ``validation_step`` or validation batches): fit always defers the call."""
+        return True
 
     def _resolve_loader(self, given: Any, datamodule: Any, kind: str, required: bool = True,
                         defer: bool = False) -> list[Any]:
@@ -200,9 +199,11 @@ class CheckpointMixin:
         data.val_pending = "val" in getattr(self, "_loader_hooks", {}) and not val
         data.train_loaded_epoch, data.val_loaded_epoch = 0, float("-inf")  # (set again in fit_loop)
         run_warnings.warn_fit_setup(self, train, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
-        self._run_sanity_check = self._data.should_validate() and self.num_sanity_val_steps != 0
-        self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
-                              for n in self._data.num_val_batches]
+        # Lightning decides from the flags; the loader is loaded in the check (loop._sanity_check)
+        may_validate = data.should_validate() or (data.val_pending and data.has_val_step and self.limits["val"] != 0)
+        self._run_sanity_check = may_validate and self.num_sanity_val_steps != 0
+        self._sanity_steps = []
+        self._count_sanity_steps()
         strategy = self._strategy
         self._precision = Precision(self.precision, strategy.root_device)
         self._loop_state.nonfinite_watch = None
@@ -263,11 +264,23 @@ class CheckpointMixin:
             return
         from distengine import data_combined as dc
 
+        source = hook()
+        vars(self).setdefault("_given_loaders", {})[kind] = source  # as returned: trainer.val_dataloaders...
         if kind == "train":
-            self._set_fit_loaders([dc.train_source(hook())], self._raw_loaders[1])
+            self._set_fit_loaders([dc.train_source(source)], self._raw_loaders[1])
         else:
+            first = self._data.val_pending
             self._data.val_pending = False
-            self._set_val_loaders(dc.eval_sources(hook()))
+            self._set_val_loaders(dc.eval_sources(source))
+            if first:  # (the warnings a loader given to fit gets at the start)
+                run_warnings.warn_few_workers(self, [dl for v in self._raw_loaders[1] for dl in dc.inner_loaders(v)],
+                                              "val")
+            self._count_sanity_steps()
+
+    def _count_sanity_steps(self) -> None:
+        """The sanity check's batches per validation loader (in place: the loop's context holds the list)."""
+        n_max = self.num_sanity_val_steps
+        self._sanity_steps[:] = [n if n_max < 0 else min(n, n_max) for n in self._data.num_val_batches]
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
         from distengine import loop_eval

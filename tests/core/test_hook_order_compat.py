@@ -112,3 +112,30 @@ def test_wrapped_default_one_x_hook_is_not_called(tmp_path):
     quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(
         model, loader(regression_data()))
     assert called == []
+
+
+def test_val_dataloader_loaded_in_the_sanity_check(tmp_path):
+    """Lightning calls val_dataloader() inside the sanity check (trainer.sanity_checking set,
+    after on_sanity_check_start); with check_val_every_n_epoch=3 and a reload every 4 epochs the
+    later loads are at epochs 2 and 8, as in Lightning."""
+    events = []
+
+    class M(Regressor):
+        def train_dataloader(self):
+            return loader(regression_data(), batch_size=96)
+
+        def val_dataloader(self):
+            events.append(("val_dataloader", self.trainer.sanity_checking, self.current_epoch))
+            return loader(regression_data(), batch_size=96)
+
+    class Cb(de.Callback):
+        def on_sanity_check_start(self, trainer, pl_module):
+            events.append(("on_sanity_check_start",))
+
+    trainer = quiet_trainer(tmp_path, max_epochs=10, limit_train_batches=1, limit_val_batches=1,
+                            num_sanity_val_steps=1, check_val_every_n_epoch=3,
+                            reload_dataloaders_every_n_epochs=4, callbacks=[Cb()])
+    trainer.fit(M())
+    assert events == [("on_sanity_check_start",), ("val_dataloader", True, 0),
+                      ("val_dataloader", False, 2), ("val_dataloader", False, 8)]
+    assert trainer.num_sanity_val_batches == [1]
