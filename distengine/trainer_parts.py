@@ -129,13 +129,6 @@ class CheckpointMixin:
         self._setup_done = True
 
     # ------------------------------------------------------------------ data
-    def _defer_val(self) -> bool:
-        """Lightning calls ``val_dataloader()`` in the sanity check (after
-        ``on_sanity_check_start``, with ``trainer.sanity_checking`` set), else at the start of
-        training when the first epoch validates, else at the first epoch that validates (never
-        without ``validation_step`` or validation batches): fit always defers the call."""
-        return True
-
     def _resolve_loader(self, given: Any, datamodule: Any, kind: str, required: bool = True,
                         defer: bool = False) -> list[Any]:
         hook = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
@@ -202,8 +195,6 @@ class CheckpointMixin:
         # Lightning decides from the flags; the loader is loaded in the check (loop._sanity_check)
         may_validate = data.should_validate() or (data.val_pending and data.has_val_step and self.limits["val"] != 0)
         self._run_sanity_check = may_validate and self.num_sanity_val_steps != 0
-        self._sanity_steps = []
-        self._count_sanity_steps()
         strategy = self._strategy
         self._precision = Precision(self.precision, strategy.root_device)
         self._loop_state.nonfinite_watch = None
@@ -255,6 +246,9 @@ class CheckpointMixin:
         data.val_loaders = [prepare_eval(v, replicas, rank, self.use_distributed_sampler) for v in val]
         # Lightning: no validation_step, no validation batches (checkpoints then follow the epochs)
         data.num_val_batches = data.val_limits() if data.has_val_step else []
+        n_max = self.num_sanity_val_steps  # the sanity check's batches (in place: the loop's context holds them)
+        vars(self).setdefault("_sanity_steps", [])[:] = [n if n_max < 0 else min(n, n_max) for n in
+                                                          data.num_val_batches]
 
     def _reload_dataloaders(self, kind: str) -> None:
         """Call the ``train_dataloader``/``val_dataloader`` hook again (loaders passed to ``fit``
@@ -264,8 +258,7 @@ class CheckpointMixin:
             return
         from distengine import data_combined as dc
 
-        source = hook()
-        vars(self).setdefault("_given_loaders", {})[kind] = source  # as returned: trainer.val_dataloaders...
+        source = vars(self).setdefault("_given_loaders", {})[kind] = hook()  # as returned: trainer.val_dataloaders
         if kind == "train":
             self._set_fit_loaders([dc.train_source(source)], self._raw_loaders[1])
         else:
@@ -275,12 +268,6 @@ class CheckpointMixin:
             if first:  # (the warnings a loader given to fit gets at the start)
                 run_warnings.warn_few_workers(self, [dl for v in self._raw_loaders[1] for dl in dc.inner_loaders(v)],
                                               "val")
-            self._count_sanity_steps()
-
-    def _count_sanity_steps(self) -> None:
-        """The sanity check's batches per validation loader (in place: the loop's context holds the list)."""
-        n_max = self.num_sanity_val_steps
-        self._sanity_steps[:] = [n if n_max < 0 else min(n, n_max) for n in self._data.num_val_batches]
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
         from distengine import loop_eval

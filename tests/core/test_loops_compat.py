@@ -72,3 +72,54 @@ def test_lr_find_two_optimizers_is_config_error(tmp_path):
 
     with pytest.raises(MisconfigurationException, match="single optimizer"):
         _tuner(tmp_path).lr_find(Two(), loader(regression_data()))
+
+
+@pytest.mark.parametrize("interval, expected", [(1 / 3, [5, 10, 15]), (5, [5, 10, 15]), (4, [4, 8, 12, 16])])
+def test_val_check_interval_last_batch_validates_only_on_the_interval(tmp_path, interval, expected):
+    """Lightning validates after every n-th batch only: 16 batches every 5 give 5, 10, 15 (no
+    extra validation at the end of the epoch); every 4 ends on 16."""
+    seen = []
+
+    class M(Regressor):
+        def on_validation_epoch_start(self):
+            if not self.trainer.sanity_checking:
+                seen.append(self.trainer.global_step)
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1, val_check_interval=interval, limit_val_batches=1,
+                            num_sanity_val_steps=0)
+    trainer.fit(M(), loader(regression_data(n=96), batch_size=6), loader(regression_data(), batch_size=96))
+    assert seen == expected
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(list(regression_data(n=32)))
+
+
+class _NoLen:
+    """A loader whose __len__ raises NotImplementedError (Lightning treats it as having no length)."""
+
+    def __init__(self):
+        self.dl = loader(regression_data(n=32), batch_size=8)
+
+    def __iter__(self):
+        return iter(self.dl)
+
+    def __len__(self):
+        raise NotImplementedError
+
+
+class _Tested(Regressor):
+    def test_step(self, batch, batch_idx):
+        self.log("test_seen", 1.0, reduce_fx="sum")
+
+
+def test_loader_without_length_in_test_and_fit(tmp_path):
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_test_batches=2)
+    out = trainer.test(_Tested(), dataloaders=torch.utils.data.DataLoader(_Stream(), batch_size=8), verbose=False)
+    assert trainer.num_test_batches == [2] and out == [{"test_seen": 2.0}]
+    trainer = quiet_trainer(tmp_path, max_steps=3, max_epochs=1, limit_val_batches=0)
+    trainer.fit(Regressor(), _NoLen())
+    assert trainer.global_step == 3
+    with pytest.raises(MisconfigurationException, match="limit_val_batches=0.5"):
+        quiet_trainer(tmp_path, limit_val_batches=0.5).validate(Regressor(), _NoLen(), verbose=False)
