@@ -123,3 +123,34 @@ def test_loader_without_length_in_test_and_fit(tmp_path):
     assert trainer.global_step == 3
     with pytest.raises(MisconfigurationException, match="limit_val_batches=0.5"):
         quiet_trainer(tmp_path, limit_val_batches=0.5).validate(Regressor(), _NoLen(), verbose=False)
+
+
+def test_loggers_get_metrics_by_keyword(tmp_path):
+    """Lightning calls ``logger.log_metrics(metrics=..., step=...)``; a mock or a logger with
+    keyword-only parameters sees the same call."""
+    from distengine.loggers.base import Logger
+
+    class KwOnly(Logger):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        @property
+        def name(self):
+            return "kw"
+
+        @property
+        def version(self):
+            return 0
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+        def log_metrics(self, *, metrics, step):
+            self.calls.append((dict(metrics), step))
+
+    lg = KwOnly()
+    trainer = quiet_trainer(tmp_path, logger=lg, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                            log_every_n_steps=1)
+    trainer.fit(Regressor(), loader(regression_data()), loader(regression_data()))
+    assert [step for _, step in lg.calls if "train_loss" in _] == [0, 1]
