@@ -154,3 +154,14 @@ def test_loggers_get_metrics_by_keyword(tmp_path):
                             log_every_n_steps=1)
     trainer.fit(Regressor(), loader(regression_data()), loader(regression_data()))
     assert [step for _, step in lg.calls if "train_loss" in _] == [0, 1]
+
+
+@pytest.mark.parametrize("value", [None, "foo", [1, 2, 3], {"a": 1}])
+def test_log_of_a_non_number_names_the_value(tmp_path, value):
+    class M(Regressor):
+        def training_step(self, batch, batch_idx):
+            self.log("foo", value)
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(ValueError, match=f"self.log\\('foo', {__import__('re').escape(repr(value))}\\)"):
+        quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(M(), loader(regression_data()))
