@@ -211,7 +211,7 @@ class CheckpointMixin:
             module.compile()
         # after setup_module: a sharding strategy replaces the parameters the optimizers must hold
         returned = module.configure_optimizers()
-        self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned)
+        self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned, manual)
         self._one_x = compat.plan_optimization(  # 1.x: several optimizers, optimizer_idx
             module, self.optimizers, self.lr_scheduler_configs, returned, self.precision, self.accumulate_grad_batches)
         self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)

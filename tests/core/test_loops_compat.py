@@ -165,3 +165,48 @@ def test_log_of_a_non_number_names_the_value(tmp_path, value):
 
     with pytest.raises(ValueError, match=f"self.log\\('foo', {__import__('re').escape(repr(value))}\\)"):
         quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(M(), loader(regression_data()))
+
+
+class _OwnScheduler:
+    """A scheduler outside torch's interface (no step()): fine when the user steps it."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_manual_optimization_takes_any_scheduler_and_plateau_without_monitor(tmp_path):
+    class M(Regressor):
+        automatic_optimization = False
+
+        def __init__(self, sched):
+            super().__init__()
+            self.sched = sched
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(torch.nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+            opt.step()
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [self.sched(opt)]
+
+    fit = dict(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    quiet_trainer(tmp_path, **fit).fit(M(_OwnScheduler), loader(regression_data()))
+    quiet_trainer(tmp_path, **fit).fit(M(torch.optim.lr_scheduler.ReduceLROnPlateau), loader(regression_data()))
+    with pytest.warns(RuntimeWarning, match="'monitor'"):
+        t = quiet_trainer(tmp_path, **fit)
+        t.fit(M(lambda o: {"scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(o), "monitor": "x",
+                           "interval": "step"}), loader(regression_data()))
+    assert t.lr_scheduler_configs[0].interval == "step"
+    with pytest.raises(ConfigError, match="_OwnScheduler"):  # automatic optimization steps it: refused
+        quiet_trainer(tmp_path, **fit).fit(type("A", (M,), {"automatic_optimization": True,
+                                                             "training_step": Regressor.training_step})(
+            _OwnScheduler), loader(regression_data()))

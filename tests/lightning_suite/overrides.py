@@ -43,5 +43,7 @@ OVERRIDES: list[tuple[str, str, str]] = [
         ("trainer/test_dataloaders.py", "test_dataloaders_load_every_n_epochs_exception[*]"),
         ("trainer/test_dataloaders.py", "test_fit_multiple_train_loaders[sequential-128]"),
         ("tuner/test_lr_finder.py", "test_lr_finder_fails_fast_on_bad_config"),
+        ("trainer/optimization/test_manual_optimization.py", "test_lr_schedulers_reduce_lr_on_plateau[True]"),
+        ("trainer/optimization/test_manual_optimization.py", "test_manual_optimization_with_non_pytorch_scheduler[True]"),
     ]),
 ]
