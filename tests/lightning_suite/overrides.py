@@ -8,6 +8,7 @@ _LAST_JSON = ("distengine's ModelCheckpoint also writes <dirpath>/last.json, the
               "that resume and Slurm requeue follow (a documented choice), so a listing of dirpath has one more file")
 
 _MC = "tests_pytorch/checkpointing/test_model_checkpoint.py::"
+_MANUAL = "trainer/optimization/test_manual_optimization.py"
 _OWN_WORDS = "messages are distengine's own wording; same exception type and moment"
 
 
@@ -43,7 +44,7 @@ OVERRIDES: list[tuple[str, str, str]] = [
         ("trainer/test_dataloaders.py", "test_dataloaders_load_every_n_epochs_exception[*]"),
         ("trainer/test_dataloaders.py", "test_fit_multiple_train_loaders[sequential-128]"),
         ("tuner/test_lr_finder.py", "test_lr_finder_fails_fast_on_bad_config"),
-        ("trainer/optimization/test_manual_optimization.py", "test_lr_schedulers_reduce_lr_on_plateau[True]"),
-        ("trainer/optimization/test_manual_optimization.py", "test_manual_optimization_with_non_pytorch_scheduler[True]"),
+        (_MANUAL, "test_lr_schedulers_reduce_lr_on_plateau[True]"),
+        (_MANUAL, "test_manual_optimization_with_non_pytorch_scheduler[True]"),
     ]),
 ]
