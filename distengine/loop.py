@@ -398,6 +398,14 @@ def _warn_modules_in_eval_mode(module: torch.nn.Module) -> None:
                        category=PossibleUserWarning)
 
 
+def _monitors(fn: Any) -> bool:
+    """Whether the callback behind hook ``fn`` is a checkpoint or early-stopping callback."""
+    from distengine.callbacks.checkpoint import Checkpoint
+    from distengine.callbacks.early_stopping import EarlyStopping
+
+    return isinstance(getattr(getattr(fn, "func", fn), "__self__", None), (Checkpoint, EarlyStopping))
+
+
 def _validates_at_end(ctx: LoopContext) -> bool:
     """As in Lightning, with a ``val_check_interval`` of n batches the last batch validates only
     when it is an n-th one (64 batches, 1/3: after 21, 42 and 63, not 64 as well); a loader
@@ -420,17 +428,23 @@ def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) ->
         ret = ctx.module.training_epoch_end(state.train_outputs)
         state.train_outputs = None
         _log_returned(res, ret, epoch_level=True)
-    for fn in ctx.module_hooks["on_train_epoch_end"]:
-        fn()
+    # As in Lightning: the steps' epoch values first (the hooks read them in callback_metrics), then
+    # the callbacks' hook, the module's, and last the monitoring callbacks' (a ModelCheckpoint or
+    # EarlyStopping sees what the module logged there); one logger write before those
     log, _ = res.collect_epoch("train")
-    if log:
-        ctx.writer.log_epoch(log)
-    for fn in ctx.callback_hooks["on_train_epoch_end"]:
+    callbacks = ctx.callback_hooks["on_train_epoch_end"]
+    monitoring = tuple(fn for fn in callbacks if _monitors(fn))
+    hooks = tuple(fn for fn in callbacks if fn not in monitoring) + ctx.module_hooks["on_train_epoch_end"]
+    for fn in hooks:
         fn()
-    if ctx.callback_hooks["on_train_epoch_end"]:  # what those callbacks logged (as Lightning allows)
-        log, _ = res.collect_late("train")
+    for group, more in ((hooks, monitoring), (monitoring, ())):
+        if group:  # what those hooks logged
+            log.update(res.collect_late("train")[0])
         if log:
             ctx.writer.log_epoch(log)
+        log = {}
+        for fn in more:
+            fn()
     # as in Lightning, after the epoch's hooks: a plateau scheduler may monitor a train epoch metric
     _step_schedulers(ctx, "epoch", plateau=True)
     res.reset_metric_objects("train")

@@ -367,9 +367,8 @@ class CheckpointMixin:
         if ckpt is None:
             return None
         if self.is_global_zero:
-            for fn in self._module_hooks.get("on_save_checkpoint", ()):
-                fn(ckpt)
-            for fn in self._callback_hooks.get("on_save_checkpoint", ()):
+            for fn in (*self._callback_hooks.get("on_save_checkpoint", ()),  # the callbacks first, as Lightning
+                       *self._module_hooks.get("on_save_checkpoint", ())):
                 fn(ckpt)
         return ckpt
 

@@ -139,3 +139,45 @@ def test_val_dataloader_loaded_in_the_sanity_check(tmp_path):
     assert events == [("on_sanity_check_start",), ("val_dataloader", True, 0),
                       ("val_dataloader", False, 2), ("val_dataloader", False, 8)]
     assert trainer.num_sanity_val_batches == [1]
+
+
+def test_train_epoch_end_order_and_checkpoint_hooks(tmp_path):
+    """Lightning: the callbacks' on_train_epoch_end, the module's, then the monitoring callbacks'
+    (a ModelCheckpoint monitoring what the module logged there); on_save_checkpoint: the
+    callbacks' before the module's; the default configure_gradient_clipping passes keywords."""
+    events = []
+
+    class Cb(de.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            events.append(("Callback.on_train_epoch_end", float(trainer.callback_metrics["train_loss"])))
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            events.append(("Callback.on_save_checkpoint",))
+
+    class Ckpt(de.callbacks.ModelCheckpoint):
+        def on_train_epoch_end(self, trainer, pl_module):
+            events.append(("ModelCheckpoint.on_train_epoch_end", float(trainer.callback_metrics["late"])))
+            super().on_train_epoch_end(trainer, pl_module)
+
+    class M(Regressor):
+        def on_train_epoch_end(self):
+            events.append(("on_train_epoch_end",))
+            self.log("late", 7.0)
+
+        def on_save_checkpoint(self, checkpoint):
+            events.append(("on_save_checkpoint",))
+
+        def clip_gradients(self, optimizer, *args, **kwargs):
+            events.append(("clip_gradients", args, sorted(kwargs)))
+
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0,
+                            callbacks=[Ckpt(dirpath=str(tmp_path), monitor="late", save_top_k=1), Cb()])
+    trainer.fit(M(), loader(regression_data()))
+    names = [e[0] for e in events]
+    assert events[0] == ("clip_gradients", (), ["gradient_clip_algorithm", "gradient_clip_val"])
+    assert names[1:4] == ["Callback.on_train_epoch_end", "on_train_epoch_end", "ModelCheckpoint.on_train_epoch_end"]
+    assert events[3][1] == 7.0
+    assert names[4:6] == ["Callback.on_save_checkpoint", "on_save_checkpoint"]
