@@ -12,11 +12,11 @@ parts of the Trainer it uses, each named (``ctx.strategy``, ``ctx.precision``, `
             but the last micro-batch) -> loss / accumulate_grad_batches -> backward
             (ctx.precision) -> on the last micro-batch (_end_step_window): unscale -> clip ->
             optimizer step -> zero_grad -> step-interval schedulers -> write step metrics
-            every log_every_n_steps (ctx.writer)
+            every log_every_n_steps (ctx.writer); the epoch's last batch: epoch schedulers
             on_train_batch_end; vote on stopping (ctx.stop_vote: all ranks act on the same step)
             validation every val_check_interval batches (loop_eval.run_eval)
-        epoch end: epoch schedulers -> validation -> training_epoch_end / on_train_epoch_end
-            -> epoch metrics -> plateau schedulers -> stop vote
+        epoch end: validation -> training_epoch_end -> epoch metrics -> on_train_epoch_end
+            (callbacks, module, then checkpoint / early stopping) -> plateau schedulers -> stop vote
     the stop vote closed; training_end (0.x), on_train_end
 
 1.x modules with several optimizers run each batch through ``ctx.one_x`` (compat.py). The
@@ -175,7 +175,7 @@ def train_epoch(ctx: LoopContext) -> None:
         p.total_batches += 1
         if last_micro:  # (Lightning steps even when training_step returned None: backward alone is skipped)
             _end_step_window(ctx, p, optimizer, opt_step if hooked is None else _zero_grad_step, automatic,
-                             log_every, loss is None and hooked is None)
+                             log_every, loss is None and hooked is None, is_last)
         batch_idx += 1
         p.batches_done = batch_idx
         out = {"loss": out.detach()} if (h_end or collect) and isinstance(out, torch.Tensor) else out  # as in Lightning
@@ -229,6 +229,8 @@ def _validate_in_epoch(ctx: LoopContext) -> bool:
     data = _val_data(ctx)
     if not data.should_validate():
         return False
+    if ctx.progress.batches_done % ctx.flags.accumulate_grad_batches == 0:  # Lightning: not mid-window
+        ctx.module.on_validation_model_zero_grad()
     run_eval(ctx, "validate", data.val_loaders, data.val_limits())
     ctx.results.stage, ctx.results.in_step = "train", True
     return vote_step(ctx)
@@ -267,7 +269,7 @@ def _backward(ctx: LoopContext, loss: torch.Tensor, watch: Any, accum: int, back
 
 
 def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer, opt_step: Any, stepped: bool,
-                     log_every: int, no_loss: bool = False) -> None:
+                     log_every: int, no_loss: bool = False, epoch_end: bool = False) -> None:
     """The last micro-batch of an accumulation window: step (automatic optimization; manual
     optimization counts the user's own steps), step-interval schedulers, the logging clock.
 
@@ -288,6 +290,8 @@ def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer,
     p.batches_stepped += 1
     if log_every and p.batches_stepped % log_every == 0:  # 0: no step values, as in Lightning
         ctx.writer.write_train_step()
+    if epoch_end:  # as Lightning: the epoch's schedulers step before the last batch's on_train_batch_end
+        _step_schedulers(ctx, "epoch", plateau=False)
 
 
 def _step_skipped_by_scaler(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
@@ -419,9 +423,9 @@ def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) ->
     p, res, data, state = ctx.progress, ctx.results, ctx.data, ctx.state
     ctx.writer.raise_if_nonfinite()
     ctx.writer.flush_train_step()  # the epoch's last step values, if not written yet
-    _step_schedulers(ctx, "epoch", plateau=False)
     if validate and (p.epoch + 1) % ctx.flags.check_val_every_n_epoch == 0 and _validates_at_end(ctx) \
             and _val_data(ctx).should_validate():
+        ctx.module.on_validation_model_zero_grad()  # (release the gradients first, as Lightning)
         run_eval(ctx, "validate", data.val_loaders, data.val_limits())
     res.stage, res.in_step = "train", False
     if ctx.adapted.collect_train_outputs:

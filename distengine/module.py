@@ -476,9 +476,8 @@ del _name
 
 
 def module_overrides(module: Module, name: str, unwrap: bool = False) -> bool:
-    """True when ``module`` has its own ``name``. ``unwrap``: a function set on the instance
-    that only wraps (``functools.wraps``, a partial) the default does not count, as in
-    Lightning's ``is_overridden``."""
+    """True when ``module`` has its own ``name``. ``unwrap``: a wrapper (functools.wraps, a
+    partial) set on the instance around the default does not count (Lightning's is_overridden)."""
     if name in getattr(module, "__dict__", ()):  # set on the instance (LightningCLI's configure_optimizers)
         attr = module.__dict__[name]
         if not callable(attr):

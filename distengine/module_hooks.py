@@ -20,6 +20,10 @@ class ModelHooks:
         trainer = getattr(self, "_trainer", None)
         return trainer.model if trainer is not None and trainer.model is not None else self
 
+    def on_validation_model_zero_grad(self) -> None:
+        """Before a validation inside ``fit`` at a step boundary: release the gradients."""
+        self.zero_grad()
+
     def on_validation_model_eval(self) -> None:
         """Before validation (and the sanity check): put the model in eval mode. The mode of
         every submodule was captured first and is restored afterwards, unless

@@ -181,3 +181,31 @@ def test_train_epoch_end_order_and_checkpoint_hooks(tmp_path):
     assert names[1:4] == ["Callback.on_train_epoch_end", "on_train_epoch_end", "ModelCheckpoint.on_train_epoch_end"]
     assert events[3][1] == 7.0
     assert names[4:6] == ["Callback.on_save_checkpoint", "on_save_checkpoint"]
+
+
+def test_epoch_scheduler_steps_before_last_batch_end_and_grads_released_before_validation(tmp_path):
+    """Lightning steps the epoch-interval schedulers before the epoch's last on_train_batch_end
+    (not when max_steps cuts the epoch short), and calls on_validation_model_zero_grad (default:
+    zero_grad) before a validation inside fit, not before the sanity check."""
+    seen = []
+
+    class M(Regressor):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            seen.append(("batch_end", batch_idx, self.optimizers().param_groups[0]["lr"]))
+
+        def on_validation_model_zero_grad(self):
+            seen.append(("zero_grad", self.trainer.sanity_checking))
+            super().on_validation_model_zero_grad()
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(M(), loader(regression_data()), loader(regression_data()))
+    assert seen == [("batch_end", 0, 1.0), ("batch_end", 1, 0.5), ("zero_grad", False)]
+    seen.clear()
+    model = M()
+    quiet_trainer(tmp_path, max_steps=1, limit_train_batches=2, limit_val_batches=0).fit(
+        model, loader(regression_data()))
+    assert seen == [("batch_end", 0, 1.0)] and model.optimizers().param_groups[0]["lr"] == 1.0
