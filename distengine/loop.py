@@ -46,6 +46,7 @@ from distengine.loop_parts import (  # (compat.py calls _extract_loss, _check_fi
     vote_epoch,
     vote_step,
 )
+from distengine.module import module_overrides
 from distengine.nonfinite import (  # noqa: F401 - re-exported: tests and callers import them from here
     NonFiniteWatch,
     _check_nonfinite,
@@ -133,7 +134,7 @@ def train_epoch(ctx: LoopContext) -> None:
 
     batch_idx, outputs = p.batches_done, ([] if collect else None)
     iterator, ahead = _epoch_iterator(ctx, batch_idx, num_batches)
-    parts = (iterator, step_fn, prec.backward, _optimizer_step)  # timed when profiling, chosen once per epoch
+    parts = (iterator, step_fn, _backward_fn(module, prec), _optimizer_step)  # (timed when profiling)
     iterator, step_fn, backward, opt_step = profiling.train_parts(ctx, *parts) if ctx.profiling else parts
     res.stage, res.in_step, ctx.state.is_last_batch = "train", True, False
     skip_rest, first_batch, returned_none, automatic = False, batch_idx, 0, not manual and one_x is None
@@ -193,6 +194,14 @@ def train_epoch(ctx: LoopContext) -> None:
     if p.epoch_done and returned_none and returned_none == batch_idx - first_batch:
         _warn_no_step(p.epoch, returned_none)
     ctx.state.train_outputs = outputs  # (None unless collected for training_epoch_end)
+
+
+def _backward_fn(module: Any, prec: Any) -> Any:
+    """The precision's backward, or (as Lightning) the module's ``backward`` override called with
+    the scaled loss."""
+    if not module_overrides(module, "backward"):
+        return prec.backward
+    return lambda loss: module.backward(prec.scaler.scale(loss) if prec.scaler is not None else loss)
 
 
 def _hooked_window(ctx: LoopContext, optimizer: torch.optim.Optimizer, batch_idx: int, args: tuple,

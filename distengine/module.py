@@ -34,6 +34,7 @@ from torch import nn
 
 from distengine.callbacks.base import CALLBACK_HOOKS
 from distengine.module_helpers import copy_hparams as _copy_hparams
+from distengine.module_helpers import manual_backward as _manual_backward
 from distengine.module_helpers import map_collection as _map_collection
 from distengine.module_hooks import ModelHooks
 
@@ -355,9 +356,7 @@ class Module(ModelHooks, nn.Module):
         """``loss.backward()`` through the Trainer's precision (use with manual optimization).
         Under DDP it first prepares DDP's reducer for this loss, so each call's gradients are
         averaged over the ranks before it returns."""
-        trainer = self._trainer
-        trainer.strategy.prepare_for_backward(loss)  # DDP: ready its reducer for this loss
-        trainer.precision_plugin.backward(loss, *args, **kwargs)
+        _manual_backward(self, loss, *args, **kwargs)  # (module_helpers.py)
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:

@@ -29,3 +29,22 @@ def map_collection(data: Any, fn: Any) -> Any:
     if isinstance(data, (list, tuple)) and not hasattr(data, "_fields"):
         return type(data)(map_collection(v, fn) for v in data)
     return fn(data)
+
+
+def manual_backward(module: Any, loss: Any, *args: Any, **kwargs: Any) -> None:
+    """``Module.manual_backward``: as in Lightning, ``on_before_backward``, the backward (the
+    module's ``backward`` override with the scaled loss, else the precision's), ``on_after_backward``."""
+    from distengine.module import module_overrides
+
+    trainer = module._trainer
+    trainer.strategy.prepare_for_backward(loss)  # DDP: ready its reducer for this loss
+    hooks = getattr(trainer, "_hooks", None) or {}
+    for fn in hooks.get("on_before_backward", ()):
+        fn(loss)
+    prec = trainer.precision_plugin
+    if module_overrides(module, "backward"):
+        module.backward(prec.scaler.scale(loss) if prec.scaler is not None else loss, *args, **kwargs)
+    else:
+        prec.backward(loss, *args, **kwargs)
+    for fn in hooks.get("on_after_backward", ()):
+        fn()

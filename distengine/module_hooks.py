@@ -20,6 +20,11 @@ class ModelHooks:
         trainer = getattr(self, "_trainer", None)
         return trainer.model if trainer is not None and trainer.model is not None else self
 
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """The backward pass of automatic optimization, called (when overridden) with the loss
+        the precision has already scaled; override it for, say, ``retain_graph=True``."""
+        loss.backward(*args, **kwargs)
+
     def on_validation_model_zero_grad(self) -> None:
         """Before a validation inside ``fit`` at a step boundary: release the gradients."""
         self.zero_grad()

@@ -216,7 +216,8 @@ class CheckpointMixin:
             module, self.optimizers, self.lr_scheduler_configs, returned, self.precision, self.accumulate_grad_batches)
         self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
         if manual:  # Lightning 2.x: global_step counts the optimizer.step() calls of training_step
-            self._step_counters = [o.register_step_post_hook(self._count_manual_step) for o in self.optimizers]
+            self._step_counters = [o.register_step_post_hook(self._count_manual_step) for o in self.optimizers] + [
+                o.register_step_pre_hook(self._before_manual_step) for o in self.optimizers]  # (trainer_run.py)
         _next_fit_position(self.progress)
 
     def _count_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:

@@ -64,6 +64,11 @@ class RunMixin:
     def _module_overrides(self, name: str) -> bool:
         return module_overrides(self._module, name)
 
+    def _before_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Manual optimization: ``on_before_optimizer_step`` before each ``optimizer.step()``."""
+        for fn in self._hooks["on_before_optimizer_step"]:
+            fn(optimizer)
+
     def _build_hooks(self) -> None:
         module = self._module
         dispatcher = HookDispatcher(self.callbacks)

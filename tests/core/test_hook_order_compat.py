@@ -209,3 +209,60 @@ def test_epoch_scheduler_steps_before_last_batch_end_and_grads_released_before_v
     quiet_trainer(tmp_path, max_steps=1, limit_train_batches=2, limit_val_batches=0).fit(
         model, loader(regression_data()))
     assert seen == [("batch_end", 0, 1.0)] and model.optimizers().param_groups[0]["lr"] == 1.0
+
+
+def test_module_backward_override_is_called(tmp_path):
+    """Lightning's LightningModule.backward hook: an override runs the backward of automatic
+    optimization (here with retain_graph=True), between on_before_backward and on_after_backward."""
+    seen = []
+
+    class M(Regressor):
+        def on_before_backward(self, loss):
+            seen.append("on_before_backward")
+
+        def backward(self, loss, *args, **kwargs):
+            seen.append("backward")
+            loss.backward(retain_graph=True)
+
+        def on_after_backward(self):
+            seen.append("on_after_backward")
+
+    model = M()
+    before = [p.detach().clone() for p in model.parameters()]
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, loader(regression_data()))
+    assert seen == ["on_before_backward", "backward", "on_after_backward"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_manual_optimization_calls_backward_and_step_hooks(tmp_path):
+    """Lightning: manual_backward runs on_before_backward, the backward, on_after_backward; each
+    optimizer.step() is preceded by on_before_optimizer_step (module and callbacks)."""
+    seen = []
+
+    class Cb(de.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append("Callback.on_before_optimizer_step")
+
+    class M(Regressor):
+        automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(torch.nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+            seen.append("manual_backward")
+            opt.step()
+            seen.append("step")
+
+        def on_before_backward(self, loss):
+            seen.append("on_before_backward")
+
+        def on_after_backward(self):
+            seen.append("on_after_backward")
+
+        def on_before_optimizer_step(self, optimizer):
+            seen.append("on_before_optimizer_step")
+
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Cb()]).fit(M(), loader(regression_data()))
+    assert seen == ["on_before_backward", "on_after_backward", "manual_backward",
+                    "Callback.on_before_optimizer_step", "on_before_optimizer_step", "step"]
