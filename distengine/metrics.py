@@ -207,7 +207,8 @@ class Results:
             attr = metric_objects.resolve(self.module, key, value, reduce_fx)
             fx, sync_dist, rank_zero_only = "mean", False, False  # torchmetrics reduces and syncs it
         else:
-            fx = reduce_fx if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
+            # (a name in any case, as Lightning: "SUM" is "sum")
+            fx = reduce_fx.lower() if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
             fx = {"avg": "mean", "amax": "max", "amin": "min"}.get(fx, fx)
         if fx not in _REDUCE:
             raise ConfigError(f"self.log({key!r}, reduce_fx={reduce_fx!r}) is not supported; "

@@ -210,3 +210,14 @@ def test_manual_optimization_takes_any_scheduler_and_plateau_without_monitor(tmp
         quiet_trainer(tmp_path, **fit).fit(type("A", (M,), {"automatic_optimization": True,
                                                              "training_step": Regressor.training_step})(
             _OwnScheduler), loader(regression_data()))
+
+
+def test_log_reduce_fx_name_in_any_case(tmp_path):
+    class M(Regressor):
+        def training_step(self, batch, batch_idx):
+            self.log("n", 1.0, on_step=False, on_epoch=True, reduce_fx="SUM")
+            return super().training_step(batch, batch_idx)
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=0)
+    trainer.fit(M(), loader(regression_data()))
+    assert float(trainer.callback_metrics["n"]) == 3.0
