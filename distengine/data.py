@@ -244,6 +244,9 @@ def val_every_batches(val_check_interval: Any, num_batches: int | float) -> int:
                               "dataloader has no length (an IterableDataset); use 1.0 or a whole number "
                               "of batches, for example val_check_interval=100")
         return max(1, int(num_batches * vci))
+    if vci > num_batches:  # Lightning refuses it too: no batch of the epoch would validate
+        raise ConfigError(f"val_check_interval={vci} is more than the {num_batches} training batches of an epoch; "
+                          f"use at most {num_batches}, or a fraction such as val_check_interval=0.5")
     return int(vci)  # an int 1 validates after every batch, as in Lightning
 
 

@@ -221,3 +221,11 @@ def test_log_reduce_fx_name_in_any_case(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=0)
     trainer.fit(M(), loader(regression_data()))
     assert float(trainer.callback_metrics["n"]) == 3.0
+
+
+def test_val_check_interval_beyond_the_epoch_is_config_error(tmp_path):
+    """Lightning refuses a whole-number val_check_interval larger than the epoch (no batch of it
+    would validate); ValueError, as there."""
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4, val_check_interval=10)
+    with pytest.raises(ValueError, match="val_check_interval=10 is more than the 4 training batches"):
+        trainer.fit(Regressor(), loader(regression_data()), loader(regression_data()))

@@ -44,6 +44,8 @@ OVERRIDES: list[tuple[str, str, str]] = [
         ("trainer/test_dataloaders.py", "test_dataloaders_load_every_n_epochs_exception[*]"),
         ("trainer/test_dataloaders.py", "test_fit_multiple_train_loaders[sequential-128]"),
         ("trainer/test_dataloaders.py", "test_dataloaders_with_fast_dev_run[-1]"),
+        ("trainer/test_dataloaders.py", "test_dataloader_config_errors_runtime[*]"),
+        ("trainer/flags/test_val_check_interval.py", "test_validation_check_interval_exceed_data_length_wrong"),
         ("tuner/test_lr_finder.py", "test_lr_finder_fails_fast_on_bad_config"),
         (_MANUAL, "test_lr_schedulers_reduce_lr_on_plateau[True]"),
         (_MANUAL, "test_manual_optimization_with_non_pytorch_scheduler[True]"),
