@@ -68,7 +68,8 @@ def adapt(module: Any) -> Adapted:
 
 def hook_methods(module: Any, name: str) -> tuple:
     """The bound methods ``module`` overrides for hook ``name``: the 2.x one, then its 1.x alias."""
-    return tuple(getattr(module, n) for n in (name, HOOK_ALIASES.get(name)) if n and module_overrides(module, n))
+    alias = HOOK_ALIASES.get(name)  # (a wrapper around the default 1.x hook, which 2.x lacks, is no override)
+    return tuple(getattr(module, n) for n in (name, alias) if n and module_overrides(module, n, unwrap=n == alias))
 
 
 def signature_params(fn: Any) -> list[inspect.Parameter] | None:

@@ -134,7 +134,8 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     t.precision = normalize_precision(plugin_precision or c.precision)
     t._strategy = resolve_strategy(c.strategy, t.env.distributed, c.find_unused_parameters,
                                    t._devices if t.num_nodes == 1 else 1)
-    t.fast_dev_run = int((1 if fast_dev_run is True else fast_dev_run) or 0)
+    n_fast = int((1 if fast_dev_run is True else fast_dev_run) or 0)
+    t.fast_dev_run = True if n_fast == 1 else n_fast  # Lightning: fast_dev_run=1 reads back as True
     t._max_epochs_defaulted = max_epochs is None and max_steps == -1 and c.max_time is None and not t.fast_dev_run
     _check_min_max(min_epochs, max_epochs, min_steps, max_steps)
     t.max_epochs = 1 if t.fast_dev_run else max_epochs  # None (not given) is decided when a fit starts
@@ -151,9 +152,8 @@ def apply_config(t: Any, c: TrainerConfig) -> None:
     t.overfit_batches = f["overfit_batches"]
     num_sanity_val_steps, logger, enable_checkpointing = f["num_sanity_val_steps"], c.logger, c.enable_checkpointing
     if t.fast_dev_run:
-        t.limits = dict.fromkeys(t.limits, t.fast_dev_run)
-        num_sanity_val_steps, t.max_epochs, t.max_steps, enable_checkpointing = 0, 1, t.fast_dev_run, False
-        logger = _fast_dev_run_logger(logger)
+        t.limits = dict.fromkeys(t.limits, n_fast)
+        num_sanity_val_steps, t.max_steps, enable_checkpointing, logger = 0, n_fast, False, _fast_dev_run_logger(logger)
     if t.overfit_batches:
         t.limits["train"] = t.limits["val"] = t.overfit_batches
     _set_eval_flags(t, f, num_sanity_val_steps)

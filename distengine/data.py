@@ -216,7 +216,7 @@ def loader_len(loader: Any) -> int | float:
     """``len(loader)``, or ``math.inf`` for a loader without a length (an iterable dataset)."""
     try:
         return len(loader)
-    except TypeError:
+    except (TypeError, NotImplementedError):  # (Lightning: a __len__ that raises NotImplementedError too)
         return math.inf
 
 

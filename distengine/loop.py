@@ -12,11 +12,11 @@ parts of the Trainer it uses, each named (``ctx.strategy``, ``ctx.precision``, `
             but the last micro-batch) -> loss / accumulate_grad_batches -> backward
             (ctx.precision) -> on the last micro-batch (_end_step_window): unscale -> clip ->
             optimizer step -> zero_grad -> step-interval schedulers -> write step metrics
-            every log_every_n_steps (ctx.writer)
+            every log_every_n_steps (ctx.writer); the epoch's last batch: epoch schedulers
             on_train_batch_end; vote on stopping (ctx.stop_vote: all ranks act on the same step)
             validation every val_check_interval batches (loop_eval.run_eval)
-        epoch end: epoch schedulers -> validation -> training_epoch_end / on_train_epoch_end
-            -> epoch metrics -> plateau schedulers -> stop vote
+        epoch end: validation -> training_epoch_end -> epoch metrics -> on_train_epoch_end
+            (callbacks, module, then checkpoint / early stopping) -> plateau schedulers -> stop vote
     the stop vote closed; training_end (0.x), on_train_end
 
 1.x modules with several optimizers run each batch through ``ctx.one_x`` (compat.py). The
@@ -175,7 +175,7 @@ def train_epoch(ctx: LoopContext) -> None:
         p.total_batches += 1
         if last_micro:  # (Lightning steps even when training_step returned None: backward alone is skipped)
             _end_step_window(ctx, p, optimizer, opt_step if hooked is None else _zero_grad_step, automatic,
-                             log_every, loss is None and hooked is None)
+                             log_every, loss is None and hooked is None, is_last)
         batch_idx += 1
         p.batches_done = batch_idx
         out = {"loss": out.detach()} if (h_end or collect) and isinstance(out, torch.Tensor) else out  # as in Lightning
@@ -229,6 +229,8 @@ def _validate_in_epoch(ctx: LoopContext) -> bool:
     data = _val_data(ctx)
     if not data.should_validate():
         return False
+    if ctx.progress.batches_done % ctx.flags.accumulate_grad_batches == 0:  # Lightning: not mid-window
+        ctx.module.on_validation_model_zero_grad()
     run_eval(ctx, "validate", data.val_loaders, data.val_limits())
     data.val_schedule.validated()
     ctx.results.stage, ctx.results.in_step = "train", True
@@ -268,7 +270,7 @@ def _backward(ctx: LoopContext, loss: torch.Tensor, watch: Any, accum: int, back
 
 
 def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer, opt_step: Any, stepped: bool,
-                     log_every: int, no_loss: bool = False) -> None:
+                     log_every: int, no_loss: bool = False, epoch_end: bool = False) -> None:
     """The last micro-batch of an accumulation window: step (automatic optimization; manual
     optimization counts the user's own steps), step-interval schedulers, the logging clock.
 
@@ -289,6 +291,8 @@ def _end_step_window(ctx: LoopContext, p: Any, optimizer: torch.optim.Optimizer,
     p.batches_stepped += 1
     if log_every and p.batches_stepped % log_every == 0:  # 0: no step values, as in Lightning
         ctx.writer.write_train_step()
+    if epoch_end:  # as Lightning: the epoch's schedulers step before the last batch's on_train_batch_end
+        _step_schedulers(ctx, "epoch", plateau=False)
 
 
 def _step_skipped_by_scaler(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
@@ -315,7 +319,10 @@ def _sanity_check(ctx: LoopContext) -> None:
         for fn in ctx.hooks["on_sanity_check_start"]:
             fn()
         try:
-            run_eval(ctx, "validate", ctx.data.val_loaders, ctx.sanity_steps, sanity=True)
+            if ctx.data.val_pending:  # Lightning loads val_dataloader() here (fills ctx.sanity_steps)
+                ctx.reload_dataloaders("val")
+            if ctx.data.should_validate():
+                run_eval(ctx, "validate", ctx.data.val_loaders, ctx.sanity_steps, sanity=True)
         finally:
             ctx.status.sanity_checking = False
         for fn in ctx.hooks["on_sanity_check_end"]:
@@ -399,12 +406,21 @@ def _warn_modules_in_eval_mode(module: torch.nn.Module) -> None:
                        category=PossibleUserWarning)
 
 
+def _monitors(fn: Any) -> bool:
+    """Whether the callback behind hook ``fn`` is a checkpoint or early-stopping callback."""
+    from distengine.callbacks.checkpoint import Checkpoint
+    from distengine.callbacks.early_stopping import EarlyStopping
+
+    return isinstance(getattr(getattr(fn, "func", fn), "__self__", None), (Checkpoint, EarlyStopping))
+
+
 def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) -> None:
     p, res, data, state = ctx.progress, ctx.results, ctx.data, ctx.state
     ctx.writer.raise_if_nonfinite()
     ctx.writer.flush_train_step()  # the epoch's last step values, if not written yet
-    _step_schedulers(ctx, "epoch", plateau=False)
+    # (the epoch-interval schedulers stepped before the last batch's on_train_batch_end: _end_step_window)
     if validate and data.val_schedule.epoch_validates(p.epoch) and _val_data(ctx).should_validate():
+        ctx.module.on_validation_model_zero_grad()  # (release the gradients first, as Lightning)
         run_eval(ctx, "validate", data.val_loaders, data.val_limits())
         data.val_schedule.validated()
     res.stage, res.in_step = "train", False
@@ -412,17 +428,23 @@ def _end_of_epoch(ctx: LoopContext, validate: bool = True, vote: bool = True) ->
         ret = ctx.module.training_epoch_end(state.train_outputs)
         state.train_outputs = None
         _log_returned(res, ret, epoch_level=True)
-    for fn in ctx.module_hooks["on_train_epoch_end"]:
-        fn()
+    # As in Lightning: the steps' epoch values first (the hooks read them in callback_metrics), then
+    # the callbacks' hook, the module's, and last the monitoring callbacks' (a ModelCheckpoint or
+    # EarlyStopping sees what the module logged there); one logger write before those
     log, _ = res.collect_epoch("train")
-    if log:
-        ctx.writer.log_epoch(log)
-    for fn in ctx.callback_hooks["on_train_epoch_end"]:
+    callbacks = ctx.callback_hooks["on_train_epoch_end"]
+    monitoring = tuple(fn for fn in callbacks if _monitors(fn))
+    hooks = tuple(fn for fn in callbacks if fn not in monitoring) + ctx.module_hooks["on_train_epoch_end"]
+    for fn in hooks:
         fn()
-    if ctx.callback_hooks["on_train_epoch_end"]:  # what those callbacks logged (as Lightning allows)
-        log, _ = res.collect_late("train")
+    for group, more in ((hooks, monitoring), (monitoring, ())):
+        if group:  # what those hooks logged
+            log.update(res.collect_late("train")[0])
         if log:
             ctx.writer.log_epoch(log)
+        log = {}
+        for fn in more:
+            fn()
     # as in Lightning, after the epoch's hooks: a plateau scheduler may monitor a train epoch metric
     _step_schedulers(ctx, "epoch", plateau=True)
     res.reset_metric_objects("train")

@@ -172,18 +172,18 @@ def _end_eval_epoch(ctx: EvalContext, stage: str, name: str, all_outputs: list[l
         _log_returned(res, ret, epoch_level=True)
     elif all_outputs is not None and module_overrides(module, "validation_end") and stage == "validate":
         _log_returned(res, module.validation_end(all_outputs[0]), epoch_level=True)
-    for fn in ctx.module_hooks[f"on_{name}_epoch_end"]:
-        fn()
+    # the steps' epoch values first (the hooks read them in callback_metrics), then as in Lightning
+    # the callbacks' hook and the module's, then what those hooks logged; one write to the loggers
     log, values = res.collect_epoch(stage)
+    hooks = ctx.callback_hooks[f"on_{name}_epoch_end"] + ctx.module_hooks[f"on_{name}_epoch_end"]
+    for fn in hooks:
+        fn()
+    if hooks:
+        late_log, late = res.collect_late(stage)
+        log.update(late_log)
+        values.update(late)
     if log and not sanity:
         ctx.writer.log_epoch(log)
-    for fn in ctx.callback_hooks[f"on_{name}_epoch_end"]:
-        fn()
-    if ctx.callback_hooks[f"on_{name}_epoch_end"]:  # what those callbacks logged (as Lightning allows)
-        log, late = res.collect_late(stage)
-        if log and not sanity:
-            ctx.writer.log_epoch(log)
-        values.update(late)
     return _split_by_loader(values, num_loaders)
 
 

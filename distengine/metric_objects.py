@@ -67,7 +67,8 @@ def resolve(module: Any, key: str, value: Any, reduce_fx: Any) -> str:
         raise ValueError(f"self.log({key!r}, <MetricCollection>) logs one value; log a MetricCollection "
                          "with self.log_dict(collection) (each metric under its own key)")
     if what is None:
-        raise ValueError(f"self.log({key!r}, ...) needs a number, a one-element tensor or a torchmetrics "
+        shown = repr(value) if len(repr(value)) <= 60 else f"<{type(value).__name__}>"
+        raise ValueError(f"self.log({key!r}, {shown}) needs a number, a one-element tensor or a torchmetrics "
                          f"Metric, got {type(value).__name__}")
     path = next((name for name, sub in module.named_modules() if sub is value), None) if module else None
     if path is None:

@@ -78,7 +78,7 @@ class MetricWriter:
             step = self.logger_step()
         if self.env.rank == 0:
             for lg in self.loggers:
-                lg.log_metrics(metrics, step=step)
+                lg.log_metrics(metrics=metrics, step=step)  # by keyword, as Lightning calls it
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         """Write the epoch-end values (timed as ``log_epoch_metrics`` when profiling)."""

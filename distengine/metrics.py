@@ -207,7 +207,8 @@ class Results:
             attr = metric_objects.resolve(self.module, key, value, reduce_fx)
             fx, sync_dist, rank_zero_only = "mean", False, False  # torchmetrics reduces and syncs it
         else:
-            fx = reduce_fx if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
+            # (a name in any case, as Lightning: "SUM" is "sum")
+            fx = reduce_fx.lower() if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
             fx = {"avg": "mean", "amax": "max", "amin": "min"}.get(fx, fx)
         if fx not in _REDUCE:
             raise ConfigError(f"self.log({key!r}, reduce_fx={reduce_fx!r}) is not supported; "
@@ -323,6 +324,7 @@ class Results:
                 e.total, e.count = None, 0
         for e in objs:  # compute() synchronises the metric's states across ranks (torchmetrics)
             self._publish(e, metric_objects.compute(e), out, log)
+        vars(self).setdefault("_computed", {})[stage] = {e.name: e.count for e in objs}  # (collect_late)
         for e in local:  # rank_zero_only: this rank's own value, never reduced
             if e.total is None:
                 continue
@@ -335,8 +337,10 @@ class Results:
         """The epoch values logged after :meth:`collect_epoch`, by the callbacks' epoch-end hooks
         (Lightning lets callbacks log there): reduced the same way. Every rank calls it."""
         table = self.entries[stage]
-        # plain values only: a torchmetrics object keeps its count after collect_epoch computed it
-        late = {k: e for k, e in table.items() if e.on_epoch and e.metric is None and (e.total is not None or e.count)}
+        # a torchmetrics object keeps its count after collect_epoch computed it: late when logged since
+        computed = vars(self).get("_computed", {}).get(stage, {})
+        late = {k: e for k, e in table.items() if e.on_epoch and (
+            (e.total is not None or e.count) if e.metric is None else e.count and e.count != computed.get(e.name))}
         if not late and not collectives.is_distributed():
             return {}, {}  # distributed: every rank takes part, whatever it logged
         self.entries[stage], self.batches_run[stage] = late, 1

@@ -35,6 +35,7 @@ from torch import nn
 from distengine.barebones import warn_log_ignored
 from distengine.callbacks.base import CALLBACK_HOOKS
 from distengine.module_helpers import copy_hparams as _copy_hparams
+from distengine.module_helpers import manual_backward as _manual_backward
 from distengine.module_helpers import map_collection as _map_collection
 from distengine.module_hooks import ModelHooks
 
@@ -354,19 +355,12 @@ class Module(ModelHooks, nn.Module):
             return None
         return cfgs[0].scheduler if len(cfgs) == 1 else [c.scheduler for c in cfgs]
 
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """Lightning's hook: the Trainer's backward of ``loss`` (already scaled under mixed
-        precision), in automatic optimization and in ``manual_backward``. Override it to change
-        how, e.g. ``loss.backward(retain_graph=True)``."""
-        loss.backward(*args, **kwargs)
-
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """``loss.backward()`` through the Trainer's precision (use with manual optimization).
-        Under DDP it first prepares DDP's reducer for this loss, so each call's gradients are
-        averaged over the ranks before it returns."""
-        trainer = self._trainer
-        trainer.strategy.prepare_for_backward(loss)  # DDP: ready its reducer for this loss
-        trainer.precision_plugin.backward(loss, *args, module=self, **kwargs)
+        """``loss.backward()`` through the Trainer's precision and :meth:`backward` (use with manual
+        optimization), between ``on_before_backward`` and ``on_after_backward``. Under DDP it
+        first prepares DDP's reducer for this loss, so each call's gradients are averaged over
+        the ranks before it returns."""
+        _manual_backward(self, loss, *args, **kwargs)  # (module_helpers.py)
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:
@@ -404,7 +398,8 @@ class Module(ModelHooks, nn.Module):
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Called before every optimizer step with the Trainer's clipping values."""
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         """Step ``scheduler`` (override it for a scheduler with another ``step`` signature)."""
@@ -464,9 +459,16 @@ for _name in MODULE_HOOKS:
 del _name
 
 
-def module_overrides(module: Module, name: str) -> bool:
+def module_overrides(module: Module, name: str, unwrap: bool = False) -> bool:
+    """True when ``module`` has its own ``name``. ``unwrap``: a wrapper (functools.wraps, a
+    partial) set on the instance around the default does not count (Lightning's is_overridden)."""
     if name in getattr(module, "__dict__", ()):  # set on the instance (LightningCLI's configure_optimizers)
-        return callable(module.__dict__[name])
+        attr = module.__dict__[name]
+        if not callable(attr):
+            return False
+        while unwrap and hasattr(attr, "__wrapped__"):
+            attr = attr.__wrapped__
+        return not unwrap or getattr(attr, "__func__", attr) is not getattr(Module, name, None)
     impl = getattr(type(module), name, None)
     return impl is not None and impl is not getattr(Module, name, None)
 

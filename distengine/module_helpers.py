@@ -29,3 +29,17 @@ def map_collection(data: Any, fn: Any) -> Any:
     if isinstance(data, (list, tuple)) and not hasattr(data, "_fields"):
         return type(data)(map_collection(v, fn) for v in data)
     return fn(data)
+
+
+def manual_backward(module: Any, loss: Any, *args: Any, **kwargs: Any) -> None:
+    """``Module.manual_backward``: as in Lightning, DDP's reducer prepared for ``loss``,
+    ``on_before_backward``, the precision's backward (the loss scaled, then ``module.backward``),
+    ``on_after_backward``."""
+    trainer = module._trainer
+    trainer.strategy.prepare_for_backward(loss)  # DDP: ready its reducer for this loss
+    hooks = getattr(trainer, "_hooks", None) or {}
+    for fn in hooks.get("on_before_backward", ()):
+        fn(loss)
+    trainer.precision_plugin.backward(loss, *args, module=module, **kwargs)  # scaled, then module.backward
+    for fn in hooks.get("on_after_backward", ()):
+        fn()

@@ -20,6 +20,16 @@ class ModelHooks:
         trainer = getattr(self, "_trainer", None)
         return trainer.model if trainer is not None and trainer.model is not None else self
 
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's hook: the Trainer's backward of ``loss`` (already scaled under mixed
+        precision), in automatic optimization and in ``manual_backward``. Override it to change
+        how, e.g. ``loss.backward(retain_graph=True)``."""
+        loss.backward(*args, **kwargs)
+
+    def on_validation_model_zero_grad(self) -> None:
+        """Before a validation inside ``fit`` at a step boundary: release the gradients."""
+        self.zero_grad()
+
     def on_validation_model_eval(self) -> None:
         """Before validation (and the sanity check): put the model in eval mode. The mode of
         every submodule was captured first and is restored afterwards, unless
@@ -59,6 +69,10 @@ class ModelHooks:
         return batch
 
     # ------------------------------------------------------------------ set-up
+    def prepare_data(self) -> None:
+        """Download or write data to disk: called once per node (``prepare_data_per_node``)
+        before ``setup``, only when overridden; do not set state here."""
+
     def configure_callbacks(self) -> Any:
         """Callbacks this module brings along: a callback or a list of them. They replace the
         Trainer's callbacks of the same type; checkpoint callbacks run last."""

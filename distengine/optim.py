@@ -27,7 +27,10 @@ _HELP = ("configure_optimizers must return an optimizer, a list of optimizers, a
          "(optimizers, schedulers), or a dict with 'optimizer' and optionally 'lr_scheduler'")
 
 
-def _scheduler_config(item: Any) -> LRSchedulerConfig:
+def _scheduler_config(item: Any, manual: bool = False) -> LRSchedulerConfig:
+    """One scheduler's config. Under manual optimization the user steps it (any object; as in
+    Lightning, no monitor needed, and the keys that only the automatic loop reads are ignored,
+    with a RuntimeWarning)."""
     if isinstance(item, dict):
         if "scheduler" not in item:
             raise ConfigError(f"an lr_scheduler dict needs a 'scheduler' key, got keys {sorted(item)}")
@@ -41,6 +44,15 @@ def _scheduler_config(item: Any) -> LRSchedulerConfig:
         cfg = LRSchedulerConfig(item)
     if cfg.interval not in ("epoch", "step"):
         raise ConfigError(f"lr_scheduler interval must be 'epoch' or 'step', got {cfg.interval!r}")
+    if manual:
+        ignored = sorted(set(item) & {"monitor", "strict", "reduce_on_plateau"}) if isinstance(item, dict) else []
+        if ignored:
+            from distengine.distributed.rank_zero import rank_zero_warn
+
+            rank_zero_warn(f"lr_scheduler dict keys {ignored} have no effect under manual optimization (the "
+                           "Trainer never steps the scheduler there); call its step() yourself",
+                           category=RuntimeWarning)
+        return cfg
     if not hasattr(cfg.scheduler, "step"):
         raise ConfigError(f"lr_scheduler {type(cfg.scheduler).__name__} has no step() method")
     if cfg.reduce_on_plateau and cfg.monitor is None:
@@ -49,7 +61,8 @@ def _scheduler_config(item: Any) -> LRSchedulerConfig:
     return cfg
 
 
-def parse_optimizers(returned: Any) -> tuple[list[torch.optim.Optimizer], list[LRSchedulerConfig]]:
+def parse_optimizers(returned: Any, manual: bool = False) -> tuple[list[torch.optim.Optimizer],
+                                                                   list[LRSchedulerConfig]]:
     optimizers: list[Any] = []
     schedulers: list[Any] = []
     if returned is None:
@@ -88,4 +101,4 @@ def parse_optimizers(returned: Any) -> tuple[list[torch.optim.Optimizer], list[L
         if not isinstance(opt, torch.optim.Optimizer):
             raise ConfigError(f"configure_optimizers returned {type(opt).__name__}, which is not a "
                               "torch.optim.Optimizer; " + _HELP)
-    return optimizers, [_scheduler_config(s) for s in schedulers]
+    return optimizers, [_scheduler_config(s, manual) for s in schedulers]

@@ -38,6 +38,15 @@ class Progress:
         if "batches_stepped" not in state:  # a checkpoint from before the counter existed
             self.batches_stepped = self.global_step
 
+    def next_fit(self) -> None:
+        """A later ``fit`` of the same Trainer goes on from where the previous one ended, as in
+        Lightning: with ``max_epochs`` reached it trains nothing; with ``max_epochs`` raised it
+        trains the remaining epochs. An epoch the previous fit finished or cut short (a stop
+        request, ``max_steps``) counts as done, so the next fit starts the epoch after it."""
+        if self.epoch_done or self.batches_done:
+            self.epoch, self.batches_done, self.samples_done = self.epoch + 1, 0, 0
+            self.epoch_done = self.iter_started = False
+
 
 @dataclass
 class TrainerStatus:

@@ -115,7 +115,9 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
             if datamodule is None and hasattr(train_dataloaders, "train_dataloader"):
                 datamodule, train_dataloaders = train_dataloaders, None  # fit(model, dm), as Lightning allows
             train = self._resolve_loader(train_dataloaders, datamodule, "train")
-            val = self._resolve_loader(val_dataloaders, datamodule, "val", required=False, defer=self._defer_val())
+            # Lightning calls val_dataloader() in the sanity check (trainer.sanity_checking set), else at
+            # the start of training when the first epoch validates, else at the first validating epoch
+            val = self._resolve_loader(val_dataloaders, datamodule, "val", required=False, defer=True)
             self._setup_fit(train, val)
             self._restore(ckpt_path)
             if self.is_global_zero:
@@ -125,6 +127,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
                         lg.log_hyperparams(hp)
             for fn in self._hooks["on_fit_start"]:
                 fn()
+            self._module.zero_grad()  # as Lightning does before a stage's loop
             loop.fit_loop(self._loop_context())
             self._finish_signal_stop()
             for fn in self._hooks["on_fit_end"]:
@@ -142,8 +145,8 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
              test_dataloaders: Any = None) -> list[dict[str, float]]:
         """Run one test epoch; returns one dict of rank-reduced metrics per dataloader
         (``test_dataloaders=`` is the 1.x name of ``dataloaders``); printed as with ``validate``."""
-        return self._print_results(self._evaluate("test", model, dataloaders or test_dataloaders, datamodule,
-                                                  ckpt_path), "test", verbose)
+        given = test_dataloaders if dataloaders is None else dataloaders  # (no truth test: it calls len())
+        return self._print_results(self._evaluate("test", model, given, datamodule, ckpt_path), "test", verbose)
 
     def predict(self, model: Module | None = None, dataloaders: Any = None, datamodule: Any = None,
                 ckpt_path: str | None = None, return_predictions: bool | None = None) -> list[Any] | None:

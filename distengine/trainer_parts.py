@@ -38,14 +38,6 @@ class CheckpointMixin:
         self._setup_done = True
 
     # ------------------------------------------------------------------ data
-    def _defer_val(self) -> bool:
-        """Lightning calls ``val_dataloader()`` in the sanity check, else at the first epoch that
-        validates (never without ``validation_step`` or validation batches): fit defers the call
-        when no sanity check will run and validation does not run every epoch, or never runs."""
-        if not self._module_overrides("validation_step") or self.limits["val"] == 0:
-            return True
-        return self.num_sanity_val_steps == 0 and self.check_val_every_n_epoch != 1
-
     def _resolve_loader(self, given: Any, datamodule: Any, kind: str, required: bool = True,
                         defer: bool = False) -> list[Any]:
         hook = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
@@ -69,7 +61,7 @@ class CheckpointMixin:
                     collectives.barrier()
             stage = self._status.stage or "fit"
             if stage not in done and hasattr(datamodule, "setup"):  # Lightning: setup(stage) per stage
-                datamodule.setup(stage)
+                datamodule.setup(stage=stage)
             done.add(stage)
             if hasattr(datamodule, hook):
                 hooks[kind] = getattr(datamodule, hook)
@@ -109,9 +101,9 @@ class CheckpointMixin:
         data.val_pending = "val" in getattr(self, "_loader_hooks", {}) and not val
         data.train_loaded_epoch, data.val_loaded_epoch = 0, float("-inf")  # (set again in fit_loop)
         run_warnings.warn_fit_setup(self, train, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
-        self._run_sanity_check = self._data.should_validate() and self.num_sanity_val_steps != 0
-        self._sanity_steps = [n if self.num_sanity_val_steps < 0 else min(n, self.num_sanity_val_steps)
-                              for n in self._data.num_val_batches]  # (-1 is inf; < 0: set by hand)
+        # Lightning decides from the flags; the loader is loaded in the check (loop._sanity_check)
+        may_validate = data.should_validate() or (data.val_pending and data.has_val_step and self.limits["val"] != 0)
+        self._run_sanity_check = may_validate and self.num_sanity_val_steps != 0
         strategy = self._strategy
         self._precision = Precision(self.precision, strategy.root_device)
         self._loop_state.nonfinite_watch = None
@@ -128,13 +120,14 @@ class CheckpointMixin:
             module.compile()
         # after setup_module: a sharding strategy replaces the parameters the optimizers must hold
         returned = module.configure_optimizers()
-        self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned)
+        self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned, manual)
         self._one_x = compat.plan_optimization(  # 1.x: several optimizers, optimizer_idx
             module, self.optimizers, self.lr_scheduler_configs, returned, self.precision, self.accumulate_grad_batches)
         self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
         if manual:  # Lightning 2.x: global_step counts the optimizer.step() calls of training_step
-            self._step_counters = [o.register_step_post_hook(self._count_manual_step) for o in self.optimizers]
-        _next_fit_position(self.progress)
+            self._step_counters = [o.register_step_post_hook(self._count_manual_step) for o in self.optimizers] + [
+                o.register_step_pre_hook(self._before_manual_step) for o in self.optimizers]  # (trainer_run.py)
+        self.progress.next_fit()
 
     def _count_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.progress.global_step += 1
@@ -168,6 +161,9 @@ class CheckpointMixin:
         data.val_loaders = [prepare_eval(v, replicas, rank, self.use_distributed_sampler) for v in val]
         # Lightning: no validation_step, no validation batches (checkpoints then follow the epochs)
         data.num_val_batches = data.val_limits() if data.has_val_step else []
+        n_max = self.num_sanity_val_steps  # the sanity check's batches (in place: the loop's context holds them)
+        vars(self).setdefault("_sanity_steps", [])[:] = [n if n_max < 0 else min(n, n_max) for n in
+                                                          data.num_val_batches]
 
     def _reload_dataloaders(self, kind: str) -> None:
         """Call the ``train_dataloader``/``val_dataloader`` hook again (loaders passed to ``fit``
@@ -177,11 +173,16 @@ class CheckpointMixin:
             return
         from distengine import data_combined as dc
 
+        source = vars(self).setdefault("_given_loaders", {})[kind] = hook()  # as returned: trainer.val_dataloaders
         if kind == "train":
-            self._set_fit_loaders([dc.train_source(hook())], self._raw_loaders[1])
+            self._set_fit_loaders([dc.train_source(source)], self._raw_loaders[1])
         else:
+            first = self._data.val_pending
             self._data.val_pending = False
-            self._set_val_loaders(dc.eval_sources(hook()))
+            self._set_val_loaders(dc.eval_sources(source))
+            if first:  # (the warnings a loader given to fit gets at the start)
+                run_warnings.warn_few_workers(self, [dl for v in self._raw_loaders[1] for dl in dc.inner_loaders(v)],
+                                              "val")
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> list[Any]:
         from distengine import loop_eval
@@ -198,7 +199,10 @@ class CheckpointMixin:
         if self._launch_if_needed():  # ddp_notebook/ddp_spawn: the ranks are started from here
             return self._run_in_processes("_evaluate", (stage, model, dataloaders, datamodule, ckpt_path))
         with self._run(stage, model):
+            model.zero_grad()  # as Lightning does before a stage's loop
             kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+            if stage != "predict" and self.limits[kind] == 0:  # Lightning: no dataloader, no hooks, no results
+                return []
             if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):
                 datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
             loaders = self._resolve_loader(dataloaders, datamodule, kind)
@@ -279,9 +283,8 @@ class CheckpointMixin:
         if ckpt is None:
             return None
         if self.is_global_zero:
-            for fn in self._module_hooks.get("on_save_checkpoint", ()):
-                fn(ckpt)
-            for fn in self._callback_hooks.get("on_save_checkpoint", ()):
+            for fn in (*self._callback_hooks.get("on_save_checkpoint", ()),  # the callbacks first, as Lightning
+                       *self._module_hooks.get("on_save_checkpoint", ())):
                 fn(ckpt)
         return ckpt
 
@@ -400,14 +403,3 @@ class CheckpointMixin:
         state = load_trainer_checkpoint(self, path, True) if sharded else safe_load(path, "cpu", mmap=True)
         check_weights(self._module, state["state_dict"], source=path)
         self._strategy.load_module_state_dict(self._module, state["state_dict"])
-
-
-def _next_fit_position(p: Any) -> None:
-    """A later ``fit`` of the same Trainer goes on from where the previous one ended, as in
-    Lightning: with ``max_epochs`` reached it trains nothing; with ``max_epochs`` raised it trains
-    the remaining epochs. An epoch the previous fit finished or cut short (a stop request,
-    ``max_steps``) counts as done, so the next fit starts the epoch after it."""
-    if p.epoch_done or p.batches_done:
-        p.epoch, p.batches_done, p.samples_done = p.epoch + 1, 0, 0
-        p.epoch_done = p.iter_started = False
-

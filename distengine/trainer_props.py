@@ -27,7 +27,27 @@ class _Flag:
         setattr(obj._flags, self.name, value)
 
 
+class _Limit:
+    """``trainer.limit_{train,val,test,predict}_batches``: the limit in use (1.0: all batches),
+    fast_dev_run's and overfit_batches' included, as Lightning reads them back."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.limits[self.kind]
+        return 1.0 if value is None else value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.limits[self.kind] = value
+
+
 class TrainerProperties:
+    limit_train_batches, limit_val_batches = _Limit("train"), _Limit("val")
+    limit_test_batches, limit_predict_batches = _Limit("test"), _Limit("predict")
+
     # ------------------------------------------------------------------ the loop's flags and state
     @property
     def should_stop(self) -> bool:

@@ -64,6 +64,11 @@ class RunMixin:
     def _module_overrides(self, name: str) -> bool:
         return module_overrides(self._module, name)
 
+    def _before_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Manual optimization: ``on_before_optimizer_step`` before each ``optimizer.step()``."""
+        for fn in self._hooks["on_before_optimizer_step"]:
+            fn(optimizer)
+
     def _build_hooks(self) -> None:
         module = self._module
         dispatcher = HookDispatcher(self.callbacks)
@@ -284,9 +289,9 @@ class _RunContext:
                     else t.global_rank) == 0:
                 self.model.prepare_data()
             collectives.barrier()
-        self.model.setup(key)
-        for fn in t._callback_hooks["setup"]:
-            fn(key)
+        for fn in t._callback_hooks["setup"]:  # Lightning: the callbacks first, `stage` by keyword
+            fn(stage=key)
+        self.model.setup(stage=key)
         if module_overrides(self.model, "configure_model"):  # Lightning: after setup, before configure_optimizers
             t._strategy.configure_model(self.model)
         # anomaly mode is scoped to the run, as in Lightning: it slows every later backward
@@ -312,8 +317,8 @@ class _RunContext:
         t._step_counters = []
         try:
             for fn in t._callback_hooks["teardown"]:
-                fn(key)
-            self.model.teardown(key)
+                fn(stage=key)
+            self.model.teardown(stage=key)
         finally:
             # after the callbacks' teardown (ModelCheckpoint waits for its saves there): the
             # strategy unwraps the model and releases what it built for this stage

@@ -36,6 +36,7 @@ import torch
 
 from distengine.callbacks.base import Callback
 from distengine.distributed import collectives
+from distengine.utilities.exceptions import ConfigError
 
 _OOM_MESSAGES = ("out of memory", "cudnn_status_not_supported", "can't allocate memory",
                  "cuda error: out of memory")
@@ -137,7 +138,7 @@ class _LRSweep(Callback):
         # Lightning checks once configure_optimizers has run, before any batch (a manual
         # module with two optimizers would otherwise sweep forever: nothing it steps is counted)
         if len(trainer.optimizers) != 1:
-            raise ValueError(f"`model.configure_optimizers()` returned {len(trainer.optimizers)}, but learning rate "
+            raise ConfigError(f"`model.configure_optimizers()` returned {len(trainer.optimizers)}, but learning rate "
                              "finder only works with single optimizer; tune each optimizer's lr separately")
 
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
@@ -152,8 +153,12 @@ class _LRSweep(Callback):
         if isinstance(loss, torch.Tensor):
             self._losses.append(float(loss.detach().float()))
         step = int(trainer.global_step)
-        if step <= len(self.finder.results["lr"]) or not self._losses:
+        if step <= len(self.finder.results["lr"]):
             return  # the optimizer step of this batch has not happened yet (accumulation)
+        if not self._losses:  # training_step returned None: a NaN point (as in Lightning), not a divergence
+            self.finder.results["lr"].append(self._lr)
+            self.finder.results["loss"].append(math.nan)
+            return
         current = sum(self._losses) / len(self._losses)
         self._losses = []
         n = len(self.finder.results["loss"])
@@ -300,11 +305,11 @@ class Tuner:
         if _skipped_in_fast_dev_run(self.trainer, "lr_find"):
             return None
         if mode not in ("exponential", "linear"):
-            raise ValueError(f"lr_find(mode={mode!r}): use 'exponential' or 'linear'")
-        if not (0 < min_lr < max_lr):
-            raise ValueError(f"lr_find: need 0 < min_lr < max_lr, got min_lr={min_lr}, max_lr={max_lr}")
-        if not isinstance(num_training, int) or num_training < 2:
-            raise ValueError(f"lr_find(num_training={num_training!r}): use an integer >= 2")
+            raise ConfigError(f"lr_find(mode={mode!r}): use 'exponential' or 'linear'")
+        if not (min_lr > 0 and max_lr > 0):  # (as in Lightning, max_lr < min_lr sweeps downwards)
+            raise ConfigError(f"lr_find: min_lr and max_lr must be > 0, got min_lr={min_lr}, max_lr={max_lr}")
+        if not isinstance(num_training, int) or num_training < 1:
+            raise ConfigError(f"lr_find(num_training={num_training!r}): use an integer >= 1")
         target = ""
         if update_attr:
             candidates = [attr_name] if attr_name else ["lr", "learning_rate"]

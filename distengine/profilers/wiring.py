@@ -47,6 +47,7 @@ def _timed(profiler: Profiler, action: str, fn: Callable[..., Any]) -> Callable[
         finally:
             stop(action)
 
+    timed.func = getattr(fn, "func", fn)  # the hook's bound method (loop._monitors reads its callback)
     return timed
 
 

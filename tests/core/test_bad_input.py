@@ -250,7 +250,8 @@ GOOD_FLAG_VALUES = [
     (dict(num_sanity_val_steps=-1), dict(num_sanity_val_steps=float("inf"))),  # as Lightning reads it back
     (dict(max_time="00:12:00:00"), {}), (dict(max_time={"days": 1, "hours": 2}), {}),
     (dict(max_time=datetime.timedelta(minutes=5)), {}), (dict(max_time=90.5), {}),
-    (dict(fast_dev_run=2), dict(fast_dev_run=2)), (dict(fast_dev_run=True), dict(fast_dev_run=1)),
+    (dict(fast_dev_run=2), dict(fast_dev_run=2)), (dict(fast_dev_run=True), dict(fast_dev_run=True)),
+    (dict(fast_dev_run=1), dict(fast_dev_run=True)),  # Lightning: 1 reads back as True
 ]
 
 

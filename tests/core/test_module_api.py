@@ -164,7 +164,7 @@ def test_on_save_checkpoint_hooks_see_the_checkpoint(tmp_path):
     trainer.fit(module, loader(regression_data()))
     calls.clear()
     trainer.save_checkpoint(str(tmp_path / "x.ckpt"))
-    assert calls == ["on_save_checkpoint", "cb.on_save_checkpoint"]
+    assert calls == ["cb.on_save_checkpoint", "on_save_checkpoint"]  # the callbacks first, as in Lightning
 
 
 # ------------------------------------------------------------------ skipping

@@ -46,6 +46,13 @@ _TT = "tests_pytorch/trainer/test_trainer.py::"
 _LAST_IS_NEWEST = ("ckpt_path='last' loads the checkpoint <dirpath>/last.json points at, the newest one written "
                    "(so resume and Slurm requeue work without save_last=True; a documented choice), not only a "
                    "file named last.ckpt")
+_MANUAL = "trainer/optimization/test_manual_optimization.py"
+
+
+def _glob(test: str) -> str:
+    """``test`` as an fnmatch pattern: ``[`` stands for itself (``[*]``: any parameters)."""
+    return test.replace("[", "[[]")
+
 
 OVERRIDES: list[tuple[str, str, str]] = [
     (_MC + "test_check_val_every_n_epochs_top_k_integration", "C", _LAST_JSON),
@@ -135,5 +142,21 @@ OVERRIDES: list[tuple[str, str, str]] = [
     (_TT + "test_detect_anomaly_nan", "C", "distengine checks the loss before backward by default "
      "(Trainer(on_nonfinite_loss='error'), a documented flag) and stops with a FloatingPointError naming the step and "
      "rank, so torch's anomaly mode never reaches the NaN in backward"),
+    # messages are distengine's own wording (c-loops): same exception type, raised at the same moment
+    *((f"tests_pytorch/{f}::{_glob(t)}", "C", _WORDING) for f, t in [
+        ("trainer/logging_/test_train_loop_logging.py", "test_log_invalid_raises[*]"),
+        ("trainer/logging_/test_train_loop_logging.py", "test_log_works_in_train_callback"),
+        ("trainer/logging_/test_eval_loop_logging.py", "test_log_works_in_val_callback"),
+        ("trainer/test_dataloaders.py", "test_dataloader_config_errors_init[*]"),
+        ("trainer/test_dataloaders.py", "test_inf_dataloader_raise_error_with_partial_batch_limits[*]"),
+        ("trainer/test_dataloaders.py", "test_dataloaders_load_every_n_epochs_exception[*]"),
+        ("trainer/test_dataloaders.py", "test_fit_multiple_train_loaders[sequential-128]"),
+        ("trainer/test_dataloaders.py", "test_dataloaders_with_fast_dev_run[-1]"),
+        ("trainer/test_dataloaders.py", "test_dataloader_config_errors_runtime[*]"),
+        ("trainer/flags/test_val_check_interval.py", "test_validation_check_interval_exceed_data_length_wrong"),
+        ("tuner/test_lr_finder.py", "test_lr_finder_fails_fast_on_bad_config"),
+        (_MANUAL, "test_lr_schedulers_reduce_lr_on_plateau[True]"),
+        (_MANUAL, "test_manual_optimization_with_non_pytorch_scheduler[True]"),
+    ]),
 ]
 OVERRIDES += OUT_OF_SCOPE_B

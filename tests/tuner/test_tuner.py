@@ -125,8 +125,8 @@ def test_lr_find_needs_an_attribute_to_update():
 
 @pytest.mark.parametrize("kw, match", [
     ({"mode": "cosine"}, "'exponential' or 'linear'"),
-    ({"min_lr": 1.0, "max_lr": 0.1}, "min_lr < max_lr"),
-    ({"num_training": 1}, "num_training"),
+    ({"min_lr": 0.0, "max_lr": 0.1}, "must be > 0"),  # (max_lr < min_lr sweeps downwards, as in Lightning)
+    ({"num_training": 0}, "num_training"),  # (1 is accepted, as in Lightning)
 ])
 def test_lr_find_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
