@@ -29,9 +29,10 @@ def _bad(flag: str, value: Any, rule: str, example: str) -> ConfigError:
 
 
 def _number(flag: str, value: Any, rule: str, example: str) -> float:
-    """``value`` as a float, or TypeError when it is not a (real, non-boolean) number."""
+    """``value`` as a float, or TypeError when it is not a (real, non-boolean) number (a plain
+    ``TypeError``, not a ``MisconfigurationException``: Lightning fails with one there too)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigTypeError(f"Trainer({flag}={value!r}): expected a number, got {type(value).__name__}; "
+        raise TypeError(f"Trainer({flag}={value!r}): expected a number, got {type(value).__name__}; "
                         f"{rule}; for example {flag}={example}")
     if math.isnan(value):
         raise _bad(flag, value, rule, example)

@@ -37,7 +37,36 @@ def _context():
     ctx = mp.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(_PRELOAD)  # read when the server starts (the first call)
+        _forget_a_reaped_fork_server()
     return ctx
+
+
+def _forget_a_reaped_fork_server() -> None:
+    """Start a new fork server when the old one is gone and already reaped.
+
+    multiprocessing restarts a fork server that died, but it finds out with
+    ``waitpid(pid, WNOHANG)``, which fails with ChildProcessError when something else in this
+    process already reaped it (seen in the full suite after in-process wandb/mlflow runs: every later
+    ``run_ranks`` failed). Then its record of the old server is cleared here, so it starts a new one.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    pid = server._forkserver_pid
+    if pid is None:
+        return
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        done = pid  # reaped by someone else
+    if not done:
+        return  # alive
+    if server._forkserver_alive_fd is not None:
+        try:
+            os.close(server._forkserver_alive_fd)
+        except OSError:
+            pass
+    server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
 
 
 def _rank_main(fn, rank, world, port, env, args, queue):  # runs in the child

@@ -40,7 +40,7 @@ LR_SCHEDULER_TYPES = (torch.optim.lr_scheduler.LRScheduler, ReduceLROnPlateau)
 # (--print_config, its saved config.yaml) lists them with these defaults, so the parser accepts
 # them; the CLI drops them before building the Trainer and refuses any other value.
 LIGHTNING_ONLY_FLAGS: dict[str, tuple[Any, Any]] = {
-    "barebones": (bool, False), "enable_autolog_hparams": (bool, True), "model_registry": (str | None, None)}
+    "enable_autolog_hparams": (bool, True), "model_registry": (str | None, None)}
 # Lightning 2.x flags that distengine takes through its 1.x translation (compat_flags)
 PASSED_FLAGS: dict[str, tuple[Any, Any]] = {"reload_dataloaders_every_n_epochs": (int, 0)}
 _BUILTINS_IMPORTED = False

@@ -135,7 +135,8 @@ def test_optimizer_and_scheduler_from_the_config(tmp_path):
     ([], {"model": {"hidden_dimm": 3}}, "unknown key 'model.hidden_dimm' (did you mean 'model.hidden_dim'?)"),
     ([], {"model": {"hidden_dim": "wide"}}, "--model.hidden_dim expects int, got 'wide'"),
     ([], {"trainer": {"callbacks": [{"class_path": "EarlyStoping"}]}}, "(did you mean 'EarlyStopping'?)"),
-    (["--trainer.barebones", "true"], None, "--trainer.barebones=True: distengine's Trainer has no such flag"),
+    (["--trainer.enable_autolog_hparams", "false"], None,
+     "--trainer.enable_autolog_hparams=False: distengine's Trainer has no such flag"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, config, expected):
     if config is not None:

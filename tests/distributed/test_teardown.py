@@ -43,7 +43,7 @@ def _registered(group) -> bool:
 def _fit_twice(rank, tmp):
     import torch.distributed as dist
 
-    from distengine.trainer_parts import StopVote
+    from distengine.stop_vote import StopVote
 
     vote_tensors = []
     start = StopVote._start
