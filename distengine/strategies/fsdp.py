@@ -75,6 +75,7 @@ from torch import nn
 
 from distengine.strategies.base import Strategy
 from distengine.strategies.fsdp_parts import (  # noqa: F401 - re-exported: callers import them from here
+    STEP_METHODS,
     _gradient_sync,
     _has_dtensor,
     apply_activation_checkpointing,
@@ -86,12 +87,10 @@ from distengine.strategies.fsdp_parts import (  # noqa: F401 - re-exported: call
     has_meta_tensors,
     materialize,
     register_step_method,
+    register_step_methods,
     register_uncast_step_method,
     shard_units,
 )
-
-#: methods the loop calls instead of ``forward``: FSDP's unshard/reshard hooks must run around them
-STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
 
 _PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -323,9 +322,7 @@ class FSDPStrategy(Strategy):
             materialize(module, torch.device("cpu") if self.cpu_offload else self.root_device)
         elif not self.cpu_offload:
             module.to(self.root_device)
-        for name in STEP_METHODS:
-            if callable(getattr(module, name, None)):
-                register_uncast_step_method(module, name)
+        register_step_methods(module)
         self.model = module
         self.step_fn = module.training_step
         return module

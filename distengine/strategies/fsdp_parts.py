@@ -343,3 +343,15 @@ def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], lim
         parts.append(f"in the checkpoint but not in the model: {names(unexpected)}")
     return ("the checkpoint does not match the model (" + "; ".join(parts) +
             "); load it into the model it was saved from")
+
+
+#: methods the loop calls instead of ``forward``: FSDP's unshard/reshard hooks must run around them
+STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
+
+
+def register_step_methods(module: nn.Module) -> None:
+    """Each step method the module defines runs as a forward of its FSDP root
+    (:func:`register_uncast_step_method`): FSDPStrategy and ModelParallelStrategy both call this."""
+    for name in STEP_METHODS:
+        if callable(getattr(module, name, None)):
+            register_uncast_step_method(module, name)

@@ -38,8 +38,8 @@ from typing import Any
 
 from torch import nn
 
-from distengine.strategies.fsdp import STEP_METHODS, FSDPStrategy, _overrides_configure_model
-from distengine.strategies.fsdp_parts import has_meta_tensors, materialize, register_uncast_step_method
+from distengine.strategies.fsdp import FSDPStrategy, _overrides_configure_model
+from distengine.strategies.fsdp_parts import has_meta_tensors, materialize, register_step_methods
 
 
 class MeshSizeError(ValueError, RuntimeError):
@@ -130,9 +130,7 @@ class ModelParallelStrategy(FSDPStrategy):
                 materialize(module, self.root_device)
             module.to(self.root_device)  # layers configure_model() left alone
             if isinstance(module, FSDPModule):
-                for name in STEP_METHODS:
-                    if callable(getattr(module, name, None)):
-                        register_uncast_step_method(module, name)
+                register_step_methods(module)
         self.model = module
         self.step_fn = module.training_step
         return module
