@@ -184,7 +184,7 @@ def _end_eval_epoch(ctx: EvalContext, stage: str, name: str, all_outputs: list[l
         values.update(late)
     if log and not sanity:
         ctx.writer.log_epoch(log)
-    return _split_by_loader(values, num_loaders)
+    return _split_by_loader(values, num_loaders, res.loader_of)
 
 
 def outputs_to_cpu(obj: Any) -> Any:
@@ -213,7 +213,9 @@ def _gather_in_order(outputs: list[Any]) -> list[Any]:
     return [item for rank_out in per_rank for item in rank_out]
 
 
-def _split_by_loader(values: dict[str, float], n: int) -> list[dict[str, float]]:
+def _split_by_loader(values: dict[str, float], n: int, loader_of: dict[str, int]) -> list[dict[str, float]]:
+    """One results dict per dataloader: a name with ``/dataloader_idx_N`` (or logged with
+    ``add_dataloader_idx=False`` while loader N ran) in N's; the rest (epoch hooks) in every one."""
     if n <= 1:
         return [values]
     out: list[dict[str, float]] = [{} for _ in range(n)]
@@ -221,6 +223,8 @@ def _split_by_loader(values: dict[str, float], n: int) -> list[dict[str, float]]
         base, sep, idx = k.rpartition("/dataloader_idx_")
         if sep and idx.isdigit() and int(idx) < n:
             out[int(idx)][k] = v
+        elif k.removesuffix("_epoch") in loader_of or k in loader_of:
+            out[loader_of.get(k, loader_of.get(k.removesuffix("_epoch"), 0))][k] = v
         else:
             for d in out:
                 d[k] = v

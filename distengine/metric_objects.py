@@ -36,6 +36,8 @@ from typing import Any, Iterable
 
 import torch
 
+from distengine.utilities.exceptions import ConfigError
+
 
 def kind(value: Any) -> str | None:
     """"metric", "collection", or None for anything that is not a torchmetrics object."""
@@ -59,27 +61,44 @@ def dict_items(dictionary: Any) -> Iterable[tuple[str, Any]]:
     return dictionary.items()
 
 
-def resolve(module: Any, key: str, value: Any, reduce_fx: Any) -> str:
-    """The attribute path of the metric ``value`` logged as ``key`` (checked once per entry);
-    a one-line error for anything that is neither a number nor a Metric."""
+def resolve(module: Any, key: str, value: Any, reduce_fx: Any, attribute: str | None = None) -> str:
+    """The attribute path of the metric ``value`` logged as ``key`` (checked once per entry;
+    ``attribute``: the path ``self.log(..., metric_attribute=)`` gave); a one-line error for
+    anything that is neither a number nor a Metric."""
     what = kind(value)
     if what == "collection":
-        raise ValueError(f"self.log({key!r}, <MetricCollection>) logs one value; log a MetricCollection "
-                         "with self.log_dict(collection) (each metric under its own key)")
+        raise ConfigError(f"self.log({key!r}, <MetricCollection>) logs one value; log a MetricCollection "
+                          "with self.log_dict(collection) (each metric under its own key)")
     if what is None:
         shown = repr(value) if len(repr(value)) <= 60 else f"<{type(value).__name__}>"
         raise ValueError(f"self.log({key!r}, {shown}) needs a number, a one-element tensor or a torchmetrics "
                          f"Metric, got {type(value).__name__}")
+    if attribute is not None:
+        if module is None or _submodule(module, attribute) is None:
+            raise ConfigError(f"self.log({key!r}, ..., metric_attribute={attribute!r}): the module has no metric "
+                              f"attribute {attribute!r}; pass the name of the attribute that holds the metric")
+        return attribute
     path = next((name for name, sub in module.named_modules() if sub is value), None) if module else None
     if path is None:
-        raise ValueError(f"self.log({key!r}, <{type(value).__name__}>): the metric is not an attribute of "
-                         f"the module; set it in __init__ (self.metric = {type(value).__name__}(...)) so it "
-                         "moves with the module and every rank can compute it")
+        names = [n for n, sub in module.named_modules() if n and kind(sub) == "metric"] if module else []
+        if names:
+            raise ConfigError(f"self.log({key!r}, <{type(value).__name__}>): this metric object is not an attribute "
+                              f"of the module; log an attribute or pass metric_attribute=<one of {names}>")
+        raise ConfigError(f"self.log({key!r}, <{type(value).__name__}>): the metric is not an attribute of "
+                          f"the module; set it in __init__ (self.metric = {type(value).__name__}(...)) so it "
+                          "moves with the module and every rank can compute it")
     fx = reduce_fx if isinstance(reduce_fx, str) else getattr(reduce_fx, "__name__", str(reduce_fx))
     if fx not in ("mean", "avg"):
         warnings.warn(f"self.log({key!r}, <{type(value).__name__}>, reduce_fx={fx!r}): reduce_fx has no "
                       "effect on a torchmetrics Metric; its epoch value is metric.compute()", stacklevel=5)
     return path
+
+
+def _submodule(module: Any, path: str) -> Any:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def record(entry: Any, value: Any) -> None:

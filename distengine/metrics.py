@@ -147,6 +147,7 @@ class Results:
         self.epoch_values: dict[str, torch.Tensor] = {}  # reduced epoch values -> callback_metrics
         self.prog_bar_epoch: dict[str, float] = {}
         self.dataloader_suffix = ""
+        self.loader_of: dict[str, int] = {}  # add_dataloader_idx=False names: the dataloader that logged them
         # batches this rank ran per stage since its last epoch reduce: a rank that ran none may
         # have logged nothing (uneven validation shards), a rank that ran some may not
         self.batches_run = dict.fromkeys(self.entries, 0)
@@ -161,13 +162,15 @@ class Results:
         self.batches_run[self.stage] += 1
 
     def log(self, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, batch_size,
-            rank_zero_only=False) -> None:
+            rank_zero_only=False, add_dataloader_idx=True, metric_attribute=None) -> None:
         table = self.entries[self.stage]
-        key = name + self.dataloader_suffix
+        key = name + self.dataloader_suffix if add_dataloader_idx else name
         entry = table.get(key)
         if entry is None:
             entry = table[key] = self._new_entry(key, value, prog_bar, logger, on_step, on_epoch,
-                                                 reduce_fx, sync_dist, rank_zero_only)
+                                                 reduce_fx, sync_dist, rank_zero_only, metric_attribute)
+            if self.dataloader_suffix and not add_dataloader_idx:  # in that dataloader's results only
+                self.loader_of[key] = int(self.dataloader_suffix.rpartition("_")[2])
         if entry.metric is not None or not isinstance(value, (torch.Tensor, int, float)):
             metric_objects.record(entry, value)  # a torchmetrics object keeps its own state
             return
@@ -198,13 +201,13 @@ class Results:
             entry.count += batch_size
 
     def _new_entry(self, key, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
-                   rank_zero_only=False) -> _Entry:
+                   rank_zero_only=False, metric_attribute=None) -> _Entry:
         if isinstance(value, torch.Tensor) and value.numel() != 1:
             raise ValueError(f"self.log({key!r}, ...) needs a scalar, got a tensor of shape "
                              f"{tuple(value.shape)}; log a reduced value such as tensor.mean()")
         attr = None
         if not isinstance(value, (torch.Tensor, int, float)):  # a torchmetrics Metric, or an error
-            attr = metric_objects.resolve(self.module, key, value, reduce_fx)
+            attr = metric_objects.resolve(self.module, key, value, reduce_fx, metric_attribute)
             fx, sync_dist, rank_zero_only = "mean", False, False  # torchmetrics reduces and syncs it
         else:
             # (a name in any case, as Lightning: "SUM" is "sum")
@@ -377,7 +380,7 @@ class Results:
     def _publish(self, e: _Entry, value: float, out: dict[str, float], log: dict[str, float]) -> None:
         """Record the epoch value of ``e``: return value, callback_metrics, loggers, progress bar."""
         name = forked_name(e.name, "_epoch") if e.on_step else e.name
-        out[e.name] = value
+        out[name] = value  # (the results of validate/test name an on_step + on_epoch value *_epoch, as Lightning)
         self.epoch_values[e.name] = torch.tensor(value)
         if e.on_step:
             self.epoch_values[name] = torch.tensor(value)
@@ -398,6 +401,7 @@ class Results:
             self.reset_stage(stage)
         self.epoch_values.clear()
         self.prog_bar_epoch.clear()
+        self.loader_of.clear()
 
     def reset_stage(self, stage: str) -> None:
         self.entries[stage] = {}

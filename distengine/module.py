@@ -230,6 +230,7 @@ class Module(ModelHooks, nn.Module):
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True,
             on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str = "mean",
             sync_dist: bool = False, batch_size: int | None = None, rank_zero_only: bool = False,
+            enable_graph: bool = False, add_dataloader_idx: bool = True, metric_attribute: str | None = None,
             **_ignored: Any) -> None:
         """Record a scalar metric.
 
@@ -246,13 +247,23 @@ class Module(ModelHooks, nn.Module):
 
         ``value`` may also be a ``torchmetrics.Metric`` attribute of this module: its step value
         is its ``forward`` result on the batch, its epoch value ``compute()`` (synchronised by
-        torchmetrics) followed by ``reset()``, as in Lightning (see metric_objects.py).
+        torchmetrics) followed by ``reset()``, as in Lightning (see metric_objects.py);
+        ``metric_attribute`` names the attribute when the metric object is not found on the module.
+
+        With several evaluation dataloaders the name gets ``/dataloader_idx_N``
+        (``add_dataloader_idx=False``: kept as given; the value then appears only in the results of
+        the dataloader that logged it). A name may not contain ``/dataloader_idx_`` itself.
         """
         trainer = self._trainer
         if trainer is None:
             return
         if getattr(trainer, "barebones", False):
             return warn_log_ignored(name)  # (barebones.py)
+        if "/dataloader_idx_" in name:
+            from distengine.utilities.exceptions import ConfigError
+
+            raise ConfigError(f"self.log({name!r}): the name may not contain '/dataloader_idx_'; the Trainer adds "
+                              "that suffix itself with several dataloaders, log the plain name")
         if trainer.metric_results.no_log_hook is not None:
             from distengine.utilities.exceptions import ConfigError
 
@@ -260,7 +271,7 @@ class Module(ModelHooks, nn.Module):
             raise ConfigError(f"self.log({name!r}) inside `{hook}` is not allowed (as in Lightning): log from a "
                               "step, batch or epoch hook, or write to self.logger.experiment directly")
         trainer.metric_results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
-                                   sync_dist, batch_size, rank_zero_only)
+                                   sync_dist, batch_size, rank_zero_only, add_dataloader_idx, metric_attribute)
 
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         """Call :meth:`log` for each item of ``dictionary`` with the same options; a

@@ -208,7 +208,8 @@ def test_metric_never_updated_and_tensor_style(tmp_path):
 @pytest.mark.parametrize("mode, message", [
     ("collection_in_log", r"self.log\('coll', <MetricCollection>\) logs one value; log a MetricCollection "
                           r"with self.log_dict\(collection\)"),
-    ("not_an_attribute", r"the metric is not an attribute of the module; set it in __init__"),
+    ("not_an_attribute", r"this metric object is not an attribute of the module; log an attribute or pass "
+                         r"metric_attribute=<one of \['acc', "),
     ("not_scalar", r"compute\(\) returned a tensor of shape \(3,\); only metrics with a scalar value"),
     ("metric_then_number", r"self.log\('acc', ...\) got float where earlier calls logged the metric 'acc'"),
 ])
