@@ -34,6 +34,7 @@ from torch import nn
 
 from distengine.barebones import warn_log_ignored
 from distengine.callbacks.base import CALLBACK_HOOKS
+from distengine.module_helpers import clip_parameters, clip_settings
 from distengine.module_helpers import copy_hparams as _copy_hparams
 from distengine.module_helpers import manual_backward as _manual_backward
 from distengine.module_helpers import map_collection as _map_collection
@@ -83,7 +84,11 @@ class Module(ModelHooks, nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def trainer(self):
-        """The Trainer running this module (``None`` outside ``fit``/``validate``/...)."""
+        """The Trainer this module is attached to; outside one (before ``fit``/``validate``/...,
+        or a module built by hand) reading it is a ``RuntimeError``, as in Lightning."""
+        if self._trainer is None and not torch.jit.is_scripting():
+            raise RuntimeError(f"{type(self).__qualname__} is not attached to a Trainer (no fit/validate/test/predict "
+                               "is running it); read self.trainer inside the Trainer's hooks")
         return self._trainer
 
     @trainer.setter
@@ -383,9 +388,10 @@ class Module(ModelHooks, nn.Module):
         Example: ``self.clip_gradients(opt, gradient_clip_val=0.5, gradient_clip_algorithm="norm")``
         """
         trainer = self._trainer
-        if gradient_clip_val is None and trainer is not None:
-            gradient_clip_val = trainer.gradient_clip_val
-        algorithm = gradient_clip_algorithm or (trainer.gradient_clip_algorithm if trainer is not None else "norm")
+        algorithm = gradient_clip_algorithm.lower() if isinstance(gradient_clip_algorithm, str) else None
+        if trainer is not None:
+            gradient_clip_val, algorithm = clip_settings(trainer, gradient_clip_val, algorithm)
+        algorithm = algorithm or "norm"
         if algorithm not in ("norm", "value"):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {algorithm!r}")
         if not gradient_clip_val:
@@ -395,7 +401,7 @@ class Module(ModelHooks, nn.Module):
         if trainer is not None:
             trainer.strategy.clip_gradients(optimizer, gradient_clip_val, algorithm)
         else:
-            _clip(optimizer, gradient_clip_val, algorithm)
+            clip_parameters(optimizer, gradient_clip_val, algorithm)
 
     # the optimisation hooks a module may override (called as in Lightning: optim_hooks.py)
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
@@ -484,12 +490,10 @@ def module_overrides(module: Module, name: str, unwrap: bool = False) -> bool:
     return impl is not None and impl is not getattr(Module, name, None)
 
 
+# torch.jit.script skips these (they read the Trainer, which TorchScript cannot type): a module
+# attached to a Trainer scripts, as in Lightning
+Module.__jit_unused_properties__ = sorted(
+    {n for c in Module.__mro__ if c.__module__.startswith("distengine") for n, v in vars(c).items()
+     if isinstance(v, property)} | set(getattr(nn.Module, "__jit_unused_properties__", [])))
+
 LightningModule = Module
-
-
-def _clip(optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str) -> None:
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if algorithm == "value":
-        torch.nn.utils.clip_grad_value_(params, clip_val)
-    else:
-        torch.nn.utils.clip_grad_norm_(params, clip_val)

@@ -6,9 +6,12 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["copy_hparams", "map_collection"]
+from distengine.utilities.exceptions import ConfigError
+
+__all__ = ["clip_parameters", "clip_settings", "copy_hparams", "manual_backward", "map_collection"]
 
 
 def copy_hparams(params: dict[str, Any]) -> dict[str, Any]:
@@ -43,3 +46,29 @@ def manual_backward(module: Any, loss: Any, *args: Any, **kwargs: Any) -> None:
     trainer.precision_plugin.backward(loss, *args, module=module, **kwargs)  # scaled, then module.backward
     for fn in hooks.get("on_after_backward", ()):
         fn()
+
+
+def clip_settings(trainer: Any, clip_val: float | None, algorithm: str | None) -> tuple[Any, Any]:
+    """``clip_gradients``' value and algorithm: the Trainer's where none is given; a given one that
+    differs from one set on the Trainer is an error (as in Lightning: two sources, no silent winner)."""
+    set_val = trainer.gradient_clip_val
+    set_algorithm = getattr(getattr(trainer, "config", None), "gradient_clip_algorithm", None)
+    if clip_val is None:
+        clip_val = set_val
+    elif set_val is not None and set_val != clip_val:
+        raise ConfigError(f"clip_gradients(gradient_clip_val={clip_val}) differs from Trainer(gradient_clip_val="
+                          f"{set_val}); set the value in one place only")
+    if algorithm is None:
+        algorithm = set_algorithm
+    elif set_algorithm is not None and set_algorithm != algorithm:
+        raise ConfigError(f"clip_gradients(gradient_clip_algorithm={algorithm!r}) differs from Trainer("
+                          f"gradient_clip_algorithm={set_algorithm!r}); set the algorithm in one place only")
+    return clip_val, algorithm
+
+
+def clip_parameters(optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str) -> None:
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, clip_val)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, clip_val)

@@ -342,7 +342,7 @@ def test_test_dataloaders_keyword(tmp_path):
     x, y = _data()[:]
     with torch.no_grad():
         want = float(torch.nn.functional.mse_loss(model.layer(x), y))
-    assert res["test_loss"] == pytest.approx(want, rel=1e-5)
+    assert res["test_loss_epoch"] == pytest.approx(want, rel=1e-5)
 
 
 def test_argparse_class_methods_as_in_1_9_5():

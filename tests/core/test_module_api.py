@@ -379,7 +379,9 @@ def test_log_options_reach_the_right_places(tmp_path):
 def test_log_outside_a_trainer_does_nothing():
     module = LogOptions()
     module.log("x", 1.0)  # no error, nothing to record into
-    assert module.trainer is None
+    assert module._trainer is None
+    with pytest.raises(RuntimeError, match="LogOptions is not attached to a Trainer"):
+        module.trainer  # as in Lightning: outside a Trainer, reading it is an error
 
 
 def test_log_of_a_non_scalar_is_a_clear_error(tmp_path):
@@ -403,7 +405,7 @@ def test_module_properties_during_fit(tmp_path):
             return super().training_step(batch, batch_idx)
 
     module = Props()
-    assert module.trainer is None and module.current_epoch == 0 and module.device == torch.device("cpu")
+    assert module._trainer is None and module.current_epoch == 0 and module.device == torch.device("cpu")
     trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2)
     trainer.fit(module, loader(regression_data()))
     assert [(e, s) for _, _, _, e, s, _ in seen] == [(0, 0), (0, 1), (1, 2), (1, 3)]
@@ -468,7 +470,7 @@ def test_load_from_checkpoint_with_overrides(tmp_path):
     assert overridden.hparams.hidden == 16
     for a, b in zip(overridden.state_dict().values(), module.state_dict().values()):
         assert torch.equal(a, b)
-    assert not overridden.training or overridden.trainer is None
+    assert not overridden.training or overridden._trainer is None
 
 
 # ------------------------------------------------------------------ data sources

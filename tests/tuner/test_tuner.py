@@ -78,7 +78,7 @@ def test_lr_find_suggests_a_converging_lr_and_restores_everything(tmp_path):
     assert lrs[0] == pytest.approx(1e-5) and all(a < b for a, b in zip(lrs, lrs[1:]))
     assert losses[-1] > 4 * min(losses)  # the early stop threshold is what ended it
     assert_same(before, model)  # weights and buffers (the step counter) exactly back
-    assert model.trainer is None  # not left pointing at the internal trainer
+    assert model._trainer is None  # not left pointing at the internal trainer
     assert torch.equal(torch.rand(3), expected_torch) and random.random() == expected_py
     assert trainer.global_step == 0 and trainer.optimizers == []  # the user's trainer is untouched
 

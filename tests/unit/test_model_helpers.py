@@ -43,4 +43,24 @@ def test_trainer_setter_reaches_child_modules():
     parent.trainer = trainer
     assert parent.trainer is trainer and child.trainer is trainer
     parent.trainer = None
-    assert child.trainer is None
+    assert child._trainer is None
+    with pytest.raises(RuntimeError, match="is not attached to a Trainer"):
+        child.trainer
+
+
+def test_a_module_attached_to_a_trainer_scripts_with_torch_jit():
+    import torch
+
+    class Scripted(de.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    module = Scripted()
+    module.trainer = de.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    scripted = torch.jit.script(module)  # the Trainer-reading properties are left out, as in Lightning
+    x = torch.randn(2, 4)
+    assert torch.equal(scripted(x), module(x))
