@@ -118,7 +118,8 @@ def local_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dic
         return (v.to_local() if isinstance(v, DTensor) else v).detach().clone()
 
     weights = {k: mine(v) for k, v in model.state_dict().items()}
-    optim = {f"optim.{name}.{k}": mine(v) for name, p in model.named_parameters() for k, v in optimizer.state[p].items()}
+    optim = {f"optim.{name}.{k}": mine(v)
+             for name, p in model.named_parameters() for k, v in optimizer.state[p].items()}
     return {**weights, **optim}
 
 
