@@ -22,6 +22,9 @@ on the same mesh. The cases:
   training thread went on to the next batch): nothing of step K is published, its temporary folder
   is left behind, the resume starts at step K - 1 and clears that folder.
 
+The TP x DP run's published checkpoint also resumes onto another mesh, HSDP 2 x 2 on the same ranks
+(weights as saved, every sample of the epoch once).
+
 Each resumed run ends as the uninterrupted run of its layout (one per layout, shared): every rank's
 local shards of the weights and AdamW state ``torch.equal``, the gathered (full_tensor) weights and
 AdamW state ``torch.equal``, the logged metrics equal at every step, and each rank's batches (the
@@ -42,7 +45,7 @@ import torch
 from distengine.checkpoint.io import read_last_pointer
 from tests.helpers import free_port
 
-pytestmark = pytest.mark.slow  # 8 jobs of 4 ranks: ~60 s on an idle 2-core machine
+pytestmark = pytest.mark.slow  # 9 jobs of 4 ranks: ~60 s on a 2-core machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "fsdp_train.py")
@@ -118,11 +121,23 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def case(request, uninterrupted, tmp_path_factory):
-    layout, step, rank, in_flight = CASES[request.param]
+@pytest.fixture(scope="module")
+def killed(uninterrupted, tmp_path_factory):
+    """case -> its killed run and the resume from it (run on first use, shared)."""
+    done: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in done:
+            done[name] = _kill_and_resume(name, uninterrupted, tmp_path_factory)
+        return done[name]
+
+    return get
+
+
+def _kill_and_resume(name: str, uninterrupted, tmp_path_factory) -> dict:
+    layout, step, rank, in_flight = CASES[name]
     base = uninterrupted(layout)
-    work = tmp_path_factory.mktemp(request.param)
+    work = tmp_path_factory.mktemp(name)
     out = str(work / "out")
     extra = ["--kill-step", str(step), "--kill-rank", str(rank)] + (["--kill-in-save"] if in_flight else [])
     codes = _job(str(work / "kill"), out, "kill", "--strategy", layout, *extra, kill_rank=rank)
@@ -132,6 +147,11 @@ def case(request, uninterrupted, tmp_path_factory):
     assert resumed == [0] * WORLD, [_output(out, "resume", r) for r in range(WORLD)]
     return {"layout": layout, "step": step, "rank": rank, "in_flight": in_flight, "codes": codes, "work": work,
             "out": out, "base": os.path.join(base, "out")}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, killed):
+    return killed(request.param)
 
 
 def test_one_rank_sigkilled_leaves_the_expected_checkpoint(case):
@@ -175,3 +195,30 @@ def test_resumed_run_equals_the_uninterrupted_run(case):
         killed = [r for r in _seen(out, "kill", rank) if r["step"] < start]
         assert resumed == [r for r in base_rows if r["step"] >= start], f"rank {rank}: other batches after resume"
         assert killed + resumed == base_rows, f"rank {rank}: batches seen differ from the uninterrupted run"
+
+
+def test_killed_tp_dp_checkpoint_resumes_onto_the_hsdp_mesh(killed):
+    """Another mesh on the same 4 ranks: the checkpoint the SIGKILLed TP 2 x DP 2 run published
+    resumes under HSDP 2 x 2 (``--resume-from`` its ``last.ckpt``): the weights come back as saved, and
+    the rest of epoch 0 (the samples the 2 data-parallel groups had not reached, now split over 4
+    replicas) and epoch 1 cover every sample exactly once."""
+    from distengine.checkpoint.sharded import load_consolidated
+
+    run = killed("mp-2x2-published")
+    work, out = run["work"], run["out"]
+    shutil.copytree(work / "pristine", work / "hsdp", symlinks=True)
+    codes = _job(str(work / "hsdp"), out, "hsdp", "--strategy", "hsdp-2x2",
+                 "--resume-from", str(work / "hsdp" / "checkpoints" / "last.ckpt"))
+    assert codes == [0] * WORLD, [_output(out, "hsdp", r) for r in range(WORLD)]
+    saved = load_consolidated(read_last_pointer(work / "pristine" / "checkpoints"))
+    start = torch.load(os.path.join(out, "hsdp-start.pt"))
+    assert start["global_step"] == saved["global_step"] == run["step"]
+    differ = [k for k, v in saved["state_dict"].items() if not torch.equal(v, start["state_dict"][k])]
+    assert not differ, f"weights resumed under HSDP differ from the TP x DP checkpoint in {differ}"
+    # TP x DP: the 2 data-parallel groups read 8 samples a step each; ranks 0 and 2 stand for them
+    before = [i for r in (0, 2) for row in _seen(run["base"], "base", r) if row["epoch"] == 0
+              and row["step"] < run["step"] for i in row["index"]]
+    after = [i for r in range(WORLD) for row in _seen(out, "hsdp", r) if row["epoch"] == 0 for i in row["index"]]
+    assert len(before) == 16 * run["step"] and sorted(before + after) == list(range(48))  # each sample once
+    assert sorted(i for r in range(WORLD) for row in _seen(out, "hsdp", r) if row["epoch"] == 1
+                  for i in row["index"]) == list(range(48))
