@@ -45,7 +45,7 @@ import torch
 from distengine.checkpoint.io import read_last_pointer
 from tests.helpers import free_port
 
-pytestmark = pytest.mark.slow  # 9 jobs of 4 ranks: ~60 s on a 2-core machine
+pytestmark = pytest.mark.slow  # 9 jobs of 4 ranks: 62-83 s on a shared 2-core machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "fsdp_train.py")
