@@ -104,6 +104,13 @@ class Strategy:
         ``ModelParallelStrategy``: the ``data_parallel`` mesh dimension (called after setup)."""
         return env.world_size, env.rank
 
+    def gather_predictions(self, outputs: list[Any]) -> list[Any]:
+        """Every rank's predictions of one loader, concatenated in rank order: the evaluation
+        shards are contiguous, so this is dataset order. A collective (every rank gets the list)."""
+        from distengine.distributed import collectives
+
+        return [item for rank_out in collectives.all_gather_object(outputs) for item in rank_out]
+
     # ------------------------------------------------------------------ the model
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Move (or shard) ``module`` onto this rank's device and return the model the loop

@@ -372,10 +372,17 @@ class FSDPStrategy(Strategy):
             raise RuntimeError(describe_key_mismatch(result.missing_keys, result.unexpected_keys))
 
     def optimizer_state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The optimizer state keyed by parameter name (``get_optimizer_state_dict``)."""
+        """``"sharded"``: this rank's shards keyed by parameter name (``get_optimizer_state_dict``).
+        ``"full"``: complete tensors on rank 0 with the parameters numbered as
+        ``optimizer.state_dict()`` numbers them, as Lightning's full checkpoints hold them: a plain
+        optimizer loads the file's state."""
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        return get_optimizer_state_dict(module, optimizer, options=self._options(self.state_dict_type == "full"))
+        from distengine.checkpoint.sharded import name_keyed_to_indexed
+
+        full = self.state_dict_type == "full"
+        state = get_optimizer_state_dict(module, optimizer, options=self._options(full))
+        return name_keyed_to_indexed(state) if full and state else state
 
     def load_optimizer_state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                                   state: dict[str, Any]) -> None:

@@ -111,6 +111,16 @@ class ModelParallelStrategy(FSDPStrategy):
         dp = self.device_mesh["data_parallel"]
         return dp.size(), dp.get_local_rank()
 
+    def gather_predictions(self, outputs: list[Any]) -> list[Any]:
+        """Each data-parallel group's predictions once, in group order (dataset order): the ranks of a
+        tensor-parallel group predict the same batches, and only its first rank's are kept."""
+        from distengine.distributed import collectives
+
+        tp = self.device_mesh["tensor_parallel"].get_local_rank()
+        dp = self.device_mesh["data_parallel"].get_local_rank()
+        sent = collectives.all_gather_object((dp, outputs) if tp == 0 else None)
+        return [item for _, out in sorted((x for x in sent if x is not None), key=lambda x: x[0]) for item in out]
+
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Call the module's ``configure_model()`` (where it parallelizes itself with
         ``self.device_mesh``), fill meta tensors, move the rest to the device."""

@@ -70,7 +70,9 @@ def _invocation(script: harness.Script, ranks: int) -> dict:
     env.update(extra)
     kept = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "CONFORMANCE_OUT")
             and (k in harness.FIXED_ENV or k.startswith(("PL_", "LIGHTNING")))}
-    return {"command": [a if a != str(script.path) else script.name for a in cmd], "env": dict(sorted(kept.items()))}
+    shape = {"start": "direct"} if harness.direct(ranks) else {}  # one process a rank, no launcher
+    return {"command": [a if a != str(script.path) else script.name for a in cmd], "env": dict(sorted(kept.items())),
+            **shape}
 
 
 def source_parts(script: harness.Script, ranks: int) -> dict:
@@ -148,7 +150,7 @@ def load(script: harness.Script, ranks: int, store: Path = STORE) -> harness.Run
     # Only the rounding differs (the same capability, other kernels): a 2-rank entry is still exact
     # for what is compared on 2 ranks (steps and epochs); a 1-process one is compared within float
     # tolerance (Run.approx), which no real slip (a missed or extra step) passes.
-    approx = bool(other) and ranks == 1
+    approx = bool(other) and ranks != 2  # 1 process, or a `world:` script: weights compared
     run = json.loads((folder / "run.json").read_text())
     weights = torch.load(folder / "weights.pt", weights_only=True)
     return harness.Run(folder, {int(r): res for r, res in run["results"].items()},
@@ -175,6 +177,8 @@ def save(script: harness.Script, ranks: int, run: harness.Run, store: Path = STO
 
 
 def rank_counts(script: harness.Script) -> list[int]:
+    if script.world > 1:
+        return [script.world]
     return [1, 2] if script.ranks else [1]
 
 

@@ -14,6 +14,11 @@ differences the harness is expected to find, each with its reason::
         (an indented line continues the reason)
     '''
 
+A line `world: 4` runs the script only as 4 rank processes started directly (each with the
+RANK/LOCAL_RANK/WORLD_SIZE/MASTER_* environment a launcher sets, no launcher process: the suite
+starts at most 4 processes a test): distengine's through its rank entry point, Lightning's as an
+already-launched job of PL_TRAINER_DEVICES=4; everything below is then compared on every rank.
+
 Compared (categories): `weights` (torch.equal), `global_step`, `current_epoch`,
 `callback_metrics` (names and values), `logged` (the (folder, tag, step, value) scalars read back
 from the TensorBoard event files and CSVLogger files), `checkpoints` (the .ckpt files' paths under the run folder),
@@ -48,6 +53,7 @@ class Script:
     style: str
     known: dict[str, str] = field(default_factory=dict)
     ranks: bool = True  # also run on 2 ranks under `distengine launch --cpus 2`
+    world: int = 1  # > 1: run only as this many rank processes started directly, compared on every rank
 
     @property
     def name(self) -> str:
@@ -58,7 +64,7 @@ def load_script(path: Path) -> Script:
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     lines = doc.splitlines()
     title = lines[0].strip() if lines else path.stem
-    style, known, ranks, current = "", {}, True, None
+    style, known, ranks, world, current = "", {}, True, 1, None
     for raw in lines[1:]:
         line = raw.strip()
         if raw[:1].isspace() and current is not None and line:  # an indented line continues a reason
@@ -73,12 +79,16 @@ def load_script(path: Path) -> Script:
             known[current] = reason.strip()
         elif line.startswith("ranks:"):
             ranks = line.split(":", 1)[1].strip() != "no"
+        elif line.startswith("world:"):
+            world = int(line.split(":", 1)[1])
     if style not in ("2.x", "1.x"):
         raise ValueError(f"{path.name}: the docstring needs a line 'style: 2.x' or 'style: 1.x'")
     unknown = set(known) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"{path.name}: unknown categories {sorted(unknown)}; use {CATEGORIES}")
-    return Script(path, title, style, known, ranks)
+    if world > 1:
+        ranks = False  # its rank count only, not the 1-process and 2-rank runs
+    return Script(path, title, style, known, ranks, world)
 
 
 def corpus() -> list[Script]:
@@ -110,9 +120,21 @@ def _env(out: Path, distengine: bool) -> dict[str, str]:
     return env
 
 
+def direct(ranks: int) -> bool:
+    """More than 2 ranks are started directly, one process a rank with the environment a launcher
+    gives it (no launcher process: the suite starts at most 4 processes a test)."""
+    return ranks > 2
+
+
 def _command(script: Script, python: Path | str, distengine: bool, ranks: int) -> tuple[list[str], dict]:
     if ranks == 1:
         return [str(python), "-W", "ignore", str(script.path)], {}
+    if direct(ranks):
+        if distengine:  # the entry point `distengine launch` starts each rank with
+            return [str(python), "-W", "ignore", "-m", "distengine.launch.rank", str(script.path)], {}
+        # Lightning joins an already-launched job (LOCAL_RANK set) of PL_TRAINER_DEVICES processes
+        return [str(python), "-W", "ignore", str(script.path)], {"PL_TRAINER_ACCELERATOR": "cpu",
+                                                                 "PL_TRAINER_DEVICES": str(ranks)}
     if distengine:
         return [str(Path(python).parent / "distengine"), "launch", "--cpus", str(ranks), str(script.path)], {}
     # Lightning on N CPU ranks: torchrun starts the ranks; the PL_TRAINER_* variables are
@@ -130,24 +152,51 @@ def start(script: Script, python: Path | str, folder: Path, distengine: bool, ra
     cmd, extra_env = _command(script, python, distengine, ranks)
     env = _env(folder / "_report", distengine)
     env.update(extra_env)
-    log = open(folder / "_output.log", "w+")
-    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return (script, folder, distengine, ranks, proc, log)
+    if not direct(ranks):
+        log = open(folder / "_output.log", "w+")
+        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return (script, folder, distengine, ranks, [proc], [log])
+    from tests.helpers import free_port
+
+    port, procs, logs = str(free_port()), [], []
+    for rank in range(ranks):
+        logs.append(open(folder / f"_output-rank{rank}.log", "w+"))
+        env_rank = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
+                    "LOCAL_WORLD_SIZE": str(ranks), "GROUP_RANK": "0", "NODE_RANK": "0",
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen(cmd, cwd=folder, env=env_rank, stdout=logs[-1], stderr=subprocess.STDOUT))
+    return (script, folder, distengine, ranks, procs, logs)
+
+
+def _wait(procs: list, timeout: float) -> None:
+    """Wait for every process; when one fails the others get 10 s (they may wait on it in a
+    collective), then they, and everything past ``timeout``, are killed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if any(p.returncode not in (None, 0) for p in procs):
+            deadline = min(deadline, time.monotonic() + 10)
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def collect(started, timeout: float = 240) -> Run:
-    script, folder, distengine, ranks, proc, log = started
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.seek(0)
-    output = log.read()
-    log.close()
+    script, folder, distengine, ranks, procs, logs = started
+    _wait(procs, timeout)
+    texts = []
+    for log in logs:
+        log.seek(0)
+        texts.append(log.read())
+        log.close()
+    output = texts[0] if len(texts) == 1 else "".join(f"--- rank {r}:\n{t}" for r, t in enumerate(texts))
     side = "distengine" if distengine else "Lightning"
-    if proc.returncode != 0:
-        raise AssertionError(f"{script.name} exited {proc.returncode} under {side} ({ranks} rank(s)):\n"
+    failed = [p.returncode for p in procs if p.returncode != 0]
+    if failed:
+        raise AssertionError(f"{script.name} exited {failed[0]} under {side} ({ranks} rank(s)):\n"
                              f"{output[-6000:]}")
     out = folder / "_report"
     results, weights = {}, {}
@@ -274,11 +323,23 @@ def compare_ranks(ours: Run, theirs: Run) -> str | None:
     return None
 
 
-def compare(ours: Run, theirs: Run) -> dict[str, str]:
-    """category -> what differs, for every category that differs (rank 0 of each run)."""
-    a, b = ours.results[0], theirs.results[0]
+def compare_every_rank(ours: Run, theirs: Run) -> dict[str, str]:
+    """:func:`compare` on each rank (a script with ``world:``): category -> what differs, on which ranks."""
+    found: dict[str, str] = {}
+    for rank in sorted(theirs.results):
+        for category, text in compare(ours, theirs, rank).items():
+            found[category] = found.get(category, "") + ("; " if category in found else "") + f"rank {rank}: {text}"
+    return found
+
+
+def compare(ours: Run, theirs: Run, rank: int = 0) -> dict[str, str]:
+    """category -> what differs, for every category that differs (``rank`` of each run; the logged
+    scalars and checkpoint files are the run's)."""
+    if rank not in ours.results:
+        return {"ranks": f"distengine rank {rank} wrote no report"}
+    a, b = ours.results[rank], theirs.results[rank]
     found = {
-        "weights": weights_diff(ours.weights[0], theirs.weights[0], approx=theirs.approx),
+        "weights": weights_diff(ours.weights[rank], theirs.weights[rank], approx=theirs.approx),
         "global_step": None if a["global_step"] == b["global_step"]
         else f"distengine {a['global_step']} != Lightning {b['global_step']}",
         "current_epoch": None if a["current_epoch"] == b["current_epoch"]

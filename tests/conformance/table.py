@@ -27,7 +27,8 @@ def render() -> str:
             result = "; ".join(f"{k}: {v}" for k, v in sorted(s.known.items(), key=lambda kv: CATEGORIES.index(kv[0])))
         else:
             result = "identical"
-        rows.append(f"| `{s.name}` | {s.title} | {VERSIONS[s.style]} | {'yes' if s.ranks else 'no'} | {result} |")
+        ranks = "yes" if s.ranks else (f"no; {s.world} ranks" if s.world > 1 else "no")
+        rows.append(f"| `{s.name}` | {s.title} | {VERSIONS[s.style]} | {ranks} | {result} |")
     return "\n".join([BEGIN, *rows, END])
 
 

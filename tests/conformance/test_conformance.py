@@ -5,14 +5,17 @@ Each script also runs on 2 ranks: under `distengine launch --cpus 2` and, for Li
 torchrun with `PL_TRAINER_ACCELERATOR=cpu PL_TRAINER_DEVICES=2`: no hang, exit 0, every distengine
 rank at the same step with the same weights, and the same (global_step, current_epoch) as
 Lightning on 2 ranks.
+A script with `world: N` (model_parallel_tp_dp: tensor parallel 2 x data parallel 2) runs only
+as N rank processes started directly under both, and is compared in full on every rank.
 """
 import pytest
 import torch
 
 from tests.conformance import harness, table
 
-SCRIPTS = harness.corpus()
+SCRIPTS = [s for s in harness.corpus() if s.world == 1]
 IDS = [s.name for s in SCRIPTS]
+WORLDS = [s for s in harness.corpus() if s.world > 1]
 
 
 def _check(script, found):
@@ -56,3 +59,15 @@ def test_harness_detects_a_changed_weight():
     b = {"w": torch.tensor([1.0, 1.0, 1.0 + 2**-20])}
     assert harness.weights_diff(a, a) is None
     assert "1 of 1 tensors differ" in harness.weights_diff(a, b)
+
+
+@pytest.mark.parametrize("script", WORLDS, ids=[s.name for s in WORLDS])
+def test_every_rank_as_lightning(script, reference_python, tmp_path):
+    """A `world: N` script: N rank processes started directly under each; on every rank the weights
+    (torch.equal), steps, epochs, callback metrics and extras, and the run's logged scalars and checkpoints."""
+    ours, theirs = harness.run_both(script, reference_python, tmp_path, ranks=script.world)
+    assert sorted(theirs.results) == list(range(script.world))
+    found = harness.compare_every_rank(ours, theirs)
+    _check(script, found)
+    stale = sorted(set(script.known) - set(found) - ({"weights"} if theirs.approx else set()))
+    assert not stale, f"{script.name} declares differences that no longer occur: {stale} (remove them)"

@@ -101,6 +101,39 @@ def test_save_distributed_checkpoint_false_writes_one_file_of_complete_tensors(t
     assert not torch.equal(plain.head.weight, Llama().head.weight)
 
 
+@pytest.mark.parametrize("strategy,module", [(lambda: ModelParallelStrategy(save_distributed_checkpoint=False),
+                                              ParallelLlama), (lambda: FSDPStrategy(state_dict_type="full"), Llama)],
+                         ids=["model_parallel", "fsdp"])
+def test_full_checkpoint_holds_the_optimizer_state_as_optimizer_state_dict_writes_it(strategy, module, tmp_path):
+    """As Lightning 2.6.6's full checkpoints (``FSDP.rekey_optim_state_dict(..., PARAM_ID)``): parameters
+    numbered, so a plain optimizer loads it; it was keyed by parameter name (found by the 4-rank
+    differential). The file still resumes under the strategy."""
+    model = module()
+    trainer = _fit(model, strategy())
+    path = tmp_path / "full.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)["optimizer_states"][0]
+    names = [n for n, _ in model.named_parameters()]
+    assert sorted(saved["state"]) == list(range(len(names))) and saved["param_groups"][0]["params"] == \
+        list(range(len(names)))
+    plain = Llama()
+    optimizer = plain.configure_optimizers()
+    optimizer.load_state_dict(saved)  # the plain module's parameters, in the same order
+    live = trainer.optimizers[0].state
+    from distengine.strategies.fsdp import full_tensor
+
+    for name, p in model.named_parameters():
+        assert torch.equal(optimizer.state[dict(plain.named_parameters())[name]]["exp_avg"],
+                           full_tensor(live[p]["exp_avg"])), name
+    import distengine as de
+
+    resumed = module()
+    de.Trainer(accelerator="cpu", strategy=strategy(), max_epochs=2, logger=False, enable_progress_bar=False,
+               enable_model_summary=False, enable_checkpointing=False).fit(
+        resumed, torch.utils.data.DataLoader(data(), batch_size=4), ckpt_path=str(path))
+    torch.testing.assert_close(resumed.losses, reference_losses(4, 16, epochs=2)[8:], rtol=0, atol=1e-5)
+
+
 def test_validate_without_fit_parallelizes_the_module_first():
     import distengine as de
 

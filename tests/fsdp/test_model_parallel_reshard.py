@@ -8,6 +8,10 @@ epoch, on a 1-rank group of its own) and without a strategy (one full ``.ckpt`` 
 epoch). A 2-rank job then resumes each epoch-0 checkpoint (model and AdamW state) under TP 2 x DP 1:
 both ranks read the same batches of 8, and the parameters are split by the tensor-parallel plan,
 so DCP must reshard the complete (or 1-D sharded) tensors into column and row shards.
+
+Between multi-rank layouts (a 2-rank job, then a 4-rank job): a TP 2 x DP 1 checkpoint resumes under
+TP 4 x DP 1, and an FSDPStrategy() checkpoint of 2 ranks under TP 2 x DP 2, each continuing with the
+losses of the run that wrote it (within 1e-5).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import torch
 from tests.fsdp.llama import Llama, ParallelLlama, data
 from tests.helpers import run_ranks
 
-pytestmark = pytest.mark.slow  # two one-process fits and one 2-rank job: ~40 s on a loaded 2-core machine
+pytestmark = pytest.mark.slow  # two one-process fits, two 2-rank jobs, one 4-rank job: ~55 s on a loaded 2-core machine
 
 BATCH = 8
 
@@ -101,3 +105,68 @@ def test_full_checkpoint_of_a_plain_run_resumes_under_fsdp_in_one_process(runs, 
     model = Llama()
     _trainer(str(tmp_path), FSDPStrategy(), max_epochs=2).fit(model, _loader(), ckpt_path=one["plain_ckpt"])
     torch.testing.assert_close(model.losses, one["plain"][4:], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- between multi-rank layouts
+def _two_ranks(rank, tmp):
+    """2 epochs under TP 2 x DP 1 (both ranks read batches of 8) and under FSDPStrategy() (4 a rank):
+    the losses and the epoch-0 checkpoints."""
+    from distengine.callbacks import ModelCheckpoint
+    from distengine.strategies import FSDPStrategy, ModelParallelStrategy
+
+    out = {}
+    for name, strategy, model, batch in (("tp2", ModelParallelStrategy(1, 2), ParallelLlama(), BATCH),
+                                         ("fsdp2", FSDPStrategy(), Llama(), BATCH // 2)):
+        ckpts = os.path.join(tmp, name)
+        _trainer(ckpts, strategy, max_epochs=2, enable_checkpointing=True,
+                 callbacks=[ModelCheckpoint(dirpath=ckpts, save_top_k=-1)]).fit(
+            model, torch.utils.data.DataLoader(data(), batch_size=batch))
+        out[name] = (model.losses, os.path.join(ckpts, "epoch=0-step=4.ckpt"))
+    return out
+
+
+def _four_ranks(rank, tmp, paths):
+    """The TP 2 checkpoint resumed under TP 4 x DP 1 (batches of 8 on every rank), the 2-rank FSDP one
+    under TP 2 x DP 2 (4 a data-parallel group): the losses and wq's global and local shapes."""
+    from distengine.strategies import ModelParallelStrategy
+
+    out = {}
+    for name, (dp, tp), batch in (("tp2", (1, 4), BATCH), ("fsdp2", (2, 2), BATCH // 2)):
+        model = ParallelLlama()
+        _trainer(os.path.join(tmp, name), ModelParallelStrategy(dp, tp), max_epochs=2).fit(
+            model, torch.utils.data.DataLoader(data(), batch_size=batch), ckpt_path=paths[name])
+        wq = model.blocks[0].attn.wq.weight
+        out[name] = (model.losses, tuple(wq.shape), tuple(wq.to_local().shape))
+    return out
+
+
+@pytest.fixture(scope="module")
+def relayout(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("relayout")
+    two = run_ranks(_two_ranks, 2, str(tmp / "two"), timeout=240)
+    four = run_ranks(_four_ranks, 4, str(tmp / "four"), {k: v[1] for k, v in two[0].items()}, timeout=240)
+    return two, four
+
+
+def test_tensor_parallel_2_checkpoint_resumes_under_tensor_parallel_4(relayout):
+    """Saved by TP 2 x DP 1 on 2 ranks, resumed by TP 4 x DP 1 on 4: DCP reshards each column and
+    row shard (wq: 8 rows a rank -> 4), and every rank continues with the losses of TP 2's epoch 1."""
+    two, four = relayout
+    tp2 = two[0]["tp2"][0]
+    assert len(tp2) == 8 and two[1]["tp2"][0] == tp2
+    for rank in range(4):
+        losses, full_shape, local_shape = four[rank]["tp2"]
+        assert full_shape == (16, 16) and local_shape == (4, 16)
+        torch.testing.assert_close(losses, tp2[4:], rtol=0, atol=1e-5)
+
+
+def test_fsdp_checkpoint_of_two_ranks_resumes_under_tensor_parallel_2_by_data_parallel_2(relayout):
+    """Saved by FSDP2 on 2 ranks (1-D shards), resumed by TP 2 x DP 2 on 4 ranks: the data-parallel
+    groups read what the 2 FSDP ranks read, so (rank 0, rank 2) continue with the FSDP ranks' losses."""
+    two, four = relayout
+    for rank in range(4):
+        losses, full_shape, local_shape = four[rank]["fsdp2"]
+        assert full_shape == (16, 16) and local_shape == (4, 16)  # 8 rows by TP, 4 of those by FSDP
+        fsdp = two[rank // 2]["fsdp2"][0]  # data-parallel rank = rank // 2
+        assert len(fsdp) == 8
+        torch.testing.assert_close(losses, fsdp[4:], rtol=0, atol=1e-5)
