@@ -380,7 +380,8 @@ class Results:
     def _publish(self, e: _Entry, value: float, out: dict[str, float], log: dict[str, float]) -> None:
         """Record the epoch value of ``e``: return value, callback_metrics, loggers, progress bar."""
         name = forked_name(e.name, "_epoch") if e.on_step else e.name
-        out[name] = value  # (the results of validate/test name an on_step + on_epoch value *_epoch, as Lightning)
+        if e.logger:  # the results of validate/test: the logger=True values, *_epoch for on_step too (Lightning)
+            out[name] = value
         self.epoch_values[e.name] = torch.tensor(value)
         if e.on_step:
             self.epoch_values[name] = torch.tensor(value)

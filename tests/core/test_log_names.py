@@ -29,6 +29,7 @@ class Logs(de.Module):
         self.log("diff", float(dataloader_idx + 1))
         self.log(f"own_{dataloader_idx}", 321.0 * (dataloader_idx + 1), add_dataloader_idx=False)
         self.log("both", 1.0, on_step=True, on_epoch=True)
+        self.log("hidden", 5.0, logger=False)  # in callback_metrics, not in the results (as in Lightning)
 
 
 def _loaders(n):
@@ -54,7 +55,7 @@ def test_one_dataloader_results_name_a_step_and_epoch_value_epoch():
     trainer = _trainer()
     assert trainer.test(Logs(), _loaders(1)[0], verbose=False) == [
         {"common": 789.0, "diff": 1.0, "own_0": 321.0, "both_epoch": 1.0}]
-    assert set(trainer.callback_metrics) >= {"both", "both_epoch"}  # callback_metrics keep both names
+    assert set(trainer.callback_metrics) >= {"both", "both_epoch", "hidden"}  # callback_metrics keep both names
 
 
 def test_a_name_with_the_dataloader_suffix_is_refused():
