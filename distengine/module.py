@@ -344,9 +344,15 @@ class Module(ModelHooks, nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ manual optimization
-    def optimizers(self):
-        """The optimizer(s) from ``configure_optimizers`` (one, or a list when several)."""
+    def optimizers(self, use_pl_optimizer: bool = True):
+        """The optimizer(s) from ``configure_optimizers`` (one, or a list when several), each a
+        :class:`~distengine.optim.LightningOptimizer` (also an instance of its own class; the
+        same object on every call); ``use_pl_optimizer=False``: the torch optimizers themselves."""
         opts = self._trainer.optimizers
+        if use_pl_optimizer:
+            from distengine.optim import wrap_optimizers
+
+            opts = wrap_optimizers(self._trainer, opts)
         return opts[0] if len(opts) == 1 else opts
 
     def lr_schedulers(self):
@@ -379,6 +385,10 @@ class Module(ModelHooks, nn.Module):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {algorithm!r}")
         if not gradient_clip_val:
             return
+        from distengine.optim import LightningOptimizer
+
+        if isinstance(optimizer, LightningOptimizer):  # the mixed-precision scaler knows the torch optimizer
+            optimizer = optimizer.optimizer
         if trainer is not None and trainer.precision_plugin is not None:
             trainer.precision_plugin.unscale_once(optimizer)
         if trainer is not None:

@@ -12,8 +12,6 @@ Example::
 """
 from __future__ import annotations
 
-import ast
-import csv
 import inspect
 import os
 from argparse import Namespace
@@ -35,19 +33,11 @@ def read_hparams_file(path: Any) -> dict[str, Any]:
         rank_zero_warn(f"hparams_file {path!r} does not exist; the module is built without hyperparameters from it",
                        category=RuntimeWarning)
         return {}
-    with open(path, newline="" if ext == "csv" else None) as fp:
-        if ext == "csv":
-            return {row[0]: _literal(row[1]) for row in list(csv.reader(fp))[1:]}
-        import yaml
+    from distengine.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
 
-        return dict(yaml.full_load(fp) or {})
-
-
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    if ext == "csv":
+        return load_hparams_from_tags_csv(path)
+    return dict(load_hparams_from_yaml(path, use_omegaconf=False))
 
 
 def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file: Any, strict: bool,
