@@ -67,6 +67,9 @@ class Module(ModelHooks, nn.Module):
     #: Set to False in ``__init__`` to call ``self.optimizers()``, ``self.manual_backward(loss)``
     #: and ``optimizer.step()`` yourself in ``training_step``.
     automatic_optimization: bool = True
+    #: the checkpoint keys of the hyperparameters, their __init__ argument name and container type
+    CHECKPOINT_HYPER_PARAMS_KEY, CHECKPOINT_HYPER_PARAMS_NAME = "hyper_parameters", "hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -158,12 +161,12 @@ class Module(ModelHooks, nn.Module):
         # an nn.Module argument is not plain data (the safe loader refuses pickled classes): its
         # weights are in the state_dict, its name here, and load_from_checkpoint asks for it
         modules = sorted(k for k, v in hp.items() if isinstance(v, nn.Module))
-        out: dict[str, Any] = {"hyper_parameters": {k: v for k, v in hp.items() if k not in modules}}
+        out: dict[str, Any] = {self.CHECKPOINT_HYPER_PARAMS_KEY: {k: v for k, v in hp.items() if k not in modules}}
         if modules:
             out["hparams_modules"] = modules
         name = getattr(self, "_hparams_name", None)
         if name:
-            out.update(hparams_name=name, hparams_type=self._hparams_type)
+            out.update({self.CHECKPOINT_HYPER_PARAMS_NAME: name, self.CHECKPOINT_HYPER_PARAMS_TYPE: self._hparams_type})
         return out
 
     @property

@@ -47,7 +47,8 @@ def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file
     from distengine.module import Module
 
     ckpt = safe_load(checkpoint_path, map_location=map_location, mmap=True)  # weights copied out
-    hparams = dict(ckpt.get("hyper_parameters") or {}) if hparams_file is None else read_hparams_file(hparams_file)
+    hparams = dict(ckpt.get(Module.CHECKPOINT_HYPER_PARAMS_KEY) or {}) if hparams_file is None \
+        else read_hparams_file(hparams_file)
     hparams.update(overrides)
     missing = [k for k in ckpt.get("hparams_modules") or () if k not in hparams]
     if missing:
@@ -56,10 +57,11 @@ def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file
                         f"nn.Module objects, which the checkpoint does not pickle (their weights are in its "
                         f"state_dict); pass them: {cls.__name__}.load_from_checkpoint(path, {given}), or "
                         f"leave them out with save_hyperparameters(ignore={missing})")
-    name = ckpt.get("hparams_name")
+    name = ckpt.get(Module.CHECKPOINT_HYPER_PARAMS_NAME)
     if name and name in inspect.signature(cls.__init__).parameters:
         # the 1.x style: __init__(self, hparams) took one Namespace (or dict); hand it back
-        model = cls(**{name: Namespace(**hparams) if ckpt.get("hparams_type") == "Namespace" else hparams})
+        as_namespace = ckpt.get(Module.CHECKPOINT_HYPER_PARAMS_TYPE) == "Namespace"
+        model = cls(**{name: Namespace(**hparams) if as_namespace else hparams})
     else:
         model = cls(**hparams)
     load_weights(model, ckpt["state_dict"], strict=strict, source=checkpoint_path)

@@ -114,3 +114,45 @@ def test_tensorboard_names_its_hparams_file(tmp_path):
     logger.log_hyperparams({"batch_size": 32, "optimizer_name": "adam"})
     path = os.path.join(logger.log_dir, TensorBoardLogger.NAME_HPARAMS_FILE)
     assert load_hparams_from_yaml(path, use_omegaconf=False) == {"batch_size": 32, "optimizer_name": "adam"}
+
+
+def test_checkpoint_hyper_params_keys_name_what_checkpoints_hold(tmp_path):
+    from distengine import Module
+
+    class WithHparams(Regressor):
+        def __init__(self, lr=0.05):
+            super().__init__()
+            self.save_hyperparameters()
+
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(WithHparams(lr=0.02), loader(regression_data()))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    assert Module.CHECKPOINT_HYPER_PARAMS_KEY == "hyper_parameters"
+    assert ckpt[Module.CHECKPOINT_HYPER_PARAMS_KEY]["lr"] == 0.02
+    assert WithHparams.load_from_checkpoint(tmp_path / "m.ckpt").hparams.lr == 0.02
+
+
+def test_has_len_all_ranks_and_iterable_datasets():
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from distengine.strategies import SingleDeviceStrategy
+    from distengine.utilities.data import has_iterable_dataset, has_len_all_ranks, sized_len
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(range(8))
+
+    class SizedStream(Stream):
+        def __len__(self):
+            return 8
+
+    strategy = SingleDeviceStrategy()
+    plain = DataLoader(list(range(8)), batch_size=2)
+    assert sized_len(plain) == 4 and has_len_all_ranks(plain, strategy) and not has_iterable_dataset(plain)
+    stream = DataLoader(Stream(), batch_size=2)
+    assert sized_len(stream) is None and not has_len_all_ranks(stream, strategy) and has_iterable_dataset(stream)
+    with pytest.warns(UserWarning, match="defines __len__"):
+        assert has_len_all_ranks(DataLoader(SizedStream(), batch_size=2), strategy)
+    with pytest.warns(UserWarning, match="length 0 on every rank"):
+        assert has_len_all_ranks(DataLoader([], batch_size=2), strategy)
