@@ -87,7 +87,7 @@ class ProgressBar(Callback):
     def __init__(self) -> None:
         self._enabled = True
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._trainer = trainer
 
     @property
