@@ -156,3 +156,38 @@ def test_has_len_all_ranks_and_iterable_datasets():
         assert has_len_all_ranks(DataLoader(SizedStream(), batch_size=2), strategy)
     with pytest.warns(UserWarning, match="length 0 on every rank"):
         assert has_len_all_ranks(DataLoader([], batch_size=2), strategy)
+
+
+def test_load_from_checkpoint_downloads_an_http_url_once(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    from distengine.checkpoint.io import CheckpointError
+
+    class WithHparams(Regressor):
+        def __init__(self, lr=0.05):
+            super().__init__()
+            self.save_hyperparameters()
+
+    served = tmp_path / "served"
+    served.mkdir()
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(WithHparams(lr=0.03), loader(regression_data()))
+    trainer.save_checkpoint(served / "model.ckpt")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/model.ckpt"
+        assert WithHparams.load_from_checkpoint(url).hparams.lr == 0.03
+        assert os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", "model.ckpt"))
+        assert torch.hub.get_dir().startswith(str(tmp_path / "hub"))
+        (served / "model.ckpt").unlink()  # the cached copy is used from now on
+        assert WithHparams.load_from_checkpoint(url).hparams.lr == 0.03
+        with pytest.raises(CheckpointError, match="could not be downloaded"):
+            WithHparams.load_from_checkpoint(f"http://127.0.0.1:{server.server_port}/missing.ckpt")
+    finally:
+        server.shutdown()
