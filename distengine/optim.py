@@ -148,7 +148,7 @@ class LightningOptimizer:
     def step(self, closure: Any = None, **kwargs: Any) -> Any:
         if closure is None:
             return self.optimizer.step(**kwargs)
-        return self.optimizer.step(closure, **kwargs)
+        return self.optimizer.step(closure=closure, **kwargs)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)

@@ -52,6 +52,12 @@ def test_lightning_optimizer_step_passes_the_closure_and_returns_its_result():
         return loss
 
     assert isinstance(lbfgs.step(closure), torch.Tensor) and 1 < len(calls) <= 4
+    from unittest import mock
+
+    sgd = LightningOptimizer(torch.optim.SGD(net.parameters(), lr=0.1))
+    with mock.patch.object(torch.optim.SGD, "step") as step:  # the closure and extra arguments by keyword
+        sgd.step(closure=closure, extra=1)
+    assert step.mock_calls == [mock.call(closure=closure, extra=1)]
 
 
 def test_automatic_optimizer_step_receives_a_lightning_optimizer(tmp_path):
