@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 
 import distengine as de
-from distengine.callbacks import (BackboneFinetuning, GradientAccumulationScheduler, ModelCheckpoint,
-                                  StochasticWeightAveraging, ThroughputMonitor, TQDMProgressBar)
+from distengine.callbacks import (
+    BackboneFinetuning,
+    GradientAccumulationScheduler,
+    ModelCheckpoint,
+    StochasticWeightAveraging,
+    ThroughputMonitor,
+    TQDMProgressBar,
+)
 from distengine.utilities.exceptions import ConfigError
 from tests.core.models import Regressor
 

@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from distengine.optim import LightningOptimizer
-from distengine.saving import (load_hparams_from_tags_csv, load_hparams_from_yaml, save_hparams_to_tags_csv,
-                               save_hparams_to_yaml)
+from distengine.saving import (
+    load_hparams_from_tags_csv,
+    load_hparams_from_yaml,
+    save_hparams_to_tags_csv,
+    save_hparams_to_yaml,
+)
 from tests.core.models import Regressor, loader, quiet_trainer, regression_data
 
 
