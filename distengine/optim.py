@@ -178,11 +178,10 @@ class LightningOptimizer:
 def wrap_optimizers(trainer: Any, optimizers: list[torch.optim.Optimizer]) -> list[LightningOptimizer]:
     """The :class:`LightningOptimizer` of each optimizer, the same object on every call while the
     optimizer is the same (kept on the Trainer, made anew when ``configure_optimizers`` runs again)."""
-    cache = vars(trainer).setdefault("_lightning_optimizers", {})
-    wrapped = []
+    cache = vars(trainer).get("_lightning_optimizers", {})
+    kept = {}  # only the current optimizers: an earlier fit's (and their state) are not held on to
     for opt in optimizers:
         w = cache.get(id(opt))
-        if w is None or w.optimizer is not opt:
-            w = cache[id(opt)] = LightningOptimizer(opt)
-        wrapped.append(w)
-    return wrapped
+        kept[id(opt)] = w if w is not None and w.optimizer is opt else LightningOptimizer(opt)
+    vars(trainer)["_lightning_optimizers"] = kept
+    return [kept[id(opt)] for opt in optimizers]

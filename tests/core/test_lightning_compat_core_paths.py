@@ -201,3 +201,16 @@ def test_load_from_checkpoint_downloads_an_http_url_once(tmp_path, monkeypatch):
             WithHparams.load_from_checkpoint(f"http://127.0.0.1:{server.server_port}/missing.ckpt")
     finally:
         server.shutdown()
+
+
+def test_optimizers_wrap_the_current_fits_optimizers_only(tmp_path):
+    model = Regressor()
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, loader(regression_data()))
+    first = model.optimizers()
+    assert first is model.optimizers() and first.optimizer is trainer.optimizers[0]
+    trainer.fit_loop.max_epochs = 2
+    trainer.fit(model, loader(regression_data()))  # the same Trainer; configure_optimizers ran again
+    second = model.optimizers()
+    assert second.optimizer is trainer.optimizers[0] and second.optimizer is not first.optimizer
+    assert [w.optimizer for w in vars(trainer)["_lightning_optimizers"].values()] == trainer.optimizers
