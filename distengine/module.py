@@ -68,6 +68,9 @@ class Module(ModelHooks, nn.Module):
     #: Set to False in ``__init__`` to call ``self.optimizers()``, ``self.manual_backward(loss)``
     #: and ``optimizer.step()`` yourself in ``training_step``.
     automatic_optimization: bool = True
+    #: the checkpoint keys of the hyperparameters, their __init__ argument name and container type
+    CHECKPOINT_HYPER_PARAMS_KEY, CHECKPOINT_HYPER_PARAMS_NAME = "hyper_parameters", "hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -163,12 +166,12 @@ class Module(ModelHooks, nn.Module):
         # an nn.Module argument is not plain data (the safe loader refuses pickled classes): its
         # weights are in the state_dict, its name here, and load_from_checkpoint asks for it
         modules = sorted(k for k, v in hp.items() if isinstance(v, nn.Module))
-        out: dict[str, Any] = {"hyper_parameters": {k: v for k, v in hp.items() if k not in modules}}
+        out: dict[str, Any] = {self.CHECKPOINT_HYPER_PARAMS_KEY: {k: v for k, v in hp.items() if k not in modules}}
         if modules:
             out["hparams_modules"] = modules
         name = getattr(self, "_hparams_name", None)
         if name:
-            out.update(hparams_name=name, hparams_type=self._hparams_type)
+            out.update({self.CHECKPOINT_HYPER_PARAMS_NAME: name, self.CHECKPOINT_HYPER_PARAMS_TYPE: self._hparams_type})
         return out
 
     @property
@@ -360,9 +363,15 @@ class Module(ModelHooks, nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ manual optimization
-    def optimizers(self):
-        """The optimizer(s) from ``configure_optimizers`` (one, or a list when several)."""
+    def optimizers(self, use_pl_optimizer: bool = True):
+        """The optimizer(s) from ``configure_optimizers`` (one, or a list when several), each a
+        :class:`~distengine.optim.LightningOptimizer` (also an instance of its own class; the
+        same object on every call); ``use_pl_optimizer=False``: the torch optimizers themselves."""
         opts = self._trainer.optimizers
+        if use_pl_optimizer:
+            from distengine.optim import wrap_optimizers
+
+            opts = wrap_optimizers(self._trainer, opts)
         return opts[0] if len(opts) == 1 else opts
 
     def lr_schedulers(self):
@@ -396,6 +405,10 @@ class Module(ModelHooks, nn.Module):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {algorithm!r}")
         if not gradient_clip_val:
             return
+        from distengine.optim import LightningOptimizer
+
+        if isinstance(optimizer, LightningOptimizer):  # the mixed-precision scaler knows the torch optimizer
+            optimizer = optimizer.optimizer
         if trainer is not None and trainer.precision_plugin is not None:
             trainer.precision_plugin.unscale_once(optimizer)
         if trainer is not None:

@@ -12,8 +12,6 @@ Example::
 """
 from __future__ import annotations
 
-import ast
-import csv
 import inspect
 import os
 from argparse import Namespace
@@ -35,19 +33,11 @@ def read_hparams_file(path: Any) -> dict[str, Any]:
         rank_zero_warn(f"hparams_file {path!r} does not exist; the module is built without hyperparameters from it",
                        category=RuntimeWarning)
         return {}
-    with open(path, newline="" if ext == "csv" else None) as fp:
-        if ext == "csv":
-            return {row[0]: _literal(row[1]) for row in list(csv.reader(fp))[1:]}
-        import yaml
+    from distengine.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
 
-        return dict(yaml.full_load(fp) or {})
-
-
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    if ext == "csv":
+        return load_hparams_from_tags_csv(path)
+    return dict(load_hparams_from_yaml(path, use_omegaconf=False))
 
 
 def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file: Any, strict: bool,
@@ -57,7 +47,8 @@ def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file
     from distengine.module import Module
 
     ckpt = safe_load(checkpoint_path, map_location=map_location, mmap=True)  # weights copied out
-    hparams = dict(ckpt.get("hyper_parameters") or {}) if hparams_file is None else read_hparams_file(hparams_file)
+    hparams = dict(ckpt.get(Module.CHECKPOINT_HYPER_PARAMS_KEY) or {}) if hparams_file is None \
+        else read_hparams_file(hparams_file)
     hparams.update(overrides)
     missing = [k for k in ckpt.get("hparams_modules") or () if k not in hparams]
     if missing:
@@ -66,10 +57,11 @@ def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file
                         f"nn.Module objects, which the checkpoint does not pickle (their weights are in its "
                         f"state_dict); pass them: {cls.__name__}.load_from_checkpoint(path, {given}), or "
                         f"leave them out with save_hyperparameters(ignore={missing})")
-    name = ckpt.get("hparams_name")
+    name = ckpt.get(Module.CHECKPOINT_HYPER_PARAMS_NAME)
     if name and name in inspect.signature(cls.__init__).parameters:
         # the 1.x style: __init__(self, hparams) took one Namespace (or dict); hand it back
-        model = cls(**{name: Namespace(**hparams) if ckpt.get("hparams_type") == "Namespace" else hparams})
+        as_namespace = ckpt.get(Module.CHECKPOINT_HYPER_PARAMS_TYPE) == "Namespace"
+        model = cls(**{name: Namespace(**hparams) if as_namespace else hparams})
     else:
         model = cls(**hparams)
     load_weights(model, ckpt["state_dict"], strict=strict, source=checkpoint_path)

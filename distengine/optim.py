@@ -102,3 +102,86 @@ def parse_optimizers(returned: Any, manual: bool = False) -> tuple[list[torch.op
             raise ConfigError(f"configure_optimizers returned {type(opt).__name__}, which is not a "
                               "torch.optim.Optimizer; " + _HELP)
     return optimizers, [_scheduler_config(s, manual) for s in schedulers]
+
+
+# ------------------------------------------------------------------ the wrapped optimizer
+_WRAPPED_CLASSES: dict[tuple[type, type], type] = {}
+
+
+class LightningOptimizer:
+    """An optimizer as ``Module.optimizers()`` returns it (Lightning's ``LightningOptimizer``).
+
+    It is an instance of the wrapped optimizer's class too (``isinstance(opt, torch.optim.SGD)``
+    holds); ``state``, ``param_groups`` and ``defaults`` are the wrapped optimizer's own objects
+    (reading or assigning them reads or assigns the wrapped ones), ``optimizer`` is the wrapped
+    optimizer, and ``step`` / ``zero_grad`` / ``state_dict`` / ``load_state_dict`` /
+    ``add_param_group`` call it, returning what it returns. Under manual optimization
+    ``opt.step()`` is the wrapped optimizer's step, with the Trainer's step hooks on it.
+
+    Example::
+
+        opt = self.optimizers()                  # in training_step, manual optimization
+        opt.zero_grad(); self.manual_backward(loss); opt.step()
+        raw = self.optimizers(use_pl_optimizer=False)   # the torch optimizer itself
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        if isinstance(optimizer, LightningOptimizer):
+            optimizer = optimizer.optimizer
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"LightningOptimizer wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.__dict__["_optimizer"] = optimizer
+        key = (type(self), type(optimizer))
+        if key not in _WRAPPED_CLASSES:  # a class per (wrapper, optimizer) pair, made once
+            _WRAPPED_CLASSES[key] = type(f"Lightning{type(optimizer).__name__}", key, {})
+        self.__class__ = _WRAPPED_CLASSES[key]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.__dict__["_optimizer"]
+
+    state = property(lambda self: self.optimizer.state, lambda self, v: setattr(self.optimizer, "state", v))
+    param_groups = property(lambda self: self.optimizer.param_groups,
+                            lambda self, v: setattr(self.optimizer, "param_groups", v))
+    defaults = property(lambda self: self.optimizer.defaults, lambda self, v: setattr(self.optimizer, "defaults", v))
+
+    def step(self, closure: Any = None, **kwargs: Any) -> Any:
+        if closure is None:
+            return self.optimizer.step(**kwargs)
+        return self.optimizer.step(closure=closure, **kwargs)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("_optimizer")
+        if inner is None:  # not set yet (a copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def __reduce__(self) -> Any:  # copy / pickle: a wrapper of the copied optimizer
+        return LightningOptimizer, (self.optimizer,)
+
+    def __repr__(self) -> str:
+        return f"Lightning{self.optimizer!r}"
+
+
+def wrap_optimizers(trainer: Any, optimizers: list[torch.optim.Optimizer]) -> list[LightningOptimizer]:
+    """The :class:`LightningOptimizer` of each optimizer, the same object on every call while the
+    optimizer is the same (kept on the Trainer, made anew when ``configure_optimizers`` runs again)."""
+    cache = vars(trainer).get("_lightning_optimizers", {})
+    kept = {}  # only the current optimizers: an earlier fit's (and their state) are not held on to
+    for opt in optimizers:
+        w = cache.get(id(opt))
+        kept[id(opt)] = w if w is not None and w.optimizer is opt else LightningOptimizer(opt)
+    vars(trainer)["_lightning_optimizers"] = kept
+    return [kept[id(opt)] for opt in optimizers]

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from distengine.module import Module, module_overrides
+from distengine.optim import LightningOptimizer
 
 _NAMES = ("optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "lr_scheduler_step")
 
@@ -95,18 +96,15 @@ def call_optimizer_step(ctx: Any, optimizer: torch.optim.Optimizer, batch_idx: i
                            "optimizer.step(closure=optimizer_closure) (or optimizer_closure()) in it")
 
 
-class HookedOptimizer:
-    """What an overridden ``optimizer_step`` receives (the role of Lightning's
-    ``LightningOptimizer``): the optimizer's attributes (``param_groups``, ``state``...) and a
-    ``step(closure)`` that runs the closure, ``on_before_optimizer_step``, clipping and the
-    step through the precision (the GradScaler, a skipped non-finite step)."""
+class HookedOptimizer(LightningOptimizer):
+    """What an overridden ``optimizer_step`` receives: a :class:`LightningOptimizer` (the
+    optimizer's attributes, ``param_groups``, ``state``...) whose ``step(closure)`` runs the
+    closure, ``on_before_optimizer_step``, clipping and the step through the precision (the
+    GradScaler, a skipped non-finite step)."""
 
     def __init__(self, ctx: Any, optimizer: torch.optim.Optimizer) -> None:
-        self._ctx, self._optimizer = ctx, optimizer
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self._optimizer
+        super().__init__(optimizer)
+        self._ctx = ctx
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         from distengine.loop import step_optimizer  # the loop imports this module
@@ -114,14 +112,8 @@ class HookedOptimizer:
         loss = closure() if closure is not None else None
         if closure is not None and loss is None:  # training_step returned None: no step, as in Lightning
             return None
-        step_optimizer(self._ctx, self._optimizer, zero_grad=False)
+        step_optimizer(self._ctx, self.optimizer, zero_grad=False)
         return loss
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._optimizer, name)
-
-    def __repr__(self) -> str:
-        return f"HookedOptimizer({self._optimizer!r})"
 
 
 def clip(ctx: Any, optimizer: torch.optim.Optimizer) -> None:

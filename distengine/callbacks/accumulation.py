@@ -47,11 +47,11 @@ class GradientAccumulationScheduler(Callback):
     def going_to_accumulate_grad_batches(self) -> bool:
         return any(v > 1 for v in self.scheduling.values())
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # checked here, before any work, rather than at on_train_start as Lightning does
         if stage != "fit":
             return
-        if not module.automatic_optimization:
+        if not pl_module.automatic_optimization:
             raise ConfigError("GradientAccumulationScheduler needs automatic optimization; under manual "
                               "optimization accumulate in training_step, or remove the callback")
         if trainer.accumulate_grad_batches not in (1, self._last_set):

@@ -144,9 +144,9 @@ class BaseFinetuning(Callback):
                                   "optimizer)")
 
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._trainer = trainer
-        self.freeze_before_training(module)
+        self.freeze_before_training(pl_module)
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         names = {p: n for n, p in module.named_parameters()}
@@ -219,12 +219,12 @@ class BackboneFinetuning(BaseFinetuning):
         self.rounding = rounding
         self.previous_backbone_lr: float | None = None
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
-        if not isinstance(getattr(module, "backbone", None), nn.Module):
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if not isinstance(getattr(pl_module, "backbone", None), nn.Module):
             raise ValueError(f"BackboneFinetuning needs an nn.Module attribute `backbone` on "
-                             f"{type(module).__name__}; name the part to freeze self.backbone, or subclass "
+                             f"{type(pl_module).__name__}; name the part to freeze self.backbone, or subclass "
                              "BaseFinetuning")
-        super().setup(trainer, module, stage)
+        super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, module: Any) -> None:
         self.freeze(module.backbone)

@@ -118,7 +118,17 @@ class LearningRateMonitor(Callback):
                 out[f"{key}-weight_decay"] = self.last_weight_decay_values[f"{key}-weight_decay"] = decay
         return out
 
+    def _remap_grown_groups(self, trainer: Any) -> None:
+        """As Lightning: an optimizer that gained parameter groups (finetuning) moves its single
+        key's history to ``<key>/pg1``, and each new key gets an empty history, at the end of ``lrs``."""
+        for _, names in _named(trainer):
+            for name in names:
+                if name not in self.lrs:
+                    old = name[:-len("/pg1")] if name.endswith("/pg1") else None
+                    self.lrs[name] = self.lrs.pop(old) if old in self.lrs else []
+
     def _log(self, trainer: Any, interval: str, step: int) -> None:
+        self._remap_grown_groups(trainer)
         stats = self.extract(trainer, interval)
         if not stats:
             return

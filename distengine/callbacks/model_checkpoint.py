@@ -238,7 +238,7 @@ class ModelCheckpoint(CheckpointWrites):
             self.version_root = os.path.abspath(os.path.expanduser(version_root)) if version_root else None
         return self.dirpath
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._fitting = stage == "fit"
         if not self._fitting:
             return

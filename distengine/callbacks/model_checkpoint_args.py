@@ -23,6 +23,11 @@ def _dir_and_name(dirpath: Any, filename: Any, filepath: Any) -> tuple[str | Non
         raise ConfigError(f"ModelCheckpoint(filename={filename!r}) must be a string template")
     if filename and filename.endswith(CKPT_SUFFIX):
         filename = filename[:-len(CKPT_SUFFIX)]
+    if isinstance(dirpath, str) and "://" in dirpath:
+        if not dirpath.startswith("file://"):  # it would become a local folder named "memory:" / "s3:"
+            raise ConfigError(f"ModelCheckpoint(dirpath={dirpath!r}): a remote URL; checkpoints are written to local "
+                              "files, so give a local or mounted folder")
+        dirpath = dirpath[len("file://"):]
     # "~/ckpts" is the user's home, as in Lightning (which resolves links too; an absolute path
     # keeps the name the user sees, and the one earlier checkpoints recorded)
     dirpath = os.path.abspath(os.path.expanduser(os.fspath(dirpath))) if dirpath else None

@@ -19,6 +19,7 @@ long epoch at most one every ``plain_interval`` seconds::
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -81,8 +82,40 @@ class ProgressBar(Callback):
     Override :meth:`get_metrics` to change what is shown.
     """
 
+    _trainer: Any = None
+
     def __init__(self) -> None:
         self._enabled = True
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._trainer = trainer
+
+    @property
+    def trainer(self) -> Any:
+        """The Trainer running this bar (set in ``setup``)."""
+        if self._trainer is None:
+            raise TypeError(f"{type(self).__name__}.trainer: the bar is not attached to a Trainer yet (set in setup)")
+        return self._trainer
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Training batches of this epoch (``inf`` for a loader without a length); with
+        ``max_epochs=-1`` and ``max_steps``, no more than the steps left."""
+        t = self.trainer
+        batches = t.num_training_batches
+        if t.max_epochs == -1 and t.max_steps is not None and t.max_steps > 0:
+            return min(batches, t.max_steps - t.global_step)
+        return batches
+
+    @property
+    def total_val_batches(self) -> int | float:
+        """Validation batches of this epoch over all val loaders: 0 in an epoch that
+        ``check_val_every_n_epoch`` skips, or when the fit does not validate."""
+        t = self.trainer
+        every = t.check_val_every_n_epoch
+        if not t.enable_validation or (every is not None and (t.current_epoch + 1) % every):
+            return 0
+        return sum(t.num_val_batches)
 
     @property
     def is_enabled(self) -> bool:
@@ -158,6 +191,15 @@ class _BarCore(ProgressBar):
         if refresh_rate == 0:
             self._enabled = False
         self._reset_state()
+
+    def _shown_metrics(self, trainer: Any, module: Any) -> dict[str, Any]:
+        """``get_metrics`` with the step's loss, or without it for an override with Lightning's
+        ``get_metrics(trainer, pl_module)`` signature."""
+        params = inspect.signature(self.get_metrics).parameters.values()
+        if sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 3 or any(
+                p.kind is p.VAR_POSITIONAL for p in params):
+            return self.get_metrics(trainer, module, self._loss)
+        return self.get_metrics(trainer, module)
 
     # ----------------------------------------------------------------- terminal drawing
     def _open_output(self) -> tuple[TextIO, bool]:
@@ -294,7 +336,7 @@ class _BarCore(ProgressBar):
         self._draw_train(trainer, module, batch_idx + 1, done=False)
 
     def _draw_train(self, trainer: Any, module: Any, n: int, done: bool) -> None:
-        metrics = self.get_metrics(trainer, module, self._loss)
+        metrics = self._shown_metrics(trainer, module)
         if self._plain:
             finished = done and (self._total is None or n >= self._total)
             word = (" done" if finished else " stopped") if done else ""
@@ -384,7 +426,7 @@ class _BarCore(ProgressBar):
             return
         # validation inside an epoch: the training bar also catches up its count
         train_n = self._last_idx + 1 if self._next_idx != _NEVER else None
-        self._term_eval_end(train_n, self.get_metrics(trainer, module, self._loss))
+        self._term_eval_end(train_n, self._shown_metrics(trainer, module))
 
     def on_sanity_check_start(self, trainer: Any, module: Any) -> None:
         self._eval_start(trainer, "Sanity Checking", "num_sanity_val_batches")
@@ -438,7 +480,7 @@ class _BarCore(ProgressBar):
     def __getstate__(self) -> dict[str, Any]:
         # open streams and bars do not pickle (deepcopy of callbacks, spawn)
         state = self.__dict__.copy()
-        state.update(_file=None, _next_idx=_NEVER, _eval_next_idx=_NEVER)
+        state.update(_file=None, _next_idx=_NEVER, _eval_next_idx=_NEVER, _trainer=None)
         return state
 
 

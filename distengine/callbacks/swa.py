@@ -16,11 +16,15 @@ Choices, and where they differ from Lightning: the BatchNorm statistics are reco
 element), not in an extra training epoch, so ``global_step`` and the logged epochs are those
 of the run itself. Under DDP each rank recomputes them on its shard of the data and the ranks
 then average them, so every rank ends with the same weights. A fit that stops early (for
-example EarlyStopping) keeps its own weights, as in Lightning.
+example EarlyStopping) keeps its own weights, as in Lightning. With ``max_epochs=-1`` (a fit
+that ``max_steps`` or ``max_time`` ends) every epoch from ``swa_epoch_start`` on is averaged and
+the average replaces the model's weights when training ends. ``n_averaged`` counts the epochs
+averaged so far.
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable
 
 import torch
@@ -75,11 +79,20 @@ class StochasticWeightAveraging(Callback):
         return max(int(self._start) - 1, 0)  # 0-based
 
     @property
-    def swa_end(self) -> int:
-        return self._max_epochs - 1
+    def swa_end(self) -> int | float:
+        """The last averaged epoch (0-based); ``inf`` with ``max_epochs=-1``: every epoch from
+        ``swa_start`` on, and the averaged weights are put into the model when training ends."""
+        return math.inf if self._max_epochs == -1 else self._max_epochs - 1
+
+    @property
+    def n_averaged(self) -> torch.Tensor | None:
+        """How many epochs' weights the average holds (a tensor, restored on resume); None before
+        the first."""
+        count = None if self._average_model is None else self._average_model.n_averaged
+        return count if count is not None and int(count) > 0 else None
 
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
         if isinstance(self._swa_epoch_start, float) and trainer.max_epochs < 0:
@@ -162,7 +175,8 @@ class StochasticWeightAveraging(Callback):
             self._latest_update_epoch = epoch
 
     def on_train_end(self, trainer: Any, module: Any) -> None:
-        if self._average_model is None or trainer.current_epoch - 1 != self.swa_end:
+        endless = self._max_epochs == -1 and self.n_averaged is not None  # stopped by max_steps/max_time
+        if self._average_model is None or not (endless or trainer.current_epoch - 1 == self.swa_end):
             return  # stopped before the last epoch: the model keeps its own weights
         with torch.no_grad():
             for avg, own in zip(self._average_model.module.parameters(), module.parameters()):

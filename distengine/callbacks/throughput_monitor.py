@@ -62,7 +62,7 @@ class ThroughputMonitor(Callback):
         self._has_flops: bool | None = None
         self._stepped = 0
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         plugin = getattr(trainer, "precision_plugin", None)
         precision = getattr(plugin, "precision", None) or str(getattr(trainer.config, "precision", "32-true"))
         device = trainer.strategy.root_device

@@ -167,11 +167,32 @@ def _unsafe_message(path: str, exc: BaseException) -> str:
             f"does not unpickle it because that could run code; {_TRUST_HINT}")
 
 
+def _downloaded(url: str) -> str:
+    """The local copy of an http(s) checkpoint, in torch.hub's cache (``<hub dir>/checkpoints/<file
+    name>``, as Lightning and ``torch.hub.load_state_dict_from_url`` keep it): downloaded once."""
+    from urllib.parse import urlparse
+
+    import torch.hub
+
+    name = os.path.basename(urlparse(url).path)
+    if not name:
+        raise CheckpointError(f"checkpoint URL {url!r} names no file; give the URL of the .ckpt file")
+    local = os.path.join(torch.hub.get_dir(), "checkpoints", name)
+    if not os.path.isfile(local):
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, local, progress=False)
+        except OSError as exc:  # (urllib's URLError and HTTPError are OSErrors)
+            raise CheckpointError(f"checkpoint URL {url!r} could not be downloaded: {exc}") from exc
+    return local
+
+
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict:
     """Load a checkpoint with ``torch.load(weights_only=True)``; ``mmap=True`` maps a zipfile
     checkpoint (the Trainer's restore): its ``state_dict`` tensors then read the file, which must
     not be overwritten in place while they live; every other tensor is copied (``mapped.py``).
 
+    An ``http://`` / ``https://`` URL is downloaded first, once, into torch.hub's cache.
     Raises :class:`CheckpointError` naming the file when it is missing, truncated or corrupt,
     or when it is refused as unsafe: it holds objects that are not plain data (their
     unpickling could run code; it never does, the loader refuses them first). A sharded
@@ -184,6 +205,8 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = F
         model.load_state_dict(state["state_dict"])
     """
     path = os.fspath(path)
+    if path.startswith(("http://", "https://")):
+        path = _downloaded(path)
     if os.path.isdir(path):  # a sharded checkpoint: its complete tensors, read as safely as a file
         from distengine.checkpoint.sharded import load_consolidated
 

@@ -291,9 +291,10 @@ class CSVLogger(VersionedLogger):
 
     # writing ------------------------------------------------------------------------
     @rank_zero_only
-    def log_hyperparams(self, params: Any) -> None:
-        """Merge ``params`` into the stored hyperparameters and rewrite ``hparams.yaml``."""
-        self._hparams.update(params_to_dict(params))
+    def log_hyperparams(self, params: Any = None) -> None:
+        """Merge ``params`` into the stored hyperparameters and rewrite ``hparams.yaml``
+        (with no params: written as it stands, ``{}`` at first, so the run folder exists)."""
+        self._hparams.update(params_to_dict(params if params is not None else {}))
         os.makedirs(self.log_dir, exist_ok=True)
         write_text_atomic(os.path.join(self.log_dir, "hparams.yaml"), to_yaml(self._hparams))
 

@@ -71,6 +71,9 @@ class TensorBoardLogger(VersionedLogger):
         # then: tensorboard --logdir runs/mnist
     """
 
+    #: the hyperparameter file's name in the run folder (as Lightning's attribute)
+    NAME_HPARAMS_FILE = "hparams.yaml"
+
     def __init__(self, save_dir: str | os.PathLike, name: str | None = "lightning_logs",
                  version: int | str | None = None, default_hp_metric: bool = True,
                  log_graph: bool = False, prefix: str = "",
@@ -137,7 +140,7 @@ class TensorBoardLogger(VersionedLogger):
         """
         self._hparams.update(params_to_dict(params))
         writer = self.experiment
-        write_text_atomic(os.path.join(self.log_dir, "hparams.yaml"), to_yaml(self._hparams))
+        write_text_atomic(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), to_yaml(self._hparams))
         if metrics is None:
             if not self._default_hp_metric or self._continued:  # a resumed run's folder has its hp_metric
                 return
@@ -185,7 +188,7 @@ class TensorBoardLogger(VersionedLogger):
 
         As Lightning's TensorBoardLogger, the run folder always holds an ``hparams.yaml``:
         ``{}`` when no hyperparameters were logged."""
-        yaml_path = os.path.join(self.log_dir, "hparams.yaml")
+        yaml_path = os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)
         if not os.path.isfile(yaml_path):
             os.makedirs(self.log_dir, exist_ok=True)
             write_text_atomic(yaml_path, to_yaml(self._hparams))

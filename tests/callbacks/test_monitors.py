@@ -87,6 +87,23 @@ def test_lr_monitor_group_names_as_lightning():
         LearningRateMonitor().on_train_epoch_start(FakeTrainer(loggers=[lg], optimizers=[twice]), None)
 
 
+def test_lr_monitor_moves_the_history_of_an_optimizer_that_gains_groups():
+    """As Lightning: finetuning adds a parameter group, so ``lr-SGD`` becomes ``lr-SGD/pg1`` (its
+    history kept) and ``lr-SGD/pg2`` starts, both after the keys that did not change."""
+    lg = RecordingLogger()
+    sgd, adam = _sgd(0.1), torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    trainer = FakeTrainer(loggers=[lg], optimizers=[sgd, adam])
+    cb = LearningRateMonitor(logging_interval="epoch")
+    cb.on_train_start(trainer, None)
+    cb.on_train_epoch_start(trainer, None)
+    assert list(cb.lrs) == ["lr-SGD", "lr-Adam"]
+    sgd.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.5})
+    trainer.current_epoch = 1
+    cb.on_train_epoch_start(trainer, None)
+    assert cb.lrs == {"lr-Adam": [0.01, 0.01], "lr-SGD/pg1": [0.1, 0.1], "lr-SGD/pg2": [0.5]}
+    assert lg.calls[-1][1] == {"lr-SGD/pg1": 0.1, "lr-SGD/pg2": 0.5, "lr-Adam": 0.01}
+
+
 def test_lr_monitor_logs_nothing_off_rank_zero():
     lg = RecordingLogger()
     trainer = FakeTrainer(loggers=[lg], log_every_n_steps=1, optimizers=[_sgd()], is_global_zero=False)

@@ -112,6 +112,23 @@ def test_swa_recomputes_batchnorm_statistics_for_the_averaged_weights(tmp_path):
     assert bn.momentum == 0.1  # update_bn puts the momentum back
 
 
+def test_swa_counts_averaged_epochs_and_averages_an_endless_fit(tmp_path):
+    counts = []
+
+    class Counting(StochasticWeightAveraging):
+        def on_train_epoch_end(self, trainer, module):
+            counts.append(None if self.n_averaged is None else int(self.n_averaged))
+
+    swa = Counting(swa_lrs=0.01, swa_epoch_start=2)
+    model = Net(bn=True)
+    trainer = quiet_trainer(tmp_path, max_epochs=-1, max_steps=30, callbacks=[swa])  # 6 batches an epoch
+    trainer.fit(model, DataLoader(data(), batch_size=8))
+    assert trainer.global_step == 30 and counts == [None, 1, 2, 3, 4]  # swa_epoch_start=2: from epoch index 1
+    assert swa.swa_end == float("inf") and int(swa.n_averaged) == 4
+    for avg, own in zip(swa._average_model.module.parameters(), model.parameters()):  # the average is the model's
+        torch.testing.assert_close(avg, own)
+
+
 def test_accumulation_schedule_counts_steps_and_refuses_a_second_setting(tmp_path):
     _, t = fit(tmp_path, [GradientAccumulationScheduler({1: 3})], 2)
     assert t.global_step == 6 + 2  # epoch 0: 6 batches, 6 steps; epoch 1: 3 + 3 batches, 2 steps

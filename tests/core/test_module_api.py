@@ -285,14 +285,23 @@ def test_manual_optimization_optimizers_returns_the_single_optimizer(tmp_path):
         def training_step(self, batch, batch_idx):
             opt = self.optimizers()
             seen.append(opt)
+            raw.append(self.optimizers(use_pl_optimizer=False))
             loss = super().training_step(batch, batch_idx)
             opt.zero_grad()
             self.manual_backward(loss)
             opt.step()
 
+    raw = []
     trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(Manual(), loader(regression_data()))
-    assert len(seen) == N_BATCHES and all(o is trainer.optimizers[0] for o in seen)
+    # as in Lightning: one LightningOptimizer (an instance of the optimizer's class too) around
+    # the Trainer's optimizer, the same object on every call; use_pl_optimizer=False: the optimizer
+    from distengine.optim import LightningOptimizer
+
+    assert len(seen) == N_BATCHES and all(o is seen[0] for o in seen)
+    assert isinstance(seen[0], LightningOptimizer) and isinstance(seen[0], type(trainer.optimizers[0]))
+    assert seen[0].optimizer is trainer.optimizers[0] and seen[0].param_groups is trainer.optimizers[0].param_groups
+    assert all(o is trainer.optimizers[0] for o in raw)
 
 
 def test_two_optimizers_with_automatic_optimization_is_a_clear_error(tmp_path):

@@ -41,6 +41,10 @@ OUT_OF_SCOPE_B: list[tuple[str, str, str]] = [
     ("cause:import Fabric", "B", _FABRIC),
     ("cause:attribute BoringModel.fabric", "B", _FABRIC),
     ("cause:module accelerators", "B", _ACCELERATORS),
+    ("cause:attribute callbacks.early_stopping.log", "B",
+     "out of scope: the tests patch the module's logging logger and call the private EarlyStopping._log_info; "
+     "distengine's EarlyStopping(verbose=True) prints its lines to stderr (rank-prefixed; rank zero only with "
+     "log_rank_zero_only), as its other notices, tests/callbacks/test_early_stopping.py"),
 ]
 _TT = "tests_pytorch/trainer/test_trainer.py::"
 _LAST_IS_NEWEST = ("ckpt_path='last' loads the checkpoint <dirpath>/last.json points at, the newest one written "
@@ -115,6 +119,10 @@ OVERRIDES: list[tuple[str, str, str]] = [
     (_MC + "test_model_checkpoint_no_extraneous_invocations", "C",
      "distengine builds a checkpoint's contents on global rank zero only (the other ranks join only the collective "
      "parts), so a callback's state_dict runs on rank zero; Lightning calls it on every rank and drops the result"),
+    (_MC + "test_model_checkpoint_save_last_as_link_not_local", "C",
+     "distengine's ModelCheckpoint writes local files only and refuses a remote URL dirpath when it is built "
+     "(ConfigError, a ValueError), for every save_last setting; Lightning takes fsspec URLs and refuses only "
+     "save_last='link' on them, at setup"),
     (_MC + "test_ckpt_version_after_rerun_same_trainer", "C", _LAST_JSON),
     (_MC + "test_ckpt_version_counter_disabled_after_rerun_new_trainer", "C", _LAST_JSON),
     (_MC + "test_default_checkpoint_behavior", "C", _LAST_JSON),
@@ -139,6 +147,11 @@ OVERRIDES: list[tuple[str, str, str]] = [
         "test_exception_when_testing_or_validating_with_fast_dev_run")],
     (_TT + "test_trainer_predict_no_return", "A", "the test's helper reads trainer.strategy.launcher and "
      "_MultiProcessingLauncher, Lightning internals (raised inside its pytest.warns block)"),
+    *[(_TT + f"test_fit_ckpt_path_epoch_restored[[]{v}]", "A", "the test file imports the private "
+       "lightning_fabric.utilities.cloud_io._load (as pl_load), which this test calls") for v in ("False", "True")],
+    ("tests_pytorch/trainer/logging_/test_eval_loop_logging.py::test_log_works_in_test_callback", "A",
+     "reads trainer._results.dataloader_idx, Lightning's private logger-connector results; distengine's "
+     "trainer._results is another private object"),
     (_TT + "test_detect_anomaly_nan", "C", "distengine checks the loss before backward by default "
      "(Trainer(on_nonfinite_loss='error'), a documented flag) and stops with a FloatingPointError naming the step and "
      "rank, so torch's anomaly mode never reaches the NaN in backward"),

@@ -16,7 +16,8 @@ _PREFIX = "pytorch_lightning."
 # Lightning module paths whose distengine module has another name (distengine.trainer is a module,
 # not a package, so `pytorch_lightning.trainer.states` cannot map by name)
 _RENAMED = {"trainer.states": "trainer_states", "trainer.trainer": "trainer", "tuner.tuning": "tuner",
-            "core.module": "module", "core.datamodule": "datamodule"}
+            "core.module": "module", "core.datamodule": "datamodule", "core.saving": "saving",
+            "core.optimizer": "optim"}
 # served as packages that read their names from a distengine module ("" is distengine itself)
 _PACKAGES = {"trainer": "trainer", "tuner": "tuner", "core": ""}
 
