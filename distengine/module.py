@@ -34,7 +34,7 @@ from torch import nn
 
 from distengine.barebones import warn_log_ignored
 from distengine.callbacks.base import CALLBACK_HOOKS
-from distengine.module_helpers import clip_parameters, clip_settings
+from distengine.module_helpers import clip_gradients
 from distengine.module_helpers import copy_hparams as _copy_hparams
 from distengine.module_helpers import manual_backward as _manual_backward
 from distengine.module_helpers import map_collection as _map_collection
@@ -396,25 +396,7 @@ class Module(ModelHooks, nn.Module):
 
         Example: ``self.clip_gradients(opt, gradient_clip_val=0.5, gradient_clip_algorithm="norm")``
         """
-        trainer = self._trainer
-        algorithm = gradient_clip_algorithm.lower() if isinstance(gradient_clip_algorithm, str) else None
-        if trainer is not None:
-            gradient_clip_val, algorithm = clip_settings(trainer, gradient_clip_val, algorithm)
-        algorithm = algorithm or "norm"
-        if algorithm not in ("norm", "value"):
-            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {algorithm!r}")
-        if not gradient_clip_val:
-            return
-        from distengine.optim import LightningOptimizer
-
-        if isinstance(optimizer, LightningOptimizer):  # the mixed-precision scaler knows the torch optimizer
-            optimizer = optimizer.optimizer
-        if trainer is not None and trainer.precision_plugin is not None:
-            trainer.precision_plugin.unscale_once(optimizer)
-        if trainer is not None:
-            trainer.strategy.clip_gradients(optimizer, gradient_clip_val, algorithm)
-        else:
-            clip_parameters(optimizer, gradient_clip_val, algorithm)
+        clip_gradients(self._trainer, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # the optimisation hooks a module may override (called as in Lightning: optim_hooks.py)
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from distengine.utilities.exceptions import ConfigError
 
-__all__ = ["clip_parameters", "clip_settings", "copy_hparams", "manual_backward", "map_collection"]
+__all__ = ["clip_gradients", "clip_parameters", "clip_settings", "copy_hparams", "manual_backward", "map_collection"]
 
 
 def copy_hparams(params: dict[str, Any]) -> dict[str, Any]:
@@ -46,6 +46,30 @@ def manual_backward(module: Any, loss: Any, *args: Any, **kwargs: Any) -> None:
     trainer.precision_plugin.backward(loss, *args, module=module, **kwargs)  # scaled, then module.backward
     for fn in hooks.get("on_after_backward", ()):
         fn()
+
+
+def clip_gradients(trainer: Any, optimizer: Any, gradient_clip_val: float | None,
+                   gradient_clip_algorithm: str | None) -> None:
+    """``Module.clip_gradients``: the settings agreed with the Trainer's, mixed-precision gradients
+    unscaled, then the strategy clips (DTensors of every mesh dimension under FSDP/TP)."""
+    algorithm = gradient_clip_algorithm.lower() if isinstance(gradient_clip_algorithm, str) else None
+    if trainer is not None:
+        gradient_clip_val, algorithm = clip_settings(trainer, gradient_clip_val, algorithm)
+    algorithm = algorithm or "norm"
+    if algorithm not in ("norm", "value"):
+        raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {algorithm!r}")
+    if not gradient_clip_val:
+        return
+    from distengine.optim import LightningOptimizer
+
+    if isinstance(optimizer, LightningOptimizer):  # the mixed-precision scaler knows the torch optimizer
+        optimizer = optimizer.optimizer
+    if trainer is not None and trainer.precision_plugin is not None:
+        trainer.precision_plugin.unscale_once(optimizer)
+    if trainer is not None:
+        trainer.strategy.clip_gradients(optimizer, gradient_clip_val, algorithm)
+    else:
+        clip_parameters(optimizer, gradient_clip_val, algorithm)
 
 
 def clip_settings(trainer: Any, clip_val: float | None, algorithm: str | None) -> tuple[Any, Any]:
