@@ -152,6 +152,14 @@ OVERRIDES: list[tuple[str, str, str]] = [
     ("tests_pytorch/trainer/logging_/test_eval_loop_logging.py::test_log_works_in_test_callback", "A",
      "reads trainer._results.dataloader_idx, Lightning's private logger-connector results; distengine's "
      "trainer._results is another private object"),
+    *[(f"tests_pytorch/trainer/logging_/test_eval_loop_logging.py::{t}", "A", "indexes trainer._results "
+       "(Lightning's private logger-connector results, e.g. ['validation_step.val_loss.0'].cumulated_batch_size); "
+       "distengine's trainer._results is another private object") for t in (
+        "test_multiple_dataloaders_reset[[]0.5]", "test_multiple_dataloaders_reset[[]1.0]",
+        "test_on_epoch_logging_with_sum_and_on_batch_start")],
+    (_CSV + "test_csv_logger_remotefs", "C", "distengine's CSVLogger writes local files only, appending each row "
+     "as it is logged (no buffered rows to lose); a remote URL (memory://, s3://) is refused with one line when the "
+     "logger is built, instead of a rewrite of the whole file through fsspec at each save"),
     (_TT + "test_detect_anomaly_nan", "C", "distengine checks the loss before backward by default "
      "(Trainer(on_nonfinite_loss='error'), a documented flag) and stops with a FloatingPointError naming the step and "
      "rank, so torch's anomaly mode never reaches the NaN in backward"),
