@@ -75,7 +75,7 @@ def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     for name, path in mods.items():
         tree = ast.parse(path.read_text(), str(path))
 
-        def walk(node: ast.AST, in_func: bool) -> None:
+        def walk(node: ast.AST, in_func: bool, name: str = name, path: Path = path) -> None:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.If) and _is_type_checking(child):
                     for c in child.orelse:
