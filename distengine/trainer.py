@@ -23,12 +23,13 @@ import torch
 from distengine import loop
 from distengine.callbacks.finders import run_finder_callbacks
 from distengine.compat_flags import OneXTrainerMixin, accepts_1x_flags
-from distengine.config import TrainerConfig, apply_config, resolve_max_epochs
+from distengine.config import TrainerConfig
 from distengine.loop_context import FitData, LoopFlags, LoopState
 from distengine.metric_writer import MetricWriter
 from distengine.metrics import Results
 from distengine.module import Module, module_overrides
 from distengine.precision import Precision
+from distengine.settings import Settings, apply_settings, fit_max_epochs, resolve_settings
 from distengine.state import Progress, ResumePoint, TrainerStatus
 from distengine.stop_vote import StopVote
 from distengine.strategies import Strategy
@@ -76,7 +77,8 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
         self.config = TrainerConfig(**{k: v for k, v in locals().items() if k != "self"})
         self._flags = LoopFlags()  # the flags the loop reads (max_epochs, ...: see trainer_props._Flag)
         self._loop_state = LoopState()  # what the loop writes: should_stop, the last loss, ...
-        apply_config(self, self.config)  # checks every flag (one-line errors) and sets the attributes
+        self.settings: Settings = resolve_settings(self.config)  # every flag checked (one-line errors), resolved once
+        apply_settings(self, self.settings)  # the Trainer's starting state: flags Lightning lets code change later
         self.progress = Progress()
         self._status = TrainerStatus()
         self._results = Results()
@@ -103,7 +105,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
         the checkpoint folder; a fresh start when there is none). A restarted or requeued job
         resumes from ``"last"`` by itself."""
         self._check_module(model, "fit")
-        resolve_max_epochs(self)  # max_epochs=None: 1000 or -1, decided now as in Lightning
+        self.max_epochs = fit_max_epochs(self.max_epochs, self.max_steps, self.callbacks)  # None: 1000 or -1, now
         if self._launch_if_needed():  # ddp_notebook/ddp_spawn: the ranks are started from here
             return self._run_in_processes("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path))
         self._tune_in_fit(model, train_dataloaders, val_dataloaders, datamodule)
