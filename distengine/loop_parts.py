@@ -1,60 +1,14 @@
 """The fit loop's smaller pieces, over its :class:`~distengine.loop_context.LoopContext`: the
-loss a ``training_step`` returned and its checks, the schedulers, the epoch's batch iterator
-from the resumed position, and the stop vote (every rank stops at the same step)."""
+epoch's batch iterator from the resumed position, and the stop vote (every rank stops at the
+same step)."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import torch
-
-from distengine import optim_hooks
-from distengine.compat import _log_returned
 from distengine.data import LookAhead
 from distengine.loop_context import LoopContext
-from distengine.nonfinite import NonFiniteWatch
 from distengine.utilities.combined_loader import CombinedLoader
-
-
-# ------------------------------------------------------------------ the loss
-def _extract_loss(ctx: LoopContext, out: Any) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        loss = out
-    elif isinstance(out, dict):
-        if "loss" not in out:
-            raise ValueError(f"training_step returned a dict without a 'loss' key (keys: {sorted(out)})")
-        loss = out["loss"]
-        if "log" in out or "progress_bar" in out:
-            _log_returned(ctx.results, out, epoch_level=False)
-    elif out is None:
-        return None
-    else:
-        raise ValueError(f"training_step must return a scalar loss tensor, a dict with 'loss', or None; "
-                         f"got {type(out).__name__}")
-    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise ValueError(f"the loss returned by training_step must be a scalar tensor, got {shape}; "
-                         "reduce it, for example with .mean()")
-    return loss
-
-
-def _check_first_loss(ctx: LoopContext, loss: torch.Tensor) -> None:
-    if not loss.requires_grad and ctx.module.automatic_optimization:
-        raise ValueError("the loss returned by training_step does not require grad: it was computed "
-                         "without the model's parameters or under torch.no_grad()")
-    ctx.state.loss_checked = True
-
-
-def _nonfinite_check(ctx: LoopContext, prec: Any, device: torch.device) -> Any:
-    """How this epoch checks that the loss is finite (see ``loop._backward``)."""
-    if ctx.flags.on_nonfinite_loss != "error" or prec.scaler is not None:
-        return False
-    if device.type == "cpu":
-        return True
-    state = ctx.state
-    if state.nonfinite_watch is None:
-        state.nonfinite_watch = NonFiniteWatch(device)
-    return state.nonfinite_watch
 
 
 def _warn_no_step(epoch: int, batches: int) -> None:
@@ -66,38 +20,6 @@ def _warn_no_step(epoch: int, batches: int) -> None:
     rank_zero_warn(f"epoch {epoch} trained nothing (training_step returned None for all {batches} batches); "
                    "return the loss from training_step (None skips a batch, which is meant for a few batches, "
                    "not all)")
-
-
-# ------------------------------------------------------------------ schedulers
-def _step_schedulers(ctx: LoopContext, interval: str, plateau: bool | None) -> None:
-    """Step the schedulers of ``interval`` (``plateau=None``: plain and plateau ones alike).
-    Under manual optimization the user steps them, as in Lightning: stepping here too would
-    step them twice."""
-    if not ctx.module.automatic_optimization:
-        return
-    p = ctx.progress
-    for cfg in ctx.schedulers:
-        if cfg.interval != interval or (plateau is not None and cfg.reduce_on_plateau != plateau):
-            continue
-        count = p.global_step if interval == "step" else p.epoch + 1
-        if count % cfg.frequency:
-            continue
-        if cfg.reduce_on_plateau:
-            metrics = ctx.results.callback_metrics()
-            if cfg.monitor not in metrics:
-                if cfg.strict:
-                    raise RuntimeError(f"ReduceLROnPlateau monitors {cfg.monitor!r}, which was not logged; "
-                                       f"logged: {sorted(metrics)}")
-                continue
-            metric = float(metrics[cfg.monitor])
-        else:
-            metric = None
-        if ctx.opt_hooks.scheduler is not None:  # the module's lr_scheduler_step override
-            optim_hooks.scheduler_step(ctx.opt_hooks.scheduler, cfg.scheduler, metric)
-        elif metric is None:
-            cfg.scheduler.step()
-        else:
-            cfg.scheduler.step(metric)
 
 
 # ------------------------------------------------------------------ data

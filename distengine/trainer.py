@@ -93,7 +93,7 @@ class Trainer(TrainerProperties, RunMixin, ProcessesMixin, CheckpointMixin, OneX
         self._resume = ResumePoint()  # where the epoch started; the RNG state a resume applies
         self._data = FitData()  # the fit's loaders and batch counts
         self._precision: Precision | None = None
-        self._one_x = None  # compat.OneXOptimization for 1.x several-optimizer modules
+        self._optimization = None  # how fit optimises each batch (distengine/optimization/)
         self._step_counters: list[Any] = []  # optimizer hooks counting manual steps
         self._ckpt_path: str | None = None  # the checkpoint the current/last call loaded (trainer.ckpt_path)
         self._ckpt_path_set: str | None = None  # `trainer.ckpt_path = ...`: the checkpoint the next calls load

@@ -89,8 +89,8 @@ class CheckpointMixin:
         return loaders
 
     def _setup_fit(self, train: list[Any], val: list[Any]) -> None:
-        from distengine import compat
         from distengine.optim import parse_optimizers
+        from distengine.optimization import one_x_mode, plan_optimization
         from distengine.precision import Precision
 
         if len(train) != 1:
@@ -114,14 +114,14 @@ class CheckpointMixin:
             raise ConfigError("accumulate_grad_batches is not supported with manual optimization; accumulate in "
                               "training_step (step the optimizer every N batches) or use automatic optimization")
         strategy.precision, strategy.sync_batchnorm = self._precision, self.sync_batchnorm
-        strategy.one_x_mode = compat.one_x_mode(module)
+        strategy.one_x_mode = one_x_mode(module)
         strategy.setup_module(module)
         if self.compile:  # in place; the DDP wrapper calls training_step, which calls the compiled forward
             module.compile()
         # after setup_module: a sharding strategy replaces the parameters the optimizers must hold
         returned = module.configure_optimizers()
         self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned, manual)
-        self._one_x = compat.plan_optimization(  # 1.x: several optimizers, optimizer_idx
+        self._optimization = plan_optimization(  # automatic, manual or 1.x several optimizers (optimization/)
             module, self.optimizers, self.lr_scheduler_configs, returned, self.precision, self.accumulate_grad_batches)
         self._has_step_schedulers = any(c.interval == "step" for c in self.lr_scheduler_configs)
         if manual:  # Lightning 2.x: global_step counts the optimizer.step() calls of training_step

@@ -225,7 +225,7 @@ class RunMixin:
 
         return self._eval_context(
             progress=self.progress, optimizers=self.optimizers, schedulers=self.lr_scheduler_configs,
-            has_step_schedulers=self._has_step_schedulers, one_x=self._one_x, data=self._data,
+            has_step_schedulers=self._has_step_schedulers, optimization=self._optimization, data=self._data,
             resume=self._resume, stop_vote=self._stop_vote, state=self._loop_state,
             sanity_steps=self._sanity_steps if self._run_sanity_check else None,
             reload_dataloaders=self._reload_dataloaders, step_counters=self._step_counters,

@@ -16,8 +16,6 @@ ALLOWED: dict[frozenset[str], str] = {
     frozenset({"checkpoint.dcp_safe", "checkpoint.io", "checkpoint.sharded", "checkpoint.sharded_files",
                "module", "module_loading", "strategies.fsdp"}):
         "issue 22 step 4: not yet broken",
-    frozenset({"compat", "loop", "loop_context", "loop_eval", "loop_parts", "optim_hooks"}):
-        "issue 22 step 2: not yet broken",
 }
 
 
