@@ -1,7 +1,7 @@
 """What the loops see: the parts they use, each named and typed, instead of the whole Trainer.
 
-The Trainer owns every part below and builds one context per stage (``Trainer._loop_context``
-for ``fit``, ``Trainer._eval_context`` for ``validate``/``test``/``predict``); the loops in
+Each call's :class:`~distengine.stage_run.StageRun` builds one context (``StageRun.loop_context``
+for ``fit``, ``StageRun.eval_context`` for ``validate``/``test``/``predict``); the loops in
 :mod:`distengine.loop` and :mod:`distengine.loop_eval` read and write only these. The parts
 are shared objects, not copies: the Trainer reads back what the loop writes (``LoopState``,
 ``Progress``) through its public properties, and a callback that sets

@@ -21,11 +21,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from types import MappingProxyType
 from typing import Any, Mapping
 
 from distengine.config import TrainerConfig
 from distengine.utilities.exceptions import ConfigError
+
+
+class ReadOnlyDict(dict):
+    """A dict that refuses changes (and, unlike ``MappingProxyType``, pickles: a Trainer is
+    pickled into the ranks ``ddp_spawn`` starts)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("Settings are read-only; change the Trainer's attribute instead (trainer.limit_val_batches)")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        return ReadOnlyDict, (dict(self),)
 
 
 @dataclass(frozen=True)
@@ -130,12 +142,8 @@ def apply_settings(trainer: Any, s: Settings) -> None:
     later (``trainer.max_epochs``, ``trainer.limit_val_batches``, the callbacks list) are copies."""
     for name in _PUBLIC:
         setattr(trainer, name, getattr(s, name))
-    trainer._devices, trainer._gpu_ids, trainer._strategy = s.devices, s.gpu_ids, s.strategy
-    trainer._max_epochs_defaulted = s.max_epochs_defaulted
     trainer.limits = dict(s.limits)
-    trainer._profiler, trainer._profiling = s.profiler, s.profiling
     trainer._loggers, trainer.callbacks = list(s.loggers), list(s.callbacks)
-    trainer.ckpt_path = trainer._ckpt_path_asked = None  # the checkpoint the latest fit resumed from (and its argument)
 
 
 def _hardware(c: TrainerConfig) -> dict[str, Any]:
@@ -181,7 +189,7 @@ def _run_length(c: TrainerConfig, f: dict[str, Any], fast: bool | int, n_fast: i
             "min_epochs": max(min_epochs or 0, 0), "max_steps": max_steps, "min_steps": max(min_steps or 0, 0),
             "accumulate_grad_batches": f["accumulate_grad_batches"], "gradient_clip_val": c.gradient_clip_val,
             "gradient_clip_algorithm": c.gradient_clip_algorithm or "norm", "on_nonfinite_loss": c.on_nonfinite_loss,
-            "limits": MappingProxyType(limits), "overfit_batches": f["overfit_batches"],
+            "limits": ReadOnlyDict(limits), "overfit_batches": f["overfit_batches"],
             **_eval_flags(f, fast, sanity)}
 
 

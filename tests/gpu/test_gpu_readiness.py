@@ -150,7 +150,7 @@ def test_skip_nonfinite_skips_the_step_and_counts_it(tmp_path, fused):
     trainer.fit(module, loader(regression_data()))
     steps = [int(s["step"]) for s in trainer.optimizers[0].state.values()]
     assert steps == [len(loader(regression_data())) - 1] * len(steps)  # the NaN step was not applied
-    assert int(trainer._skipped_nonfinite) == 1
+    assert int(trainer._parts.loop_state.skipped_nonfinite) == 1
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 

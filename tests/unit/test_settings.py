@@ -40,3 +40,14 @@ def test_trainer_changes_do_not_reach_its_settings():
 def test_bad_flag_is_refused_before_anything_is_built():
     with pytest.raises(ValueError, match="max_epochs"):
         resolve_settings(TrainerConfig(max_epochs=-5))
+
+
+def test_settings_pickle_with_the_trainer():
+    """ddp_spawn pickles the Trainer into its ranks (tests/distributed/test_notebook_strategies.py)."""
+    import pickle
+
+    trainer = de.Trainer(limit_val_batches=2, logger=False, enable_progress_bar=False)
+    copy = pickle.loads(pickle.dumps(trainer.settings))
+    assert dict(copy.limits) == dict(trainer.settings.limits)
+    with pytest.raises(TypeError):
+        copy.limits["val"] = 1
