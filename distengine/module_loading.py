@@ -54,7 +54,6 @@ def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file
                 overrides: dict[str, Any]) -> Any:
     from distengine.checkpoint.apply import load_weights
     from distengine.checkpoint.io import safe_load
-    from distengine.module import Module
 
     ckpt = safe_load(checkpoint_path, map_location=map_location, mmap=True)  # weights copied out
     hparams = dict(ckpt.get("hyper_parameters") or {}) if hparams_file is None else read_hparams_file(hparams_file)
@@ -73,6 +72,4 @@ def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file
     else:
         model = cls(**hparams)
     load_weights(model, ckpt["state_dict"], strict=strict, source=checkpoint_path)
-    if type(model).on_load_checkpoint is not Module.on_load_checkpoint:
-        model.on_load_checkpoint(ckpt)
-    return model
+    return model, ckpt

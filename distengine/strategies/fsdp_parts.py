@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+from distengine.checkpoint.key_mismatch import describe_key_mismatch  # noqa: F401 - re-exported
 
 
 def has_meta_tensors(module: nn.Module) -> bool:
@@ -326,23 +328,6 @@ def _has_dtensor(state: Any) -> bool:
     if isinstance(state, (list, tuple)):
         return any(_has_dtensor(v) for v in state)
     return False
-
-
-def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], limit: int = 5) -> str:
-    """One line naming the keys a checkpoint lacks and the ones it has that the model does not."""
-    def names(keys: Iterable[str]) -> str:
-        keys = sorted(keys)
-        more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-        return ", ".join(keys[:limit]) + more
-
-    missing, unexpected = list(missing), list(unexpected)
-    parts = []
-    if missing:
-        parts.append(f"missing from the checkpoint: {names(missing)}")
-    if unexpected:
-        parts.append(f"in the checkpoint but not in the model: {names(unexpected)}")
-    return ("the checkpoint does not match the model (" + "; ".join(parts) +
-            "); load it into the model it was saved from")
 
 
 #: methods the loop calls instead of ``forward``: FSDP's unshard/reshard hooks must run around them

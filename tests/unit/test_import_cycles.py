@@ -13,9 +13,6 @@ ALLOWED: dict[frozenset[str], str] = {
     frozenset({"callbacks.progress", "callbacks.tqdm_progress"}):
         "the progress-bar factory picks the tqdm bar lazily (tqdm is optional) and the tqdm bar "
         "subclasses the base bar; not part of issue 22",
-    frozenset({"checkpoint.dcp_safe", "checkpoint.io", "checkpoint.sharded", "checkpoint.sharded_files",
-               "module", "module_loading", "strategies.fsdp"}):
-        "issue 22 step 4: not yet broken",
 }
 
 
