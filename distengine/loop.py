@@ -5,7 +5,7 @@ parts of the Trainer it uses, each named (``ctx.strategy``, ``ctx.precision``, `
 ``fit_loop(ctx)``::
 
     sanity validation (fresh runs only)
-    while epochs remain and nobody asked to stop (loop_parts.fit_done):
+    while epochs remain and nobody asked to stop (loop_stopping.fit_done):
         reload the dataloaders every n epochs (ctx.reload_dataloaders); sampler.set_epoch
         train_epoch: for each batch of ctx.data.train_loader from the resumed position:
             on_train_batch_start -> forward (ctx.strategy.step_fn; autocast; no_sync on all
@@ -21,7 +21,7 @@ parts of the Trainer it uses, each named (``ctx.strategy``, ``ctx.precision``, `
 
 Each batch is optimised by ``ctx.optimization`` (:mod:`distengine.optimization`: automatic,
 manual, or the 1.x several-optimizer mode). The epoch iterator and stop vote are in
-:mod:`distengine.loop_parts`;
+:mod:`distengine.epoch_iterator` and :mod:`distengine.loop_stopping`;
 evaluation (validate/test/predict, and validation inside fit) in :mod:`distengine.loop_eval`.
 """
 from __future__ import annotations
@@ -32,9 +32,10 @@ from typing import Any
 import torch
 
 from distengine.checkpoint.rng import capture_rng_state, restore_rng_state
+from distengine.epoch_iterator import epoch_iterator
 from distengine.loop_context import EpochParts, LoopContext
 from distengine.loop_eval import batch_mover, run_eval, takes_batch_idx
-from distengine.loop_parts import _epoch_iterator, _warn_no_step, fit_done, vote_epoch, vote_step
+from distengine.loop_stopping import fit_done, vote_epoch, vote_step
 from distengine.nonfinite import (  # noqa: F401 - re-exported: tests and callers import them from here
     NonFiniteWatch,
     _check_nonfinite,
@@ -44,6 +45,7 @@ from distengine.nonfinite import (  # noqa: F401 - re-exported: tests and caller
 )
 from distengine.optimization.steps import nonfinite_check, step_optimizer, step_schedulers
 from distengine.profilers import wiring as profiling
+from distengine.run_warnings import warn_no_step
 from distengine.step_outputs import detach, log_returned
 
 
@@ -63,7 +65,7 @@ def train_epoch(ctx: LoopContext) -> None:
     convert = prec.convert_input if prec._true_dtype is not None else None
 
     batch_idx, outputs = p.batches_done, ([] if collect else None)
-    iterator, ahead = _epoch_iterator(ctx, batch_idx, num_batches)
+    iterator, ahead = epoch_iterator(ctx, batch_idx, num_batches)
     # the strategy's step: DDP's forward (to training_step) or training_step; backward via module.backward
     parts = (iterator, strategy.step_fn, partial(prec.backward, module=module), step_optimizer)
     iterator, step_fn, backward, opt_step = profiling.train_parts(ctx, *parts) if ctx.profiling else parts
@@ -103,7 +105,7 @@ def train_epoch(ctx: LoopContext) -> None:
     # a loader without a length (an iterable dataset) ends its epoch when it is exhausted
     p.epoch_done = batch_idx >= num_batches or skip_rest or (ahead is not None and ahead.exhausted)
     if p.epoch_done and returned_none and returned_none == batch_idx - first_batch:
-        _warn_no_step(p.epoch, returned_none)
+        warn_no_step(p.epoch, returned_none)
     ctx.state.train_outputs = outputs  # (None unless collected for training_epoch_end)
 
 

@@ -87,3 +87,12 @@ def warn_best_model_used(stage: str) -> None:
 def warn_no_last(dirpath: Any, then: str) -> None:
     """``ckpt_path="last"`` with no checkpoint saved yet: Lightning warns and goes on without one."""
     rank_zero_warn(f"ckpt_path='last' found no checkpoint in {dirpath}; {then}", category=UserWarning)
+
+
+def warn_no_step(epoch: int, batches: int) -> None:
+    """Lightning lets ``training_step`` return None to skip a batch (the optimizer step is still
+    taken and counted, without gradients); an epoch in which every batch was skipped trains
+    nothing, which is almost always a forgotten ``return loss``."""
+    rank_zero_warn(f"epoch {epoch} trained nothing (training_step returned None for all {batches} batches); "
+                   "return the loss from training_step (None skips a batch, which is meant for a few batches, "
+                   "not all)")
