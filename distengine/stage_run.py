@@ -271,6 +271,7 @@ class StageRun:
     def __exit__(self, exc_type, exc, tb) -> bool:
         t, status, model = self.trainer, self.parts.status, self.module
         restore_signal_handlers(self._previous_signals)
+        self._previous_signals = {}  # (the run stays on the Trainer, which ddp_spawn pickles)
         failed = exc_type is not None and not (exc_type is SystemExit and status.stop_signal)
         clearer = t.strategy.explain_error(exc) if failed else None
         if failed:
