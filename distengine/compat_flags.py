@@ -3,9 +3,10 @@
 ``@accepts_1x_flags`` wraps ``Trainer.__init__``: each 1.x flag becomes today's flag (or a
 callback, or a documented no-op with one info line), unknown flags raise a ``TypeError`` that
 names the closest known flag, and what the Trainer reads later is set on it afterwards.
-``OneXTrainerMixin`` adds the 1.x class methods ``add_argparse_args`` /
-``from_argparse_args`` / ``parse_argparser`` (as in pytorch-lightning 1.9.5) and
-``trainer.tuner``.
+The 1.x class methods ``add_argparse_args`` / ``from_argparse_args`` / ``parse_argparser`` (as
+in pytorch-lightning 1.9.5), ``trainer.tuner`` and the finders ``fit`` runs for
+``auto_lr_find``/``auto_scale_batch_size`` are plain functions here, named in the Trainer's
+class body.
 
 Example::
 
@@ -163,7 +164,6 @@ def accepts_1x_flags(init: Callable) -> Callable:
         init(self, **new)
         for name, value in attrs.items():
             setattr(self, name, value)
-        self._tuned = False
 
     return wrapper
 
@@ -233,72 +233,69 @@ def _flags_with_defaults(cls: type) -> dict[str, Any]:
     return out
 
 
-class OneXTrainerMixin:
-    """The 1.x class methods and ``trainer.tuner``, mixed into :class:`distengine.Trainer`."""
+def add_argparse_args(cls: type, parent_parser: argparse.ArgumentParser, *, use_argument_group: bool = True) -> Any:
+    """Add every Trainer flag as ``--flag`` with its default, in a group ``pl.Trainer``
+    (as pytorch-lightning 1.9.5). Boolean flags may be given bare (``--enable_progress_bar``
+    means True). Flags taking objects (``callbacks``, ``plugins``) are left out.
 
-    @classmethod
-    def add_argparse_args(cls, parent_parser: argparse.ArgumentParser, *, use_argument_group: bool = True) -> Any:
-        """Add every Trainer flag as ``--flag`` with its default, in a group ``pl.Trainer``
-        (as pytorch-lightning 1.9.5). Boolean flags may be given bare (``--enable_progress_bar``
-        means True). Flags taking objects (``callbacks``, ``plugins``) are left out.
+    Example::
 
-        Example::
+        parser = Trainer.add_argparse_args(argparse.ArgumentParser())
+        trainer = Trainer.from_argparse_args(parser.parse_args(), logger=False)
+    """
+    if isinstance(parent_parser, argparse._ArgumentGroup):
+        raise RuntimeError("Please only pass an `ArgumentParser` instance.")
+    parser: Any = parent_parser.add_argument_group("pl.Trainer") if use_argument_group else \
+        argparse.ArgumentParser(parents=[parent_parser], add_help=False)
+    types = _arg_types()
+    for name, default in _flags_with_defaults(cls).items():
+        kind = types.get(name)
+        if kind is None:
+            continue
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if kind is _str_to_bool or \
+            kind.__name__.startswith("str_to_bool") else {}
+        parser.add_argument(f"--{name}", dest=name, default=default, type=kind, **extra)
+    return parent_parser if use_argument_group else parser
 
-            parser = Trainer.add_argparse_args(argparse.ArgumentParser())
-            trainer = Trainer.from_argparse_args(parser.parse_args(), logger=False)
-        """
-        if isinstance(parent_parser, argparse._ArgumentGroup):
-            raise RuntimeError("Please only pass an `ArgumentParser` instance.")
-        parser: Any = parent_parser.add_argument_group("pl.Trainer") if use_argument_group else \
-            argparse.ArgumentParser(parents=[parent_parser], add_help=False)
-        types = _arg_types()
-        for name, default in _flags_with_defaults(cls).items():
-            kind = types.get(name)
-            if kind is None:
-                continue
-            extra: dict[str, Any] = {"nargs": "?", "const": True} if kind is _str_to_bool or \
-                kind.__name__.startswith("str_to_bool") else {}
-            parser.add_argument(f"--{name}", dest=name, default=default, type=kind, **extra)
-        return parent_parser if use_argument_group else parser
 
-    @classmethod
-    def parse_argparser(cls, arg_parser: argparse.ArgumentParser | argparse.Namespace) -> argparse.Namespace:
-        """Parse ``sys.argv`` (or take a Namespace); a bare boolean flag becomes True."""
-        args = arg_parser.parse_args() if isinstance(arg_parser, argparse.ArgumentParser) else arg_parser
-        defaults = _flags_with_defaults(cls)
-        return argparse.Namespace(**{k: (True if v is None and isinstance(defaults.get(k), bool) else v)
-                                     for k, v in vars(args).items()})
+def parse_argparser(cls: type, arg_parser: argparse.ArgumentParser | argparse.Namespace) -> argparse.Namespace:
+    """Parse ``sys.argv`` (or take a Namespace); a bare boolean flag becomes True."""
+    args = arg_parser.parse_args() if isinstance(arg_parser, argparse.ArgumentParser) else arg_parser
+    defaults = _flags_with_defaults(cls)
+    return argparse.Namespace(**{k: (True if v is None and isinstance(defaults.get(k), bool) else v)
+                                 for k, v in vars(args).items()})
 
-    @classmethod
-    def from_argparse_args(cls, args: argparse.ArgumentParser | argparse.Namespace, **kwargs: Any) -> Any:
-        """A Trainer from the Trainer flags in ``args`` (other entries are ignored), with
-        ``kwargs`` overriding them."""
-        if isinstance(args, argparse.ArgumentParser):
-            args = cls.parse_argparser(args)
-        params = vars(args)
-        flags = {k: params[k] for k in _flags_with_defaults(cls) if k in params}
-        flags.update(kwargs)
-        return cls(**flags)
 
-    @property
-    def tuner(self) -> Any:
-        """1.x ``trainer.tuner.lr_find(model)`` / ``trainer.tuner.scale_batch_size(model)``."""
-        from distengine.tuner import Tuner
+def from_argparse_args(cls: type, args: argparse.ArgumentParser | argparse.Namespace, **kwargs: Any) -> Any:
+    """A Trainer from the Trainer flags in ``args`` (other entries are ignored), with
+    ``kwargs`` overriding them."""
+    if isinstance(args, argparse.ArgumentParser):
+        args = cls.parse_argparser(args)
+    params = vars(args)
+    flags = {k: params[k] for k in _flags_with_defaults(cls) if k in params}
+    flags.update(kwargs)
+    return cls(**flags)
 
-        return Tuner(self)
 
-    def _tune_in_fit(self, model: Any, train: Any, val: Any, datamodule: Any) -> None:
-        """``auto_lr_find`` / ``auto_scale_batch_size`` act in ``fit`` when ``tune()`` was not
-        called (pytorch-lightning 1.9.5 ignores them there; scripts that set the flag expect it
-        to act), with one line saying so."""
-        if self._tuned or not (self.auto_lr_find or self.auto_scale_batch_size):
-            return
-        from distengine.tuner import tune
+def tuner(trainer: Any) -> Any:
+    """1.x ``trainer.tuner.lr_find(model)`` / ``trainer.tuner.scale_batch_size(model)``."""
+    from distengine.tuner import Tuner
 
-        flags = " and ".join(f"{f}={getattr(self, f)!r}" for f in ("auto_scale_batch_size", "auto_lr_find")
-                             if getattr(self, f))
-        _info(f"{flags}: trainer.tune() was not called, so fit runs it first (Lightning 1.9.5 would not)")
-        self._tuned = True  # once: a second fit does not search again
-        result = tune(self, model, train if datamodule is None else datamodule, val)
-        if "lr_find" in result:
-            _info(f"lr_find suggests lr={result['lr_find'].suggestion()}")
+    return Tuner(trainer)
+
+
+def tune_in_fit(trainer: Any, status: Any, model: Any, train: Any, val: Any, datamodule: Any) -> None:
+    """``auto_lr_find`` / ``auto_scale_batch_size`` act in ``fit`` when ``tune()`` was not
+    called (pytorch-lightning 1.9.5 ignores them there; scripts that set the flag expect it
+    to act), with one line saying so."""
+    if status.tuned or not (trainer.auto_lr_find or trainer.auto_scale_batch_size):
+        return
+    from distengine.tuner import tune
+
+    flags = " and ".join(f"{f}={getattr(trainer, f)!r}" for f in ("auto_scale_batch_size", "auto_lr_find")
+                         if getattr(trainer, f))
+    _info(f"{flags}: trainer.tune() was not called, so fit runs it first (Lightning 1.9.5 would not)")
+    status.tuned = True  # once: a second fit does not search again
+    result = tune(trainer, model, train if datamodule is None else datamodule, val)
+    if "lr_find" in result:
+        _info(f"lr_find suggests lr={result['lr_find'].suggestion()}")

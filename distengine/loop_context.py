@@ -1,7 +1,7 @@
 """What the loops see: the parts they use, each named and typed, instead of the whole Trainer.
 
-The Trainer owns every part below and builds one context per stage (``Trainer._loop_context``
-for ``fit``, ``Trainer._eval_context`` for ``validate``/``test``/``predict``); the loops in
+Each call's :class:`~distengine.stage_run.StageRun` builds one context (``StageRun.loop_context``
+for ``fit``, ``StageRun.eval_context`` for ``validate``/``test``/``predict``); the loops in
 :mod:`distengine.loop` and :mod:`distengine.loop_eval` read and write only these. The parts
 are shared objects, not copies: the Trainer reads back what the loop writes (``LoopState``,
 ``Progress``) through its public properties, and a callback that sets
@@ -13,18 +13,17 @@ are shared objects, not copies: the Trainer reads back what the loop writes (``L
     EvalContext   module, strategy, precision, results, status, hook tables (all / module /
                   callback), adapted (the 1.x style, compat.py), profiler, writer (loggers),
                   flags
-    LoopContext   + progress, optimizers, schedulers, one_x, data (FitData), resume point,
+    LoopContext   + progress, optimizers, schedulers, optimization, data (FitData), resume point,
                   stop vote, state (LoopState), sanity steps, reload_dataloaders(),
                   opt_hooks (the module's overridden optimizer_step & co, optim_hooks.py)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
-from distengine.compat import Adapted, OneXOptimization
 from distengine.data import apply_limit, loader_len
 from distengine.metric_writer import MetricWriter
 from distengine.metrics import Results
@@ -37,6 +36,41 @@ from distengine.strategies import Strategy
 from distengine.val_schedule import ValSchedule
 
 Hooks = dict[str, tuple[Callable[..., Any], ...]]
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """What a module's 1.x style changes in the loop, decided once before it starts (compat.adapt)."""
+    step_end: Callable[[Any], Any] | None        # training_step_end / training_end(outputs)
+    training_end: Callable[[], Any] | None       # the argument-less 0.x training_end()
+    collect_train_outputs: bool                  # training_epoch_end(outputs) is overridden
+    collect_eval_outputs: dict[str, bool]        # validation/test_epoch_end, validation_end
+
+
+class BatchOptimization(Protocol):
+    """How the fit loop optimises one training batch: automatic (one optimizer), manual (the
+    module steps) or the 1.x several-optimizer mode; the classes are in
+    :mod:`distengine.optimization`, chosen once per fit (``plan_optimization``). Per epoch the
+    loop calls ``start_epoch``; per batch ``run_batch`` (training_step, backward, and the steps
+    a mode takes inside the batch); at the last micro-batch of each accumulation window
+    ``end_window`` (the step and its count where the mode steps there)."""
+
+    def start_epoch(self, ctx: LoopContext, parts: EpochParts) -> None: ...
+
+    def run_batch(self, ctx: LoopContext, args: tuple, batch_idx: int, last_micro: bool) -> tuple[Any, bool]:
+        """(the step's output, whether training_step returned None where that skips a batch)."""
+
+    def end_window(self, ctx: LoopContext) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class EpochParts:
+    """The pieces of a training epoch the loop prepares (the profiler may time them)."""
+    step_fn: Callable[..., Any]          # the strategy's: DDP's forward (to training_step) or training_step
+    backward: Callable[[Any], None]      # through the precision (module.backward)
+    optimizer_step: Callable[..., None]  # optimization.steps.step_optimizer
+    watch: Any                           # the non-finite loss check (optimization.steps.nonfinite_check)
+    autocast: Callable[[], Any] | None   # the precision's autocast, None unless mixed
 
 
 @dataclass(slots=True)
@@ -127,7 +161,7 @@ class LoopContext(EvalContext):
     optimizers: list[torch.optim.Optimizer]
     schedulers: list[Any]                # LRSchedulerConfig, in configure_optimizers' order
     has_step_schedulers: bool
-    one_x: OneXOptimization | None       # 1.x automatic optimization over several optimizers
+    optimization: BatchOptimization      # how each batch is optimised (distengine/optimization/)
     data: FitData
     resume: ResumePoint
     stop_vote: Any                       # stop_vote.StopVote

@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
-from distengine.compat import _detach, _log_returned, signature_params
 from distengine.data import move_to_device
 from distengine.distributed import collectives
 from distengine.loop_context import EvalContext, LoopContext
 from distengine.module import module_overrides
 from distengine.profilers import wiring as profiling
+from distengine.step_outputs import detach, log_returned
+from distengine.utilities.signatures import signature_params
 
 _EVAL_NAMES = {"validate": "validation", "test": "test", "predict": "predict"}
 
@@ -141,7 +142,7 @@ def _eval_stage(ctx: EvalContext, stage: str, name: str, loaders: list[Any], lim
             if write_steps:
                 write_eval_step(stage, dl_idx)
             if collect:
-                outputs.append(_detach(out) if stage != "predict" else keep(out))
+                outputs.append(detach(out) if stage != "predict" else keep(out))
         all_outputs.append(outputs)
     res.dataloader_suffix = ""
     result: list[Any]
@@ -169,9 +170,9 @@ def _end_eval_epoch(ctx: EvalContext, stage: str, name: str, all_outputs: list[l
     end_hook = getattr(module, f"{name}_epoch_end", None)
     if all_outputs is not None and end_hook is not None and module_overrides(module, f"{name}_epoch_end"):
         ret = end_hook(all_outputs[0] if num_loaders <= 1 else all_outputs)
-        _log_returned(res, ret, epoch_level=True)
+        log_returned(res, ret, epoch_level=True)
     elif all_outputs is not None and module_overrides(module, "validation_end") and stage == "validate":
-        _log_returned(res, module.validation_end(all_outputs[0]), epoch_level=True)
+        log_returned(res, module.validation_end(all_outputs[0]), epoch_level=True)
     # the steps' epoch values first (the hooks read them in callback_metrics), then as in Lightning
     # the callbacks' hook and the module's, then what those hooks logged; one write to the loggers
     log, values = res.collect_epoch(stage)

@@ -153,7 +153,7 @@ class Results:
         self.batches_run = dict.fromkeys(self.entries, 0)
         self.module: Any = None  # the running module: where logged metric objects live
         self._step_layout: Any = None  # (names, synced names) the ranks last agreed on at a step log
-        self.no_log_hook: str | None = None  # the running hook where Lightning refuses self.log (trainer_run.py)
+        self.no_log_hook: str | None = None  # the running hook where Lightning refuses self.log (stage_hooks.py)
 
     # ---------------------------------------------------------------- hot path
     def set_batch(self, batch: Any) -> None:

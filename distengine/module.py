@@ -459,7 +459,10 @@ class Module(ModelHooks, nn.Module):
         """
         from distengine.module_loading import load_module
 
-        return load_module(cls, checkpoint_path, map_location, hparams_file, strict, overrides)
+        model, ckpt = load_module(cls, checkpoint_path, map_location, hparams_file, strict, overrides)
+        if type(model).on_load_checkpoint is not Module.on_load_checkpoint:
+            model.on_load_checkpoint(ckpt)
+        return model
 
 
 def _noop(self, *args, **kwargs):

@@ -40,7 +40,8 @@ def manual_backward(module: Any, loss: Any, *args: Any, **kwargs: Any) -> None:
     ``on_after_backward``."""
     trainer = module._trainer
     trainer.strategy.prepare_for_backward(loss)  # DDP: ready its reducer for this loss
-    hooks = getattr(trainer, "_hooks", None) or {}
+    run = getattr(trainer, "_run", None)  # the Trainer's current call (stage_run.py): its hook tables
+    hooks = run.hooks if run is not None else {}
     for fn in hooks.get("on_before_backward", ()):
         fn(loss)
     trainer.precision_plugin.backward(loss, *args, module=module, **kwargs)  # scaled, then module.backward

@@ -44,10 +44,9 @@ def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file
                 overrides: dict[str, Any]) -> Any:
     from distengine.checkpoint.apply import load_weights
     from distengine.checkpoint.io import safe_load
-    from distengine.module import Module
 
     ckpt = safe_load(checkpoint_path, map_location=map_location, mmap=True)  # weights copied out
-    hparams = dict(ckpt.get(Module.CHECKPOINT_HYPER_PARAMS_KEY) or {}) if hparams_file is None \
+    hparams = dict(ckpt.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}) if hparams_file is None \
         else read_hparams_file(hparams_file)
     hparams.update(overrides)
     missing = [k for k in ckpt.get("hparams_modules") or () if k not in hparams]
@@ -57,14 +56,12 @@ def load_module(cls: type, checkpoint_path: str, map_location: Any, hparams_file
                         f"nn.Module objects, which the checkpoint does not pickle (their weights are in its "
                         f"state_dict); pass them: {cls.__name__}.load_from_checkpoint(path, {given}), or "
                         f"leave them out with save_hyperparameters(ignore={missing})")
-    name = ckpt.get(Module.CHECKPOINT_HYPER_PARAMS_NAME)
+    name = ckpt.get(cls.CHECKPOINT_HYPER_PARAMS_NAME)
     if name and name in inspect.signature(cls.__init__).parameters:
         # the 1.x style: __init__(self, hparams) took one Namespace (or dict); hand it back
-        as_namespace = ckpt.get(Module.CHECKPOINT_HYPER_PARAMS_TYPE) == "Namespace"
+        as_namespace = ckpt.get(cls.CHECKPOINT_HYPER_PARAMS_TYPE) == "Namespace"
         model = cls(**{name: Namespace(**hparams) if as_namespace else hparams})
     else:
         model = cls(**hparams)
     load_weights(model, ckpt["state_dict"], strict=strict, source=checkpoint_path)
-    if type(model).on_load_checkpoint is not Module.on_load_checkpoint:
-        model.on_load_checkpoint(ckpt)
-    return model
+    return model, ckpt

@@ -16,7 +16,7 @@
 The 1.x signatures (an ``optimizer_idx`` argument; ``on_tpu``, ``using_native_amp``,
 ``using_lbfgs``) are recognised from the override's parameters. Under manual optimisation
 none of these is called (the user steps, zeroes, clips and schedules), as in Lightning. In the
-1.x mode with several optimizers (compat.py) an overridden ``optimizer_zero_grad`` is called
+1.x mode with several optimizers (optimization/one_x.py) an overridden ``optimizer_zero_grad`` is called
 right after each optimizer's step.
 
 Which hooks a module overrides is decided once per fit (:meth:`OptimHooks.of`); a module that
@@ -31,7 +31,6 @@ from typing import Any, Callable
 import torch
 
 from distengine.module import Module, module_overrides
-from distengine.optim import LightningOptimizer
 
 _NAMES = ("optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "lr_scheduler_step")
 
@@ -69,51 +68,6 @@ def _one_x(fn: Callable) -> bool:
         return "optimizer_idx" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-
-
-def call_optimizer_step(ctx: Any, optimizer: torch.optim.Optimizer, batch_idx: int, closure: Callable[[], Any],
-                        optimizer_idx: int = 0) -> None:
-    """Call the module's ``optimizer_step`` with an optimizer whose ``step(closure)`` runs the
-    closure, then the Trainer's clipping and the precision's step; fail with one line when the
-    override never ran the closure (the batch would not have been trained)."""
-    hook = ctx.module.optimizer_step
-    ran: list[Any] = []
-
-    def optimizer_closure() -> Any:
-        ran.append(True)
-        return closure()
-
-    wrapped = HookedOptimizer(ctx, optimizer)
-    if _one_x(hook):  # 1.x: (epoch, batch_idx, optimizer, optimizer_idx, optimizer_closure, ...)
-        extra = {k: v for k, v in (("on_tpu", False), ("using_native_amp", ctx.precision.scaler is not None),
-                                   ("using_lbfgs", isinstance(optimizer, torch.optim.LBFGS))) if _takes(hook, k)}
-        hook(ctx.progress.epoch, batch_idx, wrapped, optimizer_idx, optimizer_closure, **extra)
-    else:
-        hook(ctx.progress.epoch, batch_idx, wrapped, optimizer_closure)
-    if not ran:
-        raise RuntimeError(f"{type(ctx.module).__name__}.optimizer_step did not run optimizer_closure, so "
-                           "training_step and backward never ran for this batch; call "
-                           "optimizer.step(closure=optimizer_closure) (or optimizer_closure()) in it")
-
-
-class HookedOptimizer(LightningOptimizer):
-    """What an overridden ``optimizer_step`` receives: a :class:`LightningOptimizer` (the
-    optimizer's attributes, ``param_groups``, ``state``...) whose ``step(closure)`` runs the
-    closure, ``on_before_optimizer_step``, clipping and the step through the precision (the
-    GradScaler, a skipped non-finite step)."""
-
-    def __init__(self, ctx: Any, optimizer: torch.optim.Optimizer) -> None:
-        super().__init__(optimizer)
-        self._ctx = ctx
-
-    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        from distengine.loop import step_optimizer  # the loop imports this module
-
-        loss = closure() if closure is not None else None
-        if closure is not None and loss is None:  # training_step returned None: no step, as in Lightning
-            return None
-        step_optimizer(self._ctx, self.optimizer, zero_grad=False)
-        return loss
 
 
 def clip(ctx: Any, optimizer: torch.optim.Optimizer) -> None:

@@ -31,7 +31,7 @@ def warn_val_loop(has_val_loader: bool, has_val_step: bool) -> None:
 
 def warn_fit_start(trainer: Any) -> None:
     """``max_epochs`` left to its default of 1000 (the Trainer noted it: see config.py)."""
-    if getattr(trainer, "_max_epochs_defaulted", False) and trainer.max_epochs == 1000:
+    if getattr(getattr(trainer, "settings", None), "max_epochs_defaulted", False) and trainer.max_epochs == 1000:
         from distengine.callbacks.timer import Timer
 
         if not any(isinstance(cb, Timer) for cb in trainer.callbacks):
@@ -63,16 +63,17 @@ def warn_log_interval(trainer: Any, num_batches: int | float) -> None:
                        category=PossibleUserWarning)
 
 
-def warn_fit_setup(trainer: Any, train: list[Any], val: list[Any]) -> None:
-    """The fit's warnings, in Lightning's order: max_epochs, the loaders' workers, the log interval."""
+def warn_fit_setup(trainer: Any, data: Any, train: list[Any], val: list[Any]) -> None:
+    """The fit's warnings, in Lightning's order: max_epochs, the loaders' workers, the log interval
+    (``data``: the fit's :class:`~distengine.loop_context.FitData`)."""
     from distengine.data_combined import inner_loaders
 
-    warn_val_loop(bool(val) or trainer._data.val_pending, trainer._data.has_val_step)  # pending: loaded later
+    warn_val_loop(bool(val) or data.val_pending, data.has_val_step)  # pending: loaded later
     warn_fit_start(trainer)
-    if trainer._data.has_val_step:
+    if data.has_val_step:
         warn_few_workers(trainer, [dl for loader in val for dl in inner_loaders(loader)], "val")
     warn_few_workers(trainer, [dl for loader in train for dl in inner_loaders(loader)], "train")
-    warn_log_interval(trainer, trainer._data.num_train_batches)
+    warn_log_interval(trainer, data.num_train_batches)
 
 
 def warn_best_model_used(stage: str) -> None:
@@ -86,3 +87,12 @@ def warn_best_model_used(stage: str) -> None:
 def warn_no_last(dirpath: Any, then: str) -> None:
     """``ckpt_path="last"`` with no checkpoint saved yet: Lightning warns and goes on without one."""
     rank_zero_warn(f"ckpt_path='last' found no checkpoint in {dirpath}; {then}", category=UserWarning)
+
+
+def warn_no_step(epoch: int, batches: int) -> None:
+    """Lightning lets ``training_step`` return None to skip a batch (the optimizer step is still
+    taken and counted, without gradients); an epoch in which every batch was skipped trains
+    nothing, which is almost always a forgotten ``return loss``."""
+    rank_zero_warn(f"epoch {epoch} trained nothing (training_step returned None for all {batches} batches); "
+                   "return the loss from training_step (None skips a batch, which is meant for a few batches, "
+                   "not all)")

@@ -55,6 +55,9 @@ class TrainerStatus:
     stop_signal: int | None = None
     last_fn: str | None = None   # the stage of the last call, kept after it returns (state.fn)
     run_status: str = "initializing"  # "running", "finished" or "interrupted" (state.status)
+    environment_ready: bool = False  # process group, device, torch flags set (once per Trainer)
+    fitted_in_processes: bool = False  # a fit ran on ranks started here (rank_launch.py)
+    tuned: bool = False          # trainer.tune() ran (or fit ran the 1.x finders): fit does not search again
 
 
 @dataclass

@@ -21,7 +21,7 @@ class GradNormTracker(Callback):
 
         if trainer.optimizers and optimizer is not trainer.optimizers[0]:
             return  # 1.9.5: the first optimizer only
-        precision = getattr(trainer, "_precision", None)
+        precision = getattr(trainer, "precision_plugin", None)
         if precision is not None:
             precision.unscale_once(optimizer)
         norms = grad_norm(module, self.norm_type)

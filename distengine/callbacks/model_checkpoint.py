@@ -405,7 +405,8 @@ class ModelCheckpoint(CheckpointWrites):
             delete.append(self._last_link_path)  # a last name with fields ("last-{epoch}") moved on
         # as in Lightning, the file a fit was asked to resume from stays; with ckpt_path="last" (how a
         # preempted job resumes, over and over) it is the run's own newest and is superseded as usual
-        resumed = getattr(trainer, "ckpt_path", None) if getattr(trainer, "_ckpt_path_asked", None) != "last" else None
+        asked = getattr(getattr(getattr(trainer, "_parts", None), "paths", None), "asked", None)  # fit's ckpt_path
+        resumed = getattr(trainer, "ckpt_path", None) if asked != "last" else None
         delete = [p for p in delete if not (resumed and os.path.abspath(p) == os.path.abspath(resumed))]
         return {"save": True, "score": score, "topk": topk, "path": path, "delete": delete, "link": link}
 

@@ -36,11 +36,8 @@ from typing import Any, Callable, Iterator
 import torch.distributed as dist
 
 from distengine import torch_private
-from distengine.checkpoint.io import (
-    CheckpointError,
-    atomic_save,
-    safe_load,
-)
+from distengine.checkpoint.files import CheckpointError, atomic_save, load_checkpoint_file
+from distengine.checkpoint.key_mismatch import describe_key_mismatch
 from distengine.checkpoint.sharded_files import (  # noqa: F401 - re-exported
     _CHUNK,
     _CRASH_ENV,
@@ -288,10 +285,10 @@ def _damage_as_checkpoint_error(path: str) -> Iterator[None]:
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The non-tensor state of a sharded checkpoint (``meta.pt``, loaded with ``safe_load``)."""
+    """The non-tensor state of a sharded checkpoint (``meta.pt``, a checkpoint file: files.py)."""
     path = os.fspath(path)
     _require(path)
-    return safe_load(os.path.join(path, META_FILE))
+    return load_checkpoint_file(os.path.join(path, META_FILE))
 
 
 def sharded_keys(path: str | os.PathLike) -> set[str]:
@@ -307,8 +304,6 @@ def sharded_keys(path: str | os.PathLike) -> set[str]:
 def check_model_keys(path: str | os.PathLike, tensors: dict[str, Any]) -> None:
     """Raise a :class:`CheckpointError` naming the missing and unexpected weight names when the
     module's keys (``tensors["state_dict"]`` or ``tensors["model"]``) differ from the checkpoint's."""
-    from distengine.strategies.fsdp import describe_key_mismatch
-
     stored = sharded_keys(path)
     for entry in ("model", "state_dict"):  # the module's weights, under either name
         if entry in tensors:

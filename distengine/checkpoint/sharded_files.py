@@ -14,13 +14,8 @@ import uuid
 import zlib
 from typing import Any
 
-from distengine.checkpoint.io import (
-    CheckpointError,
-    _atomic_write,
-    _fsync_dir,
-    _write_text,
-    is_temp_file,
-)
+from distengine.checkpoint.files import CheckpointError, _atomic_write, _write_text, file_problem
+from distengine.checkpoint.temp_files import _fsync_dir, is_temp_file
 
 META_FILE = "meta.pt"
 _TMP_MARK = ".tmp-"
@@ -53,9 +48,7 @@ def _complete(path: str) -> bool:
     or a file checkpoint that loads."""
     if os.path.isdir(path):  # last.ckpt: a link to one
         return is_sharded_checkpoint(path) and sharded_problem(path) is None
-    from distengine.checkpoint.io import is_valid_checkpoint
-
-    return os.path.isfile(path) and is_valid_checkpoint(path)
+    return os.path.isfile(path) and file_problem(path) is None
 
 
 def _remove(path: str) -> None:

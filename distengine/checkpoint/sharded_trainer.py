@@ -41,7 +41,7 @@ def save_trainer_checkpoint(trainer: Any, path: str, weights_only: bool = False,
     A collective: every rank calls it."""
     # every rank: it holds its own shards (the Trainer checks for a NaN step first, and runs
     # the on_save_checkpoint hooks where they run for a file: on rank 0)
-    ckpt = trainer._checkpoint_dict(weights_only, every_rank=True)
+    ckpt = trainer.dump_checkpoint(weights_only, every_rank=True)
     tensors = {"state_dict": ckpt.pop("state_dict")}
     if "optimizer_states" in ckpt:
         states = ckpt.pop("optimizer_states")

@@ -73,24 +73,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from distengine.checkpoint.key_mismatch import describe_key_mismatch  # noqa: F401 - re-exported
 from distengine.strategies.base import Strategy
-from distengine.strategies.fsdp_parts import (  # noqa: F401 - re-exported: callers import them from here
-    STEP_METHODS,
+from distengine.strategies.fsdp_tensors import (  # noqa: F401 - re-exported: callers import them from here
     _gradient_sync,
     _has_dtensor,
-    apply_activation_checkpointing,
     clip_grad_norm,
-    convert_sync_batchnorm,
-    describe_key_mismatch,
     full_tensor,
     gathered,
-    has_meta_tensors,
-    materialize,
+)
+from distengine.strategies.fsdp_wrapping import (  # noqa: F401 - re-exported: callers import them from here
+    STEP_METHODS,
+    apply_activation_checkpointing,
+    convert_sync_batchnorm,
     register_step_method,
     register_step_methods,
     register_uncast_step_method,
     shard_units,
 )
+from distengine.strategies.meta_init import has_meta_tensors, materialize  # noqa: F401 - re-exported
 
 _PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

@@ -23,7 +23,7 @@ Behaviour (Lightning's): ``"auto"`` sizes are the number of nodes (data parallel
 per node (tensor parallel); the sizes must multiply to the world size. The data loaders are
 split over the ``data_parallel`` dimension only: the ranks of one tensor-parallel group read the
 same batches. Modules built on the ``meta`` device in ``configure_model`` are filled by their
-``reset_parameters()`` after parallelization (:func:`~distengine.strategies.fsdp_parts.materialize`).
+``reset_parameters()`` after parallelization (:func:`~distengine.strategies.meta_init.materialize`).
 ``save_distributed_checkpoint=True`` writes sharded (DCP) checkpoints, each rank its shards;
 False gathers complete tensors into one file written by rank 0.
 
@@ -39,7 +39,8 @@ from typing import Any
 from torch import nn
 
 from distengine.strategies.fsdp import FSDPStrategy, _overrides_configure_model
-from distengine.strategies.fsdp_parts import has_meta_tensors, materialize, register_step_methods
+from distengine.strategies.fsdp_wrapping import register_step_methods
+from distengine.strategies.meta_init import has_meta_tensors, materialize
 
 
 class MeshSizeError(ValueError, RuntimeError):

@@ -108,7 +108,7 @@ def test_nonfinite_loss_names_step_and_rank(tmp_path):
     module = Diverging()
     trainer = quiet_trainer(tmp_path, max_epochs=1, on_nonfinite_loss="skip")
     trainer.fit(module, loader(regression_data()))
-    assert trainer._skipped_nonfinite == 1
+    assert trainer._parts.loop_state.skipped_nonfinite == 1
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
@@ -148,7 +148,7 @@ def test_skipped_fp16_steps_are_logged(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=1, precision="16-mixed", logger=logger, log_every_n_steps=1)
     trainer.fit(Exploding(), loader(regression_data()))
     skipped = [m["skipped_steps"] for _, m in logger.rows if "skipped_steps" in m]
-    assert skipped == sorted(skipped) and skipped[-1] == trainer._precision.skipped_steps >= 1
+    assert skipped == sorted(skipped) and skipped[-1] == trainer.precision_plugin.skipped_steps >= 1
 
 
 class SkipsBatches(Regressor):
@@ -277,4 +277,4 @@ def test_returning_none_under_a_grad_scaler_skips_the_step_but_counts_it(tmp_pat
     messages, unchanged, trainer = _no_step_warnings(tmp_path, module, accumulate_grad_batches=2,
                                                      precision="16-mixed")
     assert unchanged and trainer.global_step == 6 and messages == []
-    assert trainer._precision.scaler.get_scale() == 2.0 ** 16  # never updated
+    assert trainer.precision_plugin.scaler.get_scale() == 2.0 ** 16  # never updated

@@ -438,7 +438,7 @@ def test_distributed_sampler_off_leaves_the_loader_untouched(tmp_path, flag):
     train = DataLoader(ds, batch_size=16, shuffle=True)
     trainer = quiet_trainer(tmp_path, max_epochs=1, **{flag: False})
     trainer.fit(Regressor(), train)
-    assert trainer._train_loader is train and trainer._train_sampler is None
+    assert trainer._parts.data.fit.train_loader is train and trainer._parts.data.fit.train_sampler is None
 
 
 def test_distributed_sampler_on_replaces_only_standard_samplers(tmp_path):
@@ -447,11 +447,11 @@ def test_distributed_sampler_on_replaces_only_standard_samplers(tmp_path):
     custom = DataLoader(ds, batch_size=16, sampler=sampler)
     trainer = quiet_trainer(tmp_path, max_epochs=2)
     trainer.fit(Regressor(), custom)
-    assert trainer._train_loader is custom and sampler.iterations == 2
+    assert trainer._parts.data.fit.train_loader is custom and sampler.iterations == 2
     standard = DataLoader(ds, batch_size=16, shuffle=True)
     trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(Regressor(), standard)
-    assert trainer._train_loader is not standard and trainer._train_sampler is not None
+    assert trainer._parts.data.fit.train_loader is not standard and trainer._parts.data.fit.train_sampler is not None
 
 
 # ------------------------------------------------------------------ where files go

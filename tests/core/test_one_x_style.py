@@ -64,8 +64,8 @@ def test_one_x_module_trains_and_logs(tmp_path):
 def test_outputs_are_not_kept_without_epoch_end_hook(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(Regressor(), loader(regression_data()))
-    assert trainer._collect_train_outputs is False
-    assert trainer._train_outputs is None
+    assert trainer._run.adapted.collect_train_outputs is False
+    assert trainer._parts.loop_state.train_outputs is None
 
 
 def test_save_hyperparameters_reach_logger_and_checkpoint(tmp_path):

@@ -74,7 +74,7 @@ def test_fp16_scaler_skips_nonfinite_steps_and_counts_them(tmp_path):
     def run(module):
         trainer = quiet_trainer(tmp_path, max_epochs=1, precision="16-mixed", limit_train_batches=5)
         trainer.fit(module, loader(regression_data()))
-        return trainer._precision.skipped_steps
+        return trainer.precision_plugin.skipped_steps
 
     # GradScaler may also skip early steps while it lowers its initial scale; the infinite
     # loss must add exactly one skipped step, and the weights must stay finite.

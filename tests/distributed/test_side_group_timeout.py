@@ -21,7 +21,9 @@ def _side_groups(rank, tmp):
 
     trainer = de.Trainer(accelerator="cpu", devices=2, dist_timeout=TIMEOUT_S, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp)
-    trainer._setup_env()
+    from distengine.stage_run import StageRun
+
+    StageRun(trainer, trainer._parts, "fit", None).setup_environment()  # the process group, as a call sets it up
     assert dist.is_initialized() and dist.get_world_size() == 2
     StopVote._side_group_needed = staticmethod(lambda: True)  # as under NCCL
     groups = {"checkpoint": ShardedCheckpointer()._checkpoint_group(), "stop vote": StopVote().group}

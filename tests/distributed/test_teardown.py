@@ -27,7 +27,7 @@ class _SideGroupSpy(Callback):
         self.group = None
 
     def on_train_start(self, trainer, module):
-        self.group = trainer._stop_vote.group
+        self.group = trainer._run.stop_vote.group
 
 
 def _registered(group) -> bool:

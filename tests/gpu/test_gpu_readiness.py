@@ -99,7 +99,7 @@ def test_resume_loads_on_cpu_and_keeps_adam_step_counters_on_the_cpu(tmp_path, m
     path = str(tmp_path / "one.ckpt")
     first.save_checkpoint(path)
 
-    import distengine.checkpoint.io as ckio
+    import distengine.checkpoint.files as ckfiles  # (the checkpoint-file layer: files.py)
 
     real_load = torch.load
     locations = []
@@ -108,7 +108,7 @@ def test_resume_loads_on_cpu_and_keeps_adam_step_counters_on_the_cpu(tmp_path, m
         locations.append(kw.get("map_location"))
         return real_load(f, *a, **kw)
 
-    monkeypatch.setattr(ckio.torch, "load", recording_load)
+    monkeypatch.setattr(ckfiles.torch, "load", recording_load)
     module = Regressor()
     resumed = quiet_trainer(tmp_path, max_epochs=2)
     resumed.fit(module, loader(regression_data()), ckpt_path=path)
@@ -150,7 +150,7 @@ def test_skip_nonfinite_skips_the_step_and_counts_it(tmp_path, fused):
     trainer.fit(module, loader(regression_data()))
     steps = [int(s["step"]) for s in trainer.optimizers[0].state.values()]
     assert steps == [len(loader(regression_data())) - 1] * len(steps)  # the NaN step was not applied
-    assert int(trainer._skipped_nonfinite) == 1
+    assert int(trainer._parts.loop_state.skipped_nonfinite) == 1
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 

@@ -127,7 +127,7 @@ def test_every_checkpoint_key_is_saved_and_restored_in_one_place(tmp_path):
 
     trainer = _trainer(strategy="single_device", max_steps=2, default_root_dir=str(tmp_path))
     trainer.fit(_Net(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2))
-    checkpointer = trainer._checkpointer()
+    checkpointer = trainer._checkpoints().checkpointer()
     restored = set(RESTORE_ORDER) | set(checkpointer.weights)
     assert set(checkpointer.states) <= restored
     path = tmp_path / "x.ckpt"

@@ -1,0 +1,143 @@
+"""The data of the Trainer's calls: where each loader comes from (the argument of
+``fit``/``validate``/..., a datamodule, or the module's ``*_dataloader`` hook), the fit's
+sharded loaders and batch counts (:class:`~distengine.loop_context.FitData`, which the fit
+loop's context holds), and the reloads ``reload_dataloaders_every_n_epochs`` asks for.
+
+One :class:`StageData` lives as long as the Trainer (Lightning reads ``trainer.val_dataloaders``,
+``num_test_batches``... after a call returns); each :class:`~distengine.stage_run.StageRun`
+hands it the loaders of its call::
+
+    Trainer.fit(model, train_dataloaders) -> StageRun.fit -> StageData.resolve("train")
+        -> StageData.set_fit_loaders -> data_combined.prepare_train -> FitData -> loop.fit_loop
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from distengine import run_warnings
+from distengine.data import loader_len
+from distengine.distributed import collectives
+from distengine.loop_context import FitData
+from distengine.module import module_overrides
+from distengine.utilities.exceptions import ConfigError
+from distengine.val_schedule import build_schedule
+
+_HOOKS = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
+          "predict": "predict_dataloader"}
+
+
+class StageData:
+    """The Trainer's loaders across its calls (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.fit = FitData()                      # refilled in place: the fit loop's context holds it
+        self.hooks: dict[str, Callable[[], Any]] = {}  # the hook each loader came from (reloads call it again)
+        self.given: dict[str, Any] = {}           # as given or returned: trainer.val_dataloaders...
+        self.raw: tuple[list[Any], list[Any]] = ([], [])  # the fit's train and val sources
+        self.train_replicas: int | None = None    # the data-parallel replicas the training loader was split over
+        self.sanity_steps: list[int] = []         # the sanity check's batches (the loop's context holds it)
+        self.eval_batches: dict[str, list[int]] = {}  # per evaluation stage, as in Lightning
+
+    def resolve(self, trainer: Any, module: Any, stage: str, given: Any, datamodule: Any, kind: str,
+                required: bool = True, defer: bool = False) -> list[Any]:
+        """The loaders of ``kind`` for this call: ``given``, else the datamodule's hook, else the
+        module's (``defer``: a hook is only remembered, called when a validation first needs it)."""
+        hook = _HOOKS[kind]
+        source = given
+        self.hooks.pop(kind, None)
+        if datamodule is not None:
+            trainer.datamodule = datamodule
+            if hasattr(datamodule, "trainer"):
+                datamodule.trainer = trainer
+        if source is None and datamodule is not None:
+            _prepare_datamodule(trainer, datamodule, stage)
+            if hasattr(datamodule, hook):
+                self.hooks[kind] = getattr(datamodule, hook)
+                source = None if defer else self.hooks[kind]()
+        if source is None and kind not in self.hooks and module_overrides(module, hook):
+            self.hooks[kind] = getattr(module, hook)
+            source = None if defer else self.hooks[kind]()
+        if defer and kind in self.hooks:  # called when a validation first needs it (loop._val_data)
+            return []
+        self.given[kind] = source
+        if source is None:
+            if required:
+                what = {"train": "training", "val": "validation", "test": "test", "predict": "predict"}[kind]
+                raise ConfigError(f"no {what} data: pass it to the Trainer call or define {hook}() in the module")
+            return []
+        from distengine import data_combined as dc
+
+        # training: one loader, a container of them read together (CombinedLoader); evaluation: a list
+        loaders = [dc.train_source(source)] if kind == "train" else dc.eval_sources(source)
+        inner = [dl for loader in loaders for dl in dc.inner_loaders(loader)]
+        for i, loader in enumerate(inner):
+            if loader_len(loader) == 0:
+                raise ConfigError(f"the {kind} dataloader #{i} is empty (len 0): check the dataset and batch_size")
+        return loaders
+
+    def set_fit_loaders(self, trainer: Any, module: Any, train: list[Any], val: list[Any]) -> None:
+        """Shard the training loader and build the fit's validation schedule (then the validation loaders)."""
+        from distengine.data_combined import prepare_train
+
+        data, limits, strategy = self.fit, trainer.limits, trainer.strategy
+        self.raw = (train, val)
+        shuffle = False if trainer.overfit_batches else None
+        replicas, rank = strategy.data_parallel(trainer.env)  # model parallel: one tensor-parallel group, one split
+        self.train_replicas = replicas  # the checkpoint's data position counts samples over these
+        data.train_loader, data.train_sampler, data.num_train_batches = prepare_train(
+            train[0], replicas, rank, trainer.use_distributed_sampler, shuffle, limits["train"],
+            strategy.lightning_distributed)
+        data.limits, data.has_val_step = limits, module_overrides(module, "validation_step")
+        if data.num_train_batches == 0 and limits["train"] != 0:  # (limit 0: fit trains nothing, as Lightning)
+            raise ConfigError("limit_train_batches leaves no training batch; raise it")
+        old = data.val_schedule  # (a reload keeps the time-based clock running)
+        data.val_schedule = build_schedule(trainer.val_check_interval, trainer.check_val_every_n_epoch,
+                                           data.num_train_batches or 1, limits["val"] != 0)
+        data.val_schedule.last_time = old.last_time
+        self.set_val_loaders(trainer, val)
+
+    def set_val_loaders(self, trainer: Any, val: list[Any]) -> None:
+        from distengine.data_combined import prepare_eval
+
+        data = self.fit
+        self.raw = (self.raw[0], val)
+        replicas, rank = trainer.strategy.data_parallel(trainer.env)  # model parallel: split over data_parallel only
+        data.val_loaders = [prepare_eval(v, replicas, rank, trainer.use_distributed_sampler) for v in val]
+        # Lightning: no validation_step, no validation batches (checkpoints then follow the epochs)
+        data.num_val_batches = data.val_limits() if data.has_val_step else []
+        n_max = trainer.num_sanity_val_steps  # in place: the loop's context holds the list
+        self.sanity_steps[:] = [n if n_max < 0 else min(n, n_max) for n in data.num_val_batches]
+
+    def reload(self, trainer: Any, module: Any, kind: str) -> None:
+        """Call the ``train_dataloader``/``val_dataloader`` hook again (loaders passed to ``fit``
+        stay, as in Lightning); the validation one only refills the validation loaders."""
+        hook = self.hooks.get(kind)
+        if hook is None:
+            return
+        from distengine import data_combined as dc
+
+        source = self.given[kind] = hook()  # as returned: trainer.val_dataloaders
+        if kind == "train":
+            self.set_fit_loaders(trainer, module, [dc.train_source(source)], self.raw[1])
+        else:
+            first = self.fit.val_pending
+            self.fit.val_pending = False
+            self.set_val_loaders(trainer, dc.eval_sources(source))
+            if first:  # (the warnings a loader given to fit gets at the start)
+                run_warnings.warn_few_workers(trainer, [dl for v in self.raw[1] for dl in dc.inner_loaders(v)], "val")
+
+
+def _prepare_datamodule(trainer: Any, datamodule: Any, stage: str) -> None:
+    """The datamodule's ``prepare_data`` (once, on one rank per node; the others wait) and its
+    ``setup(stage)`` once per stage, as in Lightning."""
+    done = getattr(datamodule, "_distengine_stages", None)
+    if done is None:
+        done = datamodule._distengine_stages = set()
+        if hasattr(datamodule, "prepare_data"):  # downloads: once per node, the others wait
+            per_node = getattr(datamodule, "prepare_data_per_node", trainer.prepare_data_per_node)
+            if (trainer.local_rank if per_node else trainer.global_rank) == 0:
+                datamodule.prepare_data()
+            collectives.barrier()
+    if stage not in done and hasattr(datamodule, "setup"):  # Lightning: setup(stage) per stage
+        datamodule.setup(stage=stage)
+    done.add(stage)
