@@ -147,7 +147,7 @@ def _eval_stage(ctx: EvalContext, stage: str, name: str, loaders: list[Any], lim
     res.dataloader_suffix = ""
     result: list[Any]
     if stage == "predict":
-        result = [_gather_in_order(o) for o in all_outputs] if collect else [[] for _ in loaders]
+        result = [ctx.strategy.gather_predictions(o) for o in all_outputs] if collect else [[] for _ in loaders]
         for fn in hooks["on_predict_epoch_end"]:
             fn()
     else:
@@ -205,13 +205,6 @@ def outputs_to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(outputs_to_cpu(v) for v in obj)
     return obj
-
-
-def _gather_in_order(outputs: list[Any]) -> list[Any]:
-    """Concatenate every rank's predictions in rank order: shards are contiguous, so this is
-    dataset order."""
-    per_rank = collectives.all_gather_object(outputs)
-    return [item for rank_out in per_rank for item in rank_out]
 
 
 def _split_by_loader(values: dict[str, float], n: int, loader_of: dict[str, int]) -> list[dict[str, float]]:

@@ -161,7 +161,6 @@ class StageCheckpoints:
         # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
         # mapped (mmap): the ranks share the file's pages instead of each reading all of it
         ckpt = load_for_trainer(t, path) if os.path.isdir(path) else safe_load(path, "cpu", mmap=True)
-        run.paths.set(path)
         from distengine.checkpoint.agreement import check_resume_point
         from distengine.checkpoint.apply import check_resume_epoch
         from distengine.checkpoint.run_folder import continue_run_folder, resume_line

@@ -70,7 +70,10 @@ class StageData:
         # training: one loader, a container of them read together (CombinedLoader); evaluation: a list
         loaders = [dc.train_source(source)] if kind == "train" else dc.eval_sources(source)
         inner = [dl for loader in loaders for dl in dc.inner_loaders(loader)]
+        from distengine.utilities.data import warn_iterable_with_len
+
         for i, loader in enumerate(inner):
+            warn_iterable_with_len(loader)
             if loader_len(loader) == 0:
                 raise ConfigError(f"the {kind} dataloader #{i} is empty (len 0): check the dataset and batch_size")
         return loaders

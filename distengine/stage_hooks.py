@@ -35,6 +35,8 @@ class HookTables:
 def build_hooks(trainer: Any, module: Any, callbacks: list[Any], results: Any, profiler: Any,
                 profiled: bool) -> HookTables:
     dispatcher = HookDispatcher(callbacks)
+    for cb in callbacks:  # self.log in a callback logs through the module, as in Lightning
+        cb.log, cb.log_dict = module.log, module.log_dict
     callback_hooks: dict[str, tuple] = {}
     module_hooks: dict[str, tuple] = {}
     hooks: dict[str, tuple] = {}

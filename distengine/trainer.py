@@ -29,6 +29,7 @@ from distengine import trainer_view as view
 from distengine.callbacks.finders import run_finder_callbacks
 from distengine.compat_flags import accepts_1x_flags
 from distengine.config import TrainerConfig
+from distengine.init_module import init_module
 from distengine.loop_context import LoopFlags
 from distengine.metric_writer import MetricWriter
 from distengine.module import Module, module_overrides
@@ -232,6 +233,7 @@ class Trainer:
     parse_argparser = classmethod(compat_flags.parse_argparser)
     from_argparse_args = classmethod(compat_flags.from_argparse_args)
     tuner = _P(compat_flags.tuner)
+    init_module = init_module  # with trainer.init_module(empty_init=None): build a model on its device/dtype
 
 
 for _name in LoopFlags.__dataclass_fields__:  # max_epochs, accumulate_grad_batches, ...: the loop reads them live

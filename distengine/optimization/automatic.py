@@ -34,7 +34,9 @@ class AutomaticOptimization:
         accum, optimizer = ctx.flags.accumulate_grad_batches, ctx.optimizers[0]
         before, after = _backward_hooks(ctx, optimizer, accum)
         strategy = ctx.strategy
-        self.optimizer, self._hooked = optimizer, ctx.opt_hooks.step is not None
+        # the module's optimizer_step, or LBFGS (its step needs the closure): the batch runs in a closure
+        self.optimizer = optimizer
+        self._hooked = ctx.opt_hooks.step is not None or isinstance(optimizer, torch.optim.LBFGS)
         self._epoch = (parts, ctx.adapted.step_end, accum, before, after, strategy.no_sync, strategy.model)
 
     def run_batch(self, ctx: LoopContext, args: tuple, batch_idx: int, last_micro: bool) -> tuple[Any, bool]:
@@ -156,8 +158,27 @@ class HookedOptimizer(LightningOptimizer):
         self._ctx = ctx
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        if closure is not None and isinstance(self.optimizer, torch.optim.LBFGS):
+            return self._step_with_closure(closure)
         loss = closure() if closure is not None else None
         if closure is not None and loss is None:  # training_step returned None: no step, as in Lightning
             return None
         steps.step_optimizer(self._ctx, self.optimizer, zero_grad=False)
         return loss
+
+    def _step_with_closure(self, closure: Callable[[], Any]) -> Any:
+        """LBFGS re-evaluates the loss: each call of the closure runs ``training_step``, backward,
+        ``on_before_optimizer_step`` and clipping, as Lightning's closure does."""
+        ctx, optimizer = self._ctx, self.optimizer
+        if ctx.precision.scaler is not None:
+            from distengine.utilities.exceptions import ConfigError
+
+            raise ConfigError(f"{type(optimizer).__name__} calls its closure several times, which a GradScaler "
+                              "(precision='16-mixed') cannot scale; use precision '32-true' or 'bf16-mixed'")
+
+        def step_closure() -> Any:
+            loss = closure()
+            steps.before_step(ctx, optimizer)
+            return loss
+
+        return optimizer.step(closure=step_closure)

@@ -81,14 +81,8 @@ def step_optimizer(ctx: LoopContext, optimizer: torch.optim.Optimizer, zero_grad
     """Unscale, ``on_before_optimizer_step``, clip, step through the precision, and (``zero_grad``)
     zero the gradients; the module's ``configure_gradient_clipping`` / ``optimizer_zero_grad``
     where it overrides them (optim_hooks.py)."""
-    prec, hooks, flags, overrides = ctx.precision, ctx.hooks, ctx.flags, ctx.opt_hooks
-    clip = flags.gradient_clip_val or overrides.clip is not None
-    if clip:
-        prec.unscale(optimizer)
-    for fn in hooks["on_before_optimizer_step"]:
-        fn(optimizer)
-    if clip:
-        optim_hooks.clip(ctx, optimizer)
+    prec, flags = ctx.precision, ctx.flags
+    before_step(ctx, optimizer)
     if flags.on_nonfinite_loss == "skip" and prec.scaler is None:
         # an int, or a device tensor for fused optimizers: read only where metrics are written
         state = ctx.state
@@ -98,6 +92,18 @@ def step_optimizer(ctx: LoopContext, optimizer: torch.optim.Optimizer, zero_grad
         prec.step(optimizer)
     if zero_grad:
         zero_grad_now(ctx, optimizer)
+
+
+def before_step(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:
+    """What comes between backward and the step: unscale (when clipping), ``on_before_optimizer_step``,
+    clipping (the module's ``configure_gradient_clipping`` where it overrides it)."""
+    clip = ctx.flags.gradient_clip_val or ctx.opt_hooks.clip is not None
+    if clip:
+        ctx.precision.unscale(optimizer)
+    for fn in ctx.hooks["on_before_optimizer_step"]:
+        fn(optimizer)
+    if clip:
+        optim_hooks.clip(ctx, optimizer)
 
 
 def zero_grad_now(ctx: LoopContext, optimizer: torch.optim.Optimizer) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from distengine.distributed.env import usable_cpu_count
 
-__all__ = ["has_iterable_dataset", "has_len_all_ranks", "sized_len", "suggested_max_num_workers"]
+__all__ = ["has_iterable_dataset", "has_len_all_ranks", "sized_len", "suggested_max_num_workers", "warn_iterable_with_len"]
 
 
 def suggested_max_num_workers(local_world_size: int) -> int:
@@ -61,8 +61,16 @@ def has_len_all_ranks(dataloader: Any, strategy: Any,
                                "rank at least one batch")
         rank_zero_warn(f"the {name} has length 0 on this rank while other ranks have batches: the ranks run "
                        "uneven numbers of batches", category=UserWarning)
-    if has_iterable_dataset(dataloader):
-        rank_zero_warn(f"the IterableDataset of this {name} defines __len__; with num_workers > 1 each worker "
-                       "yields the whole dataset unless it shards it itself, so the length may be wrong",
-                       category=UserWarning)
+    warn_iterable_with_len(dataloader)
     return True
+
+
+def warn_iterable_with_len(dataloader: Any) -> None:
+    """A UserWarning (rank zero) when ``dataloader`` reads an ``IterableDataset`` that defines
+    ``__len__`` (the Trainer gives it for every such loader of a run, as Lightning does)."""
+    from distengine.distributed.rank_zero import rank_zero_warn
+
+    if has_iterable_dataset(dataloader) and sized_len(dataloader) is not None:
+        rank_zero_warn(f"the IterableDataset of this {type(dataloader).__name__} defines __len__; with "
+                       "num_workers > 1 each worker yields the whole dataset unless it shards it itself, so the "
+                       "length may be wrong", category=UserWarning)

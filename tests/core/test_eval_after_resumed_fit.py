@@ -1,10 +1,9 @@
 """``test(model)`` after ``fit(ckpt_path=X)`` evaluates the model as it is, as Lightning 2.6.6 does
 (checked against it with the same script: weights unchanged, ``trainer.ckpt_path`` None after the
-test). distengine reloaded X's weights instead, discarding what the fit trained since X: ``_restore``
-(trainer_parts.py) set the path through the ``trainer.ckpt_path`` setter, which also records it
-as a user-set path that every later call without ``ckpt_path`` loads. Found by the 4-rank
-model-parallel differential (tests/conformance, a test after the resumed fit). The fix belongs to
-trainer_parts.py (being refactored elsewhere): until it is applied this test is a strict xfail."""
+test). distengine reloaded X's weights instead, discarding what the fit trained since X: the restore
+recorded X as a user-set path (``trainer.ckpt_path = X``) that every later call without
+``ckpt_path`` loads. Found by the 4-rank model-parallel differential (tests/conformance, a test
+after the resumed fit)."""
 from __future__ import annotations
 
 import pytest
@@ -30,8 +29,6 @@ class _Module(de.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.5)
 
 
-@pytest.mark.xfail(strict=True, reason="trainer_parts.py _restore: `self.ckpt_path = None` / `self.ckpt_path = path` "
-                   "go through the public setter (user-set path); should set self._ckpt_path only")
 def test_test_with_a_model_after_a_resumed_fit_uses_the_trained_weights(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 4, generator=g)

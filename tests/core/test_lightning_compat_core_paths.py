@@ -168,6 +168,37 @@ def test_has_len_all_ranks_and_iterable_datasets():
         assert has_len_all_ranks(DataLoader([], batch_size=2), strategy)
 
 
+def test_every_trainer_call_warns_about_an_iterable_dataset_with_a_length():
+    import warnings
+
+    from torch.utils.data import DataLoader, IterableDataset
+
+    import distengine as de
+    from tests.core.models import Regressor, regression_data
+
+    data = regression_data(16)
+
+    class SizedStream(IterableDataset):
+        def __iter__(self):
+            return iter(data)
+
+        def __len__(self):
+            return len(data)
+
+    loader = DataLoader(SizedStream(), batch_size=8)
+    trainer = de.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    model = Regressor()
+    for call in (lambda: trainer.fit(model, loader), lambda: trainer.validate(model, [loader], verbose=False)):
+        with pytest.warns(UserWarning, match="IterableDataset of this DataLoader defines __len__"):
+            call()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(log_every_n_steps|val_dataloader|validation_step).*")
+        de.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False).fit(Regressor(), DataLoader(data, batch_size=8))
+
+
 def test_load_from_checkpoint_downloads_an_http_url_once(tmp_path, monkeypatch):
     import functools
     import http.server

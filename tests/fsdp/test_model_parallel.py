@@ -272,8 +272,6 @@ def test_gather_predictions_keeps_one_copy_per_data_parallel_group(job):
     assert [r["gathered"] for r in job] == [["dp0-tp0-a", "dp0-tp0-b", "dp1-tp0-a", "dp1-tp0-b"]] * 4
 
 
-@pytest.mark.xfail(strict=True, reason="loop_eval.py _gather_in_order gathers from every rank (each TP group's "
-                   "predictions twice); it should call ctx.strategy.gather_predictions(outputs)")
 def test_predict_returns_each_batch_once_in_dataset_order(job):
     """Found by the 4-rank differential: under TP 2 x DP 2 predict returned 12 batches for 6 (each
     twice, from both ranks of a tensor-parallel group)."""
