@@ -8,7 +8,8 @@ import torch
 
 from distengine.distributed.env import usable_cpu_count
 
-__all__ = ["has_iterable_dataset", "has_len_all_ranks", "sized_len", "suggested_max_num_workers", "warn_iterable_with_len"]
+__all__ = ["has_iterable_dataset", "has_len_all_ranks", "sized_len", "suggested_max_num_workers",
+           "warn_iterable_with_len"]
 
 
 def suggested_max_num_workers(local_world_size: int) -> int:

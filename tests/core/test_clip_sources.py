@@ -4,7 +4,6 @@ either place is used."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 import distengine as de
 from distengine.utilities.exceptions import MisconfigurationException

@@ -6,7 +6,6 @@ recorded X as a user-set path (``trainer.ckpt_path = X``) that every later call 
 after the resumed fit)."""
 from __future__ import annotations
 
-import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
