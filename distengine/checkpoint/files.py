@@ -181,19 +181,3 @@ def _loads_on_cpu(path: str, raise_refusal: bool = False) -> bool:
     except Exception:  # noqa: BLE001 - any failure means "not loadable"
         return False
     return isinstance(obj, dict)
-
-
-def _loads_on_cpu(path: str, raise_refusal: bool = False) -> bool:
-    """True when ``path`` unpickles under weights_only into a dict (tensor bytes mapped, not read).
-
-    With ``raise_refusal`` a file refused as unsafe raises the loader's UnpicklingError instead
-    of returning False, so callers can say why it was refused."""
-    try:
-        obj = load_file(path, "cpu")
-    except pickle.UnpicklingError as exc:
-        if raise_refusal and _is_weights_only_refusal(exc):
-            raise
-        return False  # not plain data, or a broken pickle
-    except Exception:  # noqa: BLE001 - any failure means "not loadable"
-        return False
-    return isinstance(obj, dict)

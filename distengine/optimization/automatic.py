@@ -40,25 +40,31 @@ class AutomaticOptimization:
         self._epoch = (parts, ctx.adapted.step_end, accum, before, after, strategy.no_sync, strategy.model)
 
     def run_batch(self, ctx: LoopContext, args: tuple, batch_idx: int, last_micro: bool) -> tuple[Any, bool]:
-        parts, step_end, accum, before, after, no_sync, model = self._epoch
+        no_sync, model = self._epoch[5:]
         if self._hooked and last_micro:  # the module's optimizer_step runs the batch in its closure
             out, loss = self._hooked_window(ctx, batch_idx, args)
             self._no_loss = False  # (the module's optimizer_step decided whether to step)
             return out, loss is None
         with no_sync(model, last_micro):
-            if parts.autocast is not None:
-                with parts.autocast():
-                    out = parts.step_fn(*args)
-            else:
-                out = parts.step_fn(*args)
-            loss = steps.extract_loss(ctx, out)
-            if step_end is not None:
-                out = step_end(out)
-                loss = steps.extract_loss(ctx, out)
-            if loss is not None:
-                steps.backward(ctx, loss, parts.watch, accum, parts.backward, before, after)
+            out, loss = self._step_and_backward(ctx, args)
         self._no_loss = loss is None
         return out, loss is None
+
+    def _step_and_backward(self, ctx: LoopContext, args: tuple) -> tuple[Any, Any]:
+        """``training_step`` (under autocast), the 1.x ``training_step_end``, the loss, backward."""
+        parts, step_end, accum, before, after, _, _ = self._epoch
+        if parts.autocast is not None:
+            with parts.autocast():
+                out = parts.step_fn(*args)
+        else:
+            out = parts.step_fn(*args)
+        loss = steps.extract_loss(ctx, out)
+        if step_end is not None:
+            out = step_end(out)
+            loss = steps.extract_loss(ctx, out)
+        if loss is not None:
+            steps.backward(ctx, loss, parts.watch, accum, parts.backward, before, after)
+        return out, loss
 
     def end_window(self, ctx: LoopContext) -> None:
         """As in Lightning, a window whose last ``training_step`` returned None still steps, with
@@ -81,26 +87,14 @@ class AutomaticOptimization:
         """The last micro-batch of a window when the module overrides ``optimizer_step``: its
         closure runs ``training_step`` and backward (again, with the gradients zeroed first, when an
         optimizer such as LBFGS calls it several times). Returns [step output, loss]."""
-        parts, step_end, accum, before, after, _, _ = self._epoch
         optimizer = self.optimizer
         result: list[Any] = []
 
         def closure() -> Any:
             if result:
                 optimizer.zero_grad(set_to_none=True)
-            if parts.autocast is not None:
-                with parts.autocast():
-                    out = parts.step_fn(*args)
-            else:
-                out = parts.step_fn(*args)
-            loss = steps.extract_loss(ctx, out)
-            if step_end is not None:
-                out = step_end(out)
-                loss = steps.extract_loss(ctx, out)
-            if loss is not None:
-                steps.backward(ctx, loss, parts.watch, accum, parts.backward, before, after)
-            result[:] = [out, loss]
-            return loss
+            result[:] = self._step_and_backward(ctx, args)
+            return result[1]
 
         call_optimizer_step(ctx, optimizer, batch_idx, closure)
         return result
