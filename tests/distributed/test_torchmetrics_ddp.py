@@ -68,9 +68,9 @@ def test_epoch_metrics_on_two_ranks_equal_one_process(tmp_path):
     trainer = _trainer(str(tmp_path / "one"))
     for n, two in ((21, (val0, val1)), (1, (one0, one1))):
         single = _validate(trainer, model, n)
-        assert set(single) == {"val_acc", "val_f1", "val_mse"}
+        assert set(single) == {"val_acc", "val_f1", "val_mse_epoch"}  # on_step + on_epoch: *_epoch, as Lightning
         for got in two:
             assert got.keys() == single.keys()
             assert got["val_acc"] == single["val_acc"], n  # counts: exact
             assert got["val_f1"] == pytest.approx(single["val_f1"], rel=1e-6)
-            assert got["val_mse"] == pytest.approx(single["val_mse"], rel=1e-6)
+            assert got["val_mse_epoch"] == pytest.approx(single["val_mse_epoch"], rel=1e-6)
