@@ -16,6 +16,7 @@ code expects to find them there after the call.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,11 +276,7 @@ class StageRun:
         failed = exc_type is not None and not (exc_type is SystemExit and status.stop_signal)
         clearer = t.strategy.explain_error(exc) if failed else None
         if failed:
-            for fn in self.hooks.get("on_exception", ()):
-                try:
-                    fn(exc)
-                except Exception:  # noqa: BLE001 - the original error matters more
-                    pass
+            self._on_exception(exc)
         for handle in self.step_counters:  # manual optimization's step counters end with the run
             handle.remove()
         self.step_counters = []
@@ -300,7 +297,26 @@ class StageRun:
                 profiling.end_run(t.profiler, failed)
         if clearer is not None:
             raise clearer from exc  # torch's own message stays in the traceback, as the cause
+        if exc_type is KeyboardInterrupt and status.stop_signal is None:
+            # raised in the run (user code), not our Ctrl-C handling (stage_signals.py): as in
+            # Lightning, the hooks ran above, the Trainer is interrupted, the process exits with 1
+            if t.is_global_zero:
+                print("distengine: KeyboardInterrupt during the run; stopped after on_exception and teardown",
+                      file=sys.stderr, flush=True)
+            raise SystemExit(1) from exc
         return False
+
+    def _on_exception(self, exc: BaseException) -> None:
+        """Lightning's ``on_exception``: each callback's, then the datamodule's, once per failed call."""
+        fns = list(self.hooks.get("on_exception", ()))
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and callable(getattr(dm, "on_exception", None)):
+            fns.append(dm.on_exception)
+        for fn in fns:
+            try:
+                fn(exc)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
 
     def _close_loggers(self, failed: bool) -> None:
         t = self.trainer
