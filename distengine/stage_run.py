@@ -33,7 +33,12 @@ from distengine.profilers import wiring as profiling
 from distengine.stage_checkpoint import CheckpointPaths, StageCheckpoints
 from distengine.stage_data import StageData
 from distengine.stage_hooks import build_hooks, model_callbacks
-from distengine.stage_signals import finish_signal_stop, install_signal_handlers, restore_signal_handlers
+from distengine.stage_signals import (
+    finish_signal_stop,
+    install_interrupt_marker,
+    install_signal_handlers,
+    restore_signal_handlers,
+)
 from distengine.state import Progress, ResumePoint, TrainerStatus
 from distengine.stop_vote import StopVote
 from distengine.utilities.exceptions import ConfigError
@@ -252,7 +257,8 @@ class StageRun:
         if t.settings.profiling:
             profiling.begin_run(t.profiler, stage, t.log_dir, t.root_device.type,
                                 t.global_rank if t.world_size > 1 else None)
-        self._previous_signals = install_signal_handlers(parts.status) if stage == "fit" else {}
+        parts.status.stop_signal = None  # a signal noted by an earlier call is not this call's
+        self._previous_signals = (install_signal_handlers if stage == "fit" else install_interrupt_marker)(parts.status)
         self.t0 = time.monotonic()
         if module_overrides(model, "prepare_data"):  # Lightning: downloads once per node, first
             if (t.local_rank if getattr(model, "prepare_data_per_node", t.prepare_data_per_node)

@@ -97,3 +97,23 @@ def test_configure_optimizers_none_trains_without_updates(tmp_path):
     assert steps == [0, 1, 2] and len(backwards) == 3 and trainer.global_step == 3
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert len(trainer.optimizers) == 1 and trainer.lr_scheduler_configs == []
+
+
+@pytest.mark.parametrize("real_signal", [False, True])
+def test_keyboard_interrupt_in_validate_raised_or_a_real_ctrl_c(tmp_path, real_signal):
+    """Raised by user code: SystemExit(1), as Lightning. A real Ctrl-C (SIGINT) outside fit keeps
+    distengine's behaviour: the KeyboardInterrupt goes on (exit 130 under the launcher)."""
+    import signal
+
+    class Interrupts(Regressor):
+        def validation_step(self, batch, batch_idx):
+            if real_signal:
+                signal.raise_signal(signal.SIGINT)
+            raise KeyboardInterrupt
+
+    cb = _Record()
+    trainer = quiet_trainer(tmp_path, callbacks=[cb])
+    with pytest.raises(KeyboardInterrupt if real_signal else SystemExit):
+        trainer.validate(Interrupts(), loader(regression_data()))
+    assert len(cb.seen) == 1 and isinstance(cb.seen[0], KeyboardInterrupt) and trainer.interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
