@@ -49,6 +49,9 @@ class DataModule:
     def teardown(self, stage: str) -> None:
         """Release what ``setup`` built."""
 
+    def on_exception(self, exception: BaseException) -> None:
+        """Called once when a Trainer call (``fit``, ``validate``...) using this datamodule raises."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

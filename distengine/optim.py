@@ -65,8 +65,12 @@ def parse_optimizers(returned: Any, manual: bool = False) -> tuple[list[torch.op
                                                                    list[LRSchedulerConfig]]:
     optimizers: list[Any] = []
     schedulers: list[Any] = []
-    if returned is None:
-        raise ConfigError("configure_optimizers returned None; " + _HELP)
+    if returned is None:  # as Lightning: train without updates (forward, backward and the hooks still run)
+        from distengine.distributed.rank_zero import rank_zero_warn
+
+        rank_zero_warn("configure_optimizers returned None: this fit runs every training step but updates no "
+                       "weights; return an optimizer to train")
+        return [NoOptimizer()], []
     if isinstance(returned, torch.optim.Optimizer):
         optimizers = [returned]
     elif isinstance(returned, dict):
@@ -102,6 +106,23 @@ def parse_optimizers(returned: Any, manual: bool = False) -> tuple[list[torch.op
             raise ConfigError(f"configure_optimizers returned {type(opt).__name__}, which is not a "
                               "torch.optim.Optimizer; " + _HELP)
     return optimizers, [_scheduler_config(s, manual) for s in schedulers]
+
+
+class NoOptimizer(torch.optim.Optimizer):
+    """What ``trainer.optimizers`` holds when ``configure_optimizers`` returned None: ``step``
+    runs the closure (the training step and backward) and changes nothing; ``zero_grad`` does nothing."""
+
+    def __init__(self) -> None:
+        super().__init__([torch.zeros(1)], {})
+
+    def step(self, closure: Any = None) -> Any:
+        return closure() if closure is not None else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "NoOptimizer"
 
 
 # ------------------------------------------------------------------ the wrapped optimizer

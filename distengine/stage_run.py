@@ -16,6 +16,7 @@ code expects to find them there after the call.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,12 @@ from distengine.profilers import wiring as profiling
 from distengine.stage_checkpoint import CheckpointPaths, StageCheckpoints
 from distengine.stage_data import StageData
 from distengine.stage_hooks import build_hooks, model_callbacks
-from distengine.stage_signals import finish_signal_stop, install_signal_handlers, restore_signal_handlers
+from distengine.stage_signals import (
+    finish_signal_stop,
+    install_interrupt_marker,
+    install_signal_handlers,
+    restore_signal_handlers,
+)
 from distengine.state import Progress, ResumePoint, TrainerStatus
 from distengine.stop_vote import StopVote
 from distengine.utilities.exceptions import ConfigError
@@ -251,7 +257,8 @@ class StageRun:
         if t.settings.profiling:
             profiling.begin_run(t.profiler, stage, t.log_dir, t.root_device.type,
                                 t.global_rank if t.world_size > 1 else None)
-        self._previous_signals = install_signal_handlers(parts.status) if stage == "fit" else {}
+        parts.status.stop_signal = None  # a signal noted by an earlier call is not this call's
+        self._previous_signals = (install_signal_handlers if stage == "fit" else install_interrupt_marker)(parts.status)
         self.t0 = time.monotonic()
         if module_overrides(model, "prepare_data"):  # Lightning: downloads once per node, first
             if (t.local_rank if getattr(model, "prepare_data_per_node", t.prepare_data_per_node)
@@ -275,11 +282,7 @@ class StageRun:
         failed = exc_type is not None and not (exc_type is SystemExit and status.stop_signal)
         clearer = t.strategy.explain_error(exc) if failed else None
         if failed:
-            for fn in self.hooks.get("on_exception", ()):
-                try:
-                    fn(exc)
-                except Exception:  # noqa: BLE001 - the original error matters more
-                    pass
+            self._on_exception(exc)
         for handle in self.step_counters:  # manual optimization's step counters end with the run
             handle.remove()
         self.step_counters = []
@@ -300,7 +303,26 @@ class StageRun:
                 profiling.end_run(t.profiler, failed)
         if clearer is not None:
             raise clearer from exc  # torch's own message stays in the traceback, as the cause
+        if exc_type is KeyboardInterrupt and status.stop_signal is None:
+            # raised in the run (user code), not our Ctrl-C handling (stage_signals.py): as in
+            # Lightning, the hooks ran above, the Trainer is interrupted, the process exits with 1
+            if t.is_global_zero:
+                print("distengine: KeyboardInterrupt during the run; stopped after on_exception and teardown",
+                      file=sys.stderr, flush=True)
+            raise SystemExit(1) from exc
         return False
+
+    def _on_exception(self, exc: BaseException) -> None:
+        """Lightning's ``on_exception``: each callback's, then the datamodule's, once per failed call."""
+        fns = list(self.hooks.get("on_exception", ()))
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and callable(getattr(dm, "on_exception", None)):
+            fns.append(dm.on_exception)
+        for fn in fns:
+            try:
+                fn(exc)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
 
     def _close_loggers(self, failed: bool) -> None:
         t = self.trainer

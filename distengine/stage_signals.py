@@ -1,6 +1,8 @@
 """Stop signals during ``fit``: SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 only set a flag
 (``TrainerStatus.stop_signal``); at the next step boundary all ranks agree (the stop vote),
-save one checkpoint and exit with ``128 + signal``."""
+save one checkpoint and exit with ``128 + signal``. In the other calls a Ctrl-C interrupts at
+once and is only noted. A KeyboardInterrupt with no signal noted was raised by user code: the
+run ends it as Lightning does (``on_exception``, teardown, ``SystemExit(1)``; stage_run.py)."""
 from __future__ import annotations
 
 import signal
@@ -51,6 +53,29 @@ def install_signal_handlers(status: TrainerStatus) -> dict:
         except (ValueError, OSError):
             pass
     return previous
+
+
+def install_interrupt_marker(status: TrainerStatus) -> dict:
+    """validate/test/predict: Ctrl-C interrupts at once, as Python's handler does, but is noted
+    (``status.stop_signal``) so the run tells a real Ctrl-C (the KeyboardInterrupt goes on) from a
+    KeyboardInterrupt raised by user code (as in Lightning: exit 1). Returns the previous handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    before = signal.getsignal(signal.SIGINT)
+    if not callable(before):  # SIGINT ignored (or not set from Python): nothing to note
+        return {}
+
+    def handler(signum, frame):
+        status.stop_signal = signum
+        before(signum, frame)  # Python's default raises KeyboardInterrupt here
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except (ValueError, OSError):
+        return {}
+    return {signal.SIGINT: before}
 
 
 def restore_signal_handlers(previous: dict) -> None:

@@ -45,7 +45,6 @@ def test_empty_dataloader(tmp_path):
 
 
 @pytest.mark.parametrize("returned,expected", [
-    (None, "returned None"),
     ("sgd", "returned str"),
     ({"lr_scheduler": None}, "without 'optimizer'"),
     ([torch.nn.Linear(1, 1)], "not a torch.optim.Optimizer"),

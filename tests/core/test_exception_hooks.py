@@ -1,0 +1,119 @@
+"""A failing Trainer call as in Lightning 2.6.6 (checked with the same scripts): each callback's
+``on_exception(trainer, module, exc)`` and the datamodule's ``on_exception(exc)`` run once; a
+``KeyboardInterrupt`` raised inside the run (a hook, a step) leaves the Trainer interrupted and
+ends with ``SystemExit(1)`` after the hooks and teardown (it used to escape as a
+KeyboardInterrupt, without the datamodule's hook). ``configure_optimizers`` returning None trains
+with no optimizer (a UserWarning): every step runs forward and backward, global_step counts, the
+weights stay as they were (it used to raise ConfigError)."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import distengine as de
+from tests.core.models import Regressor, loader, quiet_trainer, regression_data
+
+
+class _Record(de.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_exception(self, trainer, module, exception):
+        self.seen.append(exception)
+
+
+class _Data(de.LightningDataModule):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def train_dataloader(self):
+        return loader(regression_data())
+
+    def on_exception(self, exception):
+        self.seen.append(exception)
+
+
+class _Raises(Regressor):
+    def __init__(self, exc):
+        super().__init__()
+        self.exc = exc
+
+    def training_step(self, batch, batch_idx):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt("raised by user code")])
+def test_on_exception_once_for_callbacks_and_datamodule(tmp_path, exc):
+    cb, dm = _Record(), _Data()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[cb])
+    expected = SystemExit if isinstance(exc, KeyboardInterrupt) else RuntimeError
+    with pytest.raises(expected) as info:
+        trainer.fit(_Raises(exc), datamodule=dm)
+    if expected is SystemExit:
+        assert info.value.code == 1
+    assert cb.seen == [exc] and dm.seen == [exc]
+    assert trainer.interrupted and trainer.state.status == "interrupted"
+
+
+def test_keyboard_interrupt_in_a_hook_then_another_call_works(tmp_path):
+    class Stop(de.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            raise KeyboardInterrupt
+
+    cb = _Record()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[Stop(), cb])
+    with pytest.raises(SystemExit):
+        trainer.fit(Regressor(), loader(regression_data()))
+    assert len(cb.seen) == 1 and isinstance(cb.seen[0], KeyboardInterrupt) and trainer.interrupted
+    trainer.validate(Regressor(), loader(regression_data()))
+    assert not trainer.interrupted and len(cb.seen) == 1
+
+
+def test_configure_optimizers_none_trains_without_updates(tmp_path):
+    steps, backwards = [], []
+
+    class NoOpt(Regressor):
+        def training_step(self, batch, batch_idx):
+            steps.append(batch_idx)
+            return super().training_step(batch, batch_idx)
+
+        def on_after_backward(self):
+            backwards.append(True)
+
+        def configure_optimizers(self):
+            return None
+
+    model = NoOpt()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = quiet_trainer(tmp_path, max_steps=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, loader(regression_data()))
+    assert any(issubclass(w.category, UserWarning) and "configure_optimizers returned None" in str(w.message)
+               for w in caught)
+    assert steps == [0, 1, 2] and len(backwards) == 3 and trainer.global_step == 3
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert len(trainer.optimizers) == 1 and trainer.lr_scheduler_configs == []
+
+
+@pytest.mark.parametrize("real_signal", [False, True])
+def test_keyboard_interrupt_in_validate_raised_or_a_real_ctrl_c(tmp_path, real_signal):
+    """Raised by user code: SystemExit(1), as Lightning. A real Ctrl-C (SIGINT) outside fit keeps
+    distengine's behaviour: the KeyboardInterrupt goes on (exit 130 under the launcher)."""
+    import signal
+
+    class Interrupts(Regressor):
+        def validation_step(self, batch, batch_idx):
+            if real_signal:
+                signal.raise_signal(signal.SIGINT)
+            raise KeyboardInterrupt
+
+    cb = _Record()
+    trainer = quiet_trainer(tmp_path, callbacks=[cb])
+    with pytest.raises(KeyboardInterrupt if real_signal else SystemExit):
+        trainer.validate(Interrupts(), loader(regression_data()))
+    assert len(cb.seen) == 1 and isinstance(cb.seen[0], KeyboardInterrupt) and trainer.interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
