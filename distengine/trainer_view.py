@@ -296,7 +296,7 @@ def early_stopping_callback(trainer: Trainer) -> Callback | None:
 
 def progress_bar_callback(trainer: Trainer) -> Callback | None:
     """The progress bar among the callbacks (``None`` with ``enable_progress_bar=False``)."""
-    from distengine.callbacks.progress import ProgressBar
+    from distengine.callbacks.progress_bar import ProgressBar
 
     return next((c for c in trainer.callbacks if isinstance(c, ProgressBar)), None)
 

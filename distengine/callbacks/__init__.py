@@ -16,7 +16,7 @@ _LAZY = {
     "TQDMProgressBar": "distengine.callbacks.tqdm_progress",
     "RichProgressBar": "distengine.callbacks.rich_progress",
     "RichProgressBarTheme": "distengine.callbacks.rich_progress",
-    "ProgressBar": "distengine.callbacks.progress",
+    "ProgressBar": "distengine.callbacks.progress_bar",
     "GradientAccumulationScheduler": "distengine.callbacks.accumulation",
     "BaseFinetuning": "distengine.callbacks.finetuning",
     "BackboneFinetuning": "distengine.callbacks.finetuning",

@@ -39,7 +39,7 @@ def build_callbacks(callbacks: Any, max_time: Any, checkpointing: bool, progress
 
         if not any(isinstance(c, ModelSummary) for c in cbs):
             cbs.append(ModelSummary())
-    from distengine.callbacks.progress import user_progress_bar
+    from distengine.callbacks.progress_bar import user_progress_bar
 
     if not user_progress_bar(cbs, progress) and progress and os.environ.get("DISTENGINE_NO_PROGRESS") != "1":
         from distengine.callbacks.tqdm_progress import TQDMProgressBar

@@ -1,7 +1,7 @@
 """A progress bar drawn with ``rich`` (``pip install 'distengine[rich]'``).
 
 When to draw and the plain lines printed where the output is not a terminal are those of
-:class:`~distengine.callbacks.TQDMProgressBar` (both come from ``progress._BarCore``): only
+:class:`~distengine.callbacks.TQDMProgressBar` (both come from ``progress_bar._BarCore``): only
 the drawing in a terminal differs.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TextIO
 
-from distengine.callbacks.progress import _BarCore
+from distengine.callbacks.progress_bar import _BarCore
 
 
 @dataclasses.dataclass

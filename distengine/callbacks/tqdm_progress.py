@@ -1,10 +1,10 @@
-"""The tqdm progress bar; when to draw and the plain lines come from ``progress._BarCore``."""
+"""The tqdm progress bar; when to draw and the plain lines come from ``progress_bar._BarCore``."""
 from __future__ import annotations
 
 import sys
 from typing import Any, TextIO
 
-from distengine.callbacks.progress import _BarCore, _fmt, _is_terminal
+from distengine.callbacks.progress_bar import _BarCore, _fmt, _is_terminal
 
 
 class TQDMProgressBar(_BarCore):

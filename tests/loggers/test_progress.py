@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from distengine.callbacks import progress
+from distengine.callbacks import progress_bar as progress  # (monotonic is patched where the bars read it)
 from distengine.callbacks.progress import ProgressBar, TQDMProgressBar
 
 RATE = r"\[\d+\.\ds, \d+\.\d\d it/s\]"

@@ -9,11 +9,7 @@ from benchmarks.structure import all_cycles, module_level_cycles
 
 # the modules of one remaining cycle (strongly connected component, names without "distengine.")
 # -> why it is still there
-ALLOWED: dict[frozenset[str], str] = {
-    frozenset({"callbacks.progress", "callbacks.tqdm_progress"}):
-        "the progress-bar factory picks the tqdm bar lazily (tqdm is optional) and the tqdm bar "
-        "subclasses the base bar; not part of issue 22",
-}
+ALLOWED: dict[frozenset[str], str] = {}  # none left (the progress-bar pair was the last, issue 22)
 
 
 def _short(comp: list[str]) -> frozenset[str]:
