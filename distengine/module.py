@@ -68,6 +68,7 @@ class Module(ModelHooks, nn.Module):
     #: Set to False in ``__init__`` to call ``self.optimizers()``, ``self.manual_backward(loss)``
     #: and ``optimizer.step()`` yourself in ``training_step``.
     automatic_optimization: bool = True
+    _exporting = False  # True while torch.jit traces a module (TensorBoard's graph): self.trainer may be None
     #: the checkpoint keys of the hyperparameters, their __init__ argument name and container type
     CHECKPOINT_HYPER_PARAMS_KEY, CHECKPOINT_HYPER_PARAMS_NAME = "hyper_parameters", "hparams_name"
     CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
@@ -89,7 +90,7 @@ class Module(ModelHooks, nn.Module):
     def trainer(self):
         """The Trainer this module is attached to; outside one (before ``fit``/``validate``/...,
         or a module built by hand) reading it is a ``RuntimeError``, as in Lightning."""
-        if self._trainer is None and not torch.jit.is_scripting():
+        if self._trainer is None and not (torch.jit.is_scripting() or Module._exporting):
             raise RuntimeError(f"{type(self).__qualname__} is not attached to a Trainer (no fit/validate/test/predict "
                                "is running it); read self.trainer inside the Trainer's hooks")
         return self._trainer

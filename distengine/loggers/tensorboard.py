@@ -174,7 +174,13 @@ class TensorBoardLogger(VersionedLogger):
             # add_graph traces with torch.jit, which warns that it is deprecated; the user
             # cannot act on that, so it is not passed on.
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
-            self.experiment.add_graph(model, input_array)
+            from distengine.module import Module
+
+            Module._exporting = True  # the tracer reads every property, self.trainer too
+            try:
+                self.experiment.add_graph(model, input_array)
+            finally:
+                Module._exporting = False
 
     @rank_zero_only
     def save(self) -> None:

@@ -184,6 +184,10 @@ OVERRIDES: list[tuple[str, str, str]] = [
         ("tuner/test_lr_finder.py", "test_lr_finder_fails_fast_on_bad_config"),
         (_MANUAL, "test_lr_schedulers_reduce_lr_on_plateau[True]"),
         (_MANUAL, "test_manual_optimization_with_non_pytorch_scheduler[True]"),
+        ("core/test_lightning_module.py", "test_lightning_module_configure_gradient_clipping_different_argument_values"),
+        ("core/test_lightning_module.py", "test_trainer_reference_recursively"),
+        ("trainer/logging_/test_train_loop_logging.py", "test_logging_raises"),
+        ("trainer/test_dataloaders.py", "test_warning_with_iterable_dataset_and_len"),
     ]),
 ]
 OVERRIDES += OUT_OF_SCOPE_B

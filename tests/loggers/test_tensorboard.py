@@ -155,6 +155,26 @@ def test_log_graph(tmp_path):
     assert _read(on.log_dir).Tags()["graph"] is True
 
 
+def test_log_graph_of_a_module_outside_a_trainer(tmp_path):
+    import distengine as de
+
+    class Net(de.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 1)
+            self.example_input_array = torch.zeros(2, 3)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    logger.log_graph(Net())  # the tracer reads self.trainer, which is unset here: no error
+    logger.finalize("success")
+    assert _read(logger.log_dir).Tags()["graph"] is True
+    with pytest.raises(RuntimeError, match="not attached to a Trainer"):
+        Net().trainer  # outside the graph export, reading it is an error again
+
+
 def test_bad_input_is_rejected_clearly(tmp_path):
     with pytest.raises(ValueError, match="version must be >= 0"):
         TensorBoardLogger(tmp_path, version=-1)
