@@ -258,8 +258,19 @@ class StageRun:
             profiling.begin_run(t.profiler, stage, t.log_dir, t.root_device.type,
                                 t.global_rank if t.world_size > 1 else None)
         parts.status.stop_signal = None  # a signal noted by an earlier call is not this call's
+        self._anomaly = torch.is_anomaly_enabled()  # (put back in __exit__)
         self._previous_signals = (install_signal_handlers if stage == "fit" else install_interrupt_marker)(parts.status)
         self.t0 = time.monotonic()
+        try:
+            self._setup_hooks()
+        except BaseException as exc:  # a failing setup ends the run as a failing step does: on_exception,
+            self.__exit__(type(exc), exc, exc.__traceback__)  # teardown, the signal handlers put back
+            raise
+        return self
+
+    def _setup_hooks(self) -> None:
+        """prepare_data, the callbacks' and the module's setup, configure_model, anomaly mode."""
+        t, model, stage = self.trainer, self.module, self.stage
         if module_overrides(model, "prepare_data"):  # Lightning: downloads once per node, first
             if (t.local_rank if getattr(model, "prepare_data_per_node", t.prepare_data_per_node)
                     else t.global_rank) == 0:
@@ -271,9 +282,7 @@ class StageRun:
         if module_overrides(model, "configure_model"):  # Lightning: after setup, before configure_optimizers
             t.strategy.configure_model(model)
         # anomaly mode is scoped to the run, as in Lightning: it slows every later backward
-        self._anomaly = torch.is_anomaly_enabled()
         torch.autograd.set_detect_anomaly(bool(t.detect_anomaly) or self._anomaly)
-        return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         t, status, model = self.trainer, self.parts.status, self.module

@@ -117,3 +117,20 @@ def test_keyboard_interrupt_in_validate_raised_or_a_real_ctrl_c(tmp_path, real_s
         trainer.validate(Interrupts(), loader(regression_data()))
     assert len(cb.seen) == 1 and isinstance(cb.seen[0], KeyboardInterrupt) and trainer.interrupted
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_failing_setup_runs_on_exception_and_puts_the_signal_handlers_back(tmp_path):
+    """A module whose ``setup`` raises: the call ends as a failing step does (before, the fit's
+    SIGINT handler stayed installed for the rest of the process and on_exception never ran)."""
+    import signal
+
+    class FailsInSetup(Regressor):
+        def setup(self, stage):
+            raise RuntimeError("no data here")
+
+    before = signal.getsignal(signal.SIGINT)
+    cb = _Record()
+    with pytest.raises(RuntimeError, match="no data here"):
+        quiet_trainer(tmp_path, callbacks=[cb]).fit(FailsInSetup(), loader(regression_data()))
+    assert signal.getsignal(signal.SIGINT) is before
+    assert len(cb.seen) == 1 and isinstance(cb.seen[0], RuntimeError)
