@@ -198,3 +198,9 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    # end as distengine's ranks do (distengine/launch/rank.py): a gloo worker thread freeing a
+    # tensor during interpreter teardown can abort a finished rank ("terminate called without an
+    # active exception", exit -6; pytorch/pytorch#190489), which failed this job once under load
+    from distengine.launch.rank import finish
+
+    finish(0)
