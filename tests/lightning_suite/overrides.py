@@ -195,5 +195,10 @@ OVERRIDES += [
      "the same steps run and should_stop reads the same; distengine logs the 'stop waits for min_epochs/min_steps' "
      "notice once at INFO in its own words on its own 'distengine' logger (tests/core/test_flags.py), the test "
      "counts Lightning's sentence"),
+    (_TT + "test_train_loop_system", "C",
+     "automatic optimization runs training_step and backward in the loop, then optimizer.step() without a closure "
+     "(a closure only when the module overrides optimizer_step, or for LBFGS), and zeroes the gradients right after "
+     "the step, freeing them before validation and the next forward (docs/lightning.md, Differences); the training "
+     "is the same, an optimizer subclass sees step after backward instead of before training_step"),
 ]
 OVERRIDES += OUT_OF_SCOPE_B
