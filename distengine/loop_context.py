@@ -105,9 +105,10 @@ class LoopState:
     train_outputs: list[Any] | None = None  # the epoch's step outputs for training_epoch_end(outputs)
     nonfinite_watch: Any = None          # nonfinite.NonFiniteWatch on an accelerator, else None
     is_last_batch: bool = False          # the running training batch is the epoch's last (trainer.is_last_batch)
+    min_delay_told: bool = False         # the "min_epochs/min_steps delay the stop" notice was logged
 
     def begin_stage(self) -> None:
-        self.should_stop = self.stop_now = self.loss_checked = False
+        self.should_stop = self.stop_now = self.loss_checked = self.min_delay_told = False
 
 
 @dataclass(slots=True)

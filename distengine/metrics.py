@@ -307,7 +307,9 @@ class Results:
         ran = self.batches_run[stage] > 0
         self.batches_run[stage] = 0
         local = [e for e in table.values() if e.on_epoch and e.rank_zero_only]
-        entries = sorted((e for e in table.values() if e.on_epoch and not e.rank_zero_only and e.metric is None),
+        # a name logged in an earlier epoch only is not reduced again: its last value stays (Lightning)
+        entries = sorted((e for e in table.values()
+                          if e.on_epoch and not e.rank_zero_only and e.metric is None and e.total is not None),
                          key=lambda e: e.name)
         # torchmetrics objects logged in this epoch: each rank computes them in this order
         objs = sorted((e for e in table.values() if e.metric is not None and e.on_epoch and e.count),

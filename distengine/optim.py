@@ -167,9 +167,15 @@ class LightningOptimizer:
     defaults = property(lambda self: self.optimizer.defaults, lambda self, v: setattr(self.optimizer, "defaults", v))
 
     def step(self, closure: Any = None, **kwargs: Any) -> Any:
+        counter = self.__dict__.get("_step_counter")  # manual optimization: the run's step counter
+        seen = counter.seen if counter is not None else 0
         if closure is None:
-            return self.optimizer.step(**kwargs)
-        return self.optimizer.step(closure=closure, **kwargs)
+            out = self.optimizer.step(**kwargs)
+        else:
+            out = self.optimizer.step(closure=closure, **kwargs)
+        if counter is not None and counter.seen == seen:
+            counter.count()  # the optimizer's step hooks did not run (its step was replaced): still a step
+        return out
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -194,6 +200,30 @@ class LightningOptimizer:
 
     def __repr__(self) -> str:
         return f"Lightning{self.optimizer!r}"
+
+
+class ManualStepCounter:
+    """Manual optimization's ``global_step``: one per ``optimizer.step()``, counted by the
+    optimizers' step post-hook (:meth:`hook`), or by :meth:`LightningOptimizer.step` itself when
+    that hook did not run (a step method replaced on the optimizer's class). ``remove()`` detaches
+    it at the end of the run, as the hook handles it is kept with."""
+
+    def __init__(self, progress: Any, wrapped: list[LightningOptimizer]) -> None:
+        self.progress, self.seen, self._wrapped = progress, 0, wrapped
+        for w in wrapped:
+            w.__dict__["_step_counter"] = self
+
+    def hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.count()
+
+    def count(self) -> None:
+        self.progress.global_step += 1
+        self.seen += 1
+
+    def remove(self) -> None:
+        for w in self._wrapped:
+            if w.__dict__.get("_step_counter") is self:
+                del w.__dict__["_step_counter"]
 
 
 def wrap_optimizers(trainer: Any, optimizers: list[torch.optim.Optimizer]) -> list[LightningOptimizer]:

@@ -143,7 +143,7 @@ class StageRun:
     # ------------------------------------------------------------------ fit set-up
     def setup_fit(self, train: list[Any], val: list[Any]) -> None:
         """The fit's loaders, precision, the module on its device(s), optimizers and how each batch is optimised."""
-        from distengine.optim import parse_optimizers
+        from distengine.optim import ManualStepCounter, parse_optimizers, wrap_optimizers
         from distengine.optimization import one_x_mode, plan_optimization
         from distengine.precision import Precision
 
@@ -179,12 +179,10 @@ class StageRun:
             module, t.optimizers, t.lr_scheduler_configs, returned, t.precision, t.accumulate_grad_batches)
         self.has_step_schedulers = any(c.interval == "step" for c in t.lr_scheduler_configs)
         if manual:  # Lightning 2.x: global_step counts the optimizer.step() calls of training_step
-            self.step_counters = [o.register_step_post_hook(self._count_manual_step) for o in t.optimizers] + [
-                o.register_step_pre_hook(self._before_manual_step) for o in t.optimizers]
+            counter = ManualStepCounter(self.parts.progress, wrap_optimizers(t, t.optimizers))
+            self.step_counters = [o.register_step_post_hook(counter.hook) for o in t.optimizers] + [
+                o.register_step_pre_hook(self._before_manual_step) for o in t.optimizers] + [counter]
         self.parts.progress.next_fit()
-
-    def _count_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self.parts.progress.global_step += 1
 
     def _before_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Manual optimization: ``on_before_optimizer_step`` before each ``optimizer.step()``."""

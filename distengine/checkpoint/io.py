@@ -260,7 +260,8 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
     """Turn ``Trainer.fit(ckpt_path=...)`` into a file to load, or None to start fresh.
 
     * ``None`` -> None.
-    * ``"last"`` -> the file ``<dirpath>/last.json`` points at; None when nothing was saved yet.
+    * ``"last"`` -> the file ``<dirpath>/last.json`` points at (named as the ``last.ckpt`` of
+      ``save_last`` when that is the same file); None when nothing was saved yet.
       When that file is missing or corrupt, the newest valid ``*.ckpt`` in ``dirpath`` is used
       instead, with a warning that says so; when no valid one exists, :class:`CheckpointError`.
     * any other path -> that path; :class:`CheckpointError` when it does not exist.
@@ -291,7 +292,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
     if pointed is not None:
         why = _checkpoint_problem(pointed, deep=os.path.isdir(pointed))  # a directory: its checksums
         if why is None:
-            return pointed
+            return _last_named(dirpath, pointed)
         problem = f"the last checkpoint {pointed!r} {why}"
     candidates = list_checkpoints(dirpath)
     if problem is None and not candidates:
@@ -306,6 +307,24 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None,
                           UserWarning, stacklevel=2)
             return cand
     raise CheckpointError(f"{problem}, and no other valid checkpoint exists in {dirpath!r}")
+
+
+def _last_named(dirpath: str, pointed: str) -> str:
+    """``pointed`` under the name ``save_last`` gave it, when ``dirpath`` holds one: the
+    ``last*.ckpt`` file (a hard or symbolic link to the same file, written with the pointer) is
+    what ``ckpt_path="last"`` names in Lightning, and ``trainer.ckpt_path`` reports it."""
+    try:
+        names = sorted(n for n in os.listdir(dirpath) if n.startswith("last") and n.endswith(CKPT_SUFFIX))
+    except OSError:
+        return pointed
+    for name in sorted(names, key=lambda n: n != "last" + CKPT_SUFFIX):  # last.ckpt first
+        full = os.path.join(dirpath, name)
+        try:
+            if full != pointed and _inside(dirpath, full) and os.path.samefile(full, pointed):
+                return full
+        except OSError:
+            continue
+    return pointed
 
 
 def resolve_last_in_versions(version_root: str | os.PathLike, current: str | os.PathLike) -> str | None:

@@ -120,8 +120,9 @@ class TensorBoardLogger(VersionedLogger):
 
     # writing ------------------------------------------------------------------------
     @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """One scalar per key at ``step`` (names get ``prefix-`` when a prefix is set)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """One scalar per key at ``step`` (names get ``prefix-`` when a prefix is set; ``None``:
+        the writer's own step)."""
         writer = self.experiment
         for key, value in metrics.items():
             tag = f"{self._prefix}-{key}" if self._prefix else key
@@ -131,12 +132,13 @@ class TensorBoardLogger(VersionedLogger):
                 writer.add_scalar(tag, to_float(key, value), step)
 
     @rank_zero_only
-    def log_hyperparams(self, params: Any, metrics: Mapping[str, float] | None = None) -> None:
+    def log_hyperparams(self, params: Any, metrics: Mapping[str, float] | float | None = None,
+                        step: int | None = None) -> None:
         """Record hyperparameters in the hparams tab and in ``hparams.yaml``.
 
-        ``metrics`` names the metrics the hparams tab shows as columns; by default
-        ``hp_metric = -1`` (see ``default_hp_metric``). Log ``hp_metric`` yourself later
-        to fill that column with a real value.
+        ``metrics`` names the metrics the hparams tab shows as columns (a number stands for
+        ``{"hp_metric": number}``), written at ``step``; by default ``hp_metric = -1`` (see
+        ``default_hp_metric``). Log ``hp_metric`` yourself later to fill that column with a real value.
         """
         self._hparams.update(params_to_dict(params))
         writer = self.experiment
@@ -144,19 +146,23 @@ class TensorBoardLogger(VersionedLogger):
         if metrics is None:
             if not self._default_hp_metric or self._continued:  # a resumed run's folder has its hp_metric
                 return
-            metrics = {"hp_metric": -1.0}
+            metrics = {"hp_metric": -1}
+        elif not isinstance(metrics, Mapping):
+            metrics = {"hp_metric": metrics}
+        if not metrics:
+            return
         from torch.utils.tensorboard.summary import hparams
 
         flat = {k: _hparam_value(v) for k, v in _flatten(self._hparams).items()}
         metric_dict = {k: to_float(k, v) for k, v in metrics.items()}
         from distengine import torch_private
 
+        self.log_metrics(dict(metrics), step)
         file_writer = torch_private.summary_file_writer(writer)
         # Written into this run's own folder (SummaryWriter.add_hparams would open a new
         # timestamped sub-run, splitting one run in two in the UI).
         for summary in hparams(flat, metric_dict):
-            file_writer.add_summary(summary)
-        self.log_metrics(metric_dict, 0)
+            file_writer.add_summary(summary, step)
 
     @rank_zero_only
     def log_graph(self, model: Any, input_array: Any = None) -> None:

@@ -89,7 +89,7 @@ def test_ranks_that_disagree_on_the_resume_point_fail_at_once_with_one_error(tmp
     out = run_ranks(_disagree, 2, str(tmp_path), timeout=200, env=env)
     for strategy in ("ddp", "fsdp"):
         want = ("CheckpointError: ranks disagree on the resume point: rank 0 at epoch 0 step 6 (batch 6 of 6) from "
-                "epoch=0-step=6.ckpt, rank 1 at epoch 0 step 4 (batch 4 of 6) from rank1-edited.ckpt; every rank "
+                "last.ckpt, rank 1 at epoch 0 step 4 (batch 4 of 6) from rank1-edited.ckpt; every rank "
                 "must load the same checkpoint: pass the same ckpt_path on every rank, from a checkpoint folder all "
                 "ranks share")
         for rank, res in enumerate(out):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import logging
 import os
 import time
 
@@ -91,6 +92,14 @@ def test_min_epochs_holds_back_a_stop_request(tmp_path):
     trainer, module = _fit(tmp_path, max_epochs=10, min_epochs=3, callbacks=[StopAlways()], val=False)
     assert sorted({e for e, _ in module.train_calls}) == [0, 1, 2]
     assert trainer.global_step == 3 * N_BATCHES and trainer.should_stop
+
+
+def test_a_stop_held_back_by_min_epochs_is_told_once_at_info(tmp_path, caplog):
+    # Lightning logs one INFO line when a requested stop waits for min_epochs/min_steps
+    with caplog.at_level(logging.INFO, logger="distengine"):
+        _fit(tmp_path, max_epochs=10, min_epochs=3, callbacks=[StopAlways()], val=False)
+    told = [r for r in caplog.records if "min_epochs=3" in r.getMessage()]
+    assert len(told) == 1 and told[0].levelno == logging.INFO and "min_steps=0" in told[0].getMessage()
 
 
 def test_min_steps_holds_back_a_stop_request(tmp_path):

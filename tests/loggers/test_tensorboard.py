@@ -113,6 +113,24 @@ def test_hyperparams_custom_metrics_and_no_default_metric(tmp_path):
     assert _scalars(logger2.log_dir) == {"val_acc": [(0, 0.0), (7, 0.75)]}
 
 
+def test_hyperparams_metrics_take_a_step_and_a_bare_number_as_hp_metric(tmp_path):
+    # as Lightning 2.6: log_hyperparams(params, metrics, step) writes the metrics at that step
+    # through log_metrics, unchanged (the default {"hp_metric": -1} with step None); a number is hp_metric
+    seen = []
+
+    class Seen(TensorBoardLogger):
+        def log_metrics(self, metrics, step=None):
+            seen.append((dict(metrics), step))
+            super().log_metrics(metrics, step)
+
+    logger = Seen(tmp_path, version="a")
+    logger.log_hyperparams({"lr": 0.5})
+    logger.log_hyperparams({"lr": 0.5}, metrics=0.25, step=3)
+    logger.finalize("success")
+    assert seen == [({"hp_metric": -1}, None), ({"hp_metric": 0.25}, 3)]
+    assert _scalars(logger.log_dir) == {"hp_metric": [(0, -1.0), (3, 0.25)]}
+
+
 def test_version_numbering(tmp_path):
     versions = []
     for _ in range(3):
