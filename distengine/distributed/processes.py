@@ -272,9 +272,16 @@ def _rank_main(rank: int, nprocs: int, port: int, parent: int, payload: Any, fol
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
+    if isinstance(payload, tuple):  # forked: multiprocessing ends the copy with os._exit, as it should
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.exit(code)
+    # spawned: a new interpreter, whose teardown can abort in torch's gloo threads after a finished
+    # run (exit -6, "terminate called without an active exception"; seen under load): end as a
+    # launched rank does (threads, atexit, buffers, then os._exit)
+    from distengine.launch.rank import finish
+
+    finish(code)
 
 
 def _record_error(rank: int, exc: BaseException, folder: str) -> int:

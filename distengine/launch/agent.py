@@ -189,6 +189,13 @@ def _quiet_torch_logs() -> None:
         logging.getLogger("torch.distributed.elastic").propagate = False
 
 
+def _written_at(path: str | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
+
+
 def _outcomes(agent: JobAgent, result: RunResult, logs: RankLogs) -> list[RankOutcome]:
     out = []
     for rank, failure in sorted(result.failures.items()):
@@ -197,7 +204,8 @@ def _outcomes(agent: JobAgent, result: RunResult, logs: RankLogs) -> list[RankOu
                                local_rank=failure.local_rank,
                                root_cause=rank in agent.root_causes,
                                log_path=logs.rank_logs.get(rank),
-                               error_file_data=failure.error_file_data or None))
+                               error_file_data=failure.error_file_data or None,
+                               error_written=_written_at(failure.error_file)))
     for rank, after in sorted(agent.early_exits.items()):
         if rank not in result.failures:
             out.append(RankOutcome(rank=rank, exitcode=0, root_cause=True, log_path=logs.rank_logs.get(rank),

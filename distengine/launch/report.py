@@ -140,6 +140,7 @@ class RankOutcome:
     log_path: str | None = None
     error_file_data: dict | None = field(default=None, repr=False)
     left_early_s: float | None = None  # exited 0 this many s into the attempt, while others ran
+    error_written: float | None = None  # when its error file was written (time.time() scale), if it wrote one
 
 
 def _traceback_excerpt(tb: list[str], head: int = 8, tail: int = 4) -> list[str]:
@@ -183,8 +184,11 @@ def format_summary(outcomes: list[RankOutcome], *, attempts: int, log_dir: str |
         # Root causes first: a rank that left early (its peers then failed), then a signal
         # death or an ordinary exception before a "peer went away" error that the first
         # failure provoked in another rank.
+        # Ranks that failed in the same poll: the one whose error was written first (the other
+        # failed because it went away, whatever its message says), then the lowest rank.
         return (not o.root_cause, o.left_early_s is None,
-                o.exitcode >= 0 and looks_like_consequence(errors[o.rank][0]), o.rank)
+                o.exitcode >= 0 and looks_like_consequence(errors[o.rank][0]),
+                o.error_written if o.error_written is not None else float("inf"), o.rank)
 
     ordered = sorted(outcomes, key=blame)
     first = ordered[0]

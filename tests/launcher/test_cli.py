@@ -186,6 +186,25 @@ def test_summary_blames_the_real_failure_not_the_peer_that_noticed(tmp_path):
     assert "after 2 attempts: rank 1 killed by signal SIGKILL (9)" in killed
 
 
+def test_summary_names_the_rank_whose_error_came_first_when_two_fail_in_one_poll(tmp_path):
+    """Under load both ranks of a failed job can have ended by the launcher's next poll; the rank
+    that failed first is named, whatever the other rank's error says (found by a loaded run:
+    rank 0's lost-peer error, not matched as a consequence, was named instead of rank 1's)."""
+    peer = tmp_path / "rank_0.log"
+    peer.write_text("Traceback (most recent call last):\n  File \"t.py\", line 3, in <module>\n"
+                    "RuntimeError: a message no heuristic knows\n")
+    real = tmp_path / "rank_1.log"
+    real.write_text("Traceback (most recent call last):\n  File \"t.py\", line 7, in step\nValueError: boom\n")
+    text = format_summary([RankOutcome(0, 1, 10, root_cause=True, log_path=str(peer), error_written=200.5),
+                           RankOutcome(1, 1, 11, root_cause=True, log_path=str(real), error_written=200.1)],
+                          attempts=1, log_dir=str(tmp_path))
+    assert text.splitlines()[0].endswith("rank 1 exit code 1")
+    assert text.index("ValueError: boom") < text.index("a message no heuristic knows")
+    unknown = format_summary([RankOutcome(0, 1, 10, root_cause=True, log_path=str(peer)),
+                              RankOutcome(1, 1, 11, root_cause=True, log_path=str(real))], attempts=1, log_dir=None)
+    assert unknown.splitlines()[0].endswith("rank 0 exit code 1")  # no times: the lowest rank
+
+
 def test_report_pieces_skip_interpreter_pseudo_frames_and_earlier_attempts():
     shutdown = ("Fatal Python error: Aborted\n\nCurrent thread 0x1 (most recent call first):\n"
                 "  Garbage-collecting\n  <no Python frame>\n\nExtension modules: torch._C\n")
