@@ -87,7 +87,9 @@ class StageRun:
         with self:
             if datamodule is None and hasattr(train_dataloaders, "train_dataloader"):
                 datamodule, train_dataloaders = train_dataloaders, None  # fit(model, dm), as Lightning allows
-            train = data.resolve(t, module, "fit", train_dataloaders, datamodule, "train")
+            # Lightning calls train_dataloader() after the sanity check (load_train), or when
+            # trainer.estimated_stepping_batches is first read (configure_optimizers)
+            train = data.resolve(t, module, "fit", train_dataloaders, datamodule, "train", defer=True)
             # Lightning calls val_dataloader() in the sanity check (trainer.sanity_checking set), else at
             # the start of training when the first epoch validates, else at the first validating epoch
             val = data.resolve(t, module, "fit", val_dataloaders, datamodule, "val", required=False, defer=True)
@@ -148,13 +150,13 @@ class StageRun:
         from distengine.precision import Precision
 
         t, module, data = self.trainer, self.module, self.parts.data
-        if len(train) != 1:
+        if len(train) > 1:
             raise ConfigError(f"fit takes one training dataloader, got {len(train)}")
-        data.set_fit_loaders(t, module, train, val)
+        data.begin_fit(t, module, train, val)  # the training loader: load_train
         fit = data.fit
         fit.val_pending = "val" in data.hooks and not val
         fit.train_loaded_epoch, fit.val_loaded_epoch = 0, float("-inf")  # (set again in fit_loop)
-        run_warnings.warn_fit_setup(t, fit, train, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
+        run_warnings.warn_fit_setup(t, fit, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
         # Lightning decides from the flags; the loader is loaded in the check (loop._sanity_check)
         may_validate = fit.should_validate() or (fit.val_pending and fit.has_val_step and t.limits["val"] != 0)
         self.run_sanity_check = may_validate and t.num_sanity_val_steps != 0
@@ -194,6 +196,16 @@ class StageRun:
     def reload_dataloaders(self, kind: str) -> None:
         self.parts.data.reload(self.trainer, self.module, kind)
 
+    def load_train(self) -> None:
+        """The fit's training loader, loaded once: after the sanity check (the loop), or before
+        when ``trainer.estimated_stepping_batches`` is read (configure_optimizers), as in
+        Lightning; a resumed fit's data position is applied to it then."""
+        t, data = self.trainer, self.parts.data
+        if data.load_train(t, self.module):
+            run_warnings.warn_train_loaded(t, data.fit, data.raw[0])
+        if not data.fit.train_pending:
+            self.checkpoints.restore_position()
+
     # ------------------------------------------------------------------ what the loops see
     def eval_context(self, **fit_parts: Any) -> EvalContext:
         """The parts an evaluation loop uses (see loop_context.py); with ``fit_parts``, the fit's."""
@@ -216,7 +228,7 @@ class StageRun:
             has_step_schedulers=self.has_step_schedulers, optimization=self.optimization, data=parts.data.fit,
             resume=parts.resume, stop_vote=self.stop_vote, state=parts.loop_state,
             sanity_steps=parts.data.sanity_steps if self.run_sanity_check else None,
-            reload_dataloaders=self.reload_dataloaders, step_counters=self.step_counters,
+            reload_dataloaders=self.reload_dataloaders, load_train=self.load_train, step_counters=self.step_counters,
             opt_hooks=OptimHooks.of(self.module))
 
     # ------------------------------------------------------------------ set-up and teardown

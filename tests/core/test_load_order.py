@@ -1,0 +1,137 @@
+"""When the Trainer loads the dataloaders, as Lightning 2.x does (its tests_pytorch/models/
+test_hooks.py and trainer/test_dataloaders.py): ``val_dataloader()`` in the sanity check, then
+``train_dataloader()`` after it, before ``on_train_start``; earlier only when
+``trainer.estimated_stepping_batches`` is read; no ``val_dataloader()`` call when nothing would be
+validated. A datamodule's hooks in the same order (a datamodule that builds its training set
+lazily sees the validation loader asked for first)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import distengine as de
+from tests.core.models import Regressor, loader, quiet_trainer, regression_data
+
+
+class Recorder(de.Callback):
+    def __init__(self, calls):
+        self.calls = calls
+
+    def on_fit_start(self, trainer, pl_module):
+        self.calls.append(("on_fit_start", trainer.num_training_batches))
+
+    def on_sanity_check_start(self, trainer, pl_module):
+        self.calls.append(("on_sanity_check_start",))
+
+    def on_sanity_check_end(self, trainer, pl_module):
+        self.calls.append(("on_sanity_check_end",))
+
+    def on_train_start(self, trainer, pl_module):
+        self.calls.append(("on_train_start", trainer.num_training_batches))
+
+
+class Model(Regressor):
+    def __init__(self, calls, steps_in_configure=False):
+        super().__init__()
+        self.calls, self.steps_in_configure = calls, steps_in_configure
+
+    def configure_optimizers(self):
+        self.calls.append(("configure_optimizers",))
+        if self.steps_in_configure:
+            self.calls.append(("estimated_stepping_batches", self.trainer.estimated_stepping_batches))
+        return super().configure_optimizers()
+
+    def train_dataloader(self):
+        self.calls.append(("train_dataloader",))
+        return loader(regression_data(), batch_size=32)
+
+    def val_dataloader(self):
+        self.calls.append(("val_dataloader",))
+        return loader(regression_data(), batch_size=32)
+
+
+def test_train_dataloader_is_loaded_after_the_sanity_check(tmp_path):
+    calls = []
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=1, callbacks=[Recorder(calls)])
+    trainer.fit(Model(calls))
+    assert calls == [("configure_optimizers",), ("on_fit_start", math.inf), ("on_sanity_check_start",),
+                     ("val_dataloader",), ("on_sanity_check_end",), ("train_dataloader",), ("on_train_start", 3)]
+
+
+def test_estimated_stepping_batches_loads_the_training_data_once(tmp_path):
+    calls = []
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=1, callbacks=[Recorder(calls)])
+    trainer.fit(Model(calls, steps_in_configure=True))
+    assert calls == [("configure_optimizers",), ("train_dataloader",), ("estimated_stepping_batches", 6),
+                     ("on_fit_start", 3), ("on_sanity_check_start",), ("val_dataloader",), ("on_sanity_check_end",),
+                     ("on_train_start", 3)]
+
+
+def test_no_val_dataloader_call_when_nothing_is_validated(tmp_path):
+    calls = []
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[Recorder(calls)])
+    trainer.fit(Model(calls))
+    assert ("val_dataloader",) not in calls
+    assert calls[-2:] == [("train_dataloader",), ("on_train_start", 3)]
+
+
+def test_limit_train_batches_zero_loads_no_training_data(tmp_path):
+    calls = []
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=0, limit_val_batches=0)
+    trainer.fit(Model(calls))
+    assert ("train_dataloader",) not in calls
+    assert trainer.global_step == 0
+
+
+# ---------------------------------------------------------------- overfit_batches
+class Shuffled(Regressor):
+    def __init__(self, seen=None):
+        super().__init__()
+        self.seen = seen if seen is not None else {"train": [], "val": []}
+
+    def training_step(self, batch, batch_idx):
+        self.seen["train"].append(batch[0].clone())
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        self.seen["val"].append(batch[0].clone())
+        return super().validation_step(batch, batch_idx)
+
+    def train_dataloader(self):
+        return loader(regression_data(), batch_size=16, shuffle=True)
+
+    def val_dataloader(self):
+        return loader(regression_data(), batch_size=16, shuffle=True)
+
+
+def test_overfit_batches_reads_shuffled_loaders_in_order_with_a_warning(tmp_path):
+    """Lightning: under overfit_batches a loader that shuffles is rebuilt on a SequentialSampler
+    (a UserWarning for each of the training and the validation loader); every epoch then trains
+    on the dataset's first batches."""
+    import warnings
+
+    from torch.utils.data import SequentialSampler
+
+    model = Shuffled()
+    trainer = quiet_trainer(tmp_path, max_epochs=2, overfit_batches=2, num_sanity_val_steps=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    overfit = [str(w.message) for w in caught if "overfit_batches" in str(w.message)]
+    assert len(overfit) == 2 and all(issubclass(w.category, UserWarning) for w in caught
+                                     if "overfit_batches" in str(w.message))
+    assert isinstance(trainer.train_dataloader.sampler, SequentialSampler)
+    assert isinstance(trainer.val_dataloaders.sampler, SequentialSampler)
+    first = regression_data().tensors[0][:16]
+    assert len(model.seen["train"]) == 4 and all(torch.equal(b, first) for b in model.seen["train"][::2])
+
+
+def test_overfit_batches_trains_and_validates_on_the_same_batch(tmp_path):
+    """Lightning's test_overfit_batches_same_batch_for_train_and_val: overfit_batches=1 with the
+    same data behind both loaders gives the same batch to training_step and validation_step."""
+    model = Shuffled()
+    trainer = quiet_trainer(tmp_path, max_epochs=2, overfit_batches=1)
+    trainer.fit(model)
+    assert model.seen["train"] and model.seen["val"]
+    assert torch.equal(model.seen["train"][0], model.seen["val"][0])
