@@ -99,6 +99,10 @@ class StageCheckpoints:
         ckpt = self.checkpointer().save(weights_only, every_rank or t.is_global_zero)
         if ckpt is None:
             return None
+        dm = run.datamodule
+        state = dm.state_dict() if dm is not None and callable(getattr(dm, "state_dict", None)) else None
+        if state:  # Lightning: a datamodule's state under its class name, when it has one
+            ckpt[type(dm).__qualname__] = state
         if t.is_global_zero:
             for fn in (*run.callback_hooks.get("on_save_checkpoint", ()),  # the callbacks first, as Lightning
                        *run.module_hooks.get("on_save_checkpoint", ())):
@@ -169,7 +173,8 @@ class StageCheckpoints:
 
         # before anything is written or restored: a resumed run goes on in its own version folder
         moved_to = continue_run_folder(t, path, full="optimizer_states" in ckpt)
-        full = self.checkpointer().restore(ckpt, path, run.module_hooks.get("on_load_checkpoint", ()),
+        full = self.checkpointer().restore(ckpt, path, (*run.module_hooks.get("on_load_checkpoint", ()),
+                                                        self._load_datamodule),
                                            run.callback_hooks.get("on_load_checkpoint", ()), deferred=("data",))
         if not full:
             return  # a weights-only checkpoint: start training from these weights
@@ -181,6 +186,13 @@ class StageCheckpoints:
             where = resume_line(t, path, moved_to)
             print(f"distengine: resumed from {path} (epoch {p.epoch}, step {p.global_step})"
                   + (f"; {where}" if where else ""), file=sys.stderr, flush=True)
+
+    def _load_datamodule(self, ckpt: dict[str, Any]) -> None:
+        """The datamodule's ``load_state_dict`` with what its ``state_dict`` saved (Lightning: after
+        the module's ``on_load_checkpoint``, before the callbacks')."""
+        dm = self.run.datamodule
+        if dm is not None and type(dm).__qualname__ in ckpt and callable(getattr(dm, "load_state_dict", None)):
+            dm.load_state_dict(ckpt[type(dm).__qualname__])
 
     def restore_position(self) -> None:
         """A resumed fit's data position, applied to the training loader once it is loaded
@@ -226,3 +238,4 @@ class StageCheckpoints:
         state = load_trainer_checkpoint(t, path, True) if sharded else safe_load(path, "cpu", mmap=True)
         check_weights(run.module, state["state_dict"], source=path)
         t.strategy.load_module_state_dict(run.module, state["state_dict"])
+        self._load_datamodule(state)

@@ -45,13 +45,8 @@ class StageData:
         hook = _HOOKS[kind]
         source = given
         self.hooks.pop(kind, None)
-        if datamodule is not None:
-            trainer.datamodule = datamodule
-            if hasattr(datamodule, "trainer"):
-                datamodule.trainer = trainer
-        if source is None and datamodule is not None:
-            _prepare_datamodule(trainer, datamodule, stage)
-            if hasattr(datamodule, hook):
+        if source is None and datamodule is not None:  # (its prepare_data/setup ran: StageRun._setup_hooks)
+            if datamodule_provides(datamodule, hook):
                 self.hooks[kind] = getattr(datamodule, hook)
                 source = None if defer else self.hooks[kind]()
         if source is None and kind not in self.hooks and module_overrides(module, hook):
@@ -179,17 +174,40 @@ def _loaders(kind: str, source: Any, required: bool) -> list[Any]:
     return loaders
 
 
-def _prepare_datamodule(trainer: Any, datamodule: Any, stage: str) -> None:
-    """The datamodule's ``prepare_data`` (once, on one rank per node; the others wait) and its
-    ``setup(stage)`` once per stage, as in Lightning."""
-    done = getattr(datamodule, "_distengine_stages", None)
-    if done is None:
-        done = datamodule._distengine_stages = set()
-        if hasattr(datamodule, "prepare_data"):  # downloads: once per node, the others wait
-            per_node = getattr(datamodule, "prepare_data_per_node", trainer.prepare_data_per_node)
-            if (trainer.local_rank if per_node else trainer.global_rank) == 0:
-                datamodule.prepare_data()
-            collectives.barrier()
-    if stage not in done and hasattr(datamodule, "setup"):  # Lightning: setup(stage) per stage
+def datamodule_provides(datamodule: Any, hook: str) -> bool:
+    """Whether ``datamodule`` gives the loaders of ``hook`` (``train_dataloader``...): a
+    LightningDataModule that overrides the base's (which raises), any other object that has it."""
+    from distengine.datamodule import DataModule
+
+    if isinstance(datamodule, DataModule):
+        from distengine.utilities.model_helpers import is_overridden
+
+        return is_overridden(hook, datamodule)
+    return callable(getattr(datamodule, hook, None))
+
+
+def attach_datamodule(trainer: Any, datamodule: Any) -> None:
+    """``trainer.datamodule`` and ``datamodule.trainer`` for this call."""
+    trainer.datamodule = datamodule
+    if hasattr(datamodule, "trainer"):
+        datamodule.trainer = trainer
+
+
+def prepare_datamodule(trainer: Any, datamodule: Any) -> None:
+    """The datamodule's ``prepare_data``: once, on one rank per node (the others wait)."""
+    if getattr(datamodule, "_distengine_stages", None) is not None:
+        return
+    datamodule._distengine_stages = set()
+    if hasattr(datamodule, "prepare_data"):  # downloads: once per node, the others wait
+        per_node = getattr(datamodule, "prepare_data_per_node", trainer.prepare_data_per_node)
+        if (trainer.local_rank if per_node else trainer.global_rank) == 0:
+            datamodule.prepare_data()
+        collectives.barrier()
+
+
+def setup_datamodule(datamodule: Any, stage: str) -> None:
+    """The datamodule's ``setup(stage)``, once per stage (before the callbacks' and the module's)."""
+    done = datamodule._distengine_stages
+    if stage not in done and hasattr(datamodule, "setup"):
         datamodule.setup(stage=stage)
     done.add(stage)

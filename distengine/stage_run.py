@@ -79,14 +79,16 @@ class StageRun:
         self.stop_vote: StopVote | None = None
         self.run_sanity_check = False
         self.checkpoints = StageCheckpoints(self)
+        self.datamodule: Any = None          # the datamodule given to this call
         self._previous_signals: dict = {}
 
     # ------------------------------------------------------------------ the calls
     def fit(self, train_dataloaders: Any, val_dataloaders: Any, datamodule: Any, ckpt_path: str | None) -> None:
         t, module, data = self.trainer, self.module, self.parts.data
+        if datamodule is None and hasattr(train_dataloaders, "train_dataloader"):
+            datamodule, train_dataloaders = train_dataloaders, None  # fit(model, dm), as Lightning allows
+        self.datamodule = datamodule  # its prepare_data and setup: _setup_hooks
         with self:
-            if datamodule is None and hasattr(train_dataloaders, "train_dataloader"):
-                datamodule, train_dataloaders = train_dataloaders, None  # fit(model, dm), as Lightning allows
             # Lightning calls train_dataloader() after the sanity check (load_train), or when
             # trainer.estimated_stepping_batches is first read (configure_optimizers)
             train = data.resolve(t, module, "fit", train_dataloaders, datamodule, "train", defer=True)
@@ -116,13 +118,14 @@ class StageRun:
         from distengine.precision import Precision
 
         t, model, stage, data = self.trainer, self.module, self.stage, self.parts.data
+        kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+        if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):
+            datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
+        self.datamodule = datamodule  # its prepare_data and setup: _setup_hooks
         with self:
             model.zero_grad()  # as Lightning does before a stage's loop
-            kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
             if stage != "predict" and t.limits[kind] == 0:  # Lightning: no dataloader, no hooks, no results
                 return []
-            if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):
-                datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
             loaders = data.resolve(t, model, stage, dataloaders, datamodule, kind)
             run_warnings.warn_few_workers(t, loaders, kind)
             strategy = t.strategy
@@ -281,13 +284,21 @@ class StageRun:
         return self
 
     def _setup_hooks(self) -> None:
-        """prepare_data, the callbacks' and the module's setup, configure_model, anomaly mode."""
-        t, model, stage = self.trainer, self.module, self.stage
+        """prepare_data (the datamodule's, the module's), setup (the datamodule's, the callbacks',
+        the module's), configure_model, anomaly mode: Lightning's order."""
+        from distengine import stage_data
+
+        t, model, stage, dm = self.trainer, self.module, self.stage, self.datamodule
+        if dm is not None:
+            stage_data.attach_datamodule(t, dm)
+            stage_data.prepare_datamodule(t, dm)
         if module_overrides(model, "prepare_data"):  # Lightning: downloads once per node, first
             if (t.local_rank if getattr(model, "prepare_data_per_node", t.prepare_data_per_node)
                     else t.global_rank) == 0:
                 model.prepare_data()
             collectives.barrier()
+        if dm is not None:
+            stage_data.setup_datamodule(dm, stage)
         for fn in self.callback_hooks["setup"]:  # Lightning: the callbacks first, `stage` by keyword
             fn(stage=stage)
         model.setup(stage=stage)
@@ -308,6 +319,8 @@ class StageRun:
             handle.remove()
         self.step_counters = []
         try:
+            if self.datamodule is not None and callable(getattr(self.datamodule, "teardown", None)):
+                self.datamodule.teardown(stage=self.stage)  # Lightning: the datamodule's first
             for fn in self.callback_hooks["teardown"]:
                 fn(stage=self.stage)
             model.teardown(stage=self.stage)

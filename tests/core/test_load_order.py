@@ -135,3 +135,106 @@ def test_overfit_batches_trains_and_validates_on_the_same_batch(tmp_path):
     trainer.fit(model)
     assert model.seen["train"] and model.seen["val"]
     assert torch.equal(model.seen["train"][0], model.seen["val"][0])
+
+
+# ---------------------------------------------------------------- a datamodule's hooks
+class LazyData(de.LightningDataModule):
+    """Builds its training set only when asked for it (after the validation loader), keeps a
+    counter in its state_dict, and records its hooks."""
+
+    def __init__(self, calls):
+        super().__init__()
+        self.calls, self.loads = calls, 0
+
+    def prepare_data(self):
+        self.calls.append(("dm.prepare_data",))
+
+    def setup(self, stage):
+        self.calls.append(("dm.setup", stage))
+
+    def train_dataloader(self):
+        self.calls.append(("dm.train_dataloader",))
+        self.loads += 1
+        return loader(regression_data(), batch_size=32)
+
+    def val_dataloader(self):
+        self.calls.append(("dm.val_dataloader",))
+        return loader(regression_data(), batch_size=32)
+
+    def state_dict(self):
+        self.calls.append(("dm.state_dict",))
+        return {"loads": self.loads}
+
+    def load_state_dict(self, state):
+        self.calls.append(("dm.load_state_dict", state))
+        self.loads = state["loads"]
+
+    def teardown(self, stage):
+        self.calls.append(("dm.teardown", stage))
+
+
+class ModuleSetup(Regressor):
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    def prepare_data(self):
+        self.calls.append(("prepare_data",))
+
+    def setup(self, stage):
+        self.calls.append(("setup", stage))
+
+    def teardown(self, stage):
+        self.calls.append(("teardown", stage))
+
+
+class SetupRecorder(de.Callback):
+    def __init__(self, calls):
+        self.calls = calls
+
+    def setup(self, trainer, pl_module, stage):
+        self.calls.append(("Callback.setup", stage))
+
+    def teardown(self, trainer, pl_module, stage):
+        self.calls.append(("Callback.teardown", stage))
+
+
+def test_datamodule_hook_order_in_fit_and_its_state_in_the_checkpoint(tmp_path):
+    """Lightning's order: prepare_data (the datamodule's, then the module's), setup (the
+    datamodule's, the callbacks', the module's), val_dataloader in the sanity check, then
+    train_dataloader; the datamodule's state_dict saved with each checkpoint (under its class
+    name) and loaded back on resume; its teardown before the callbacks' and the module's."""
+    calls = []
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=1, callbacks=[SetupRecorder(calls)],
+                            enable_checkpointing=True)
+    trainer.fit(ModuleSetup(calls), datamodule=LazyData(calls))
+    assert calls == [("dm.prepare_data",), ("prepare_data",), ("dm.setup", "fit"), ("Callback.setup", "fit"),
+                     ("setup", "fit"), ("dm.val_dataloader",), ("dm.train_dataloader",), ("dm.state_dict",),
+                     ("dm.teardown", "fit"), ("Callback.teardown", "fit"), ("teardown", "fit")]
+    ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    assert ckpt["LazyData"] == {"loads": 1}
+
+    calls.clear()
+    resumed = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=1)
+    dm = LazyData(calls)
+    resumed.fit(ModuleSetup([]), datamodule=dm, ckpt_path=trainer.checkpoint_callback.best_model_path)
+    assert ("dm.load_state_dict", {"loads": 1}) in calls
+    assert dm.loads == 2
+
+
+def test_datamodule_without_a_hook_gives_no_such_data(tmp_path):
+    """The base class defines the loader hooks (as Lightning's, so wrappers see them); one not
+    overridden counts as not defined: no validation here, and a call raises a ConfigError."""
+    import pytest
+
+    from distengine.utilities.exceptions import ConfigError
+
+    class TrainOnly(de.LightningDataModule):
+        def train_dataloader(self):
+            return loader(regression_data(), batch_size=32)
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(Regressor(), datamodule=TrainOnly())
+    assert trainer.global_step == 3 and trainer.num_val_batches == []
+    with pytest.raises(ConfigError, match="test_dataloader"):
+        TrainOnly().test_dataloader()
