@@ -191,10 +191,25 @@ class StageRun:
     def _count_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.parts.progress.global_step += 1
 
-    def _before_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Manual optimization: ``on_before_optimizer_step`` before each ``optimizer.step()``."""
-        for fn in self.hooks["on_before_optimizer_step"]:
-            fn(optimizer)
+    def _before_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        """Manual optimization: ``on_before_optimizer_step`` before each ``optimizer.step()``
+        updates the weights; with a closure, after the closure ran (it computes the gradients
+        the hook sees), as Lightning does."""
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # (args[0]: the optimizer)
+        if closure is None:
+            for fn in self.hooks["on_before_optimizer_step"]:
+                fn(optimizer)
+            return None
+
+        def then_hooks() -> Any:
+            out = closure()
+            for fn in self.hooks["on_before_optimizer_step"]:
+                fn(optimizer)
+            return out
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": then_hooks}
+        return (args[0], then_hooks, *args[2:]), kwargs
 
     def reload_dataloaders(self, kind: str) -> None:
         self.parts.data.reload(self.trainer, self.module, kind)
