@@ -214,14 +214,15 @@ class StageRun:
     def reload_dataloaders(self, kind: str) -> None:
         self.parts.data.reload(self.trainer, self.module, kind)
 
-    def load_train(self) -> None:
+    def load_train(self, position: bool = True) -> None:
         """The fit's training loader, loaded once: after the sanity check (the loop), or before
         when ``trainer.estimated_stepping_batches`` is read (configure_optimizers), as in
-        Lightning; a resumed fit's data position is applied to it then."""
+        Lightning. ``position``: a resumed fit's data position is applied to it (the loop's
+        call, on every rank at once: the position check is a collective)."""
         t, data = self.trainer, self.parts.data
         if data.load_train(t, self.module):
             run_warnings.warn_train_loaded(t, data.fit, data.raw[0])
-        if not data.fit.train_pending:
+        if position and not data.fit.train_pending:
             self.checkpoints.restore_position()
 
     # ------------------------------------------------------------------ what the loops see

@@ -164,7 +164,8 @@ class Checkpointer:
                 for fn in callback_hooks:
                     fn(ckpt)
             obj = self.states[key]
-            if key in ("callbacks", "state_dict", *deferred) or (key not in ckpt and not getattr(obj, "load_when_missing", False)):
+            missing = key not in ckpt and not getattr(obj, "load_when_missing", False)
+            if key in ("callbacks", "state_dict", *deferred) or missing:
                 continue
             obj.load_state_dict(ckpt.get(key, {}))
         if not hooks_run:

@@ -238,3 +238,45 @@ def test_datamodule_without_a_hook_gives_no_such_data(tmp_path):
     assert trainer.global_step == 3 and trainer.num_val_batches == []
     with pytest.raises(ConfigError, match="test_dataloader"):
         TrainOnly().test_dataloader()
+
+
+# ---------------------------------------------------------------- resume
+class Indexed(Regressor):
+    def __init__(self, seen, steps_in_configure=False):
+        super().__init__()
+        self.seen, self.steps_in_configure = seen, steps_in_configure
+
+    def configure_optimizers(self):
+        if self.steps_in_configure:
+            assert self.trainer.estimated_stepping_batches == 6  # loads the training data now
+        return super().configure_optimizers()
+
+    def training_step(self, batch, batch_idx):
+        x, y, idx = batch
+        self.seen.append(idx.tolist())
+        return super().training_step((x, y), batch_idx)
+
+    def train_dataloader(self):
+        from torch.utils.data import TensorDataset
+
+        x, y = regression_data().tensors
+        return loader(TensorDataset(x, y, torch.arange(len(x))), batch_size=16, shuffle=True)
+
+
+def test_mid_epoch_resume_sees_the_remaining_samples_when_the_data_loads_late(tmp_path):
+    """The sampler position of a mid-epoch checkpoint is applied when the training data is
+    loaded (after the sanity check, or earlier through estimated_stepping_batches): the resumed
+    epoch trains on exactly the batches the uninterrupted run trained on after the checkpoint."""
+    de.seed_everything(3)
+    whole = []
+    quiet_trainer(tmp_path / "a", max_epochs=1, limit_val_batches=0).fit(Indexed(whole))
+    for steps_in_configure in (False, True):
+        de.seed_everything(3)
+        first, rest = [], []
+        cut = quiet_trainer(tmp_path / "b", max_steps=2, limit_val_batches=0)
+        cut.fit(Indexed(first))
+        ckpt = str(tmp_path / "mid.ckpt")
+        cut.save_checkpoint(ckpt)
+        resumed = quiet_trainer(tmp_path / "c", max_epochs=1, limit_val_batches=0)
+        resumed.fit(Indexed(rest, steps_in_configure), ckpt_path=ckpt)
+        assert first + rest == whole and len(rest) == 4
