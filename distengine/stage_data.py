@@ -7,8 +7,12 @@ One :class:`StageData` lives as long as the Trainer (Lightning reads ``trainer.v
 ``num_test_batches``... after a call returns); each :class:`~distengine.stage_run.StageRun`
 hands it the loaders of its call::
 
-    Trainer.fit(model, train_dataloaders) -> StageRun.fit -> StageData.resolve("train")
-        -> StageData.set_fit_loaders -> data_combined.prepare_train -> FitData -> loop.fit_loop
+    Trainer.fit(model, train_dataloaders) -> StageRun.fit -> StageData.resolve("train", defer=True)
+        -> StageData.begin_fit -> loop.fit_loop: sanity check -> StageRun.load_train
+        -> StageData.load_train -> set_fit_loaders -> data_combined.prepare_train -> FitData
+
+The training loader is loaded after the sanity check, as in Lightning (a ``train_dataloader``
+hook is called then), or when ``trainer.estimated_stepping_batches`` is first read.
 """
 from __future__ import annotations
 
