@@ -184,6 +184,8 @@ def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
         return loader, None
     random = isinstance(loader.sampler, RandomSampler)
     single = world_size == 1 and not distributed
+    if single and shuffle_override is False and isinstance(loader.sampler, SequentialSampler):
+        return loader, None  # overfit_batches: Lightning's SequentialSampler (a resume skips batches)
     if single and random and shuffle_override is None and (
             loader.sampler.replacement or loader.sampler.num_samples != len(loader.dataset)):
         return loader, None  # sampling with replacement / another length: Lightning's order as it is
@@ -197,6 +199,39 @@ def prepare_train_loader(loader: Any, world_size: int, rank: int, enabled: bool,
                                num_replicas=world_size, rank=rank, drop_last=False,
                                draw=single, generator=getattr(loader.sampler, "generator", None))
     return _rebuild(loader, sampler, loader.drop_last), sampler
+
+
+def sequential_for_overfit(source: Any, kind: str) -> Any:
+    """``overfit_batches``: ``source`` (a loader, a dict / list of them, a CombinedLoader) with each
+    DataLoader that does not read its dataset in order rebuilt on a ``SequentialSampler``, as
+    Lightning does, with one warning; every epoch (and, for ``kind="val"``, validation) then
+    sees the same first batches."""
+    from distengine.utilities.combined_loader import CombinedLoader, _is_leaf, flatten, unflatten
+
+    changed = []
+
+    def fix(dl: Any) -> Any:
+        if (type(dl) is not DataLoader or isinstance(dl.dataset, IterableDataset) or dl.batch_size is None
+                or isinstance(dl.sampler, SequentialSampler)):
+            return dl
+        changed.append(dl)
+        return _rebuild(dl, SequentialSampler(dl.dataset), dl.drop_last)
+
+    if isinstance(source, CombinedLoader):
+        out = CombinedLoader(source.iterables, source.mode)
+        out.flattened, out.limits = [fix(dl) for dl in source.flattened], source.limits
+    elif _is_leaf(source):
+        out = fix(source)
+    else:
+        leaves, spec = flatten(source)
+        out = unflatten([fix(dl) for dl in leaves], spec)
+    if changed:
+        from distengine.distributed.rank_zero import rank_zero_warn
+
+        rank_zero_warn(f"overfit_batches is set and the {kind} dataloader shuffles (or samples out of order); "
+                       "it is read in order instead (SequentialSampler), so every epoch sees the same batches",
+                       UserWarning)
+    return out
 
 
 def prepare_eval_loader(loader: Any, world_size: int, rank: int, enabled: bool) -> Any:

@@ -52,11 +52,32 @@ class DataModule:
     def on_exception(self, exception: BaseException) -> None:
         """Called once when a Trainer call (``fit``, ``validate``...) using this datamodule raises."""
 
+    def train_dataloader(self) -> Any:
+        """The training loader(s); the Trainer calls it when ``fit`` loads its training data."""
+        raise _not_defined(self, "train_dataloader")
+
+    def val_dataloader(self) -> Any:
+        raise _not_defined(self, "val_dataloader")
+
+    def test_dataloader(self) -> Any:
+        raise _not_defined(self, "test_dataloader")
+
+    def predict_dataloader(self) -> Any:
+        raise _not_defined(self, "predict_dataloader")
+
     def state_dict(self) -> dict[str, Any]:
+        """What to save in a checkpoint (under the class name, when not empty); ``load_state_dict``
+        gets it back when the Trainer loads that checkpoint."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass
+
+
+def _not_defined(dm: DataModule, hook: str) -> Exception:
+    from distengine.utilities.exceptions import ConfigError
+
+    return ConfigError(f"{type(dm).__name__} does not define {hook}(); define it to give the Trainer that data")
 
 
 LightningDataModule = DataModule

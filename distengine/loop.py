@@ -4,7 +4,7 @@ parts of the Trainer it uses, each named (``ctx.strategy``, ``ctx.precision``, `
 
 ``fit_loop(ctx)``::
 
-    sanity validation (fresh runs only)
+    sanity validation (fresh runs only); then the training loader is loaded (ctx.load_train)
     while epochs remain and nobody asked to stop (loop_stopping.fit_done):
         reload the dataloaders every n epochs (ctx.reload_dataloaders); sampler.set_epoch
         train_epoch: for each batch of ctx.data.train_loader from the resumed position:
@@ -174,6 +174,7 @@ def fit_loop(ctx: LoopContext) -> None:
     p, hooks, state, status, data = ctx.progress, ctx.hooks, ctx.state, ctx.status, ctx.data
     if ctx.sanity_steps is not None:
         _sanity_check(ctx)
+    ctx.load_train()  # Lightning loads the training data here, after the sanity check
     # a later fit of a finished Trainer, or limit_train_batches=0: Lightning skips the training loop
     if fit_done(ctx) or not data.num_train_batches:
         ctx.stop_vote.close()
@@ -181,7 +182,7 @@ def fit_loop(ctx: LoopContext) -> None:
     ctx.data.train_loaded_epoch = p.epoch  # (Lightning loads the training data after the sanity check)
     if ctx.sanity_steps is None and not ctx.data.val_pending:
         ctx.data.val_loaded_epoch = p.epoch  # loaded at the start of training, no sanity check
-    if ctx.data.val_pending and data.val_schedule.epoch_validates(p.epoch):
+    if data.val_pending and data.val_schedule.epoch_validates(p.epoch):
         _val_data(ctx)  # Lightning: at the start of training when its first epoch validates
     _warn_modules_in_eval_mode(ctx.module)  # (Lightning 2.x leaves each submodule's mode to the user)
     data.val_schedule.start()  # a time-based val_check_interval counts from here

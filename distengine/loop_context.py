@@ -128,6 +128,7 @@ class FitData:
     train_loaded_epoch: float = 0
     val_loaded_epoch: float = float("-inf")
     val_pending: bool = False
+    train_pending: bool = False          # the training loader is loaded after the sanity check
 
     def val_limits(self) -> list[int]:
         return [apply_limit(self.limits["val"], loader_len(dl), "val") for dl in self.val_loaders]
@@ -169,6 +170,7 @@ class LoopContext(EvalContext):
     state: LoopState
     sanity_steps: list[int] | None       # batches per val loader for the sanity check; None: none
     reload_dataloaders: Callable[[str], None]  # calls a *_dataloader hook again ("train"/"val"), refills ``data``
+    load_train: Callable[[], None]       # loads the training loader (after the sanity check, as Lightning)
     step_counters: list[Any]             # optimizer hook handles, removed at the end of the run
     opt_hooks: OptimHooks                # the module's overridden optimisation hooks (optim_hooks.py)
     timed_optimizers: set[int] = field(default_factory=set)  # profiling: manual steps timed

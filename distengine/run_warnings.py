@@ -63,15 +63,21 @@ def warn_log_interval(trainer: Any, num_batches: int | float) -> None:
                        category=PossibleUserWarning)
 
 
-def warn_fit_setup(trainer: Any, data: Any, train: list[Any], val: list[Any]) -> None:
-    """The fit's warnings, in Lightning's order: max_epochs, the loaders' workers, the log interval
-    (``data``: the fit's :class:`~distengine.loop_context.FitData`)."""
+def warn_fit_setup(trainer: Any, data: Any, val: list[Any]) -> None:
+    """The fit's warnings at its start, in Lightning's order: max_epochs, the validation loaders'
+    workers (``data``: the fit's :class:`~distengine.loop_context.FitData`)."""
     from distengine.data_combined import inner_loaders
 
     warn_val_loop(bool(val) or data.val_pending, data.has_val_step)  # pending: loaded later
     warn_fit_start(trainer)
     if data.has_val_step:
         warn_few_workers(trainer, [dl for loader in val for dl in inner_loaders(loader)], "val")
+
+
+def warn_train_loaded(trainer: Any, data: Any, train: list[Any]) -> None:
+    """When the training loader is loaded (after the sanity check): its workers, the log interval."""
+    from distengine.data_combined import inner_loaders
+
     warn_few_workers(trainer, [dl for loader in train for dl in inner_loaders(loader)], "train")
     warn_log_interval(trainer, data.num_train_batches)
 

@@ -42,6 +42,7 @@ class StageCheckpoints:
 
     def __init__(self, run: Any) -> None:
         self.run, self.trainer = run, run.trainer
+        self.pending_position: tuple[dict, str] | None = None  # a resume's data position, file
 
     def directory(self) -> str:
         t = self.trainer
@@ -98,6 +99,10 @@ class StageCheckpoints:
         ckpt = self.checkpointer().save(weights_only, every_rank or t.is_global_zero)
         if ckpt is None:
             return None
+        dm = run.datamodule
+        state = dm.state_dict() if dm is not None and callable(getattr(dm, "state_dict", None)) else None
+        if state:  # Lightning: a datamodule's state under its class name, when it has one
+            ckpt[type(dm).__qualname__] = state
         if t.is_global_zero:
             for fn in (*run.callback_hooks.get("on_save_checkpoint", ()),  # the callbacks first, as Lightning
                        *run.module_hooks.get("on_save_checkpoint", ())):
@@ -161,7 +166,6 @@ class StageCheckpoints:
         # (foreach) Adam reads each one back with .item() at every step: a sync per parameter.
         # mapped (mmap): the ranks share the file's pages instead of each reading all of it
         ckpt = load_for_trainer(t, path) if os.path.isdir(path) else safe_load(path, "cpu", mmap=True)
-        from distengine.checkpoint.agreement import check_resume_point
         from distengine.checkpoint.apply import check_resume_epoch
         from distengine.checkpoint.run_folder import continue_run_folder, resume_line
 
@@ -169,17 +173,38 @@ class StageCheckpoints:
 
         # before anything is written or restored: a resumed run goes on in its own version folder
         moved_to = continue_run_folder(t, path, full="optimizer_states" in ckpt)
-        full = self.checkpointer().restore(ckpt, path, run.module_hooks.get("on_load_checkpoint", ()),
-                                           run.callback_hooks.get("on_load_checkpoint", ()))
-        check_resume_point(t.progress, run.parts.data.fit.num_train_batches, path)  # every rank: a collective
+        full = self.checkpointer().restore(ckpt, path, (*run.module_hooks.get("on_load_checkpoint", ()),
+                                                        self._load_datamodule),
+                                           run.callback_hooks.get("on_load_checkpoint", ()), deferred=("data",))
         if not full:
             return  # a weights-only checkpoint: start training from these weights
+        # the sampler position: once the training loader is loaded (StageRun.load_train)
+        self.pending_position = (ckpt.get("data", {}), path)
         p = t.progress
         run.run_sanity_check = False
         if t.is_global_zero:
             where = resume_line(t, path, moved_to)
             print(f"distengine: resumed from {path} (epoch {p.epoch}, step {p.global_step})"
                   + (f"; {where}" if where else ""), file=sys.stderr, flush=True)
+
+    def _load_datamodule(self, ckpt: dict[str, Any]) -> None:
+        """The datamodule's ``load_state_dict`` with what its ``state_dict`` saved (Lightning: after
+        the module's ``on_load_checkpoint``, before the callbacks')."""
+        dm = self.run.datamodule
+        if dm is not None and type(dm).__qualname__ in ckpt and callable(getattr(dm, "load_state_dict", None)):
+            dm.load_state_dict(ckpt[type(dm).__qualname__])
+
+    def restore_position(self) -> None:
+        """A resumed fit's data position, applied to the training loader once it is loaded
+        (every rank at the same moment: the position check is a collective)."""
+        if self.pending_position is None:
+            return
+        from distengine.checkpoint.agreement import check_resume_point
+
+        state, path = self.pending_position
+        self.pending_position = None
+        self.checkpointer().states["data"].load_state_dict(state)
+        check_resume_point(self.trainer.progress, self.run.parts.data.fit.num_train_batches, path)
 
     def _resume_path(self, ckpt_path: Any, resolve: Any) -> str | None:
         """The checkpoint this rank loads, agreed across ranks (see checkpoint/agreement.py)."""
@@ -213,3 +238,4 @@ class StageCheckpoints:
         state = load_trainer_checkpoint(t, path, True) if sharded else safe_load(path, "cpu", mmap=True)
         check_weights(run.module, state["state_dict"], source=path)
         t.strategy.load_module_state_dict(run.module, state["state_dict"])
+        self._load_datamodule(state)

@@ -79,15 +79,19 @@ class StageRun:
         self.stop_vote: StopVote | None = None
         self.run_sanity_check = False
         self.checkpoints = StageCheckpoints(self)
+        self.datamodule: Any = None          # the datamodule given to this call
         self._previous_signals: dict = {}
 
     # ------------------------------------------------------------------ the calls
     def fit(self, train_dataloaders: Any, val_dataloaders: Any, datamodule: Any, ckpt_path: str | None) -> None:
         t, module, data = self.trainer, self.module, self.parts.data
+        if datamodule is None and hasattr(train_dataloaders, "train_dataloader"):
+            datamodule, train_dataloaders = train_dataloaders, None  # fit(model, dm), as Lightning allows
+        self.datamodule = datamodule  # its prepare_data and setup: _setup_hooks
         with self:
-            if datamodule is None and hasattr(train_dataloaders, "train_dataloader"):
-                datamodule, train_dataloaders = train_dataloaders, None  # fit(model, dm), as Lightning allows
-            train = data.resolve(t, module, "fit", train_dataloaders, datamodule, "train")
+            # Lightning calls train_dataloader() after the sanity check (load_train), or when
+            # trainer.estimated_stepping_batches is first read (configure_optimizers)
+            train = data.resolve(t, module, "fit", train_dataloaders, datamodule, "train", defer=True)
             # Lightning calls val_dataloader() in the sanity check (trainer.sanity_checking set), else at
             # the start of training when the first epoch validates, else at the first validating epoch
             val = data.resolve(t, module, "fit", val_dataloaders, datamodule, "val", required=False, defer=True)
@@ -114,13 +118,14 @@ class StageRun:
         from distengine.precision import Precision
 
         t, model, stage, data = self.trainer, self.module, self.stage, self.parts.data
+        kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+        if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):
+            datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
+        self.datamodule = datamodule  # its prepare_data and setup: _setup_hooks
         with self:
             model.zero_grad()  # as Lightning does before a stage's loop
-            kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
             if stage != "predict" and t.limits[kind] == 0:  # Lightning: no dataloader, no hooks, no results
                 return []
-            if datamodule is None and hasattr(dataloaders, f"{kind}_dataloader"):
-                datamodule, dataloaders = dataloaders, None  # test(model, dm), as Lightning allows
             loaders = data.resolve(t, model, stage, dataloaders, datamodule, kind)
             run_warnings.warn_few_workers(t, loaders, kind)
             strategy = t.strategy
@@ -148,13 +153,13 @@ class StageRun:
         from distengine.precision import Precision
 
         t, module, data = self.trainer, self.module, self.parts.data
-        if len(train) != 1:
+        if len(train) > 1:
             raise ConfigError(f"fit takes one training dataloader, got {len(train)}")
-        data.set_fit_loaders(t, module, train, val)
+        data.begin_fit(t, module, train, val)  # the training loader: load_train
         fit = data.fit
         fit.val_pending = "val" in data.hooks and not val
         fit.train_loaded_epoch, fit.val_loaded_epoch = 0, float("-inf")  # (set again in fit_loop)
-        run_warnings.warn_fit_setup(t, fit, train, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
+        run_warnings.warn_fit_setup(t, fit, val)  # Lightning's PossibleUserWarnings (max_epochs, workers...)
         # Lightning decides from the flags; the loader is loaded in the check (loop._sanity_check)
         may_validate = fit.should_validate() or (fit.val_pending and fit.has_val_step and t.limits["val"] != 0)
         self.run_sanity_check = may_validate and t.num_sanity_val_steps != 0
@@ -184,13 +189,39 @@ class StageRun:
                 o.register_step_pre_hook(self._before_manual_step) for o in t.optimizers] + [counter]
         self.parts.progress.next_fit()
 
-    def _before_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Manual optimization: ``on_before_optimizer_step`` before each ``optimizer.step()``."""
-        for fn in self.hooks["on_before_optimizer_step"]:
-            fn(optimizer)
+    def _before_manual_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        """Manual optimization: ``on_before_optimizer_step`` before each ``optimizer.step()``
+        updates the weights; with a closure, after the closure ran (it computes the gradients
+        the hook sees), as Lightning does."""
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # (args[0]: the optimizer)
+        if closure is None:
+            for fn in self.hooks["on_before_optimizer_step"]:
+                fn(optimizer)
+            return None
+
+        def then_hooks() -> Any:
+            out = closure()
+            for fn in self.hooks["on_before_optimizer_step"]:
+                fn(optimizer)
+            return out
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": then_hooks}
+        return (args[0], then_hooks, *args[2:]), kwargs
 
     def reload_dataloaders(self, kind: str) -> None:
         self.parts.data.reload(self.trainer, self.module, kind)
+
+    def load_train(self, position: bool = True) -> None:
+        """The fit's training loader, loaded once: after the sanity check (the loop), or before
+        when ``trainer.estimated_stepping_batches`` is read (configure_optimizers), as in
+        Lightning. ``position``: a resumed fit's data position is applied to it (the loop's
+        call, on every rank at once: the position check is a collective)."""
+        t, data = self.trainer, self.parts.data
+        if data.load_train(t, self.module):
+            run_warnings.warn_train_loaded(t, data.fit, data.raw[0])
+        if position and not data.fit.train_pending:
+            self.checkpoints.restore_position()
 
     # ------------------------------------------------------------------ what the loops see
     def eval_context(self, **fit_parts: Any) -> EvalContext:
@@ -214,7 +245,7 @@ class StageRun:
             has_step_schedulers=self.has_step_schedulers, optimization=self.optimization, data=parts.data.fit,
             resume=parts.resume, stop_vote=self.stop_vote, state=parts.loop_state,
             sanity_steps=parts.data.sanity_steps if self.run_sanity_check else None,
-            reload_dataloaders=self.reload_dataloaders, step_counters=self.step_counters,
+            reload_dataloaders=self.reload_dataloaders, load_train=self.load_train, step_counters=self.step_counters,
             opt_hooks=OptimHooks.of(self.module))
 
     # ------------------------------------------------------------------ set-up and teardown
@@ -267,13 +298,21 @@ class StageRun:
         return self
 
     def _setup_hooks(self) -> None:
-        """prepare_data, the callbacks' and the module's setup, configure_model, anomaly mode."""
-        t, model, stage = self.trainer, self.module, self.stage
+        """prepare_data (the datamodule's, the module's), setup (the datamodule's, the callbacks',
+        the module's), configure_model, anomaly mode: Lightning's order."""
+        from distengine import stage_data
+
+        t, model, stage, dm = self.trainer, self.module, self.stage, self.datamodule
+        if dm is not None:
+            stage_data.attach_datamodule(t, dm)
+            stage_data.prepare_datamodule(t, dm)
         if module_overrides(model, "prepare_data"):  # Lightning: downloads once per node, first
             if (t.local_rank if getattr(model, "prepare_data_per_node", t.prepare_data_per_node)
                     else t.global_rank) == 0:
                 model.prepare_data()
             collectives.barrier()
+        if dm is not None:
+            stage_data.setup_datamodule(dm, stage)
         for fn in self.callback_hooks["setup"]:  # Lightning: the callbacks first, `stage` by keyword
             fn(stage=stage)
         model.setup(stage=stage)
@@ -294,6 +333,8 @@ class StageRun:
             handle.remove()
         self.step_counters = []
         try:
+            if self.datamodule is not None and callable(getattr(self.datamodule, "teardown", None)):
+                self.datamodule.teardown(stage=self.stage)  # Lightning: the datamodule's first
             for fn in self.callback_hooks["teardown"]:
                 fn(stage=self.stage)
             model.teardown(stage=self.stage)

@@ -325,6 +325,9 @@ def num_predict_batches(trainer: Trainer) -> list[int]:
 def estimated_stepping_batches(trainer: Trainer) -> int | float:
     from distengine.data import estimated_steps
 
+    run = trainer._run
+    if run is not None and trainer._parts.status.stage == "fit" and trainer._parts.data.fit.train_pending:
+        run.load_train(position=False)  # Lightning loads the training data when this is read (configure_optimizers)
     return estimated_steps(trainer.num_training_batches, trainer.accumulate_grad_batches, trainer.max_epochs,
                            trainer.max_steps)
 

@@ -137,8 +137,9 @@ class Checkpointer:
         return {k: gathered[k] if k in gathered else self.states[k].state_dict() for k in keys}
 
     def restore(self, ckpt: dict[str, Any], source: str, module_hooks: tuple = (),
-                callback_hooks: tuple = ()) -> bool:
-        """Load ``ckpt``; False when it was a weights-only checkpoint (only the weights loaded)."""
+                callback_hooks: tuple = (), deferred: tuple[str, ...] = ()) -> bool:
+        """Load ``ckpt``; False when it was a weights-only checkpoint (only the weights loaded).
+        ``deferred``: keys the caller restores later (``data``: once the training loader is loaded)."""
         for fn in module_hooks:
             fn(ckpt)
         full = "optimizer_states" in ckpt
@@ -163,7 +164,8 @@ class Checkpointer:
                 for fn in callback_hooks:
                     fn(ckpt)
             obj = self.states[key]
-            if key in ("callbacks", "state_dict") or (key not in ckpt and not getattr(obj, "load_when_missing", False)):
+            missing = key not in ckpt and not getattr(obj, "load_when_missing", False)
+            if key in ("callbacks", "state_dict", *deferred) or missing:
                 continue
             obj.load_state_dict(ckpt.get(key, {}))
         if not hooks_run:

@@ -266,3 +266,32 @@ def test_manual_optimization_calls_backward_and_step_hooks(tmp_path):
     quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Cb()]).fit(M(), loader(regression_data()))
     assert seen == ["on_before_backward", "on_after_backward", "manual_backward",
                     "Callback.on_before_optimizer_step", "on_before_optimizer_step", "step"]
+
+
+def test_manual_step_with_a_closure_runs_the_closure_before_on_before_optimizer_step(tmp_path):
+    """Lightning: ``opt.step(closure)`` runs the closure (which computes the gradients), then
+    on_before_optimizer_step, then updates the weights; the hook sees the closure's gradients."""
+    seen = []
+
+    class M(Regressor):
+        automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+                self.manual_backward(loss)
+                seen.append("closure")
+                return loss
+
+            before = [p.detach().clone() for p in self.parameters()]
+            opt.step(closure=closure)
+            seen.append(("changed", any(not torch.equal(b, p) for b, p in zip(before, self.parameters()))))
+
+        def on_before_optimizer_step(self, optimizer):
+            seen.append(("on_before_optimizer_step", all(p.grad is not None for p in self.parameters())))
+
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(M(), loader(regression_data()))
+    assert seen == ["closure", ("on_before_optimizer_step", True), ("changed", True)]

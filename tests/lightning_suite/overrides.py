@@ -51,6 +51,13 @@ _LAST_IS_NEWEST = ("ckpt_path='last' loads the checkpoint <dirpath>/last.json po
                    "(so resume and Slurm requeue work without save_last=True; a documented choice), not only a "
                    "file named last.ckpt (with save_last it is last.ckpt, as in Lightning)")
 _MANUAL = "trainer/optimization/test_manual_optimization.py"
+_CKPT_DICT = ("the checkpoint dictionary handed to on_save_checkpoint / on_load_checkpoint is distengine's format "
+              "(format_version, progress, data, rng...: what exact mid-epoch resume needs; no 'loops' or "
+              "'pytorch-lightning_version' key) and the test compares it key for key")
+_RESUME_ORDER = ("on resume distengine builds the optimizers (configure_optimizers) before on_load_checkpoint and "
+                 "calls a callback's load_state_dict before its on_load_checkpoint: a sharded checkpoint is read into "
+                 "the built optimizers' layout, and the finetuning callbacks rebuild their parameter groups on them "
+                 "before the optimizer state is loaded")
 
 
 def _glob(test: str) -> str:
@@ -168,6 +175,17 @@ OVERRIDES: list[tuple[str, str, str]] = [
     (_TT + "test_detect_anomaly_nan", "C", "distengine checks the loss before backward by default "
      "(Trainer(on_nonfinite_loss='error'), a documented flag) and stops with a FloatingPointError naming the step and "
      "rank, so torch's anomaly mode never reaches the NaN in backward"),
+    # when dataloaders load, overfit_batches samplers (branch load-order)
+    ("tests_pytorch/models/test_hooks.py::test_trainer_model_hook_system_fit[[]*]", "C",
+     _CKPT_DICT + "; the hook order is Lightning's"),
+    *[("tests_pytorch/models/test_hooks.py::test_trainer_model_hook_system_fit_no_val_and_resume_" + v, "C",
+       _CKPT_DICT + "; " + _RESUME_ORDER) for v in ("max_epochs", "max_steps")],
+    ("tests_pytorch/trainer/test_dataloaders.py::test_train_dataloader_passed_to_fit", "C",
+     "distengine rebuilds a training DataLoader with a standard sampler on its ResumableSampler (the same order: "
+     "SequentialSampler's, or RandomSampler's draw) so that a mid-epoch resume starts at the exact sample without "
+     "reading the batches before it; trainer.train_dataloader is that rebuilt loader, not the object given to fit"),
+    ("tests_pytorch/trainer/flags/test_overfit_batches.py::"
+     "test_overfit_batches_raises_warning_in_case_of_sequential_sampler", "C", _WORDING),
     # messages are distengine's own wording (c-loops): same exception type, raised at the same moment
     *((f"tests_pytorch/{f}::{_glob(t)}", "C", _WORDING) for f, t in [
         ("trainer/logging_/test_train_loop_logging.py", "test_log_invalid_raises[*]"),
