@@ -30,6 +30,7 @@ Example::
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -49,10 +50,12 @@ from distengine.launch.config import LaunchOptions, rank_environment
 from distengine.launch.elastic_private import SupervisedAgent
 from distengine.launch.logs import RankLogs
 from distengine.launch.rendezvous import StoreUnreachable, make_rendezvous
-from distengine.launch.report import RankOutcome, describe_exit, format_summary
+from distengine.launch.report import RankOutcome, describe_exit, error_from_file, format_summary, looks_like_consequence
 
 # Time a torn-down rank gets to write its stacks after SIGABRT before it is killed.
 _ABORT_GRACE_S = 3.0
+#: how long a rank that has raised (its error file written) gets to exit before it is stopped
+_EXITING_GRACE_S = 5.0
 _FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
 # Signals within this many seconds of the first count as that one (see JobAgent.on_signal).
 SIGNAL_COALESCE_S = 1.0
@@ -122,6 +125,8 @@ class JobAgent(SupervisedAgent):
     def check_workers(self, worker_group: WorkerGroup) -> RunResult | None:
         pids = self.rank_pids
         codes = {lr: procs.exit_status(pid) for lr, pid in pids.items()}
+        if not self.root_causes and any(c not in (None, 0, procs.GONE) for c in codes.values()):
+            codes = self.let_raised_ranks_exit(worker_group, codes)
         ended = {lr: code for lr, code in codes.items() if code is not None and code is not procs.GONE}
 
         def global_rank(lr: int) -> int:
@@ -155,6 +160,20 @@ class JobAgent(SupervisedAgent):
         # failure and wait up to 30 s.
         return None
 
+    def let_raised_ranks_exit(self, worker_group: WorkerGroup, codes: dict) -> dict:
+        """A rank still running whose error file is written has raised and is on its way out
+        (its peers' "connection closed" errors can end them before it has exited): unless its own
+        error is such a lost-peer error (then it is stopped, its stack dumped, as before), it gets up to
+        ``_EXITING_GRACE_S`` to exit on its own, so it counts as a failure of its own and is not
+        stopped, and named, as a consequence (seen under load)."""
+        raised = [lr for lr, code in codes.items() if code is None
+                  and _raised_on_its_own(self.logs.error_files.get(worker_group.workers[lr].global_rank))]
+        deadline = time.monotonic() + _EXITING_GRACE_S
+        while raised and time.monotonic() < deadline:
+            time.sleep(0.05)
+            raised = [lr for lr in raised if procs.exit_status(self.rank_pids[lr]) is None]
+        return {lr: procs.exit_status(pid) for lr, pid in self.rank_pids.items()}
+
     def announce_restart(self, max_restarts: int) -> None:
         failures = self.last_result.failures if self.last_result is not None else {}
         causes = self.root_causes or {r: f.exitcode for r, f in failures.items()}
@@ -187,6 +206,18 @@ def _quiet_torch_logs() -> None:
     if "LOGLEVEL" not in os.environ:
         logging.getLogger("torch.distributed.elastic").addHandler(logging.NullHandler())
         logging.getLogger("torch.distributed.elastic").propagate = False
+
+
+def _raised_on_its_own(error_file: str | None) -> bool:
+    """The rank wrote its error file, and the error is not a lost peer's consequence."""
+    if not error_file:
+        return False
+    try:
+        with open(error_file) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return not looks_like_consequence(error_from_file(data)[0])
 
 
 def _written_at(path: str | None) -> float | None:

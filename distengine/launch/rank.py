@@ -58,11 +58,27 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - printed as Python would, then a failed exit
         exc = exc.with_traceback(_without_own_frames(exc.__traceback__))
         sys.excepthook(type(exc), exc, exc.__traceback__)
+        _record_for_the_launcher(exc)
         _flush_open_files()
         raise SystemExit(1) from None
     else:
         status = 0
     finish(status)
+
+
+def _record_for_the_launcher(exc: BaseException) -> None:
+    """Write the error file the launcher gave this rank (TORCHELASTIC_ERROR_FILE, torch's format, as
+    ``@record`` does) the moment the exception escapes: the launcher then knows this rank failed
+    on its own, and first, even while it is still on its way out (its peers may fail on the
+    closed connection before it has exited)."""
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        get_error_handler().record_exception(exc)
+    except Exception as err:  # noqa: BLE001 - the report falls back on the rank's log
+        print(f"distengine: could not write this rank's error file ({err})", file=sys.stderr, flush=True)
 
 
 def _die_with_launcher() -> None:

@@ -72,6 +72,19 @@ def test_sigkilled_launcher_takes_its_ranks_along_and_keeps_their_logs(tmp_path,
         assert f"stdout line from rank {r}" in (logs / f"rank_{r}.log").read_text()
 
 
+def test_a_rank_that_raised_and_exits_slowly_is_named_not_its_peer(tmp_path, launched):
+    """Rank 1 raises, and its peer fails on the closed connection before rank 1 has exited: rank 1
+    (its error came first) is named and ends on its own (exit 1), not stopped as a consequence."""
+    proc = launched(["--cpus", "2", "--log-dir", str(tmp_path / "logs"), FAIL],
+                    env=clean_env(MODE="slow_exit", OUT_DIR=str(tmp_path)))
+    code, out, err = finish(proc, 100)
+    assert code == 1, err
+    summary = err[err.index("distengine: the job failed"):]
+    assert summary.splitlines()[0] == "distengine: the job failed after 1 attempt: rank 1 exit code 1", summary
+    assert "ValueError: boom from rank 1" in summary.splitlines()[2], summary
+    assert "SIGABRT" not in summary, summary
+
+
 def test_rank_that_raises_is_named_with_its_traceback(tmp_path, launched):
     proc = launched(["--cpus", "2", "--log-dir", str(tmp_path / "logs"), FAIL],
                     env=clean_env(MODE="raise", OUT_DIR=str(tmp_path)))

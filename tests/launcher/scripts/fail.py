@@ -1,6 +1,8 @@
 """Failure scenarios for the launcher tests, chosen by the MODE environment variable.
 
 raise: rank 1 raises ValueError after joining the group; rank 0 waits in an all-reduce.
+slow_exit: rank 1 raises, then on its way out closes its process group (rank 0's all-reduce fails
+       at once) and takes 2 s more to exit (atexit).
 hang:  rank 1 sleeps far longer than the collective timeout; rank 0 waits in an all-reduce.
 exit0: rank 1 leaves with os._exit(0); rank 0 goes on to an all-reduce and loses its peer.
 kill:  each rank starts a DataLoader worker, then all-reduces batches until it is killed.
@@ -42,6 +44,14 @@ if MODE != "kill":
     report_pids()
 if MODE == "raise":
     if rank == 1:
+        fail_here()
+    dist.all_reduce(torch.ones(1))
+elif MODE == "slow_exit":
+    if rank == 1:
+        import atexit
+
+        atexit.register(time.sleep, 2.0)  # atexit runs last-in first-out: this runs second
+        atexit.register(dist.destroy_process_group)
         fail_here()
     dist.all_reduce(torch.ones(1))
 elif MODE == "exit0":
