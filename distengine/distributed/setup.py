@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distengine import torch_private
+from distengine.distributed import forksafe
 from distengine.distributed.env import ClusterEnv, gloo_ifname_from_nccl
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -73,7 +74,10 @@ def init_process_group(env: ClusterEnv, device: torch.device, timeout_s: float, 
     :func:`process_group_backend` for ``device``."""
     global _timeout_s
     _timeout_s = timeout_s
-    if not env.distributed or dist.is_initialized():
+    if not env.distributed:
+        return
+    forksafe.install()  # DataLoader workers fork from this rank while the group's threads run
+    if dist.is_initialized():
         return
     # env:// reads MASTER_ADDR/MASTER_PORT; a SLURM task may only have SLURM_* variables.
     # An environment plugin (Trainer(plugins=[env])) names the main address itself: it wins.
@@ -100,6 +104,7 @@ def init_single_process_group(device: torch.device, timeout_s: float, backend: s
     already."""
     global _timeout_s
     _timeout_s = timeout_s
+    forksafe.install()
     if dist.is_initialized():
         return False
     store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timedelta(seconds=timeout_s))
