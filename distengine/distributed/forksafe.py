@@ -17,14 +17,17 @@ in sixty of a 2-rank job with two workers per loader).
 ``_PyRuntimeState_ReInitThreads`` does a little later in the child anyway) before
 ``PyOS_AfterFork_Child`` takes it. The slot is found by its neighbours (the interpreter
 pointers the C API returns), and nothing is installed unless exactly one place fits. The
-handler runs in the child's only thread, the one that forked and holds the GIL there, so
-entering Python is free; a fork from a thread that does not hold the GIL (``os.fork``,
-``multiprocessing`` and ``subprocess`` always hold it) is not covered. Nothing is installed on
+handler runs in the child's only thread, the one that forked and holds the GIL there; it enters
+no Python bytecode (a first version that did hung in the child's eval loop, waiting to hand the
+GIL to a thread the child does not have). A fork from a thread that does not hold the GIL
+(``os.fork``, ``multiprocessing`` and ``subprocess`` always hold it) is not covered. Nothing is installed on
 CPython versions that carry the fix, nor on other interpreters.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
+import gc
 import os
 import sys
 
@@ -88,14 +91,28 @@ def install() -> bool:
     if slot is None or reinit is None:
         return False
     reinit.argtypes = [ctypes.c_void_p]
-    reinit.restype = ctypes.c_int
-    where = ctypes.c_void_p(slot)
-
-    @ctypes.CFUNCTYPE(None)
-    def _reinit_runtime_lock_in_child() -> None:
-        reinit(where)  # a fresh lock in the slot; the old one is leaked, as CPython does
-
-    if not _register_child_handler(_reinit_runtime_lock_in_child):
+    reinit.restype = None
+    # The handler must run no Python bytecode: in the child, before PyOS_AfterFork_Child, the
+    # eval loop would honour a GIL hand-over another (now absent) thread had asked for and wait
+    # for it forever. A partial of the ctypes function is called entirely in C; the garbage
+    # collector (which could run finalizers) is kept off across the fork.
+    handler = ctypes.CFUNCTYPE(None)(functools.partial(reinit, ctypes.c_void_p(slot)))
+    if not _register_child_handler(handler):
         return False
-    _handler = _reinit_runtime_lock_in_child
+    os.register_at_fork(before=_gc_off, after_in_parent=_gc_back, after_in_child=_gc_back)
+    _handler = handler
     return True
+
+
+_gc_was_enabled = False
+
+
+def _gc_off() -> None:
+    global _gc_was_enabled
+    _gc_was_enabled = gc.isenabled()
+    gc.disable()
+
+
+def _gc_back() -> None:
+    if _gc_was_enabled:
+        gc.enable()

@@ -11,6 +11,7 @@ The jobs are real processes (tests/checkpoint/scripts/resume_train.py): shuffled
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ from tests.helpers import free_port
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "resume_train.py")
 N_TRAIN = 40
-LAUNCH_TIMEOUT = 240  # the whole job; generous because the CI machine's cores are shared
+LAUNCH_TIMEOUT = 120  # one job (a normal one takes 5-20 s); two fit in pytest-timeout's 300 s per test
 
 
 def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool = False,
@@ -43,7 +45,8 @@ def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool
                      "MASTER_PORT", "GROUP_RANK"):
             env.pop(name, None)
         env.update({"PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""),
-                    "OMP_NUM_THREADS": "1", "DISTENGINE_TIMEOUT": "60"})
+                    "OMP_NUM_THREADS": "1", "DISTENGINE_TIMEOUT": "60",
+                    "PYTHONFAULTHANDLER": "1"})  # a job stopped for running too long shows its stacks
         if world > 1:
             env.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                         "LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0",
@@ -55,9 +58,14 @@ def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     outputs, codes, ended = [], [], []
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
     try:
         for p in procs:
-            text, _ = p.communicate(timeout=LAUNCH_TIMEOUT)
+            try:
+                text, _ = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"run {run!r} ran past {LAUNCH_TIMEOUT} s; the stacks of its "
+                                     f"processes:\n{_stop_with_stacks(procs)}") from None
             ended.append(time.time())
             outputs.append(text)
             codes.append(p.returncode)
@@ -72,6 +80,27 @@ def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool
                           enumerate(zip(codes, outputs, strict=True)))
         raise AssertionError(f"run {run!r}: expected every rank to exit {want}\n{tails}")
     return ended
+
+
+def _stop_with_stacks(procs: list[subprocess.Popen]) -> str:
+    """SIGABRT every process of a job that ran too long, loader workers first (each prints its
+    thread stacks: PYTHONFAULTHANDLER), and return what each rank printed."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(p.pid).children(recursive=True):
+                    child.send_signal(signal.SIGABRT)
+            time.sleep(1)
+            p.send_signal(signal.SIGABRT)
+    texts = []
+    for rank, p in enumerate(procs):
+        try:
+            text, _ = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            text, _ = p.communicate()
+        texts.append(f"--- rank {rank} exit {p.returncode}:\n{(text or '')[-6000:]}")
+    return "\n".join(texts)
 
 
 def _records(out: str, run: str) -> list[dict]:

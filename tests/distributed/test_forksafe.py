@@ -43,7 +43,7 @@ def test_affected_versions():
 def test_a_child_forked_while_the_runtime_lock_is_held_starts_with_the_handler():
     lines = _run("install")
     assert lines[0] == f"installed: {forksafe.affected()}"
-    assert lines[1] == "child exited 7"
+    assert lines[1] == "children: exited 7"
     if forksafe.affected():
         assert lines[2] == "sub ok [9]"  # subprocess's fork path and multiprocessing still work
 
@@ -52,7 +52,7 @@ def test_a_child_forked_while_the_runtime_lock_is_held_starts_with_the_handler()
 @pytest.mark.skipif(not forksafe.affected(), reason="this CPython re-initialises the lock itself")
 def test_without_the_handler_the_child_hangs_on_this_python():
     # the bug the handler exists for, shown on this interpreter (it fails if CPython fixed it)
-    assert _run("plain") == ["installed: False", "child hung"]
+    assert _run("plain") == ["installed: False", "children: hung"]
 
 
 def test_distributed_setup_installs_it():

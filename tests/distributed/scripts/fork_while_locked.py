@@ -3,7 +3,8 @@ does for a moment when it creates a Python thread state to drop a tensor).
 
     python fork_while_locked.py install|plain
 
-Prints ``installed: True|False``, then ``child exited N`` or ``child hung``; with ``install``
+Prints ``installed: True|False``, then ``children: exited 7`` or ``children: ...hung`` for 50
+forks made while the lock is held and another thread keeps asking for the GIL; with ``install``
 it also runs a subprocess through the fork path (a ``preexec_fn``) and a multiprocessing fork
 worker, to show the handler leaves other forks working.
 """
@@ -16,6 +17,8 @@ import threading
 import time
 
 from distengine.distributed import forksafe
+
+FORKS = 50  # each child is forked while the lock is held and a thread waits for the GIL
 
 
 def _square(x):
@@ -38,25 +41,40 @@ def main() -> None:
         done.wait()
         lib.PyThread_release_lock(lock)
 
+    stop = threading.Event()
+
+    def spinner() -> None:  # runs bytecode, so it keeps asking the main thread for the GIL
+        while not stop.is_set():
+            sum(range(100))
+
+    sys.setswitchinterval(1e-5)
+    spin = threading.Thread(target=spinner, daemon=True)  # first: a thread starts under the lock
+    spin.start()
     thread = threading.Thread(target=holder, daemon=True)
     thread.start()
     held.wait()
-    pid = os.fork()
-    if pid == 0:
-        os._exit(7)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        got, status = os.waitpid(pid, os.WNOHANG)
-        if got:
-            print(f"child exited {os.waitstatus_to_exitcode(status)}", flush=True)
+    results = []
+    for _ in range(FORKS):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                results.append(f"exited {os.waitstatus_to_exitcode(status)}")
+                break
+            time.sleep(0.01)
+        else:
+            results.append("hung")
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
             break
-        time.sleep(0.01)
-    else:
-        print("child hung", flush=True)
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
     done.set()
-    thread.join()
+    thread.join()  # the lock is free again before the spinner ends (a thread ends under it)
+    stop.set()
+    spin.join()
+    print("children: " + ", ".join(sorted(set(results))), flush=True)
     if installed:
         out = subprocess.run([sys.executable, "-c", "print('sub ok')"], preexec_fn=lambda: None,
                              capture_output=True, text=True, timeout=60).stdout.strip()
