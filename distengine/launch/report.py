@@ -207,7 +207,10 @@ def format_summary(outcomes: list[RankOutcome], *, attempts: int, log_dir: str |
         role = "failed" if failed else "stopped by the launcher"
         pid = f", pid {o.pid}" if o.pid else ""
         lines.append(f"  rank {o.rank} ({role}{pid}): {describe_exit(o.exitcode)}")
-        if not failed:
+        # a rank that lost its peer says so in one line whether the launcher stopped it or it
+        # failed on its own first (a race: its traceback stays in its log)
+        lost_peer = o is not first and o.exitcode >= 0 and looks_like_consequence(exc_line)
+        if not failed or lost_peer:
             lines.extend(_stopped_rank_lines(exc_line, text, first.rank))
             continue
         if exc_line:

@@ -182,6 +182,9 @@ def test_summary_blames_the_real_failure_not_the_peer_that_noticed(tmp_path):
     first_line = text.splitlines()[0]
     assert "rank 1 exit code 1" in first_line
     assert text.index("ValueError: nan loss") < text.index("Connection closed by peer")
+    # the peer failed on its own, but only because rank 1 went: one line, its traceback in its log
+    assert "  rank 0 (failed, pid 10): exit code 1\n    it had stopped with RuntimeError: [gloo] Connection " \
+           "closed by peer [127.0.0.1]:1 (because rank 1 failed)\n" in text, text
     killed = format_summary([RankOutcome(1, -9, 11, root_cause=True)], attempts=2, log_dir=None)
     assert "after 2 attempts: rank 1 killed by signal SIGKILL (9)" in killed
 

@@ -30,7 +30,9 @@ def test_the_failing_rank_comes_first_and_a_lost_peer_stays_in_its_log(tmp_path,
     before = err[:err.index("distengine: the job failed")]
     assert "Traceback" not in before and "Connection" not in before, err
     summary = _summary(err)
-    assert summary.index("ValueError: boom from rank 1") < summary.index("rank 0 (stopped by the launcher")
+    # rank 0 is stopped by the launcher, or fails on its own when rank 1's exit closes the
+    # connection (a race under load): either way it comes after rank 1's error
+    assert summary.index("ValueError: boom from rank 1") < summary.index("  rank 0 (")
     assert "Garbage-collecting" not in err and "<no Python frame>" not in err
     rank0 = [line for line in summary.splitlines() if line.startswith("    it had stopped with")]
     if rank0:  # rank 0 saw its peer go before the launcher stopped it (nearly always)
