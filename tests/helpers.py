@@ -7,9 +7,10 @@ returns the per-rank return values. A rank that raises fails the test with its t
 a job that runs past ``timeout`` is killed and fails the test.
 
 The ranks are forked from multiprocessing's fork server, which imports torch once per pytest
-process (``set_forkserver_preload``), instead of each rank importing it (about 1.5 s of CPU
-per rank here). A rank gets what a spawned one would: the test's environment as it is at the
-call (``os.environ`` is sent along and replaces the server's), its working directory and
+process (``set_forkserver_preload``, with ``torch._dynamo``, which the first optimizer imports),
+instead of each rank importing them (about 2.5 s of CPU per rank here). A rank gets what a
+spawned one would: the test's environment as it is at the call (``os.environ`` is sent along
+and replaces the server's), its working directory and
 ``sys.path`` (multiprocessing's own preparation data), and no state of the pytest process.
 ``DISTENGINE_TEST_START=spawn`` goes back to plain spawn.
 """
@@ -19,6 +20,8 @@ import multiprocessing as mp
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import traceback
 from typing import Any, Callable
 
@@ -29,7 +32,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-_PRELOAD = ["torch", "torch.distributed"]
+# torch._dynamo: the first optimizer a rank builds imports it (about 1.2 s of CPU more)
+def start_rank(cmd: list[str], env: dict[str, str], log: str, rank: int):
+    """Start one rank, ``cmd`` = ``[python, "-m", "distengine.launch.rank", SCRIPT, *ARGS]``, with
+    ``env``, its output into the file ``log``: forked from this process's zygote for that rank
+    (tests/zygote.py: torch already imported, the rank's own hash seed when ``env`` fixes none)
+    when ``python`` is this interpreter, otherwise (or with DISTENGINE_TEST_START=spawn) as a
+    fresh process. Returns a ``subprocess.Popen`` or its stand-in (poll, wait, kill, pid)."""
+    from tests import zygote
+
+    open(log, "w").close()
+    if zygote.enabled() and cmd[:3] == [sys.executable, "-m", "distengine.launch.rank"]:
+        return zygote.zygote(sys.executable, env, slot=rank).start(cmd[3], os.getcwd(), env, log, mode="rank",
+                                                                   args=cmd[4:])
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_rank(proc, timeout: float, log: str) -> str:
+    """Wait for a process of ``start_rank``; its output. Past ``timeout``: TimeoutExpired."""
+    proc.wait(timeout=timeout)
+    with open(log) as f:
+        return f.read()
+
+
+_PRELOAD = ["torch", "torch.distributed", "torch._dynamo"]
 
 
 def _context():

@@ -19,6 +19,11 @@ RANK/LOCAL_RANK/WORLD_SIZE/MASTER_* environment a launcher sets, no launcher pro
 starts at most 4 processes a test): distengine's through its rank entry point, Lightning's as an
 already-launched job of PL_TRAINER_DEVICES=4; everything below is then compared on every rank.
 
+distengine's side runs forked from a zygote that has imported torch (tests/zygote.py): each
+run then skips about 2.5 CPU-seconds of imports. Its 2-rank runs start their ranks the same way,
+with the environment `distengine launch --cpus 2` gives them, except the LAUNCHED scripts', which
+run under the launcher itself. DISTENGINE_TEST_START=spawn: fresh processes, the launcher for all.
+
 Compared (categories): `weights` (torch.equal), `global_step`, `current_epoch`,
 `callback_metrics` (names and values), `logged` (the (folder, tag, step, value) scalars read back
 from the TensorBoard event files and CSVLogger files), `checkpoints` (the .ckpt files' paths under the run folder),
@@ -52,7 +57,7 @@ class Script:
     title: str
     style: str
     known: dict[str, str] = field(default_factory=dict)
-    ranks: bool = True  # also run on 2 ranks under `distengine launch --cpus 2`
+    ranks: bool = True  # also run on 2 ranks (LAUNCHED: under `distengine launch --cpus 2`)
     world: int = 1  # > 1: run only as this many rank processes started directly, compared on every rank
 
     @property
@@ -146,25 +151,61 @@ def _command(script: Script, python: Path | str, distengine: bool, ranks: int) -
             {"PL_TRAINER_ACCELERATOR": "cpu", "PL_TRAINER_DEVICES": str(ranks)})
 
 
+#: 2-rank runs under the real `distengine launch --cpus 2` (the rest start their two ranks from
+#: the zygote with the environment the launcher gives them; see `forked`): a checkpointing, an
+#: early-stopping, a resuming, a two-logger, a manual-optimization and a 1.x script
+LAUNCHED = frozenset({"checkpoint_topk_last", "early_stopping", "resume_from_checkpoint", "two_loggers",
+                      "manual_one_optimizer", "onex_trainer_flags"})
+
+
+def forked(script: Script, python: Path | str, distengine: bool, ranks: int) -> bool:
+    """Whether distengine's side of this run is forked from the preloaded zygote (tests/zygote.py)
+    instead of started as fresh processes: every distengine run but the LAUNCHED scripts' 2-rank
+    runs, unless DISTENGINE_TEST_START=spawn."""
+    from tests import zygote
+
+    return (distengine and zygote.enabled() and str(python) == sys.executable
+            and not (ranks == 2 and script.name in LAUNCHED))
+
+
+def _rank_env(env: dict[str, str], rank: int, ranks: int, port: str, distengine: bool) -> dict[str, str]:
+    out = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
+           "LOCAL_WORLD_SIZE": str(ranks), "GROUP_RANK": "0", "NODE_RANK": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    if distengine:  # what `distengine launch --cpus N` adds for its ranks (launch/config.rank_environment)
+        out.update(DISTENGINE_ACCELERATOR="cpu", PYTHONFAULTHANDLER="1", GLOO_SOCKET_IFNAME="lo")
+    return out
+
+
 def start(script: Script, python: Path | str, folder: Path, distengine: bool, ranks: int = 1):
     """Start `script` in `folder` (its cwd, so default_root_dir is the folder); `collect` waits."""
     folder.mkdir(parents=True, exist_ok=True)
     cmd, extra_env = _command(script, python, distengine, ranks)
     env = _env(folder / "_report", distengine)
     env.update(extra_env)
-    if not direct(ranks):
+    fork = forked(script, python, distengine, ranks)
+    if ranks == 1 or not (fork or direct(ranks)):
         log = open(folder / "_output.log", "w+")
-        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if fork:
+            from tests import zygote
+
+            proc = zygote.zygote(str(python), env).start(str(script.path), str(folder), env, log.name)
+        else:
+            proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
         return (script, folder, distengine, ranks, [proc], [log])
     from tests.helpers import free_port
 
     port, procs, logs = str(free_port()), [], []
     for rank in range(ranks):
         logs.append(open(folder / f"_output-rank{rank}.log", "w+"))
-        env_rank = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
-                    "LOCAL_WORLD_SIZE": str(ranks), "GROUP_RANK": "0", "NODE_RANK": "0",
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen(cmd, cwd=folder, env=env_rank, stdout=logs[-1], stderr=subprocess.STDOUT))
+        env_rank = _rank_env(env, rank, ranks, port, distengine)
+        if fork:
+            from tests import zygote
+
+            procs.append(zygote.zygote(str(python), env).start(str(script.path), str(folder), env_rank,
+                                                               logs[-1].name, mode="rank"))
+        else:
+            procs.append(subprocess.Popen(cmd, cwd=folder, env=env_rank, stdout=logs[-1], stderr=subprocess.STDOUT))
     return (script, folder, distengine, ranks, procs, logs)
 
 

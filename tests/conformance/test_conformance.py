@@ -1,7 +1,8 @@
 """The differential harness: every corpus script under distengine and under real Lightning.
 
 See harness.py for what is compared. 1 process, unshuffled data: weights must be torch.equal.
-Each script also runs on 2 ranks: under `distengine launch --cpus 2` and, for Lightning, under
+Each script also runs on 2 ranks: under distengine (two ranks with the environment of
+`distengine launch --cpus 2`, or under the launcher itself: harness.LAUNCHED) and, for Lightning, under
 torchrun with `PL_TRAINER_ACCELERATOR=cpu PL_TRAINER_DEVICES=2`: no hang, exit 0, every distengine
 rank at the same step with the same weights, and the same (global_step, current_epoch) as
 Lightning on 2 ranks.
@@ -71,3 +72,8 @@ def test_every_rank_as_lightning(script, reference_python, tmp_path):
     _check(script, found)
     stale = sorted(set(script.known) - set(found) - ({"weights"} if theirs.approx else set()))
     assert not stale, f"{script.name} declares differences that no longer occur: {stale} (remove them)"
+
+
+def test_the_launched_scripts_run_on_two_ranks():
+    """harness.LAUNCHED names scripts whose 2-rank run goes through `distengine launch` itself."""
+    assert harness.LAUNCHED <= {s.name for s in RANKED}

@@ -12,14 +12,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from distengine.checkpoint.io import read_last_pointer, resolve_checkpoint
-from tests.helpers import free_port
+from tests.helpers import free_port, start_rank, wait_rank
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "fsdp_train.py")
@@ -27,7 +26,8 @@ KILL_STEP = 2  # mid-epoch: 3 optimizer steps per epoch
 
 
 def _launch(root: str, out: str, run: str, *extra: str, killed: bool = False, world: int = 2) -> None:
-    port, procs = str(free_port()), []
+    port, procs, logs = str(free_port()), [], []
+    os.makedirs(out, exist_ok=True)
     for rank in range(world):
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
         env.update({"PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
@@ -38,13 +38,15 @@ def _launch(root: str, out: str, run: str, *extra: str, killed: bool = False, wo
         # after a finished run, pytorch/pytorch#190489; see launch/rank.py)
         cmd = [sys.executable, "-m", "distengine.launch.rank", SCRIPT, "--root", root, "--out", out, "--run", run,
                *extra]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        logs.append(os.path.join(out, f"{run}-rank{rank}.out"))
+        procs.append(start_rank(cmd, env, logs[-1], rank))
     try:
-        outputs = [p.communicate(timeout=240)[0] for p in procs]
+        outputs = [wait_rank(p, 240, log) for p, log in zip(procs, logs)]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
     want = -signal.SIGKILL if killed else 0
     for rank, (p, text) in enumerate(zip(procs, outputs)):
         assert p.returncode == want, f"rank {rank} exited {p.returncode}, expected {want}:\n{text[-3000:]}"

@@ -43,7 +43,7 @@ import pytest
 import torch
 
 from distengine.checkpoint.io import read_last_pointer
-from tests.helpers import free_port
+from tests.helpers import free_port, start_rank
 
 pytestmark = pytest.mark.slow  # 9 jobs of 4 ranks: 62-83 s on a shared 2-core machine
 
@@ -71,8 +71,7 @@ def _job(root: str, out: str, run: str, *extra: str, kill_rank: int | None = Non
         # the launcher's rank entry point, in this process's place (see test_fsdp_trainer._launch)
         cmd = [sys.executable, "-m", "distengine.launch.rank", SCRIPT, "--root", root, "--out", out,
                "--run", run, *extra]
-        with open(os.path.join(out, f"{run}-{rank}.out"), "w") as log:
-            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(start_rank(cmd, env, os.path.join(out, f"{run}-{rank}.out"), rank))
     try:
         if kill_rank is not None:
             procs[kill_rank].wait(timeout=240)
