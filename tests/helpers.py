@@ -34,7 +34,8 @@ def free_port() -> int:
 
 # torch._dynamo: the first optimizer a rank builds imports it (about 1.2 s of CPU more)
 def start_rank(cmd: list[str], env: dict[str, str], log: str, rank: int):
-    """Start one rank, ``cmd`` = ``[python, "-m", "distengine.launch.rank", SCRIPT, *ARGS]``, with
+    """Start one rank, ``cmd`` = ``[python, "-m", "distengine.launch.rank", SCRIPT, *ARGS]`` (or a
+    one-process job, ``[python, SCRIPT, *ARGS]``), with
     ``env``, its output into the file ``log``: forked from this process's zygote for that rank
     (tests/zygote.py: torch already imported, the rank's own hash seed when ``env`` fixes none)
     when ``python`` is this interpreter, otherwise (or with DISTENGINE_TEST_START=spawn) as a
@@ -45,6 +46,8 @@ def start_rank(cmd: list[str], env: dict[str, str], log: str, rank: int):
     if zygote.enabled() and cmd[:3] == [sys.executable, "-m", "distengine.launch.rank"]:
         return zygote.zygote(sys.executable, env, slot=rank).start(cmd[3], os.getcwd(), env, log, mode="rank",
                                                                    args=cmd[4:])
+    if zygote.enabled() and cmd[:1] == [sys.executable] and cmd[1:2] and cmd[1].endswith(".py"):  # python SCRIPT
+        return zygote.zygote(sys.executable, env, slot=rank).start(cmd[1], os.getcwd(), env, log, args=cmd[2:])
     with open(log, "w") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 

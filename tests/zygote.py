@@ -9,8 +9,8 @@ child gets what ``python -W ignore SCRIPT`` started in a fresh process would get
 environment (it replaces the zygote's, ``os.environ`` and the C environment), its working
 directory, ``sys.argv``, ``sys.path[0]`` (the script's folder), ``__main__``, stdin from
 /dev/null, stdout and stderr into the run's log, and the normal interpreter exit (``atexit``,
-flushing). A rank runs through ``distengine.launch.rank`` as under the launcher. The FSDP and
-model-parallel resume tests start their ranks the same way (``tests.helpers.start_rank``).
+flushing). A rank runs through ``distengine.launch.rank`` as under the launcher. The FSDP,
+model-parallel and exact-resume tests start their ranks the same way (``tests.helpers.start_rank``).
 
 The one difference a program can see: the modules the zygote loaded are already imported
 (``sys.modules``; the warning filters their import adds, a sympy one, come before those the
@@ -127,6 +127,13 @@ class Forked:
         if self.returncode is None:
             self.returncode = self.zygote.ask({"op": "poll", "pid": self.pid})["code"]
         return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
         if self.poll() is None:

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from distengine.checkpoint.io import read_last_pointer, safe_load
-from tests.helpers import free_port
+from tests.helpers import free_port, start_rank, wait_rank
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "resume_train.py")
@@ -38,7 +38,8 @@ def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool
     """Run the script on ``world`` ranks; every rank must exit 0 (or die by SIGKILL if killed,
     or exit ``expect``). Returns each rank's exit time."""
     port = str(free_port())
-    procs = []
+    procs, logs = [], []
+    os.makedirs(out, exist_ok=True)
     for rank in range(world):
         env = dict(os.environ)
         for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
@@ -55,17 +56,17 @@ def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool
         # ranks can abort at interpreter shutdown (exit 134, pytorch/pytorch#190489; launch/rank.py)
         entry = ["-m", "distengine.launch.rank"] if world > 1 else []
         cmd = [sys.executable, *entry, SCRIPT, "--root", root, "--out", out, "--run", run, *extra]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        logs.append(os.path.join(out, f"{run}-rank{rank}.out"))
+        procs.append(start_rank(cmd, env, logs[-1], rank))
     outputs, codes, ended = [], [], []
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     try:
-        for p in procs:
+        for p, log in zip(procs, logs, strict=True):
             try:
-                text, _ = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+                text = wait_rank(p, max(deadline - time.monotonic(), 0.1), log)
             except subprocess.TimeoutExpired:
                 raise AssertionError(f"run {run!r} ran past {LAUNCH_TIMEOUT} s; the stacks of its "
-                                     f"processes:\n{_stop_with_stacks(procs)}") from None
+                                     f"processes:\n{_stop_with_stacks(procs, logs)}") from None
             ended.append(time.time())
             outputs.append(text)
             codes.append(p.returncode)
@@ -82,7 +83,7 @@ def _launch(world: int, root: str, out: str, run: str, *extra: str, killed: bool
     return ended
 
 
-def _stop_with_stacks(procs: list[subprocess.Popen]) -> str:
+def _stop_with_stacks(procs: list, logs: list[str]) -> str:
     """SIGABRT every process of a job that ran too long, loader workers first (each prints its
     thread stacks: PYTHONFAULTHANDLER), and return what each rank printed."""
     for p in procs:
@@ -93,13 +94,15 @@ def _stop_with_stacks(procs: list[subprocess.Popen]) -> str:
             time.sleep(1)
             p.send_signal(signal.SIGABRT)
     texts = []
-    for rank, p in enumerate(procs):
+    for rank, (p, log) in enumerate(zip(procs, logs, strict=True)):
         try:
-            text, _ = p.communicate(timeout=30)
+            p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
-            text, _ = p.communicate()
-        texts.append(f"--- rank {rank} exit {p.returncode}:\n{(text or '')[-6000:]}")
+            p.wait()
+        with open(log) as f:
+            text = f.read()
+        texts.append(f"--- rank {rank} exit {p.returncode}:\n{text[-6000:]}")
     return "\n".join(texts)
 
 
