@@ -23,22 +23,30 @@ demo: $(VENV)/.installed
 
 # The whole suite (no PYTEST_ARGS) first starts, in the background, the build of the reference
 # Lightning environments of tests/conformance that are needed (only for scripts whose Lightning
-# result is not stored in tests/conformance/reference/; none when all are) and the torch-range run
-# (tests/torch_range.py: it builds an environment for the oldest and for the newest supported
-# torch, a few minutes of pip, then runs the torch-sensitive tests on each, one process). Beside
-# it the main suite runs on the pinned torch in two pytest-xdist workers (PYTEST_PAR;
-# tests/conftest.py keeps a file with a module fixture, and the Slurm tests, on one worker): much
-# of a distributed test is waiting on its processes, so three pytest processes keep the two cores
-# busy. The range run's output is printed when both have finished. Either failing fails `make test`.
+# result is not stored in tests/conformance/reference/; none when all are), the build of the
+# torch-range environments (tests/torch_range.py: one for the oldest and one for the newest
+# supported torch, a few minutes of pip, one install at a time) and the range run on the oldest
+# torch (the torch-sensitive tests, one process). Beside it the main suite runs on the pinned
+# torch in two pytest-xdist workers (PYTEST_PAR; tests/conftest.py keeps a file with a module
+# fixture, and the Slurm tests, on one worker): much of a distributed test is waiting on its
+# processes, so three pytest processes keep the two cores busy. When the main suite is done the
+# range run on the newest torch takes its place, in two workers. The range runs' output is
+# printed at the end. Any of them failing fails `make test`.
 PYTEST_PAR ?= -n 2 --dist loadgroup
 test: $(VENV)/.installed
-	@rm -f .torch-range/run.rc; if [ -z "$(PYTEST_ARGS)" ]; then \
+	@rm -f .torch-range/*.rc; if [ -z "$(PYTEST_ARGS)" ]; then \
 	  $(PY) -m tests.conformance.envs --needed > /dev/null 2>&1 & mkdir -p .torch-range; \
-	  echo "the torch-range run goes on in the background (.torch-range/run.log), printed at the end"; \
-	  ($(PY) -m tests.torch_range run > .torch-range/run.log 2>&1; echo $$? > .torch-range/run.rc) & fi; \
+	  echo "the torch-range run goes on in the background (.torch-range/oldest.log), printed at the end"; \
+	  $(PY) -m tests.torch_range build > .torch-range/build.log 2>&1 & \
+	  ($(PY) -m tests.torch_range run --version oldest > .torch-range/oldest.log 2>&1; \
+	   echo $$? > .torch-range/oldest.rc) & fi; \
 	bash .ci/slurm-setup.sh && $(PY) -m pytest -q -ra --durations=25 $(PYTEST_PAR) $(PYTEST_ARGS); rc=$$?; \
-	wait; if [ -z "$(PYTEST_ARGS)" ]; then cat .torch-range/run.log; \
-	  [ "$$(cat .torch-range/run.rc 2>/dev/null)" = 0 ] || rc=1; fi; exit $$rc
+	if [ -z "$(PYTEST_ARGS)" ]; then \
+	  echo "the torch-range run on the newest torch (.torch-range/newest.log), printed at the end"; \
+	  $(PY) -m tests.torch_range run --version newest $(PYTEST_PAR) > .torch-range/newest.log 2>&1 \
+	    || rc=1; fi; \
+	wait; if [ -z "$(PYTEST_ARGS)" ]; then cat .torch-range/oldest.log .torch-range/newest.log; \
+	  [ "$$(cat .torch-range/oldest.rc 2>/dev/null)" = 0 ] || rc=1; fi; exit $$rc
 
 # The suite without the tests marked slow (soak, chaos, the longest resume and Slurm requeue
 # runs): no Slurm set-up, no torch-range run. `make test` runs everything.

@@ -32,19 +32,28 @@ def repo_root():
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _slurm(item) -> bool:
+    return bool(item.get_closest_marker("slurm")) or item.nodeid.startswith("tests/slurm/")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks (it has no order)
 def pytest_collection_modifyitems(config, items):
     """Keep together, under ``pytest -n 2`` (pytest-xdist, ``--dist loadgroup``, as ``make test``
     runs the suite), the tests that share something costly or single: every test of a file with a
     module- or session-scoped fixture runs in one worker (the fixture is built once, not once per
     worker), and every Slurm test in one worker (one local cluster, one job at a time). The other
-    tests go to whichever worker is free. Without xdist the marks do nothing."""
+    tests go to whichever worker is free. Without xdist the marks do nothing.
+
+    The Slurm tests come first: they mostly wait on the cluster (a requeue takes two minutes), and
+    at the start the other worker's CPU-bound tests fill that wait; at the end nothing would."""
+    items.sort(key=lambda item: not _slurm(item))  # stable: the rest keep their order
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         defs = getattr(info, "name2fixturedefs", {}) or {}
         shared = any(d.scope in ("module", "session", "package", "class")
                      for fixture_defs in defs.values() for d in fixture_defs
                      if d.baseid.startswith("tests"))  # our own fixtures, not pytest's (tmp_path_factory ...)
-        if item.get_closest_marker("slurm") or item.nodeid.startswith("tests/slurm/"):
+        if _slurm(item):
             item.add_marker(pytest.mark.xdist_group("slurm"))
         elif shared:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

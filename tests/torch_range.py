@@ -7,6 +7,8 @@ the loop's core) again on each torch in :data:`VERSIONS`:
 
     python -m tests.torch_range build      # build the environments (make test starts this early)
     python -m tests.torch_range run        # build if needed, then run SUITE on each version
+    python -m tests.torch_range run --version newest -n 2   # one version (or oldest, or a number);
+                                                            # the arguments after it go to pytest
 
 Each version gets its own small virtual environment under ``.torch-range/<version>/`` (ignored
 by git) that holds only that torch and its own dependencies (the registry serves these versions
@@ -131,14 +133,24 @@ def run(versions=VERSIONS, suite=SUITE, extra=()) -> int:
 
 
 def main(argv: list[str]) -> int:
-    what = argv[0] if argv else "run"
+    what, rest = (argv[0], argv[1:]) if argv else ("run", [])
+    versions = []
+    while rest[:1] == ["--version"] and len(rest) > 1:
+        rest[1] = {"oldest": VERSIONS[0], "newest": VERSIONS[-1]}.get(rest[1], rest[1])
+        if rest[1] not in VERSIONS:
+            print(f"tests.torch_range: {rest[1]} is not a tested version; choose from {', '.join(VERSIONS)}",
+                  file=sys.stderr)
+            return 2
+        versions.append(rest[1])
+        rest = rest[2:]
+    versions = tuple(versions) or VERSIONS
     if what == "build":
-        for version in VERSIONS:
+        for version in versions:
             range_python(version)
         return 0
     if what == "run":
-        return run(extra=tuple(argv[1:]))
-    print("usage: python -m tests.torch_range [build|run [pytest args]]", file=sys.stderr)
+        return run(versions=versions, extra=tuple(rest))
+    print("usage: python -m tests.torch_range [build|run] [--version V ...] [pytest args]", file=sys.stderr)
     return 2
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -82,7 +83,12 @@ def test_a_rank_that_raised_and_exits_slowly_is_named_not_its_peer(tmp_path, lau
     summary = err[err.index("distengine: the job failed"):]
     assert summary.splitlines()[0] == "distengine: the job failed after 1 attempt: rank 1 exit code 1", summary
     assert "ValueError: boom from rank 1" in summary.splitlines()[2], summary
-    assert "SIGABRT" not in summary, summary
+    # rank 1 ended on its own; its peer, failing on the closed connection, may have ended on its
+    # own too or, still on its way out when the launcher stopped the job, been stopped (SIGABRT,
+    # seen on a loaded machine): either way it is reported as a consequence of rank 1
+    assert re.match(r"\s*rank 1 \(failed, pid \d+\): exit code 1$", summary.splitlines()[1]), summary
+    assert "rank 1 (stopped" not in summary, summary
+    assert "(because rank 1 failed)" in summary, summary
 
 
 def test_rank_that_raises_is_named_with_its_traceback(tmp_path, launched):
