@@ -77,9 +77,10 @@ def _run(out: Path, fault: tuple[str, int, int] | None) -> dict:
             wait_for(lambda: (out / "at_step").exists(), 120, "the rank to reach the fault step", proc)
             fault_t = time.monotonic()
             proc.send_signal(signal.SIGTERM if kind == "launcher-sigterm" else signal.SIGKILL)
-            if kind == "launcher-sigterm":
-                (out / "go").touch()  # the paused rank goes on and meets the stop at the next step
-            # after SIGKILL nobody says go: ranks that outlive their launcher would wait 30 s
+            # after SIGTERM the paused rank goes on when the launcher's forwarded SIGTERM reaches
+            # it, and meets the stop at the next step (saying go here raced the forwarding: on a
+            # loaded machine the last 3 steps once finished first); after SIGKILL nobody says
+            # go: ranks that outlive their launcher would wait 30 s
         code, stdout, stderr = finish(proc, 180)
         ended = time.monotonic()
         if fault_t is None and (out / "fault_at").exists():  # a fault the rank injected itself

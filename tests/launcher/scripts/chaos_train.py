@@ -7,8 +7,9 @@ FAULT (injected on the given rank when its global step reaches STEP, on the firs
   kill      the rank SIGKILLs itself
   exit0     the rank calls os._exit(0) (a rank that quits early without an error)
   hang      the rank sleeps (its peer fails at the collective timeout)
-  pause     the rank writes OUT_DIR/at_step and waits up to 30 s for OUT_DIR/go, so the test
-            can signal or kill the launcher at a known step
+  pause     the rank writes OUT_DIR/at_step and waits up to 30 s for OUT_DIR/go or for a
+            SIGTERM of its own (the launcher's, forwarded), so the test can signal or kill the
+            launcher at a known step
 Rank 0 writes OUT_DIR/final.pt (the weights) when training completes.
 """
 import os
@@ -59,10 +60,22 @@ class Fault(Callback):
         elif self.kind == "hang":
             time.sleep(3600)
         elif self.kind == "pause":
+            got = []
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def on_sigterm(signum, frame):  # note it, then do what was to be done
+                got.append(signum)
+                if callable(previous):
+                    previous(signum, frame)
+                else:
+                    signal.signal(signal.SIGTERM, previous)
+                    os.kill(os.getpid(), signum)
+
+            signal.signal(signal.SIGTERM, on_sigterm)
             print(f"paused at step {self.step}", flush=True)
             open(os.path.join(self.out, "at_step"), "w").close()
             deadline = time.monotonic() + 30
-            while not os.path.exists(os.path.join(self.out, "go")) and time.monotonic() < deadline:
+            while not got and not os.path.exists(os.path.join(self.out, "go")) and time.monotonic() < deadline:
                 time.sleep(0.02)
 
 
