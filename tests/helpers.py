@@ -34,7 +34,8 @@ def free_port() -> int:
 
 def start_rank(cmd: list[str], env: dict[str, str], log: str, rank: int):
     """Start one rank, ``cmd`` = ``[python, "-m", "distengine.launch.rank", SCRIPT, *ARGS]`` (or a
-    one-process job, ``[python, SCRIPT, *ARGS]``), with ``env``, its output into the file ``log``: forked from this process's zygote for that rank
+    one-process job, ``[python, SCRIPT, *ARGS]``), with ``env``, its output into the file
+    ``log``: forked from this process's zygote for that rank
     (tests/zygote.py: torch already imported, the rank's own hash seed when ``env`` fixes none)
     when ``python`` is this interpreter, otherwise (or with DISTENGINE_TEST_START=spawn) as a
     fresh process. Returns a ``subprocess.Popen`` or its stand-in (poll, wait, kill, pid)."""
