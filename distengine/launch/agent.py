@@ -79,6 +79,7 @@ class JobAgent(SupervisedAgent):
         self.grace = grace_period
         self.root_causes: dict[int, int] = {}     # global rank -> exit code, this attempt
         self.early_exits: dict[int, float] = {}   # global rank -> s into the attempt it exited 0 alone
+        self.incomplete_error_files: dict[int, str] = {}  # global rank -> its error file, set aside
         self.attempt_start = time.monotonic()
         self.attempts = 0
         self.announced_restarts = 0
@@ -114,7 +115,7 @@ class JobAgent(SupervisedAgent):
             # torch restarts the group after a failure only while restarts are left.
             self.announced_restarts = self.failed_attempts
             self.announce_restart(worker_group.spec.max_restarts)
-        self.root_causes, self.early_exits = {}, {}
+        self.root_causes, self.early_exits, self.incomplete_error_files = {}, {}, {}
         self.attempt_start = time.monotonic()
         self.attempts += 1
 
@@ -157,7 +158,8 @@ class JobAgent(SupervisedAgent):
             return RunResult(state=WorkerState.HEALTHY)
         # Every rank has ended now, so torch's own monitor (which reaps them and reads their
         # error files) signals nobody: left to itself it would SIGTERM the survivors of a
-        # failure and wait up to 30 s.
+        # failure and wait up to 30 s. A half-written error file would make it raise.
+        self.incomplete_error_files.update(self.logs.set_aside_incomplete_error_files())
         return None
 
     def let_raised_ranks_exit(self, worker_group: WorkerGroup, codes: dict) -> dict:
@@ -236,6 +238,7 @@ def _outcomes(agent: JobAgent, result: RunResult, logs: RankLogs) -> list[RankOu
                                root_cause=rank in agent.root_causes,
                                log_path=logs.rank_logs.get(rank),
                                error_file_data=failure.error_file_data or None,
+                               error_file_incomplete=agent.incomplete_error_files.get(rank),
                                error_written=_written_at(failure.error_file)))
     for rank, after in sorted(agent.early_exits.items()):
         if rank not in result.failures:

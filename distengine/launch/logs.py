@@ -20,8 +20,10 @@ Example::
 """
 from __future__ import annotations
 
+import json
 import os
 import select
+import shutil
 import sys
 import threading
 import time
@@ -272,7 +274,8 @@ class RankLogs(LogsSpecs):
         self.files: dict[int, _LogFile] = {}
         self.write_errors: set[int] = set()
         self.rank_logs: dict[int, str] = {}
-        self.error_files: dict[int, str] = {}
+        self.error_files: dict[int, str] = {}   # global rank -> error file, this attempt
+        self.attempt = 0
 
     @property
     def root_log_dir(self) -> str:
@@ -302,6 +305,7 @@ class RankLogs(LogsSpecs):
         first = envs[0] if envs else {}
         restart = int(first.get("TORCHELASTIC_RESTART_COUNT", "0"))
         max_restarts = int(first.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+        self.attempt = restart + 1
         attempt_dir = os.path.join(self.runtime_dir, f"attempt_{restart}")
         os.makedirs(attempt_dir, exist_ok=True)
         stdouts, stderrs, error_files = {}, {}, {}
@@ -332,6 +336,23 @@ class RankLogs(LogsSpecs):
                         filtered_stdout=os.path.join(attempt_dir, "filtered_stdout.log"),
                         filtered_stderr=os.path.join(attempt_dir, "filtered_stderr.log"))
 
+    def set_aside_incomplete_error_files(self) -> dict[int, str]:
+        """Call once every rank of the attempt has ended, before torch's agent reads their error
+        files. A file that is not a whole error record (a rank stopped in the middle of writing
+        it leaves half a document, or none) would make torch's agent raise while it collects the
+        failures, and the launcher would crash instead of naming the rank and restarting. Such a
+        file is moved into the log folder as ``error_<rank>.attempt_<N>.incomplete`` and kept there:
+        torch then sees a rank that wrote no error file, and the report falls back on the rank's
+        log. Returns rank -> the kept file."""
+        kept = {}
+        for rank, path in self.error_files.items():
+            if os.path.exists(path) and not _whole_error_record(path):
+                kept[rank] = os.path.join(self.log_dir, f"error_{rank}.attempt_{self.attempt}.incomplete")
+                shutil.move(path, kept[rank])
+                self.note(rank, f"this rank's error file was left incomplete (it stopped while writing it); "
+                                f"kept as {kept[rank]}")
+        return kept
+
     def note(self, rank: int, text: str) -> None:
         """Append a launcher line (e.g. why this rank was stopped) to a rank's log."""
         if rank in self.files:
@@ -345,3 +366,19 @@ class RankLogs(LogsSpecs):
         self.pump.stop()
         for f in self.files.values():
             f.close()
+
+
+def _whole_error_record(path: str) -> bool:
+    """``path`` reads the way torch's agent reads an error file (``ProcessFailure``): a JSON object
+    whose "message" is a string, or an object with ``extraInfo.timestamp``."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        message = data["message"]
+        if not isinstance(message, str):
+            int(message["extraInfo"]["timestamp"])
+    except OSError:
+        return True  # not readable at all (gone): torch's agent copes with a missing file
+    except (ValueError, KeyError, TypeError):
+        return False
+    return True

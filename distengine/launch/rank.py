@@ -70,15 +70,25 @@ def _record_for_the_launcher(exc: BaseException) -> None:
     """Write the error file the launcher gave this rank (TORCHELASTIC_ERROR_FILE, torch's format, as
     ``@record`` does) the moment the exception escapes: the launcher then knows this rank failed
     on its own, and first, even while it is still on its way out (its peers may fail on the
-    closed connection before it has exited)."""
-    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+    closed connection before it has exited).
+
+    The file appears whole or not at all: torch's handler writes it in place, and a rank stopped
+    in the middle of that write (the launcher tearing the job down) would leave half a document.
+    So the handler writes a file beside it, which is then renamed over the path the launcher gave."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
         return
+    partial = f"{path}.{os.getpid()}.partial"
     try:
         from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
+        os.environ["TORCHELASTIC_ERROR_FILE"] = partial  # where torch's handler writes (public variable)
         get_error_handler().record_exception(exc)
+        os.replace(partial, path)
     except Exception as err:  # noqa: BLE001 - the report falls back on the rank's log
         print(f"distengine: could not write this rank's error file ({err})", file=sys.stderr, flush=True)
+    finally:
+        os.environ["TORCHELASTIC_ERROR_FILE"] = path
 
 
 def _die_with_launcher() -> None:

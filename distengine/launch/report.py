@@ -141,6 +141,7 @@ class RankOutcome:
     error_file_data: dict | None = field(default=None, repr=False)
     left_early_s: float | None = None  # exited 0 this many s into the attempt, while others ran
     error_written: float | None = None  # when its error file was written (time.time() scale), if it wrote one
+    error_file_incomplete: str | None = None  # its half-written error file, set aside (kept here)
 
 
 def _traceback_excerpt(tb: list[str], head: int = 8, tail: int = 4) -> list[str]:
@@ -207,6 +208,9 @@ def format_summary(outcomes: list[RankOutcome], *, attempts: int, log_dir: str |
         role = "failed" if failed else "stopped by the launcher"
         pid = f", pid {o.pid}" if o.pid else ""
         lines.append(f"  rank {o.rank} ({role}{pid}): {describe_exit(o.exitcode)}")
+        if o.error_file_incomplete:
+            lines.append("    its error file was left incomplete (it stopped while writing it): "
+                         f"kept as {o.error_file_incomplete}")
         # a rank that lost its peer says so in one line whether the launcher stopped it or it
         # failed on its own first (a race: its traceback stays in its log)
         lost_peer = o is not first and o.exitcode >= 0 and looks_like_consequence(exc_line)

@@ -196,3 +196,32 @@ def test_master_addr_and_port_from_the_environment_are_used(tmp_path, launched):
     for r in (0, 1):
         env = read_json(tmp_path / f"rank{r}.json")["env"]
         assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("127.0.0.1", str(port))
+
+
+def test_a_rank_that_died_writing_its_error_file_is_named_and_the_job_restarts(tmp_path, launched):
+    # A rank stopped in the middle of writing its error file (torch's @record writes it in place)
+    # leaves half a JSON document: torch's agent raised JSONDecodeError on it and the launcher
+    # crashed with a traceback of torch's instead of naming the rank and restarting.
+    logs = tmp_path / "logs"
+    proc = launched(["--cpus", "2", "--max-restarts", "1", "--log-dir", str(logs), FAIL],
+                    env=clean_env(MODE="torn", TORN="partial", OUT_DIR=str(tmp_path)))
+    code, out, err = finish(proc, 100)
+    assert "Traceback" not in err, err
+    assert "rank 1 killed by signal SIGKILL (9); restarting all ranks (restart 1 of 1)" in err, err
+    assert code == 0, err
+    kept = logs / "error_1.attempt_1.incomplete"  # kept for a look, in the log folder
+    assert kept.read_text() == '{"message": {"message": "ValueError: boo'
+    assert f"this rank's error file was left incomplete (it stopped while writing it); kept as {kept}" in (
+        logs / "rank_1.log").read_text()
+
+
+def test_an_empty_error_file_falls_back_on_the_rank_log(tmp_path, launched):
+    proc = launched(["--cpus", "2", "--log-dir", str(tmp_path / "logs"), FAIL],
+                    env=clean_env(MODE="torn", TORN="empty", OUT_DIR=str(tmp_path)))
+    code, out, err = finish(proc, 100)
+    assert code == 1, err
+    summary = err[err.index("distengine: the job failed"):]
+    assert summary.splitlines()[0] == "distengine: the job failed after 1 attempt: rank 1 exit code 1", summary
+    kept = tmp_path / "logs" / "error_1.attempt_1.incomplete"
+    assert f"    its error file was left incomplete (it stopped while writing it): kept as {kept}" in summary
+    assert kept.read_text() == ""

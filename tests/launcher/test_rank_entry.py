@@ -49,3 +49,20 @@ def test_a_module_runs_as_under_python_dash_m(tmp_path):
                             text=True, timeout=60)
     assert plain.returncode == ranked.returncode == 0, ranked.stderr
     assert json.loads(ranked.stdout.splitlines()[0]) == json.loads(plain.stdout.splitlines()[0])
+
+
+def test_a_raising_rank_writes_a_whole_error_file_in_torchs_format(tmp_path):
+    # written beside the launcher's path and renamed over it: a rank stopped mid-write leaves
+    # nothing there rather than half a document (which torch's agent cannot read)
+    errors, out = tmp_path / "errors", tmp_path / "out"
+    errors.mkdir()
+    out.mkdir()
+    error_file = errors / "error_1.json"
+    ran = subprocess.run(RANK + [EXITS, str(out), "raise"], env=clean_env(TORCHELASTIC_ERROR_FILE=str(error_file)),
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1, ran.stderr
+    assert [p.name for p in errors.iterdir()] == ["error_1.json"]
+    message = json.loads(error_file.read_text())["message"]
+    assert message["message"] == "ValueError: raised on purpose"
+    assert "in fail_here" in message["extraInfo"]["py_callstack"]
+    assert int(message["extraInfo"]["timestamp"]) > 0

@@ -8,6 +8,10 @@ exit0: rank 1 leaves with os._exit(0); rank 0 goes on to an all-reduce and loses
 kill:  each rank starts a DataLoader worker, then all-reduces batches until it is killed.
 escape: rank 1 starts `sleep 300` in a session of its own, writes its pid to OUT_DIR/escaped.pid,
        then raises; rank 0 waits in an all-reduce.
+torn: rank 1 dies while writing its error file (TORCHELASTIC_ERROR_FILE), as a rank stopped in the
+       middle of that write would: TORN=partial leaves half a JSON document and SIGKILLs itself,
+       TORN=empty leaves an empty file and exits with 1; rank 0 waits in an all-reduce. In a
+       restart (TORCHELASTIC_RESTART_COUNT > 0) both ranks just all-reduce and finish.
 Every rank writes OUT_DIR/pids<K>.json (its pid and its dataloader workers' pids).
 """
 import json
@@ -68,6 +72,17 @@ elif MODE == "escape":
             f.write(str(child.pid))
         os.replace(os.path.join(OUT, "escaped.pid.tmp"), os.path.join(OUT, "escaped.pid"))
         fail_here()
+    dist.all_reduce(torch.ones(1))
+elif MODE == "torn":
+    if rank == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        import signal
+
+        with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
+            if os.environ["TORN"] == "partial":
+                f.write('{"message": {"message": "ValueError: boo')
+        if os.environ["TORN"] == "partial":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(1)
     dist.all_reduce(torch.ones(1))
 elif MODE == "hang":
     if rank == 1:
