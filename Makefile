@@ -21,7 +21,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(VENV)/bin/distengine launch --cpus 2 examples/digits.py --max-epochs 10
 
-# The whole suite (no PYTEST_ARGS) first starts, in the background, the build of the reference
+# The whole suite (no PYTEST_ARGS) first checks that the disk has room for the run (the range
+# environments are CUDA builds of torch, about 5.5 GB each) and stops at once if not; then it
+# starts, in the background, the build of the reference
 # Lightning environments of tests/conformance that are needed (only for scripts whose Lightning
 # result is not stored in tests/conformance/reference/; none when all are), the build of the
 # torch-range environments (tests/torch_range.py: one for the oldest and one for the newest
@@ -35,6 +37,7 @@ demo: $(VENV)/.installed
 PYTEST_PAR ?= -n 2 --dist loadgroup
 test: $(VENV)/.installed
 	@rm -f .torch-range/*.rc; if [ -z "$(PYTEST_ARGS)" ]; then \
+	  $(PY) -m tests.torch_range disk || exit 1; \
 	  $(PY) -m tests.conformance.envs --needed > /dev/null 2>&1 & mkdir -p .torch-range; \
 	  echo "the torch-range run goes on in the background (.torch-range/oldest.log), printed at the end"; \
 	  $(PY) -m tests.torch_range build > .torch-range/build.log 2>&1 & \

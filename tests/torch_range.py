@@ -5,6 +5,7 @@ CPU build of 2.13.0 in ``.venv``; this module runs the tests that touch the part
 change between releases (FSDP2, torch.distributed.checkpoint, the elastic agent, process groups,
 the loop's core) again on each torch in :data:`VERSIONS`:
 
+    python -m tests.torch_range disk       # is there room for a whole run? (make test asks first)
     python -m tests.torch_range build      # build the environments (make test starts this early)
     python -m tests.torch_range run        # build if needed, then run SUITE on each version
     python -m tests.torch_range run --version newest -n 2   # one version (or oldest, or a number);
@@ -19,6 +20,11 @@ torch and every other import finds the main environment's packages. A ``distengi
 script is written into the range environment so that the launcher tests start jobs on the same
 torch.
 
+Disk: an environment takes about 5.5 GB (:data:`ENV_GB`). ``python -m tests.torch_range disk``,
+which ``make test`` runs first, says in one line what is free and stops the run before any work if
+the environments still to build and the suite's own files (:data:`SUITE_GB`) do not fit: a full disk
+half-way through shows up as hundreds of unrelated errors and a failed pip install instead.
+
 ``PIP_FIND_LINKS`` is emptied for these installs: the machine's local wheel folder holds the
 2.13 CPU build, which pip would otherwise prefer for a pinned version it has.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +66,43 @@ SUITE = (
 )
 
 
+#: disk an environment takes, in GB (2.14.1: 5.4 GB, 2.11.0: 4.6 GB, nearly all of it torch's
+#: CUDA libraries), and what the suite itself writes at most (temporary folders, compile caches)
+ENV_GB = 6.0
+SUITE_GB = 3.0
+
+
+def _ready(version: str) -> bool:
+    stamp = ROOT / version / ".ready"
+    return stamp.exists() and stamp.read_text() == _recipe(version)
+
+
+def disk_shortfall(free_gb: float, to_build: int, where: str) -> str | None:
+    """The one-line reason a whole run would not fit in ``free_gb``, or ``None`` if it fits."""
+    need = to_build * ENV_GB + SUITE_GB
+    if free_gb >= need:
+        return None
+    builds = f"{to_build} torch-range environment{'s' if to_build != 1 else ''} to build " \
+             f"(about {ENV_GB:g} GB each) and " if to_build else ""
+    return (f"only {free_gb:.1f} GB free on {where}; the test run needs about {need:g} GB: {builds}"
+            f"{SUITE_GB:g} GB for the suite's files. Free some space, or set DISTENGINE_TORCH_RANGE_DIR "
+            "to a folder on a larger disk.")
+
+
+def check_disk(versions=VERSIONS) -> int:
+    """Print the free disk; 1 (with the reason) when the run will not fit, before any work."""
+    ROOT.mkdir(parents=True, exist_ok=True)
+    free_gb = shutil.disk_usage(ROOT).free / 1e9
+    to_build = sum(not _ready(v) for v in versions)
+    problem = disk_shortfall(free_gb, to_build, str(ROOT))
+    if problem:
+        print(f"make test: {problem}", file=sys.stderr, flush=True)
+        return 1
+    print(f"disk: {free_gb:.1f} GB free on {ROOT} ({to_build} torch-range environment"
+          f"{'s' if to_build != 1 else ''} to build)", flush=True)
+    return 0
+
+
 def _main_site() -> str:
     return sysconfig.get_paths()["purelib"]
 
@@ -77,11 +121,15 @@ def range_python(version: str, log=None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder even when make's background build is running
         if stamp.exists() and stamp.read_text() == _recipe(version):
             return python
+        problem = disk_shortfall(shutil.disk_usage(ROOT).free / 1e9, 1, str(ROOT))
+        if problem:
+            raise SystemExit(f"tests.torch_range: cannot build the torch-{version} environment: {problem}")
         out = log or open(ROOT / f"{version}.log", "w")
         try:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
             env = dict(os.environ, PIP_FIND_LINKS="")
-            subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"torch=={version}"],
+            # --no-cache-dir: a downloaded CUDA build would stay in pip's cache too (GBs)
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-cache-dir", f"torch=={version}"],
                            check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
             site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip()
@@ -144,13 +192,15 @@ def main(argv: list[str]) -> int:
         versions.append(rest[1])
         rest = rest[2:]
     versions = tuple(versions) or VERSIONS
+    if what == "disk":
+        return check_disk(versions)
     if what == "build":
         for version in versions:
             range_python(version)
         return 0
     if what == "run":
         return run(versions=versions, extra=tuple(rest))
-    print("usage: python -m tests.torch_range [build|run] [--version V ...] [pytest args]", file=sys.stderr)
+    print("usage: python -m tests.torch_range [build|run|disk] [--version V ...] [pytest args]", file=sys.stderr)
     return 2
 
 

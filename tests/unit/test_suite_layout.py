@@ -54,3 +54,30 @@ def test_module_fixture_files_and_slurm_tests_stay_on_one_worker_and_slurm_goes_
     order = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120).stdout.split()
     assert [n.split("::")[1] for n in order[:2]] == ["test_slurm_1", "test_slurm_2"]
+
+
+def test_a_run_that_cannot_fit_on_the_disk_is_refused_up_front_with_the_figures():
+    # a CI run once failed as a disk that fills half-way does (a failed pip install of the newest
+    # torch, hundreds of unrelated test errors); `make test` now asks `tests.torch_range disk` first
+    from tests.torch_range import ENV_GB, SUITE_GB, disk_shortfall
+
+    assert disk_shortfall(2 * ENV_GB + SUITE_GB, 2, "/repo/.torch-range") is None
+    assert disk_shortfall(SUITE_GB, 0, "/repo/.torch-range") is None  # both environments built
+    message = disk_shortfall(9.04, 2, "/repo/.torch-range")
+    assert message == (f"only 9.0 GB free on /repo/.torch-range; the test run needs about {2 * ENV_GB + SUITE_GB:g} "
+                       f"GB: 2 torch-range environments to build (about {ENV_GB:g} GB each) and {SUITE_GB:g} GB "
+                       "for the suite's files. Free some space, or set DISTENGINE_TORCH_RANGE_DIR to a folder "
+                       "on a larger disk.")
+    assert "1 torch-range environment to build" in disk_shortfall(1.0, 1, "/x")
+
+
+def test_the_disk_check_reports_what_is_free_and_what_is_to_build(tmp_path):
+    env = dict(os.environ, DISTENGINE_TORCH_RANGE_DIR=str(tmp_path / "range"))
+    ran = subprocess.run([sys.executable, "-m", "tests.torch_range", "disk"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    # an empty folder: both environments are still to build
+    if ran.returncode == 0:
+        assert re.fullmatch(rf"disk: [0-9.]+ GB free on {re.escape(str(tmp_path / 'range'))} "
+                            r"\(2 torch-range environments to build\)\n", ran.stdout), ran.stdout
+    else:
+        assert ran.returncode == 1 and ran.stderr.startswith("make test: only "), ran.stderr
