@@ -21,15 +21,19 @@ script is written into the range environment so that the launcher tests start jo
 torch.
 
 Disk: an environment takes about 5.5 GB (:data:`ENV_GB`). ``python -m tests.torch_range disk``,
-which ``make test`` runs first, says in one line what is free and stops the run before any work if
-the environments still to build and the suite's own files (:data:`SUITE_GB`) do not fit: a full disk
-half-way through shows up as hundreds of unrelated errors and a failed pip install instead.
+which ``make test`` runs first, says in one line what is free. When the environments still to
+build and the suite's own files (:data:`SUITE_GB`) do not fit at once, but one environment at a
+time does, the environments are built one at a time, each when its run starts, and removed after
+the run (:data:`ONE_AT_A_TIME`; the newest's run waits for the oldest's). When not even that fits,
+the run stops before any work: a full disk half-way through shows up as hundreds of unrelated
+errors and a failed pip install instead.
 
 ``PIP_FIND_LINKS`` is emptied for these installs: the machine's local wheel folder holds the
 2.13 CPU build, which pip would otherwise prefer for a pinned version it has.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -77,20 +81,26 @@ def _ready(version: str) -> bool:
     return stamp.exists() and stamp.read_text() == _recipe(version)
 
 
+#: present when the disk holds only one environment at a time (written by ``disk``): each run
+#: builds its environment under an exclusive lock on this file and removes it afterwards
+ONE_AT_A_TIME = ROOT / "one-at-a-time"
+
+
 def disk_shortfall(free_gb: float, to_build: int, where: str) -> str | None:
-    """The one-line reason a whole run would not fit in ``free_gb``, or ``None`` if it fits."""
-    need = to_build * ENV_GB + SUITE_GB
+    """The one-line reason the run cannot fit in ``free_gb`` even with its environments built one
+    at a time, or ``None`` if it fits that way."""
+    need = min(to_build, 1) * ENV_GB + SUITE_GB
     if free_gb >= need:
         return None
-    builds = f"{to_build} torch-range environment{'s' if to_build != 1 else ''} to build " \
-             f"(about {ENV_GB:g} GB each) and " if to_build else ""
-    return (f"only {free_gb:.1f} GB free on {where}; the test run needs about {need:g} GB: {builds}"
+    build = f"one torch-range environment at a time (about {ENV_GB:g} GB) and " if to_build else ""
+    return (f"only {free_gb:.1f} GB free on {where}; the test run needs at least {need:g} GB: {build}"
             f"{SUITE_GB:g} GB for the suite's files. Free some space, or set DISTENGINE_TORCH_RANGE_DIR "
             "to a folder on a larger disk.")
 
 
 def check_disk(versions=VERSIONS) -> int:
-    """Print the free disk; 1 (with the reason) when the run will not fit, before any work."""
+    """Print the free disk; 1 (with the reason) when the run will not fit, before any work. When
+    the environments still to build fit only one at a time, say so and mark it (:data:`ONE_AT_A_TIME`)."""
     ROOT.mkdir(parents=True, exist_ok=True)
     free_gb = shutil.disk_usage(ROOT).free / 1e9
     to_build = sum(not _ready(v) for v in versions)
@@ -98,9 +108,31 @@ def check_disk(versions=VERSIONS) -> int:
     if problem:
         print(f"make test: {problem}", file=sys.stderr, flush=True)
         return 1
-    print(f"disk: {free_gb:.1f} GB free on {ROOT} ({to_build} torch-range environment"
-          f"{'s' if to_build != 1 else ''} to build)", flush=True)
+    if free_gb >= to_build * ENV_GB + SUITE_GB:
+        ONE_AT_A_TIME.unlink(missing_ok=True)
+        print(f"disk: {free_gb:.1f} GB free on {ROOT} ({to_build} torch-range environment"
+              f"{'s' if to_build != 1 else ''} to build)", flush=True)
+    else:
+        ONE_AT_A_TIME.touch()
+        print(f"disk: {free_gb:.1f} GB free on {ROOT}, too little for {to_build} torch-range environments "
+              f"(about {ENV_GB:g} GB each) at once: each is built when its run starts and removed after it",
+              flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _disk_turn(version: str):
+    """In one-at-a-time mode, hold the disk for ``version``'s environment while it is built and
+    used, and remove it afterwards; otherwise do nothing."""
+    if not ONE_AT_A_TIME.exists():
+        yield
+        return
+    with open(ONE_AT_A_TIME, "a") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)  # the other version's run waits here until this one is gone
+        try:
+            yield
+        finally:
+            shutil.rmtree(ROOT / version, ignore_errors=True)
 
 
 def _main_site() -> str:
@@ -121,9 +153,13 @@ def range_python(version: str, log=None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder even when make's background build is running
         if stamp.exists() and stamp.read_text() == _recipe(version):
             return python
-        problem = disk_shortfall(shutil.disk_usage(ROOT).free / 1e9, 1, str(ROOT))
-        if problem:
-            raise SystemExit(f"tests.torch_range: cannot build the torch-{version} environment: {problem}")
+        # the space of a removed environment can take a moment to come back (one at a time): a
+        # process the last run started may still be mapping its libraries for a few seconds
+        deadline = time.monotonic() + (60 if ONE_AT_A_TIME.exists() else 0)
+        while problem := disk_shortfall(shutil.disk_usage(ROOT).free / 1e9, 1, str(ROOT)):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"tests.torch_range: cannot build the torch-{version} environment: {problem}")
+            time.sleep(1)
         out = log or open(ROOT / f"{version}.log", "w")
         try:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
@@ -162,15 +198,16 @@ def run(versions=VERSIONS, suite=SUITE, extra=()) -> int:
     failed = []
     for version in versions:
         start = time.monotonic()
-        python = range_python(version)
-        print(f"\n=== torch {version}: {' '.join(suite)}", flush=True)
-        # the exit soak runs its job 4 times per torch here (8 in the main suite)
-        env = dict(os.environ, DISTENGINE_SOAK_RUNS=os.environ.get("DISTENGINE_SOAK_RUNS", "4"))
-        # its own temporary folder: the main suite's pytest may be running beside it (make test)
-        code = subprocess.call([str(python), "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
-                                f"--basetemp={ROOT / ('tmp-' + version)}", "--durations=15",
-                                *DESELECT.get(version, ()), *suite, *extra], cwd=REPO, env=env,
-                               preexec_fn=_default_sigint)
+        with _disk_turn(version):
+            python = range_python(version)
+            print(f"\n=== torch {version}: {' '.join(suite)}", flush=True)
+            # the exit soak runs its job 4 times per torch here (8 in the main suite)
+            env = dict(os.environ, DISTENGINE_SOAK_RUNS=os.environ.get("DISTENGINE_SOAK_RUNS", "4"))
+            # its own temporary folder: the main suite's pytest may be running beside it (make test)
+            code = subprocess.call([str(python), "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
+                                    f"--basetemp={ROOT / ('tmp-' + version)}", "--durations=15",
+                                    *DESELECT.get(version, ()), *suite, *extra], cwd=REPO, env=env,
+                                   preexec_fn=_default_sigint)
         print(f"=== torch {version}: exit {code} in {time.monotonic() - start:.0f}s", flush=True)
         if code != 0:
             failed.append(version)
@@ -195,6 +232,8 @@ def main(argv: list[str]) -> int:
     if what == "disk":
         return check_disk(versions)
     if what == "build":
+        if ONE_AT_A_TIME.exists():
+            return 0  # each run builds its own environment when its turn comes
         for version in versions:
             range_python(version)
         return 0
