@@ -49,12 +49,13 @@ def worker_args(quick: bool, rounds: int | None) -> list[str]:
 
 def run_worker(args: list[str], nproc: int = 2, timeout: float = 900) -> dict[str, Any]:
     """Start the 2-rank job; return rank zero's report."""
-    report = os.path.join(tempfile.mkdtemp(prefix="bench-fsdp-report-"), "report.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           os.path.join(REPO_ROOT, "benchmarks", "_fsdp_worker.py"), "--report-json", report] + args
-    wall = timed_subprocess(cmd, timeout=timeout)
-    with open(report) as f:
-        out = json.load(f)
+    with tempfile.TemporaryDirectory(prefix="bench-fsdp-report-") as folder:  # removed afterwards
+        report = os.path.join(folder, "report.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               os.path.join(REPO_ROOT, "benchmarks", "_fsdp_worker.py"), "--report-json", report] + args
+        wall = timed_subprocess(cmd, timeout=timeout)
+        with open(report) as f:
+            out = json.load(f)
     out["job_wall_s"] = wall
     return out
 

@@ -45,12 +45,13 @@ def worker_args(quick: bool, rounds: int | None) -> list[str]:
 
 
 def run_worker(args: list[str], timeout: float = 600) -> dict[str, Any]:
-    report = os.path.join(tempfile.mkdtemp(prefix="bench-mp-report-"), "report.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-           os.path.join(REPO_ROOT, "benchmarks", "_mp_worker.py"), "--report-json", report] + args
-    wall = timed_subprocess(cmd, timeout=timeout)
-    with open(report) as f:
-        out = json.load(f)
+    with tempfile.TemporaryDirectory(prefix="bench-mp-report-") as folder:  # removed afterwards
+        report = os.path.join(folder, "report.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+               os.path.join(REPO_ROOT, "benchmarks", "_mp_worker.py"), "--report-json", report] + args
+        wall = timed_subprocess(cmd, timeout=timeout)
+        with open(report) as f:
+            out = json.load(f)
     out["job_wall_s"] = wall
     return out
 

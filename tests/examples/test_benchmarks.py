@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -134,13 +135,15 @@ def test_gpu_check_dry_run_compile(tmp_path):
     assert gpu_check.main(["--dry-run-cpu", "--only", "compile", "--out", str(tmp_path)]) == 0
 
 
-def test_fsdp_benchmark_quick_measures_equal_work():
+def test_fsdp_benchmark_quick_measures_equal_work(tmp_path, monkeypatch):
     """``python -m benchmarks --only fsdp --quick``'s run on 2 gloo ranks: the Trainer and the
     hand-written loops train to the same losses, and the byte accounting is exact (timings are
     not asserted)."""
     from benchmarks import fsdp
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the report folder goes
     result = fsdp.run(quick=True)
+    assert not list(tmp_path.glob("bench-fsdp-report-*")), "the report folder was left behind"
     details = result["details"]
     assert "trainer_skipped" not in details, details["trainer_skipped"]
     rows = {r.comparison: r for r in result["rows"]}
@@ -242,13 +245,15 @@ def test_gpu_check_two_gpu_fsdp_skips_on_one_gpu(monkeypatch):
 
 
 @pytest.mark.slow  # 4 gloo ranks: ~30 s on a loaded 2-core machine
-def test_model_parallel_benchmark_quick_measures_equal_work():
+def test_model_parallel_benchmark_quick_measures_equal_work(tmp_path, monkeypatch):
     """``python -m benchmarks --only model_parallel --quick`` on 4 gloo ranks: the Trainer under
     ``ModelParallelStrategy(2, 2)`` and the hand-written loop with the same plan train to the same
     losses and hold the same bytes on every rank (timings are not asserted)."""
     from benchmarks import model_parallel
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the report folder goes
     result = model_parallel.run(quick=True)
+    assert not list(tmp_path.glob("bench-mp-report-*")), "the report folder was left behind"
     rows = {r.comparison: r for r in result["rows"]}
     assert rows["TP 2 x DP 2: loss per step, Trainer vs loop (mean rel. diff)"].ok
     b, n = result["details"]["bytes_per_rank"], result["details"]["num_params"]
