@@ -348,7 +348,11 @@ class RankLogs(LogsSpecs):
         for rank, path in self.error_files.items():
             if os.path.exists(path) and not _whole_error_record(path):
                 kept[rank] = os.path.join(self.log_dir, f"error_{rank}.attempt_{self.attempt}.incomplete")
-                shutil.move(path, kept[rank])
+                try:
+                    shutil.move(path, kept[rank])
+                except OSError:  # a full disk under the log folder: aside where it is, then
+                    kept[rank] = path + ".incomplete"
+                    os.replace(path, kept[rank])
                 self.note(rank, f"this rank's error file was left incomplete (it stopped while writing it); "
                                 f"kept as {kept[rank]}")
         return kept
