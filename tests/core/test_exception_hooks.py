@@ -113,10 +113,36 @@ def test_keyboard_interrupt_in_validate_raised_or_a_real_ctrl_c(tmp_path, real_s
 
     cb = _Record()
     trainer = quiet_trainer(tmp_path, callbacks=[cb])
-    with pytest.raises(KeyboardInterrupt if real_signal else SystemExit):
-        trainer.validate(Interrupts(), loader(regression_data()))
+    # Python's own handler, as in a terminal: pytest started by a non-interactive shell in the
+    # background inherits SIGINT ignored (the case of the test below)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt if real_signal else SystemExit):
+            trainer.validate(Interrupts(), loader(regression_data()))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert len(cb.seen) == 1 and isinstance(cb.seen[0], KeyboardInterrupt) and trainer.interrupted
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_sigint_ignored_at_start_stays_ignored_in_validate(tmp_path):
+    """A process started with SIGINT ignored (``nohup``, ``cmd &`` in a script): a SIGINT during
+    validate changes nothing, the run finishes, and SIGINT is still ignored afterwards."""
+    import signal
+
+    class SignalsItself(Regressor):
+        def validation_step(self, batch, batch_idx):
+            signal.raise_signal(signal.SIGINT)
+            return super().validation_step(batch, batch_idx)
+
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer = quiet_trainer(tmp_path)
+        results = trainer.validate(SignalsItself(), loader(regression_data()))
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    assert len(results) == 1 and not trainer.interrupted
 
 
 def test_a_failing_setup_runs_on_exception_and_puts_the_signal_handlers_back(tmp_path):
