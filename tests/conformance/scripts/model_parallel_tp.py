@@ -28,7 +28,9 @@ class Block(nn.Module):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.wq, self.wk, self.wv = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        # no key bias: it adds the same q.b to every score of a query, which softmax ignores, so its
+        # gradient is only rounding noise, and AdamW would turn that noise into lr-sized steps
+        self.wq, self.wk, self.wv = nn.Linear(dim, dim), nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim)
         self.wo = nn.Linear(dim, dim)
         self.up, self.down = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
 
