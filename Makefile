@@ -24,8 +24,9 @@ demo: $(VENV)/.installed
 # The whole suite (no PYTEST_ARGS) first checks that the disk has room for the run (the range
 # environments are CUDA builds of torch, about 5.5 GB each) and stops at once if not; then it
 # starts, in the background, the build of the reference
-# Lightning environments of tests/conformance that are needed (only for scripts whose Lightning
-# result is not stored in tests/conformance/reference/; none when all are), the build of the
+# Lightning environments of tests/conformance that are needed (2.x always: a few tests run real
+# Lightning each time; 1.x only for scripts whose Lightning result is not stored in
+# tests/conformance/reference/), the build of the
 # torch-range environments (tests/torch_range.py: one for the oldest and one for the newest
 # supported torch, a few minutes of pip, one install at a time) and the range run on the oldest
 # torch (the torch-sensitive tests, one process). Beside it the main suite runs on the pinned

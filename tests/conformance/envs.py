@@ -67,11 +67,18 @@ def lightning_python(style: str) -> Path:
     return python
 
 
+# Tests that run real Lightning 2.x every time, stored results or not: the public-surface and
+# ThroughputMonitor probes (test_public_surface.py, test_throughput.py) and Lightning loading
+# distengine's pruned checkpoint (test_pruning_checkpoint.py)
+ALWAYS = ("2.x",)
+
+
 def needed() -> list[str]:
-    """The styles some corpus script has no stored Lightning result for here (cache.py)."""
+    """The styles the suite will run Lightning for here: those of ALWAYS, and those of the corpus
+    scripts with no stored Lightning result usable on this machine (cache.py)."""
     from tests.conformance import cache
 
-    return sorted({script.style for script, _ in cache.missing()})
+    return sorted(set(ALWAYS) | {script.style for script, _ in cache.missing()})
 
 
 if __name__ == "__main__":
