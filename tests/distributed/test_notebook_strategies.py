@@ -11,6 +11,7 @@ scripts/ddp_notebook.py). After each run no rank process is left.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -222,8 +223,11 @@ def test_ctrl_c_stops_the_ranks_gracefully(tmp_path):
     pids.mkdir()
     code = (f"import spawn_job; spawn_job.run('ddp_notebook', {str(tmp_path)!r}, pid_dir={str(pids)!r}, "
             "step_sleep=0.5)")
+    # SIGINT as a terminal leaves it (Python's handler): a pytest started in the background by a
+    # non-interactive shell passes it on ignored, and the caller then ignores the Ctrl-C
     proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 90
         while not (pids / "rank1.pid").exists():
