@@ -10,10 +10,10 @@ aborted. The plain-torch job under ``torch.distributed.run``, without distengine
 point: 13 of 18 runs aborted on one core, 13 of 18 beside a spinning process, 2 of 6 with
 neither; and this file's plain-torch test with the entry point's ``os._exit`` undone: 9 of 12
 jobs aborted on one core, 8 of 12 beside a spinner. One core costs no extra CPU, a spinner a
-whole core for the soak's length. The
-plain-torch job is the sharp detector of the abort; the issue's job is the end-to-end check that
-a whole distengine run (checkpoints, logger, resume) exits 0, 8 times in the suite.
-DISTENGINE_SOAK_RUNS=N runs N of the issue's jobs instead (40 for the soak that found the bug).
+whole core for the soak's length. The plain-torch job is the sharp detector of the abort; the
+issue's job is the end-to-end check that a whole distengine run (checkpoints, logger, resume)
+exits 0, 8 times in the suite. DISTENGINE_SOAK_RUNS=N runs N of the issue's jobs instead (40 for
+the soak that found the bug).
 """
 from __future__ import annotations
 
