@@ -99,7 +99,8 @@ def _run(out: Path, fault: tuple[str, int, int] | None) -> dict:
 
 
 def _schedule(seed: int) -> list[tuple[str, int, int]]:
-    """Every fault once, in a seeded order, each on a seeded rank and a later step than the last."""
+    """Every fault once, in a seeded order, each on a seeded rank and a later step than the last
+    (the rank injects it at the first step at or after that one: see chaos_train.py)."""
     rng = random.Random(seed)
     kinds = ["kill", "exit0", "hang", "launcher-sigterm", "launcher-sigkill"]
     rng.shuffle(kinds)
